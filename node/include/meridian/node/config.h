@@ -1,0 +1,257 @@
+#pragma once
+// The node configuration: plain data parsed from YAML (see docs/configuration.md and SPEC.md).
+//
+// load_config() parses and validates a file and returns either a config or every problem found,
+// each as "FILE:LINE: message". Nothing here touches the network; addresses are checked for shape
+// only. The structs are copied into an immutable runtime snapshot (proxy_config.h) by the node.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace meridian::node {
+
+using duration = std::chrono::milliseconds;
+
+// host:port. host may be a name, an IPv4 address or a bracketed IPv6 address ("[::1]:80").
+struct address {
+  std::string host;
+  uint16_t port = 0;
+  std::string to_string() const;
+  bool operator==(const address&) const = default;
+};
+
+// Parses "250ms", "2s", "1m", "1h", "1d" (also "1.5s", "100us" is rejected). Returns nullopt on
+// anything else.
+std::optional<duration> parse_duration(std::string_view text);
+// Parses "host:port" with a port in 1..65535 (0 allowed when allow_zero). Returns nullopt on error.
+std::optional<address> parse_address(std::string_view text, bool allow_zero = false);
+// Parses a byte size: "1024", "64KiB"/"64k", "10MiB"/"10m", "1GiB"/"1g". Returns nullopt on error.
+std::optional<uint64_t> parse_size(std::string_view text);
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+struct node_section {
+  std::string id;  // default: hostname
+  std::string region;
+  std::string zone;
+  std::string data_dir = "./data";
+  unsigned workers = 1;  // 0 = one per core (resolved by the loader)
+};
+
+struct listen_section {
+  address proxy{"127.0.0.1", 8080};
+  address admin{"127.0.0.1", 9901};
+};
+
+struct admin_section {
+  std::string token_file;  // empty: a token is generated and written to <data_dir>/admin.token
+};
+
+struct cluster_section {
+  address bind{"127.0.0.1", 7946};
+  address advertise;  // default: bind
+  std::vector<address> seeds;
+  std::string keyring_file;
+};
+
+// Protective limits for client connections (Envoy/nginx-like defaults).
+struct limits_section {
+  uint64_t max_header_bytes = 64 * 1024;          // 431 beyond
+  uint64_t max_url_bytes = 8 * 1024;              // 414 beyond
+  uint64_t max_body_bytes = 0;                    // 0 = unlimited; routes may override (413)
+  duration header_timeout = std::chrono::seconds(10);  // whole request head must arrive in it
+  duration idle_timeout = std::chrono::seconds(60);    // keep-alive connection with no request
+  uint32_t max_connections = 20000;               // per node; extra connections are closed
+  uint32_t max_pipelined = 32;                    // requests parsed ahead on one connection
+};
+
+struct access_log_section {
+  bool enabled = false;
+  std::string path = "stdout";  // "stdout", "stderr" or a file path
+};
+
+struct log_section {
+  std::string level = "info";  // trace debug info warn error critical off
+  access_log_section access_log;
+};
+
+enum class balance_policy { round_robin, least_request, consistent_hash, random };
+
+struct target_config {
+  address addr;
+  std::string region;
+  std::string zone;
+  uint32_t weight = 1;
+  int line = 0;
+};
+
+struct health_check_config {
+  bool enabled = false;  // true when the key is present
+  std::string path = "/healthz";
+  duration interval = std::chrono::seconds(1);
+  duration timeout = std::chrono::milliseconds(500);
+  uint32_t unhealthy_after = 2;
+  uint32_t healthy_after = 2;
+  std::vector<int> expect_status;  // empty: any 2xx/3xx
+};
+
+// Passive health: eject a target after consecutive failures (connect errors, 5xx from it).
+struct outlier_config {
+  uint32_t consecutive_failures = 5;  // 0 disables
+  duration eject_for = std::chrono::seconds(10);
+};
+
+struct circuit_breaker_config {
+  bool enabled = false;
+  double failure_rate = 0.5;
+  uint32_t min_requests = 10;
+  duration window = std::chrono::seconds(10);
+  duration open_for = std::chrono::seconds(5);
+  uint32_t half_open_probes = 1;
+  std::string scope = "cluster";  // local | region | cluster
+};
+
+struct timeouts_config {
+  duration connect = std::chrono::seconds(1);
+  duration request = std::chrono::seconds(15);  // until the response head arrives
+  duration idle = std::chrono::seconds(60);     // pooled idle upstream connection lifetime
+};
+
+struct retries_config {
+  uint32_t attempts = 0;  // extra attempts after the first
+  bool on_connect_failure = true;
+  bool on_timeout = false;
+  std::vector<int> on_status;  // e.g. 502 503 504
+  double budget_ratio = 0.2;   // retries may add at most this share of load
+  uint32_t budget_min_per_s = 10;
+};
+
+struct pool_config {
+  uint32_t max_idle_per_target = 64;        // per worker
+  uint32_t max_connections_per_target = 0;  // per worker, 0 = unlimited
+};
+
+struct upstream_config {
+  std::string name;
+  std::vector<target_config> targets;
+  balance_policy balance = balance_policy::round_robin;
+  std::string hash_on = "ip";  // consistent_hash key: "ip" or "header:NAME"
+  health_check_config health_check;
+  outlier_config outlier;
+  circuit_breaker_config circuit_breaker;
+  timeouts_config timeouts;
+  retries_config retries;
+  pool_config pool;
+  int line = 0;
+};
+
+struct match_config {
+  std::optional<std::string> path;         // exact
+  std::optional<std::string> path_prefix;  // segment-agnostic byte prefix
+  std::optional<std::string> path_regex;   // ECMAScript, whole path must match
+  std::optional<std::string> host;         // exact or "*.example.com"; case-insensitive
+  std::vector<std::string> methods;        // upper case
+  header_list headers;                     // name (lower case) -> exact value
+  header_list query;                       // name -> exact value
+};
+
+struct header_transform {
+  header_list add;  // appended (kept alongside existing)
+  header_list set;  // replaces existing
+  std::vector<std::string> remove;
+};
+
+struct query_transform {
+  header_list add;  // name=value appended
+  std::vector<std::string> remove;
+  header_list rename;  // from -> to
+};
+
+struct rewrite_config {
+  std::string regex;        // applied to the path after strip_prefix
+  std::string replacement;  // $1..$9 captures
+};
+
+struct auth_config {
+  std::vector<std::string> methods;  // api_key | jwt
+  std::string jwt;                   // name of a jwt provider
+  header_list claims_to_headers;
+};
+
+struct rate_limit_config {
+  uint64_t limit = 0;
+  duration window = std::chrono::minutes(1);
+  std::string key = "consumer";  // consumer | ip | route | header:NAME | global
+  std::string algorithm = "sliding_window";
+  std::string scope = "global";  // local | region | global
+};
+
+struct route_config {
+  std::string name;
+  match_config match;
+  std::string upstream;
+  std::string strip_prefix;
+  std::optional<rewrite_config> rewrite;
+  header_transform request_headers;
+  header_transform response_headers;
+  query_transform query;
+  std::optional<auth_config> auth;
+  std::vector<rate_limit_config> rate_limits;  // `rate_limit` may be a map or a list
+  std::optional<uint64_t> max_body_bytes;      // overrides limits.max_body_bytes
+  std::optional<bool> preserve_host;           // default true: forward the client's Host
+  int line = 0;
+};
+
+struct consumer_config {
+  std::string id;
+  std::vector<std::string> groups;
+  int line = 0;
+};
+
+struct jwt_config {
+  std::string name;
+  std::string issuer;
+  std::string audience;
+  std::string jwks_file;
+  std::string jwks_url;
+  int line = 0;
+};
+
+struct config {
+  std::string source;  // file path it was read from
+  node_section node;
+  listen_section listen;
+  admin_section admin;
+  std::optional<cluster_section> cluster;
+  limits_section limits;
+  log_section log;
+  std::vector<upstream_config> upstreams;
+  std::vector<route_config> routes;
+  std::vector<consumer_config> consumers;
+  std::vector<jwt_config> jwt;
+};
+
+// One problem in a config file. to_string() gives "FILE:LINE: message".
+struct config_error {
+  std::string file;
+  int line = 0;  // 1-based; 0 when unknown
+  std::string message;
+  std::string to_string() const;
+};
+
+struct config_result {
+  std::optional<config> value;       // set when errors is empty
+  std::vector<config_error> errors;  // every problem found, in file order
+};
+
+// Reads and validates the YAML file at path. Never throws.
+config_result load_config(const std::string& path);
+// Parses and validates YAML text; file_name is used in error messages. Never throws.
+config_result parse_config(const std::string& yaml_text, const std::string& file_name);
+
+}  // namespace meridian::node

@@ -1,0 +1,57 @@
+#pragma once
+// One meridian node: the proxy workers, the admin API and the health checker, built from a
+// config and reconfigured in place.
+//
+// Usage: construct with a validated config, start(), then reload()/apply() on SIGHUP and
+// drain() on SIGTERM. Public methods may be called from any one control thread (not
+// concurrently with each other).
+
+#include <memory>
+#include <string>
+
+#include "meridian/node/config.h"
+
+namespace meridian::node {
+
+class node {
+ public:
+  explicit node(config cfg);
+  ~node();
+  node(const node&) = delete;
+  node& operator=(const node&) = delete;
+
+  // Binds the proxy and admin listeners and starts serving. Returns false and sets *error when
+  // something cannot start (ports in use, bad regex, unreadable token file).
+  bool start(std::string* error);
+
+  uint16_t proxy_port() const;
+  uint16_t admin_port() const;
+  const std::string& admin_token() const;
+  const std::string& id() const;
+
+  // Re-reads the config file the node was started from and applies it. On any error the running
+  // config stays in force and *error lists the problems (one per line).
+  bool reload(std::string* error);
+  // Applies a validated config: routes, upstreams and limits change without dropping
+  // connections. Listener addresses and worker count need a restart (a warning is logged).
+  bool apply(config cfg, std::string* error);
+
+  // Stops accepting, finishes in-flight requests (up to timeout), then stops everything.
+  void drain(duration timeout);
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+// Runs a node from a config file until SIGTERM or SIGINT (drain, then return 0). SIGHUP re-reads
+// the file. Returns non-zero when the node cannot start. Logs go to stderr.
+int run_node(const std::string& config_path);
+
+// Prints the demo cluster banner and runs it until Ctrl-C.
+int run_demo();
+
+// Configures the spdlog loggers ("node", "node.http", ...) at the given level.
+void setup_logging(const std::string& level);
+
+}  // namespace meridian::node

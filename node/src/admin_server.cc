@@ -1,0 +1,376 @@
+#include "admin_server.h"
+
+#include <httplib.h>
+#include <sodium.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <mutex>
+#include <regex>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace meridian::node {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr size_t max_body_bytes = 1 << 20;
+constexpr time_t io_timeout_s = 5;
+constexpr size_t pool_threads = 4;
+constexpr size_t max_queued_connections = 64;
+
+std::shared_ptr<spdlog::logger> admin_log() {
+  static const std::shared_ptr<spdlog::logger> logger = [] {
+    if (auto existing = spdlog::get("node.admin")) return existing;
+    try {
+      return spdlog::stderr_color_mt("node.admin");
+    } catch (const spdlog::spdlog_ex&) {  // created by another thread in between
+      return spdlog::get("node.admin");
+    }
+  }();
+  return logger;
+}
+
+// Serializes j; invalid UTF-8 (say, from a request path echoed in a message) is replaced rather
+// than thrown about.
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+void send_error(httplib::Response& res, int status, std::string_view code,
+                std::string_view message) {
+  send_json(res, status, json{{"error", code}, {"message", message}});
+}
+
+// The error code for statuses httplib produces on its own (bad request line, body too large...).
+std::string_view error_code_for(int status) {
+  switch (status) {
+    case 400:
+      return "bad_request";
+    case 401:
+      return "unauthorized";
+    case 404:
+      return "not_found";
+    case 405:
+      return "method_not_allowed";
+    case 413:
+      return "payload_too_large";
+    case 414:
+      return "uri_too_long";
+    case 431:
+      return "headers_too_large";
+    case 500:
+      return "internal_error";
+    case 503:
+      return "unavailable";
+    default:
+      return status < 500 ? "bad_request" : "internal_error";
+  }
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(a[i])) !=
+        std::tolower(static_cast<unsigned char>(b[i]))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Returns true when `header` is "Bearer <token>" (scheme case-insensitive, RFC 6750) with exactly
+// `token`. The comparison takes the same time wherever the first difference is; only the length
+// can leak, which says nothing useful about a random token.
+bool bearer_matches(std::string_view header, std::string_view token) {
+  if (token.empty()) return false;
+  constexpr std::string_view scheme = "bearer";
+  if (header.size() <= scheme.size() || !iequals(header.substr(0, scheme.size()), scheme)) {
+    return false;
+  }
+  std::string_view rest = header.substr(scheme.size());
+  if (rest.front() != ' ' && rest.front() != '\t') return false;
+  while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t')) rest.remove_prefix(1);
+  while (!rest.empty() && (rest.back() == ' ' || rest.back() == '\t')) rest.remove_suffix(1);
+  if (rest.size() != token.size()) return false;
+  return sodium_memcmp(rest.data(), token.data(), token.size()) == 0;
+}
+
+// A thread pool whose queue cannot grow without bound: when it is full the accepting thread
+// serves the connection itself, so it stops accepting until a slot frees and further clients
+// wait in the kernel's listen backlog. (The task owns an accepted socket and closes it when run,
+// so it cannot simply be dropped.)
+class bounded_task_queue : public httplib::TaskQueue {
+ public:
+  bounded_task_queue(size_t threads, size_t max_queued) : pool_(threads), max_(max_queued) {}
+
+  void enqueue(std::function<void()> fn) override {
+    if (pending_.fetch_add(1) >= max_) {
+      pending_.fetch_sub(1);
+      fn();
+      return;
+    }
+    pool_.enqueue([this, fn = std::move(fn)] {
+      fn();
+      pending_.fetch_sub(1);
+    });
+  }
+
+  void shutdown() override { pool_.shutdown(); }
+
+ private:
+  httplib::ThreadPool pool_;
+  const size_t max_;
+  std::atomic<size_t> pending_{0};
+};
+
+// One admin endpoint: a method and a whole-path pattern. Path captures (for later endpoints such
+// as /config/routes/{name}) are passed to the handler.
+struct endpoint {
+  std::string method;
+  std::regex path;
+  bool needs_token = true;
+  std::function<void(const httplib::Request&, httplib::Response&, const std::smatch&)> handle;
+};
+
+}  // namespace
+
+struct admin_server::impl {
+  impl(std::string id, std::string bearer, admin_handlers h)
+      : node_id(std::move(id)), token(std::move(bearer)), handlers(std::move(h)) {}
+
+  void add_endpoints();
+  void configure_server();
+  void dispatch(const httplib::Request& req, httplib::Response& res);
+  bool authorized(const httplib::Request& req) const;
+
+  const std::string node_id;
+  const std::string token;
+  const admin_handlers handlers;
+  std::vector<endpoint> endpoints;
+
+  httplib::Server server;
+  std::thread thread;
+  std::atomic<bool> listen_returned{false};
+  std::atomic<uint16_t> port{0};
+  std::mutex lifecycle_mutex;  // serializes start() and stop()
+  bool started = false;
+};
+
+void admin_server::impl::add_endpoints() {
+  endpoints.push_back({"GET", std::regex("/health"), false,
+                       [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+                         send_json(res, 200, json{{"status", "ok"}, {"node", node_id}});
+                       }});
+  if (handlers.metrics_text) {
+    endpoints.push_back(
+        {"GET", std::regex("/metrics"), true,
+         [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+           res.status = 200;
+           res.set_content(handlers.metrics_text(), "text/plain; version=0.0.4");
+         }});
+  }
+  if (handlers.effective_config) {
+    endpoints.push_back(
+        {"GET", std::regex("/config"), true,
+         [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+           send_json(res, 200, handlers.effective_config());
+         }});
+  }
+}
+
+bool admin_server::impl::authorized(const httplib::Request& req) const {
+  // Two Authorization headers are ambiguous; refuse rather than pick one.
+  if (req.get_header_value_count("Authorization") != 1) return false;
+  return bearer_matches(req.get_header_value("Authorization"), token);
+}
+
+// Routes one request: find the endpoint, check the token, run the handler. Unknown paths need a
+// token too, so an unauthenticated client learns nothing about which endpoints exist.
+void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response& res) {
+  const std::string& method = req.method == "HEAD" ? std::string("GET") : req.method;
+  const endpoint* hit = nullptr;
+  std::smatch captures;
+  std::vector<const endpoint*> same_path;  // endpoints for this path with another method
+  for (const auto& e : endpoints) {
+    std::smatch m;
+    if (!std::regex_match(req.path, m, e.path)) continue;
+    if (e.method == method) {
+      hit = &e;
+      captures = std::move(m);
+      break;
+    }
+    same_path.push_back(&e);
+  }
+
+  bool needs_token = true;
+  if (hit) {
+    needs_token = hit->needs_token;
+  } else if (!same_path.empty()) {
+    needs_token = false;
+    for (const auto* e : same_path) needs_token = needs_token || e->needs_token;
+  }
+  if (needs_token && !authorized(req)) {
+    admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
+    res.set_header("WWW-Authenticate", "Bearer");
+    send_error(res, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
+    return;
+  }
+
+  if (!hit) {
+    if (same_path.empty()) {
+      send_error(res, 404, "not_found", "no admin endpoint at " + req.path);
+      return;
+    }
+    std::string allow;
+    for (const auto* e : same_path) {
+      if (!allow.empty()) allow += ", ";
+      allow += e->method;
+      if (e->method == "GET") allow += ", HEAD";
+    }
+    res.set_header("Allow", allow);
+    send_error(res, 405, "method_not_allowed", req.method + " is not allowed on " + req.path);
+    return;
+  }
+
+  try {
+    hit->handle(req, res, captures);
+  } catch (const std::exception& e) {
+    admin_log()->error("admin: {} {} failed: {}", req.method, req.path, e.what());
+    res.headers.clear();
+    send_error(res, 500, "internal_error", e.what());
+  } catch (...) {
+    admin_log()->error("admin: {} {} failed with an unknown exception", req.method, req.path);
+    res.headers.clear();
+    send_error(res, 500, "internal_error", "unknown error");
+  }
+}
+
+void admin_server::impl::configure_server() {
+  server.new_task_queue = [] {
+    return new bounded_task_queue(pool_threads, max_queued_connections);
+  };
+  server.set_payload_max_length(max_body_bytes);
+  server.set_read_timeout(io_timeout_s, 0);
+  server.set_write_timeout(io_timeout_s, 0);
+  server.set_keep_alive_timeout(io_timeout_s);
+  server.set_default_headers({{"Cache-Control", "no-store"}});
+  // httplib's default also sets SO_REUSEPORT, which lets a second process bind the same port and
+  // silently take half the connections; a busy admin port must be an error instead.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+
+  // Every method goes through dispatch(), which owns routing, 404/405 and authentication.
+  auto handler = [this](const httplib::Request& req, httplib::Response& res) {
+    dispatch(req, res);
+  };
+  server.Get(".*", handler);
+  server.Post(".*", handler);
+  server.Put(".*", handler);
+  server.Patch(".*", handler);
+  server.Delete(".*", handler);
+  server.Options(".*", handler);
+
+  // Errors httplib answers itself (malformed request, body over the limit) get the JSON shape
+  // too; answers dispatch() already wrote are left alone.
+  server.set_error_handler(
+      httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        send_error(res, res.status, error_code_for(res.status),
+                   "request refused with HTTP status " + std::to_string(res.status));
+        return httplib::Server::HandlerResponse::Handled;
+      }));
+  // dispatch() catches everything; this is the backstop should anything escape it.
+  server.set_exception_handler(
+      [](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
+        admin_log()->error("admin: {} {} escaped with an exception", req.method, req.path);
+        send_error(res, 500, "internal_error", "internal error");
+      });
+  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    admin_log()->debug("admin: {} {} -> {} ({} bytes) from {}", req.method, req.path, res.status,
+                       res.body.size(), req.remote_addr);
+  });
+}
+
+admin_server::admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers)
+    : impl_(std::make_unique<impl>(std::move(node_id), std::move(bearer_token),
+                                   std::move(handlers))) {
+  if (sodium_init() < 0) {
+    // Only sodium_memcmp is used, which does not depend on initialization; note it and go on.
+    admin_log()->warn("admin: sodium_init failed");
+  }
+  impl_->add_endpoints();
+  impl_->configure_server();
+}
+
+admin_server::~admin_server() {
+  stop();
+}
+
+bool admin_server::start(const std::string& host, uint16_t port, std::string* error) {
+  std::lock_guard lock(impl_->lifecycle_mutex);
+  auto fail = [&](std::string message) {
+    if (error) *error = std::move(message);
+    return false;
+  };
+  if (impl_->started) return fail("admin server already started");
+  const std::string where = host + ":" + std::to_string(port);
+
+  errno = 0;
+  int bound = -1;
+  if (port == 0) {
+    bound = impl_->server.bind_to_any_port(host);
+  } else if (impl_->server.bind_to_port(host, port)) {
+    bound = port;
+  }
+  if (bound <= 0) {
+    int err = errno;
+    std::string message = "admin: cannot listen on " + where;
+    if (err != 0) message += std::string(": ") + std::strerror(err);
+    return fail(std::move(message));
+  }
+  impl_->port = static_cast<uint16_t>(bound);
+  impl_->started = true;
+
+  impl_->thread = std::thread([this] {
+    if (!impl_->server.listen_after_bind()) admin_log()->error("admin: listener stopped on error");
+    impl_->listen_returned = true;
+  });
+  // The socket already listens, so clients can connect now; wait only until the accept loop is
+  // marked running, because httplib's stop() does nothing before that point.
+  while (!impl_->server.is_running() && !impl_->listen_returned) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  admin_log()->info("admin API listening on {}:{}", host, bound);
+  return true;
+}
+
+uint16_t admin_server::port() const {
+  return impl_->port;
+}
+
+void admin_server::stop() {
+  std::lock_guard lock(impl_->lifecycle_mutex);
+  if (!impl_->thread.joinable()) return;
+  impl_->server.stop();
+  impl_->thread.join();
+  admin_log()->info("admin API stopped");
+}
+
+}  // namespace meridian::node

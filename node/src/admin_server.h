@@ -1,0 +1,53 @@
+#pragma once
+// The admin HTTP API (SPEC.md, "Admin API"): health, metrics and the effective config.
+//
+// Usage: fill admin_handlers with callbacks, construct, start() on listen.admin, stop() (or
+// destroy) at shutdown. The server runs on its own threads: one accepts, a small pool (4) serves
+// requests, so every callback may be called concurrently with itself and with the data plane
+// and must be thread-safe. A callback that throws makes its request a 500; the server goes on.
+//
+// Every endpoint but GET /health requires `Authorization: Bearer <token>`; the token is compared
+// in constant time. An empty token locks every protected endpoint. Errors are JSON
+// {"error": "<code>", "message": "..."}: 401 unauthorized, 404 not_found,
+// 405 method_not_allowed, 413 payload_too_large, 500 internal_error.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace meridian::node {
+
+// Producers of admin answers. An unset callback makes its endpoint answer 404, so a node can
+// start serving before every subsystem is wired. New endpoints add a callback here.
+struct admin_handlers {
+  std::function<std::string()> metrics_text;         // GET /metrics body (Prometheus text)
+  std::function<nlohmann::json()> effective_config;  // GET /config body
+};
+
+class admin_server {
+ public:
+  admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers);
+  ~admin_server();  // stops
+
+  admin_server(const admin_server&) = delete;
+  admin_server& operator=(const admin_server&) = delete;
+
+  // Binds host:port (port 0 = any free port) and starts serving on background threads; requests
+  // are accepted as soon as it returns. Returns false and sets *error on failure (address in use,
+  // bad host, called twice). A server serves once: it cannot be started again after stop().
+  bool start(const std::string& host, uint16_t port, std::string* error);
+
+  // Returns the bound port (useful after start() with port 0); 0 before start().
+  uint16_t port() const;
+
+  // Stops accepting, lets requests in progress finish and joins the threads. Idempotent.
+  void stop();
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::node

@@ -1,0 +1,107 @@
+#pragma once
+// A growable byte buffer with a read cursor: bytes are appended at the end and consumed from the
+// front. Cheaper than std::string appends on the forwarding path (no zero-fill, no SSO checks).
+// Not thread-safe; owned by one connection.
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string_view>
+
+namespace meridian::node {
+
+class byte_buffer {
+ public:
+  byte_buffer() = default;
+  explicit byte_buffer(size_t capacity) { reserve(capacity); }
+  byte_buffer(const byte_buffer&) = delete;
+  byte_buffer& operator=(const byte_buffer&) = delete;
+  ~byte_buffer() { std::free(data_); }
+
+  const char* data() const { return data_ + begin_; }
+  char* data() { return data_ + begin_; }
+  size_t size() const { return end_ - begin_; }
+  bool empty() const { return begin_ == end_; }
+  size_t capacity() const { return capacity_; }
+  std::string_view view() const { return {data(), size()}; }
+
+  // Space after the end, at least n bytes once prepare(n) returned.
+  char* tail() { return data_ + end_; }
+  size_t tail_size() const { return capacity_ - end_; }
+
+  // Makes room for n more bytes at the tail (compacting before growing); returns tail().
+  char* prepare(size_t n) {
+    if (capacity_ - end_ >= n) return tail();
+    if (begin_ > 0) compact();
+    if (capacity_ - end_ < n) reserve(end_ + n);
+    return tail();
+  }
+  void commit(size_t n) { end_ += n; }
+  void consume(size_t n) {
+    begin_ += n;
+    if (begin_ >= end_) begin_ = end_ = 0;
+  }
+  void clear() { begin_ = end_ = 0; }
+
+  void append(const char* p, size_t n) {
+    std::memcpy(prepare(n), p, n);
+    end_ += n;
+  }
+  void append(std::string_view s) { append(s.data(), s.size()); }
+  void append(char c) {
+    *prepare(1) = c;
+    ++end_;
+  }
+  // Appends n in decimal.
+  void append_decimal(uint64_t n) {
+    char tmp[20];
+    char* p = tmp + sizeof(tmp);
+    do {
+      *--p = static_cast<char>('0' + n % 10);
+      n /= 10;
+    } while (n);
+    append(p, tmp + sizeof(tmp) - p);
+  }
+  // Appends n in lower-case hexadecimal (chunk sizes).
+  void append_hex(uint64_t n) {
+    char tmp[16];
+    char* p = tmp + sizeof(tmp);
+    do {
+      *--p = "0123456789abcdef"[n & 15];
+      n >>= 4;
+    } while (n);
+    append(p, tmp + sizeof(tmp) - p);
+  }
+
+  // Moves unread bytes to the front.
+  void compact() {
+    if (begin_ == 0) return;
+    std::memmove(data_, data_ + begin_, end_ - begin_);
+    end_ -= begin_;
+    begin_ = 0;
+  }
+  // Frees the memory when empty (idle connections hold no buffer).
+  void release_if_empty() {
+    if (begin_ != end_) return;
+    std::free(data_);
+    data_ = nullptr;
+    capacity_ = begin_ = end_ = 0;
+  }
+  void reserve(size_t n) {
+    if (n <= capacity_) return;
+    size_t grown = capacity_ ? capacity_ * 2 : 4096;
+    if (grown < n) grown = n;
+    void* p = std::realloc(data_, grown);
+    if (!p) throw std::bad_alloc();
+    data_ = static_cast<char*>(p);
+    capacity_ = grown;
+  }
+
+ private:
+  char* data_ = nullptr;
+  size_t capacity_ = 0;
+  size_t begin_ = 0;
+  size_t end_ = 0;
+};
+
+}  // namespace meridian::node

@@ -1,0 +1,2020 @@
+// The forwarding path. Shaped by what was measured (PERFORMANCE.md): no http::message, no
+// serializer, no tcp_stream. Requests and responses are parsed by basic_parser subclasses whose
+// callbacks write the outgoing head straight into a per-connection output buffer; sockets are
+// plain and non-blocking; one coarse sweep timer per worker enforces every deadline.
+//
+// Threading: everything in this file except proxy_server's public methods runs on one worker's
+// thread. A client_session and the upstream_conns it uses belong to one worker.
+//
+// Reading without speculative EAGAIN reads: a connection keeps one async_wait(wait_read) armed
+// and reads with a non-blocking read_some when the socket is readable. Arming a wait right after
+// a short read is safe on the single-threaded epoll reactor: data that arrives later raises a new
+// edge that the next epoll_wait reports to the queued wait.
+
+#include "http_proxy.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/basic_parser.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "byte_buffer.h"
+
+namespace meridian::node {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using executor = asio::io_context::executor_type;
+using socket_t = asio::basic_stream_socket<tcp, executor>;
+using acceptor_t = asio::basic_socket_acceptor<tcp, executor>;
+using timer_t = asio::basic_waitable_timer<steady_clock, asio::wait_traits<steady_clock>, executor>;
+
+constexpr size_t read_chunk = 16 * 1024;
+constexpr size_t high_water = 64 * 1024;  // stop producing into an output buffer above this
+constexpr size_t max_fields = 256;
+constexpr auto sweep_interval = std::chrono::milliseconds(50);
+
+class worker;
+class client_session;
+
+bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+bool is_hop_by_hop(http::field f) {
+  switch (f) {
+    case http::field::connection:
+    case http::field::keep_alive:
+    case http::field::proxy_connection:
+    case http::field::te:
+    case http::field::trailer:
+    case http::field::transfer_encoding:
+    case http::field::upgrade:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A request id is kept when it is 1..128 characters of [A-Za-z0-9._:-].
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (char c : id) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
+          c == ':')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void append_json_string(byte_buffer& out, std::string_view s) {
+  out.append('"');
+  for (char c : s) {
+    switch (c) {
+      case '"': out.append("\\\""); break;
+      case '\\': out.append("\\\\"); break;
+      case '\n': out.append("\\n"); break;
+      case '\r': out.append("\\r"); break;
+      case '\t': out.append("\\t"); break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char tmp[8];
+          std::snprintf(tmp, sizeof tmp, "\\u%04x", c);
+          out.append(tmp);
+        } else {
+          out.append(c);
+        }
+    }
+  }
+  out.append('"');
+}
+
+const char* reason_for(int status) {
+  switch (status) {
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsers: thin basic_parser subclasses that forward every callback to their owner.
+
+template <class Owner>
+class request_parser final : public http::basic_parser<true> {
+ public:
+  explicit request_parser(Owner& owner) : owner_(owner) {}
+
+ private:
+  void on_request_impl(http::verb v, beast::string_view method, beast::string_view target,
+                       int version, error_code& ec) override {
+    owner_.on_request_line(v, method, target, version, ec);
+  }
+  void on_response_impl(int, beast::string_view, int, error_code&) override {}
+  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
+                     error_code& ec) override {
+    owner_.on_request_field(f, name, value, ec);
+  }
+  void on_header_impl(error_code& ec) override { owner_.on_request_header(*this, ec); }
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
+    owner_.on_request_body(body, ec);
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
+    owner_.on_request_chunk_header(size, ec);
+  }
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body,
+                                 error_code& ec) override {
+    owner_.on_request_body(body, ec);
+    return body.size();
+  }
+  void on_finish_impl(error_code& ec) override { owner_.on_request_finish(ec); }
+
+  Owner& owner_;
+};
+
+template <class Owner>
+class response_parser final : public http::basic_parser<false> {
+ public:
+  explicit response_parser(Owner& owner) : owner_(owner) {}
+
+ private:
+  void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
+                       error_code&) override {}
+  void on_response_impl(int status, beast::string_view reason, int version,
+                        error_code& ec) override {
+    owner_.on_response_line(status, reason, version, ec);
+  }
+  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
+                     error_code& ec) override {
+    owner_.on_response_field(f, name, value, ec);
+  }
+  void on_header_impl(error_code& ec) override { owner_.on_response_header(*this, ec); }
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
+    owner_.on_response_body(body, ec);
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
+    owner_.on_response_chunk_header(size, ec);
+  }
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body,
+                                 error_code& ec) override {
+    owner_.on_response_body(body, ec);
+    return body.size();
+  }
+  void on_finish_impl(error_code& ec) override { owner_.on_response_finish(ec); }
+
+  Owner& owner_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// upstream_conn: one connection to a target. Owned by a worker's pool while idle, by a client
+// session while a request uses it.
+
+class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
+ public:
+  upstream_conn(worker& w, target_state* target);
+  ~upstream_conn();
+
+  // Keeps one readiness wait armed; when it fires, the owner (or the pool) handles it.
+  void arm_wait();
+  // Reads what is available into in. Returns bytes read, 0 on would_block; sets eof/error.
+  size_t read_available(error_code& ec);
+  void close();
+
+  worker& w;
+  target_state* target;
+  socket_t socket;
+  byte_buffer in;
+  client_session* owner = nullptr;
+  bool wait_armed = false;
+  bool readable = false;  // readiness seen while nobody wanted data
+  bool open = false;
+  bool pooled = false;
+  int64_t idle_since_ms = 0;
+  int64_t idle_limit_ms = 60000;
+
+ private:
+  void on_ready(const error_code& ec);
+};
+
+// ---------------------------------------------------------------------------------------------
+// worker: one thread, one io_context, one listener; owns its sessions and upstream pools.
+
+class worker {
+ public:
+  worker(unsigned index, metrics_registry& metrics, std::atomic<int64_t>& connections,
+         spdlog::logger* access_log)
+      : index(index),
+        ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
+        acceptor(ioc.get_executor()),
+        sweep(ioc.get_executor()),
+        accept_retry(ioc.get_executor()),
+        stats(metrics.worker(index)),
+        connections(connections),
+        access_log(access_log) {
+    rng = 0x9e3779b97f4a7c15ULL * (index + 1) ^ static_cast<uint64_t>(now_ms());
+  }
+
+  void start_accept();
+  void start_sweep();
+  void on_sweep();
+  void begin_drain();
+
+  void add_session(client_session* s);
+  void remove_session(client_session* s);
+
+  // Returns a pooled connection to target, or nullptr.
+  std::shared_ptr<upstream_conn> take_idle(target_state* t);
+  // Keeps conn for reuse if the pool has room; closes it otherwise.
+  void give_back(std::shared_ptr<upstream_conn> conn, const upstream_config& cfg);
+  void forget_idle(upstream_conn* conn);
+
+  uint64_t next_random() {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+  }
+
+  unsigned index;
+  asio::io_context ioc;
+  acceptor_t acceptor;
+  timer_t sweep;
+  timer_t accept_retry;
+  worker_stats& stats;
+  std::atomic<int64_t>& connections;
+  spdlog::logger* access_log;
+  std::shared_ptr<const snapshot> snap;
+  std::vector<client_session*> sessions;
+  std::vector<std::vector<std::shared_ptr<upstream_conn>>> idle;  // by target id
+  std::vector<upstream_conn*> all_pooled_scan;                    // scratch for sweeps
+  std::atomic<int64_t> open_sessions{0};
+  bool draining = false;
+  uint32_t max_connections = 20000;
+  uint64_t rng;
+  int64_t now = now_ms();  // coarse clock, refreshed by the sweep
+};
+
+// ---------------------------------------------------------------------------------------------
+// client_session: one client connection; proxies its requests one after another.
+
+class client_session : public std::enable_shared_from_this<client_session> {
+ public:
+  client_session(worker& w, socket_t socket);
+  ~client_session();
+
+  void start();
+  // Closes the connection at once, abandoning any exchange in progress.
+  void close();
+  // Called by the sweep timer; closes or answers the session when a deadline passed.
+  void check_deadline(int64_t now);
+  // Closes the session if it is between requests (drain).
+  void close_if_idle();
+
+  // Request parser callbacks.
+  void on_request_line(http::verb v, std::string_view method, std::string_view target,
+                       int version, error_code& ec);
+  void on_request_field(http::field f, std::string_view name, std::string_view value,
+                        error_code& ec);
+  void on_request_header(http::basic_parser<true>& parser, error_code& ec);
+  void on_request_body(std::string_view body, error_code& ec);
+  void on_request_chunk_header(uint64_t size, error_code& ec);
+  void on_request_finish(error_code& ec);
+
+  // Response parser callbacks.
+  void on_response_line(int status, std::string_view reason, int version, error_code& ec);
+  void on_response_field(http::field f, std::string_view name, std::string_view value,
+                         error_code& ec);
+  void on_response_header(http::basic_parser<false>& parser, error_code& ec);
+  void on_response_body(std::string_view body, error_code& ec);
+  void on_response_chunk_header(uint64_t size, error_code& ec);
+  void on_response_finish(error_code& ec);
+
+  // Called by upstream_conn when its socket is readable (or failed).
+  void on_upstream_ready(const error_code& ec);
+
+  size_t index_in_worker = 0;
+
+ private:
+  enum class phase { idle, head, connecting, proxying, closing, closed };
+  enum class failure { connect, connect_timeout, reset, timeout };
+  struct field_view {
+    http::field f;
+    std::string_view name;
+    std::string_view value;
+  };
+
+  void arm_client_wait();
+  void on_client_ready(const error_code& ec);
+  void want_client_data();
+  void read_client();
+  void process_input();
+  void begin_request();
+  void dispatch();
+  void connect_upstream();
+  void on_connected(const error_code& ec);
+  void send_upstream();
+  void flush_upstream();
+  void read_upstream();
+  void parse_upstream();
+  void upstream_failed(failure why);
+  void finish_exchange();
+  void flush_client();
+  void on_client_written(const error_code& ec, size_t n);
+  void resume_upstream();
+  void count_target_failure();
+  void send_error(int status, std::string_view code, std::string_view message);
+  void reject(int status, std::string_view code, std::string_view message, error_code& ec);
+  void release_upstream(bool reuse);
+  void record_done();
+  void log_access();
+  void make_request_id();
+  bool request_replayable() const;
+
+  worker& w_;
+  socket_t socket_;
+  std::shared_ptr<const snapshot> snap_;
+  phase phase_ = phase::idle;
+  int64_t deadline_ = 0;
+  bool client_wait_armed_ = false;
+  bool client_readable_ = false;
+  bool client_eof_ = false;
+  bool writing_client_ = false;
+  bool close_after_response_ = false;
+
+  byte_buffer in_;
+  byte_buffer out_;
+  std::optional<request_parser<client_session>> req_parser_;
+
+  // The request being proxied.
+  std::vector<field_view> fields_;
+  http::verb verb_ = http::verb::unknown;
+  std::string_view method_;
+  std::string_view req_target_;
+  int version_ = 11;
+  int content_length_count_ = 0;
+  int transfer_encoding_count_ = 0;
+  int host_count_ = 0;
+  std::string_view host_;
+  bool req_chunked_ = false;
+  bool req_has_body_ = false;
+  bool req_done_ = false;
+  bool body_started_ = false;
+  uint64_t req_body_bytes_ = 0;
+  const route_runtime* route_ = nullptr;
+  std::string request_id_;
+  std::string hash_key_;
+  std::string retry_head_;
+  std::string access_path_;
+  std::string access_method_;
+  steady_clock::time_point started_;
+  uint32_t attempts_ = 0;
+  bool reused_connection_ = false;
+  bool counted_active_ = false;
+  bool retry_now_ = false;
+  const target_state* exclude_ = nullptr;
+  int local_status_ = 0;
+  const char* local_code_ = "";
+  const char* local_message_ = "";
+
+  // The upstream exchange.
+  std::shared_ptr<upstream_conn> up_;
+  target_state* target_ = nullptr;
+  byte_buffer up_out_;
+  bool writing_upstream_ = false;
+  std::optional<response_parser<client_session>> resp_parser_;
+  std::vector<field_view> resp_fields_;
+  int status_ = 0;
+  std::string_view reason_;
+  int resp_version_ = 11;
+  bool resp_head_sent_ = false;
+  bool resp_done_ = false;
+  bool resp_chunked_out_ = false;   // we chunk the body towards the client
+  bool resp_paused_ = false;        // client output above high water
+  bool upstream_keep_alive_ = true;
+  uint64_t resp_bytes_ = 0;
+};
+
+// --- upstream_conn ---------------------------------------------------------------------------
+
+upstream_conn::upstream_conn(worker& w, target_state* target)
+    : w(w), target(target), socket(w.ioc.get_executor()) {
+  target->metrics->pool_open.fetch_add(1, std::memory_order_relaxed);
+}
+
+upstream_conn::~upstream_conn() { target->metrics->pool_open.fetch_sub(1, std::memory_order_relaxed); }
+
+void upstream_conn::arm_wait() {
+  if (wait_armed || !open) return;
+  wait_armed = true;
+  socket.async_wait(tcp::socket::wait_read,
+                    [self = shared_from_this()](const error_code& ec) { self->on_ready(ec); });
+}
+
+void upstream_conn::on_ready(const error_code& ec) {
+  wait_armed = false;
+  if (!open) return;
+  if (owner) {
+    owner->on_upstream_ready(ec);
+    return;
+  }
+  // Idle in the pool: readable means the target closed it (or sent garbage). Drop it.
+  error_code rec;
+  char scratch[256];
+  size_t n = ec ? 0 : socket.read_some(asio::buffer(scratch), rec);
+  if (!ec && rec == asio::error::would_block) {
+    arm_wait();
+    return;
+  }
+  (void)n;
+  w.forget_idle(this);
+  close();
+}
+
+size_t upstream_conn::read_available(error_code& ec) {
+  char* p = in.prepare(read_chunk);
+  size_t n = socket.read_some(asio::buffer(p, in.tail_size()), ec);
+  if (ec == asio::error::would_block) {
+    ec = {};
+    return 0;
+  }
+  if (!ec) in.commit(n);
+  return n;
+}
+
+void upstream_conn::close() {
+  if (!open) return;
+  open = false;
+  error_code ignored;
+  socket.close(ignored);
+}
+
+// --- worker ----------------------------------------------------------------------------------
+
+void worker::start_accept() {
+  acceptor.async_accept([this](const error_code& ec, socket_t s) {
+    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+    if (ec) {
+      // Out of descriptors or similar: back off briefly instead of spinning.
+      spdlog::get("node.http") ? spdlog::get("node.http")->warn("accept: {}", ec.message())
+                               : void();
+      accept_retry.expires_after(std::chrono::milliseconds(50));
+      accept_retry.async_wait([this](const error_code& e) {
+        if (!e) start_accept();
+      });
+      return;
+    }
+    if (connections.load(std::memory_order_relaxed) >= static_cast<int64_t>(max_connections) ||
+        draining) {
+      stats.connections_rejected.add();
+      error_code ignored;
+      s.close(ignored);
+    } else {
+      std::make_shared<client_session>(*this, std::move(s))->start();
+    }
+    start_accept();
+  });
+}
+
+void worker::start_sweep() {
+  sweep.expires_after(sweep_interval);
+  sweep.async_wait([this](const error_code& ec) {
+    if (ec) return;
+    on_sweep();
+    start_sweep();
+  });
+}
+
+void worker::on_sweep() {
+  now = now_ms();
+  // Sessions may close (and remove themselves) while being checked: iterate over a copy.
+  auto copy = sessions;
+  for (auto* s : copy) s->check_deadline(now);
+  if (!snap) return;
+  // Close pooled connections idle for longer than their upstream's idle timeout.
+  for (auto& pool : idle) {
+    for (size_t i = 0; i < pool.size();) {
+      auto& c = pool[i];
+      if (now - c->idle_since_ms > c->idle_limit_ms || !c->open) {
+        c->close();
+        c->target->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
+        pool[i] = std::move(pool.back());
+        pool.pop_back();
+      } else {
+        ++i;
+      }
+    }
+  }
+}
+
+void worker::begin_drain() {
+  draining = true;
+  error_code ignored;
+  acceptor.close(ignored);
+  auto copy = sessions;
+  for (auto* s : copy) s->close_if_idle();
+  for (auto& pool : idle) {
+    for (auto& c : pool) {
+      c->close();
+      c->target->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
+    }
+    pool.clear();
+  }
+}
+
+void worker::add_session(client_session* s) {
+  s->index_in_worker = sessions.size();
+  sessions.push_back(s);
+  open_sessions.store(static_cast<int64_t>(sessions.size()), std::memory_order_relaxed);
+}
+
+void worker::remove_session(client_session* s) {
+  size_t i = s->index_in_worker;
+  if (i >= sessions.size() || sessions[i] != s) return;
+  sessions[i] = sessions.back();
+  sessions[i]->index_in_worker = i;
+  sessions.pop_back();
+  open_sessions.store(static_cast<int64_t>(sessions.size()), std::memory_order_relaxed);
+}
+
+std::shared_ptr<upstream_conn> worker::take_idle(target_state* t) {
+  if (t->id >= idle.size()) return nullptr;
+  auto& pool = idle[t->id];
+  while (!pool.empty()) {
+    auto c = std::move(pool.back());
+    pool.pop_back();
+    t->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
+    c->pooled = false;
+    if (c->open) return c;
+  }
+  return nullptr;
+}
+
+void worker::give_back(std::shared_ptr<upstream_conn> conn, const upstream_config& cfg) {
+  auto* t = conn->target;
+  if (draining || !conn->open || !conn->in.empty()) {
+    conn->close();
+    return;
+  }
+  if (t->id >= idle.size()) idle.resize(t->id + 1);
+  auto& pool = idle[t->id];
+  if (pool.size() >= cfg.pool.max_idle_per_target) {
+    conn->close();
+    return;
+  }
+  conn->owner = nullptr;
+  conn->pooled = true;
+  conn->idle_since_ms = now;
+  conn->idle_limit_ms = cfg.timeouts.idle.count();
+  conn->in.release_if_empty();
+  t->metrics->pool_idle.fetch_add(1, std::memory_order_relaxed);
+  conn->arm_wait();
+  pool.push_back(std::move(conn));
+}
+
+void worker::forget_idle(upstream_conn* conn) {
+  if (!conn->pooled) return;
+  auto& pool = idle[conn->target->id];
+  for (size_t i = 0; i < pool.size(); ++i) {
+    if (pool[i].get() == conn) {
+      pool[i] = std::move(pool.back());
+      pool.pop_back();
+      conn->target->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
+      break;
+    }
+  }
+  conn->pooled = false;
+}
+
+// --- client_session: lifecycle and reading --------------------------------------------------
+
+client_session::client_session(worker& w, socket_t socket)
+    : w_(w), socket_(std::move(socket)), snap_(w.snap) {
+  w_.connections.fetch_add(1, std::memory_order_relaxed);
+  w_.stats.connections_accepted.add();
+  w_.stats.connections_active.fetch_add(1, std::memory_order_relaxed);
+  fields_.reserve(32);
+  resp_fields_.reserve(32);
+}
+
+client_session::~client_session() {
+  w_.connections.fetch_sub(1, std::memory_order_relaxed);
+  w_.stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void client_session::start() {
+  error_code ec;
+  socket_.set_option(tcp::no_delay(true), ec);
+  socket_.non_blocking(true, ec);
+  if (ec) return;
+  w_.add_session(this);
+  phase_ = phase::idle;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  begin_request();
+  read_client();
+}
+
+void client_session::close() {
+  if (phase_ == phase::closed) return;
+  phase_ = phase::closed;
+  release_upstream(false);
+  w_.remove_session(this);
+  error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  req_parser_.reset();
+  resp_parser_.reset();
+}
+
+void client_session::close_if_idle() {
+  if (phase_ == phase::idle && in_.empty() && out_.empty() && !writing_client_) {
+    close();
+  } else {
+    close_after_response_ = true;
+  }
+}
+
+void client_session::check_deadline(int64_t now) {
+  if (phase_ == phase::closed || now < deadline_) return;
+  switch (phase_) {
+    case phase::idle:
+      w_.stats.idle_timeouts.add();
+      close();
+      break;
+    case phase::head:
+      w_.stats.header_timeouts.add();
+      close_after_response_ = true;
+      send_error(408, "request_timeout", "the request head did not arrive in time");
+      break;
+    case phase::connecting:
+      upstream_failed(failure::connect_timeout);
+      break;
+    case phase::proxying:
+      if (!resp_head_sent_ && !writing_upstream_) {
+        upstream_failed(failure::timeout);
+      } else {
+        // A stalled stream in either direction.
+        w_.stats.idle_timeouts.add();
+        close();
+      }
+      break;
+    case phase::closing:
+    case phase::closed:
+      close();
+      break;
+  }
+}
+
+void client_session::arm_client_wait() {
+  if (client_wait_armed_ || phase_ == phase::closed) return;
+  client_wait_armed_ = true;
+  socket_.async_wait(tcp::socket::wait_read,
+                     [self = shared_from_this()](const error_code& ec) { self->on_client_ready(ec); });
+}
+
+void client_session::on_client_ready(const error_code& ec) {
+  client_wait_armed_ = false;
+  if (phase_ == phase::closed) return;
+  if (ec) {
+    close();
+    return;
+  }
+  client_readable_ = true;
+  // Read now only when the session wants client bytes; otherwise keep the flag for later.
+  bool wants = phase_ == phase::idle || phase_ == phase::head ||
+               (phase_ == phase::proxying && body_started_ && !req_done_ &&
+                up_out_.size() < high_water);
+  if (wants) read_client();
+}
+
+// Called when the session needs more client bytes.
+void client_session::want_client_data() {
+  if (client_readable_ || !client_wait_armed_) read_client();
+}
+
+void client_session::read_client() {
+  client_readable_ = false;
+  if (client_eof_) return;
+  // While a head is incomplete the buffer may grow up to the header limit (plus one chunk).
+  if (phase_ == phase::idle || phase_ == phase::head) {
+    if (in_.size() > snap_->cfg.limits.max_header_bytes + snap_->cfg.limits.max_url_bytes) {
+      return;  // the parser has already answered 431
+    }
+  }
+  char* p = in_.prepare(read_chunk);
+  error_code ec;
+  size_t want = in_.tail_size();
+  size_t n = socket_.read_some(asio::buffer(p, want), ec);
+  if (ec == asio::error::would_block) {
+    arm_client_wait();
+    return;
+  }
+  if (ec) {
+    // EOF or reset. Between requests: just close. Mid-request: the client gave up.
+    if (phase_ == phase::idle || phase_ == phase::head ||
+        (phase_ == phase::proxying && !req_done_) || phase_ == phase::connecting) {
+      close();
+      return;
+    }
+    client_eof_ = true;
+    close_after_response_ = true;
+    return;
+  }
+  in_.commit(n);
+  if (n < want) {
+    arm_client_wait();
+  } else {
+    client_readable_ = true;  // there may be more
+  }
+  process_input();
+}
+
+void client_session::begin_request() {
+  req_parser_.emplace(*this);
+  req_parser_->header_limit(static_cast<uint32_t>(snap_->cfg.limits.max_header_bytes));
+  req_parser_->body_limit(boost::none);
+  req_parser_->eager(false);
+  fields_.clear();
+  verb_ = http::verb::unknown;
+  method_ = req_target_ = host_ = {};
+  version_ = 11;
+  content_length_count_ = transfer_encoding_count_ = host_count_ = 0;
+  req_chunked_ = req_has_body_ = req_done_ = body_started_ = false;
+  req_body_bytes_ = 0;
+  route_ = nullptr;
+  request_id_.clear();
+  attempts_ = 0;
+  reused_connection_ = false;
+  counted_active_ = retry_now_ = false;
+  exclude_ = nullptr;
+  local_status_ = 0;
+  target_ = nullptr;
+  status_ = 0;
+  resp_head_sent_ = resp_done_ = resp_chunked_out_ = resp_paused_ = false;
+  upstream_keep_alive_ = true;
+  resp_bytes_ = 0;
+}
+
+// Feeds buffered client bytes to the request parser as far as the current phase allows.
+void client_session::process_input() {
+  while (phase_ != phase::closed && phase_ != phase::closing) {
+    if (phase_ == phase::idle || phase_ == phase::head) {
+      if (in_.empty()) {
+        in_.release_if_empty();
+        if (client_readable_) {
+          read_client();
+        } else {
+          arm_client_wait();
+        }
+        return;
+      }
+      if (phase_ == phase::idle) {
+        // If the config changed since the last request, pick up the new snapshot now.
+        if (snap_ != w_.snap) snap_ = w_.snap;
+        phase_ = phase::head;
+        started_ = steady_clock::now();
+        deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
+      }
+      error_code ec;
+      size_t used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+      if (phase_ == phase::closing || phase_ == phase::closed) return;  // answered by a callback
+      if (ec == http::error::need_more) {
+        if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
+          close_after_response_ = true;
+          w_.stats.bad_requests.add();
+          send_error(431, "headers_too_large", "request header block exceeds the limit");
+          return;
+        }
+        if (client_readable_) {
+          read_client();
+        } else {
+          arm_client_wait();
+        }
+        return;
+      }
+      if (ec) {
+        close_after_response_ = true;
+        w_.stats.bad_requests.add();
+        if (ec == http::error::header_limit) {
+          send_error(431, "headers_too_large", "request header block exceeds the limit");
+        } else if (ec == http::error::bad_transfer_encoding) {
+          send_error(400, "bad_request", "invalid Transfer-Encoding");
+        } else {
+          send_error(400, "bad_request", ec.message());
+        }
+        return;
+      }
+      in_.consume(used);
+      if (!req_parser_->is_header_done()) continue;
+      if (req_parser_->is_done()) req_done_ = true;
+      if (local_status_) {
+        // Answered by the gateway itself; a body it did not read means the connection ends.
+        int status = local_status_;
+        local_status_ = 0;
+        if (!req_done_) close_after_response_ = true;
+        send_error(status, local_code_, local_message_);
+        continue;
+      }
+      dispatch();
+      continue;
+    }
+    if (phase_ == phase::proxying && body_started_ && !req_done_) {
+      if (in_.empty()) {
+        if (up_out_.size() < high_water) want_client_data();
+        return;
+      }
+      if (up_out_.size() >= high_water) return;  // resumed when the upstream write drains
+      size_t room = high_water - up_out_.size();
+      size_t n = std::min(room, in_.size());
+      error_code ec;
+      size_t used = req_parser_->put(asio::buffer(in_.data(), n), ec);
+      if (phase_ == phase::closing || phase_ == phase::closed) return;
+      if (ec == http::error::need_more) {
+        in_.consume(used);
+        if (used == 0) {
+          if (in_.size() >= high_water) {  // a chunk header longer than any sane one
+            send_error(400, "bad_request", "malformed chunked body");
+            return;
+          }
+          want_client_data();
+          return;
+        }
+        flush_upstream();
+        continue;
+      }
+      if (ec) {
+        w_.stats.bad_requests.add();
+        close_after_response_ = true;
+        if (!resp_head_sent_) {
+          release_upstream(false);
+          send_error(400, "bad_request", "malformed request body: " + ec.message());
+        } else {
+          close();
+        }
+        return;
+      }
+      in_.consume(used);
+      flush_upstream();
+      continue;
+    }
+    return;  // waiting for the upstream; pipelined bytes stay in in_
+  }
+}
+
+// --- request parser callbacks ----------------------------------------------------------------
+
+void client_session::reject(int status, std::string_view code, std::string_view message,
+                            error_code& ec) {
+  w_.stats.bad_requests.add();
+  close_after_response_ = true;
+  send_error(status, code, message);
+  ec = http::error::bad_value;  // stops the parser; the session is closing
+}
+
+void client_session::on_request_line(http::verb v, std::string_view method,
+                                     std::string_view target, int version, error_code& ec) {
+  verb_ = v;
+  method_ = method;
+  req_target_ = target;
+  version_ = version;
+  if (target.size() > snap_->cfg.limits.max_url_bytes) {
+    return reject(414, "uri_too_long", "request target exceeds the limit", ec);
+  }
+  if (version != 10 && version != 11) {
+    return reject(505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1", ec);
+  }
+  for (char c : target) {
+    // Beast accepts some bytes that no upstream should see in a request target.
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+      return reject(400, "bad_request", "invalid character in request target", ec);
+    }
+  }
+}
+
+void client_session::on_request_field(http::field f, std::string_view name,
+                                      std::string_view value, error_code& ec) {
+  // obs-fold (RFC 9112 §5.2): Beast unfolds it into its own buffer, or (when the first line is
+  // empty) hands out the continuation line. Either way the value does not follow "name:".
+  const char* v = value.data();
+  if (!value.empty()) {
+    bool inside = v >= in_.data() && v < in_.data() + in_.size();
+    const char* p = v;
+    if (inside) {
+      while (p > in_.data() && (p[-1] == ' ' || p[-1] == '\t')) --p;
+    }
+    if (!inside || p == in_.data() || p[-1] != ':') {
+      return reject(400, "bad_request", "obsolete line folding in header field", ec);
+    }
+  }
+  for (char c : value) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && c != '\t') || u == 0x7f) {
+      return reject(400, "bad_request", "control character in header field", ec);
+    }
+  }
+  switch (f) {
+    case http::field::content_length:
+      if (++content_length_count_ > 1) {
+        return reject(400, "bad_request", "more than one Content-Length", ec);
+      }
+      if (value.empty() || value.size() > 18 ||
+          value.find_first_not_of("0123456789") != std::string_view::npos) {
+        return reject(400, "bad_request", "invalid Content-Length", ec);
+      }
+      break;
+    case http::field::transfer_encoding:
+      if (++transfer_encoding_count_ > 1) {
+        return reject(400, "bad_request", "more than one Transfer-Encoding", ec);
+      }
+      if (version_ == 10) {
+        return reject(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request", ec);
+      }
+      if (!iequals(trim(value), "chunked")) {
+        return reject(501, "not_implemented", "unsupported Transfer-Encoding", ec);
+      }
+      break;
+    case http::field::host:
+      ++host_count_;
+      host_ = value;
+      break;
+    default:
+      break;
+  }
+  if (fields_.size() >= max_fields) {
+    return reject(431, "headers_too_large", "too many header fields", ec);
+  }
+  fields_.push_back({f, name, value});
+}
+
+void client_session::make_request_id() {
+  for (auto& f : fields_) {
+    if (f.f == http::field::unknown && iequals(f.name, "x-request-id") &&
+        valid_request_id(f.value)) {
+      request_id_.assign(f.value);
+      return;
+    }
+  }
+  uint64_t a = w_.next_random(), b = w_.next_random();
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-4%03x-%04x-%012llx", static_cast<unsigned>(a >> 32),
+                static_cast<unsigned>(a >> 16) & 0xffff, static_cast<unsigned>(a) & 0xfff,
+                (static_cast<unsigned>(b >> 48) & 0x3fff) | 0x8000,
+                static_cast<unsigned long long>(b & 0xffffffffffffULL));
+  request_id_.assign(buf, 36);
+}
+
+void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
+  make_request_id();
+  const auto& limits = snap_->cfg.limits;
+  if (version_ == 11 && host_count_ != 1) {
+    return reject(400, "bad_request", host_count_ ? "more than one Host" : "missing Host", ec);
+  }
+  if (host_count_ > 1) return reject(400, "bad_request", "more than one Host", ec);
+  req_chunked_ = parser.chunked();
+  auto cl = parser.content_length();
+  req_has_body_ = req_chunked_ || (cl && *cl > 0);
+
+  // Split the target into path and query; accept absolute-form (RFC 9112 §3.2.2).
+  std::string_view target = req_target_;
+  std::string_view host = host_;
+  if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
+    auto rest = target.substr(target.find("://") + 3);
+    auto slash = rest.find('/');
+    host = rest.substr(0, slash);
+    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+  }
+  if (target.empty() || target.front() != '/') {
+    if (!(verb_ == http::verb::options && target == "*")) {
+      return reject(400, "bad_request", "request target must be origin-form", ec);
+    }
+  }
+  auto qpos = target.find('?');
+  std::string_view path = target.substr(0, qpos);
+  std::string_view query = qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
+  std::string_view host_only = host;
+  if (!host_only.empty() && host_only.front() == '[') {
+    auto end = host_only.find(']');
+    host_only = host_only.substr(0, end == std::string_view::npos ? host_only.size() : end + 1);
+  } else if (auto colon = host_only.rfind(':'); colon != std::string_view::npos) {
+    host_only = host_only.substr(0, colon);
+  }
+
+  static_assert(sizeof(header_view) == sizeof(std::string_view) * 2);
+  header_view hv_storage[max_fields];
+  size_t nh = 0;
+  for (auto& f : fields_) hv_storage[nh++] = {f.name, f.value};
+  request_view rv{method_, host_only, path, query, std::span<const header_view>(hv_storage, nh)};
+  int route_index = snap_->routes_index->match(rv);
+  if (!parser.keep_alive()) close_after_response_ = true;
+  if (route_index < 0) {
+    w_.stats.no_route.add();
+    local_status_ = 404;
+    local_code_ = "not_found";
+    local_message_ = "no route matches this request";
+    return;
+  }
+  route_ = &snap_->routes[route_index];
+  const auto& rc = *route_->cfg;
+  if (route_->max_body_bytes && cl && *cl > route_->max_body_bytes) {
+    w_.stats.bad_requests.add();
+    local_status_ = 413;
+    local_code_ = "payload_too_large";
+    local_message_ = "request body exceeds the route's limit";
+    return;
+  }
+  (void)limits;
+
+  // Consistent-hash key.
+  const auto& up = *route_->upstream;
+  if (up.cfg->balance == balance_policy::consistent_hash) {
+    hash_key_.clear();
+    if (!up.hash_header.empty()) {
+      for (auto& f : fields_) {
+        if (iequals(f.name, up.hash_header)) {
+          hash_key_.assign(f.value);
+          break;
+        }
+      }
+    } else {
+      error_code rec;
+      auto ep = socket_.remote_endpoint(rec);
+      if (!rec) hash_key_ = ep.address().to_string();
+    }
+  }
+
+  // Build the upstream request head.
+  up_out_.clear();
+  up_out_.append(method_);
+  up_out_.append(' ');
+  std::string rewritten;
+  std::string_view out_path = path;
+  if (!rc.strip_prefix.empty() && out_path.substr(0, rc.strip_prefix.size()) == rc.strip_prefix) {
+    out_path.remove_prefix(rc.strip_prefix.size());
+    if (out_path.empty() || out_path.front() != '/') {
+      rewritten.reserve(out_path.size() + 1);
+      rewritten = "/";
+      rewritten.append(out_path);
+      out_path = rewritten;
+    }
+  }
+  if (route_->rewrite) {
+    std::string tmp(out_path);
+    rewritten = std::regex_replace(tmp, *route_->rewrite, rc.rewrite->replacement,
+                                   std::regex_constants::format_first_only);
+    out_path = rewritten;
+  }
+  up_out_.append(out_path);
+  const auto& qt = rc.query;
+  if (qt.add.empty() && qt.remove.empty() && qt.rename.empty()) {
+    if (qpos != std::string_view::npos) {
+      up_out_.append('?');
+      up_out_.append(query);
+    }
+  } else {
+    bool first = true;
+    auto emit = [&](std::string_view k, std::string_view v, bool has_value) {
+      up_out_.append(first ? '?' : '&');
+      first = false;
+      up_out_.append(k);
+      if (has_value) {
+        up_out_.append('=');
+        up_out_.append(v);
+      }
+    };
+    std::string_view q = query;
+    while (!q.empty()) {
+      auto amp = q.find('&');
+      auto pair = q.substr(0, amp);
+      q = amp == std::string_view::npos ? std::string_view() : q.substr(amp + 1);
+      if (pair.empty()) continue;
+      auto eq = pair.find('=');
+      auto key = pair.substr(0, eq);
+      auto val = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+      bool removed = false;
+      for (auto& r : qt.remove) removed |= (r == key);
+      if (removed) continue;
+      for (auto& [from, to] : qt.rename) {
+        if (from == key) {
+          key = to;
+          break;
+        }
+      }
+      emit(key, val, eq != std::string_view::npos);
+    }
+    for (auto& [k, v] : qt.add) emit(k, v, true);
+  }
+  up_out_.append(" HTTP/1.1\r\n");
+
+  // Connection tokens name further hop-by-hop fields.
+  std::string_view connection_tokens[8];
+  size_t ntokens = 0;
+  std::string_view xff, via;
+  for (auto& f : fields_) {
+    if (f.f == http::field::connection) {
+      std::string_view v = f.value;
+      while (!v.empty() && ntokens < 8) {
+        auto comma = v.find(',');
+        auto tok = trim(v.substr(0, comma));
+        if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) {
+          connection_tokens[ntokens++] = tok;
+        }
+        v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+      }
+    }
+  }
+  bool has_xff = false, has_via = false;
+  for (auto& f : fields_) {
+    if (is_hop_by_hop(f.f)) continue;
+    if (f.f == http::field::host || f.f == http::field::proxy_authorization) continue;
+    if (f.f == http::field::via) {
+      if (has_via) {
+        // Several Via fields: pass the earlier ones on, fold ours into the last.
+        up_out_.append("Via: ");
+        up_out_.append(via);
+        up_out_.append("\r\n");
+      }
+      via = f.value;
+      has_via = true;
+      continue;
+    }
+    if (f.f == http::field::unknown) {
+      if (iequals(f.name, "x-forwarded-for")) {
+        if (has_xff) {
+          up_out_.append("X-Forwarded-For: ");
+          up_out_.append(xff);
+          up_out_.append("\r\n");
+        }
+        xff = f.value;
+        has_xff = true;
+        continue;
+      }
+      if (iequals(f.name, "x-request-id") || iequals(f.name, "x-forwarded-proto") ||
+          iequals(f.name, "x-forwarded-host")) {
+        continue;
+      }
+    }
+    bool drop = false;
+    for (size_t i = 0; i < ntokens && !drop; ++i) drop = iequals(f.name, connection_tokens[i]);
+    for (size_t i = 0; i < route_->request_drop.size() && !drop; ++i) {
+      drop = iequals(f.name, route_->request_drop[i]);
+    }
+    if (drop) continue;
+    up_out_.append(f.name);
+    up_out_.append(": ");
+    up_out_.append(f.value);
+    up_out_.append("\r\n");
+  }
+  up_out_.append("Host: ");
+  if (route_->preserve_host && !host.empty()) {
+    up_out_.append(host);
+  } else {
+    // Without the client's Host, name the first target (like nginx's $proxy_host).
+    up_out_.append(up.targets.empty() ? std::string_view("localhost")
+                                      : std::string_view(up.targets[0]->addr.to_string()));
+  }
+  up_out_.append("\r\nX-Forwarded-For: ");
+  if (has_xff) {
+    up_out_.append(xff);
+    up_out_.append(", ");
+  }
+  {
+    error_code rec;
+    auto ep = socket_.remote_endpoint(rec);
+    if (!rec) {
+      auto a = ep.address();
+      char buf[64];
+      if (a.is_v4()) {
+        auto b = a.to_v4().to_bytes();
+        int len = std::snprintf(buf, sizeof buf, "%u.%u.%u.%u", b[0], b[1], b[2], b[3]);
+        up_out_.append(buf, static_cast<size_t>(len));
+      } else {
+        up_out_.append(a.to_string());
+      }
+    }
+  }
+  up_out_.append("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+  up_out_.append(host);
+  up_out_.append("\r\nVia: ");
+  if (has_via) {
+    up_out_.append(via);
+    up_out_.append(", ");
+  }
+  up_out_.append(version_ == 10 ? "1.0 meridian\r\nX-Request-Id: " : "1.1 meridian\r\nX-Request-Id: ");
+  up_out_.append(request_id_);
+  up_out_.append("\r\n");
+  for (auto& [k, v] : rc.request_headers.set) {
+    up_out_.append(k);
+    up_out_.append(": ");
+    up_out_.append(v);
+    up_out_.append("\r\n");
+  }
+  for (auto& [k, v] : rc.request_headers.add) {
+    up_out_.append(k);
+    up_out_.append(": ");
+    up_out_.append(v);
+    up_out_.append("\r\n");
+  }
+  if (req_chunked_) up_out_.append("Transfer-Encoding: chunked\r\n");
+  up_out_.append("\r\n");
+
+  if (w_.access_log) {
+    access_method_.assign(method_);
+    access_path_.assign(req_target_);
+  }
+  if (!req_has_body_) retry_head_.assign(up_out_.data(), up_out_.size());
+  // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
+  req_parser_->eager(true);
+}
+
+void client_session::on_request_body(std::string_view body, error_code& ec) {
+  req_body_bytes_ += body.size();
+  if (route_->max_body_bytes && req_body_bytes_ > route_->max_body_bytes) {
+    w_.stats.bad_requests.add();
+    close_after_response_ = true;
+    if (!resp_head_sent_) {
+      release_upstream(false);
+      send_error(413, "payload_too_large", "request body exceeds the route's limit");
+    } else {
+      close();
+    }
+    ec = http::error::body_limit;
+    return;
+  }
+  if (req_chunked_) {
+    // Each piece becomes its own chunk: framing is ours, never the client's bytes.
+    if (body.empty()) return;
+    up_out_.append_hex(body.size());
+    up_out_.append("\r\n");
+    up_out_.append(body);
+    up_out_.append("\r\n");
+  } else {
+    up_out_.append(body);
+  }
+}
+
+void client_session::on_request_chunk_header(uint64_t, error_code&) {}
+
+void client_session::on_request_finish(error_code& ec) {
+  if (req_chunked_) up_out_.append("0\r\n\r\n");
+  req_done_ = true;
+}
+
+
+// --- dispatching to an upstream --------------------------------------------------------------
+
+bool is_idempotent(http::verb v) {
+  switch (v) {
+    case http::verb::get:
+    case http::verb::head:
+    case http::verb::options:
+    case http::verb::put:
+    case http::verb::delete_:
+    case http::verb::trace:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool client_session::request_replayable() const {
+  // A request without a body can be sent again from retry_head_; one with a body only while none
+  // of it has been taken from the client buffer.
+  return !req_has_body_ || !body_started_;
+}
+
+void client_session::dispatch() {
+  auto& up = *route_->upstream;
+  int64_t now = w_.now;
+  if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
+  target_ = pick_target(up, w_.index, hash_key_, exclude_, now);
+  if (!target_) {
+    if (!req_done_) close_after_response_ = true;
+    send_error(503, "no_healthy_upstream", "no healthy target in upstream " + up.cfg->name);
+    return;
+  }
+  target_->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
+  target_->metrics->requests.fetch_add(1, std::memory_order_relaxed);
+  counted_active_ = true;
+  up_ = w_.take_idle(target_);
+  if (up_) {
+    reused_connection_ = true;
+    w_.stats.upstream_connections_reused.add();
+    up_->owner = this;
+    phase_ = phase::proxying;
+    deadline_ = now + up.cfg->timeouts.request.count();
+    send_upstream();
+    return;
+  }
+  reused_connection_ = false;
+  connect_upstream();
+}
+
+void client_session::connect_upstream() {
+  phase_ = phase::connecting;
+  deadline_ = w_.now + route_->upstream->cfg->timeouts.connect.count();
+  up_ = std::make_shared<upstream_conn>(w_, target_);
+  up_->owner = this;
+  w_.stats.upstream_connections_opened.add();
+  error_code ec;
+  up_->socket.open(target_->endpoint.protocol(), ec);
+  if (ec) {
+    upstream_failed(failure::connect);
+    return;
+  }
+  up_->open = true;
+  up_->socket.async_connect(target_->endpoint,
+                            [self = shared_from_this(), conn = up_](const error_code& ec) {
+                              if (self->up_ != conn || self->phase_ == phase::closed) return;
+                              self->on_connected(ec);
+                            });
+}
+
+void client_session::on_connected(const error_code& ec) {
+  if (ec) {
+    upstream_failed(failure::connect);
+    return;
+  }
+  error_code ignored;
+  up_->socket.set_option(tcp::no_delay(true), ignored);
+  up_->socket.non_blocking(true, ignored);
+  phase_ = phase::proxying;
+  deadline_ = w_.now + route_->upstream->cfg->timeouts.request.count();
+  send_upstream();
+  if (body_started_) process_input();
+}
+
+void client_session::send_upstream() {
+  if (req_has_body_) body_started_ = true;
+  flush_upstream();
+  up_->arm_wait();
+}
+
+void client_session::flush_upstream() {
+  if (writing_upstream_ || up_out_.empty() || !up_ || phase_ == phase::connecting) return;
+  writing_upstream_ = true;
+  up_->socket.async_write_some(
+      asio::buffer(up_out_.data(), up_out_.size()),
+      [self = shared_from_this(), conn = up_](const error_code& ec, size_t n) {
+        if (self->up_ != conn || self->phase_ == phase::closed) return;
+        self->writing_upstream_ = false;
+        if (ec) {
+          self->upstream_failed(failure::reset);
+          return;
+        }
+        self->up_out_.consume(n);
+        if (!self->up_out_.empty()) {
+          self->flush_upstream();
+        } else if (self->body_started_ && !self->req_done_) {
+          self->process_input();  // room again for request body
+        }
+      });
+}
+
+void client_session::on_upstream_ready(const error_code& ec) {
+  if (ec) {
+    upstream_failed(failure::reset);
+    return;
+  }
+  read_upstream();
+}
+
+void client_session::read_upstream() {
+  auto conn = up_;
+  while (up_ == conn && conn && phase_ == phase::proxying) {
+    if (resp_paused_) {
+      conn->readable = true;
+      return;
+    }
+    conn->readable = false;
+    error_code ec;
+    size_t before = conn->in.tail_size();
+    size_t n = conn->read_available(ec);
+    if (ec) {
+      if (ec == asio::error::eof && resp_parser_ && resp_parser_->is_header_done() &&
+          !resp_parser_->is_done()) {
+        // A response delimited by the connection's end.
+        error_code pec;
+        resp_parser_->put_eof(pec);
+        upstream_keep_alive_ = false;
+        if (!pec) {
+          flush_client();
+          finish_exchange();
+          return;
+        }
+      }
+      upstream_failed(failure::reset);
+      return;
+    }
+    if (n == 0) {
+      conn->arm_wait();
+      return;
+    }
+    bool short_read = n < std::min(before, read_chunk);
+    parse_upstream();
+    if (up_ != conn) return;
+    if (short_read) {
+      conn->arm_wait();
+      return;
+    }
+  }
+}
+
+void client_session::parse_upstream() {
+  auto conn = up_;
+  while (up_ == conn && !conn->in.empty()) {
+    if (!resp_parser_) {
+      resp_parser_.emplace(*this);
+      resp_parser_->header_limit(64 * 1024);
+      resp_parser_->body_limit(boost::none);
+      resp_parser_->eager(true);
+      if (verb_ == http::verb::head) resp_parser_->skip(true);
+    }
+    if (out_.size() >= high_water) {
+      resp_paused_ = true;
+      break;
+    }
+    error_code ec;
+    size_t used = resp_parser_->put(asio::buffer(conn->in.data(), conn->in.size()), ec);
+    if (phase_ == phase::closed || up_ != conn) return;
+    if (retry_now_) {
+      retry_now_ = false;
+      upstream_failed(failure::reset);
+      return;
+    }
+    if (ec == http::error::need_more) {
+      conn->in.consume(used);
+      if (used == 0) break;
+      continue;
+    }
+    if (ec) {
+      w_.stats.upstream_resets.add();
+      upstream_failed(failure::reset);
+      return;
+    }
+    conn->in.consume(used);
+    if (resp_parser_->is_done()) {
+      if (status_ / 100 == 1) {
+        resp_parser_.reset();  // an interim response; the final one follows
+        continue;
+      }
+      flush_client();
+      finish_exchange();
+      return;
+    }
+  }
+  if (resp_head_sent_) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  flush_client();
+}
+
+void client_session::count_target_failure() {
+  if (!target_) return;
+  target_->metrics->failures.fetch_add(1, std::memory_order_relaxed);
+  const auto& outlier = route_->upstream->cfg->outlier;
+  uint32_t n = target_->consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (outlier.consecutive_failures && n >= outlier.consecutive_failures) {
+    target_->consecutive_failures.store(0, std::memory_order_relaxed);
+    target_->ejected_until_ms.store(now_ms() + outlier.eject_for.count(),
+                                    std::memory_order_relaxed);
+    w_.stats.ejections.add();
+    spdlog::get("node.http") ? spdlog::get("node.http")->warn(
+                                   "upstream {} target {} ejected for {} ms after {} failures",
+                                   target_->upstream, target_->addr.to_string(),
+                                   outlier.eject_for.count(), n)
+                             : void();
+  }
+}
+
+void client_session::upstream_failed(failure why) {
+  const auto& cfg = *route_->upstream->cfg;
+  switch (why) {
+    case failure::connect: w_.stats.upstream_connect_failures.add(); break;
+    case failure::connect_timeout:
+    case failure::timeout: w_.stats.upstream_timeouts.add(); break;
+    case failure::reset: w_.stats.upstream_resets.add(); break;
+  }
+  bool got_response_bytes = resp_parser_ && resp_parser_->got_some();
+  bool stale_pooled = why == failure::reset && reused_connection_ && !got_response_bytes &&
+                      status_ == 0;
+  if (!stale_pooled && status_ == 0) count_target_failure();
+  release_upstream(false);
+  if (resp_head_sent_) {
+    close();  // the response is cut short; the client sees the connection end
+    return;
+  }
+  bool connect_failure = why == failure::connect || why == failure::connect_timeout;
+  bool retryable_kind = (connect_failure && cfg.retries.on_connect_failure) ||
+                        (why == failure::timeout && cfg.retries.on_timeout) ||
+                        (why == failure::reset && status_ != 0);  // retry-on-status
+  bool may_replay = request_replayable() && (connect_failure || is_idempotent(verb_));
+  bool retry = false;
+  if (may_replay && stale_pooled && attempts_ == 0) {
+    retry = true;  // a pooled connection the target had closed: not the target's fault
+  } else if (may_replay && retryable_kind && attempts_ < cfg.retries.attempts) {
+    if (route_->upstream->budget.try_retry(w_.now)) {
+      retry = true;
+    } else {
+      w_.stats.retries_budget_exhausted.add();
+    }
+  }
+  if (retry) {
+    ++attempts_;
+    w_.stats.retries.add();
+    if (!stale_pooled) exclude_ = target_;
+    if (!req_has_body_) {
+      up_out_.clear();
+      up_out_.append(retry_head_);
+    }
+    status_ = 0;
+    resp_fields_.clear();
+    dispatch();
+    return;
+  }
+  if (!req_done_) close_after_response_ = true;
+  if (status_ != 0) {
+    // Retries on status exhausted: pass the last status on as our own error.
+    send_error(status_, "upstream_error", "upstream answered " + std::to_string(status_));
+  } else if (connect_failure) {
+    send_error(why == failure::connect ? 502 : 504,
+               why == failure::connect ? "upstream_unavailable" : "upstream_timeout",
+               why == failure::connect ? "cannot connect to upstream " + cfg.name
+                                       : "connecting to upstream " + cfg.name + " timed out");
+  } else if (why == failure::timeout) {
+    send_error(504, "upstream_timeout", "upstream " + cfg.name + " did not answer in time");
+  } else {
+    send_error(502, "bad_gateway", "upstream " + cfg.name + " closed the connection");
+  }
+  if (phase_ == phase::idle) process_input();
+}
+
+void client_session::release_upstream(bool reuse) {
+  if (counted_active_ && target_) {
+    target_->metrics->active_requests.fetch_sub(1, std::memory_order_relaxed);
+    counted_active_ = false;
+  }
+  resp_parser_.reset();
+  writing_upstream_ = false;
+  if (!up_) return;
+  auto conn = std::move(up_);
+  up_.reset();
+  conn->owner = nullptr;
+  conn->readable = false;
+  if (reuse && conn->open && route_) {
+    w_.give_back(std::move(conn), *route_->upstream->cfg);
+  } else {
+    conn->close();
+  }
+}
+
+// --- response parser callbacks ---------------------------------------------------------------
+
+void client_session::on_response_line(int status, std::string_view reason, int version,
+                                      error_code& ec) {
+  status_ = status;
+  reason_ = reason;
+  resp_version_ = version;
+  resp_fields_.clear();
+}
+
+void client_session::on_response_field(http::field f, std::string_view name,
+                                       std::string_view value, error_code& ec) {
+  if (resp_fields_.size() >= max_fields) {
+    ec = http::error::header_limit;
+    return;
+  }
+  resp_fields_.push_back({f, name, value});
+}
+
+void client_session::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
+  bool informational = status_ / 100 == 1;
+  if (status_ == 101) {
+    ec = http::error::bad_value;  // we never forward Upgrade, so this is a broken upstream
+    return;
+  }
+  const auto& cfg = *route_->upstream->cfg;
+  if (!informational) {
+    bool retry_status = false;
+    for (int s : cfg.retries.on_status) retry_status |= (s == status_);
+    if (status_ >= 500) {
+      count_target_failure();
+    } else if (target_) {
+      target_->consecutive_failures.store(0, std::memory_order_relaxed);
+    }
+    if (retry_status && attempts_ < cfg.retries.attempts && request_replayable() &&
+        is_idempotent(verb_)) {
+      retry_now_ = true;
+      ec = http::error::bad_value;
+      return;
+    }
+  }
+  out_.append("HTTP/1.1 ");
+  out_.append_decimal(static_cast<uint64_t>(status_));
+  out_.append(' ');
+  out_.append(reason_.empty() ? std::string_view(reason_for(status_)) : reason_);
+  out_.append("\r\n");
+  std::string_view connection_tokens[8];
+  size_t ntokens = 0;
+  bool has_request_id = false;
+  for (auto& f : resp_fields_) {
+    if (f.f != http::field::connection) continue;
+    std::string_view v = f.value;
+    while (!v.empty() && ntokens < 8) {
+      auto comma = v.find(',');
+      auto tok = trim(v.substr(0, comma));
+      if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) {
+        connection_tokens[ntokens++] = tok;
+      }
+      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+    }
+  }
+  for (auto& f : resp_fields_) {
+    if (is_hop_by_hop(f.f)) continue;
+    bool drop = false;
+    for (size_t i = 0; i < ntokens && !drop; ++i) drop = iequals(f.name, connection_tokens[i]);
+    for (size_t i = 0; i < route_->response_drop.size() && !drop; ++i) {
+      drop = iequals(f.name, route_->response_drop[i]);
+    }
+    if (drop) continue;
+    if (f.f == http::field::unknown && iequals(f.name, "x-request-id")) has_request_id = true;
+    out_.append(f.name);
+    out_.append(": ");
+    out_.append(f.value);
+    out_.append("\r\n");
+  }
+  const auto& rc = *route_->cfg;
+  for (auto& [k, v] : rc.response_headers.set) {
+    out_.append(k);
+    out_.append(": ");
+    out_.append(v);
+    out_.append("\r\n");
+  }
+  for (auto& [k, v] : rc.response_headers.add) {
+    out_.append(k);
+    out_.append(": ");
+    out_.append(v);
+    out_.append("\r\n");
+  }
+  if (!informational) {
+    if (!has_request_id) {
+      out_.append("X-Request-Id: ");
+      out_.append(request_id_);
+      out_.append("\r\n");
+    }
+    bool no_body = status_ == 204 || status_ == 304 || verb_ == http::verb::head;
+    if (!no_body && (parser.chunked() || !parser.content_length())) {
+      if (version_ == 11) {
+        resp_chunked_out_ = true;
+        out_.append("Transfer-Encoding: chunked\r\n");
+      } else {
+        close_after_response_ = true;  // an HTTP/1.0 client reads to the end of the connection
+      }
+    }
+    upstream_keep_alive_ = parser.keep_alive();
+    if (!req_done_) close_after_response_ = true;
+    if (close_after_response_ || w_.draining) {
+      close_after_response_ = true;
+      out_.append("Connection: close\r\n");
+    } else if (version_ == 10) {
+      out_.append("Connection: keep-alive\r\n");
+    }
+    resp_head_sent_ = true;
+    if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status_)].add();
+  }
+  out_.append("\r\n");
+}
+
+void client_session::on_response_body(std::string_view body, error_code& ec) {
+  resp_bytes_ += body.size();
+  if (resp_chunked_out_) {
+    if (body.empty()) return;
+    out_.append_hex(body.size());
+    out_.append("\r\n");
+    out_.append(body);
+    out_.append("\r\n");
+  } else {
+    out_.append(body);
+  }
+}
+
+void client_session::on_response_chunk_header(uint64_t, error_code&) {}
+
+void client_session::on_response_finish(error_code& ec) {
+  if (status_ / 100 == 1) return;
+  if (resp_chunked_out_) out_.append("0\r\n\r\n");
+  resp_done_ = true;
+}
+
+// --- finishing an exchange -------------------------------------------------------------------
+
+void client_session::record_done() {
+  auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_);
+  w_.stats.requests_total.add();
+  if (route_) {
+    auto& st = route_->metrics->per_worker[w_.index];
+    size_t b = 0;
+    uint64_t us = static_cast<uint64_t>(elapsed.count());
+    while (b < latency_bounds_us.size() && us > latency_bounds_us[b]) ++b;
+    st.latency[b].add();
+    st.latency_sum_us.add(us);
+    st.request_bytes.add(req_body_bytes_);
+    st.response_bytes.add(resp_bytes_);
+  }
+  if (w_.access_log) log_access();
+}
+
+void client_session::log_access() {
+  byte_buffer line;
+  line.append("{\"request_id\":");
+  append_json_string(line, request_id_);
+  line.append(",\"client\":");
+  error_code ec;
+  auto ep = socket_.remote_endpoint(ec);
+  append_json_string(line, ec ? std::string() : ep.address().to_string());
+  line.append(",\"method\":");
+  append_json_string(line, access_method_);
+  line.append(",\"path\":");
+  append_json_string(line, access_path_);
+  line.append(",\"status\":");
+  line.append_decimal(static_cast<uint64_t>(status_));
+  line.append(",\"route\":");
+  append_json_string(line, route_ ? std::string_view(route_->cfg->name) : std::string_view());
+  line.append(",\"upstream\":");
+  append_json_string(line, target_ ? target_->addr.to_string() : std::string());
+  line.append(",\"attempts\":");
+  line.append_decimal(attempts_ + 1);
+  line.append(",\"request_bytes\":");
+  line.append_decimal(req_body_bytes_);
+  line.append(",\"response_bytes\":");
+  line.append_decimal(resp_bytes_);
+  line.append(",\"duration_ms\":");
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_)
+                .count();
+  char tmp[32];
+  int n = std::snprintf(tmp, sizeof tmp, "%.3f", static_cast<double>(us) / 1000.0);
+  line.append(tmp, static_cast<size_t>(n));
+  line.append('}');
+  w_.access_log->info(std::string_view(line.data(), line.size()));
+}
+
+void client_session::finish_exchange() {
+  record_done();
+  bool reuse = upstream_keep_alive_ && req_done_ && up_out_.empty() && !writing_upstream_;
+  release_upstream(reuse);
+  if (!req_done_) close_after_response_ = true;
+  if (close_after_response_) {
+    phase_ = phase::closing;
+    deadline_ = w_.now + 5000;
+    flush_client();
+    if (!writing_client_ && out_.empty()) close();
+    return;
+  }
+  begin_request();
+  phase_ = phase::idle;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  flush_client();
+  process_input();
+}
+
+// --- writing to the client -------------------------------------------------------------------
+
+void client_session::send_error(int status, std::string_view code, std::string_view message) {
+  if (phase_ == phase::closed) return;
+  if (resp_head_sent_) {
+    close();
+    return;
+  }
+  if (request_id_.empty()) make_request_id();
+  status_ = status;
+  byte_buffer body;
+  body.append("{\"error\":");
+  append_json_string(body, code);
+  body.append(",\"message\":");
+  append_json_string(body, message);
+  body.append(",\"request_id\":");
+  append_json_string(body, request_id_);
+  body.append("}\n");
+  out_.append("HTTP/1.1 ");
+  out_.append_decimal(static_cast<uint64_t>(status));
+  out_.append(' ');
+  out_.append(reason_for(status));
+  out_.append("\r\nContent-Type: application/json\r\nContent-Length: ");
+  out_.append_decimal(body.size());
+  out_.append("\r\nX-Request-Id: ");
+  out_.append(request_id_);
+  if (!req_done_) close_after_response_ = true;
+  if (close_after_response_ || w_.draining) {
+    close_after_response_ = true;
+    out_.append("\r\nConnection: close");
+  }
+  out_.append("\r\n\r\n");
+  if (verb_ != http::verb::head) out_.append(body.view());
+  if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status)].add();
+  resp_head_sent_ = true;
+  if (started_ == steady_clock::time_point()) started_ = steady_clock::now();
+  record_done();
+  release_upstream(false);
+  if (close_after_response_) {
+    phase_ = phase::closing;
+    deadline_ = w_.now + 5000;
+  } else {
+    begin_request();
+    phase_ = phase::idle;
+    deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  }
+  flush_client();
+}
+
+void client_session::flush_client() {
+  if (writing_client_ || out_.empty() || phase_ == phase::closed) return;
+  writing_client_ = true;
+  socket_.async_write_some(asio::buffer(out_.data(), out_.size()),
+                           [self = shared_from_this()](const error_code& ec, size_t n) {
+                             self->on_client_written(ec, n);
+                           });
+}
+
+void client_session::on_client_written(const error_code& ec, size_t n) {
+  writing_client_ = false;
+  if (phase_ == phase::closed) return;
+  if (ec) {
+    close();
+    return;
+  }
+  out_.consume(n);
+  if (phase_ == phase::proxying) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  if (!out_.empty()) {
+    flush_client();
+  } else if (phase_ == phase::closing) {
+    close();
+    return;
+  } else if (phase_ == phase::idle) {
+    out_.release_if_empty();
+    if (w_.draining && in_.empty()) {
+      close();
+      return;
+    }
+  }
+  if (resp_paused_ && out_.size() < high_water / 2) resume_upstream();
+}
+
+void client_session::resume_upstream() {
+  resp_paused_ = false;
+  if (!up_) return;
+  auto conn = up_;
+  if (!conn->in.empty()) parse_upstream();
+  if (up_ != conn || resp_paused_) return;
+  if (conn->readable) {
+    read_upstream();
+  } else {
+    conn->arm_wait();
+  }
+}
+
+}  // namespace
+
+// --- proxy_server ----------------------------------------------------------------------------
+
+struct proxy_server::impl {
+  impl(unsigned n, metrics_registry& metrics, std::shared_ptr<spdlog::logger> log)
+      : access_log(std::move(log)) {
+    for (unsigned i = 0; i < n; ++i) {
+      workers.push_back(std::make_unique<worker>(i, metrics, connections, access_log.get()));
+    }
+  }
+  std::shared_ptr<spdlog::logger> access_log;
+  std::atomic<int64_t> connections{0};
+  std::vector<std::unique_ptr<worker>> workers;
+  std::vector<std::thread> threads;
+  uint16_t port = 0;
+  bool stopped = false;
+};
+
+proxy_server::proxy_server(unsigned workers, metrics_registry& metrics,
+                           std::shared_ptr<spdlog::logger> access_log)
+    : impl_(std::make_unique<impl>(std::max(1u, workers), metrics, std::move(access_log))) {}
+
+proxy_server::~proxy_server() { stop(); }
+
+bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> snap,
+                         std::string* error) {
+  error_code ec;
+  auto addr = asio::ip::make_address(listen.host == "localhost" ? "127.0.0.1" : listen.host, ec);
+  if (ec) {
+    *error = "listen.proxy " + listen.to_string() + ": " + ec.message();
+    return false;
+  }
+  uint16_t port = listen.port;
+  for (auto& w : impl_->workers) {
+    w->snap = snap;
+    w->max_connections = snap->cfg.limits.max_connections;
+    tcp::endpoint ep(addr, port);
+    w->acceptor.open(ep.protocol(), ec);
+    if (!ec) w->acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      int one = 1;
+      if (::setsockopt(w->acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one)) {
+        ec.assign(errno, boost::system::system_category());
+      }
+    }
+    if (!ec) w->acceptor.bind(ep, ec);
+    if (!ec) w->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      *error = "listen.proxy " + listen.to_string() + ": " + ec.message();
+      return false;
+    }
+    port = w->acceptor.local_endpoint().port();
+  }
+  impl_->port = port;
+  for (auto& w : impl_->workers) {
+    w->start_accept();
+    w->start_sweep();
+    impl_->threads.emplace_back([wp = w.get()] { wp->ioc.run(); });
+  }
+  return true;
+}
+
+uint16_t proxy_server::port() const { return impl_->port; }
+
+void proxy_server::update(std::shared_ptr<const snapshot> snap) {
+  for (auto& w : impl_->workers) {
+    asio::post(w->ioc, [wp = w.get(), snap] {
+      wp->snap = snap;
+      wp->max_connections = snap->cfg.limits.max_connections;
+    });
+  }
+}
+
+int64_t proxy_server::connections() const {
+  return impl_->connections.load(std::memory_order_relaxed);
+}
+
+void proxy_server::drain(duration timeout) {
+  for (auto& w : impl_->workers) {
+    asio::post(w->ioc, [wp = w.get()] { wp->begin_drain(); });
+  }
+  auto deadline = steady_clock::now() + timeout;
+  while (steady_clock::now() < deadline) {
+    bool idle = true;
+    for (auto& w : impl_->workers) idle &= w->open_sessions.load() == 0;
+    if (idle) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  stop();
+}
+
+void proxy_server::stop() {
+  if (impl_->stopped) return;
+  impl_->stopped = true;
+  for (auto& w : impl_->workers) {
+    asio::post(w->ioc, [wp = w.get()] {
+      error_code ignored;
+      wp->acceptor.close(ignored);
+      wp->sweep.cancel();
+      wp->accept_retry.cancel();
+      auto copy = wp->sessions;
+      for (auto* s : copy) s->close();
+      for (auto& pool : wp->idle) {
+        for (auto& c : pool) c->close();
+      }
+      wp->ioc.stop();
+    });
+  }
+  for (auto& t : impl_->threads) {
+    if (t.joinable()) t.join();
+  }
+}
+
+}  // namespace meridian::node

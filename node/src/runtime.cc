@@ -1,0 +1,246 @@
+#include "runtime.h"
+
+#include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <numeric>
+
+namespace meridian::node {
+namespace {
+
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+uint64_t hash_bytes(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a, then mixed
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 0x100000001b3ULL;
+  }
+  return mix64(h);
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Interleaves target indices so that each appears weight times, spread out (smooth WRR).
+std::vector<uint32_t> smooth_wrr(const std::vector<std::shared_ptr<target_state>>& targets) {
+  std::vector<uint32_t> seq;
+  uint64_t total = 0;
+  for (auto& t : targets) total += t->weight;
+  if (total == 0) return seq;
+  // Cap the sequence length; weights are reduced by their gcd first.
+  uint64_t g = 0;
+  for (auto& t : targets) g = std::gcd(g, static_cast<uint64_t>(t->weight));
+  total /= g;
+  total = std::min<uint64_t>(total, 10000);
+  std::vector<int64_t> current(targets.size(), 0);
+  int64_t sum = 0;
+  for (auto& t : targets) sum += t->weight / g;
+  for (uint64_t i = 0; i < total; ++i) {
+    size_t best = 0;
+    for (size_t j = 0; j < targets.size(); ++j) {
+      current[j] += targets[j]->weight / g;
+      if (current[j] > current[best]) best = j;
+    }
+    current[best] -= sum;
+    seq.push_back(static_cast<uint32_t>(best));
+  }
+  return seq;
+}
+
+}  // namespace
+
+std::shared_ptr<target_state> target_registry::get(const std::string& upstream,
+                                                   const address& addr) {
+  std::lock_guard lock(mutex_);
+  auto key = upstream + "/" + addr.to_string();
+  auto& slot = targets_[key];
+  if (!slot) {
+    slot = std::make_shared<target_state>();
+    slot->upstream = upstream;
+    slot->addr = addr;
+    slot->id = targets_.size() - 1;
+    slot->metrics = metrics_.target(upstream, addr.to_string());
+  }
+  return slot;
+}
+
+size_t target_registry::size() const {
+  std::lock_guard lock(mutex_);
+  return targets_.size();
+}
+
+void retry_budget::on_request(int64_t now) {
+  if (now - window_start_ms.load(std::memory_order_relaxed) >= 1000) {
+    window_start_ms.store(now, std::memory_order_relaxed);
+    requests.store(0, std::memory_order_relaxed);
+    retries.store(0, std::memory_order_relaxed);
+  }
+  requests.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool retry_budget::try_retry(int64_t now) {
+  uint64_t allowed = std::max<uint64_t>(
+      min_per_s, static_cast<uint64_t>(ratio * requests.load(std::memory_order_relaxed)));
+  if (retries.load(std::memory_order_relaxed) >= allowed) return false;
+  retries.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
+                                               target_registry& targets,
+                                               metrics_registry& metrics, std::string* error) {
+  auto snap = std::make_shared<snapshot>();
+  snap->cfg = std::move(cfg);
+  snap->version = version;
+  std::string router_error;
+  snap->routes_index = router::build(snap->cfg.routes, &router_error);
+  if (!snap->routes_index) {
+    *error = router_error;
+    return nullptr;
+  }
+
+  boost::asio::io_context ioc;
+  boost::asio::ip::tcp::resolver resolver(ioc);
+  std::map<std::string, upstream_runtime*> by_name;
+  for (const auto& uc : snap->cfg.upstreams) {
+    auto up = std::make_unique<upstream_runtime>();
+    up->cfg = &uc;
+    up->cursors.resize(std::max(1u, workers));
+    for (size_t w = 0; w < up->cursors.size(); ++w) {
+      up->cursors[w].rng = mix64(0x9e3779b97f4a7c15ULL * (w + 1) + version);
+      up->cursors[w].next = w;  // workers start at different targets
+    }
+    up->budget.ratio = uc.retries.budget_ratio;
+    up->budget.min_per_s = uc.retries.budget_min_per_s;
+    if (uc.hash_on.rfind("header:", 0) == 0) up->hash_header = lower(uc.hash_on.substr(7));
+    for (const auto& tc : uc.targets) {
+      auto t = targets.get(uc.name, tc.addr);
+      t->region = tc.region;
+      t->zone = tc.zone;
+      t->weight = tc.weight;
+      boost::system::error_code ec;
+      auto results = resolver.resolve(tc.addr.host, std::to_string(tc.addr.port),
+                                      boost::asio::ip::tcp::resolver::numeric_service, ec);
+      if (!ec && !results.empty()) {
+        t->endpoint = results.begin()->endpoint();
+        t->resolved = true;
+      } else {
+        t->resolved = false;
+        snap->warnings.push_back("upstream " + uc.name + ": cannot resolve " +
+                                 tc.addr.to_string() + ": " + ec.message());
+      }
+      up->targets.push_back(std::move(t));
+    }
+    up->wrr_sequence = smooth_wrr(up->targets);
+    for (uint32_t i = 0; i < up->targets.size(); ++i) {
+      auto key = up->targets[i]->addr.to_string();
+      for (uint32_t v = 0; v < 100 * up->targets[i]->weight && v < 10000; ++v) {
+        up->hash_ring.emplace_back(hash_bytes(key + "#" + std::to_string(v)), i);
+      }
+    }
+    std::sort(up->hash_ring.begin(), up->hash_ring.end());
+    by_name[uc.name] = up.get();
+    snap->upstreams.push_back(std::move(up));
+  }
+
+  for (const auto& rc : snap->cfg.routes) {
+    route_runtime rt;
+    rt.cfg = &rc;
+    rt.upstream = by_name.at(rc.upstream);  // the loader checked that it exists
+    rt.metrics = metrics.route(rc.name);
+    rt.max_body_bytes = rc.max_body_bytes.value_or(snap->cfg.limits.max_body_bytes);
+    rt.preserve_host = rc.preserve_host.value_or(true);
+    if (rc.rewrite) {
+      try {
+        rt.rewrite.emplace(rc.rewrite->regex, std::regex::ECMAScript | std::regex::optimize);
+      } catch (const std::regex_error& e) {
+        *error = "route " + rc.name + ": bad rewrite regex: " + e.what();
+        return nullptr;
+      }
+    }
+    for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(lower(name));
+    for (const auto& [name, value] : rc.request_headers.set) rt.request_drop.push_back(lower(name));
+    for (const auto& name : rc.response_headers.remove) rt.response_drop.push_back(lower(name));
+    for (const auto& [name, value] : rc.response_headers.set) {
+      rt.response_drop.push_back(lower(name));
+    }
+    snap->routes.push_back(std::move(rt));
+  }
+  return snap;
+}
+
+target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
+                          const target_state* exclude, int64_t now) {
+  const size_t n = up.targets.size();
+  if (n == 0) return nullptr;
+  auto usable = [&](const target_state* t) { return t != exclude && t->resolved && t->available(now); };
+  auto& cursor = up.cursors[worker % up.cursors.size()];
+  switch (up.cfg->balance) {
+    case balance_policy::round_robin: {
+      const size_t m = up.wrr_sequence.size();
+      for (size_t i = 0; i < m; ++i) {
+        auto* t = up.targets[up.wrr_sequence[cursor.next++ % m]].get();
+        if (usable(t)) return t;
+      }
+      break;
+    }
+    case balance_policy::random:
+    case balance_policy::least_request: {
+      auto next_random = [&] {
+        cursor.rng = mix64(cursor.rng + 0x9e3779b97f4a7c15ULL);
+        return cursor.rng;
+      };
+      // Weighted random choice; for least_request, the better of two such choices.
+      uint64_t total = 0;
+      for (auto& t : up.targets) total += usable(t.get()) ? t->weight : 0;
+      if (total == 0) break;
+      auto choose = [&] {
+        uint64_t r = next_random() % total;
+        for (auto& t : up.targets) {
+          if (!usable(t.get())) continue;
+          if (r < t->weight) return t.get();
+          r -= t->weight;
+        }
+        return up.targets.back().get();
+      };
+      auto* a = choose();
+      if (up.cfg->balance == balance_policy::random) return a;
+      auto* b = choose();
+      auto load = [](target_state* t) {
+        return t->metrics->active_requests.load(std::memory_order_relaxed) * 1000 /
+               std::max<uint32_t>(1, t->weight);
+      };
+      return load(b) < load(a) ? b : a;
+    }
+    case balance_policy::consistent_hash: {
+      uint64_t h = hash_bytes(hash_key);
+      auto it = std::lower_bound(up.hash_ring.begin(), up.hash_ring.end(),
+                                 std::make_pair(h, uint32_t{0}));
+      for (size_t i = 0; i < up.hash_ring.size(); ++i, ++it) {
+        if (it == up.hash_ring.end()) it = up.hash_ring.begin();
+        auto* t = up.targets[it->second].get();
+        if (usable(t)) return t;
+      }
+      break;
+    }
+  }
+  // Every target is down or ejected. Passive ejection never takes out the last healthy targets
+  // (like Envoy's max_ejection_percent): fall back to those that pass active health checks.
+  for (size_t i = 0; i < n; ++i) {
+    auto* t = up.targets[(cursor.next++) % n].get();
+    if (t != exclude && t->resolved && t->healthy.load(std::memory_order_relaxed)) return t;
+  }
+  return nullptr;
+}
+
+}  // namespace meridian::node

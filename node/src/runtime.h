@@ -1,0 +1,135 @@
+#pragma once
+// The runtime form of a config: what the data plane reads on every request.
+//
+// A snapshot is immutable once built and shared by all workers through shared_ptr; a reload
+// builds a new one and hands it to each worker, while requests in flight keep the old one alive.
+// Per-target state that must survive reloads (health, ejection, gauges) lives in target_state
+// objects owned by a target_registry and shared between consecutive snapshots.
+
+#include <atomic>
+#include <boost/asio/ip/tcp.hpp>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "meridian/node/config.h"
+#include "meridian/node/router.h"
+#include "metrics.h"
+
+namespace meridian::node {
+
+using steady_clock = std::chrono::steady_clock;
+
+// Returns steady-clock milliseconds (for atomics that store time points).
+inline int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// One upstream target's shared state. Written by workers (passive health) and the health
+// checker (active health); read by every worker when balancing.
+struct target_state {
+  std::string upstream;
+  address addr;
+  std::string region;
+  std::string zone;
+  uint32_t weight = 1;
+  boost::asio::ip::tcp::endpoint endpoint;  // resolved when the snapshot was built
+  bool resolved = false;
+  size_t id = 0;  // dense index, unique per registry, for per-worker pool arrays
+
+  std::atomic<bool> healthy{true};              // active health checks' verdict
+  std::atomic<uint32_t> health_streak{0};       // consecutive checks agreeing with a flip
+  std::atomic<int64_t> ejected_until_ms{0};     // passive outlier ejection
+  std::atomic<uint32_t> consecutive_failures{0};
+  target_metrics* metrics = nullptr;
+
+  // Returns true when the balancer may send to this target now.
+  bool available(int64_t now) const {
+    return healthy.load(std::memory_order_relaxed) &&
+           ejected_until_ms.load(std::memory_order_relaxed) <= now;
+  }
+};
+
+// Keeps target_state objects across reloads, keyed by upstream name and address.
+class target_registry {
+ public:
+  explicit target_registry(metrics_registry& metrics) : metrics_(metrics) {}
+  // Returns the state for (upstream, address), creating it on first use. Thread-safe.
+  std::shared_ptr<target_state> get(const std::string& upstream, const address& addr);
+  // The number of ids handed out so far (bounds per-worker arrays).
+  size_t size() const;
+
+ private:
+  metrics_registry& metrics_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<target_state>> targets_;
+};
+
+// Counts requests and retries over a rolling second to cap retries at a share of traffic.
+struct retry_budget {
+  std::atomic<int64_t> window_start_ms{0};
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> retries{0};
+  double ratio = 0.2;
+  uint64_t min_per_s = 10;
+
+  void on_request(int64_t now);
+  // Returns true and counts a retry when the budget allows one.
+  bool try_retry(int64_t now);
+};
+
+struct upstream_runtime {
+  const upstream_config* cfg = nullptr;
+  std::vector<std::shared_ptr<target_state>> targets;
+  std::vector<uint32_t> wrr_sequence;  // target indices interleaved by weight
+  std::vector<std::pair<uint64_t, uint32_t>> hash_ring;  // (point, target index), sorted
+  std::string hash_header;             // consistent_hash on a header; empty: client ip
+  mutable retry_budget budget;
+  // Per-worker balancing state, one cache line each.
+  struct alignas(64) worker_cursor {
+    uint64_t next = 0;
+    uint64_t rng = 0;
+  };
+  mutable std::vector<worker_cursor> cursors;
+};
+
+struct route_runtime {
+  const route_config* cfg = nullptr;
+  upstream_runtime* upstream = nullptr;
+  std::optional<std::regex> rewrite;
+  route_metrics* metrics = nullptr;
+  uint64_t max_body_bytes = 0;  // 0 = unlimited
+  bool preserve_host = true;
+  // Lower-cased names of request headers removed or set (so the client's copy is dropped).
+  std::vector<std::string> request_drop;
+  std::vector<std::string> response_drop;
+};
+
+struct snapshot {
+  config cfg;
+  uint64_t version = 0;
+  std::unique_ptr<router> routes_index;
+  std::vector<route_runtime> routes;
+  std::vector<std::unique_ptr<upstream_runtime>> upstreams;
+  std::vector<std::string> warnings;  // e.g. targets that could not be resolved
+};
+
+// Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
+// nullptr and sets *error when the config cannot be compiled (a bad regex).
+std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
+                                               target_registry& targets,
+                                               metrics_registry& metrics, std::string* error);
+
+// Picks a target for a request, skipping unavailable ones; returns nullptr when none is
+// available. `exclude` (may be null) is a target to avoid (the one that just failed).
+// hash_key is the consistent-hash input. Called on worker `worker` only.
+target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
+                          const target_state* exclude, int64_t now);
+
+}  // namespace meridian::node
