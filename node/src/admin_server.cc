@@ -12,7 +12,6 @@
 #include <chrono>
 #include <cstring>
 #include <mutex>
-#include <regex>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -138,13 +137,47 @@ class bounded_task_queue : public httplib::TaskQueue {
   std::atomic<size_t> pending_{0};
 };
 
-// One admin endpoint: a method and a whole-path pattern. Path captures (for later endpoints such
-// as /config/routes/{name}) are passed to the handler.
+// Path parameters of a matched endpoint, in pattern order ("/config/routes/{name}" -> {name}).
+using path_params = std::vector<std::string>;
+
+// Splits "/a/b" into {"a", "b"}. Empty segments are kept, so "/metrics/" is not "/metrics".
+std::vector<std::string_view> split_path(std::string_view path) {
+  std::vector<std::string_view> parts;
+  if (path.empty() || path.front() != '/') return parts;
+  path.remove_prefix(1);
+  for (;;) {
+    size_t slash = path.find('/');
+    parts.push_back(path.substr(0, slash));
+    if (slash == std::string_view::npos) break;
+    path.remove_prefix(slash + 1);
+  }
+  return parts;
+}
+
+// One admin endpoint: a method and a path pattern of literal segments and "{param}" segments
+// (each matches one non-empty segment and is passed to the handler).
 struct endpoint {
   std::string method;
-  std::regex path;
+  std::string pattern;
   bool needs_token = true;
-  std::function<void(const httplib::Request&, httplib::Response&, const std::smatch&)> handle;
+  std::function<void(const httplib::Request&, httplib::Response&, const path_params&)> handle;
+
+  // Returns true and fills *params when the path segments fit the pattern.
+  bool matches(const std::vector<std::string_view>& parts, path_params* params) const {
+    auto want = split_path(pattern);
+    if (want.size() != parts.size()) return false;
+    params->clear();
+    for (size_t i = 0; i < want.size(); ++i) {
+      bool is_param = want[i].size() > 2 && want[i].front() == '{' && want[i].back() == '}';
+      if (is_param) {
+        if (parts[i].empty()) return false;
+        params->emplace_back(parts[i]);
+      } else if (want[i] != parts[i]) {
+        return false;
+      }
+    }
+    return true;
+  }
 };
 
 }  // namespace
@@ -172,22 +205,22 @@ struct admin_server::impl {
 };
 
 void admin_server::impl::add_endpoints() {
-  endpoints.push_back({"GET", std::regex("/health"), false,
-                       [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+  endpoints.push_back({"GET", "/health", false,
+                       [this](const httplib::Request&, httplib::Response& res, const path_params&) {
                          send_json(res, 200, json{{"status", "ok"}, {"node", node_id}});
                        }});
   if (handlers.metrics_text) {
     endpoints.push_back(
-        {"GET", std::regex("/metrics"), true,
-         [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+        {"GET", "/metrics", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
            res.status = 200;
            res.set_content(handlers.metrics_text(), "text/plain; version=0.0.4");
          }});
   }
   if (handlers.effective_config) {
     endpoints.push_back(
-        {"GET", std::regex("/config"), true,
-         [this](const httplib::Request&, httplib::Response& res, const std::smatch&) {
+        {"GET", "/config", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
            send_json(res, 200, handlers.effective_config());
          }});
   }
@@ -204,14 +237,15 @@ bool admin_server::impl::authorized(const httplib::Request& req) const {
 void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response& res) {
   const std::string& method = req.method == "HEAD" ? std::string("GET") : req.method;
   const endpoint* hit = nullptr;
-  std::smatch captures;
+  path_params params;
+  const auto parts = split_path(req.path);
   std::vector<const endpoint*> same_path;  // endpoints for this path with another method
   for (const auto& e : endpoints) {
-    std::smatch m;
-    if (!std::regex_match(req.path, m, e.path)) continue;
+    path_params p;
+    if (!e.matches(parts, &p)) continue;
     if (e.method == method) {
       hit = &e;
-      captures = std::move(m);
+      params = std::move(p);
       break;
     }
     same_path.push_back(&e);
@@ -248,7 +282,7 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
   }
 
   try {
-    hit->handle(req, res, captures);
+    hit->handle(req, res, params);
   } catch (const std::exception& e) {
     admin_log()->error("admin: {} {} failed: {}", req.method, req.path, e.what());
     res.headers.clear();

@@ -31,7 +31,16 @@
 #include <limits>
 #include <map>
 #include <memory>
+// GCC 12 reports a false -Wmaybe-uninitialized inside <regex> (std::function in its NFA states)
+// at -O1 and above; the pragma covers only the header's own lines.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <regex>
+#pragma GCC diagnostic pop
+#else
+#include <regex>
+#endif
 #include <string_view>
 #include <thread>
 
@@ -230,8 +239,10 @@ class map_reader {
       ok_ = false;
       return;
     }
-    for (auto it = map.node.begin(); it != map.node.end(); ++it) {
-      const YAML::Node& key = it->first;
+    // yaml-cpp iterators hand out temporaries: copy the Node handles (cheap, shared) out of them
+    // rather than holding references into `it->first`.
+    for (const auto& pair : map.node) {
+      YAML::Node key = pair.first;
       int key_line = line_of(key) != 0 ? line_of(key) : line_;
       if (!key.IsScalar()) {
         d.add(key_line, "keys must be plain strings, got " + describe(key) + " " + in(path_));
@@ -242,7 +253,7 @@ class map_reader {
         d.add(key_line, "duplicate key '" + name + "' " + in(path_));
         continue;
       }
-      entries_.push_back(entry{name, key_line, it->second, false});
+      entries_.push_back(entry{name, key_line, pair.second, false});
     }
   }
 
@@ -311,11 +322,12 @@ void for_each_item(diagnostics& d, const field& list, Fn&& fn) {
     return;
   }
   size_t index = 0;
-  for (auto it = list.node.begin(); it != list.node.end(); ++it, ++index) {
-    YAML::Node item = *it;
+  for (const auto& element : list.node) {
+    YAML::Node item = element;
     int line = line_of(item);
     if (line == 0) line = list.line;
     fn(field{item, list.path + "[" + std::to_string(index) + "]", line, line});
+    ++index;
   }
 }
 
@@ -477,8 +489,8 @@ std::vector<string_pair> read_string_map(diagnostics& d, const field& f) {
     expected(d, f, "a map");
     return out;
   }
-  for (auto it = f.node.begin(); it != f.node.end(); ++it) {
-    const YAML::Node& key = it->first;
+  for (const auto& pair : f.node) {
+    YAML::Node key = pair.first;
     int line = line_of(key) != 0 ? line_of(key) : f.line;
     if (!key.IsScalar()) {
       d.add(line, "keys must be plain strings, got " + describe(key) + " " + in(f.path));
@@ -489,7 +501,7 @@ std::vector<string_pair> read_string_map(diagnostics& d, const field& f) {
       d.add(line, "duplicate key '" + name + "' " + in(f.path));
       continue;
     }
-    field value{it->second, child_path(f.path, name), line, line};
+    field value{pair.second, child_path(f.path, name), line, line};
     if (value.node.IsNull()) {
       d.add(line, value.path + ": must have a value (write \"\" for an empty string)");
       continue;

@@ -219,7 +219,8 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   target_state* target;
   socket_t socket;
   byte_buffer in;
-  client_session* owner = nullptr;
+  // The session using this connection; kept alive by it while a request is in flight.
+  std::shared_ptr<client_session> owner;
   bool wait_armed = false;
   bool readable = false;  // readiness seen while nobody wanted data
   bool open = false;
@@ -255,6 +256,8 @@ class worker {
   void begin_drain();
 
   void add_session(client_session* s);
+  // Returns owning references to every session, for loops that may close (and so remove) them.
+  std::vector<std::shared_ptr<client_session>> owned_sessions();
   void remove_session(client_session* s);
 
   // Returns a pooled connection to target, or nullptr.
@@ -330,7 +333,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   size_t index_in_worker = 0;
 
  private:
-  enum class phase { idle, head, connecting, proxying, closing, closed };
+  enum class phase { idle, head, connecting, proxying, closing, lingering, closed };
   enum class failure { connect, connect_timeout, reset, timeout };
   struct field_view {
     http::field f;
@@ -340,6 +343,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   void arm_client_wait();
   void on_client_ready(const error_code& ec);
+  void linger();
+  void discard_input();
   void want_client_data();
   void read_client();
   void process_input();
@@ -449,7 +454,8 @@ void upstream_conn::on_ready(const error_code& ec) {
   wait_armed = false;
   if (!open) return;
   if (owner) {
-    owner->on_upstream_ready(ec);
+    auto keep = owner;
+    keep->on_upstream_ready(ec);
     return;
   }
   // Idle in the pool: readable means the target closed it (or sent garbage). Drop it.
@@ -521,9 +527,7 @@ void worker::start_sweep() {
 
 void worker::on_sweep() {
   now = now_ms();
-  // Sessions may close (and remove themselves) while being checked: iterate over a copy.
-  auto copy = sessions;
-  for (auto* s : copy) s->check_deadline(now);
+  for (auto& s : owned_sessions()) s->check_deadline(now);
   if (!snap) return;
   // Close pooled connections idle for longer than their upstream's idle timeout.
   for (auto& pool : idle) {
@@ -545,8 +549,7 @@ void worker::begin_drain() {
   draining = true;
   error_code ignored;
   acceptor.close(ignored);
-  auto copy = sessions;
-  for (auto* s : copy) s->close_if_idle();
+  for (auto& s : owned_sessions()) s->close_if_idle();
   for (auto& pool : idle) {
     for (auto& c : pool) {
       c->close();
@@ -554,6 +557,15 @@ void worker::begin_drain() {
     }
     pool.clear();
   }
+}
+
+std::vector<std::shared_ptr<client_session>> worker::owned_sessions() {
+  std::vector<std::shared_ptr<client_session>> out;
+  out.reserve(sessions.size());
+  for (auto* s : sessions) {
+    if (auto p = s->weak_from_this().lock()) out.push_back(std::move(p));
+  }
+  return out;
 }
 
 void worker::add_session(client_session* s) {
@@ -596,7 +608,7 @@ void worker::give_back(std::shared_ptr<upstream_conn> conn, const upstream_confi
     conn->close();
     return;
   }
-  conn->owner = nullptr;
+  conn->owner.reset();
   conn->pooled = true;
   conn->idle_since_ms = now;
   conn->idle_limit_ms = cfg.timeouts.idle.count();
@@ -632,6 +644,7 @@ client_session::client_session(worker& w, socket_t socket)
 }
 
 client_session::~client_session() {
+  w_.remove_session(this);
   w_.connections.fetch_sub(1, std::memory_order_relaxed);
   w_.stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -693,9 +706,40 @@ void client_session::check_deadline(int64_t now) {
       }
       break;
     case phase::closing:
+    case phase::lingering:
     case phase::closed:
       close();
       break;
+  }
+}
+
+// Closes gracefully after a final response: stop sending, then read and drop what the client
+// still sends for a short while, so that closing with unread input does not reset the connection
+// and destroy the response before the client read it (nginx's lingering_close).
+void client_session::linger() {
+  phase_ = phase::lingering;
+  deadline_ = w_.now + 2000;
+  release_upstream(false);
+  error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_send, ignored);
+  in_.clear();
+  in_.release_if_empty();
+  discard_input();
+}
+
+void client_session::discard_input() {
+  char scratch[4096];
+  for (;;) {
+    error_code ec;
+    size_t n = socket_.read_some(asio::buffer(scratch), ec);
+    if (ec == asio::error::would_block) {
+      arm_client_wait();
+      return;
+    }
+    if (ec || n == 0) {
+      close();
+      return;
+    }
   }
 }
 
@@ -714,6 +758,10 @@ void client_session::on_client_ready(const error_code& ec) {
     return;
   }
   client_readable_ = true;
+  if (phase_ == phase::lingering) {
+    discard_input();
+    return;
+  }
   // Read now only when the session wants client bytes; otherwise keep the flag for later.
   bool wants = phase_ == phase::idle || phase_ == phase::head ||
                (phase_ == phase::proxying && body_started_ && !req_done_ &&
@@ -1092,10 +1140,13 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     }
   }
   if (route_->rewrite) {
-    std::string tmp(out_path);
-    rewritten = std::regex_replace(tmp, *route_->rewrite, rc.rewrite->replacement,
-                                   std::regex_constants::format_first_only);
-    out_path = rewritten;
+    // Boost.Regex reports runaway matches as exceptions; a failed rewrite leaves the path as is.
+    try {
+      rewritten = boost::regex_replace(std::string(out_path), *route_->rewrite,
+                                       rc.rewrite->replacement, boost::format_first_only);
+      out_path = rewritten;
+    } catch (const std::exception&) {
+    }
   }
   up_out_.append(out_path);
   const auto& qt = rc.query;
@@ -1333,7 +1384,7 @@ void client_session::dispatch() {
   if (up_) {
     reused_connection_ = true;
     w_.stats.upstream_connections_reused.add();
-    up_->owner = this;
+    up_->owner = shared_from_this();
     phase_ = phase::proxying;
     deadline_ = now + up.cfg->timeouts.request.count();
     send_upstream();
@@ -1347,7 +1398,7 @@ void client_session::connect_upstream() {
   phase_ = phase::connecting;
   deadline_ = w_.now + route_->upstream->cfg->timeouts.connect.count();
   up_ = std::make_shared<upstream_conn>(w_, target_);
-  up_->owner = this;
+  up_->owner = shared_from_this();
   w_.stats.upstream_connections_opened.add();
   error_code ec;
   up_->socket.open(target_->endpoint.protocol(), ec);
@@ -1590,7 +1641,7 @@ void client_session::release_upstream(bool reuse) {
   if (!up_) return;
   auto conn = std::move(up_);
   up_.reset();
-  conn->owner = nullptr;
+  conn->owner.reset();
   conn->readable = false;
   if (reuse && conn->open && route_) {
     w_.give_back(std::move(conn), *route_->upstream->cfg);
@@ -1798,7 +1849,7 @@ void client_session::finish_exchange() {
     phase_ = phase::closing;
     deadline_ = w_.now + 5000;
     flush_client();
-    if (!writing_client_ && out_.empty()) close();
+    if (!writing_client_ && out_.empty()) linger();
     return;
   }
   begin_request();
@@ -1878,7 +1929,7 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
   if (!out_.empty()) {
     flush_client();
   } else if (phase_ == phase::closing) {
-    close();
+    linger();
     return;
   } else if (phase_ == phase::idle) {
     out_.release_if_empty();
@@ -1937,6 +1988,19 @@ bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> 
     return false;
   }
   uint16_t port = listen.port;
+  if (port != 0) {
+    // SO_REUSEPORT would let a second process on the same port silently take half the
+    // connections: first make sure nobody holds the port.
+    tcp::acceptor probe(impl_->workers[0]->ioc);
+    tcp::endpoint ep(addr, port);
+    probe.open(ep.protocol(), ec);
+    if (!ec) probe.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) probe.bind(ep, ec);
+    if (ec) {
+      *error = "listen.proxy " + listen.to_string() + ": " + ec.message();
+      return false;
+    }
+  }
   for (auto& w : impl_->workers) {
     w->snap = snap;
     w->max_connections = snap->cfg.limits.max_connections;
@@ -2004,8 +2068,7 @@ void proxy_server::stop() {
       wp->acceptor.close(ignored);
       wp->sweep.cancel();
       wp->accept_retry.cancel();
-      auto copy = wp->sessions;
-      for (auto* s : copy) s->close();
+      for (auto& s : wp->owned_sessions()) s->close();
       for (auto& pool : wp->idle) {
         for (auto& c : pool) c->close();
       }

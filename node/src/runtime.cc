@@ -162,8 +162,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     rt.preserve_host = rc.preserve_host.value_or(true);
     if (rc.rewrite) {
       try {
-        rt.rewrite.emplace(rc.rewrite->regex, std::regex::ECMAScript | std::regex::optimize);
-      } catch (const std::regex_error& e) {
+        rt.rewrite.emplace(rc.rewrite->regex, boost::regex::ECMAScript);
+      } catch (const boost::regex_error& e) {
         *error = "route " + rc.name + ": bad rewrite regex: " + e.what();
         return nullptr;
       }

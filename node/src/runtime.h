@@ -12,7 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <regex>
+#include <boost/regex.hpp>
 #include <string>
 #include <vector>
 
@@ -102,7 +102,7 @@ struct upstream_runtime {
 struct route_runtime {
   const route_config* cfg = nullptr;
   upstream_runtime* upstream = nullptr;
-  std::optional<std::regex> rewrite;
+  std::optional<boost::regex> rewrite;  // Boost: no recursion on long input, unlike std::regex
   route_metrics* metrics = nullptr;
   uint64_t max_body_bytes = 0;  // 0 = unlimited
   bool preserve_host = true;

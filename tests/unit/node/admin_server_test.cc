@@ -106,6 +106,7 @@ TEST_F(admin_server_test, unknown_path_is_404_json_once_authorized) {
   expect_json_error(client->Get("/nope"), 401, "unauthorized");
   expect_json_error(client->Get("/nope", bearer()), 404, "not_found");
   expect_json_error(client->Get("/metrics/extra", bearer()), 404, "not_found");
+  expect_json_error(client->Get("/metrics/", bearer()), 404, "not_found");
 }
 
 TEST_F(admin_server_test, wrong_method_on_known_path_is_405_json) {
