@@ -588,12 +588,11 @@ bool read_path(diagnostics& d, const field& f, std::string& out) {
   return true;
 }
 
-bool read_regex(diagnostics& d, const field& f, std::string& out, std::string_view owner) {
+bool read_regex(diagnostics& d, const field& f, std::string& out) {
   std::string value;
   if (!read_string(d, f, value, false)) return false;
   if (std::optional<std::string> error = regex_error_of(value)) {
-    d.add(f.line,
-          f.path + ": " + std::string(owner) + ": invalid regex '" + value + "': " + *error);
+    d.add(f.line, f.path + ": invalid regex '" + value + "': " + *error);
     return false;
   }
   out = std::move(value);
@@ -901,7 +900,7 @@ void parse_match(diagnostics& d, const field& f, match_config& out) {
   if (auto v = m.take("path_regex")) {
     count_condition(*v);
     std::string regex;
-    if (read_regex(d, *v, regex, "path_regex")) out.path_regex = std::move(regex);
+    if (read_regex(d, *v, regex)) out.path_regex = std::move(regex);
   }
   if (path_conditions > 1) {
     d.add(last_condition_line, f.path + ": give only one of path, path_prefix and path_regex");
@@ -975,7 +974,7 @@ void parse_rewrite(diagnostics& d, const field& f, std::optional<rewrite_config>
   if (!m.ok()) return;
   rewrite_config rewrite;
   bool ok = false;
-  if (auto v = m.require("regex")) ok = read_regex(d, *v, rewrite.regex, "rewrite");
+  if (auto v = m.require("regex")) ok = read_regex(d, *v, rewrite.regex);
   if (auto v = m.require("replacement")) {
     ok = read_string(d, *v, rewrite.replacement) && ok;
   } else {

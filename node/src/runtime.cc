@@ -187,9 +187,13 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
   auto& cursor = up.cursors[worker % up.cursors.size()];
   switch (up.cfg->balance) {
     case balance_policy::round_robin: {
+      // A retry (exclude set) looks ahead without moving the cursor, so that it does not shift
+      // the rotation and send the next request back to the target that just failed.
       const size_t m = up.wrr_sequence.size();
+      uint64_t at = cursor.next;
       for (size_t i = 0; i < m; ++i) {
-        auto* t = up.targets[up.wrr_sequence[cursor.next++ % m]].get();
+        auto* t = up.targets[up.wrr_sequence[at++ % m]].get();
+        if (!exclude) cursor.next = at;
         if (usable(t)) return t;
       }
       break;

@@ -510,10 +510,9 @@ node:
 listen: {}
 )");
   EXPECT_FALSE(result.value);
-  ASSERT_EQ(result.errors.size(), 1u);
-  EXPECT_EQ(result.errors[0].file, "test.yaml");
-  EXPECT_GE(result.errors[0].line, 2);
-  EXPECT_THAT(result.errors[0].message, HasSubstr("invalid YAML"));
+  // yaml-cpp notices the unclosed '[' where the next line starts.
+  EXPECT_THAT(errors_of(result),
+              ElementsAre("test.yaml:3: invalid YAML: end of sequence flow not found"));
 }
 
 TEST(config, bad_indentation_is_a_yaml_error_with_its_line) {
@@ -797,12 +796,10 @@ routes:
 )");
   ASSERT_EQ(result.errors.size(), 2u);
   EXPECT_EQ(result.errors[0].line, 8);
-  EXPECT_THAT(
-      result.errors[0].message,
-      HasSubstr("routes[0].match.path_regex: path_regex: invalid regex '^/users/([0-9]+$'"));
+  EXPECT_THAT(result.errors[0].message,
+              HasSubstr("routes[0].match.path_regex: invalid regex '^/users/([0-9]+$': "));
   EXPECT_EQ(result.errors[1].line, 9);
-  EXPECT_THAT(result.errors[1].message,
-              HasSubstr("routes[0].rewrite.regex: rewrite: invalid regex"));
+  EXPECT_THAT(result.errors[1].message, HasSubstr("routes[0].rewrite.regex: invalid regex '(': "));
 }
 
 TEST(config, retries_on_rejects_statuses_outside_5xx_and_unknown_words) {
