@@ -21,6 +21,8 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <boost/regex.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -31,16 +33,6 @@
 #include <limits>
 #include <map>
 #include <memory>
-// GCC 12 reports a false -Wmaybe-uninitialized inside <regex> (std::function in its NFA states)
-// at -O1 and above; the pragma covers only the header's own lines.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <regex>
-#pragma GCC diagnostic pop
-#else
-#include <regex>
-#endif
 #include <string_view>
 #include <thread>
 
@@ -130,12 +122,13 @@ std::string join(std::initializer_list<std::string_view> items) {
   return out;
 }
 
-// Returns the error std::regex reports for pattern, or nullopt when it compiles.
+// Returns the error compiling pattern reports, or nullopt when it compiles. The router and the
+// rewrite step run Boost.Regex with ECMAScript syntax, so patterns are checked with that engine.
 std::optional<std::string> regex_error_of(const std::string& pattern) {
   try {
-    std::regex re(pattern, std::regex::ECMAScript);
+    boost::regex re(pattern, boost::regex::ECMAScript);
     return std::nullopt;
-  } catch (const std::regex_error& e) {
+  } catch (const std::exception& e) {
     return std::string(e.what());
   }
 }
@@ -259,7 +252,6 @@ class map_reader {
 
   bool ok() const { return ok_; }
   int line() const { return line_; }
-  const std::string& path() const { return path_; }
 
   // Returns the value under key, or nullopt when the key is absent or its value is null.
   std::optional<field> take(std::string_view key) {
@@ -879,31 +871,18 @@ struct route_refs {
 void parse_match(diagnostics& d, const field& f, match_config& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
-  // The router ranks a route by its one path condition (exact > prefix > regex), so a second
-  // one is reported on the later of their lines.
-  int path_conditions = 0;
-  int last_condition_line = 0;
-  auto count_condition = [&](const field& v) {
-    ++path_conditions;
-    last_condition_line = std::max(last_condition_line, v.key_line);
-  };
+  // path, path_prefix and path_regex may be combined: every condition given must hold.
   if (auto v = m.take("path")) {
-    count_condition(*v);
     std::string path;
     if (read_path(d, *v, path)) out.path = std::move(path);
   }
   if (auto v = m.take("path_prefix")) {
-    count_condition(*v);
     std::string prefix;
     if (read_path(d, *v, prefix)) out.path_prefix = std::move(prefix);
   }
   if (auto v = m.take("path_regex")) {
-    count_condition(*v);
     std::string regex;
     if (read_regex(d, *v, regex)) out.path_regex = std::move(regex);
-  }
-  if (path_conditions > 1) {
-    d.add(last_condition_line, f.path + ": give only one of path, path_prefix and path_regex");
   }
   if (auto v = m.take("host")) {
     std::string host;

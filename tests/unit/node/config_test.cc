@@ -769,19 +769,16 @@ routes:
                           "test.yaml:11: routes[1].match.path: must not be empty"));
 }
 
-TEST(config, more_than_one_path_condition_is_reported) {
-  config_result result =
-      parse(std::string(minimal) + R"(upstreams: [{name: a, targets: [127.0.0.1:1]}]
+TEST(config, path_conditions_may_be_combined) {
+  // SPEC: a route matches when every field given matches; the router checks them all.
+  config c = parse_ok(std::string(minimal) + R"(upstreams: [{name: a, targets: [127.0.0.1:1]}]
 routes:
   - name: r
     upstream: a
-    match:
-      path: /a
-      path_prefix: /b
+    match: {path_prefix: /api/, path_regex: "^/api/v[0-9]+/.*"}
 )");
-  EXPECT_THAT(errors_of(result),
-              ElementsAre("test.yaml:9: routes[0].match: give only one of path, path_prefix and "
-                          "path_regex"));
+  EXPECT_EQ(c.routes[0].match.path_prefix, "/api/");
+  EXPECT_EQ(c.routes[0].match.path_regex, "^/api/v[0-9]+/.*");
 }
 
 TEST(config, path_regex_that_does_not_compile_is_reported_with_its_line) {
