@@ -1,6 +1,7 @@
 #include "meridian/node/node.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -220,6 +221,12 @@ int run_node(const std::string& config_path) {
     return 1;
   }
   setup_logging(result.value->log.level);
+  // Every client and upstream connection is a descriptor: take the whole hard limit.
+  rlimit files{};
+  if (::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
 
   // Signals are taken synchronously by this thread; every other thread inherits the mask.
   sigset_t set;
