@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <vector>
 
 namespace meridian::node {
 
@@ -16,7 +17,7 @@ class byte_buffer {
   explicit byte_buffer(size_t capacity) { reserve(capacity); }
   byte_buffer(const byte_buffer&) = delete;
   byte_buffer& operator=(const byte_buffer&) = delete;
-  ~byte_buffer() { std::free(data_); }
+  ~byte_buffer() { free_block(data_, capacity_); }
 
   const char* data() const { return data_ + begin_; }
   char* data() { return data_ + begin_; }
@@ -82,22 +83,65 @@ class byte_buffer {
   }
   // Frees the memory when empty (idle connections hold no buffer).
   void release_if_empty() {
-    if (begin_ != end_) return;
-    std::free(data_);
+    if (begin_ != end_ || !data_) return;
+    free_block(data_, capacity_);
     data_ = nullptr;
     capacity_ = begin_ = end_ = 0;
   }
   void reserve(size_t n) {
     if (n <= capacity_) return;
+    if (capacity_ == 0 && n <= block_size) {
+      data_ = take_block();
+      capacity_ = block_size;
+      return;
+    }
     size_t grown = capacity_ ? capacity_ * 2 : 4096;
     if (grown < n) grown = n;
-    void* p = std::realloc(data_, grown);
+    char* p = static_cast<char*>(std::malloc(grown));
     if (!p) throw std::bad_alloc();
-    data_ = static_cast<char*>(p);
+    if (data_) {
+      std::memcpy(p, data_, end_);
+      free_block(data_, capacity_);
+    }
+    data_ = p;
     capacity_ = grown;
   }
 
+  // Buffers of block_size come from a per-thread cache: connections take one while they have
+  // bytes in flight and give it back when idle, without a trip through malloc.
+  static constexpr size_t block_size = 16 * 1024;
+
  private:
+  static std::vector<char*>& block_cache() {
+    thread_local std::vector<char*> cache;
+    thread_local struct cleanup {
+      ~cleanup() {
+        for (char* p : block_cache()) std::free(p);
+      }
+    } on_exit;
+    (void)on_exit;
+    return cache;
+  }
+  static char* take_block() {
+    auto& cache = block_cache();
+    if (!cache.empty()) {
+      char* p = cache.back();
+      cache.pop_back();
+      return p;
+    }
+    char* p = static_cast<char*>(std::malloc(block_size));
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  static void free_block(char* p, size_t capacity) {
+    if (!p) return;
+    if (capacity == block_size && block_cache().size() < 256) {
+      block_cache().push_back(p);
+    } else {
+      std::free(p);
+    }
+  }
+
   char* data_ = nullptr;
   size_t capacity_ = 0;
   size_t begin_ = 0;

@@ -697,7 +697,7 @@ void client_session::check_deadline(int64_t now) {
       upstream_failed(failure::connect_timeout);
       break;
     case phase::proxying:
-      if (!resp_head_sent_ && !writing_upstream_) {
+      if (!resp_head_sent_) {
         upstream_failed(failure::timeout);
       } else {
         // A stalled stream in either direction.
@@ -1447,6 +1447,11 @@ void client_session::flush_upstream() {
           return;
         }
         self->up_out_.consume(n);
+        if (!self->resp_head_sent_) {
+          // The request timeout runs from the last byte written, not from the first.
+          self->deadline_ =
+              self->w_.now + self->route_->upstream->cfg->timeouts.request.count();
+        }
         if (!self->up_out_.empty()) {
           self->flush_upstream();
         } else if (self->body_started_ && !self->req_done_) {
@@ -1933,6 +1938,7 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     return;
   } else if (phase_ == phase::idle) {
     out_.release_if_empty();
+    up_out_.release_if_empty();
     if (w_.draining && in_.empty()) {
       close();
       return;
