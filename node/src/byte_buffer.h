@@ -45,6 +45,7 @@ class byte_buffer {
   void clear() { begin_ = end_ = 0; }
 
   void append(const char* p, size_t n) {
+    if (n == 0) return;  // p may be null for an empty view
     std::memcpy(prepare(n), p, n);
     end_ += n;
   }
