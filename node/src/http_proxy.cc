@@ -6,10 +6,10 @@
 // Threading: everything in this file except proxy_server's public methods runs on one worker's
 // thread. A client_session and the upstream_conns it uses belong to one worker.
 //
-// Reading without speculative EAGAIN reads: a connection keeps one async_wait(wait_read) armed
-// and reads with a non-blocking read_some when the socket is readable. Arming a wait right after
-// a short read is safe on the single-threaded epoll reactor: data that arrives later raises a new
-// edge that the next epoll_wait reports to the queued wait.
+// Reading: async_read_some, whose speculative read Asio skips after a short read (the socket
+// is known to be drained, so it waits for the next epoll edge): one recv per arrival and no
+// epoll_ctl per wait. An idle client connection reads into a small inline buffer, so idle
+// keep-alive connections hold no heap buffer.
 
 #include "http_proxy.h"
 
@@ -209,10 +209,9 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   upstream_conn(worker& w, target_state* target);
   ~upstream_conn();
 
-  // Keeps one readiness wait armed; when it fires, the owner (or the pool) handles it.
-  void arm_wait();
-  // Reads what is available into in. Returns bytes read, 0 on would_block; sets eof/error.
-  size_t read_available(error_code& ec);
+  // Keeps one read outstanding into `in`; its result goes to the owner (or, while pooled, closes
+  // the connection: a pooled connection has nothing to say).
+  void start_read();
   void close();
 
   worker& w;
@@ -221,15 +220,14 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   byte_buffer in;
   // The session using this connection; kept alive by it while a request is in flight.
   std::shared_ptr<client_session> owner;
-  bool wait_armed = false;
-  bool readable = false;  // readiness seen while nobody wanted data
+  bool reading = false;
   bool open = false;
   bool pooled = false;
   int64_t idle_since_ms = 0;
   int64_t idle_limit_ms = 60000;
 
  private:
-  void on_ready(const error_code& ec);
+  void on_read(const error_code& ec, size_t n);
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -327,8 +325,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void on_response_chunk_header(uint64_t size, error_code& ec);
   void on_response_finish(error_code& ec);
 
-  // Called by upstream_conn when its socket is readable (or failed).
-  void on_upstream_ready(const error_code& ec);
+  // Called by upstream_conn when a read completed (bytes are in its buffer) or failed.
+  void on_upstream_data(const error_code& ec);
 
   size_t index_in_worker = 0;
 
@@ -341,12 +339,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
     std::string_view value;
   };
 
-  void arm_client_wait();
-  void on_client_ready(const error_code& ec);
+  void start_client_read();
+  void on_client_read(const error_code& ec, size_t n, bool inline_buffer);
   void linger();
-  void discard_input();
-  void want_client_data();
-  void read_client();
   void process_input();
   void begin_request();
   void dispatch();
@@ -354,7 +349,6 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void on_connected(const error_code& ec);
   void send_upstream();
   void flush_upstream();
-  void read_upstream();
   void parse_upstream();
   void upstream_failed(failure why);
   void finish_exchange();
@@ -375,8 +369,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::shared_ptr<const snapshot> snap_;
   phase phase_ = phase::idle;
   int64_t deadline_ = 0;
-  bool client_wait_armed_ = false;
-  bool client_readable_ = false;
+  bool reading_client_ = false;    // a read is outstanding
+  bool reading_into_in_ = false;   // ... into in_'s tail: in_ must not change until it completes
+  char idle_buf_[512];             // idle connections read here and hold no heap buffer
+  char client_ip_[48] = {};        // for X-Forwarded-For, looked up once per connection
   bool client_eof_ = false;
   bool writing_client_ = false;
   bool close_after_response_ = false;
@@ -443,43 +439,28 @@ upstream_conn::upstream_conn(worker& w, target_state* target)
 
 upstream_conn::~upstream_conn() { target->metrics->pool_open.fetch_sub(1, std::memory_order_relaxed); }
 
-void upstream_conn::arm_wait() {
-  if (wait_armed || !open) return;
-  wait_armed = true;
-  socket.async_wait(tcp::socket::wait_read,
-                    [self = shared_from_this()](const error_code& ec) { self->on_ready(ec); });
+void upstream_conn::start_read() {
+  if (reading || !open) return;
+  reading = true;
+  in.prepare(read_chunk);
+  socket.async_read_some(asio::buffer(in.tail(), in.tail_size()),
+                         [self = shared_from_this()](const error_code& ec, size_t n) {
+                           self->on_read(ec, n);
+                         });
 }
 
-void upstream_conn::on_ready(const error_code& ec) {
-  wait_armed = false;
+void upstream_conn::on_read(const error_code& ec, size_t n) {
+  reading = false;
   if (!open) return;
+  if (!ec) in.commit(n);
   if (owner) {
     auto keep = owner;
-    keep->on_upstream_ready(ec);
+    keep->on_upstream_data(ec);
     return;
   }
-  // Idle in the pool: readable means the target closed it (or sent garbage). Drop it.
-  error_code rec;
-  char scratch[256];
-  size_t n = ec ? 0 : socket.read_some(asio::buffer(scratch), rec);
-  if (!ec && rec == asio::error::would_block) {
-    arm_wait();
-    return;
-  }
-  (void)n;
+  // Idle in the pool: the target closed it or sent bytes nobody asked for. Drop it.
   w.forget_idle(this);
   close();
-}
-
-size_t upstream_conn::read_available(error_code& ec) {
-  char* p = in.prepare(read_chunk);
-  size_t n = socket.read_some(asio::buffer(p, in.tail_size()), ec);
-  if (ec == asio::error::would_block) {
-    ec = {};
-    return 0;
-  }
-  if (!ec) in.commit(n);
-  return n;
 }
 
 void upstream_conn::close() {
@@ -614,7 +595,7 @@ void worker::give_back(std::shared_ptr<upstream_conn> conn, const upstream_confi
   conn->idle_limit_ms = cfg.timeouts.idle.count();
   conn->in.release_if_empty();
   t->metrics->pool_idle.fetch_add(1, std::memory_order_relaxed);
-  conn->arm_wait();
+  conn->start_read();
   pool.push_back(std::move(conn));
 }
 
@@ -655,10 +636,15 @@ void client_session::start() {
   socket_.non_blocking(true, ec);
   if (ec) return;
   w_.add_session(this);
+  auto peer = socket_.remote_endpoint(ec);
+  if (!ec) {
+    auto text = peer.address().to_string(ec);
+    if (!ec) std::snprintf(client_ip_, sizeof client_ip_, "%s", text.c_str());
+  }
   phase_ = phase::idle;
   deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
   begin_request();
-  read_client();
+  start_client_read();
 }
 
 void client_session::close() {
@@ -722,79 +708,49 @@ void client_session::linger() {
   release_upstream(false);
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
-  in_.clear();
-  in_.release_if_empty();
-  discard_input();
-}
-
-void client_session::discard_input() {
-  char scratch[4096];
-  for (;;) {
-    error_code ec;
-    size_t n = socket_.read_some(asio::buffer(scratch), ec);
-    if (ec == asio::error::would_block) {
-      arm_client_wait();
-      return;
-    }
-    if (ec || n == 0) {
-      close();
-      return;
-    }
+  if (!reading_into_in_) {
+    in_.clear();
+    in_.release_if_empty();
   }
+  start_client_read();
 }
 
-void client_session::arm_client_wait() {
-  if (client_wait_armed_ || phase_ == phase::closed) return;
-  client_wait_armed_ = true;
-  socket_.async_wait(tcp::socket::wait_read,
-                     [self = shared_from_this()](const error_code& ec) { self->on_client_ready(ec); });
-}
-
-void client_session::on_client_ready(const error_code& ec) {
-  client_wait_armed_ = false;
-  if (phase_ == phase::closed) return;
-  if (ec) {
-    close();
-    return;
-  }
-  client_readable_ = true;
-  if (phase_ == phase::lingering) {
-    discard_input();
-    return;
-  }
-  // Read now only when the session wants client bytes; otherwise keep the flag for later.
-  bool wants = phase_ == phase::idle || phase_ == phase::head ||
-               (phase_ == phase::proxying && body_started_ && !req_done_ &&
-                up_out_.size() < high_water);
-  if (wants) read_client();
-}
-
-// Called when the session needs more client bytes.
-void client_session::want_client_data() {
-  if (client_readable_ || !client_wait_armed_) read_client();
-}
-
-void client_session::read_client() {
-  client_readable_ = false;
-  if (client_eof_) return;
+// Starts a read from the client unless one is outstanding. Idle connections read into the inline
+// buffer; a request in progress reads into in_'s tail.
+void client_session::start_client_read() {
+  if (reading_client_ || client_eof_ || phase_ == phase::closed) return;
+  bool use_inline = phase_ == phase::lingering || (phase_ == phase::idle && in_.empty());
   // While a head is incomplete the buffer may grow up to the header limit (plus one chunk).
-  if (phase_ == phase::idle || phase_ == phase::head) {
-    if (in_.size() > snap_->cfg.limits.max_header_bytes + snap_->cfg.limits.max_url_bytes) {
-      return;  // the parser has already answered 431
-    }
+  if (!use_inline && (phase_ == phase::idle || phase_ == phase::head) &&
+      in_.size() > snap_->cfg.limits.max_header_bytes + snap_->cfg.limits.max_url_bytes) {
+    return;  // the parser has already answered 431
   }
-  char* p = in_.prepare(read_chunk);
-  error_code ec;
-  size_t want = in_.tail_size();
-  size_t n = socket_.read_some(asio::buffer(p, want), ec);
-  if (ec == asio::error::would_block) {
-    arm_client_wait();
+  reading_client_ = true;
+  reading_into_in_ = !use_inline;
+  asio::mutable_buffer buf = use_inline ? asio::buffer(idle_buf_)
+                                        : asio::buffer(in_.prepare(read_chunk), in_.tail_size());
+  socket_.async_read_some(buf, [self = shared_from_this(), use_inline](const error_code& ec,
+                                                                        size_t n) {
+    self->on_client_read(ec, n, use_inline);
+  });
+}
+
+void client_session::on_client_read(const error_code& ec, size_t n, bool inline_buffer) {
+  reading_client_ = false;
+  reading_into_in_ = false;
+  if (phase_ == phase::closed) return;
+  if (phase_ == phase::lingering) {
+    if (ec) {
+      close();
+    } else {
+      start_client_read();  // drop what arrives until the client closes or the deadline
+    }
     return;
   }
   if (ec) {
     // EOF or reset. Between requests: just close. Mid-request: the client gave up.
-    if (phase_ == phase::idle || phase_ == phase::head ||
-        (phase_ == phase::proxying && !req_done_) || phase_ == phase::connecting) {
+    if (phase_ == phase::idle || phase_ == phase::head || phase_ == phase::connecting ||
+        (phase_ == phase::proxying && !req_done_)) {
       close();
       return;
     }
@@ -802,11 +758,10 @@ void client_session::read_client() {
     close_after_response_ = true;
     return;
   }
-  in_.commit(n);
-  if (n < want) {
-    arm_client_wait();
+  if (inline_buffer) {
+    in_.append(idle_buf_, n);
   } else {
-    client_readable_ = true;  // there may be more
+    in_.commit(n);
   }
   process_input();
 }
@@ -839,15 +794,12 @@ void client_session::begin_request() {
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
 void client_session::process_input() {
-  while (phase_ != phase::closed && phase_ != phase::closing) {
+  if (reading_into_in_) return;  // resumed when the read completes
+  while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
     if (phase_ == phase::idle || phase_ == phase::head) {
       if (in_.empty()) {
         in_.release_if_empty();
-        if (client_readable_) {
-          read_client();
-        } else {
-          arm_client_wait();
-        }
+        start_client_read();
         return;
       }
       if (phase_ == phase::idle) {
@@ -867,11 +819,7 @@ void client_session::process_input() {
           send_error(431, "headers_too_large", "request header block exceeds the limit");
           return;
         }
-        if (client_readable_) {
-          read_client();
-        } else {
-          arm_client_wait();
-        }
+        start_client_read();
         return;
       }
       if (ec) {
@@ -902,7 +850,7 @@ void client_session::process_input() {
     }
     if (phase_ == phase::proxying && body_started_ && !req_done_) {
       if (in_.empty()) {
-        if (up_out_.size() < high_water) want_client_data();
+        if (up_out_.size() < high_water) start_client_read();
         return;
       }
       if (up_out_.size() >= high_water) return;  // resumed when the upstream write drains
@@ -918,7 +866,7 @@ void client_session::process_input() {
             send_error(400, "bad_request", "malformed chunked body");
             return;
           }
-          want_client_data();
+          start_client_read();
           return;
         }
         flush_upstream();
@@ -1118,9 +1066,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
         }
       }
     } else {
-      error_code rec;
-      auto ep = socket_.remote_endpoint(rec);
-      if (!rec) hash_key_ = ep.address().to_string();
+      hash_key_.assign(client_ip_);
     }
   }
 
@@ -1262,21 +1208,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     up_out_.append(xff);
     up_out_.append(", ");
   }
-  {
-    error_code rec;
-    auto ep = socket_.remote_endpoint(rec);
-    if (!rec) {
-      auto a = ep.address();
-      char buf[64];
-      if (a.is_v4()) {
-        auto b = a.to_v4().to_bytes();
-        int len = std::snprintf(buf, sizeof buf, "%u.%u.%u.%u", b[0], b[1], b[2], b[3]);
-        up_out_.append(buf, static_cast<size_t>(len));
-      } else {
-        up_out_.append(a.to_string());
-      }
-    }
-  }
+  up_out_.append(std::string_view(client_ip_));
   up_out_.append("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
   up_out_.append(host);
   up_out_.append("\r\nVia: ");
@@ -1431,7 +1363,7 @@ void client_session::on_connected(const error_code& ec) {
 void client_session::send_upstream() {
   if (req_has_body_) body_started_ = true;
   flush_upstream();
-  up_->arm_wait();
+  up_->start_read();
 }
 
 void client_session::flush_upstream() {
@@ -1460,53 +1392,28 @@ void client_session::flush_upstream() {
       });
 }
 
-void client_session::on_upstream_ready(const error_code& ec) {
+void client_session::on_upstream_data(const error_code& ec) {
+  auto conn = up_;
+  if (!conn || phase_ != phase::proxying) return;
   if (ec) {
-    upstream_failed(failure::reset);
+    if (ec == asio::error::eof && resp_parser_ && resp_parser_->is_header_done() &&
+        !resp_parser_->is_done() && conn->in.empty()) {
+      // A response delimited by the end of the connection.
+      error_code pec;
+      resp_parser_->put_eof(pec);
+      upstream_keep_alive_ = false;
+      if (!pec) {
+        flush_client();
+        finish_exchange();
+        return;
+      }
+    }
+    if (!conn->in.empty()) parse_upstream();  // what arrived before the close still counts
+    if (up_ == conn) upstream_failed(failure::reset);
     return;
   }
-  read_upstream();
-}
-
-void client_session::read_upstream() {
-  auto conn = up_;
-  while (up_ == conn && conn && phase_ == phase::proxying) {
-    if (resp_paused_) {
-      conn->readable = true;
-      return;
-    }
-    conn->readable = false;
-    error_code ec;
-    size_t before = conn->in.tail_size();
-    size_t n = conn->read_available(ec);
-    if (ec) {
-      if (ec == asio::error::eof && resp_parser_ && resp_parser_->is_header_done() &&
-          !resp_parser_->is_done()) {
-        // A response delimited by the connection's end.
-        error_code pec;
-        resp_parser_->put_eof(pec);
-        upstream_keep_alive_ = false;
-        if (!pec) {
-          flush_client();
-          finish_exchange();
-          return;
-        }
-      }
-      upstream_failed(failure::reset);
-      return;
-    }
-    if (n == 0) {
-      conn->arm_wait();
-      return;
-    }
-    bool short_read = n < std::min(before, read_chunk);
-    parse_upstream();
-    if (up_ != conn) return;
-    if (short_read) {
-      conn->arm_wait();
-      return;
-    }
-  }
+  parse_upstream();
+  if (up_ == conn && phase_ == phase::proxying && !resp_paused_) conn->start_read();
 }
 
 void client_session::parse_upstream() {
@@ -1647,7 +1554,6 @@ void client_session::release_upstream(bool reuse) {
   auto conn = std::move(up_);
   up_.reset();
   conn->owner.reset();
-  conn->readable = false;
   if (reuse && conn->open && route_) {
     w_.give_back(std::move(conn), *route_->upstream->cfg);
   } else {
@@ -1816,9 +1722,7 @@ void client_session::log_access() {
   line.append("{\"request_id\":");
   append_json_string(line, request_id_);
   line.append(",\"client\":");
-  error_code ec;
-  auto ep = socket_.remote_endpoint(ec);
-  append_json_string(line, ec ? std::string() : ep.address().to_string());
+  append_json_string(line, client_ip_);
   line.append(",\"method\":");
   append_json_string(line, access_method_);
   line.append(",\"path\":");
@@ -1953,11 +1857,7 @@ void client_session::resume_upstream() {
   auto conn = up_;
   if (!conn->in.empty()) parse_upstream();
   if (up_ != conn || resp_paused_) return;
-  if (conn->readable) {
-    read_upstream();
-  } else {
-    conn->arm_wait();
-  }
+  conn->start_read();
 }
 
 }  // namespace
