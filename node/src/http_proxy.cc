@@ -272,6 +272,10 @@ class worker {
   }
 
   unsigned index;
+  // Declared before ioc so that they outlive it: destroying ioc destroys pending handlers, which
+  // may own the last reference to sessions and connections that update these on destruction.
+  std::vector<client_session*> sessions;
+  std::vector<uint32_t> open_by_target;  // this worker's open upstream connections, by target id
   asio::io_context ioc;
   acceptor_t acceptor;
   timer_t sweep;
@@ -280,9 +284,7 @@ class worker {
   std::atomic<int64_t>& connections;
   spdlog::logger* access_log;
   std::shared_ptr<const snapshot> snap;
-  std::vector<client_session*> sessions;
   std::vector<std::vector<std::shared_ptr<upstream_conn>>> idle;  // by target id
-  std::vector<upstream_conn*> all_pooled_scan;                    // scratch for sweeps
   std::atomic<int64_t> open_sessions{0};
   bool draining = false;
   uint32_t max_connections = 20000;
@@ -315,6 +317,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void on_request_body(std::string_view body, error_code& ec);
   void on_request_chunk_header(uint64_t size, error_code& ec);
   void on_request_finish(error_code& ec);
+  void on_request_body_limit(error_code& ec);
 
   // Response parser callbacks.
   void on_response_line(int status, std::string_view reason, int version, error_code& ec);
@@ -435,9 +438,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
 upstream_conn::upstream_conn(worker& w, target_state* target)
     : w(w), target(target), socket(w.ioc.get_executor()) {
   target->metrics->pool_open.fetch_add(1, std::memory_order_relaxed);
+  if (target->id >= w.open_by_target.size()) w.open_by_target.resize(target->id + 1);
+  ++w.open_by_target[target->id];
 }
 
-upstream_conn::~upstream_conn() { target->metrics->pool_open.fetch_sub(1, std::memory_order_relaxed); }
+upstream_conn::~upstream_conn() {
+  target->metrics->pool_open.fetch_sub(1, std::memory_order_relaxed);
+  --w.open_by_target[target->id];
+}
 
 void upstream_conn::start_read() {
   if (reading || !open) return;
@@ -850,6 +858,7 @@ void client_session::process_input() {
     }
     if (phase_ == phase::proxying && body_started_ && !req_done_) {
       if (in_.empty()) {
+        flush_upstream();
         if (up_out_.size() < high_water) start_client_read();
         return;
       }
@@ -866,6 +875,7 @@ void client_session::process_input() {
             send_error(400, "bad_request", "malformed chunked body");
             return;
           }
+          flush_upstream();
           start_client_read();
           return;
         }
@@ -1243,18 +1253,22 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   req_parser_->eager(true);
 }
 
+void client_session::on_request_body_limit(error_code& ec) {
+  w_.stats.bad_requests.add();
+  close_after_response_ = true;
+  if (!resp_head_sent_) {
+    release_upstream(false);
+    send_error(413, "payload_too_large", "request body exceeds the route's limit");
+  } else {
+    close();
+  }
+  ec = http::error::body_limit;
+}
+
 void client_session::on_request_body(std::string_view body, error_code& ec) {
   req_body_bytes_ += body.size();
   if (route_->max_body_bytes && req_body_bytes_ > route_->max_body_bytes) {
-    w_.stats.bad_requests.add();
-    close_after_response_ = true;
-    if (!resp_head_sent_) {
-      release_upstream(false);
-      send_error(413, "payload_too_large", "request body exceeds the route's limit");
-    } else {
-      close();
-    }
-    ec = http::error::body_limit;
+    on_request_body_limit(ec);
     return;
   }
   if (req_chunked_) {
@@ -1269,7 +1283,12 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
   }
 }
 
-void client_session::on_request_chunk_header(uint64_t, error_code&) {}
+void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
+  // The declared size is known before the data: refuse at once rather than after forwarding.
+  if (route_->max_body_bytes && size > route_->max_body_bytes - std::min(req_body_bytes_, route_->max_body_bytes)) {
+    on_request_body_limit(ec);
+  }
+}
 
 void client_session::on_request_finish(error_code& ec) {
   if (req_chunked_) up_out_.append("0\r\n\r\n");
@@ -1323,6 +1342,16 @@ void client_session::dispatch() {
     return;
   }
   reused_connection_ = false;
+  uint32_t cap = up.cfg->pool.max_connections_per_target;
+  if (cap && target_->id < w_.open_by_target.size() && w_.open_by_target[target_->id] >= cap) {
+    // Like Envoy's max_connections breaker: overflow is refused rather than queued.
+    w_.stats.upstream_overflows.add();
+    release_upstream(false);
+    if (!req_done_) close_after_response_ = true;
+    send_error(503, "upstream_overloaded",
+               "connection limit reached for upstream " + up.cfg->name);
+    return;
+  }
   connect_upstream();
 }
 
@@ -1362,7 +1391,9 @@ void client_session::on_connected(const error_code& ec) {
 
 void client_session::send_upstream() {
   if (req_has_body_) body_started_ = true;
-  flush_upstream();
+  // A body already buffered is parsed, and checked against the route's limit, before anything
+  // is sent: process_input flushes the head together with it.
+  if (!req_has_body_ || in_.empty()) flush_upstream();
   up_->start_read();
 }
 

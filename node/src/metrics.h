@@ -79,6 +79,7 @@ struct alignas(64) worker_stats {
   counter retries;
   counter retries_budget_exhausted;
   counter ejections;
+  counter upstream_overflows;  // refused: max_connections_per_target reached
 };
 
 // Per-target gauges, shared by all workers.

@@ -83,6 +83,10 @@ std::shared_ptr<spdlog::logger> make_access_log(const access_log_section& cfg) {
       "access", sink, spdlog::thread_pool(), spdlog::async_overflow_policy::overrun_oldest);
   logger->set_pattern("%v");
   logger->set_level(spdlog::level::info);
+  // Registered so that the periodic flush reaches it: lines hit the file within a second.
+  spdlog::drop("access");
+  spdlog::register_logger(logger);
+  spdlog::flush_every(std::chrono::seconds(1));
   return logger;
 }
 

@@ -14,9 +14,10 @@
 namespace meridian::testing {
 namespace {
 
+// The executable under test: $MERIDIAN_BIN (set by ctest), else the one beside this test binary.
 std::string meridian_bin() {
-  const char* env = std::getenv("MERIDIAN_BIN");
-  return env ? env : "build/bin/meridian";
+  if (const char* env = std::getenv("MERIDIAN_BIN")) return env;
+  return (std::filesystem::read_symlink("/proc/self/exe").parent_path() / "meridian").string();
 }
 
 struct command_result {

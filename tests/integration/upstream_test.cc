@@ -3,7 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 #include <set>
 
 #include "test_support.h"
@@ -285,6 +288,74 @@ TEST(upstream, connections_over_the_limit_are_refused) {
   raw_client three(n.port());
   EXPECT_TRUE(three.closed_by_peer(2s));
   EXPECT_TRUE(three.buffer().empty());
+}
+
+}  // namespace
+}  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+TEST(upstream, retry_budget_caps_retries_per_second) {
+  named_upstream bad("bad"), good("good");
+  bad.status = 503;
+  good.status = 503;
+  running_node n(route_to("  - name: u\n    retries: {attempts: 3, on: [503], budget_ratio: 0, "
+                          "budget_min_per_s: 2}\n    outlier: {consecutive_failures: 0}\n"
+                          "    targets: [" + bad.address() + ", " + good.address() + "]\n"));
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  for (int i = 0; i < 10; ++i) {
+    auto res = c.Get("/");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 503);
+  }
+  // At most 2 retries in the budget window (the test runs well inside one second or two).
+  int total = bad.served.load() + good.served.load();
+  EXPECT_LE(total, 10 + 4);
+  EXPECT_GE(total, 10 + 2);
+  EXPECT_NE(n.metrics().find("meridian_retries_budget_exhausted_total"), std::string::npos);
+}
+
+TEST(upstream, connections_per_target_cap_refuses_overflow_with_503) {
+  named_upstream slow("slow");
+  slow.delay_ms = 500;
+  running_node n(route_to("  - name: u\n    pool: {max_connections_per_target: 1}\n"
+                          "    targets: [" + slow.address() + "]\n"));
+  ASSERT_TRUE(n.ok());
+  raw_client first(n.port()), second(n.port());
+  ASSERT_TRUE(first.send("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"));
+  ASSERT_TRUE(eventually([&] { return slow.hits.load() == 1; }));
+  ASSERT_TRUE(second.send("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"));
+  auto r2 = second.read_response();
+  EXPECT_EQ(status_of(r2), 503) << r2;
+  EXPECT_NE(r2.find("upstream_overloaded"), std::string::npos);
+  EXPECT_EQ(status_of(first.read_response()), 200);
+}
+
+TEST(upstream, access_log_writes_one_json_line_per_request) {
+  named_upstream a("a");
+  temp_dir logs;
+  running_node n("log: {access_log: {enabled: true, path: " + logs.file("access.log") + "}}\n" +
+                 route_to("  - name: u\n    targets: [" + a.address() + "]\n"));
+  ASSERT_TRUE(n.ok());
+  auto res = n.client().Get("/logged?x=1", {{"X-Request-Id", "trace-42"}});
+  ASSERT_TRUE(res);
+  std::string line;
+  ASSERT_TRUE(eventually([&] {
+    spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) { l->flush(); });
+    std::ifstream in(logs.file("access.log"));
+    return static_cast<bool>(std::getline(in, line)) && !line.empty();
+  }));
+  auto j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["request_id"], "trace-42");
+  EXPECT_EQ(j["method"], "GET");
+  EXPECT_EQ(j["path"], "/logged?x=1");
+  EXPECT_EQ(j["status"], 200);
+  EXPECT_EQ(j["route"], "r");
+  EXPECT_EQ(j["upstream"], a.address());
+  EXPECT_EQ(j["client"], "127.0.0.1");
+  EXPECT_TRUE(j["duration_ms"].is_number());
 }
 
 }  // namespace
