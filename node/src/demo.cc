@@ -62,7 +62,8 @@ int run_demo() {
     std::fprintf(stderr, "meridian demo: %s\n", error.c_str());
     return 1;
   }
-  auto dir = std::filesystem::temp_directory_path() / ("meridian-demo-" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("meridian-demo-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
 
   config cfg;
@@ -74,7 +75,8 @@ int run_demo() {
   cfg.listen.admin = {"127.0.0.1", 9901};
   upstream_config up;
   up.name = "demo";
-  up.targets.push_back({{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, "eu-west", "", 1, 0});
+  up.targets.push_back(
+      {{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, "eu-west", "", 1, 0});
   up.health_check.enabled = true;
   up.health_check.path = "/healthz";
   up.retries.attempts = 1;

@@ -24,8 +24,8 @@ std::shared_ptr<spdlog::logger> logger() {
 // One probe of one target: connect, send the request, read the status line, with a deadline.
 class probe : public std::enable_shared_from_this<probe> {
  public:
-  probe(asio::io_context& ioc, std::shared_ptr<target_state> target,
-        const health_check_config& cfg, std::function<void(bool, std::string)> done)
+  probe(asio::io_context& ioc, std::shared_ptr<target_state> target, const health_check_config& cfg,
+        std::function<void(bool, std::string)> done)
       : socket_(ioc), timer_(ioc), target_(std::move(target)), cfg_(cfg), done_(std::move(done)) {}
 
   void run() {
@@ -112,12 +112,13 @@ struct health_checker::impl {
     timer->async_wait([this, gen, timer, target, cfg](const error_code& ec) {
       if (ec || gen != generation) return;
       auto keep = snap;  // cfg points into it
-      std::make_shared<probe>(ioc, target, *cfg, [this, gen, timer, target, cfg, keep](
-                                                     bool ok, std::string detail) {
-        if (gen != generation) return;
-        record(*target, *cfg, ok, detail);
-        schedule(gen, timer, target, cfg, cfg->interval);
-      })->run();
+      std::make_shared<probe>(ioc, target, *cfg,
+                              [this, gen, timer, target, cfg, keep](bool ok, std::string detail) {
+                                if (gen != generation) return;
+                                record(*target, *cfg, ok, detail);
+                                schedule(gen, timer, target, cfg, cfg->interval);
+                              })
+          ->run();
     });
   }
 

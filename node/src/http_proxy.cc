@@ -53,7 +53,9 @@ constexpr auto sweep_interval = std::chrono::milliseconds(50);
 class worker;
 class client_session;
 
-bool iequals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
+bool iequals(std::string_view a, std::string_view b) {
+  return beast::iequals(a, b);
+}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -92,11 +94,21 @@ void append_json_string(byte_buffer& out, std::string_view s) {
   out.append('"');
   for (char c : s) {
     switch (c) {
-      case '"': out.append("\\\""); break;
-      case '\\': out.append("\\\\"); break;
-      case '\n': out.append("\\n"); break;
-      case '\r': out.append("\\r"); break;
-      case '\t': out.append("\\t"); break;
+      case '"':
+        out.append("\\\"");
+        break;
+      case '\\':
+        out.append("\\\\");
+        break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\r':
+        out.append("\\r");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char tmp[8];
@@ -112,19 +124,32 @@ void append_json_string(byte_buffer& out, std::string_view s) {
 
 const char* reason_for(int status) {
   switch (status) {
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 408: return "Request Timeout";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Error";
+    case 400:
+      return "Bad Request";
+    case 404:
+      return "Not Found";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Content Too Large";
+    case 414:
+      return "URI Too Long";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    case 505:
+      return "HTTP Version Not Supported";
+    default:
+      return "Error";
   }
 }
 
@@ -155,8 +180,7 @@ class request_parser final : public http::basic_parser<true> {
   void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
     owner_.on_request_chunk_header(size, ec);
   }
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body,
-                                 error_code& ec) override {
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
     owner_.on_request_body(body, ec);
     return body.size();
   }
@@ -190,8 +214,7 @@ class response_parser final : public http::basic_parser<false> {
   void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
     owner_.on_response_chunk_header(size, ec);
   }
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body,
-                                 error_code& ec) override {
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
     owner_.on_response_body(body, ec);
     return body.size();
   }
@@ -309,8 +332,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void close_if_idle();
 
   // Request parser callbacks.
-  void on_request_line(http::verb v, std::string_view method, std::string_view target,
-                       int version, error_code& ec);
+  void on_request_line(http::verb v, std::string_view method, std::string_view target, int version,
+                       error_code& ec);
   void on_request_field(http::field f, std::string_view name, std::string_view value,
                         error_code& ec);
   void on_request_header(http::basic_parser<true>& parser, error_code& ec);
@@ -372,10 +395,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::shared_ptr<const snapshot> snap_;
   phase phase_ = phase::idle;
   int64_t deadline_ = 0;
-  bool reading_client_ = false;    // a read is outstanding
-  bool reading_into_in_ = false;   // ... into in_'s tail: in_ must not change until it completes
-  char idle_buf_[512];             // idle connections read here and hold no heap buffer
-  char client_ip_[48] = {};        // for X-Forwarded-For, looked up once per connection
+  bool reading_client_ = false;   // a read is outstanding
+  bool reading_into_in_ = false;  // ... into in_'s tail: in_ must not change until it completes
+  char idle_buf_[512];            // idle connections read here and hold no heap buffer
+  char client_ip_[48] = {};       // for X-Forwarded-For, looked up once per connection
   bool client_eof_ = false;
   bool writing_client_ = false;
   bool close_after_response_ = false;
@@ -427,8 +450,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   int resp_version_ = 11;
   bool resp_head_sent_ = false;
   bool resp_done_ = false;
-  bool resp_chunked_out_ = false;   // we chunk the body towards the client
-  bool resp_paused_ = false;        // client output above high water
+  bool resp_chunked_out_ = false;  // we chunk the body towards the client
+  bool resp_paused_ = false;       // client output above high water
   bool upstream_keep_alive_ = true;
   uint64_t resp_bytes_ = 0;
 };
@@ -451,10 +474,9 @@ void upstream_conn::start_read() {
   if (reading || !open) return;
   reading = true;
   in.prepare(read_chunk);
-  socket.async_read_some(asio::buffer(in.tail(), in.tail_size()),
-                         [self = shared_from_this()](const error_code& ec, size_t n) {
-                           self->on_read(ec, n);
-                         });
+  socket.async_read_some(
+      asio::buffer(in.tail(), in.tail_size()),
+      [self = shared_from_this()](const error_code& ec, size_t n) { self->on_read(ec, n); });
 }
 
 void upstream_conn::on_read(const error_code& ec, size_t n) {
@@ -735,12 +757,12 @@ void client_session::start_client_read() {
   }
   reading_client_ = true;
   reading_into_in_ = !use_inline;
-  asio::mutable_buffer buf = use_inline ? asio::buffer(idle_buf_)
-                                        : asio::buffer(in_.prepare(read_chunk), in_.tail_size());
-  socket_.async_read_some(buf, [self = shared_from_this(), use_inline](const error_code& ec,
-                                                                        size_t n) {
-    self->on_client_read(ec, n, use_inline);
-  });
+  asio::mutable_buffer buf =
+      use_inline ? asio::buffer(idle_buf_) : asio::buffer(in_.prepare(read_chunk), in_.tail_size());
+  socket_.async_read_some(buf,
+                          [self = shared_from_this(), use_inline](const error_code& ec, size_t n) {
+                            self->on_client_read(ec, n, use_inline);
+                          });
 }
 
 void client_session::on_client_read(const error_code& ec, size_t n, bool inline_buffer) {
@@ -911,8 +933,8 @@ void client_session::reject(int status, std::string_view code, std::string_view 
   ec = http::error::bad_value;  // stops the parser; the session is closing
 }
 
-void client_session::on_request_line(http::verb v, std::string_view method,
-                                     std::string_view target, int version, error_code& ec) {
+void client_session::on_request_line(http::verb v, std::string_view method, std::string_view target,
+                                     int version, error_code& ec) {
   verb_ = v;
   method_ = method;
   req_target_ = target;
@@ -931,8 +953,8 @@ void client_session::on_request_line(http::verb v, std::string_view method,
   }
 }
 
-void client_session::on_request_field(http::field f, std::string_view name,
-                                      std::string_view value, error_code& ec) {
+void client_session::on_request_field(http::field f, std::string_view name, std::string_view value,
+                                      error_code& ec) {
   // obs-fold (RFC 9112 §5.2): Beast unfolds it into its own buffer, or (when the first line is
   // empty) hands out the continuation line. Either way the value does not follow "name:".
   const char* v = value.data();
@@ -1017,7 +1039,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   // Split the target into path and query; accept absolute-form (RFC 9112 §3.2.2).
   std::string_view target = req_target_;
   std::string_view host = host_;
-  if (target.size() > 7 && (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
+  if (target.size() > 7 &&
+      (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
     auto rest = target.substr(target.find("://") + 3);
     auto slash = rest.find('/');
     host = rest.substr(0, slash);
@@ -1030,7 +1053,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   }
   auto qpos = target.find('?');
   std::string_view path = target.substr(0, qpos);
-  std::string_view query = qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
+  std::string_view query =
+      qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
   std::string_view host_only = host;
   if (!host_only.empty() && host_only.front() == '[') {
     auto end = host_only.find(']');
@@ -1226,7 +1250,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     up_out_.append(via);
     up_out_.append(", ");
   }
-  up_out_.append(version_ == 10 ? "1.0 meridian\r\nX-Request-Id: " : "1.1 meridian\r\nX-Request-Id: ");
+  up_out_.append(version_ == 10 ? "1.0 meridian\r\nX-Request-Id: "
+                                : "1.1 meridian\r\nX-Request-Id: ");
   up_out_.append(request_id_);
   up_out_.append("\r\n");
   for (auto& [k, v] : rc.request_headers.set) {
@@ -1285,7 +1310,8 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
 
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
   // The declared size is known before the data: refuse at once rather than after forwarding.
-  if (route_->max_body_bytes && size > route_->max_body_bytes - std::min(req_body_bytes_, route_->max_body_bytes)) {
+  if (route_->max_body_bytes &&
+      size > route_->max_body_bytes - std::min(req_body_bytes_, route_->max_body_bytes)) {
     on_request_body_limit(ec);
   }
 }
@@ -1294,7 +1320,6 @@ void client_session::on_request_finish(error_code& ec) {
   if (req_chunked_) up_out_.append("0\r\n\r\n");
   req_done_ = true;
 }
-
 
 // --- dispatching to an upstream --------------------------------------------------------------
 
@@ -1348,8 +1373,7 @@ void client_session::dispatch() {
     w_.stats.upstream_overflows.add();
     release_upstream(false);
     if (!req_done_) close_after_response_ = true;
-    send_error(503, "upstream_overloaded",
-               "connection limit reached for upstream " + up.cfg->name);
+    send_error(503, "upstream_overloaded", "connection limit reached for upstream " + up.cfg->name);
     return;
   }
   connect_upstream();
@@ -1412,8 +1436,7 @@ void client_session::flush_upstream() {
         self->up_out_.consume(n);
         if (!self->resp_head_sent_) {
           // The request timeout runs from the last byte written, not from the first.
-          self->deadline_ =
-              self->w_.now + self->route_->upstream->cfg->timeouts.request.count();
+          self->deadline_ = self->w_.now + self->route_->upstream->cfg->timeouts.request.count();
         }
         if (!self->up_out_.empty()) {
           self->flush_upstream();
@@ -1504,25 +1527,31 @@ void client_session::count_target_failure() {
     target_->ejected_until_ms.store(now_ms() + outlier.eject_for.count(),
                                     std::memory_order_relaxed);
     w_.stats.ejections.add();
-    spdlog::get("node.http") ? spdlog::get("node.http")->warn(
-                                   "upstream {} target {} ejected for {} ms after {} failures",
-                                   target_->upstream, target_->addr.to_string(),
-                                   outlier.eject_for.count(), n)
-                             : void();
+    spdlog::get("node.http")
+        ? spdlog::get("node.http")
+              ->warn("upstream {} target {} ejected for {} ms after {} failures", target_->upstream,
+                     target_->addr.to_string(), outlier.eject_for.count(), n)
+        : void();
   }
 }
 
 void client_session::upstream_failed(failure why) {
   const auto& cfg = *route_->upstream->cfg;
   switch (why) {
-    case failure::connect: w_.stats.upstream_connect_failures.add(); break;
+    case failure::connect:
+      w_.stats.upstream_connect_failures.add();
+      break;
     case failure::connect_timeout:
-    case failure::timeout: w_.stats.upstream_timeouts.add(); break;
-    case failure::reset: w_.stats.upstream_resets.add(); break;
+    case failure::timeout:
+      w_.stats.upstream_timeouts.add();
+      break;
+    case failure::reset:
+      w_.stats.upstream_resets.add();
+      break;
   }
   bool got_response_bytes = resp_parser_ && resp_parser_->got_some();
-  bool stale_pooled = why == failure::reset && reused_connection_ && !got_response_bytes &&
-                      status_ == 0;
+  bool stale_pooled =
+      why == failure::reset && reused_connection_ && !got_response_bytes && status_ == 0;
   if (!stale_pooled && status_ == 0) count_target_failure();
   release_upstream(false);
   if (resp_head_sent_) {
@@ -1602,8 +1631,8 @@ void client_session::on_response_line(int status, std::string_view reason, int v
   resp_fields_.clear();
 }
 
-void client_session::on_response_field(http::field f, std::string_view name,
-                                       std::string_view value, error_code& ec) {
+void client_session::on_response_field(http::field f, std::string_view name, std::string_view value,
+                                       error_code& ec) {
   if (resp_fields_.size() >= max_fields) {
     ec = http::error::header_limit;
     return;
@@ -1733,7 +1762,8 @@ void client_session::on_response_finish(error_code& ec) {
 // --- finishing an exchange -------------------------------------------------------------------
 
 void client_session::record_done() {
-  auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_);
+  auto elapsed =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_);
   w_.stats.requests_total.add();
   if (route_) {
     auto& st = route_->metrics->per_worker[w_.index];
@@ -1771,8 +1801,8 @@ void client_session::log_access() {
   line.append(",\"response_bytes\":");
   line.append_decimal(resp_bytes_);
   line.append(",\"duration_ms\":");
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_)
-                .count();
+  auto us =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_).count();
   char tmp[32];
   int n = std::snprintf(tmp, sizeof tmp, "%.3f", static_cast<double>(us) / 1000.0);
   line.append(tmp, static_cast<size_t>(n));
@@ -1914,7 +1944,9 @@ proxy_server::proxy_server(unsigned workers, metrics_registry& metrics,
                            std::shared_ptr<spdlog::logger> access_log)
     : impl_(std::make_unique<impl>(std::max(1u, workers), metrics, std::move(access_log))) {}
 
-proxy_server::~proxy_server() { stop(); }
+proxy_server::~proxy_server() {
+  stop();
+}
 
 bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> snap,
                          std::string* error) {
@@ -1967,7 +1999,9 @@ bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> 
   return true;
 }
 
-uint16_t proxy_server::port() const { return impl_->port; }
+uint16_t proxy_server::port() const {
+  return impl_->port;
+}
 
 void proxy_server::update(std::shared_ptr<const snapshot> snap) {
   for (auto& w : impl_->workers) {

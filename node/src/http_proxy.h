@@ -21,7 +21,8 @@ namespace meridian::node {
 class proxy_server {
  public:
   // access_log may be null (disabled). metrics must outlive the server.
-  proxy_server(unsigned workers, metrics_registry& metrics, std::shared_ptr<spdlog::logger> access_log);
+  proxy_server(unsigned workers, metrics_registry& metrics,
+               std::shared_ptr<spdlog::logger> access_log);
   ~proxy_server();
   proxy_server(const proxy_server&) = delete;
   proxy_server& operator=(const proxy_server&) = delete;

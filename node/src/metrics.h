@@ -19,14 +19,16 @@ namespace meridian::node {
 // A counter written by a single thread and read by any: increments are a plain load and store.
 struct counter {
   std::atomic<uint64_t> value{0};
-  void add(uint64_t n = 1) { value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(uint64_t n = 1) {
+    value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   uint64_t get() const { return value.load(std::memory_order_relaxed); }
 };
 
 // Latency buckets in microseconds (upper bounds); the last bucket is +Inf.
 inline constexpr std::array<uint64_t, 14> latency_bounds_us = {
-    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
-    10000000};
+    500,    1000,   2500,   5000,    10000,   25000,   50000,
+    100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
 
 // Status codes that get their own series; others are counted per class ("1xx".."5xx").
 inline constexpr std::array<int, 28> tracked_status_codes = {
@@ -67,13 +69,13 @@ struct alignas(64) worker_stats {
   counter connections_rejected;  // over max_connections
   std::atomic<int64_t> connections_active{0};
   counter requests_total;
-  counter bad_requests;        // malformed, smuggling attempts: answered 4xx/501 or closed
-  counter header_timeouts;     // slowloris defence fired
+  counter bad_requests;     // malformed, smuggling attempts: answered 4xx/501 or closed
+  counter header_timeouts;  // slowloris defence fired
   counter idle_timeouts;
-  counter no_route;            // 404 from the router
+  counter no_route;  // 404 from the router
   counter upstream_connect_failures;
   counter upstream_timeouts;
-  counter upstream_resets;     // connection broke before a full response
+  counter upstream_resets;  // connection broke before a full response
   counter upstream_connections_opened;
   counter upstream_connections_reused;
   counter retries;
@@ -89,8 +91,8 @@ struct target_metrics {
   std::atomic<int64_t> active_requests{0};
   std::atomic<int64_t> pool_idle{0};
   std::atomic<int64_t> pool_open{0};
-  std::atomic<int> healthy{1};      // active health check verdict
-  std::atomic<int> ejected{0};      // passive outlier ejection
+  std::atomic<int> healthy{1};  // active health check verdict
+  std::atomic<int> ejected{0};  // passive outlier ejection
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> failures{0};
 };

@@ -1,13 +1,13 @@
 #include "meridian/node/node.h"
 
 #include <signal.h>
-#include <sys/resource.h>
+#include <sodium.h>
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sodium.h>
 
 #include <filesystem>
 #include <fstream>
@@ -107,8 +107,7 @@ void setup_logging(const std::string& level) {
 }
 
 struct node::impl {
-  explicit impl(config c)
-      : cfg(std::move(c)), metrics(cfg.node.workers), targets(metrics) {}
+  explicit impl(config c) : cfg(std::move(c)), metrics(cfg.node.workers), targets(metrics) {}
 
   config cfg;
   metrics_registry metrics;
@@ -136,9 +135,10 @@ node::~node() {
 
 bool node::start(std::string* error) {
   auto& d = *impl_;
-  std::string token_file = d.cfg.admin.token_file.empty()
-                               ? (std::filesystem::path(d.cfg.node.data_dir) / "admin.token").string()
-                               : d.cfg.admin.token_file;
+  std::string token_file =
+      d.cfg.admin.token_file.empty()
+          ? (std::filesystem::path(d.cfg.node.data_dir) / "admin.token").string()
+          : d.cfg.admin.token_file;
   if (!load_or_create_token(token_file, &d.token, error)) return false;
 
   d.snap = build_snapshot(d.cfg, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error);
@@ -170,10 +170,18 @@ bool node::start(std::string* error) {
   return true;
 }
 
-uint16_t node::proxy_port() const { return impl_->proxy ? impl_->proxy->port() : 0; }
-uint16_t node::admin_port() const { return impl_->admin ? impl_->admin->port() : 0; }
-const std::string& node::admin_token() const { return impl_->token; }
-const std::string& node::id() const { return impl_->cfg.node.id; }
+uint16_t node::proxy_port() const {
+  return impl_->proxy ? impl_->proxy->port() : 0;
+}
+uint16_t node::admin_port() const {
+  return impl_->admin ? impl_->admin->port() : 0;
+}
+const std::string& node::admin_token() const {
+  return impl_->token;
+}
+const std::string& node::id() const {
+  return impl_->cfg.node.id;
+}
 
 bool node::reload(std::string* error) {
   auto result = load_config(impl_->cfg.source);

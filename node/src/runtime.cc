@@ -97,8 +97,8 @@ bool retry_budget::try_retry(int64_t now) {
 }
 
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
-                                               target_registry& targets,
-                                               metrics_registry& metrics, std::string* error) {
+                                               target_registry& targets, metrics_registry& metrics,
+                                               std::string* error) {
   auto snap = std::make_shared<snapshot>();
   snap->cfg = std::move(cfg);
   snap->version = version;
@@ -136,8 +136,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
         t->resolved = true;
       } else {
         t->resolved = false;
-        snap->warnings.push_back("upstream " + uc.name + ": cannot resolve " +
-                                 tc.addr.to_string() + ": " + ec.message());
+        snap->warnings.push_back("upstream " + uc.name + ": cannot resolve " + tc.addr.to_string() +
+                                 ": " + ec.message());
       }
       up->targets.push_back(std::move(t));
     }
@@ -183,7 +183,9 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
                           const target_state* exclude, int64_t now) {
   const size_t n = up.targets.size();
   if (n == 0) return nullptr;
-  auto usable = [&](const target_state* t) { return t != exclude && t->resolved && t->available(now); };
+  auto usable = [&](const target_state* t) {
+    return t != exclude && t->resolved && t->available(now);
+  };
   auto& cursor = up.cursors[worker % up.cursors.size()];
   switch (up.cfg->balance) {
     case balance_policy::round_robin: {

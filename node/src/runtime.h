@@ -8,11 +8,11 @@
 
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/regex.hpp>
 #include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <boost/regex.hpp>
 #include <string>
 #include <vector>
 
@@ -43,9 +43,9 @@ struct target_state {
   bool resolved = false;
   size_t id = 0;  // dense index, unique per registry, for per-worker pool arrays
 
-  std::atomic<bool> healthy{true};              // active health checks' verdict
-  std::atomic<uint32_t> health_streak{0};       // consecutive checks agreeing with a flip
-  std::atomic<int64_t> ejected_until_ms{0};     // passive outlier ejection
+  std::atomic<bool> healthy{true};           // active health checks' verdict
+  std::atomic<uint32_t> health_streak{0};    // consecutive checks agreeing with a flip
+  std::atomic<int64_t> ejected_until_ms{0};  // passive outlier ejection
   std::atomic<uint32_t> consecutive_failures{0};
   target_metrics* metrics = nullptr;
 
@@ -87,9 +87,9 @@ struct retry_budget {
 struct upstream_runtime {
   const upstream_config* cfg = nullptr;
   std::vector<std::shared_ptr<target_state>> targets;
-  std::vector<uint32_t> wrr_sequence;  // target indices interleaved by weight
+  std::vector<uint32_t> wrr_sequence;                    // target indices interleaved by weight
   std::vector<std::pair<uint64_t, uint32_t>> hash_ring;  // (point, target index), sorted
-  std::string hash_header;             // consistent_hash on a header; empty: client ip
+  std::string hash_header;  // consistent_hash on a header; empty: client ip
   mutable retry_budget budget;
   // Per-worker balancing state, one cache line each.
   struct alignas(64) worker_cursor {
@@ -123,8 +123,8 @@ struct snapshot {
 // Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
 // nullptr and sets *error when the config cannot be compiled (a bad regex).
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
-                                               target_registry& targets,
-                                               metrics_registry& metrics, std::string* error);
+                                               target_registry& targets, metrics_registry& metrics,
+                                               std::string* error);
 
 // Picks a target for a request, skipping unavailable ones; returns nullptr when none is
 // available. `exclude` (may be null) is a target to avoid (the one that just failed).

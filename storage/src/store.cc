@@ -79,9 +79,7 @@ class rocksdb_store final : public store {
     w.sync = o.sync;
     return w;
   }
-  rocksdb::ColumnFamilyHandle* handle(family f) const {
-    return handles_[static_cast<size_t>(f)];
-  }
+  rocksdb::ColumnFamilyHandle* handle(family f) const { return handles_[static_cast<size_t>(f)]; }
 
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;

@@ -170,7 +170,8 @@ class process : public ::testing::Test {
 TEST(commands, version_prints_version_commit_and_build_type) {
   auto r = run_command("version");
   EXPECT_EQ(r.exit_code, 0);
-  EXPECT_TRUE(std::regex_search(r.out, std::regex(R"(^meridian \d+\.\d+\.\d+ \(commit \S+, \S+ build\))")))
+  EXPECT_TRUE(
+      std::regex_search(r.out, std::regex(R"(^meridian \d+\.\d+\.\d+ \(commit \S+, \S+ build\))")))
       << r.out;
 }
 
@@ -266,8 +267,8 @@ TEST_F(process, a_1gib_streamed_upload_passes_with_bounded_memory) {
   long before = node.peak_rss_kib();
   raw_client c(proxy_port_);
   const uint64_t total = 1ull << 30;
-  ASSERT_TRUE(c.send("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: " +
-                     std::to_string(total) + "\r\n\r\n"));
+  ASSERT_TRUE(c.send(
+      "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: " + std::to_string(total) + "\r\n\r\n"));
   std::string block(1 << 20, 'x');
   for (uint64_t sent = 0; sent < total; sent += block.size()) ASSERT_TRUE(c.send(block));
   auto r = c.read_response(30s);

@@ -130,7 +130,8 @@ TEST_F(proxy, strip_prefix_rewrite_and_query_transforms_shape_the_upstream_reque
 TEST_F(proxy, request_and_response_header_transforms_apply) {
   running_node n(simple_config(
       up_.address(),
-      "    request_headers: {add: {x-gateway: meridian}, set: {x-mode: forced}, remove: [x-internal]}\n"
+      "    request_headers: {add: {x-gateway: meridian}, set: {x-mode: forced}, remove: "
+      "[x-internal]}\n"
       "    response_headers: {add: {x-served-by: meridian}, remove: [x-upstream]}\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
@@ -149,8 +150,9 @@ TEST_F(proxy, pipelined_requests_get_responses_in_order) {
   running_node n(simple_config(up_.address()));
   ASSERT_TRUE(n.ok());
   raw_client c(n.port());
-  ASSERT_TRUE(c.send("GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n"
-                     "GET /three HTTP/1.1\r\nHost: a\r\n\r\n"));
+  ASSERT_TRUE(
+      c.send("GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\n"
+             "GET /three HTTP/1.1\r\nHost: a\r\n\r\n"));
   for (const char* path : {"/one", "/two", "/three"}) {
     auto r = c.read_response();
     ASSERT_EQ(status_of(r), 200) << r;
@@ -172,8 +174,9 @@ TEST_F(proxy, chunked_request_body_is_forwarded_whole) {
   running_node n(simple_config(up_.address()));
   ASSERT_TRUE(n.ok());
   raw_client c(n.port());
-  ASSERT_TRUE(c.send("POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"));
+  ASSERT_TRUE(
+      c.send("POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"));
   auto r = c.read_response();
   EXPECT_EQ(status_of(r), 200) << r;
   EXPECT_NE(r.find("got 11: hello world"), std::string::npos) << r;
@@ -219,8 +222,9 @@ TEST_F(proxy, body_over_route_limit_is_refused_with_413_before_reaching_upstream
   EXPECT_EQ(status_of(r), 413) << r;
   raw_client chunked(n.port());
   std::string big(2000, 'x');
-  ASSERT_TRUE(chunked.send("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" +
-                           big + "\r\n0\r\n\r\n"));
+  ASSERT_TRUE(
+      chunked.send("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n" + big +
+                   "\r\n0\r\n\r\n"));
   EXPECT_EQ(status_of(chunked.read_response()), 413);
   EXPECT_EQ(up_.hits.load(), 0);
 }
@@ -230,7 +234,8 @@ TEST_F(proxy, oversized_header_block_gets_431_and_long_url_gets_414) {
   ASSERT_TRUE(n.ok());
   {
     raw_client c(n.port());
-    ASSERT_TRUE(c.send("GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(70000, 'a') + "\r\n\r\n"));
+    ASSERT_TRUE(
+        c.send("GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + std::string(70000, 'a') + "\r\n\r\n"));
     EXPECT_EQ(status_of(c.read_response()), 431);
   }
   {
@@ -278,23 +283,55 @@ TEST_P(smuggling, malformed_request_is_refused_and_never_forwarded) {
 INSTANTIATE_TEST_SUITE_P(
     rfc9112, smuggling,
     ::testing::Values(
-        smuggling_case{"cl_and_te", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-        smuggling_case{"te_and_cl", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n", 400},
-        smuggling_case{"duplicate_cl", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 400},
-        smuggling_case{"cl_list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\nabcd", 400},
-        smuggling_case{"cl_sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd", 400},
-        smuggling_case{"te_unknown", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
-        smuggling_case{"te_list", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
-        smuggling_case{"te_obfuscated", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501},
-        smuggling_case{"te_duplicate", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-        smuggling_case{"te_space_before_colon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400},
-        smuggling_case{"te_in_http10", "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
-        smuggling_case{"bad_chunk_size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400},
-        smuggling_case{"chunk_size_overflow", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n", 400},
+        smuggling_case{"cl_and_te",
+                       "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: "
+                       "chunked\r\n\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{"te_and_cl",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                       "chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{
+            "duplicate_cl",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd",
+            400},
+        smuggling_case{"cl_list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\nabcd",
+                       400},
+        smuggling_case{"cl_sign", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd",
+                       400},
+        smuggling_case{"te_unknown",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501},
+        smuggling_case{
+            "te_list",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501},
+        smuggling_case{"te_obfuscated",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+                       501},
+        smuggling_case{"te_duplicate",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                       "chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{"te_space_before_colon",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{"te_in_http10",
+                       "POST / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{"bad_chunk_size",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                       "chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+                       400},
+        smuggling_case{"chunk_size_overflow",
+                       "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: "
+                       "chunked\r\n\r\nffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+                       400},
         smuggling_case{"obs_fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: one\r\n two\r\n\r\n", 400},
-        smuggling_case{"obs_fold_empty_first_line", "GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n two\r\n\r\n", 400},
-        smuggling_case{"control_char_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01z\r\n\r\n", 400},
-        smuggling_case{"nul_in_value", std::string("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0z\r\n\r\n", 37), 400},
+        smuggling_case{"obs_fold_empty_first_line",
+                       "GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n two\r\n\r\n", 400},
+        smuggling_case{"control_char_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01z\r\n\r\n",
+                       400},
+        smuggling_case{"nul_in_value",
+                       std::string("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0z\r\n\r\n", 37), 400},
         smuggling_case{"bare_lf", "GET / HTTP/1.1\nHost: a\n\n", 400},
         smuggling_case{"missing_host", "GET / HTTP/1.1\r\nX-A: b\r\n\r\n", 400},
         smuggling_case{"two_hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400},

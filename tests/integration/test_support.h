@@ -29,9 +29,8 @@ using namespace std::chrono_literals;
 class temp_dir {
  public:
   temp_dir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("meridian-it-" + std::to_string(::getpid()) + "-" +
-             std::to_string(std::random_device{}()));
+    path_ = std::filesystem::temp_directory_path() / ("meridian-it-" + std::to_string(::getpid()) +
+                                                      "-" + std::to_string(std::random_device{}()));
     std::filesystem::create_directories(path_);
   }
   ~temp_dir() {

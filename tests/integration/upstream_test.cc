@@ -3,10 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <spdlog/spdlog.h>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
 #include <set>
 
 #include "test_support.h"
@@ -78,9 +78,10 @@ TEST(upstream, round_robin_follows_weights) {
 
 TEST(upstream, consistent_hash_sends_the_same_key_to_the_same_target) {
   named_upstream a("a"), b("b"), c3("c");
-  running_node n(route_to("  - name: u\n    balance: consistent_hash\n    hash_on: header:x-user\n"
-                          "    targets: [" + a.address() + ", " + b.address() + ", " +
-                          c3.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    balance: consistent_hash\n    hash_on: header:x-user\n"
+               "    targets: [" +
+               a.address() + ", " + b.address() + ", " + c3.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   std::set<std::string> targets_used;
@@ -116,9 +117,10 @@ TEST(upstream, least_request_and_random_reach_every_target) {
 
 TEST(upstream, connect_failure_is_retried_on_another_target) {
   named_upstream live("live");
-  running_node n(route_to("  - name: u\n    retries: {attempts: 2, on: [connect_failure]}\n"
-                          "    outlier: {consecutive_failures: 0}\n    targets: [127.0.0.1:" +
-                          std::to_string(dead_port()) + ", " + live.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    retries: {attempts: 2, on: [connect_failure]}\n"
+               "    outlier: {consecutive_failures: 0}\n    targets: [127.0.0.1:" +
+               std::to_string(dead_port()) + ", " + live.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   for (int i = 0; i < 6; ++i) {
@@ -131,8 +133,8 @@ TEST(upstream, connect_failure_is_retried_on_another_target) {
 }
 
 TEST(upstream, without_retries_a_dead_target_gives_json_502) {
-  running_node n(route_to("  - name: u\n    targets: [127.0.0.1:" + std::to_string(dead_port()) +
-                          "]\n"));
+  running_node n(
+      route_to("  - name: u\n    targets: [127.0.0.1:" + std::to_string(dead_port()) + "]\n"));
   ASSERT_TRUE(n.ok());
   auto res = n.client().Get("/");
   ASSERT_TRUE(res);
@@ -143,9 +145,10 @@ TEST(upstream, without_retries_a_dead_target_gives_json_502) {
 TEST(upstream, retry_on_status_moves_to_a_healthy_target_for_idempotent_requests) {
   named_upstream bad("bad"), good("good");
   bad.status = 503;
-  running_node n(route_to("  - name: u\n    retries: {attempts: 1, on: [503]}\n"
-                          "    outlier: {consecutive_failures: 0}\n    targets: [" +
-                          bad.address() + ", " + good.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    retries: {attempts: 1, on: [503]}\n"
+               "    outlier: {consecutive_failures: 0}\n    targets: [" +
+               bad.address() + ", " + good.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   for (int i = 0; i < 4; ++i) {
@@ -167,8 +170,10 @@ TEST(upstream, retry_on_status_moves_to_a_healthy_target_for_idempotent_requests
 TEST(upstream, slow_upstream_gets_504_after_the_request_timeout) {
   named_upstream slow("slow");
   slow.delay_ms = 1500;
-  running_node n(route_to("  - name: u\n    timeouts: {connect: 1s, request: 200ms}\n"
-                          "    targets: [" + slow.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    timeouts: {connect: 1s, request: 200ms}\n"
+               "    targets: [" +
+               slow.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto start = std::chrono::steady_clock::now();
   auto res = n.client().Get("/slow");
@@ -181,9 +186,11 @@ TEST(upstream, slow_upstream_gets_504_after_the_request_timeout) {
 
 TEST(upstream, active_health_checks_take_a_target_out_and_bring_it_back) {
   named_upstream a("a"), b("b");
-  running_node n(route_to("  - name: u\n    health_check: {path: /healthz, interval: 50ms, "
-                          "timeout: 200ms, unhealthy_after: 2, healthy_after: 2}\n"
-                          "    targets: [" + a.address() + ", " + b.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    health_check: {path: /healthz, interval: 50ms, "
+               "timeout: 200ms, unhealthy_after: 2, healthy_after: 2}\n"
+               "    targets: [" +
+               a.address() + ", " + b.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   a.healthy = false;
@@ -210,8 +217,10 @@ TEST(upstream, active_health_checks_take_a_target_out_and_bring_it_back) {
 TEST(upstream, consecutive_failures_eject_a_target_passively) {
   named_upstream bad("bad"), good("good");
   bad.status = 502;
-  running_node n(route_to("  - name: u\n    outlier: {consecutive_failures: 3, eject_for: 30s}\n"
-                          "    targets: [" + bad.address() + ", " + good.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    outlier: {consecutive_failures: 3, eject_for: 30s}\n"
+               "    targets: [" +
+               bad.address() + ", " + good.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(c.Get("/"));
@@ -300,9 +309,11 @@ TEST(upstream, retry_budget_caps_retries_per_second) {
   named_upstream bad("bad"), good("good");
   bad.status = 503;
   good.status = 503;
-  running_node n(route_to("  - name: u\n    retries: {attempts: 3, on: [503], budget_ratio: 0, "
-                          "budget_min_per_s: 2}\n    outlier: {consecutive_failures: 0}\n"
-                          "    targets: [" + bad.address() + ", " + good.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    retries: {attempts: 3, on: [503], budget_ratio: 0, "
+               "budget_min_per_s: 2}\n    outlier: {consecutive_failures: 0}\n"
+               "    targets: [" +
+               bad.address() + ", " + good.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   for (int i = 0; i < 10; ++i) {
@@ -320,8 +331,10 @@ TEST(upstream, retry_budget_caps_retries_per_second) {
 TEST(upstream, connections_per_target_cap_refuses_overflow_with_503) {
   named_upstream slow("slow");
   slow.delay_ms = 500;
-  running_node n(route_to("  - name: u\n    pool: {max_connections_per_target: 1}\n"
-                          "    targets: [" + slow.address() + "]\n"));
+  running_node n(
+      route_to("  - name: u\n    pool: {max_connections_per_target: 1}\n"
+               "    targets: [" +
+               slow.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   raw_client first(n.port()), second(n.port());
   ASSERT_TRUE(first.send("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"));

@@ -18,7 +18,9 @@ TEST(keyring, encoded_key_decodes_to_the_same_bytes) {
   EXPECT_EQ(*back, key);
 }
 
-TEST(keyring, generated_keys_differ) { EXPECT_NE(generate_key(), generate_key()); }
+TEST(keyring, generated_keys_differ) {
+  EXPECT_NE(generate_key(), generate_key());
+}
 
 TEST(keyring, short_or_malformed_keys_are_refused) {
   EXPECT_FALSE(decode_key(""));

@@ -61,13 +61,13 @@ struct cluster_section {
 
 // Protective limits for client connections (Envoy/nginx-like defaults).
 struct limits_section {
-  uint64_t max_header_bytes = 64 * 1024;          // 431 beyond
-  uint64_t max_url_bytes = 8 * 1024;              // 414 beyond
-  uint64_t max_body_bytes = 0;                    // 0 = unlimited; routes may override (413)
+  uint64_t max_header_bytes = 64 * 1024;               // 431 beyond
+  uint64_t max_url_bytes = 8 * 1024;                   // 414 beyond
+  uint64_t max_body_bytes = 0;                         // 0 = unlimited; routes may override (413)
   duration header_timeout = std::chrono::seconds(10);  // whole request head must arrive in it
   duration idle_timeout = std::chrono::seconds(60);    // keep-alive connection with no request
-  uint32_t max_connections = 20000;               // per node; extra connections are closed
-  uint32_t max_pipelined = 32;                    // requests parsed ahead on one connection
+  uint32_t max_connections = 20000;                    // per node; extra connections are closed
+  uint32_t max_pipelined = 32;                         // requests parsed ahead on one connection
 };
 
 struct access_log_section {

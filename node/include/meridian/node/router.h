@@ -37,8 +37,7 @@ class router {
  public:
   // Compiles routes. On failure (a regex that does not compile) returns nullptr and sets *error to
   // "route NAME: message". Route indices in match() refer to positions in `routes`.
-  static std::unique_ptr<router> build(const std::vector<route_config>& routes,
-                                       std::string* error);
+  static std::unique_ptr<router> build(const std::vector<route_config>& routes, std::string* error);
 
   virtual ~router() = default;
 
