@@ -45,9 +45,12 @@ class byte_buffer {
   void clear() { begin_ = end_ = 0; }
 
   void append(const char* p, size_t n) {
-    if (n == 0) return;  // p may be null for an empty view
-    std::memcpy(prepare(n), p, n);
-    end_ += n;
+    if (capacity_ - end_ >= n) [[likely]] {
+      if (n) std::memcpy(data_ + end_, p, n);  // p may be null for an empty view
+      end_ += n;
+      return;
+    }
+    append_slow(p, n);
   }
   void append(std::string_view s) { append(s.data(), s.size()); }
   void append(char c) {
@@ -73,6 +76,12 @@ class byte_buffer {
       n >>= 4;
     } while (n);
     append(p, tmp + sizeof(tmp) - p);
+  }
+
+  // Grows, then appends (kept out of line so that append's fast path inlines).
+  [[gnu::noinline]] void append_slow(const char* p, size_t n) {
+    std::memcpy(prepare(n), p, n);
+    end_ += n;
   }
 
   // Moves unread bytes to the front.

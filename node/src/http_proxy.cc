@@ -261,7 +261,7 @@ class worker {
   worker(unsigned index, metrics_registry& metrics, std::atomic<int64_t>& connections,
          spdlog::logger* access_log)
       : index(index),
-        ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO),
+        ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE),
         acceptor(ioc.get_executor()),
         sweep(ioc.get_executor()),
         accept_retry(ioc.get_executor()),
@@ -275,6 +275,21 @@ class worker {
   void start_sweep();
   void on_sweep();
   void begin_drain();
+  void shut_down();
+  // Takes what other threads left in the mailbox (new snapshot, drain, stop). On this thread.
+  void read_mail();
+
+  // The only way other threads talk to a worker: its io_context runs without locks
+  // (BOOST_ASIO_CONCURRENCY_HINT_UNSAFE), so they may not post to it. The sweep timer reads the
+  // mailbox, so a message takes effect within one sweep interval.
+  struct mailbox {
+    std::mutex mutex;
+    std::shared_ptr<const snapshot> snap;
+    bool drain = false;
+    bool stop = false;
+    std::atomic<bool> pending{false};
+  } mail;
+  bool stopping = false;
 
   void add_session(client_session* s);
   // Returns owning references to every session, for loops that may close (and so remove) them.
@@ -409,6 +424,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   // The request being proxied.
   std::vector<field_view> fields_;
+  std::vector<header_view> header_views_;  // the router's view of fields_, reused
   http::verb verb_ = http::verb::unknown;
   std::string_view method_;
   std::string_view req_target_;
@@ -530,13 +546,47 @@ void worker::start_accept() {
 void worker::start_sweep() {
   sweep.expires_after(sweep_interval);
   sweep.async_wait([this](const error_code& ec) {
-    if (ec) return;
+    if (ec || stopping) return;
     on_sweep();
-    start_sweep();
+    if (!stopping) start_sweep();
   });
 }
 
+void worker::read_mail() {
+  if (!mail.pending.load(std::memory_order_acquire)) return;
+  std::shared_ptr<const snapshot> next;
+  bool drain_now, stop_now;
+  {
+    std::lock_guard lock(mail.mutex);
+    next = std::move(mail.snap);
+    drain_now = std::exchange(mail.drain, false);
+    stop_now = mail.stop;
+    mail.pending.store(false, std::memory_order_relaxed);
+  }
+  if (next) {
+    snap = std::move(next);
+    max_connections = snap->cfg.limits.max_connections;
+  }
+  if (drain_now) begin_drain();
+  if (stop_now) shut_down();
+}
+
+void worker::shut_down() {
+  stopping = true;
+  error_code ignored;
+  acceptor.close(ignored);
+  sweep.cancel();
+  accept_retry.cancel();
+  for (auto& s : owned_sessions()) s->close();
+  for (auto& pool : idle) {
+    for (auto& c : pool) c->close();
+  }
+  ioc.stop();
+}
+
 void worker::on_sweep() {
+  read_mail();
+  if (stopping) return;
   now = now_ms();
   for (auto& s : owned_sessions()) s->check_deadline(now);
   if (!snap) return;
@@ -1016,12 +1066,18 @@ void client_session::make_request_id() {
       return;
     }
   }
+  // A random (version 4) UUID, formatted by hand: snprintf cost more than the rest of the head.
   uint64_t a = w_.next_random(), b = w_.next_random();
-  char buf[37];
-  std::snprintf(buf, sizeof buf, "%08x-%04x-4%03x-%04x-%012llx", static_cast<unsigned>(a >> 32),
-                static_cast<unsigned>(a >> 16) & 0xffff, static_cast<unsigned>(a) & 0xfff,
-                (static_cast<unsigned>(b >> 48) & 0x3fff) | 0x8000,
-                static_cast<unsigned long long>(b & 0xffffffffffffULL));
+  a = (a & ~0xf000ULL) | 0x4000ULL;                        // version nibble
+  b = (b & ~(0xcULL << 60)) | (0x8ULL << 60);              // variant bits
+  char buf[36];
+  static constexpr char hex[] = "0123456789abcdef";
+  int pos = 0;
+  for (int i = 0; i < 32; ++i) {
+    if (i == 8 || i == 12 || i == 16 || i == 20) buf[pos++] = '-';
+    uint64_t word = i < 16 ? a : b;
+    buf[pos++] = hex[(word >> (60 - 4 * (i % 16))) & 0xf];
+  }
   request_id_.assign(buf, 36);
 }
 
@@ -1063,11 +1119,9 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     host_only = host_only.substr(0, colon);
   }
 
-  static_assert(sizeof(header_view) == sizeof(std::string_view) * 2);
-  header_view hv_storage[max_fields];
-  size_t nh = 0;
-  for (auto& f : fields_) hv_storage[nh++] = {f.name, f.value};
-  request_view rv{method_, host_only, path, query, std::span<const header_view>(hv_storage, nh)};
+  header_views_.clear();
+  for (auto& f : fields_) header_views_.push_back({f.name, f.value});
+  request_view rv{method_, host_only, path, query, std::span<const header_view>(header_views_)};
   int route_index = snap_->routes_index->match(rv);
   if (!parser.keep_alive()) close_after_response_ = true;
   if (route_index < 0) {
@@ -2005,10 +2059,9 @@ uint16_t proxy_server::port() const {
 
 void proxy_server::update(std::shared_ptr<const snapshot> snap) {
   for (auto& w : impl_->workers) {
-    asio::post(w->ioc, [wp = w.get(), snap] {
-      wp->snap = snap;
-      wp->max_connections = snap->cfg.limits.max_connections;
-    });
+    std::lock_guard lock(w->mail.mutex);
+    w->mail.snap = snap;
+    w->mail.pending.store(true, std::memory_order_release);
   }
 }
 
@@ -2018,7 +2071,9 @@ int64_t proxy_server::connections() const {
 
 void proxy_server::drain(duration timeout) {
   for (auto& w : impl_->workers) {
-    asio::post(w->ioc, [wp = w.get()] { wp->begin_drain(); });
+    std::lock_guard lock(w->mail.mutex);
+    w->mail.drain = true;
+    w->mail.pending.store(true, std::memory_order_release);
   }
   auto deadline = steady_clock::now() + timeout;
   while (steady_clock::now() < deadline) {
@@ -2034,17 +2089,9 @@ void proxy_server::stop() {
   if (impl_->stopped) return;
   impl_->stopped = true;
   for (auto& w : impl_->workers) {
-    asio::post(w->ioc, [wp = w.get()] {
-      error_code ignored;
-      wp->acceptor.close(ignored);
-      wp->sweep.cancel();
-      wp->accept_retry.cancel();
-      for (auto& s : wp->owned_sessions()) s->close();
-      for (auto& pool : wp->idle) {
-        for (auto& c : pool) c->close();
-      }
-      wp->ioc.stop();
-    });
+    std::lock_guard lock(w->mail.mutex);
+    w->mail.stop = true;
+    w->mail.pending.store(true, std::memory_order_release);
   }
   for (auto& t : impl_->threads) {
     if (t.joinable()) t.join();
