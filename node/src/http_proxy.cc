@@ -1072,11 +1072,13 @@ void client_session::make_request_id() {
   b = (b & ~(0xcULL << 60)) | (0x8ULL << 60);              // variant bits
   char buf[36];
   static constexpr char hex[] = "0123456789abcdef";
-  int pos = 0;
-  for (int i = 0; i < 32; ++i) {
-    if (i == 8 || i == 12 || i == 16 || i == 20) buf[pos++] = '-';
-    uint64_t word = i < 16 ? a : b;
-    buf[pos++] = hex[(word >> (60 - 4 * (i % 16))) & 0xf];
+  // Byte by byte, most significant first; dashes after bytes 4, 6, 8 and 10 (8-4-4-4-12).
+  char* out = buf;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) *out++ = '-';
+    unsigned byte = static_cast<unsigned>(((i < 8 ? a : b) >> (56 - 8 * (i % 8))) & 0xff);
+    *out++ = hex[byte >> 4];
+    *out++ = hex[byte & 0xf];
   }
   request_id_.assign(buf, 36);
 }

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <regex>
+
 #include "test_support.h"
 
 namespace meridian::testing {
@@ -57,7 +59,9 @@ TEST_F(proxy, forwards_request_and_adds_forwarding_headers) {
   EXPECT_EQ(seen.get_header_value("X-Forwarded-Host"), "127.0.0.1:" + std::to_string(n.port()));
   EXPECT_EQ(seen.get_header_value("Via"), "1.1 meridian");
   auto id = seen.get_header_value("X-Request-Id");
-  EXPECT_EQ(id.size(), 36u);
+  EXPECT_TRUE(std::regex_match(
+      id, std::regex("[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")))
+      << id;
   EXPECT_EQ(res->get_header_value("X-Request-Id"), id);
 }
 
