@@ -373,3 +373,31 @@ TEST(upstream, access_log_writes_one_json_line_per_request) {
 
 }  // namespace
 }  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+TEST(upstream, several_workers_share_the_port_and_all_serve) {
+  named_upstream a("a");
+  // The test node header sets workers implicitly to 1; override through a full node section.
+  temp_dir dir;
+  auto text = "node: {id: w, region: eu-west, workers: 3, data_dir: " + dir.file("d") +
+              "}\nlisten: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\n" +
+              route_to("  - name: u\n    targets: [" + a.address() + "]\n");
+  auto cfg = node::parse_config(text, "w.yaml");
+  ASSERT_TRUE(cfg.value);
+  node::node n(*cfg.value);
+  std::string error;
+  ASSERT_TRUE(n.start(&error)) << error;
+  // Many short connections: the kernel spreads them over the three listeners.
+  for (int i = 0; i < 60; ++i) {
+    raw_client c(n.proxy_port());
+    ASSERT_TRUE(c.send("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
+    ASSERT_EQ(status_of(c.read_response()), 200);
+  }
+  EXPECT_EQ(a.served.load(), 60);
+  n.drain(std::chrono::seconds(2));
+}
+
+}  // namespace
+}  // namespace meridian::testing
