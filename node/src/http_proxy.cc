@@ -78,6 +78,27 @@ bool is_hop_by_hop(http::field f) {
   }
 }
 
+constexpr size_t max_connection_tokens = 8;
+
+// Collects the field names listed in Connection headers (other than close and keep-alive):
+// they are hop-by-hop too (RFC 9110 §7.6.1). Returns how many were stored in out.
+template <class Fields>
+size_t collect_connection_tokens(const Fields& fields,
+                                 std::string_view (&out)[max_connection_tokens]) {
+  size_t n = 0;
+  for (auto& f : fields) {
+    if (f.f != http::field::connection) continue;
+    std::string_view v = f.value;
+    while (!v.empty() && n < max_connection_tokens) {
+      auto comma = v.find(',');
+      auto tok = trim(v.substr(0, comma));
+      if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) out[n++] = tok;
+      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+    }
+  }
+  return n;
+}
+
 // A request id is kept when it is 1..128 characters of [A-Za-z0-9._:-].
 bool valid_request_id(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
@@ -1068,8 +1089,8 @@ void client_session::make_request_id() {
   }
   // A random (version 4) UUID, formatted by hand: snprintf cost more than the rest of the head.
   uint64_t a = w_.next_random(), b = w_.next_random();
-  a = (a & ~0xf000ULL) | 0x4000ULL;                        // version nibble
-  b = (b & ~(0xcULL << 60)) | (0x8ULL << 60);              // variant bits
+  a = (a & ~0xf000ULL) | 0x4000ULL;            // version nibble
+  b = (b & ~(0xcULL << 60)) | (0x8ULL << 60);  // variant bits
   char buf[36];
   static constexpr char hex[] = "0123456789abcdef";
   // Byte by byte, most significant first; dashes after bytes 4, 6, 8 and 10 (8-4-4-4-12).
@@ -1227,22 +1248,9 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   up_out_.append(" HTTP/1.1\r\n");
 
   // Connection tokens name further hop-by-hop fields.
-  std::string_view connection_tokens[8];
-  size_t ntokens = 0;
+  std::string_view connection_tokens[max_connection_tokens];
+  size_t ntokens = collect_connection_tokens(fields_, connection_tokens);
   std::string_view xff, via;
-  for (auto& f : fields_) {
-    if (f.f == http::field::connection) {
-      std::string_view v = f.value;
-      while (!v.empty() && ntokens < 8) {
-        auto comma = v.find(',');
-        auto tok = trim(v.substr(0, comma));
-        if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) {
-          connection_tokens[ntokens++] = tok;
-        }
-        v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-      }
-    }
-  }
   bool has_xff = false, has_via = false;
   for (auto& f : fields_) {
     if (is_hop_by_hop(f.f)) continue;
@@ -1723,21 +1731,9 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
   out_.append(' ');
   out_.append(reason_.empty() ? std::string_view(reason_for(status_)) : reason_);
   out_.append("\r\n");
-  std::string_view connection_tokens[8];
-  size_t ntokens = 0;
+  std::string_view connection_tokens[max_connection_tokens];
+  size_t ntokens = collect_connection_tokens(resp_fields_, connection_tokens);
   bool has_request_id = false;
-  for (auto& f : resp_fields_) {
-    if (f.f != http::field::connection) continue;
-    std::string_view v = f.value;
-    while (!v.empty() && ntokens < 8) {
-      auto comma = v.find(',');
-      auto tok = trim(v.substr(0, comma));
-      if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) {
-        connection_tokens[ntokens++] = tok;
-      }
-      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-    }
-  }
   for (auto& f : resp_fields_) {
     if (is_hop_by_hop(f.f)) continue;
     bool drop = false;

@@ -93,18 +93,6 @@ class child_node {
   std::string log_;
 };
 
-int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);
-  return ntohs(sa.sin_port);
-}
-
 void write_file(const std::string& path, const std::string& text) {
   std::ofstream out(path);
   out << text;
@@ -142,8 +130,8 @@ class process : public ::testing::Test {
       res.set_content("v1:" + req.path, "text/plain");
     });
     up_.start();
-    proxy_port_ = free_port();
-    admin_port_ = free_port();
+    proxy_port_ = unused_port();
+    admin_port_ = unused_port();
   }
   std::string config(const std::string& route_prefix) {
     return "node: {id: p1, region: eu-west, data_dir: " + dir_.file("data") +

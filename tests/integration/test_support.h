@@ -180,6 +180,19 @@ class raw_client {
   std::string buf_;
 };
 
+// Returns a loopback port that nothing listens on right now (bound, then released).
+inline int unused_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  ::close(fd);
+  return ntohs(sa.sin_port);
+}
+
 inline int status_of(const std::string& response) {
   if (response.size() < 12 || response.rfind("HTTP/1.", 0) != 0) return 0;
   return std::stoi(response.substr(9, 3));

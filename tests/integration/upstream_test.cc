@@ -42,19 +42,6 @@ class named_upstream : public upstream {
   std::string name_;
 };
 
-// Returns a port nothing listens on (bound then closed).
-int dead_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);
-  return ntohs(sa.sin_port);
-}
-
 std::string route_to(const std::string& upstream_yaml) {
   return "upstreams:\n" + upstream_yaml +
          "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n";
@@ -120,7 +107,7 @@ TEST(upstream, connect_failure_is_retried_on_another_target) {
   running_node n(
       route_to("  - name: u\n    retries: {attempts: 2, on: [connect_failure]}\n"
                "    outlier: {consecutive_failures: 0}\n    targets: [127.0.0.1:" +
-               std::to_string(dead_port()) + ", " + live.address() + "]\n"));
+               std::to_string(unused_port()) + ", " + live.address() + "]\n"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   for (int i = 0; i < 6; ++i) {
@@ -134,7 +121,7 @@ TEST(upstream, connect_failure_is_retried_on_another_target) {
 
 TEST(upstream, without_retries_a_dead_target_gives_json_502) {
   running_node n(
-      route_to("  - name: u\n    targets: [127.0.0.1:" + std::to_string(dead_port()) + "]\n"));
+      route_to("  - name: u\n    targets: [127.0.0.1:" + std::to_string(unused_port()) + "]\n"));
   ASSERT_TRUE(n.ok());
   auto res = n.client().Get("/");
   ASSERT_TRUE(res);
