@@ -1,0 +1,116 @@
+#pragma once
+// SWIM membership with Lifeguard's refinements, as a deterministic state machine.
+//
+// The class owns no threads, sockets or clocks: time, randomness and the network come from an
+// `environment`, so the same code runs on real UDP/TCP (transport.h) and in the simulator
+// (chaos/sim) on a fake clock and a lossy fake network. Not thread-safe: the host calls every
+// method from one thread (an io_context thread, or the simulator loop).
+//
+// Driving it: call tick() whenever now() reaches next_wakeup() (calling more often is harmless);
+// hand every authenticated packet to on_packet(); serve push-pull with on_state_request() and
+// deliver replies with on_state_reply().
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "meridian/cluster/messages.h"
+
+namespace meridian::cluster {
+
+using millis = std::chrono::milliseconds;  // time since an arbitrary origin (steady)
+
+struct swim_config {
+  millis probe_interval{1000};
+  millis probe_timeout{500};        // direct ack deadline; the round's indirect probes get the rest
+  millis cross_region_extra{0};     // added to probe_timeout for members in other regions
+  uint32_t indirect_checks = 3;     // k members asked to ping-req a target
+  uint32_t suspicion_mult = 4;      // suspicion timeout = mult * log10(N) * probe_interval (min)
+  uint32_t suspicion_max_mult = 6;  // upper bound multiplier (Lifeguard), shrinks with confirmations
+  uint32_t retransmit_mult = 4;     // an update is piggybacked retransmit_mult * log10(N+1) times
+  millis gossip_interval{200};
+  uint32_t gossip_nodes = 3;
+  millis push_pull_interval{30000};
+  uint32_t awareness_max = 8;       // Lifeguard local health multiplier ceiling
+  millis dead_reap_after{3600000};  // dead/left members forgotten after this (tombstones)
+  millis join_retry_max{30000};     // seed retry backoff ceiling
+  size_t max_packet_bytes = 1200;
+  bool lifeguard = true;            // off: plain SWIM (for comparisons)
+};
+
+struct member {
+  member_info info;
+  uint64_t incarnation = 0;
+  member_state state = member_state::alive;
+  millis state_since{0};
+};
+
+// What the membership needs from the world. Implemented by the real transport and by the
+// simulator.
+class environment {
+ public:
+  virtual ~environment() = default;
+  virtual millis now() = 0;
+  virtual uint64_t random() = 0;
+  // Sends one datagram (best effort). The packet respects max_packet_bytes when encoded.
+  virtual void send_packet(const std::string& address, const packet& p) = 0;
+  // Starts a push-pull exchange with address; the reply, if any, comes to on_state_reply().
+  virtual void send_state(const std::string& address, const state_sync& s) = 0;
+  // Told about every change of a member's state (including self refutations).
+  virtual void on_member_change(const member& m) {}
+};
+
+struct membership_stats {
+  uint64_t probes = 0;
+  uint64_t indirect_probes = 0;
+  uint64_t suspicions = 0;     // members this node started suspecting
+  uint64_t refutations = 0;    // times this node refuted a suspicion of itself
+  uint64_t packets_sent = 0;
+  uint64_t packets_received = 0;
+  uint64_t push_pulls = 0;
+};
+
+class membership {
+ public:
+  // incarnation: the node's starting incarnation (persisted generation, so a restarted node
+  // outranks claims about its previous life).
+  membership(member_info self, uint64_t incarnation, swim_config config, environment& env);
+  ~membership();
+  membership(const membership&) = delete;
+  membership& operator=(const membership&) = delete;
+
+  // Starts joining through seeds (addresses); retried with backoff until one answers.
+  void join(std::vector<std::string> seeds);
+  // Announces `left` and stops probing.
+  void leave();
+
+  void tick();
+  millis next_wakeup() const;
+
+  void on_packet(const packet& p);
+  // Push-pull, serving side: merges the request and returns this node's table.
+  state_sync on_state_request(const state_sync& request);
+  // Push-pull, asking side: merges the reply.
+  void on_state_reply(const state_sync& reply);
+
+  // Queues an opaque application payload to piggyback on outgoing packets (best effort).
+  void broadcast_payload(std::string payload);
+  // Called for every payload received.
+  void set_payload_handler(std::function<void(const std::string& from, const std::string&)> h);
+
+  const member& self() const;
+  // Every known member including self, dead and left ones until reaped.
+  std::vector<member> members() const;
+  // Lifeguard local health score (0 = healthy).
+  uint32_t local_health() const;
+  const membership_stats& stats() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::cluster

@@ -1,0 +1,95 @@
+#pragma once
+// The membership protocol's messages as plain C++ values. The SWIM core (membership.h) speaks
+// these; wire.h turns them into sealed bytes (Thrift compact protocol inside XChaCha20-Poly1305)
+// and back. Keeping them free of Thrift lets the simulator run the real protocol without
+// encoding every message.
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace meridian::cluster {
+
+// Bumped on any incompatible change; carried in every packet and stream and bound into the
+// encryption's associated data, so a node never misreads another version's bytes.
+inline constexpr uint16_t protocol_version = 1;
+
+enum class member_state : uint8_t { alive = 0, suspect = 1, dead = 2, left = 3 };
+
+// Returns "alive", "suspect", "dead" or "left".
+const char* to_string(member_state s);
+
+// Who a member is and where to reach it. address is "host:port" (gossip UDP and TCP).
+struct member_info {
+  std::string id;
+  std::string address;
+  std::string region;
+  std::string zone;
+  bool operator==(const member_info&) const = default;
+};
+
+// A claim about one member: state at an incarnation. Higher incarnation wins; at equal
+// incarnation dead/left > suspect > alive. `from` names the member that made the claim.
+struct member_update {
+  member_info member;
+  uint64_t incarnation = 0;
+  member_state state = member_state::alive;
+  std::string from;
+  bool operator==(const member_update&) const = default;
+};
+
+// Direct probe. The target answers with an ack carrying the same seq.
+struct ping_msg {
+  uint64_t seq = 0;
+  std::string target_id;  // so a node reached at a reused address can refuse a ping meant for another
+  bool operator==(const ping_msg&) const = default;
+};
+
+// Indirect probe: "ping target for me and relay the answer" (SWIM ping-req).
+struct ping_req_msg {
+  uint64_t seq = 0;
+  std::string target_id;
+  std::string target_address;
+  bool operator==(const ping_req_msg&) const = default;
+};
+
+struct ack_msg {
+  uint64_t seq = 0;
+  bool operator==(const ack_msg&) const = default;
+};
+
+// Lifeguard: the relay of a ping-req says it got no answer, so the asker can tell a dead
+// target from a bad path to the relay.
+struct nack_msg {
+  uint64_t seq = 0;
+  bool operator==(const nack_msg&) const = default;
+};
+
+// One datagram: the sender, any control messages, and piggybacked member updates. `payloads`
+// carries opaque application messages (replicated state deltas) that ride the same packets.
+struct packet {
+  uint16_t version = protocol_version;
+  std::string sender_id;
+  std::string sender_address;
+  std::vector<ping_msg> pings;
+  std::vector<ping_req_msg> ping_reqs;
+  std::vector<ack_msg> acks;
+  std::vector<nack_msg> nacks;
+  std::vector<member_update> updates;
+  std::vector<std::string> payloads;
+  bool operator==(const packet&) const = default;
+};
+
+// Push-pull anti-entropy over TCP: each side sends its full member table; `join` marks the
+// first exchange of a joining node. `app_state` is opaque application state (digests, later).
+struct state_sync {
+  uint16_t version = protocol_version;
+  std::string sender_id;
+  bool join = false;
+  std::vector<member_update> members;
+  std::string app_state;
+  bool operator==(const state_sync&) const = default;
+};
+
+}  // namespace meridian::cluster
