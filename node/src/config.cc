@@ -668,7 +668,6 @@ void parse_limits_section(diagnostics& d, const field& f, limits_section& out) {
   if (auto v = m.take("header_timeout")) read_duration(d, *v, out.header_timeout);
   if (auto v = m.take("idle_timeout")) read_duration(d, *v, out.idle_timeout);
   if (auto v = m.take("max_connections")) read_uint(d, *v, out.max_connections, 1);
-  if (auto v = m.take("max_pipelined")) read_uint(d, *v, out.max_pipelined, 1);
   m.finish();
 }
 

@@ -285,7 +285,7 @@ TEST(config, extra_sections_use_the_struct_member_names_as_keys) {
   config c = parse_ok(R"yaml(
 node: {region: eu-west}
 limits: {max_header_bytes: 32KiB, max_url_bytes: 4096, max_body_bytes: 10MiB, header_timeout: 5s,
-         idle_timeout: 2m, max_connections: 100, max_pipelined: 4}
+         idle_timeout: 2m, max_connections: 100}
 log: {level: debug, access_log: {enabled: true, path: /var/log/meridian.log}}
 upstreams:
   - name: a
@@ -313,7 +313,6 @@ routes:
   EXPECT_EQ(c.limits.header_timeout, seconds(5));
   EXPECT_EQ(c.limits.idle_timeout, minutes(2));
   EXPECT_EQ(c.limits.max_connections, 100u);
-  EXPECT_EQ(c.limits.max_pipelined, 4u);
   EXPECT_EQ(c.log.level, "debug");
   EXPECT_TRUE(c.log.access_log.enabled);
   EXPECT_EQ(c.log.access_log.path, "/var/log/meridian.log");

@@ -67,7 +67,6 @@ struct limits_section {
   duration header_timeout = std::chrono::seconds(10);  // whole request head must arrive in it
   duration idle_timeout = std::chrono::seconds(60);    // keep-alive connection with no request
   uint32_t max_connections = 20000;                    // per node; extra connections are closed
-  uint32_t max_pipelined = 32;                         // requests parsed ahead on one connection
 };
 
 struct access_log_section {
