@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
 #include <regex>
 
 #include "test_support.h"
@@ -343,6 +344,44 @@ INSTANTIATE_TEST_SUITE_P(
         smuggling_case{"space_in_target", "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400},
         smuggling_case{"bad_method_token", "G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400}),
     [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+// Mutations of valid requests (flipped, inserted and deleted bytes, truncations): whatever
+// the proxy answers, it must not crash and must keep serving well-formed requests.
+TEST_F(proxy, random_mutations_of_requests_never_break_the_node) {
+  running_node n(simple_config(up_.address()));
+  ASSERT_TRUE(n.ok());
+  const std::string seeds[] = {
+      "GET /a?b=c HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+      "POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+      "POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+  };
+  std::mt19937 rng(12345);
+  for (int i = 0; i < 150; ++i) {
+    std::string req = seeds[i % 3];
+    int edits = 1 + static_cast<int>(rng() % 4);
+    for (int e = 0; e < edits && !req.empty(); ++e) {
+      size_t at = rng() % req.size();
+      switch (rng() % 4) {
+        case 0: req[at] = static_cast<char>(rng()); break;
+        case 1: req.insert(at, 1, static_cast<char>(rng())); break;
+        case 2: req.erase(at, 1); break;
+        case 3: req.resize(at); break;
+      }
+    }
+    raw_client c(n.port());
+    c.send(req);
+    c.read([](const std::string& b) { return b.find("\r\n\r\n") != std::string::npos; }, 50ms);
+  }
+  auto res = n.client().Get("/after-fuzz");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
 
 }  // namespace
 }  // namespace meridian::testing
