@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build run test test-asan bench format clean
+.PHONY: all setup configure build run test test-asan bench format clean package
 
 all: build
 
@@ -22,6 +22,11 @@ run: build
 
 test: build
 	@cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+package: configure
+	@cmake --build $(BUILD_DIR) -j $(JOBS) --target meridian
+	@cd $(BUILD_DIR) && cpack --config CPackConfig.cmake
+	@ls $(BUILD_DIR)/meridian_*_amd64.deb
 
 test-asan:
 	@$(MAKE) --no-print-directory test BUILD_DIR=build-asan BUILD_TYPE=Debug \

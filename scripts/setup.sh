@@ -17,18 +17,35 @@ packages=(
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind)
 fi
+# deployment checks (tests/deploy): dpkg-dev for dpkg-shlibdeps (CPack's Depends line), Node.js
+# and npm for the Terraform parser. Node may come from outside Debian (NodeSource bundles npm).
+packages+=(dpkg-dev)
+command -v node >/dev/null || packages+=(nodejs)
+command -v npm >/dev/null || packages+=(npm)
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if ((${#missing[@]} == 0)); then
-  exit 0
+if ((${#missing[@]} > 0)); then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_cmd=()
+  if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-echo "setup: installing ${missing[*]}" >&2
-sudo_cmd=()
-if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# HashiCorp's HCL parser (wasm, in the npm package @cdktf/hcl2json) for scripts/check_terraform.py,
+# pinned and installed outside the repo so a fresh clone reuses it. The package has no CLI:
+# scripts/hcl2json.js calls it.
+hcl2json_prefix=${MERIDIAN_HCL2JSON_PREFIX:-/opt/meridian-tools/hcl2json}
+hcl2json_version=0.21.0
+if ! grep -qs "\"version\": \"$hcl2json_version\"" "$hcl2json_prefix/node_modules/@cdktf/hcl2json/package.json"; then
+  echo "setup: installing @cdktf/hcl2json@$hcl2json_version into $hcl2json_prefix" >&2
+  as_root=()
+  if [[ $(id -u) -ne 0 ]]; then as_root=(sudo); fi
+  "${as_root[@]}" mkdir -p "$hcl2json_prefix"
+  "${as_root[@]}" npm install --prefix "$hcl2json_prefix" --no-save --no-audit --no-fund \
+    --loglevel=error "@cdktf/hcl2json@$hcl2json_version" >/dev/null
+fi
