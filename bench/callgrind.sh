@@ -1,48 +1,73 @@
 #!/usr/bin/env bash
 # CPU cost per proxied request as user-space instructions, under valgrind --tool=callgrind:
-# the difference between two runs of N1 and N2 requests over one keep-alive connection, divided
-# by N2-N1 (start-up and exit cancel out). Repeatable, unlike wall-clock figures.
-# usage: bench/callgrind.sh [BUILD_DIR]     env: N1=2000 N2=6000
+# the difference between two meridian runs serving N1 and N2 requests over one keep-alive
+# connection (bench/keepalive_client.py), divided by N2-N1, so start-up and exit cancel out.
+# Repeatable, unlike wall-clock figures. Also reachable as `bench/proxy.sh --callgrind`.
+# usage: bench/callgrind.sh [BUILD_DIR]     env: N1=2000 N2=6000 KEEP_TMP=1 (keep callgrind files)
 set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+bench_name=bench/callgrind.sh
 build_dir=${1:-build}
-meridian="$build_dir/bin/meridian"
+meridian=$(realpath -m "$build_dir/bin/meridian")
 n1=${N1:-2000}
 n2=${N2:-6000}
-here=$(cd "$(dirname "$0")" && pwd)
-for tool in nginx valgrind callgrind_annotate python3; do
-  command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool missing (MERIDIAN_BENCH=1 scripts/setup.sh)" >&2; exit 1; }
-done
-tmp=$(mktemp -d /tmp/meridian-callgrind.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); proxy=$(free_port); admin=$(free_port)
-cat > "$tmp/upstream.conf" <<CONF
-pid $tmp/up.pid; error_log $tmp/up.err; daemon off; worker_processes 1;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; client_body_temp_path $tmp; proxy_temp_path $tmp;
-  fastcgi_temp_path $tmp; uwsgi_temp_path $tmp; scgi_temp_path $tmp;
-  server { listen 127.0.0.1:$up; location / { return 200 "hello world\n"; } } }
-CONF
-cat > "$tmp/m.yaml" <<CONF
-node: {id: cg, region: local, data_dir: $tmp/data, workers: 1}
-listen: {proxy: 127.0.0.1:$proxy, admin: 127.0.0.1:$admin}
-log: {level: warn}
-upstreams: [{name: up, targets: ["127.0.0.1:$up"]}]
-routes: [{name: all, match: {path_prefix: /}, upstream: up}]
-CONF
-nginx -p "$tmp" -c "$tmp/upstream.conf" & pids+=($!)
+((n2 > n1)) || { echo "$bench_name: N2 ($n2) must be larger than N1 ($n1)" >&2; exit 1; }
 
-instructions() {  # N -> total Ir of one meridian run serving N requests
-  local out="$tmp/cg.$1"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$meridian" run --config "$tmp/m.yaml" 2>"$tmp/vg.$1.log" &
-  local pid=$!
-  for _ in $(seq 200); do curl -sf -o /dev/null "http://127.0.0.1:$proxy/" && break; sleep 0.1; done
-  python3 "$here/keepalive_client.py" "$proxy" "$1"
-  kill -TERM "$pid"; wait "$pid" || true
-  callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done = 1}'
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
+bench_require nginx valgrind callgrind_annotate curl python3
+[[ -x "$meridian" ]] || { echo "$bench_name: $meridian is not built (make build)" >&2; exit 1; }
+
+tmp=$(mktemp -d /tmp/meridian-callgrind.XXXXXX)
+vg_pid=
+cleanup() {
+  [[ -n "$vg_pid" ]] && kill -KILL "$vg_pid" 2>/dev/null
+  bench_stop_all
+  if [[ "${KEEP_TMP:-0}" == 1 ]]; then echo "callgrind files kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
-a=$(instructions "$n1")
-b=$(instructions "$n2")
-echo "meridian: $(( (b - a) / (n2 - n1) )) instructions per proxied request (callgrind, $n1 vs $n2 requests)"
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+read -r upstream_port proxy_port admin_port <<<"$(bench_free_ports 3)"
+bench_upstream_conf "$tmp/upstream.conf" "$upstream_port"
+bench_meridian_conf "$tmp/meridian.yaml" "$proxy_port" "$admin_port" "$upstream_port"
+bench_start upstream nginx -p "$tmp" -c "$tmp/upstream.conf"
+bench_wait_hello "$upstream_port" || { echo "$bench_name: upstream nginx did not come up" >&2; exit 1; }
+
+# Sets `total` to the instructions (Ir) of one meridian run under callgrind that serves N requests.
+# Runs in this shell (not a $(...) subshell) so a failing step stops the script.
+instructions() {
+  local n=$1 out="$tmp/callgrind.out.$1"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$meridian" run --config "$tmp/meridian.yaml" \
+    >"$tmp/valgrind.$n.log" 2>&1 &
+  local pid=$!
+  vg_pid=$pid
+  # Valgrind starts slowly; allow 20 s (bench_wait_hello waits 5 s per call).
+  local up=0
+  for _ in 1 2 3 4; do bench_wait_hello "$proxy_port" && { up=1; break; }; done
+  if ((!up)); then
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "$bench_name: meridian under valgrind did not come up; its log:" >&2
+    cat "$tmp/valgrind.$n.log" >&2
+    exit 1
+  fi
+  if ! python3 "$here/keepalive_client.py" "$proxy_port" "$n"; then
+    kill -KILL "$pid" 2>/dev/null || true
+    echo "$bench_name: the client failed against meridian under valgrind; its log:" >&2
+    cat "$tmp/valgrind.$n.log" >&2
+    exit 1
+  fi
+  kill -TERM "$pid"
+  wait "$pid" || true
+  vg_pid=
+  total=$(callgrind_annotate "$out" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ && !done { gsub(",", "", $1); print $1; done = 1 }')
+}
+
+instructions "$n1"
+a=$total
+instructions "$n2"
+b=$total
+[[ -n "$a" && -n "$b" ]] || { echo "$bench_name: no instruction totals from callgrind_annotate" >&2; exit 1; }
+echo "meridian: $(((b - a) / (n2 - n1))) instructions per proxied request (callgrind, $n1 vs $n2 requests)"
