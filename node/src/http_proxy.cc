@@ -424,6 +424,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void record_done();
   void log_access();
   void make_request_id();
+  // Checks the route's JWT providers against the request's bearer token. On failure sets up a
+  // 401 answer and returns false; on success records the claim headers to forward.
+  bool authenticate_jwt();
   bool request_replayable() const;
 
   worker& w_;
@@ -472,8 +475,12 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool retry_now_ = false;
   const target_state* exclude_ = nullptr;
   int local_status_ = 0;
+  std::string www_authenticate_;  // for a 401 answer
+  std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
+  bool strip_authorization_ = false;
   const char* local_code_ = "";
   const char* local_message_ = "";
+  std::string auth_failure_message_;  // owns local_message_ for token failures
 
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;
@@ -886,6 +893,9 @@ void client_session::begin_request() {
   counted_active_ = retry_now_ = false;
   exclude_ = nullptr;
   local_status_ = 0;
+  www_authenticate_.clear();
+  auth_headers_.clear();
+  strip_authorization_ = false;
   target_ = nullptr;
   status_ = 0;
   resp_head_sent_ = resp_done_ = resp_chunked_out_ = resp_paused_ = false;
@@ -1104,6 +1114,46 @@ void client_session::make_request_id() {
   request_id_.assign(buf, 36);
 }
 
+bool client_session::authenticate_jwt() {
+  std::string_view token;
+  for (auto& f : fields_) {
+    if (f.f != http::field::authorization) continue;
+    auto v = trim(f.value);
+    if (v.size() > 7 && iequals(v.substr(0, 7), "bearer ")) token = trim(v.substr(7));
+    break;
+  }
+  local_status_ = 401;
+  if (token.empty()) {
+    local_code_ = "unauthorized";
+    local_message_ = "this route requires a bearer token";
+    www_authenticate_ = "Bearer realm=\"meridian\"";
+    return false;
+  }
+  jwt_result result;
+  auto now = std::chrono::system_clock::now();
+  for (const auto* p : route_->jwt_providers) {
+    result = verify_jwt(token, *p->keys, p->rules, now);
+    if (result.ok) break;
+  }
+  if (!result.ok) {
+    local_code_ = "invalid_token";
+    auth_failure_message_ = result.message.empty() ? result.error : result.message;
+    local_message_ = auth_failure_message_.c_str();
+    www_authenticate_ = "Bearer realm=\"meridian\", error=\"invalid_token\"";
+    return false;
+  }
+  local_status_ = 0;
+  for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
+    auto it = result.claims.find(claim);
+    if (it == result.claims.end() || it->is_null()) continue;
+    std::string value = it->is_string() ? it->get<std::string>() : it->dump();
+    if (value.find_first_of("\r\n") != std::string::npos) continue;  // never split a header
+    auth_headers_.emplace_back(header, std::move(value));
+  }
+  strip_authorization_ = true;  // credentials end at the gateway
+  return true;
+}
+
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
   make_request_id();
   const auto& limits = snap_->cfg.limits;
@@ -1164,6 +1214,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     return;
   }
   (void)limits;
+  if (!route_->jwt_providers.empty() && !authenticate_jwt()) return;
 
   // Consistent-hash key.
   const auto& up = *route_->upstream;
@@ -1255,6 +1306,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   for (auto& f : fields_) {
     if (is_hop_by_hop(f.f)) continue;
     if (f.f == http::field::host || f.f == http::field::proxy_authorization) continue;
+    if (f.f == http::field::authorization && strip_authorization_) continue;
     if (f.f == http::field::via) {
       if (has_via) {
         // Several Via fields: pass the earlier ones on, fold ours into the last.
@@ -1325,6 +1377,12 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     up_out_.append("\r\n");
   }
   for (auto& [k, v] : rc.request_headers.add) {
+    up_out_.append(k);
+    up_out_.append(": ");
+    up_out_.append(v);
+    up_out_.append("\r\n");
+  }
+  for (auto& [k, v] : auth_headers_) {
     up_out_.append(k);
     up_out_.append(": ");
     up_out_.append(v);
@@ -1907,6 +1965,10 @@ void client_session::send_error(int status, std::string_view code, std::string_v
   out_.append_decimal(body.size());
   out_.append("\r\nX-Request-Id: ");
   out_.append(request_id_);
+  if (status == 401 && !www_authenticate_.empty()) {
+    out_.append("\r\nWWW-Authenticate: ");
+    out_.append(www_authenticate_);
+  }
   if (!req_done_) close_after_response_ = true;
   if (close_after_response_ || w_.draining) {
     close_after_response_ = true;

@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <fstream>
+#include <httplib.h>
 #include <numeric>
+#include <sstream>
 
 namespace meridian::node {
 namespace {
@@ -55,6 +58,36 @@ std::vector<uint32_t> smooth_wrr(const std::vector<std::shared_ptr<target_state>
     seq.push_back(static_cast<uint32_t>(best));
   }
   return seq;
+}
+
+// Reads a JWKS document from a file or an http(s) URL. Returns "" and sets *error on failure.
+std::string fetch_jwks(const jwt_config& jc, std::string* error) {
+  if (!jc.jwks_file.empty()) {
+    std::ifstream in(jc.jwks_file);
+    if (!in) {
+      *error = "jwt " + jc.name + ": cannot read jwks_file " + jc.jwks_file;
+      return {};
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  // jwks_url: scheme://host[:port]/path
+  const std::string& url = jc.jwks_url;
+  auto scheme_end = url.find("://");
+  auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
+  std::string base = url.substr(0, path_start);
+  std::string path = path_start == std::string::npos ? "/" : url.substr(path_start);
+  httplib::Client client(base);
+  client.set_connection_timeout(3, 0);
+  client.set_read_timeout(5, 0);
+  auto res = client.Get(path);
+  if (!res || res->status != 200) {
+    *error = "jwt " + jc.name + ": cannot fetch jwks_url " + url +
+             (res ? " (status " + std::to_string(res->status) + ")" : "");
+    return {};
+  }
+  return res->body;
 }
 
 }  // namespace
@@ -153,6 +186,27 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->upstreams.push_back(std::move(up));
   }
 
+  std::map<std::string, const jwt_provider*> providers;
+  for (const auto& jc : snap->cfg.jwt) {
+    auto p = std::make_unique<jwt_provider>();
+    p->cfg = &jc;
+    p->rules.issuer = jc.issuer;
+    p->rules.audience = jc.audience;
+    std::string fetch_error, parse_error;
+    auto text = fetch_jwks(jc, &fetch_error);
+    if (!fetch_error.empty()) {
+      *error = fetch_error;
+      return nullptr;
+    }
+    p->keys = jwks::parse(text, &parse_error);
+    if (!p->keys) {
+      *error = "jwt " + jc.name + ": " + parse_error;
+      return nullptr;
+    }
+    providers[jc.name] = p.get();
+    snap->jwt_providers.push_back(std::move(p));
+  }
+
   for (const auto& rc : snap->cfg.routes) {
     route_runtime rt;
     rt.cfg = &rc;
@@ -170,6 +224,18 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     }
     for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(lower(name));
     for (const auto& [name, value] : rc.request_headers.set) rt.request_drop.push_back(lower(name));
+    if (rc.auth && std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "jwt") !=
+                       rc.auth->methods.end()) {
+      if (!rc.auth->jwt.empty()) {
+        rt.jwt_providers.push_back(providers.at(rc.auth->jwt));  // the loader checked the name
+      } else {
+        for (const auto& p : snap->jwt_providers) rt.jwt_providers.push_back(p.get());
+      }
+      // Clients must not be able to forge the headers that carry verified claims.
+      for (const auto& [claim, header] : rc.auth->claims_to_headers) {
+        rt.request_drop.push_back(lower(header));
+      }
+    }
     for (const auto& name : rc.response_headers.remove) rt.response_drop.push_back(lower(name));
     for (const auto& [name, value] : rc.response_headers.set) {
       rt.response_drop.push_back(lower(name));

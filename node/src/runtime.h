@@ -18,6 +18,7 @@
 
 #include "meridian/node/config.h"
 #include "meridian/node/router.h"
+#include "jwt.h"
 #include "metrics.h"
 
 namespace meridian::node {
@@ -99,6 +100,14 @@ struct upstream_runtime {
   mutable std::vector<worker_cursor> cursors;
 };
 
+// A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
+// snapshot is built).
+struct jwt_provider {
+  const jwt_config* cfg = nullptr;
+  std::shared_ptr<const jwks> keys;
+  jwt_rules rules;
+};
+
 struct route_runtime {
   const route_config* cfg = nullptr;
   upstream_runtime* upstream = nullptr;
@@ -109,6 +118,8 @@ struct route_runtime {
   // Lower-cased names of request headers removed or set (so the client's copy is dropped).
   std::vector<std::string> request_drop;
   std::vector<std::string> response_drop;
+  // auth: {methods: [jwt]}: the providers that may vouch for a request (any one suffices).
+  std::vector<const jwt_provider*> jwt_providers;
 };
 
 struct snapshot {
@@ -117,6 +128,7 @@ struct snapshot {
   std::unique_ptr<router> routes_index;
   std::vector<route_runtime> routes;
   std::vector<std::unique_ptr<upstream_runtime>> upstreams;
+  std::vector<std::unique_ptr<jwt_provider>> jwt_providers;
   std::vector<std::string> warnings;  // e.g. targets that could not be resolved
 };
 

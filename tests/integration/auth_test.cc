@@ -1,0 +1,124 @@
+// Route authentication end to end: JWT bearer tokens checked at the gateway.
+
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include <nlohmann/json.hpp>
+
+#include "test_support.h"
+
+namespace meridian::testing {
+namespace {
+
+std::string b64url(std::string_view in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  std::string out;
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    for (int s = 18; s >= 0; s -= 6) out += t[(v >> s) & 63];
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    out += t[(v >> 18) & 63];
+    out += t[(v >> 12) & 63];
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += t[(v >> 18) & 63];
+    out += t[(v >> 12) & 63];
+    out += t[(v >> 6) & 63];
+  }
+  return out;
+}
+
+const std::string secret = "0123456789abcdef0123456789abcdef";  // 32 bytes: enough for HS256
+
+std::string hs256(const nlohmann::json& claims, const std::string& key = secret) {
+  std::string head = b64url(R"({"alg":"HS256","typ":"JWT","kid":"k1"})");
+  std::string body = b64url(claims.dump());
+  std::string input = head + "." + body;
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(input.data()), input.size(), mac, &len);
+  return input + "." + b64url(std::string(reinterpret_cast<char*>(mac), len));
+}
+
+class jwt_auth : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    up_.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("ok", "text/plain");
+    });
+    up_.start();
+    std::ofstream(keys_.file("jwks.json"))
+        << R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
+    node_ = std::make_unique<running_node>(
+        "jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
+        "    jwks_file: " + keys_.file("jwks.json") + "\n"
+        "upstreams:\n  - name: u\n    targets: [" + up_.address() + "]\n"
+        "routes:\n  - name: private\n    match: {path_prefix: /private}\n    upstream: u\n"
+        "    auth: {methods: [jwt], jwt: main, claims_to_headers: {sub: x-consumer-id}}\n"
+        "  - name: public\n    match: {path_prefix: /}\n    upstream: u\n");
+    ASSERT_TRUE(node_->ok());
+  }
+  nlohmann::json good_claims() {
+    auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch()).count();
+    return {{"sub", "acme"}, {"iss", "https://issuer.example"}, {"aud", "api"},
+            {"iat", now}, {"exp", now + 300}};
+  }
+  temp_dir keys_;
+  upstream up_;
+  std::unique_ptr<running_node> node_;
+};
+
+TEST_F(jwt_auth, missing_token_gets_401_with_a_bearer_challenge) {
+  auto res = node_->client().Get("/private/x");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 401);
+  EXPECT_NE(res->get_header_value("WWW-Authenticate").find("Bearer"), std::string::npos);
+  EXPECT_NE(res->body.find("\"error\":\"unauthorized\""), std::string::npos);
+  EXPECT_EQ(up_.hits.load(), 0);
+}
+
+TEST_F(jwt_auth, valid_token_passes_with_claims_mapped_and_credentials_stripped) {
+  auto res = node_->client().Get(
+      "/private/x", {{"Authorization", "Bearer " + hs256(good_claims())},
+                     {"X-Consumer-Id", "forged"}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  auto seen = up_.last();
+  EXPECT_EQ(seen.get_header_value("x-consumer-id"), "acme");
+  EXPECT_EQ(seen.get_header_value_count("x-consumer-id"), 1u);
+  EXPECT_FALSE(seen.has_header("Authorization"));
+}
+
+TEST_F(jwt_auth, bad_signature_expired_wrong_audience_and_alg_none_are_refused) {
+  auto claims = good_claims();
+  std::vector<std::string> bad = {hs256(claims, "another-secret-another-secret-xx")};
+  auto expired = claims;
+  expired["exp"] = claims["iat"].get<int64_t>() - 3600;
+  bad.push_back(hs256(expired));
+  auto wrong_aud = claims;
+  wrong_aud["aud"] = "someone-else";
+  bad.push_back(hs256(wrong_aud));
+  bad.push_back(b64url(R"({"alg":"none"})") + "." + b64url(claims.dump()) + ".");
+  for (const auto& token : bad) {
+    auto res = node_->client().Get("/private/x", {{"Authorization", "Bearer " + token}});
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 401) << token;
+    EXPECT_NE(res->body.find("invalid_token"), std::string::npos) << res->body;
+  }
+  EXPECT_EQ(up_.hits.load(), 0);
+}
+
+TEST_F(jwt_auth, routes_without_auth_stay_open) {
+  auto res = node_->client().Get("/open");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
+}  // namespace
+}  // namespace meridian::testing
