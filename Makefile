@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build run test test-asan bench format clean package
+.PHONY: all setup configure build run test test-asan bench format clean package fuzz
 
 all: build
 
@@ -35,6 +35,20 @@ test-asan:
 bench: build
 	@MERIDIAN_BENCH=1 scripts/setup.sh
 	@bench/run.sh $(BUILD_DIR)
+
+# Builds the libFuzzer targets with clang in build-fuzz and runs packet_fuzz for FUZZ_SECONDS
+# (default 600). The corpus in build-fuzz/corpus is seeded with encoded and sealed sample packets
+# and grows across runs; crashing inputs land in build-fuzz/ as crash-*.
+FUZZ_SECONDS ?= 600
+fuzz:
+	@MERIDIAN_FUZZ=1 scripts/setup.sh
+	@CC=clang-14 CXX=clang++-14 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+		-DMERIDIAN_FUZZ=ON -DMERIDIAN_TESTS=OFF -DMERIDIAN_BENCH=OFF >/dev/null
+	@cmake --build build-fuzz -j $(JOBS) --target packet_fuzz
+	@mkdir -p build-fuzz/corpus
+	@MERIDIAN_FUZZ_SEEDS=build-fuzz/corpus build-fuzz/bin/packet_fuzz
+	@build-fuzz/bin/packet_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		-artifact_prefix=build-fuzz/ build-fuzz/corpus
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i

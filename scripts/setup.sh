@@ -17,6 +17,10 @@ packages=(
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind)
 fi
+# make fuzz: clang with the libFuzzer and sanitizer runtimes.
+if [[ "${MERIDIAN_FUZZ:-0}" == 1 ]]; then
+  packages+=(clang-14 libclang-rt-14-dev)
+fi
 # deployment checks (tests/deploy): dpkg-dev for dpkg-shlibdeps (CPack's Depends line), Node.js
 # and npm for the Terraform parser. Node may come from outside Debian (NodeSource bundles npm).
 packages+=(dpkg-dev)

@@ -475,7 +475,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool retry_now_ = false;
   const target_state* exclude_ = nullptr;
   int local_status_ = 0;
-  std::string www_authenticate_;  // for a 401 answer
+  std::string www_authenticate_;                                   // for a 401 answer
   std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
   bool strip_authorization_ = false;
   const char* local_code_ = "";

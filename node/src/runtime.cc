@@ -1,10 +1,10 @@
 #include "runtime.h"
 
+#include <httplib.h>
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <fstream>
-#include <httplib.h>
 #include <numeric>
 #include <sstream>
 

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "jwt.h"
 #include "meridian/node/config.h"
 #include "meridian/node/router.h"
-#include "jwt.h"
 #include "metrics.h"
 
 namespace meridian::node {

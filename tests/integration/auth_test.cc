@@ -56,8 +56,12 @@ class jwt_auth : public ::testing::Test {
         << R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
     node_ = std::make_unique<running_node>(
         "jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
-        "    jwks_file: " + keys_.file("jwks.json") + "\n"
-        "upstreams:\n  - name: u\n    targets: [" + up_.address() + "]\n"
+        "    jwks_file: " +
+        keys_.file("jwks.json") +
+        "\n"
+        "upstreams:\n  - name: u\n    targets: [" +
+        up_.address() +
+        "]\n"
         "routes:\n  - name: private\n    match: {path_prefix: /private}\n    upstream: u\n"
         "    auth: {methods: [jwt], jwt: main, claims_to_headers: {sub: x-consumer-id}}\n"
         "  - name: public\n    match: {path_prefix: /}\n    upstream: u\n");
@@ -65,9 +69,13 @@ class jwt_auth : public ::testing::Test {
   }
   nlohmann::json good_claims() {
     auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                   std::chrono::system_clock::now().time_since_epoch()).count();
-    return {{"sub", "acme"}, {"iss", "https://issuer.example"}, {"aud", "api"},
-            {"iat", now}, {"exp", now + 300}};
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    return {{"sub", "acme"},
+            {"iss", "https://issuer.example"},
+            {"aud", "api"},
+            {"iat", now},
+            {"exp", now + 300}};
   }
   temp_dir keys_;
   upstream up_;
@@ -84,9 +92,8 @@ TEST_F(jwt_auth, missing_token_gets_401_with_a_bearer_challenge) {
 }
 
 TEST_F(jwt_auth, valid_token_passes_with_claims_mapped_and_credentials_stripped) {
-  auto res = node_->client().Get(
-      "/private/x", {{"Authorization", "Bearer " + hs256(good_claims())},
-                     {"X-Consumer-Id", "forged"}});
+  auto res = node_->client().Get("/private/x", {{"Authorization", "Bearer " + hs256(good_claims())},
+                                                {"X-Consumer-Id", "forged"}});
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
   auto seen = up_.last();

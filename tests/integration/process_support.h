@@ -97,5 +97,4 @@ inline void write_file(const std::string& path, const std::string& text) {
   out << text;
 }
 
-
 }  // namespace meridian::testing

@@ -368,10 +368,18 @@ TEST_F(proxy, random_mutations_of_requests_never_break_the_node) {
     for (int e = 0; e < edits && !req.empty(); ++e) {
       size_t at = rng() % req.size();
       switch (rng() % 4) {
-        case 0: req[at] = static_cast<char>(rng()); break;
-        case 1: req.insert(at, 1, static_cast<char>(rng())); break;
-        case 2: req.erase(at, 1); break;
-        case 3: req.resize(at); break;
+        case 0:
+          req[at] = static_cast<char>(rng());
+          break;
+        case 1:
+          req.insert(at, 1, static_cast<char>(rng()));
+          break;
+        case 2:
+          req.erase(at, 1);
+          break;
+        case 3:
+          req.resize(at);
+          break;
       }
     }
     raw_client c(n.port());

@@ -25,12 +25,13 @@ using millis = std::chrono::milliseconds;  // time since an arbitrary origin (st
 
 struct swim_config {
   millis probe_interval{1000};
-  millis probe_timeout{500};        // direct ack deadline; the round's indirect probes get the rest
-  millis cross_region_extra{0};     // added to probe_timeout for members in other regions
-  uint32_t indirect_checks = 3;     // k members asked to ping-req a target
-  uint32_t suspicion_mult = 4;      // suspicion timeout = mult * log10(N) * probe_interval (min)
-  uint32_t suspicion_max_mult = 6;  // upper bound multiplier (Lifeguard), shrinks with confirmations
-  uint32_t retransmit_mult = 4;     // an update is piggybacked retransmit_mult * log10(N+1) times
+  millis probe_timeout{500};     // direct ack deadline; the round's indirect probes get the rest
+  millis cross_region_extra{0};  // added to probe_timeout for members in other regions
+  uint32_t indirect_checks = 3;  // k members asked to ping-req a target
+  uint32_t suspicion_mult = 4;   // suspicion timeout = mult * log10(N) * probe_interval (min)
+  uint32_t suspicion_max_mult =
+      6;                         // upper bound multiplier (Lifeguard), shrinks with confirmations
+  uint32_t retransmit_mult = 4;  // an update is piggybacked retransmit_mult * log10(N+1) times
   millis gossip_interval{200};
   uint32_t gossip_nodes = 3;
   millis push_pull_interval{30000};
@@ -38,7 +39,14 @@ struct swim_config {
   millis dead_reap_after{3600000};  // dead/left members forgotten after this (tombstones)
   millis join_retry_max{30000};     // seed retry backoff ceiling
   size_t max_packet_bytes = 1200;
-  bool lifeguard = true;            // off: plain SWIM (for comparisons)
+  bool lifeguard = true;  // off: plain SWIM (for comparisons)
+  // Push-pull with one known dead member this often, so partitions heal without an operator.
+  millis dead_probe_interval{30000};
+  // Dead members stay gossip targets this long, so they learn they were declared dead.
+  millis gossip_to_dead{30000};
+  // Anti-entropy budget: the push-pull interval stretches so that sending this node's member
+  // table (both ways) costs at most this many bytes per second on average.
+  uint32_t push_pull_bytes_per_s = 256;
 };
 
 struct member {
@@ -66,8 +74,8 @@ class environment {
 struct membership_stats {
   uint64_t probes = 0;
   uint64_t indirect_probes = 0;
-  uint64_t suspicions = 0;     // members this node started suspecting
-  uint64_t refutations = 0;    // times this node refuted a suspicion of itself
+  uint64_t suspicions = 0;   // members this node started suspecting
+  uint64_t refutations = 0;  // times this node refuted a suspicion of itself
   uint64_t packets_sent = 0;
   uint64_t packets_received = 0;
   uint64_t push_pulls = 0;
@@ -86,6 +94,9 @@ class membership {
   void join(std::vector<std::string> seeds);
   // Announces `left` and stops probing.
   void leave();
+  // Loads a member table (a persisted one, or a simulator's bootstrap) without gossiping it or
+  // telling the environment. Entries about self are ignored.
+  void restore(const std::vector<member_update>& table);
 
   void tick();
   millis next_wakeup() const;
@@ -112,5 +123,11 @@ class membership {
   struct impl;
   std::unique_ptr<impl> impl_;
 };
+
+// Returns an upper bound of the Thrift compact encoding's size (unsealed), from string sizes
+// and per-field overhead; used to fill packets up to max_packet_bytes and by the simulator.
+size_t estimate_size(const member_update& u);
+size_t estimate_size(const packet& p);
+size_t estimate_size(const state_sync& s);
 
 }  // namespace meridian::cluster

@@ -42,7 +42,8 @@ struct member_update {
 // Direct probe. The target answers with an ack carrying the same seq.
 struct ping_msg {
   uint64_t seq = 0;
-  std::string target_id;  // so a node reached at a reused address can refuse a ping meant for another
+  std::string
+      target_id;  // so a node reached at a reused address can refuse a ping meant for another
   bool operator==(const ping_msg&) const = default;
 };
 

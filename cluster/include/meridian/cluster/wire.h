@@ -3,7 +3,8 @@
 // gossip.thrift, generated into the build tree) and sealed with XChaCha20-Poly1305.
 //
 // Sealed layout: magic "MRD1" (4) | nonce (24) | ciphertext+tag. Associated data: the cluster
-// label and the protocol version, so packets of another cluster or version fail to open.
+// label and the protocol version, so packets of another cluster or version fail to open; exactly
+// the label's bytes, ':', then protocol_version as 2 bytes big-endian.
 // Decoding never throws: malformed, oversized, unauthenticated or other-version input returns
 // an error value. Thread-safe (no shared state).
 
@@ -17,7 +18,15 @@
 
 namespace meridian::cluster {
 
-enum class wire_error { none, too_short, bad_magic, unauthenticated, malformed, bad_version, too_large };
+enum class wire_error {
+  none,
+  too_short,
+  bad_magic,
+  unauthenticated,
+  malformed,
+  bad_version,
+  too_large
+};
 const char* to_string(wire_error e);
 
 // Plain (unsealed) encodings, for golden tests and the simulator's byte counts.
@@ -34,5 +43,9 @@ wire_error open(std::string_view sealed, const std::vector<cluster_key>& keys,
 
 // The bytes that sealing adds to a plaintext.
 inline constexpr size_t seal_overhead = 4 + 24 + 16;
+
+// The largest plain encoding decode() accepts (and open() accepts, plus seal_overhead); larger
+// input returns too_large. Senders keep packets and state syncs within it.
+inline constexpr size_t max_encoded_size = 64 * 1024;
 
 }  // namespace meridian::cluster

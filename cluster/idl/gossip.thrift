@@ -1,0 +1,76 @@
+// meridian gossip wire format: the values of cluster/include/meridian/cluster/messages.h,
+// encoded with Thrift's compact protocol and then sealed (see wire.h).
+//
+// Rolling upgrades mix versions in one cluster, so this file is append-only:
+//   * field ids are pinned: never renumber, never reuse an id, never change a field's type;
+//   * new fields get new ids and default requiredness (never `required`), so older nodes skip
+//     them and newer nodes see them unset;
+//   * anything else is an incompatible change: bump PROTOCOL_VERSION (and protocol_version in
+//     messages.h), which makes old and new nodes refuse each other's packets cleanly.
+// tests/unit/cluster/wire_test.cc pins the exact bytes (golden tests); they must keep passing.
+//
+// Thrift has no unsigned integers: u64 values travel as i64 and u16 as i16, bit for bit.
+
+namespace cpp meridian.cluster.gen
+
+const i16 PROTOCOL_VERSION = 1
+
+struct member_info {
+  1: string id,       // never renumber
+  2: string address,  // never renumber; "host:port"
+  3: string region,   // never renumber
+  4: string zone,     // never renumber
+}
+
+struct member_update {
+  1: member_info member,   // never renumber
+  2: i64 incarnation,      // never renumber; u64 on the C++ side
+  // never renumber. member_state: 0 alive, 1 suspect, 2 dead, 3 left (never reassign a value).
+  // An i8 rather than a Thrift enum on purpose: the C++ generator casts any received i32 into the
+  // enum type, which is undefined behaviour for values outside it; an i8 is checked in wire.cc.
+  3: i8 state,
+  4: string from_id,       // never renumber; `from` in messages.h (a keyword in some generators)
+}
+
+struct ping {
+  1: i64 seq,           // never renumber
+  2: string target_id,  // never renumber
+}
+
+struct ping_req {
+  1: i64 seq,                // never renumber
+  2: string target_id,       // never renumber
+  3: string target_address,  // never renumber
+}
+
+struct ack {
+  1: i64 seq,  // never renumber
+}
+
+struct nack {
+  1: i64 seq,  // never renumber
+}
+
+// One UDP datagram. version stays field 1 so a reader can check it before anything else.
+// The lists are optional and left out when empty (most datagrams carry one or two of them):
+// absent reads as empty, so this is only a size saving, and membership's estimate_size counts on it.
+struct packet {
+  1: i16 version,                              // never renumber
+  2: string sender_id,                         // never renumber
+  3: string sender_address,                    // never renumber
+  4: optional list<ping> pings,                // never renumber
+  5: optional list<ping_req> ping_reqs,        // never renumber
+  6: optional list<ack> acks,                  // never renumber
+  7: optional list<nack> nacks,                // never renumber
+  8: optional list<member_update> updates,     // never renumber
+  9: optional list<binary> payloads,           // never renumber; opaque application messages
+}
+
+// Push-pull anti-entropy over TCP. version stays field 1, as in packet.
+struct state_sync {
+  1: i16 version,                     // never renumber
+  2: string sender_id,                // never renumber
+  3: bool join,                       // never renumber
+  4: list<member_update> members,     // never renumber
+  5: binary app_state,                // never renumber; opaque application state
+}

@@ -1,0 +1,459 @@
+// SWIM + Lifeguard membership: merge rules and timers on a hand-driven environment, and short
+// cluster stories (crash, leave, partition, restart) on the deterministic simulator.
+#include "meridian/cluster/membership.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <deque>
+
+#include "meridian/cluster/wire.h"
+#include "meridian/sim/scenarios.h"
+#include "meridian/sim/simulator.h"
+
+namespace meridian::cluster {
+namespace {
+
+using sim::simulator;
+
+// An environment driven by hand: a manual clock, a fixed PRNG and a list of sent packets.
+// Pings are answered with acks by the test loop (so the node's own probing stays quiet).
+struct manual_env : environment {
+  millis clock{0};
+  uint64_t state = 42;
+  std::deque<std::pair<std::string, packet>> sent;
+  std::vector<member> changes;
+  millis now() override { return clock; }
+  uint64_t random() override {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return state >> 11;
+  }
+  void send_packet(const std::string& address, const packet& p) override {
+    sent.emplace_back(address, p);
+  }
+  void send_state(const std::string&, const state_sync&) override {}
+  void on_member_change(const member& m) override { changes.push_back(m); }
+};
+
+member_info info(int i) {
+  return {"n" + std::to_string(i), "10.0.0." + std::to_string(i) + ":7946", "eu-west", "a"};
+}
+
+member_update claim(int i, uint64_t inc, member_state s, int from) {
+  return {info(i), inc, s, "n" + std::to_string(from)};
+}
+
+packet gossip_from(int sender, std::vector<member_update> updates) {
+  packet p;
+  p.sender_id = "n" + std::to_string(sender);
+  p.sender_address = info(sender).address;
+  p.updates = std::move(updates);
+  return p;
+}
+
+const member* find(const std::vector<member>& ms, const std::string& id) {
+  for (const auto& m : ms)
+    if (m.info.id == id) return &m;
+  return nullptr;
+}
+
+// Advances env's clock through m's wakeups up to `until`, acking every ping it sends.
+void drive(membership& m, manual_env& env, millis until) {
+  while (true) {
+    while (!env.sent.empty()) {
+      auto [address, p] = env.sent.front();
+      env.sent.pop_front();
+      if (p.pings.empty()) continue;
+      packet ack;
+      ack.sender_id = "peer";
+      ack.sender_address = address;
+      for (const auto& ping : p.pings) ack.acks.push_back({ping.seq});
+      m.on_packet(ack);
+    }
+    millis next = std::max(m.next_wakeup(), env.clock + millis(1));
+    if (next > until) break;
+    env.clock = next;
+    m.tick();
+  }
+  env.clock = until;
+}
+
+std::vector<member_update> table(int n) {
+  std::vector<member_update> t;
+  for (int i = 1; i < n; ++i) t.push_back(claim(i, 1, member_state::alive, i));
+  return t;
+}
+
+TEST(membership, higher_incarnation_wins_merge) {
+  manual_env env;
+  membership m(info(0), 1, swim_config{}, env);
+  m.restore(table(5));
+  m.on_packet(gossip_from(2, {claim(1, 4, member_state::suspect, 2)}));
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::suspect);
+  m.on_packet(gossip_from(3, {claim(1, 3, member_state::alive, 1)}));  // older: ignored
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::suspect);
+  m.on_packet(gossip_from(3, {claim(1, 4, member_state::alive, 1)}));  // same: suspect outranks
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::suspect);
+  m.on_packet(gossip_from(1, {claim(1, 5, member_state::alive, 1)}));  // newer: wins
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::alive);
+  EXPECT_EQ(find(m.members(), "n1")->incarnation, 5u);
+  m.on_packet(gossip_from(2, {claim(1, 5, member_state::dead, 2)}));  // same: dead outranks
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::dead);
+  m.on_packet(gossip_from(2, {claim(1, 5, member_state::suspect, 2)}));
+  EXPECT_EQ(find(m.members(), "n1")->state, member_state::dead);
+}
+
+TEST(membership, suspected_node_refutes_with_higher_incarnation) {
+  manual_env env;
+  membership m(info(0), 7, swim_config{}, env);
+  m.restore(table(5));
+  m.on_packet(gossip_from(2, {claim(0, 7, member_state::suspect, 2)}));
+  EXPECT_EQ(m.self().incarnation, 8u);
+  EXPECT_EQ(m.self().state, member_state::alive);
+  EXPECT_EQ(m.stats().refutations, 1u);
+  m.on_packet(gossip_from(3, {claim(0, 9, member_state::dead, 3)}));  // dead is refuted too
+  EXPECT_EQ(m.self().incarnation, 10u);
+  EXPECT_EQ(m.self().state, member_state::alive);
+  m.on_packet(gossip_from(3, {claim(0, 4, member_state::dead, 3)}));  // stale: no new refutation
+  EXPECT_EQ(m.self().incarnation, 10u);
+  // The refutation goes out on the next packets.
+  drive(m, env, millis(1000));
+  EXPECT_GT(m.stats().packets_sent, 0u);
+}
+
+TEST(membership, stale_claim_is_answered_with_the_newer_one) {
+  manual_env env;
+  membership m(info(0), 3, swim_config{}, env);
+  m.restore(table(5));
+  env.sent.clear();
+  m.on_packet(gossip_from(2, {claim(0, 1, member_state::suspect, 2)}));
+  ASSERT_FALSE(env.sent.empty());
+  EXPECT_EQ(env.sent.front().first, info(2).address);
+  const auto& ups = env.sent.front().second.updates;
+  EXPECT_TRUE(std::any_of(ups.begin(), ups.end(), [](const member_update& u) {
+    return u.member.id == "n0" && u.incarnation == 3 && u.state == member_state::alive;
+  }));
+}
+
+// Time from the first suspicion of n1 to n0 declaring it dead, with `confirmations` more
+// suspicions from distinct members arriving at once.
+millis time_to_dead(size_t confirmations, bool lifeguard) {
+  manual_env env;
+  swim_config config;
+  config.lifeguard = lifeguard;
+  membership m(info(0), 1, config, env);
+  m.restore(table(10));
+  m.on_packet(gossip_from(2, {claim(1, 1, member_state::suspect, 2)}));
+  for (size_t c = 0; c < confirmations; ++c)
+    m.on_packet(gossip_from(3 + c, {claim(1, 1, member_state::suspect, 3 + c)}));
+  while (find(m.members(), "n1")->state != member_state::dead && env.clock < millis(100000))
+    drive(m, env, env.clock + millis(100));
+  return env.clock;
+}
+
+TEST(membership, suspicion_timeout_shrinks_with_confirmations) {
+  // N = 10: min = 4 * log10(10) * 1 s = 4 s, max = 6 * min = 24 s, K = 3 confirmations.
+  millis none = time_to_dead(0, true);
+  millis one = time_to_dead(1, true);
+  millis all = time_to_dead(3, true);
+  EXPECT_NEAR(none.count(), 24000, 200);
+  EXPECT_LT(one, none);
+  EXPECT_GT(one, all);
+  EXPECT_NEAR(all.count(), 4000, 200);
+  // Plain SWIM: always the minimum.
+  EXPECT_NEAR(time_to_dead(0, false).count(), 4000, 200);
+}
+
+TEST(membership, local_health_rises_when_probes_go_unanswered_and_stretches_probing) {
+  manual_env env;
+  membership m(info(0), 1, swim_config{}, env);
+  m.restore(table(10));
+  for (int i = 0; i < 200 && m.local_health() < 3; ++i) {
+    env.clock = std::max(m.next_wakeup(), env.clock + millis(1));
+    m.tick();
+    env.sent.clear();  // nothing is ever answered
+  }
+  EXPECT_GE(m.local_health(), 3u);
+  // Answered probes bring it back down.
+  drive(m, env, env.clock + millis(60000));
+  EXPECT_EQ(m.local_health(), 0u);
+}
+
+TEST(membership, buddy_ping_carries_the_suspicion_to_the_suspect) {
+  manual_env env;
+  membership m(info(0), 1, swim_config{}, env);
+  m.restore(table(3));
+  m.on_packet(gossip_from(2, {claim(1, 1, member_state::suspect, 2)}));
+  bool carried = false;
+  for (int i = 0; i < 50 && !carried; ++i) {
+    env.clock = std::max(m.next_wakeup(), env.clock + millis(1));
+    m.tick();
+    for (const auto& [address, p] : env.sent)
+      if (address == info(1).address && !p.pings.empty())
+        for (const auto& u : p.updates)
+          carried = carried || (u.member.id == "n1" && u.state == member_state::suspect);
+    env.sent.clear();
+  }
+  EXPECT_TRUE(carried);
+}
+
+TEST(membership, piggybacked_packets_stay_within_max_packet_bytes_when_encoded) {
+  manual_env env;
+  membership m(info(0), 1, swim_config{}, env);
+  std::vector<member_update> many;
+  for (int i = 1; i < 300; ++i) many.push_back(claim(i, 2, member_state::alive, i));
+  m.on_packet(gossip_from(1, many));  // all new: every one is queued for dissemination
+  for (int i = 0; i < 100; ++i)
+    m.broadcast_payload(std::string(40, 'a' + i % 26) + std::to_string(i));
+  for (int i = 0; i < 20; ++i) {
+    env.clock = std::max(m.next_wakeup(), env.clock + millis(1));
+    m.tick();
+  }
+  ASSERT_FALSE(env.sent.empty());
+  size_t largest = 0;
+  for (const auto& [address, p] : env.sent) {
+    std::string bytes = encode(p);
+    EXPECT_LE(bytes.size(), estimate_size(p));
+    EXPECT_LE(bytes.size() + seal_overhead, swim_config{}.max_packet_bytes);
+    largest = std::max(largest, bytes.size());
+  }
+  EXPECT_GT(largest, 600u);  // the queue did fill packets
+}
+
+// ---- cluster stories on the simulator ----
+
+struct cluster_fixture {
+  simulator sim;
+  std::vector<member_info> infos;
+  explicit cluster_fixture(size_t n, uint64_t seed = 7,
+                           swim_config config = sim::recommended_config())
+      : sim(seed), infos(sim::make_members(n, 3)) {
+    link_faults_default();
+    for (const auto& i : infos) sim.add_node(i, 1, config);
+  }
+  void link_faults_default() {
+    sim.set_default_links({0, millis(1), millis(2), false}, {0, millis(30), millis(10), false});
+  }
+  // Returns the state of `target` in observer's view (nullopt when unknown).
+  std::optional<member_state> view(size_t observer, size_t target) {
+    const member* m = find(sim.node(observer).members(), infos[target].id);
+    if (!m) return std::nullopt;
+    return m->state;
+  }
+  const member* entry(size_t observer, size_t target) {
+    static std::vector<member> keep;
+    keep = sim.node(observer).members();
+    return find(keep, infos[target].id);
+  }
+  bool all_see(size_t target, member_state s, const std::vector<size_t>& observers) {
+    for (size_t o : observers)
+      if (view(o, target) != s) return false;
+    return true;
+  }
+  std::vector<size_t> all_but(size_t x) {
+    std::vector<size_t> out;
+    for (size_t i = 0; i < infos.size(); ++i)
+      if (i != x && sim.running(i)) out.push_back(i);
+    return out;
+  }
+};
+
+TEST(membership_sim, nodes_joining_through_one_seed_all_see_each_other_alive) {
+  cluster_fixture c(5);
+  for (size_t i = 1; i < 5; ++i) c.sim.join(i, {c.infos[0].address});
+  bool converged = c.sim.run_until(
+      [&] {
+        for (size_t o = 0; o < 5; ++o)
+          for (size_t t = 0; t < 5; ++t)
+            if (c.view(o, t) != member_state::alive) return false;
+        return true;
+      },
+      millis(3000));
+  EXPECT_TRUE(converged);
+}
+
+TEST(membership_sim, join_retries_seeds_until_one_answers) {
+  cluster_fixture c(3);
+  c.sim.pause(0);  // the seed is unreachable for a while
+  c.sim.join(1, {c.infos[0].address});
+  c.sim.join(2, {c.infos[0].address});
+  c.sim.run_until(millis(10000));
+  EXPECT_FALSE(c.view(1, 2).has_value());
+  c.sim.resume(0);
+  EXPECT_TRUE(c.sim.run_until([&] { return c.view(1, 2) == member_state::alive; }, millis(60000)));
+}
+
+TEST(membership_sim, crashed_node_is_marked_dead_by_every_member) {
+  cluster_fixture c(20);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(3000));
+  c.sim.kill(4);
+  EXPECT_TRUE(c.sim.run_until([&] { return c.all_see(4, member_state::dead, c.all_but(4)); },
+                              millis(3000 + 10000)));
+}
+
+TEST(membership_sim, dead_member_is_reaped_after_timeout) {
+  swim_config config = sim::recommended_config();
+  config.dead_reap_after = millis(60000);
+  cluster_fixture c(8, 7, config);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(2000));
+  c.sim.kill(3);
+  ASSERT_TRUE(c.sim.run_until([&] { return c.all_see(3, member_state::dead, c.all_but(3)); },
+                              millis(20000)));
+  millis dead_at = c.sim.now();
+  c.sim.run_until(dead_at + millis(50000));
+  EXPECT_TRUE(c.view(0, 3).has_value());  // still a tombstone before the timeout
+  c.sim.run_until(dead_at + millis(65000 + 2 * 4000));
+  for (size_t o : c.all_but(3)) EXPECT_FALSE(c.view(o, 3).has_value()) << "observer " << o;
+}
+
+TEST(membership_sim, left_is_not_reported_as_dead) {
+  cluster_fixture c(10);
+  c.sim.bootstrap();
+  bool ever_dead = false;
+  c.sim.on_member_change = [&](size_t, const member& m) {
+    if (m.info.id == c.infos[6].id && m.state == member_state::dead) ever_dead = true;
+  };
+  c.sim.run_until(millis(2000));
+  c.sim.node(6).leave();
+  c.sim.touch(6);
+  c.sim.run_until(millis(3000));
+  c.sim.kill(6);  // the process exits after leaving
+  c.sim.run_until(millis(60000));
+  EXPECT_TRUE(c.all_see(6, member_state::left, c.all_but(6)));
+  EXPECT_FALSE(ever_dead);
+}
+
+TEST(membership_sim, restarted_node_is_alive_with_higher_incarnation) {
+  cluster_fixture c(6);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(2000));
+  c.sim.kill(2);
+  ASSERT_TRUE(c.sim.run_until([&] { return c.all_see(2, member_state::dead, c.all_but(2)); },
+                              millis(30000)));
+  uint64_t old = c.entry(0, 2)->incarnation;
+  c.sim.restart(2, 2, {c.infos[0].address});
+  ASSERT_TRUE(c.sim.run_until([&] { return c.all_see(2, member_state::alive, c.all_but(2)); },
+                              c.sim.now() + millis(3000)));
+  EXPECT_GT(c.entry(0, 2)->incarnation, old);
+}
+
+TEST(membership_sim, partitioned_halves_rejoin_after_heal) {
+  cluster_fixture c(10);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(2000));
+  c.sim.partition({0, 1, 2, 3, 4});
+  ASSERT_TRUE(c.sim.run_until(
+      [&] { return c.view(0, 9) == member_state::dead && c.view(9, 0) == member_state::dead; },
+      millis(60000)));
+  c.sim.run_until(millis(70000));
+  c.sim.heal();
+  auto everyone_alive = [&] {
+    for (size_t o = 0; o < 10; ++o)
+      for (size_t t = 0; t < 10; ++t)
+        if (c.view(o, t) != member_state::alive) return false;
+    return true;
+  };
+  // Dead members are contacted every dead_probe_interval (30 s): healing needs no operator.
+  EXPECT_TRUE(c.sim.run_until(everyone_alive, c.sim.now() + millis(90000)));
+}
+
+TEST(membership_sim, one_way_partition_does_not_kill_the_silent_side) {
+  cluster_fixture c(8);
+  c.sim.bootstrap();
+  c.sim.block(0, 1);  // 0 cannot reach 1, everyone else can: indirect probes get through
+  bool dead = false;
+  c.sim.on_member_change = [&](size_t, const member& m) {
+    if (m.info.id == c.infos[1].id && m.state == member_state::dead) dead = true;
+  };
+  c.sim.run_until(millis(120000));
+  EXPECT_FALSE(dead);
+}
+
+TEST(membership_sim, paused_node_refutes_its_suspicion_after_a_short_pause) {
+  cluster_fixture c(10);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(2000));
+  c.sim.pause(5, simulator::pause_mode::queue);
+  c.sim.run_until(millis(3500));
+  c.sim.resume(5);
+  c.sim.run_until(millis(30000));
+  EXPECT_TRUE(c.all_see(5, member_state::alive, c.all_but(5)));
+}
+
+TEST(membership_sim, payload_reaches_every_node_once) {
+  cluster_fixture c(30);
+  c.sim.bootstrap();
+  std::vector<int> got(30, 0);
+  c.sim.on_payload = [&](size_t i, const std::string&, const std::string& p) {
+    if (p == "hello") ++got[i];
+  };
+  c.sim.run_until(millis(1000));
+  c.sim.node(3).broadcast_payload("hello");
+  c.sim.touch(3);
+  c.sim.run_until(millis(20000));
+  for (size_t i = 0; i < 30; ++i)
+    if (i != 3) {
+      EXPECT_EQ(got[i], 1) << "node " << i;
+    }
+}
+
+TEST(membership_sim, same_seed_reproduces_the_same_run) {
+  sim::scenario_options o;
+  o.scenario = "detection";
+  o.nodes = 50;
+  auto a = sim::run_once(o, 11), b = sim::run_once(o, 11), d = sim::run_once(o, 12);
+  EXPECT_EQ(a.detect_s, b.detect_s);
+  o.scenario = "bandwidth";
+  o.duration_s = 60;
+  EXPECT_EQ(sim::run_once(o, 3).bytes_per_node_per_s, sim::run_once(o, 3).bytes_per_node_per_s);
+  (void)d;
+}
+
+// ---- the bounds at modest sizes (the full figures are in docs/benchmarks.md) ----
+
+TEST(membership_sim, dissemination_reaches_100_nodes_within_8_rounds) {
+  sim::scenario_options o;
+  o.scenario = "dissemination";
+  o.nodes = 100;
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    auto r = sim::run_once(o, seed);
+    EXPECT_TRUE(r.complete);
+    EXPECT_LE(r.rounds, 8) << "seed " << seed;
+  }
+}
+
+TEST(membership_sim, dissemination_with_10pct_loss_reaches_100_nodes_within_10_rounds) {
+  sim::scenario_options o;
+  o.scenario = "dissemination";
+  o.nodes = 100;
+  o.loss = 0.1;
+  for (uint64_t seed = 1; seed <= 20; ++seed) EXPECT_LE(sim::run_once(o, seed).rounds, 10) << seed;
+}
+
+TEST(membership_sim, crash_is_detected_by_all_of_100_nodes_within_6s) {
+  sim::scenario_options o;
+  o.scenario = "detection";
+  o.nodes = 100;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    auto r = sim::run_once(o, seed);
+    EXPECT_TRUE(r.complete);
+    EXPECT_LE(r.detect_s, 6.0) << "seed " << seed;
+  }
+}
+
+TEST(membership_sim, no_healthy_node_is_declared_dead_at_50_nodes_with_10pct_loss) {
+  sim::scenario_options o;
+  o.scenario = "false_positives";
+  o.nodes = 50;
+  o.loss = 0.1;
+  o.duration_s = 600;
+  auto r = sim::run_once(o, 5);
+  EXPECT_EQ(r.false_dead, 0u);
+  EXPECT_GT(r.suspicions, 0u);  // loss did cause suspicions: they were all refuted
+  EXPECT_GT(r.refutations, 0u);
+}
+
+}  // namespace
+}  // namespace meridian::cluster
