@@ -224,6 +224,27 @@ void admin_server::impl::add_endpoints() {
            send_json(res, 200, handlers.effective_config());
          }});
   }
+  if (handlers.cluster_members) {
+    endpoints.push_back(
+        {"GET", "/cluster/members", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.cluster_members());
+         }});
+  }
+  if (handlers.cluster_health) {
+    endpoints.push_back(
+        {"GET", "/cluster/health", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.cluster_health());
+         }});
+  }
+  if (handlers.cluster_leave) {
+    endpoints.push_back(
+        {"POST", "/cluster/leave", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.cluster_leave());
+         }});
+  }
 }
 
 bool admin_server::impl::authorized(const httplib::Request& req) const {

@@ -24,6 +24,9 @@ namespace meridian::node {
 struct admin_handlers {
   std::function<std::string()> metrics_text;         // GET /metrics body (Prometheus text)
   std::function<nlohmann::json()> effective_config;  // GET /config body
+  std::function<nlohmann::json()> cluster_members;   // GET /cluster/members body
+  std::function<nlohmann::json()> cluster_health;    // GET /cluster/health body
+  std::function<nlohmann::json()> cluster_leave;     // POST /cluster/leave: leaves, returns body
 };
 
 class admin_server {

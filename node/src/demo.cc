@@ -1,15 +1,17 @@
 // `meridian demo`: a node in front of a built-in demo upstream, on loopback.
-// Until the cluster layer lands this is a single node (region eu-west); it becomes the 3-region
-// cluster described in SPEC.md when membership exists.
+// Three nodes, one per region (eu-west, us-east, ap-south), joined into one cluster over
+// encrypted gossip, each proxying to the same demo upstream.
 
 #include <httplib.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "meridian/cluster/keyring.h"
 #include "meridian/node/node.h"
 
 namespace meridian::node {
@@ -65,52 +67,78 @@ int run_demo() {
   auto dir =
       std::filesystem::temp_directory_path() / ("meridian-demo-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-
-  config cfg;
-  cfg.source = "(demo)";
-  cfg.node.id = "eu-1";
-  cfg.node.region = "eu-west";
-  cfg.node.data_dir = (dir / "eu-1").string();
-  cfg.listen.proxy = {"127.0.0.1", 8080};
-  cfg.listen.admin = {"127.0.0.1", 9901};
-  upstream_config up;
-  up.name = "demo";
-  up.targets.push_back(
-      {{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, "eu-west", "", 1, 0});
-  up.health_check.enabled = true;
-  up.health_check.path = "/healthz";
-  up.retries.attempts = 1;
-  cfg.upstreams.push_back(up);
-  route_config route;
-  route.name = "demo";
-  route.match.path_prefix = "/api";
-  route.upstream = "demo";
-  route.strip_prefix = "/api";
-  route.response_headers.add.push_back({"x-served-by", "meridian"});
-  cfg.routes.push_back(route);
-
-  node n(cfg);
-  if (!n.start(&error)) {
-    std::fprintf(stderr, "meridian demo: %s\n", error.c_str());
-    std::filesystem::remove_all(dir);
-    return 1;
+  {
+    std::ofstream keys(dir / "cluster.keys");
+    keys << cluster::encode_key(cluster::generate_key()) << "\n";
   }
-  std::printf(
-      "meridian demo is running (single node until the cluster layer lands).\n"
-      "  node eu-1 (region eu-west)\n"
-      "    proxy: http://127.0.0.1:%u\n"
-      "    admin: http://127.0.0.1:%u\n"
-      "token: %s\n"
-      "Try:\n"
-      "curl -s http://127.0.0.1:%u/api/hello\n"
-      "curl -s -H 'Authorization: Bearer %s' http://127.0.0.1:%u/metrics\n"
-      "Press Ctrl-C to stop.\n",
-      n.proxy_port(), n.admin_port(), n.admin_token().c_str(), n.proxy_port(),
-      n.admin_token().c_str(), n.admin_port());
+
+  struct region_spec {
+    const char* id;
+    const char* region;
+    uint16_t offset;
+  };
+  const region_spec regions[] = {
+      {"eu-1", "eu-west", 0}, {"us-1", "us-east", 1}, {"ap-1", "ap-south", 2}};
+  std::vector<std::unique_ptr<node>> nodes;
+  for (const auto& r : regions) {
+    config cfg;
+    cfg.source = "(demo)";
+    cfg.node.id = r.id;
+    cfg.node.region = r.region;
+    cfg.node.zone = std::string(r.region) + "-a";
+    cfg.node.data_dir = (dir / r.id).string();
+    cfg.listen.proxy = {"127.0.0.1", static_cast<uint16_t>(8080 + r.offset)};
+    cfg.listen.admin = {"127.0.0.1", static_cast<uint16_t>(9901 + r.offset)};
+    cfg.admin.token_file = (dir / "admin.token").string();  // one token for the whole demo
+    cluster_section cs;
+    cs.bind = {"127.0.0.1", static_cast<uint16_t>(7946 + r.offset)};
+    cs.advertise = cs.bind;
+    for (uint16_t o = 0; o < 3; ++o)
+      cs.seeds.push_back({"127.0.0.1", static_cast<uint16_t>(7946 + o)});
+    cs.keyring_file = (dir / "cluster.keys").string();
+    cfg.cluster = cs;
+    upstream_config up;
+    up.name = "demo";
+    up.targets.push_back(
+        {{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, r.region, "", 1, 0});
+    up.health_check.enabled = true;
+    up.health_check.path = "/healthz";
+    up.retries.attempts = 1;
+    cfg.upstreams.push_back(up);
+    route_config route;
+    route.name = "demo";
+    route.match.path_prefix = "/api";
+    route.upstream = "demo";
+    route.strip_prefix = "/api";
+    route.response_headers.add.push_back({"x-served-by", std::string("meridian ") + r.id});
+    cfg.routes.push_back(route);
+    auto n = std::make_unique<node>(cfg);
+    if (!n->start(&error)) {
+      std::fprintf(stderr, "meridian demo: node %s: %s\n", r.id, error.c_str());
+      for (auto& started : nodes) started->drain(std::chrono::seconds(1));
+      std::filesystem::remove_all(dir);
+      return 1;
+    }
+    nodes.push_back(std::move(n));
+  }
+
+  std::printf("meridian demo: a 3-region cluster on loopback in front of a built-in upstream.\n");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    std::printf(
+        "  node %s (region %s)\n    proxy: http://127.0.0.1:%u\n    admin: http://127.0.0.1:%u\n",
+        regions[i].id, regions[i].region, nodes[i]->proxy_port(), nodes[i]->admin_port());
+  }
+  const auto& token = nodes[0]->admin_token();
+  std::printf("token: %s\n", token.c_str());
+  std::printf("Try:\n");
+  std::printf("curl -s http://127.0.0.1:%u/api/hello\n", nodes[0]->proxy_port());
+  std::printf("curl -s -H 'Authorization: Bearer %s' http://127.0.0.1:%u/cluster/members\n",
+              token.c_str(), nodes[1]->admin_port());
+  std::printf("Press Ctrl-C to stop.\n");
   std::fflush(stdout);
   int sig = 0;
   sigwait(&set, &sig);
-  n.drain(std::chrono::seconds(5));
+  for (auto& n : nodes) n->drain(std::chrono::seconds(5));
   std::filesystem::remove_all(dir);
   std::printf("meridian demo stopped.\n");
   return 0;

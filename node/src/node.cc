@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "admin_server.h"
+#include "cluster_glue.h"
 #include "config_json.h"
 #include "health_checker.h"
 #include "http_proxy.h"
@@ -119,6 +120,7 @@ struct node::impl {
   std::unique_ptr<proxy_server> proxy;
   std::unique_ptr<admin_server> admin;
   std::unique_ptr<health_checker> health;
+  std::unique_ptr<cluster_glue> cluster;  // null without a `cluster` section
 
   std::shared_ptr<const snapshot> current() const {
     std::lock_guard lock(snap_mutex);
@@ -149,8 +151,30 @@ bool node::start(std::string* error) {
                                            make_access_log(d.cfg.log.access_log));
   if (!d.proxy->start(d.cfg.listen.proxy, d.snap, error)) return false;
 
+  if (d.cfg.cluster) {
+    d.cluster = cluster_glue::start(d.cfg, error);
+    if (!d.cluster) {
+      d.proxy->stop();
+      return false;
+    }
+  }
+
   admin_handlers handlers;
-  handlers.metrics_text = [this] { return impl_->metrics.render_prometheus(); };
+  handlers.metrics_text = [this] {
+    auto text = impl_->metrics.render_prometheus();
+    if (impl_->cluster) text += impl_->cluster->metrics_text();
+    return text;
+  };
+  if (d.cluster) {
+    handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
+    handlers.cluster_health = [this] {
+      return impl_->cluster->health_json(impl_->current()->version);
+    };
+    handlers.cluster_leave = [this] {
+      impl_->cluster->leave();
+      return nlohmann::json{{"status", "left"}, {"node", impl_->cfg.node.id}};
+    };
+  }
   handlers.effective_config = [this] {
     auto snap = impl_->current();
     auto j = config_to_json(snap->cfg);
@@ -220,6 +244,8 @@ bool node::apply(config cfg, std::string* error) {
 void node::drain(duration timeout) {
   auto& d = *impl_;
   log()->info("draining: {} open connection(s)", d.proxy ? d.proxy->connections() : 0);
+  // Leave first, so that the others see `left` (not `dead`) while this node finishes requests.
+  if (d.cluster) d.cluster->leave();
   if (d.proxy) d.proxy->drain(timeout);
   d.health.reset();
   if (d.admin) d.admin->stop();

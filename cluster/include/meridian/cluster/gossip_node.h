@@ -1,0 +1,71 @@
+#pragma once
+// A cluster member on real sockets: the SWIM membership (membership.h) driven by its own thread
+// and io_context, speaking sealed packets (wire.h) over UDP and push-pull over TCP on the same
+// port. The node's incarnation is persisted in storage so a restart refutes its old death.
+//
+// Usage: fill gossip_options, start(), read members() from any thread, stop(true) to leave the
+// cluster gracefully (others see `left`, not `dead`). All public methods are thread-safe.
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "meridian/cluster/keyring.h"
+#include "meridian/cluster/membership.h"
+
+namespace meridian::storage {
+class store;
+}
+
+namespace meridian::cluster {
+
+struct gossip_options {
+  member_info self;             // self.address is the advertised "host:port"
+  std::string bind_host = "127.0.0.1";
+  uint16_t bind_port = 7946;    // 0: any free port (advertised address then uses it)
+  std::vector<std::string> seeds;
+  std::vector<cluster_key> keys;  // primary first
+  std::string label = "meridian";
+  swim_config swim;
+};
+
+// Counters of the transport, readable from any thread.
+struct gossip_counters {
+  std::atomic<uint64_t> packets_in{0};
+  std::atomic<uint64_t> packets_out{0};
+  std::atomic<uint64_t> bytes_in{0};
+  std::atomic<uint64_t> bytes_out{0};
+  std::atomic<uint64_t> auth_failures{0};   // sealed with a key we do not hold (or tampered)
+  std::atomic<uint64_t> malformed{0};       // authenticated but undecodable, or wrong version
+  std::atomic<uint64_t> push_pulls_in{0};
+  std::atomic<uint64_t> push_pulls_out{0};
+};
+
+class gossip_node {
+ public:
+  // store may be null (no persistence: incarnation starts at the wall-clock second).
+  gossip_node(gossip_options options, storage::store* store);
+  ~gossip_node();
+  gossip_node(const gossip_node&) = delete;
+  gossip_node& operator=(const gossip_node&) = delete;
+
+  // Binds UDP and TCP, starts the thread and joins through the seeds. Returns false and sets
+  // *error when the port cannot be bound.
+  bool start(std::string* error);
+  // Stops; with leave=true first announces `left` and gives it a moment to spread.
+  void stop(bool leave);
+
+  uint16_t port() const;
+  member self() const;
+  std::vector<member> members() const;
+  membership_stats stats() const;
+  uint32_t local_health() const;
+  const gossip_counters& counters() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::cluster

@@ -1,0 +1,495 @@
+#include "meridian/cluster/gossip_node.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <future>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "meridian/cluster/wire.h"
+#include "meridian/storage/store.h"
+
+namespace meridian::cluster {
+namespace {
+
+namespace asio = boost::asio;
+using udp = asio::ip::udp;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using steady = std::chrono::steady_clock;
+
+constexpr size_t max_stream_bytes = 4 * 1024 * 1024;  // one push-pull message, sealed
+constexpr auto stream_timeout = std::chrono::seconds(5);
+constexpr const char* incarnation_key = "membership/incarnation";
+
+std::shared_ptr<spdlog::logger> logger() {
+  auto l = spdlog::get("cluster.swim");
+  if (!l) {
+    auto sinks = spdlog::default_logger()->sinks();
+    l = std::make_shared<spdlog::logger>("cluster.swim", sinks.begin(), sinks.end());
+    l->set_level(spdlog::default_logger()->level());
+    spdlog::register_logger(l);
+  }
+  return l;
+}
+
+// Splits "host:port" ("[v6]:port" too). Returns false on a malformed address.
+bool split_address(const std::string& address, std::string* host, uint16_t* port) {
+  auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= address.size()) return false;
+  *host = address.substr(0, colon);
+  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') {
+    *host = host->substr(1, host->size() - 2);
+  }
+  unsigned long p = 0;
+  for (size_t i = colon + 1; i < address.size(); ++i) {
+    if (address[i] < '0' || address[i] > '9') return false;
+    p = p * 10 + static_cast<unsigned long>(address[i] - '0');
+    if (p > 65535) return false;
+  }
+  *port = static_cast<uint16_t>(p);
+  return p != 0;
+}
+
+void put_u32(std::string& out, uint32_t v) {
+  out.push_back(static_cast<char>(v >> 24));
+  out.push_back(static_cast<char>(v >> 16));
+  out.push_back(static_cast<char>(v >> 8));
+  out.push_back(static_cast<char>(v));
+}
+
+uint32_t get_u32(const unsigned char* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
+
+}  // namespace
+
+struct gossip_node::impl final : environment {
+  impl(gossip_options o, storage::store* s)
+      : opt(std::move(o)), store(s), udp_socket(ioc), acceptor(ioc), timer(ioc),
+        rng(std::random_device{}()) {}
+
+  gossip_options opt;
+  storage::store* store;
+  asio::io_context ioc;
+  udp::socket udp_socket;
+  tcp::acceptor acceptor;
+  asio::steady_timer timer;
+  std::unique_ptr<membership> swim;
+  std::thread thread;
+  gossip_counters counters;
+  std::mt19937_64 rng;
+  std::map<std::string, std::optional<udp::endpoint>> resolved;
+  std::array<char, 65536> recv_buf;
+  udp::endpoint sender;
+  uint16_t port = 0;
+  uint64_t persisted_incarnation = 0;
+  steady::time_point last_auth_log{};
+  uint64_t auth_failures_since_log = 0;
+  std::atomic<bool> running{false};
+
+  // --- environment ---------------------------------------------------------------------------
+
+  millis now() override {
+    return std::chrono::duration_cast<millis>(steady::now().time_since_epoch());
+  }
+  uint64_t random() override { return rng(); }
+
+  std::optional<udp::endpoint> resolve(const std::string& address) {
+    auto it = resolved.find(address);
+    if (it != resolved.end()) return it->second;
+    std::string host;
+    uint16_t p = 0;
+    std::optional<udp::endpoint> ep;
+    if (split_address(address, &host, &p)) {
+      error_code ec;
+      auto ip = asio::ip::make_address(host, ec);
+      if (!ec) {
+        ep = udp::endpoint(ip, p);
+      } else {
+        udp::resolver r(ioc);
+        auto results = r.resolve(host, std::to_string(p), ec);
+        if (!ec && !results.empty()) ep = results.begin()->endpoint();
+      }
+    }
+    if (resolved.size() > 4096) resolved.clear();  // bounded: addresses come from the network
+    resolved[address] = ep;
+    return ep;
+  }
+
+  void send_packet(const std::string& address, const packet& p) override {
+    auto ep = resolve(address);
+    if (!ep) return;
+    auto sealed = seal(encode(p), opt.keys.front(), opt.label);
+    error_code ec;
+    udp_socket.send_to(asio::buffer(sealed), *ep, 0, ec);
+    if (!ec) {
+      counters.packets_out.fetch_add(1, std::memory_order_relaxed);
+      counters.bytes_out.fetch_add(sealed.size(), std::memory_order_relaxed);
+    }
+  }
+
+  void send_state(const std::string& address, const state_sync& s) override {
+    auto ep = resolve(address);
+    if (!ep) return;
+    std::string frame;
+    auto sealed = seal(encode(s), opt.keys.front(), opt.label);
+    put_u32(frame, static_cast<uint32_t>(sealed.size()));
+    frame += sealed;
+    counters.push_pulls_out.fetch_add(1, std::memory_order_relaxed);
+    auto ex = std::make_shared<exchange>(*this, tcp::endpoint(ep->address(), ep->port()));
+    ex->run(std::move(frame));
+  }
+
+  void on_member_change(const member& m) override {
+    if (m.info.id == opt.self.id) {
+      persist_incarnation(m.incarnation);
+      return;
+    }
+    auto level = m.state == member_state::alive || m.state == member_state::left
+                     ? spdlog::level::info
+                     : spdlog::level::warn;
+    logger()->log(level, "member {} ({}, {}) is {} at incarnation {}", m.info.id,
+                  m.info.address, m.info.region, to_string(m.state), m.incarnation);
+  }
+
+  // --- incarnation persistence ----------------------------------------------------------------
+
+  uint64_t load_incarnation() {
+    uint64_t stored = 0;
+    if (store) {
+      std::string value;
+      if (store->get(storage::family::meta, incarnation_key, &value).is_ok()) {
+        stored = std::strtoull(value.c_str(), nullptr, 10);
+      }
+    } else {
+      stored = static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::seconds>(
+              std::chrono::system_clock::now().time_since_epoch())
+              .count());
+    }
+    return stored + 1;  // a restart always outranks the previous life
+  }
+
+  void persist_incarnation(uint64_t incarnation) {
+    if (!store || incarnation <= persisted_incarnation) return;
+    auto st = store->put(storage::family::meta, incarnation_key, std::to_string(incarnation),
+                         {.sync = true});
+    if (st.is_ok()) {
+      persisted_incarnation = incarnation;
+    } else {
+      logger()->error("cannot persist incarnation {}: {}", incarnation, st.message());
+    }
+  }
+
+  // --- receiving -------------------------------------------------------------------------------
+
+  void note_auth_failure(const std::string& from) {
+    counters.auth_failures.fetch_add(1, std::memory_order_relaxed);
+    ++auth_failures_since_log;
+    auto t = steady::now();
+    if (t - last_auth_log >= std::chrono::seconds(10)) {
+      logger()->warn(
+          "dropped {} packet(s) that failed authentication, latest from {}: not sealed with any "
+          "installed cluster key (another cluster, or a wrong keyring_file?)",
+          auth_failures_since_log, from);
+      last_auth_log = t;
+      auth_failures_since_log = 0;
+    }
+  }
+
+  void receive() {
+    udp_socket.async_receive_from(
+        asio::buffer(recv_buf), sender, [this](const error_code& ec, size_t n) {
+          if (ec == asio::error::operation_aborted || !running) return;
+          if (!ec) on_datagram(std::string_view(recv_buf.data(), n));
+          receive();
+        });
+  }
+
+  void on_datagram(std::string_view bytes) {
+    counters.packets_in.fetch_add(1, std::memory_order_relaxed);
+    counters.bytes_in.fetch_add(bytes.size(), std::memory_order_relaxed);
+    std::string plain;
+    auto e = open(bytes, opt.keys, opt.label, &plain);
+    if (e != wire_error::none) {
+      error_code ec;
+      note_auth_failure(sender.address().to_string(ec) + ":" + std::to_string(sender.port()));
+      return;
+    }
+    packet p;
+    if (decode(plain, &p) != wire_error::none) {
+      counters.malformed.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    swim->on_packet(p);
+    reschedule();
+  }
+
+  // A push-pull exchange initiated by this node: connect, send, read the reply.
+  struct exchange : std::enable_shared_from_this<exchange> {
+    exchange(impl& owner, tcp::endpoint ep) : d(owner), socket(owner.ioc), deadline(owner.ioc), to(ep) {}
+    void run(std::string frame) {
+      out = std::move(frame);
+      deadline.expires_after(stream_timeout);
+      deadline.async_wait([self = shared_from_this()](const error_code& ec) {
+        if (!ec) {
+          error_code ignored;
+          self->socket.close(ignored);
+        }
+      });
+      socket.async_connect(to, [self = shared_from_this()](const error_code& ec) {
+        if (ec) return self->done();
+        asio::async_write(self->socket, asio::buffer(self->out),
+                          [self](const error_code& ec, size_t) {
+                            if (ec) return self->done();
+                            self->read_header();
+                          });
+      });
+    }
+    void read_header() {
+      asio::async_read(socket, asio::buffer(header),
+                       [self = shared_from_this()](const error_code& ec, size_t) {
+                         if (ec) return self->done();
+                         uint32_t len = get_u32(self->header.data());
+                         if (len == 0 || len > max_stream_bytes) return self->done();
+                         self->body.resize(len);
+                         asio::async_read(self->socket, asio::buffer(self->body),
+                                          [self](const error_code& ec, size_t) {
+                                            if (!ec) self->deliver();
+                                            self->done();
+                                          });
+                       });
+    }
+    void deliver() {
+      std::string plain;
+      error_code ec;
+      if (open(body, d.opt.keys, d.opt.label, &plain) != wire_error::none) {
+        d.note_auth_failure(to.address().to_string(ec) + ":" + std::to_string(to.port()));
+        return;
+      }
+      state_sync reply;
+      if (decode(plain, &reply) != wire_error::none) {
+        d.counters.malformed.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      d.swim->on_state_reply(reply);
+      d.reschedule();
+    }
+    void done() {
+      deadline.cancel();
+      error_code ignored;
+      socket.close(ignored);
+    }
+    impl& d;
+    tcp::socket socket;
+    asio::steady_timer deadline;
+    tcp::endpoint to;
+    std::string out;
+    std::array<unsigned char, 4> header{};
+    std::string body;
+  };
+
+  // A push-pull exchange initiated by a peer: read its table, merge, answer with ours.
+  struct serve : std::enable_shared_from_this<serve> {
+    serve(impl& owner, tcp::socket s) : d(owner), socket(std::move(s)), deadline(owner.ioc) {}
+    void run() {
+      deadline.expires_after(stream_timeout);
+      deadline.async_wait([self = shared_from_this()](const error_code& ec) {
+        if (!ec) {
+          error_code ignored;
+          self->socket.close(ignored);
+        }
+      });
+      asio::async_read(socket, asio::buffer(header),
+                       [self = shared_from_this()](const error_code& ec, size_t) {
+                         if (ec) return self->done();
+                         uint32_t len = get_u32(self->header.data());
+                         if (len == 0 || len > max_stream_bytes) return self->done();
+                         self->body.resize(len);
+                         asio::async_read(self->socket, asio::buffer(self->body),
+                                          [self](const error_code& ec, size_t) {
+                                            if (ec) return self->done();
+                                            self->answer();
+                                          });
+                       });
+    }
+    void answer() {
+      std::string plain;
+      error_code ec;
+      auto peer = socket.remote_endpoint(ec);
+      if (open(body, d.opt.keys, d.opt.label, &plain) != wire_error::none) {
+        d.note_auth_failure(peer.address().to_string(ec) + ":" + std::to_string(peer.port()));
+        return done();
+      }
+      state_sync request;
+      if (decode(plain, &request) != wire_error::none) {
+        d.counters.malformed.fetch_add(1, std::memory_order_relaxed);
+        return done();
+      }
+      d.counters.push_pulls_in.fetch_add(1, std::memory_order_relaxed);
+      auto reply = d.swim->on_state_request(request);
+      d.reschedule();
+      auto sealed = seal(encode(reply), d.opt.keys.front(), d.opt.label);
+      out.clear();
+      put_u32(out, static_cast<uint32_t>(sealed.size()));
+      out += sealed;
+      asio::async_write(socket, asio::buffer(out),
+                        [self = shared_from_this()](const error_code&, size_t) { self->done(); });
+    }
+    void done() {
+      deadline.cancel();
+      error_code ignored;
+      socket.shutdown(tcp::socket::shutdown_both, ignored);
+      socket.close(ignored);
+    }
+    impl& d;
+    tcp::socket socket;
+    asio::steady_timer deadline;
+    std::array<unsigned char, 4> header{};
+    std::string body;
+    std::string out;
+  };
+
+  void accept() {
+    acceptor.async_accept([this](const error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted || !running) return;
+      if (!ec) std::make_shared<serve>(*this, std::move(s))->run();
+      accept();
+    });
+  }
+
+  // --- timers ----------------------------------------------------------------------------------
+
+  void reschedule() {
+    auto wake = swim->next_wakeup();
+    auto at = steady::time_point(std::chrono::duration_cast<steady::duration>(wake));
+    if (timer.expiry() <= at && timer.expiry() > steady::now()) return;  // an earlier wake is set
+    timer.expires_at(at);
+    timer.async_wait([this](const error_code& ec) {
+      if (ec || !running) return;
+      swim->tick();
+      reschedule();
+    });
+  }
+
+  // Runs f on the io thread and returns its result (or a default after a second).
+  template <class F>
+  auto on_io(F f) -> decltype(f()) {
+    using R = decltype(f());
+    if (!running || std::this_thread::get_id() == thread.get_id()) return f();
+    auto task = std::make_shared<std::packaged_task<R()>>(std::move(f));
+    auto result = task->get_future();
+    asio::post(ioc, [task] { (*task)(); });
+    if (result.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return R{};
+    return result.get();
+  }
+};
+
+gossip_node::gossip_node(gossip_options options, storage::store* store)
+    : impl_(std::make_unique<impl>(std::move(options), store)) {}
+
+gossip_node::~gossip_node() { stop(false); }
+
+bool gossip_node::start(std::string* error) {
+  auto& d = *impl_;
+  if (d.opt.keys.empty()) {
+    *error = "cluster: no keys in the keyring";
+    return false;
+  }
+  error_code ec;
+  auto ip = asio::ip::make_address(d.opt.bind_host, ec);
+  if (ec) {
+    *error = "cluster.bind " + d.opt.bind_host + ": " + ec.message();
+    return false;
+  }
+  // TCP first (it picks the port when bind_port is 0), then UDP on the same port.
+  tcp::endpoint tep(ip, d.opt.bind_port);
+  d.acceptor.open(tep.protocol(), ec);
+  if (!ec) d.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) d.acceptor.bind(tep, ec);
+  if (!ec) d.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    *error = "cluster.bind " + d.opt.bind_host + ":" + std::to_string(d.opt.bind_port) +
+             " (tcp): " + ec.message();
+    return false;
+  }
+  d.port = d.acceptor.local_endpoint().port();
+  udp::endpoint uep(ip, d.port);
+  d.udp_socket.open(uep.protocol(), ec);
+  if (!ec) d.udp_socket.bind(uep, ec);
+  if (ec) {
+    *error = "cluster.bind " + d.opt.bind_host + ":" + std::to_string(d.port) +
+             " (udp): " + ec.message();
+    return false;
+  }
+  if (d.opt.self.address.empty() || d.opt.self.address.ends_with(":0")) {
+    d.opt.self.address = d.opt.bind_host + ":" + std::to_string(d.port);
+  }
+  uint64_t incarnation = d.load_incarnation();
+  d.persist_incarnation(incarnation);
+  d.swim = std::make_unique<membership>(d.opt.self, incarnation, d.opt.swim, d);
+  d.running = true;
+  d.receive();
+  d.accept();
+  if (!d.opt.seeds.empty()) d.swim->join(d.opt.seeds);
+  d.reschedule();
+  d.thread = std::thread([&d] { d.ioc.run(); });
+  logger()->info("cluster member {} (region {}) gossiping on {} at incarnation {}", d.opt.self.id,
+                 d.opt.self.region, d.opt.self.address, incarnation);
+  return true;
+}
+
+void gossip_node::stop(bool leave) {
+  auto& d = *impl_;
+  if (!d.running) return;
+  if (leave) {
+    asio::post(d.ioc, [&d] {
+      d.swim->leave();
+      d.reschedule();
+    });
+    // Let the `left` announcement go out on a few gossip rounds.
+    std::this_thread::sleep_for(d.opt.swim.gossip_interval * 3);
+  }
+  asio::post(d.ioc, [&d] {
+    d.running = false;
+    error_code ignored;
+    d.timer.cancel();
+    d.acceptor.close(ignored);
+    d.udp_socket.close(ignored);
+    d.ioc.stop();
+  });
+  if (d.thread.joinable()) d.thread.join();
+  d.running = false;
+}
+
+uint16_t gossip_node::port() const { return impl_->port; }
+
+member gossip_node::self() const {
+  return impl_->on_io([this] { return impl_->swim->self(); });
+}
+
+std::vector<member> gossip_node::members() const {
+  return impl_->on_io([this] { return impl_->swim->members(); });
+}
+
+membership_stats gossip_node::stats() const {
+  return impl_->on_io([this] { return impl_->swim->stats(); });
+}
+
+uint32_t gossip_node::local_health() const {
+  return impl_->on_io([this] { return impl_->swim->local_health(); });
+}
+
+const gossip_counters& gossip_node::counters() const { return impl_->counters; }
+
+}  // namespace meridian::cluster

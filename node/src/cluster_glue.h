@@ -1,0 +1,34 @@
+#pragma once
+// The node's side of the cluster: opens the store, loads the keyring, runs the gossip member
+// and answers the admin API's cluster endpoints. Absent when the config has no `cluster`.
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "meridian/node/config.h"
+
+namespace meridian::node {
+
+class cluster_glue {
+ public:
+  // Opens <data_dir>/db, reads the keyring and starts gossiping. Returns nullptr and sets *error
+  // when any of that fails.
+  static std::unique_ptr<cluster_glue> start(const config& cfg, std::string* error);
+  ~cluster_glue();
+
+  nlohmann::json members_json() const;  // GET /cluster/members
+  nlohmann::json health_json(uint64_t config_version) const;  // GET /cluster/health
+  // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
+  std::string metrics_text() const;
+  uint16_t gossip_port() const;
+  // Leaves the cluster gracefully (others see `left`). Idempotent.
+  void leave();
+
+ private:
+  cluster_glue();
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::node
