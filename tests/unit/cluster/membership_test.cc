@@ -236,7 +236,8 @@ struct cluster_fixture {
   }
   // Returns the state of `target` in observer's view (nullopt when unknown).
   std::optional<member_state> view(size_t observer, size_t target) {
-    const member* m = find(sim.node(observer).members(), infos[target].id);
+    auto table = sim.node(observer).members();  // members() returns a copy: keep it alive
+    const member* m = find(table, infos[target].id);
     if (!m) return std::nullopt;
     return m->state;
   }
