@@ -75,7 +75,11 @@ uint32_t get_u32(const unsigned char* p) {
 
 struct gossip_node::impl final : environment {
   impl(gossip_options o, storage::store* s)
-      : opt(std::move(o)), store(s), udp_socket(ioc), acceptor(ioc), timer(ioc),
+      : opt(std::move(o)),
+        store(s),
+        udp_socket(ioc),
+        acceptor(ioc),
+        timer(ioc),
         rng(std::random_device{}()) {}
 
   gossip_options opt;
@@ -158,8 +162,8 @@ struct gossip_node::impl final : environment {
     auto level = m.state == member_state::alive || m.state == member_state::left
                      ? spdlog::level::info
                      : spdlog::level::warn;
-    logger()->log(level, "member {} ({}, {}) is {} at incarnation {}", m.info.id,
-                  m.info.address, m.info.region, to_string(m.state), m.incarnation);
+    logger()->log(level, "member {} ({}, {}) is {} at incarnation {}", m.info.id, m.info.address,
+                  m.info.region, to_string(m.state), m.incarnation);
   }
 
   // --- incarnation persistence ----------------------------------------------------------------
@@ -172,10 +176,9 @@ struct gossip_node::impl final : environment {
         stored = std::strtoull(value.c_str(), nullptr, 10);
       }
     } else {
-      stored = static_cast<uint64_t>(
-          std::chrono::duration_cast<std::chrono::seconds>(
-              std::chrono::system_clock::now().time_since_epoch())
-              .count());
+      stored = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(
+                                         std::chrono::system_clock::now().time_since_epoch())
+                                         .count());
     }
     return stored + 1;  // a restart always outranks the previous life
   }
@@ -208,12 +211,12 @@ struct gossip_node::impl final : environment {
   }
 
   void receive() {
-    udp_socket.async_receive_from(
-        asio::buffer(recv_buf), sender, [this](const error_code& ec, size_t n) {
-          if (ec == asio::error::operation_aborted || !running) return;
-          if (!ec) on_datagram(std::string_view(recv_buf.data(), n));
-          receive();
-        });
+    udp_socket.async_receive_from(asio::buffer(recv_buf), sender,
+                                  [this](const error_code& ec, size_t n) {
+                                    if (ec == asio::error::operation_aborted || !running) return;
+                                    if (!ec) on_datagram(std::string_view(recv_buf.data(), n));
+                                    receive();
+                                  });
   }
 
   void on_datagram(std::string_view bytes) {
@@ -237,7 +240,8 @@ struct gossip_node::impl final : environment {
 
   // A push-pull exchange initiated by this node: connect, send, read the reply.
   struct exchange : std::enable_shared_from_this<exchange> {
-    exchange(impl& owner, tcp::endpoint ep) : d(owner), socket(owner.ioc), deadline(owner.ioc), to(ep) {}
+    exchange(impl& owner, tcp::endpoint ep)
+        : d(owner), socket(owner.ioc), deadline(owner.ioc), to(ep) {}
     void run(std::string frame) {
       out = std::move(frame);
       deadline.expires_after(stream_timeout);
@@ -398,7 +402,9 @@ struct gossip_node::impl final : environment {
 gossip_node::gossip_node(gossip_options options, storage::store* store)
     : impl_(std::make_unique<impl>(std::move(options), store)) {}
 
-gossip_node::~gossip_node() { stop(false); }
+gossip_node::~gossip_node() {
+  stop(false);
+}
 
 bool gossip_node::start(std::string* error) {
   auto& d = *impl_;
@@ -472,7 +478,17 @@ void gossip_node::stop(bool leave) {
   d.running = false;
 }
 
-uint16_t gossip_node::port() const { return impl_->port; }
+void gossip_node::set_keys(std::vector<cluster_key> keys) {
+  if (keys.empty()) return;
+  impl_->on_io([this, k = std::move(keys)]() mutable {
+    impl_->opt.keys = std::move(k);
+    return true;
+  });
+}
+
+uint16_t gossip_node::port() const {
+  return impl_->port;
+}
 
 member gossip_node::self() const {
   return impl_->on_io([this] { return impl_->swim->self(); });
@@ -490,6 +506,8 @@ uint32_t gossip_node::local_health() const {
   return impl_->on_io([this] { return impl_->swim->local_health(); });
 }
 
-const gossip_counters& gossip_node::counters() const { return impl_->counters; }
+const gossip_counters& gossip_node::counters() const {
+  return impl_->counters;
+}
 
 }  // namespace meridian::cluster

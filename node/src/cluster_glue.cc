@@ -106,14 +106,15 @@ std::string cluster_glue::metrics_text() const {
       "# HELP meridian_cluster_members Known cluster members by region and state.\n"
       "# TYPE meridian_cluster_members gauge\n";
   for (const auto& [key, n] : by) {
-    out += "meridian_cluster_members{region=\"" + key.first + "\",state=\"" + key.second +
-           "\"} " + std::to_string(n) + "\n";
+    out += "meridian_cluster_members{region=\"" + key.first + "\",state=\"" + key.second + "\"} " +
+           std::to_string(n) + "\n";
   }
   auto st = impl_->gossip->stats();
   const auto& c = impl_->gossip->counters();
   auto counter = [&](const char* name, const char* help, uint64_t v) {
-    out += std::string("# HELP meridian_cluster_") + name + " " + help + "\n# TYPE meridian_cluster_" +
-           name + " counter\nmeridian_cluster_" + name + " " + std::to_string(v) + "\n";
+    out += std::string("# HELP meridian_cluster_") + name + " " + help +
+           "\n# TYPE meridian_cluster_" + name + " counter\nmeridian_cluster_" + name + " " +
+           std::to_string(v) + "\n";
   };
   counter("probes_total", "Direct probes sent.", st.probes);
   counter("indirect_probes_total", "Indirect probes (ping-req) sent.", st.indirect_probes);
@@ -127,13 +128,26 @@ std::string cluster_glue::metrics_text() const {
   counter("auth_failures_total", "Gossip packets dropped: not sealed with an installed key.",
           c.auth_failures.load());
   counter("malformed_total", "Authenticated gossip that could not be decoded.", c.malformed.load());
-  out += "# HELP meridian_cluster_local_health Lifeguard local health score (0 is healthy).\n"
-         "# TYPE meridian_cluster_local_health gauge\nmeridian_cluster_local_health " +
-         std::to_string(impl_->gossip->local_health()) + "\n";
+  out +=
+      "# HELP meridian_cluster_local_health Lifeguard local health score (0 is healthy).\n"
+      "# TYPE meridian_cluster_local_health gauge\nmeridian_cluster_local_health " +
+      std::to_string(impl_->gossip->local_health()) + "\n";
   return out;
 }
 
-uint16_t cluster_glue::gossip_port() const { return impl_->gossip->port(); }
+bool cluster_glue::reload_keys(const std::string& keyring_file, std::string* error) {
+  auto ring = cluster::load_keyring(keyring_file);
+  if (!ring.error.empty()) {
+    *error = ring.error;
+    return false;
+  }
+  impl_->gossip->set_keys(std::move(ring.keys));
+  return true;
+}
+
+uint16_t cluster_glue::gossip_port() const {
+  return impl_->gossip->port();
+}
 
 void cluster_glue::leave() {
   std::lock_guard lock(impl_->leave_mutex);

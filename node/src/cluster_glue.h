@@ -17,11 +17,14 @@ class cluster_glue {
   static std::unique_ptr<cluster_glue> start(const config& cfg, std::string* error);
   ~cluster_glue();
 
-  nlohmann::json members_json() const;  // GET /cluster/members
+  nlohmann::json members_json() const;                        // GET /cluster/members
   nlohmann::json health_json(uint64_t config_version) const;  // GET /cluster/health
   // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
   std::string metrics_text() const;
   uint16_t gossip_port() const;
+  // Re-reads the keyring file and hands the keys to the gossip layer (config reload). Returns
+  // false and sets *error when the file is unusable; the old keys then stay in force.
+  bool reload_keys(const std::string& keyring_file, std::string* error);
   // Leaves the cluster gracefully (others see `left`). Idempotent.
   void leave();
 

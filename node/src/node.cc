@@ -227,6 +227,11 @@ bool node::apply(config cfg, std::string* error) {
   }
   auto snap = build_snapshot(cfg, d.version + 1, d.cfg.node.workers, d.targets, d.metrics, error);
   if (!snap) return false;
+  // The keyring is re-read on reload (key rotation: install, make primary, remove). The rest of
+  // the cluster section (bind, seeds) changes only on restart.
+  if (d.cluster && cfg.cluster && !d.cluster->reload_keys(cfg.cluster->keyring_file, error)) {
+    return false;
+  }
   for (const auto& w : snap->warnings) log()->warn("{}", w);
   ++d.version;
   {

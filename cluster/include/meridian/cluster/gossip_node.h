@@ -21,9 +21,9 @@ class store;
 namespace meridian::cluster {
 
 struct gossip_options {
-  member_info self;             // self.address is the advertised "host:port"
+  member_info self;  // self.address is the advertised "host:port"
   std::string bind_host = "127.0.0.1";
-  uint16_t bind_port = 7946;    // 0: any free port (advertised address then uses it)
+  uint16_t bind_port = 7946;  // 0: any free port (advertised address then uses it)
   std::vector<std::string> seeds;
   std::vector<cluster_key> keys;  // primary first
   std::string label = "meridian";
@@ -36,8 +36,8 @@ struct gossip_counters {
   std::atomic<uint64_t> packets_out{0};
   std::atomic<uint64_t> bytes_in{0};
   std::atomic<uint64_t> bytes_out{0};
-  std::atomic<uint64_t> auth_failures{0};   // sealed with a key we do not hold (or tampered)
-  std::atomic<uint64_t> malformed{0};       // authenticated but undecodable, or wrong version
+  std::atomic<uint64_t> auth_failures{0};  // sealed with a key we do not hold (or tampered)
+  std::atomic<uint64_t> malformed{0};      // authenticated but undecodable, or wrong version
   std::atomic<uint64_t> push_pulls_in{0};
   std::atomic<uint64_t> push_pulls_out{0};
 };
@@ -55,6 +55,11 @@ class gossip_node {
   bool start(std::string* error);
   // Stops; with leave=true first announces `left` and gives it a moment to spread.
   void stop(bool leave);
+
+  // Replaces the keyring (primary first): what this node sends is sealed with the new primary
+  // from the next packet on; every key in the new set is tried on receive. Takes effect on the
+  // gossip thread before the call returns (or within a second when the thread is busy).
+  void set_keys(std::vector<cluster_key> keys);
 
   uint16_t port() const;
   member self() const;
