@@ -71,6 +71,33 @@ uint32_t get_u32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 
+// Closes a stream's socket if it is still open when its deadline passes.
+template <class Stream>
+void arm_deadline(const std::shared_ptr<Stream>& self) {
+  self->deadline.expires_after(stream_timeout);
+  self->deadline.async_wait([self](const error_code& ec) {
+    if (!ec) {
+      error_code ignored;
+      self->socket.close(ignored);
+    }
+  });
+}
+
+// Reads one frame (a 4-byte big-endian length, then that many bytes) into self->body and calls
+// next(true), or next(false) on an I/O error or a length of 0 or over max_stream_bytes.
+template <class Stream, class Next>
+void read_frame(const std::shared_ptr<Stream>& self, Next next) {
+  asio::async_read(
+      self->socket, asio::buffer(self->header), [self, next](const error_code& ec, size_t) mutable {
+        if (ec) return next(false);
+        uint32_t len = get_u32(self->header.data());
+        if (len == 0 || len > max_stream_bytes) return next(false);
+        self->body.resize(len);
+        asio::async_read(self->socket, asio::buffer(self->body),
+                         [self, next](const error_code& ec, size_t) mutable { next(!ec); });
+      });
+}
+
 }  // namespace
 
 struct gossip_node::impl final : environment {
@@ -145,10 +172,7 @@ struct gossip_node::impl final : environment {
   void send_state(const std::string& address, const state_sync& s) override {
     auto ep = resolve(address);
     if (!ep) return;
-    std::string frame;
-    auto sealed = seal(encode(s), opt.keys.front(), opt.label);
-    put_u32(frame, static_cast<uint32_t>(sealed.size()));
-    frame += sealed;
+    auto frame = sealed_frame(s);
     counters.push_pulls_out.fetch_add(1, std::memory_order_relaxed);
     auto ex = std::make_shared<exchange>(*this, tcp::endpoint(ep->address(), ep->port()));
     ex->run(std::move(frame));
@@ -238,56 +262,56 @@ struct gossip_node::impl final : environment {
     reschedule();
   }
 
+  // Encodes, seals and frames a state_sync for a push-pull stream.
+  std::string sealed_frame(const state_sync& s) {
+    auto sealed = seal(encode(s), opt.keys.front(), opt.label);
+    std::string frame;
+    put_u32(frame, static_cast<uint32_t>(sealed.size()));
+    return frame + sealed;
+  }
+
+  // Opens and decodes a sealed state_sync from peer, counting what fails. Returns false then.
+  bool open_state(std::string_view sealed, const std::string& peer, state_sync* out) {
+    std::string plain;
+    if (open(sealed, opt.keys, opt.label, &plain) != wire_error::none) {
+      note_auth_failure(peer);
+      return false;
+    }
+    if (decode(plain, out) != wire_error::none) {
+      counters.malformed.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    return true;
+  }
+
+  static std::string describe(const tcp::endpoint& ep) {
+    error_code ec;
+    return ep.address().to_string(ec) + ":" + std::to_string(ep.port());
+  }
+
   // A push-pull exchange initiated by this node: connect, send, read the reply.
   struct exchange : std::enable_shared_from_this<exchange> {
     exchange(impl& owner, tcp::endpoint ep)
         : d(owner), socket(owner.ioc), deadline(owner.ioc), to(ep) {}
     void run(std::string frame) {
       out = std::move(frame);
-      deadline.expires_after(stream_timeout);
-      deadline.async_wait([self = shared_from_this()](const error_code& ec) {
-        if (!ec) {
-          error_code ignored;
-          self->socket.close(ignored);
-        }
-      });
-      socket.async_connect(to, [self = shared_from_this()](const error_code& ec) {
+      auto self = shared_from_this();
+      arm_deadline(self);
+      socket.async_connect(to, [self](const error_code& ec) {
         if (ec) return self->done();
-        asio::async_write(self->socket, asio::buffer(self->out),
-                          [self](const error_code& ec, size_t) {
-                            if (ec) return self->done();
-                            self->read_header();
-                          });
+        asio::async_write(
+            self->socket, asio::buffer(self->out), [self](const error_code& ec, size_t) {
+              if (ec) return self->done();
+              read_frame(self, [self](bool ok) {
+                state_sync reply;
+                if (ok && self->d.open_state(self->body, describe(self->to), &reply)) {
+                  self->d.swim->on_state_reply(reply);
+                  self->d.reschedule();
+                }
+                self->done();
+              });
+            });
       });
-    }
-    void read_header() {
-      asio::async_read(socket, asio::buffer(header),
-                       [self = shared_from_this()](const error_code& ec, size_t) {
-                         if (ec) return self->done();
-                         uint32_t len = get_u32(self->header.data());
-                         if (len == 0 || len > max_stream_bytes) return self->done();
-                         self->body.resize(len);
-                         asio::async_read(self->socket, asio::buffer(self->body),
-                                          [self](const error_code& ec, size_t) {
-                                            if (!ec) self->deliver();
-                                            self->done();
-                                          });
-                       });
-    }
-    void deliver() {
-      std::string plain;
-      error_code ec;
-      if (open(body, d.opt.keys, d.opt.label, &plain) != wire_error::none) {
-        d.note_auth_failure(to.address().to_string(ec) + ":" + std::to_string(to.port()));
-        return;
-      }
-      state_sync reply;
-      if (decode(plain, &reply) != wire_error::none) {
-        d.counters.malformed.fetch_add(1, std::memory_order_relaxed);
-        return;
-      }
-      d.swim->on_state_reply(reply);
-      d.reschedule();
     }
     void done() {
       deadline.cancel();
@@ -307,46 +331,21 @@ struct gossip_node::impl final : environment {
   struct serve : std::enable_shared_from_this<serve> {
     serve(impl& owner, tcp::socket s) : d(owner), socket(std::move(s)), deadline(owner.ioc) {}
     void run() {
-      deadline.expires_after(stream_timeout);
-      deadline.async_wait([self = shared_from_this()](const error_code& ec) {
-        if (!ec) {
-          error_code ignored;
-          self->socket.close(ignored);
-        }
+      auto self = shared_from_this();
+      arm_deadline(self);
+      read_frame(self, [self](bool ok) {
+        if (!ok) return self->done();
+        self->answer();
       });
-      asio::async_read(socket, asio::buffer(header),
-                       [self = shared_from_this()](const error_code& ec, size_t) {
-                         if (ec) return self->done();
-                         uint32_t len = get_u32(self->header.data());
-                         if (len == 0 || len > max_stream_bytes) return self->done();
-                         self->body.resize(len);
-                         asio::async_read(self->socket, asio::buffer(self->body),
-                                          [self](const error_code& ec, size_t) {
-                                            if (ec) return self->done();
-                                            self->answer();
-                                          });
-                       });
     }
     void answer() {
-      std::string plain;
       error_code ec;
-      auto peer = socket.remote_endpoint(ec);
-      if (open(body, d.opt.keys, d.opt.label, &plain) != wire_error::none) {
-        d.note_auth_failure(peer.address().to_string(ec) + ":" + std::to_string(peer.port()));
-        return done();
-      }
       state_sync request;
-      if (decode(plain, &request) != wire_error::none) {
-        d.counters.malformed.fetch_add(1, std::memory_order_relaxed);
-        return done();
-      }
+      if (!d.open_state(body, describe(socket.remote_endpoint(ec)), &request)) return done();
       d.counters.push_pulls_in.fetch_add(1, std::memory_order_relaxed);
       auto reply = d.swim->on_state_request(request);
       d.reschedule();
-      auto sealed = seal(encode(reply), d.opt.keys.front(), d.opt.label);
-      out.clear();
-      put_u32(out, static_cast<uint32_t>(sealed.size()));
-      out += sealed;
+      out = d.sealed_frame(reply);
       asio::async_write(socket, asio::buffer(out),
                         [self = shared_from_this()](const error_code&, size_t) { self->done(); });
     }
