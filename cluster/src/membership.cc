@@ -246,6 +246,18 @@ struct membership::impl {
     if (!is_live(it->second.state)) tombstones_.insert(it->first);
   }
 
+  // Forgets the dead or left member that changed state longest ago; false when there is none.
+  bool evict_oldest_tombstone() {
+    const member* oldest = nullptr;
+    for (const auto& id : tombstones_) {
+      const member& m = members_.at(id);
+      if (!oldest || m.state_since < oldest->state_since) oldest = &m;
+    }
+    if (!oldest) return false;
+    remove_member(std::string(oldest->info.id));
+    return true;
+  }
+
   void remove_member(const std::string& id) {
     auto it = members_.find(id);
     if (it == members_.end()) return;
@@ -281,6 +293,12 @@ struct membership::impl {
       // Claims other than alive about unknown members are dropped (memberlist does the same):
       // there is nothing to probe or to refute.
       if (s != member_state::alive) return false;
+      // The table is bounded: a flood of invented members (from a node that holds the key)
+      // first pushes out the oldest tombstone and is then refused.
+      if (members_.size() >= cfg_.max_members && !evict_oldest_tombstone()) {
+        ++stats_.members_refused;
+        return false;
+      }
       add_member(u);
       env_.on_member_change(members_.at(u.member.id));
       enqueue(u);

@@ -458,3 +458,28 @@ TEST(membership_sim, no_healthy_node_is_declared_dead_at_50_nodes_with_10pct_los
 
 }  // namespace
 }  // namespace meridian::cluster
+
+namespace meridian::cluster {
+namespace {
+
+TEST(membership, member_table_is_capped_and_tombstones_make_room_first) {
+  manual_env env;
+  swim_config cfg;
+  cfg.max_members = 3;  // other members, not counting self
+  membership m(info(0), 1, cfg, env);
+  m.on_packet(
+      gossip_from(1, {claim(1, 1, member_state::alive, 1), claim(2, 1, member_state::alive, 2),
+                      claim(3, 1, member_state::alive, 3)}));
+  m.on_packet(gossip_from(1, {claim(4, 1, member_state::alive, 4)}));
+  EXPECT_EQ(find(m.members(), "n4"), nullptr) << "a full table refuses new members";
+  EXPECT_EQ(m.stats().members_refused, 1u);
+  m.on_packet(gossip_from(1, {claim(2, 1, member_state::dead, 1)}));
+  m.on_packet(gossip_from(1, {claim(4, 1, member_state::alive, 4)}));
+  auto table = m.members();
+  EXPECT_NE(find(table, "n4"), nullptr) << "the tombstone made room";
+  EXPECT_EQ(find(table, "n2"), nullptr);
+  EXPECT_EQ(table.size(), 4u);
+}
+
+}  // namespace
+}  // namespace meridian::cluster

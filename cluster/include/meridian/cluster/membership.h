@@ -47,6 +47,9 @@ struct swim_config {
   // Anti-entropy budget: the push-pull interval stretches so that sending this node's member
   // table (both ways) costs at most this many bytes per second on average.
   uint32_t push_pull_bytes_per_s = 256;
+  // The member table's cap (members other than self): new members beyond it replace the oldest
+  // tombstone or are refused.
+  size_t max_members = 16384;
 };
 
 struct member {
@@ -79,6 +82,7 @@ struct membership_stats {
   uint64_t packets_sent = 0;
   uint64_t packets_received = 0;
   uint64_t push_pulls = 0;
+  uint64_t members_refused = 0;  // new members refused because the table was full
 };
 
 class membership {
