@@ -530,18 +530,16 @@ struct membership::impl {
     return nullptr;
   }
 
-  // Probes of members in other regions get the configured extra time, and at least three
-  // round trips as measured to that region (direct acks, smoothed): a far region whose round
-  // trip nears the probe timeout is not falsely suspected, a near one costs nothing extra.
+  // Probes of members in other regions get extra time: the configured floor, or twice the
+  // round trip measured to that region (direct acks, smoothed), whichever is larger.
   millis probe_timeout_for(const member& m) const {
-    millis timeout = scaled(cfg_.probe_timeout);
-    if (!other_region(m)) return timeout;
-    timeout += cfg_.cross_region_extra;
+    if (!other_region(m)) return scaled(cfg_.probe_timeout);
+    millis extra = cfg_.cross_region_extra;
     auto rtt = region_rtt_ms_.find(m.info.region);
     if (rtt != region_rtt_ms_.end()) {
-      timeout = std::max(timeout, millis(static_cast<int64_t>(3 * rtt->second)));
+      extra = std::max(extra, millis(static_cast<int64_t>(2 * rtt->second)));
     }
-    return timeout;
+    return scaled(cfg_.probe_timeout) + extra;
   }
 
   // Folds one measured round trip to region into its moving average.
