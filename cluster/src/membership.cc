@@ -114,7 +114,6 @@ struct membership::impl {
     bool indirect_sent = false;
     uint32_t expected_nacks = 0;
     uint32_t nacks = 0;
-    millis sent_at{0};
   };
   // A ping-req this node relays: ack or nack goes back to the asker under its seq.
   struct relay {
@@ -530,27 +529,8 @@ struct membership::impl {
     return nullptr;
   }
 
-  // Probes of members in other regions get extra time: the configured floor, or twice the
-  // round trip measured to that region (direct acks, smoothed), whichever is larger.
   millis probe_timeout_for(const member& m) const {
-    if (!other_region(m)) return scaled(cfg_.probe_timeout);
-    millis extra = cfg_.cross_region_extra;
-    auto rtt = region_rtt_ms_.find(m.info.region);
-    if (rtt != region_rtt_ms_.end()) {
-      extra = std::max(extra, millis(static_cast<int64_t>(2 * rtt->second)));
-    }
-    return scaled(cfg_.probe_timeout) + extra;
-  }
-
-  // Folds one measured round trip to region into its moving average.
-  void record_rtt(const std::string& region, millis rtt) {
-    auto it = region_rtt_ms_.find(region);
-    if (it == region_rtt_ms_.end()) {
-      if (region_rtt_ms_.size() >= 256) return;  // regions come from the network: bounded
-      region_rtt_ms_.emplace(region, static_cast<double>(rtt.count()));
-      return;
-    }
-    it->second = 0.8 * it->second + 0.2 * static_cast<double>(rtt.count());
+    return scaled(cfg_.probe_timeout) + (other_region(m) ? cfg_.cross_region_extra : millis(0));
   }
 
   void start_probe(millis now) {
@@ -561,7 +541,6 @@ struct membership::impl {
     probe_.active = true;
     probe_.target = t->info.id;
     probe_.seq = ++seq_;
-    probe_.sent_at = now;
     millis timeout = probe_timeout_for(*t);
     probe_.direct_deadline = now + timeout;
     probe_.round_end = std::max(now + scaled(cfg_.probe_interval), now + 2 * timeout);
@@ -818,12 +797,6 @@ struct membership::impl {
     }
     for (const auto& a : p.acks) {
       if (probe_.active && a.seq == probe_.seq) {
-        if (p.sender_id == probe_.target) {  // a direct answer: its delay is a round trip
-          auto t = members_.find(probe_.target);
-          if (t != members_.end() && other_region(t->second)) {
-            record_rtt(t->second.info.region, env_.now() - probe_.sent_at);
-          }
-        }
         finish_probe(true);
         continue;
       }
@@ -871,8 +844,7 @@ struct membership::impl {
   size_t live_count_ = 0;
   size_t other_region_live_ = 0;
   std::unordered_map<std::string, suspicion> suspects_;
-  std::unordered_set<std::string> tombstones_;             // dead and left members until reaped
-  std::unordered_map<std::string, double> region_rtt_ms_;  // smoothed direct-probe round trips
+  std::unordered_set<std::string> tombstones_;  // dead and left members until reaped
 
   std::vector<std::string> probe_order_;
   size_t probe_pos_ = 0;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <deque>
-#include <map>
 
 #include "meridian/cluster/wire.h"
 #include "meridian/sim/scenarios.h"
@@ -480,52 +479,6 @@ TEST(membership, member_table_is_capped_and_tombstones_make_room_first) {
   EXPECT_NE(find(table, "n4"), nullptr) << "the tombstone made room";
   EXPECT_EQ(find(table, "n2"), nullptr);
   EXPECT_EQ(table.size(), 4u);
-}
-
-}  // namespace
-}  // namespace meridian::cluster
-
-namespace meridian::cluster {
-namespace {
-
-// A member in another region answers after 350 ms, beyond the 200 ms probe timeout. Once its
-// round trip is measured, probes wait for it instead of falling back to indirect probes.
-TEST(membership, cross_region_probe_timeout_follows_the_measured_round_trip) {
-  manual_env env;
-  swim_config cfg;
-  cfg.probe_interval = millis(1000);
-  cfg.probe_timeout = millis(200);
-  membership m(info(0), 1, cfg, env);
-  member_info far{"n1", "10.0.0.1:7946", "us-east", "b"};
-  member_info near{"n2", "10.0.0.2:7946", "eu-west", "a"};
-  m.restore({{far, 1, member_state::alive, "n1"}, {near, 1, member_state::alive, "n2"}});
-  std::multimap<millis, packet> acks;  // due time -> ack
-  while (env.clock < millis(30000)) {
-    while (!env.sent.empty()) {
-      auto [address, p] = env.sent.front();
-      env.sent.pop_front();
-      for (const auto& ping : p.pings) {
-        packet ack;
-        ack.sender_id = address == far.address ? "n1" : "n2";
-        ack.sender_address = address;
-        ack.acks.push_back({ping.seq});
-        acks.emplace(env.clock + (address == far.address ? millis(350) : millis(1)), ack);
-      }
-    }
-    millis next = std::max(m.next_wakeup(), env.clock + millis(1));
-    if (!acks.empty() && acks.begin()->first <= next) {
-      env.clock = std::max(env.clock, acks.begin()->first);
-      m.on_packet(acks.begin()->second);
-      acks.erase(acks.begin());
-      continue;
-    }
-    env.clock = next;
-    m.tick();
-  }
-  EXPECT_GE(m.stats().probes, 20u);
-  EXPECT_LE(m.stats().indirect_probes, 1u) << "only the first probe of n1, before any measurement";
-  auto table = m.members();
-  EXPECT_EQ(find(table, "n1")->state, member_state::alive);
 }
 
 }  // namespace
