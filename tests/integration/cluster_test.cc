@@ -38,10 +38,27 @@ class cluster_processes : public ::testing::Test {
            seeds + "], keyring_file: " + keyring + "}\n";
   }
 
+  // Starts node i and waits until its admin API answers. Ports are picked free but may be taken
+  // by a parallel test before the child binds them: then the child exits, and node i gets new
+  // ports and another try.
   void start(int i, const std::string& keyring = "") {
     auto path = dir_.file("n" + std::to_string(i) + ".yaml");
-    write_file(path, config_for(i, keyring.empty() ? dir_.file("cluster.keys") : keyring));
-    nodes_[i] = std::make_unique<child_node>(path, dir_.file("n" + std::to_string(i) + ".log"));
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      write_file(path, config_for(i, keyring.empty() ? dir_.file("cluster.keys") : keyring));
+      nodes_[i] = std::make_unique<child_node>(path, dir_.file("n" + std::to_string(i) + ".log"));
+      bool up = eventually(
+          [&] {
+            httplib::Client c("127.0.0.1", ports_[i].admin);
+            auto res = c.Get("/health");
+            return res && res->status == 200 &&
+                   res->body.find("\"n" + std::to_string(i) + "\"") != std::string::npos;
+          },
+          3s);
+      if (up) return;
+      nodes_[i].reset();  // kills it if it is somehow still running
+      ports_[i] = {unused_port(), unused_port(), unused_port()};
+    }
+    FAIL() << "node " << i << " did not start";
   }
 
   // The member table node i reports, or an empty array when it does not answer.
