@@ -64,6 +64,19 @@ class process : public ::testing::Test {
       return res && res->status == 200;
     });
   }
+  // Writes the config for route_prefix, starts `meridian run` and waits until it serves. Ports
+  // are picked free but a parallel test may take one before the child binds it: then the child
+  // exits and this tries again on new ports.
+  std::unique_ptr<child_node> launch(const std::string& route_prefix) {
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      write_file(dir_.file("m.yaml"), config(route_prefix));
+      auto node = std::make_unique<child_node>(dir_.file("m.yaml"), dir_.file("log"));
+      if (wait_ready()) return node;
+      proxy_port_ = unused_port();
+      admin_port_ = unused_port();
+    }
+    return nullptr;
+  }
 
   temp_dir dir_;
   upstream up_;
@@ -118,9 +131,9 @@ TEST(commands, run_with_a_bad_config_exits_non_zero_with_line_numbers) {
 }
 
 TEST_F(process, sighup_reloads_the_file_and_a_bad_file_keeps_the_old_config) {
-  write_file(dir_.file("m.yaml"), config("/one"));
-  child_node node(dir_.file("m.yaml"), dir_.file("log"));
-  ASSERT_TRUE(wait_ready()) << node.log();
+  auto started = launch("/one");
+  ASSERT_TRUE(started);
+  child_node& node = *started;
   httplib::Client c("127.0.0.1", proxy_port_);
   ASSERT_EQ(c.Get("/one")->status, 200);
   ASSERT_EQ(c.Get("/two")->status, 404);
@@ -140,9 +153,9 @@ TEST_F(process, sighup_reloads_the_file_and_a_bad_file_keeps_the_old_config) {
 }
 
 TEST_F(process, sigterm_lets_the_in_flight_request_finish_then_exits_zero) {
-  write_file(dir_.file("m.yaml"), config("/"));
-  child_node node(dir_.file("m.yaml"), dir_.file("log"));
-  ASSERT_TRUE(wait_ready()) << node.log();
+  auto started = launch("/");
+  ASSERT_TRUE(started);
+  child_node& node = *started;
   std::atomic<int> status{0};
   std::string body;
   std::thread client([&] {
@@ -165,9 +178,9 @@ TEST_F(process, sigterm_lets_the_in_flight_request_finish_then_exits_zero) {
 }
 
 TEST_F(process, a_1gib_streamed_upload_passes_with_bounded_memory) {
-  write_file(dir_.file("m.yaml"), config("/"));
-  child_node node(dir_.file("m.yaml"), dir_.file("log"));
-  ASSERT_TRUE(wait_ready()) << node.log();
+  auto started = launch("/");
+  ASSERT_TRUE(started);
+  child_node& node = *started;
   long before = node.peak_rss_kib();
   raw_client c(proxy_port_);
   const uint64_t total = 1ull << 30;
@@ -183,9 +196,9 @@ TEST_F(process, a_1gib_streamed_upload_passes_with_bounded_memory) {
 }
 
 TEST_F(process, a_1gib_streamed_download_passes_with_bounded_memory) {
-  write_file(dir_.file("m.yaml"), config("/"));
-  child_node node(dir_.file("m.yaml"), dir_.file("log"));
-  ASSERT_TRUE(wait_ready()) << node.log();
+  auto started = launch("/");
+  ASSERT_TRUE(started);
+  child_node& node = *started;
   long before = node.peak_rss_kib();
   raw_client c(proxy_port_);
   ASSERT_TRUE(c.send("GET /download HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"));
