@@ -493,7 +493,6 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string_view reason_;
   int resp_version_ = 11;
   bool resp_head_sent_ = false;
-  bool resp_done_ = false;
   bool resp_chunked_out_ = false;  // we chunk the body towards the client
   bool resp_paused_ = false;       // client output above high water
   bool upstream_keep_alive_ = true;
@@ -898,7 +897,7 @@ void client_session::begin_request() {
   strip_authorization_ = false;
   target_ = nullptr;
   status_ = 0;
-  resp_head_sent_ = resp_done_ = resp_chunked_out_ = resp_paused_ = false;
+  resp_head_sent_ = resp_chunked_out_ = resp_paused_ = false;
   upstream_keep_alive_ = true;
   resp_bytes_ = 0;
 }
@@ -1156,7 +1155,6 @@ bool client_session::authenticate_jwt() {
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
   make_request_id();
-  const auto& limits = snap_->cfg.limits;
   if (version_ == 11 && host_count_ != 1) {
     return reject(400, "bad_request", host_count_ ? "more than one Host" : "missing Host", ec);
   }
@@ -1213,7 +1211,6 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     local_message_ = "request body exceeds the route's limit";
     return;
   }
-  (void)limits;
   if (!route_->jwt_providers.empty() && !authenticate_jwt()) return;
 
   // Consistent-hash key.
@@ -1866,7 +1863,6 @@ void client_session::on_response_chunk_header(uint64_t, error_code&) {}
 void client_session::on_response_finish(error_code& ec) {
   if (status_ / 100 == 1) return;
   if (resp_chunked_out_) out_.append("0\r\n\r\n");
-  resp_done_ = true;
 }
 
 // --- finishing an exchange -------------------------------------------------------------------
