@@ -64,6 +64,7 @@ struct packet {
   7: optional list<nack> nacks,                // never renumber
   8: optional list<member_update> updates,     // never renumber
   9: optional list<binary> payloads,           // never renumber; opaque application messages
+  10: optional binary summary,                 // never renumber; application state digest
 }
 
 // Push-pull anti-entropy over TCP. version stays field 1, as in packet.
@@ -73,4 +74,48 @@ struct state_sync {
   3: bool join,                       // never renumber
   4: list<member_update> members,     // never renumber
   5: binary app_state,                // never renumber; opaque application state
+}
+
+// ---- replicated state (replicated_state.h). These travel inside packet.payloads and
+// state_sync.app_state, each starting with its own version field. ----
+
+// One version of a document. family: 0 config, 1 breakers (never reassign a value).
+struct doc_entry {
+  1: i8 family,      // never renumber
+  2: string key,     // never renumber
+  3: i64 version,    // never renumber; hlc_time
+  4: string origin,  // never renumber
+  5: bool deleted,   // never renumber
+  6: binary value,   // never renumber
+}
+
+// Which version of a document a node holds (no value).
+struct doc_version {
+  1: i8 family,      // never renumber
+  2: string key,     // never renumber
+  3: i64 version,    // never renumber
+  4: string origin,  // never renumber
+}
+
+// A delta, piggybacked as one packet payload: documents a node wrote and the node's own
+// counter slots. Documents too large for a datagram travel as notices and are pulled by push-pull.
+struct state_delta {
+  1: i16 version,                       // never renumber
+  2: string origin,                     // never renumber; the node whose counter slots these are
+  3: i64 clock,                         // never renumber; origin's hybrid clock when sent
+  4: optional list<doc_entry> docs,     // never renumber
+  5: optional binary counters,          // never renumber; pack_counter_updates (crdt.h)
+  6: optional list<doc_version> notices,  // never renumber
+}
+
+// The app_state of a push-pull. The asker sends its digests and, when they are not the
+// responder's, what it holds; the reply carries what the asker lacks (up to a byte budget).
+struct state_sync_app {
+  1: i16 version,                    // never renumber
+  2: i64 config_digest,              // never renumber
+  3: i64 breaker_digest,             // never renumber
+  4: i64 clock,                      // never renumber
+  5: optional list<doc_version> have,  // never renumber
+  6: optional list<doc_entry> docs,    // never renumber
+  7: bool complete,                  // never renumber; reply: false when the budget cut it short
 }

@@ -443,6 +443,7 @@ bool gossip_node::start(std::string* error) {
   uint64_t incarnation = d.load_incarnation();
   d.persist_incarnation(incarnation);
   d.swim = std::make_unique<membership>(d.opt.self, incarnation, d.opt.swim, d);
+  if (d.opt.app) d.swim->set_application(d.opt.app);
   d.running = true;
   d.receive();
   d.accept();
@@ -482,6 +483,16 @@ void gossip_node::set_keys(std::vector<cluster_key> keys) {
   impl_->on_io([this, k = std::move(keys)]() mutable {
     impl_->opt.keys = std::move(k);
     return true;
+  });
+}
+
+void gossip_node::flush_application() {
+  auto& d = *impl_;
+  if (!d.running) return;
+  asio::post(d.ioc, [&d] {
+    if (!d.running) return;
+    d.swim->pull_application_deltas();
+    d.reschedule();
   });
 }
 

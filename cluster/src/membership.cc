@@ -85,6 +85,7 @@ size_t estimate_size(const packet& p) {
   for (const auto& u : p.updates) n += estimate_size(u);
   if (!p.payloads.empty()) n += list_overhead;
   for (const auto& s : p.payloads) n += string_field(s);
+  if (!p.summary.empty()) n += string_field(p.summary);
   return n;
 }
 
@@ -448,6 +449,7 @@ struct membership::impl {
     packet p;
     p.sender_id = self_.info.id;
     p.sender_address = self_.info.address;
+    if (app_) p.summary = app_->summary();
     return p;
   }
   void send(const std::string& address, packet& p) {
@@ -456,10 +458,12 @@ struct membership::impl {
     env_.send_packet(address, p);
   }
 
-  state_sync table(bool join) const {
+  // with_app: include the application's sync request (a push-pull this node starts).
+  state_sync table(bool join, bool with_app = true) const {
     state_sync s;
     s.sender_id = self_.info.id;
     s.join = join;
+    if (app_ && with_app) s.app_state = app_->sync_request();
     s.members.reserve(members_.size() + 1);
     s.members.push_back(update_of(self_, {}));
     for (const auto& [id, m] : members_) s.members.push_back(update_of(m, {}));
@@ -699,6 +703,10 @@ struct membership::impl {
       apply(u, false);
     }
 
+    if (app_ && now >= next_app_pull_) {  // before the gossip round, so deltas ride it
+      pull_app();
+      next_app_pull_ = now + cfg_.app_delta_interval;
+    }
     if (now >= next_gossip_) {
       gossip_round();
       next_gossip_ = aligned(next_gossip_, cfg_.gossip_interval, now);
@@ -716,6 +724,13 @@ struct membership::impl {
       next_reap_ = now + reap_period();
     }
     if (joining_ && !left_ && now >= next_join_) join_attempt(now);
+  }
+
+  void pull_app() {
+    for (auto& d : app_->take_deltas(env_.now())) {
+      remember_payload(d);
+      enqueue_payload(std::move(d));
+    }
   }
 
   // Returns the first time after now on the grid start + i*period.
@@ -745,6 +760,7 @@ struct membership::impl {
       if (!tombstones_.empty()) at(next_dead_probe_);
     }
     if (joining_ && !left_) at(next_join_);
+    if (app_) at(next_app_pull_);
     return t;
   }
 
@@ -765,6 +781,12 @@ struct membership::impl {
       }
     }
     for (const auto& s : p.payloads) receive_payload(p.sender_id, s);
+    if (app_ && !p.summary.empty() && !p.sender_address.empty() && !left_ &&
+        app_->on_summary(p.sender_id, p.summary, env_.now())) {
+      ++stats_.app_syncs;
+      ++stats_.push_pulls;
+      env_.send_state(p.sender_address, table(false));
+    }
 
     for (const auto& ping : p.pings)
       if (ping.target_id.empty() || ping.target_id == self_.info.id)
@@ -816,6 +838,7 @@ struct membership::impl {
   void receive_payload(const std::string& from, const std::string& s) {
     if (!remember_payload(s)) return;
     enqueue_payload(s);
+    if (app_) app_->on_payload(from, s);
     if (payload_handler_) payload_handler_(from, s);
   }
 
@@ -869,6 +892,8 @@ struct membership::impl {
 
   membership_stats stats_;
   std::function<void(const std::string&, const std::string&)> payload_handler_;
+  gossip_application* app_ = nullptr;
+  millis next_app_pull_{0};
 };
 
 membership::membership(member_info self, uint64_t incarnation, swim_config config, environment& env)
@@ -937,13 +962,31 @@ void membership::on_packet(const packet& p) {
 }
 
 state_sync membership::on_state_request(const state_sync& request) {
-  impl_->merge(request);
-  return impl_->table(false);
+  auto& m = *impl_;
+  m.merge(request);
+  state_sync reply = m.table(false, false);
+  if (m.app_ && request.version == protocol_version && !request.app_state.empty()) {
+    reply.app_state = m.app_->on_sync_request(request.sender_id, request.app_state);
+  }
+  return reply;
 }
 
 void membership::on_state_reply(const state_sync& reply) {
-  impl_->merge(reply);
-  impl_->joining_ = false;
+  auto& m = *impl_;
+  m.merge(reply);
+  m.joining_ = false;
+  if (m.app_ && reply.version == protocol_version && !reply.app_state.empty()) {
+    m.app_->on_sync_reply(reply.sender_id, reply.app_state);
+  }
+}
+
+void membership::set_application(gossip_application* app) {
+  impl_->app_ = app;
+  impl_->next_app_pull_ = impl_->env_.now();
+}
+
+void membership::pull_application_deltas() {
+  if (impl_->app_) impl_->pull_app();
 }
 
 void membership::broadcast_payload(std::string payload) {

@@ -28,6 +28,8 @@ struct gossip_options {
   std::vector<cluster_key> keys;  // primary first
   std::string label = "meridian";
   swim_config swim;
+  // Application state riding the gossip (replicated_state); must outlive the gossip_node.
+  gossip_application* app = nullptr;
 };
 
 // Counters of the transport, readable from any thread.
@@ -60,6 +62,10 @@ class gossip_node {
   // from the next packet on; every key in the new set is tried on receive. Takes effect on the
   // gossip thread before the call returns (or within a second when the thread is busy).
   void set_keys(std::vector<cluster_key> keys);
+
+  // Sends the application's pending deltas on the next gossip round instead of waiting for the
+  // next app_delta_interval (call after a local write). Returns at once.
+  void flush_application();
 
   uint16_t port() const;
   member self() const;

@@ -50,6 +50,8 @@ struct swim_config {
   // The member table's cap (members other than self): new members beyond it replace the oldest
   // tombstone or are refused.
   size_t max_members = 16384;
+  // How often the application (gossip_application) is asked for deltas to piggyback.
+  millis app_delta_interval{100};
 };
 
 struct member {
@@ -74,6 +76,28 @@ class environment {
   virtual void on_member_change(const member& m) {}
 };
 
+// Application state that rides the membership protocol: replicated_state implements it. The
+// membership calls it on its own thread (see class membership), never re-entrantly.
+class gossip_application {
+ public:
+  virtual ~gossip_application() = default;
+  // Returns a short summary of the local state (a digest) for every outgoing packet; "" = none.
+  virtual std::string summary() = 0;
+  // A packet from member `from` carried its summary. Returns true when this node should start a
+  // push-pull with that member now (the states differ, and deltas have not fixed it).
+  virtual bool on_summary(const std::string& from, const std::string& summary, millis now) = 0;
+  // Returns delta payloads to piggyback from now on (called every app_delta_interval).
+  virtual std::vector<std::string> take_deltas(millis now) = 0;
+  // A payload (another node's delta, first time seen) arrived.
+  virtual void on_payload(const std::string& from, const std::string& payload) = 0;
+  // Returns the app_state of a push-pull this node starts.
+  virtual std::string sync_request() = 0;
+  // Serves a push-pull: merges the asker's app_state and returns the reply's.
+  virtual std::string on_sync_request(const std::string& from, const std::string& app_state) = 0;
+  // Merges the app_state of a push-pull reply.
+  virtual void on_sync_reply(const std::string& from, const std::string& app_state) = 0;
+};
+
 struct membership_stats {
   uint64_t probes = 0;
   uint64_t indirect_probes = 0;
@@ -83,6 +107,7 @@ struct membership_stats {
   uint64_t packets_received = 0;
   uint64_t push_pulls = 0;
   uint64_t members_refused = 0;  // new members refused because the table was full
+  uint64_t app_syncs = 0;        // push-pulls started because application summaries differed
 };
 
 class membership {
@@ -110,6 +135,13 @@ class membership {
   state_sync on_state_request(const state_sync& request);
   // Push-pull, asking side: merges the reply.
   void on_state_reply(const state_sync& reply);
+
+  // Attaches the application whose deltas, summaries and sync state ride this membership
+  // (nullptr detaches). The application must outlive the membership or be detached first.
+  void set_application(gossip_application* app);
+  // Takes the application's pending deltas now (instead of at the next app_delta_interval), so
+  // a change made outside the membership's thread goes out on the next gossip round.
+  void pull_application_deltas();
 
   // Queues an opaque application payload to piggyback on outgoing packets (best effort).
   void broadcast_payload(std::string payload);

@@ -79,6 +79,7 @@ struct packet {
   std::vector<nack_msg> nacks;
   std::vector<member_update> updates;
   std::vector<std::string> payloads;
+  std::string summary;  // the sender's application summary (gossip_application), may be empty
   bool operator==(const packet&) const = default;
 };
 

@@ -1,0 +1,157 @@
+#pragma once
+// The convergent data types that replicated_state spreads over gossip. Each is a join
+// semilattice: merging is commutative, associative and idempotent, so nodes that have seen the
+// same updates hold the same state whatever the order, duplication or batching of delivery
+// (tests/unit/cluster/crdt_test.cc checks this over random histories).
+//
+//   lww_map          documents (config, breaker and health states) by key; the entry with the
+//                    highest (version, origin) wins; deletion is a tombstone entry.
+//   window_counters  per (key, window) a G-counter with one slot per node: merge takes the
+//                    maximum of each slot, a read sums them; only the current and the previous
+//                    window of a key are kept (a sliding window needs both), older ones expire.
+//
+// Not thread-safe: replicated_state holds them under its mutex.
+
+#include <boost/container/small_vector.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "meridian/cluster/hlc.h"
+
+namespace meridian::cluster {
+
+// One version of a document. A given (version, origin) always names the same content: a node
+// never reuses a timestamp, and documents seeded from a config file (version 0) carry an
+// origin derived from their content ("seed:<hash>").
+struct lww_entry {
+  hlc_time version = 0;
+  std::string origin;
+  bool deleted = false;
+  std::string value;
+  bool operator==(const lww_entry&) const = default;
+};
+
+// Returns true when a wins over b: higher version, then higher origin; a tombstone beats a
+// write with the same stamp, then the larger value (so that merge is a total order even for
+// inputs that break the uniqueness rule above).
+bool wins_over(const lww_entry& a, const lww_entry& b);
+
+class lww_map {
+ public:
+  // Merges one entry; returns true when the map changed.
+  bool merge(const std::string& key, const lww_entry& e);
+  // Returns the entry for key (tombstones included), or nullptr.
+  const lww_entry* find(const std::string& key) const;
+  // Every entry in key order, tombstones included.
+  const std::map<std::string, lww_entry>& entries() const { return entries_; }
+  size_t live_size() const { return entries_.size() - tombstones_; }
+
+  // An order-independent 64-bit hash of the live entries' (key, version, origin). Tombstones are
+  // left out: a node that deleted a key and a node that never had it hold the same documents.
+  uint64_t digest() const { return digest_; }
+  // The highest version of any entry, tombstones included (0 when empty).
+  hlc_time max_version() const { return max_version_; }
+
+  // Forgets tombstones with a version below `before`; returns how many. Callers do this only
+  // when every live member holds the same digest (so all of them have seen the deletions).
+  size_t collect_tombstones(hlc_time before);
+
+ private:
+  std::map<std::string, lww_entry> entries_;
+  size_t tombstones_ = 0;
+  uint64_t digest_ = 0;
+  hlc_time max_version_ = 0;
+};
+
+// Returns the hash that lww_map::digest() sums for a live entry.
+uint64_t entry_hash(std::string_view key, const lww_entry& e);
+
+// One node's slot of one counter: "node has counted `count` in window `window` of key".
+// key is the caller's 64-bit hash of what is counted (it includes the window length);
+// window is the window's index: (Unix ms - hlc_epoch_unix_ms) / window_ms.
+struct counter_update {
+  uint64_t key = 0;
+  uint32_t window_ms = 0;
+  uint32_t window = 0;
+  uint32_t count = 0;
+  bool operator==(const counter_update&) const = default;
+};
+
+class window_counters {
+ public:
+  // max_keys caps the number of counters held: beyond it the least recently active ones (by an
+  // approximate, sampled LRU) are evicted, so a flood of distinct keys cannot exhaust memory.
+  explicit window_counters(size_t max_keys);
+
+  // Returns the small index this node uses for a node id (index 0 is the local node, interned
+  // first by the owner). Returns UINT16_MAX when 65,535 nodes are already known.
+  uint16_t node_index(std::string_view id);
+  const std::string& node_id(uint16_t index) const { return nodes_[index]; }
+
+  // Adds n to the local node's slot (index 0) of key in window and returns the slot's new value.
+  // The key becomes dirty (take_dirty); urgent keys are taken first.
+  uint32_t add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n, bool urgent = false);
+  // Merges node's slot value; returns true when state changed.
+  bool merge(uint16_t node, const counter_update& u);
+
+  // Returns the sum of all slots of key in window (0 when unknown or expired).
+  uint64_t sum(uint64_t key, uint32_t window) const;
+  // Calls f(node index, count) for every slot of key in window.
+  void for_each_slot(uint64_t key, uint32_t window,
+                     const std::function<void(uint16_t, uint32_t)>& f) const;
+  // Calls f(node index, update) for every slot held (both windows of every key).
+  void for_each(const std::function<void(uint16_t, const counter_update&)>& f) const;
+
+  // Takes up to max keys whose local slot changed since they were last taken, urgent first, as
+  // the local node's current slot values.
+  std::vector<counter_update> take_dirty(size_t max);
+  size_t dirty() const { return dirty_.size() + urgent_.size(); }
+
+  // Drops counters whose newest window ended more than one window before now_ms (Unix ms), so
+  // neither it nor a sliding window's "previous" needs it. Returns how many were dropped.
+  size_t expire(int64_t now_ms);
+
+  size_t size() const { return cells_.size(); }
+  uint64_t evictions() const { return evictions_; }
+
+ private:
+  struct slot {
+    uint16_t node;
+    uint32_t count;
+  };
+  using slots = boost::container::small_vector<slot, 3>;
+  struct cell {
+    uint32_t window_ms = 0;
+    uint32_t window = 0;  // index of `cur`; `prev` is window - 1
+    bool dirty = false;
+    slots cur, prev;
+  };
+  cell* find_or_insert(uint64_t key, uint32_t window_ms);
+  static bool set_max(slots& s, uint16_t node, uint32_t count);
+  static uint32_t get(const slots& s, uint16_t node);
+  // Moves c forward to window (dropping windows that fall out); returns false when window is
+  // older than c's previous window.
+  static bool advance(cell& c, uint32_t window);
+  void evict_one();
+
+  size_t max_keys_;
+  std::unordered_map<uint64_t, cell> cells_;
+  std::vector<uint64_t> dirty_, urgent_;
+  std::vector<std::string> nodes_;
+  std::unordered_map<std::string, uint16_t> node_index_;
+  uint64_t evictions_ = 0;
+  uint64_t evict_cursor_ = 0;
+};
+
+// Packs counter updates for the wire: per update the key as 8 bytes little-endian, then
+// window_ms, window and count as unsigned LEB128 varints (about 16 bytes an update).
+std::string pack_counter_updates(const std::vector<counter_update>& updates);
+// Unpacks; returns false (and what decoded so far) on truncated or overlong input.
+bool unpack_counter_updates(std::string_view bytes, std::vector<counter_update>* out);
+
+}  // namespace meridian::cluster

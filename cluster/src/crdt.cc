@@ -1,0 +1,319 @@
+#include "meridian/cluster/crdt.h"
+
+#include <sodium.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <tuple>
+
+namespace meridian::cluster {
+namespace {
+
+// SipHash-2-4 under a fixed, public key: the digest must be the same on every node, and it only
+// detects differences (it authenticates nothing; the gossip layer does that).
+uint64_t siphash(std::string_view bytes) {
+  static const bool ready = sodium_init() >= 0;
+  if (!ready) std::abort();
+  static const unsigned char key[crypto_shorthash_KEYBYTES] = {'m', 'e', 'r', 'i', 'd', 'i',
+                                                               'a', 'n', '-', 'd', 'i', 'g',
+                                                               'e', 's', 't', '1'};
+  unsigned char out[crypto_shorthash_BYTES];
+  crypto_shorthash(out, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), key);
+  uint64_t h;
+  std::memcpy(&h, out, sizeof h);
+  return h;
+}
+
+void put_varint(std::string& out, uint64_t v) {
+  while (v >= 0x80) {
+    out.push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out.push_back(static_cast<char>(v));
+}
+
+bool get_varint(std::string_view& in, uint64_t* v) {
+  uint64_t result = 0;
+  for (int shift = 0; shift < 64 && !in.empty(); shift += 7) {
+    auto byte = static_cast<uint8_t>(in.front());
+    in.remove_prefix(1);
+    result |= static_cast<uint64_t>(byte & 0x7f) << shift;
+    if (!(byte & 0x80)) {
+      *v = result;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool wins_over(const lww_entry& a, const lww_entry& b) {
+  return std::tie(a.version, a.origin, a.deleted, a.value) >
+         std::tie(b.version, b.origin, b.deleted, b.value);
+}
+
+uint64_t entry_hash(std::string_view key, const lww_entry& e) {
+  std::string buf;
+  buf.reserve(key.size() + e.origin.size() + 10);
+  put_varint(buf, key.size());
+  buf.append(key);
+  put_varint(buf, e.version);
+  buf.append(e.origin);
+  return siphash(buf);
+}
+
+bool lww_map::merge(const std::string& key, const lww_entry& e) {
+  auto it = entries_.find(key);
+  if (it != entries_.end()) {
+    if (!wins_over(e, it->second)) return false;
+    if (it->second.deleted) {
+      --tombstones_;
+    } else {
+      digest_ -= entry_hash(key, it->second);
+    }
+    it->second = e;
+  } else {
+    it = entries_.emplace(key, e).first;
+  }
+  if (e.deleted) {
+    ++tombstones_;
+  } else {
+    digest_ += entry_hash(key, e);
+  }
+  max_version_ = std::max(max_version_, e.version);
+  return true;
+}
+
+const lww_entry* lww_map::find(const std::string& key) const {
+  auto it = entries_.find(key);
+  return it == entries_.end() ? nullptr : &it->second;
+}
+
+size_t lww_map::collect_tombstones(hlc_time before) {
+  size_t n = 0;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    if (it->second.deleted && it->second.version < before) {
+      it = entries_.erase(it);
+      --tombstones_;
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
+// ---- window_counters ----
+
+window_counters::window_counters(size_t max_keys) : max_keys_(std::max<size_t>(max_keys, 1)) {}
+
+uint16_t window_counters::node_index(std::string_view id) {
+  auto it = node_index_.find(std::string(id));
+  if (it != node_index_.end()) return it->second;
+  if (nodes_.size() >= std::numeric_limits<uint16_t>::max()) {
+    return std::numeric_limits<uint16_t>::max();
+  }
+  auto index = static_cast<uint16_t>(nodes_.size());
+  nodes_.emplace_back(id);
+  node_index_.emplace(std::string(id), index);
+  return index;
+}
+
+bool window_counters::set_max(slots& s, uint16_t node, uint32_t count) {
+  for (auto& x : s) {
+    if (x.node == node) {
+      if (count <= x.count) return false;
+      x.count = count;
+      return true;
+    }
+  }
+  if (count == 0) return false;
+  s.push_back(slot{node, count});
+  return true;
+}
+
+uint32_t window_counters::get(const slots& s, uint16_t node) {
+  for (const auto& x : s)
+    if (x.node == node) return x.count;
+  return 0;
+}
+
+bool window_counters::advance(cell& c, uint32_t window) {
+  if (window == c.window) return true;
+  if (window > c.window) {
+    if (window == c.window + 1) {
+      c.prev = std::move(c.cur);
+    } else {
+      c.prev.clear();
+    }
+    c.cur.clear();
+    c.window = window;
+    return true;
+  }
+  return window + 1 == c.window;
+}
+
+window_counters::cell* window_counters::find_or_insert(uint64_t key, uint32_t window_ms) {
+  auto it = cells_.find(key);
+  if (it != cells_.end()) {
+    // A different window length under the same key is a hash collision between two limits;
+    // keeping the first is the only safe answer.
+    return it->second.window_ms == window_ms ? &it->second : nullptr;
+  }
+  if (cells_.size() >= max_keys_) evict_one();
+  cell& c = cells_[key];
+  c.window_ms = window_ms;
+  return &c;
+}
+
+void window_counters::evict_one() {
+  // Sampled LRU, as Redis does it: look at a few cells from a moving bucket and drop the one
+  // whose window ends first. Exact LRU would cost a list node per key.
+  if (cells_.empty()) return;
+  size_t buckets = cells_.bucket_count();
+  uint64_t best_key = 0;
+  uint64_t best_end = std::numeric_limits<uint64_t>::max();
+  bool found = false;
+  int seen = 0;
+  for (size_t tries = 0; tries < buckets && seen < 8; ++tries) {
+    size_t b = (evict_cursor_++ * 0x9E3779B97F4A7C15ull >> 7) % buckets;
+    for (auto it = cells_.begin(b); it != cells_.end(b) && seen < 8; ++it, ++seen) {
+      uint64_t end = (static_cast<uint64_t>(it->second.window) + 1) * it->second.window_ms;
+      if (end < best_end) {
+        best_end = end;
+        best_key = it->first;
+        found = true;
+      }
+    }
+  }
+  if (!found) best_key = cells_.begin()->first;
+  cells_.erase(best_key);
+  ++evictions_;
+}
+
+uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n,
+                              bool urgent) {
+  cell* c = find_or_insert(key, window_ms);
+  if (!c) return 0;
+  if (!advance(*c, window)) return 0;
+  slots& s = window == c->window ? c->cur : c->prev;
+  uint32_t value = get(s, 0);
+  value = n > std::numeric_limits<uint32_t>::max() - value ? std::numeric_limits<uint32_t>::max()
+                                                           : value + n;
+  set_max(s, 0, value);
+  if (!c->dirty) {
+    c->dirty = true;
+    (urgent ? urgent_ : dirty_).push_back(key);
+  }
+  return value;
+}
+
+bool window_counters::merge(uint16_t node, const counter_update& u) {
+  if (u.window_ms == 0 || node == std::numeric_limits<uint16_t>::max()) return false;
+  cell* c = find_or_insert(u.key, u.window_ms);
+  if (!c) return false;
+  bool moved = u.window > c->window;
+  if (!advance(*c, u.window)) return false;
+  slots& s = u.window == c->window ? c->cur : c->prev;
+  return set_max(s, node, u.count) || moved;
+}
+
+uint64_t window_counters::sum(uint64_t key, uint32_t window) const {
+  uint64_t total = 0;
+  for_each_slot(key, window, [&](uint16_t, uint32_t n) { total += n; });
+  return total;
+}
+
+void window_counters::for_each_slot(uint64_t key, uint32_t window,
+                                    const std::function<void(uint16_t, uint32_t)>& f) const {
+  auto it = cells_.find(key);
+  if (it == cells_.end()) return;
+  const cell& c = it->second;
+  const slots* s = window == c.window ? &c.cur : window + 1 == c.window ? &c.prev : nullptr;
+  if (!s) return;
+  for (const auto& x : *s) f(x.node, x.count);
+}
+
+void window_counters::for_each(
+    const std::function<void(uint16_t, const counter_update&)>& f) const {
+  for (const auto& [key, c] : cells_) {
+    for (const auto& x : c.cur) f(x.node, counter_update{key, c.window_ms, c.window, x.count});
+    if (c.window > 0)
+      for (const auto& x : c.prev)
+        f(x.node, counter_update{key, c.window_ms, c.window - 1, x.count});
+  }
+}
+
+std::vector<counter_update> window_counters::take_dirty(size_t max) {
+  std::vector<counter_update> out;
+  auto drain = [&](std::vector<uint64_t>& from) {
+    while (!from.empty() && out.size() < max) {
+      uint64_t key = from.back();
+      from.pop_back();
+      auto it = cells_.find(key);
+      if (it == cells_.end() || !it->second.dirty) continue;
+      cell& c = it->second;
+      c.dirty = false;
+      uint32_t own = get(c.cur, 0);
+      if (own) out.push_back(counter_update{key, c.window_ms, c.window, own});
+      uint32_t own_prev = get(c.prev, 0);
+      if (own_prev && c.window > 0)
+        out.push_back(counter_update{key, c.window_ms, c.window - 1, own_prev});
+    }
+  };
+  drain(urgent_);
+  drain(dirty_);
+  return out;
+}
+
+size_t window_counters::expire(int64_t now_ms) {
+  int64_t since_epoch = now_ms - hlc_epoch_unix_ms;
+  size_t n = 0;
+  for (auto it = cells_.begin(); it != cells_.end();) {
+    const cell& c = it->second;
+    // The current window ends at (window + 1) * window_ms; it stops mattering one window later.
+    int64_t useless_after = (static_cast<int64_t>(c.window) + 2) * c.window_ms;
+    if (since_epoch >= useless_after) {
+      it = cells_.erase(it);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  return n;
+}
+
+std::string pack_counter_updates(const std::vector<counter_update>& updates) {
+  std::string out;
+  out.reserve(updates.size() * 16);
+  for (const auto& u : updates) {
+    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(u.key >> (8 * i)));
+    put_varint(out, u.window_ms);
+    put_varint(out, u.window);
+    put_varint(out, u.count);
+  }
+  return out;
+}
+
+bool unpack_counter_updates(std::string_view in, std::vector<counter_update>* out) {
+  while (!in.empty()) {
+    if (in.size() < 8) return false;
+    counter_update u;
+    for (int i = 0; i < 8; ++i) u.key |= static_cast<uint64_t>(static_cast<uint8_t>(in[i])) << (8 * i);
+    in.remove_prefix(8);
+    uint64_t window_ms, window, count;
+    if (!get_varint(in, &window_ms) || !get_varint(in, &window) || !get_varint(in, &count))
+      return false;
+    if (window_ms > UINT32_MAX || window > UINT32_MAX || count > UINT32_MAX) return false;
+    u.window_ms = static_cast<uint32_t>(window_ms);
+    u.window = static_cast<uint32_t>(window);
+    u.count = static_cast<uint32_t>(count);
+    out->push_back(u);
+  }
+  return true;
+}
+
+}  // namespace meridian::cluster
