@@ -238,6 +238,16 @@ void admin_server::impl::add_endpoints() {
            send_json(res, 200, handlers.cluster_health());
          }});
   }
+  if (handlers.config_write) {
+    auto write = [this](const httplib::Request& req, httplib::Response& res,
+                        const path_params& p) {
+      std::string kind(p[0]), name(p[1]);
+      admin_reply r = handlers.config_write(kind, name, req.method == "PUT" ? &req.body : nullptr);
+      send_json(res, r.status, r.body);
+    };
+    endpoints.push_back({"PUT", "/config/{kind}/{name}", true, write});
+    endpoints.push_back({"DELETE", "/config/{kind}/{name}", true, write});
+  }
   if (handlers.cluster_leave) {
     endpoints.push_back(
         {"POST", "/cluster/leave", true,

@@ -19,6 +19,12 @@
 
 namespace meridian::node {
 
+// An answer with a status, for endpoints whose outcome is not always 200.
+struct admin_reply {
+  int status = 200;
+  nlohmann::json body;
+};
+
 // Producers of admin answers. An unset callback makes its endpoint answer 404, so a node can
 // start serving before every subsystem is wired. New endpoints add a callback here.
 struct admin_handlers {
@@ -27,6 +33,11 @@ struct admin_handlers {
   std::function<nlohmann::json()> cluster_members;   // GET /cluster/members body
   std::function<nlohmann::json()> cluster_health;    // GET /cluster/health body
   std::function<nlohmann::json()> cluster_leave;     // POST /cluster/leave: leaves, returns body
+  // PUT (body set) and DELETE (body null) on /config/{kind}/{name}; kind is the path segment
+  // ("routes", "upstreams", "consumers", or anything else for the callback to refuse).
+  std::function<admin_reply(const std::string& kind, const std::string& name,
+                            const std::string* body)>
+      config_write;
 };
 
 class admin_server {

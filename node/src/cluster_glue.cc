@@ -1,24 +1,85 @@
 #include "cluster_glue.h"
 
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "meridian/cluster/gossip_node.h"
 #include "meridian/storage/store.h"
 
 namespace meridian::node {
 
+namespace {
+
+constexpr const char* seeded_key = "state/seeded";
+
+int64_t unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+cluster::millis steady_ms() {
+  return std::chrono::duration_cast<cluster::millis>(
+      std::chrono::steady_clock::now().time_since_epoch());
+}
+
+}  // namespace
+
 struct cluster_glue::impl {
+  // Declared in destruction order's reverse: gossip (which calls into state) goes first.
   std::unique_ptr<storage::store> store;
+  std::unique_ptr<cluster::replicated_state> state;
   std::unique_ptr<cluster::gossip_node> gossip;
   std::mutex leave_mutex;
   bool left = false;
+
+  // Write-behind of counters and tombstone collection, off the gossip thread.
+  std::thread maintenance;
+  std::mutex maintenance_mutex;
+  std::condition_variable maintenance_cv;
+  bool stopping = false;
+
+  std::vector<std::string> live_peers() const {
+    std::vector<std::string> ids;
+    std::string self = gossip->self().info.id;
+    for (const auto& m : gossip->members())
+      if (m.state == cluster::member_state::alive && m.info.id != self) ids.push_back(m.info.id);
+    return ids;
+  }
+
+  void maintain() {
+    auto next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    std::unique_lock lock(maintenance_mutex);
+    while (!maintenance_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) {
+      lock.unlock();
+      state->persist_counters();
+      if (std::chrono::steady_clock::now() >= next_gc) {
+        state->collect_garbage(live_peers(), steady_ms());
+        next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+      }
+      lock.lock();
+    }
+  }
 };
 
 cluster_glue::cluster_glue() : impl_(std::make_unique<impl>()) {}
 cluster_glue::~cluster_glue() {
+  if (impl_->maintenance.joinable()) {
+    {
+      std::lock_guard lock(impl_->maintenance_mutex);
+      impl_->stopping = true;
+    }
+    impl_->maintenance_cv.notify_all();
+    impl_->maintenance.join();
+  }
   if (impl_->gossip) impl_->gossip->stop(false);
+  if (impl_->state) impl_->state->persist_counters();
 }
 
 std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string* error) {
@@ -57,8 +118,15 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   for (const auto& s : cc.seeds) {
     if (!(s == adv)) opt.seeds.push_back(s.to_string());  // never seed from ourselves
   }
+  cluster::state_options so;
+  so.self_id = cfg.node.id;
+  glue->impl_->state =
+      std::make_unique<cluster::replicated_state>(so, unix_ms, glue->impl_->store.get());
+  if (!glue->impl_->state->load(error)) return nullptr;
+  opt.app = glue->impl_->state.get();
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
+  glue->impl_->maintenance = std::thread([g = glue->impl_.get()] { g->maintain(); });
   return glue;
 }
 
@@ -75,7 +143,24 @@ nlohmann::json cluster_glue::members_json() const {
   return {{"members", list}};
 }
 
-nlohmann::json cluster_glue::health_json(uint64_t config_version) const {
+cluster::replicated_state& cluster_glue::state() {
+  return *impl_->state;
+}
+
+bool cluster_glue::needs_seed() const {
+  std::string value;
+  return impl_->store->get(storage::family::meta, seeded_key, &value).is_not_found();
+}
+
+void cluster_glue::mark_seeded() {
+  impl_->store->put(storage::family::meta, seeded_key, "1", storage::write_options{true});
+}
+
+void cluster_glue::flush() {
+  impl_->gossip->flush_application();
+}
+
+nlohmann::json cluster_glue::health_json() const {
   auto members = impl_->gossip->members();
   std::map<std::string, int> totals{{"alive", 0}, {"suspect", 0}, {"dead", 0}, {"left", 0}};
   nlohmann::json regions = nlohmann::json::object();
@@ -87,14 +172,22 @@ nlohmann::json cluster_glue::health_json(uint64_t config_version) const {
     r[state] = r[state].get<int>() + 1;
   }
   bool healthy = totals["suspect"] == 0 && totals["dead"] == 0;
+  // Converged: every member is alive or left, and every live one reported the config digest
+  // this node holds (on its recent gossip packets).
+  auto& st = *impl_->state;
+  bool same_config = st.converged(impl_->live_peers(), steady_ms());
+  auto stats = st.stats();
+  char digest[17];
+  std::snprintf(digest, sizeof digest, "%016llx",
+                static_cast<unsigned long long>(st.digest(cluster::doc_family::config)));
   return {{"status", healthy ? "healthy" : "degraded"},
           {"self", impl_->gossip->self().info.id},
           {"members", totals},
           {"regions", regions},
-          {"config_version", config_version},
-          // Membership agreement only for now: every member this node knows is alive or left.
-          // Config digests join this check with the replicated-state layer.
-          {"converged", healthy},
+          {"config_version", st.version(cluster::doc_family::config)},
+          {"config_digest", digest},
+          {"converged", healthy && same_config},
+          {"clock_skew_ms", stats.max_clock_skew_ms},
           {"local_health", impl_->gossip->local_health()}};
 }
 
@@ -128,6 +221,36 @@ std::string cluster_glue::metrics_text() const {
   counter("auth_failures_total", "Gossip packets dropped: not sealed with an installed key.",
           c.auth_failures.load());
   counter("malformed_total", "Authenticated gossip that could not be decoded.", c.malformed.load());
+  auto ss = impl_->state->stats();
+  counter("state_deltas_sent_total", "Replicated-state deltas sent.", ss.deltas_sent);
+  counter("state_deltas_received_total", "Replicated-state deltas received.", ss.deltas_received);
+  counter("state_docs_applied_total", "Remote document versions applied.", ss.docs_applied);
+  counter("state_counter_updates_sent_total", "Counter slot updates sent.",
+          ss.counter_updates_sent);
+  counter("state_counter_updates_applied_total", "Remote counter slot updates applied.",
+          ss.counter_updates_applied);
+  counter("state_syncs_requested_total", "Anti-entropy push-pulls started on a digest mismatch.",
+          ss.syncs_requested);
+  counter("state_syncs_served_total", "Anti-entropy push-pulls served.", ss.syncs_served);
+  counter("state_clock_rejected_total",
+          "Deltas or syncs refused because the sender's clock was too far ahead.",
+          ss.clock_rejected);
+  counter("state_malformed_total", "Undecodable replicated-state messages.", ss.malformed);
+  counter("state_persist_errors_total", "Failed writes of replicated state to the store.",
+          ss.persist_errors);
+  counter("state_tombstones_collected_total", "Deleted documents forgotten after the grace.",
+          ss.tombstones_collected);
+  counter("state_counter_evictions_total", "Counters evicted by the key cap.",
+          ss.counter_evictions);
+  out += "# HELP meridian_cluster_config_documents Live cluster config documents.\n"
+         "# TYPE meridian_cluster_config_documents gauge\nmeridian_cluster_config_documents " +
+         std::to_string(ss.documents) + "\n";
+  out += "# HELP meridian_cluster_counters Rate-limit counters held.\n"
+         "# TYPE meridian_cluster_counters gauge\nmeridian_cluster_counters " +
+         std::to_string(ss.counters) + "\n";
+  out += "# HELP meridian_cluster_clock_skew_ms Largest clock offset seen from a peer.\n"
+         "# TYPE meridian_cluster_clock_skew_ms gauge\nmeridian_cluster_clock_skew_ms " +
+         std::to_string(ss.max_clock_skew_ms) + "\n";
   out +=
       "# HELP meridian_cluster_local_health Lifeguard local health score (0 is healthy).\n"
       "# TYPE meridian_cluster_local_health gauge\nmeridian_cluster_local_health " +

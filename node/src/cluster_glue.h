@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "meridian/cluster/replicated_state.h"
 #include "meridian/node/config.h"
 
 namespace meridian::node {
@@ -17,8 +18,17 @@ class cluster_glue {
   static std::unique_ptr<cluster_glue> start(const config& cfg, std::string* error);
   ~cluster_glue();
 
-  nlohmann::json members_json() const;                        // GET /cluster/members
-  nlohmann::json health_json(uint64_t config_version) const;  // GET /cluster/health
+  nlohmann::json members_json() const;  // GET /cluster/members
+  nlohmann::json health_json() const;   // GET /cluster/health
+
+  // The replicated state (config documents, breaker states, counters), loaded from the store.
+  cluster::replicated_state& state();
+  // Returns true until mark_seeded(): the config file's documents seed the cluster config once,
+  // at the node's first start.
+  bool needs_seed() const;
+  void mark_seeded();
+  // Sends local writes out on the next gossip round (call after a put or remove).
+  void flush();
   // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
   std::string metrics_text() const;
   uint16_t gossip_port() const;

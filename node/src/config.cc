@@ -1366,6 +1366,103 @@ config_result parse_config(const std::string& yaml_text, const std::string& file
   }
 }
 
+const char* document_kind_path(document_kind k) {
+  switch (k) {
+    case document_kind::route:
+      return "routes";
+    case document_kind::upstream:
+      return "upstreams";
+    case document_kind::consumer:
+      return "consumers";
+  }
+  return "?";
+}
+
+compose_result compose_config(const config& base, const std::vector<config_document>& docs,
+                              bool strict) {
+  compose_result out;
+  out.cfg = base;
+  out.cfg.routes.clear();
+  out.cfg.upstreams.clear();
+  out.cfg.consumers.clear();
+  std::vector<route_refs> refs;
+  std::vector<std::string> route_labels;
+  for (const auto& doc : docs) {
+    std::string label = std::string(document_kind_path(doc.kind)) + "/" + doc.name;
+    diagnostics d(label);
+    try {
+      YAML::Node root = YAML::Load(doc.body);
+      field f{root, "", line_of(root) != 0 ? line_of(root) : 1};
+      if (!root.IsMap()) {
+        expected(d, f, "a map");
+      } else {
+        switch (doc.kind) {
+          case document_kind::route: {
+            route_refs r;
+            route_config rc = parse_route(d, f, r);
+            if (d.empty() && rc.name != doc.name)
+              d.add(0, "name '" + rc.name + "' does not match the path");
+            if (d.empty()) {
+              out.cfg.routes.push_back(std::move(rc));
+              refs.push_back(r);
+              route_labels.push_back(label);
+            }
+            break;
+          }
+          case document_kind::upstream: {
+            upstream_config u = parse_upstream(d, f);
+            if (d.empty() && u.name != doc.name)
+              d.add(0, "name '" + u.name + "' does not match the path");
+            if (d.empty()) out.cfg.upstreams.push_back(std::move(u));
+            break;
+          }
+          case document_kind::consumer: {
+            consumer_config c = parse_consumer(d, f);
+            if (d.empty() && c.id != doc.name)
+              d.add(0, "id '" + c.id + "' does not match the path");
+            if (d.empty()) out.cfg.consumers.push_back(std::move(c));
+            break;
+          }
+        }
+      }
+    } catch (const YAML::Exception& e) {
+      d.add(line_of(e.mark), "invalid JSON: " + e.msg);
+    } catch (const std::exception& e) {
+      d.add(0, std::string("cannot parse: ") + e.what());
+    }
+    for (const auto& e : d.take_sorted()) out.errors.push_back(e.to_string());
+  }
+  // References between documents: a route's upstream and jwt provider must exist. Without
+  // strict, such a route is dropped (reported) and the rest stays.
+  std::vector<route_config> kept;
+  for (size_t i = 0; i < out.cfg.routes.size(); ++i) {
+    const route_config& r = out.cfg.routes[i];
+    std::vector<std::string> problems;
+    bool upstream_known =
+        std::any_of(out.cfg.upstreams.begin(), out.cfg.upstreams.end(),
+                    [&](const upstream_config& u) { return u.name == r.upstream; });
+    if (!upstream_known) problems.push_back("upstream '" + r.upstream + "' is not defined");
+    if (r.auth && !r.auth->jwt.empty() &&
+        std::none_of(out.cfg.jwt.begin(), out.cfg.jwt.end(),
+                     [&](const jwt_config& j) { return j.name == r.auth->jwt; })) {
+      problems.push_back("jwt provider '" + r.auth->jwt + "' is not defined on this node");
+    }
+    if (r.auth && out.cfg.jwt.empty() &&
+        std::find(r.auth->methods.begin(), r.auth->methods.end(), "jwt") != r.auth->methods.end()) {
+      problems.push_back("auth uses jwt but this node has no jwt providers");
+    }
+    for (const auto& p : problems) out.errors.push_back(route_labels[i] + ": " + p);
+    if (problems.empty()) kept.push_back(r);
+  }
+  out.cfg.routes = std::move(kept);
+  if (strict && !out.errors.empty()) {
+    out.cfg.routes.clear();
+    out.cfg.upstreams.clear();
+    out.cfg.consumers.clear();
+  }
+  return out;
+}
+
 config_result load_config(const std::string& path) {
   try {
     std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"),

@@ -9,9 +9,12 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <set>
+#include <thread>
 
 #include "admin_server.h"
 #include "cluster_glue.h"
@@ -107,9 +110,42 @@ void setup_logging(const std::string& level) {
   spdlog::set_level(lvl);
 }
 
+using cluster::doc_family;
+
+// The cluster config documents as compose_config wants them: store key "routes/users" holds
+// the route named users, as JSON.
+std::vector<config_document> documents_of(const cluster::replicated_state& state) {
+  std::vector<config_document> docs;
+  for (auto& [key, e] : state.documents(doc_family::config)) {
+    auto slash = key.find('/');
+    if (slash == std::string::npos) continue;
+    std::string_view kind(key.data(), slash);
+    config_document d;
+    if (kind == "routes") {
+      d.kind = document_kind::route;
+    } else if (kind == "upstreams") {
+      d.kind = document_kind::upstream;
+    } else if (kind == "consumers") {
+      d.kind = document_kind::consumer;
+    } else {
+      continue;
+    }
+    d.name = key.substr(slash + 1);
+    d.body = std::move(e.value);
+    docs.push_back(std::move(d));
+  }
+  return docs;
+}
+
+admin_reply error_reply(int status, const std::string& code, const std::string& message) {
+  return {status, {{"error", code}, {"message", message}}};
+}
+
 struct node::impl {
   explicit impl(config c) : cfg(std::move(c)), metrics(cfg.node.workers), targets(metrics) {}
 
+  // The config file as last read: node-local settings, and (without a cluster) the routes,
+  // upstreams and consumers too. With a cluster those come from the replicated documents.
   config cfg;
   metrics_registry metrics;
   target_registry targets;
@@ -122,15 +158,185 @@ struct node::impl {
   std::unique_ptr<health_checker> health;
   std::unique_ptr<cluster_glue> cluster;  // null without a `cluster` section
 
+  // Serialises building and installing snapshots (SIGHUP, admin writes, remote changes).
+  std::mutex apply_mutex;
+  uint64_t installed_digest = 0;  // config digest of the installed snapshot
+  std::set<std::string> reported_problems;
+  // Applies remote config changes off the gossip thread.
+  std::thread applier;
+  std::mutex applier_mutex;
+  std::condition_variable applier_cv;
+  bool config_dirty = false;
+  bool applier_stop = false;
+
   std::shared_ptr<const snapshot> current() const {
     std::lock_guard lock(snap_mutex);
     return snap;
+  }
+
+  // Returns the config to serve: the file's, with the cluster documents in place of its
+  // routes, upstreams and consumers when clustered. Problems are logged once each.
+  config effective(const config& base) {
+    if (!cluster) return base;
+    auto composed = compose_config(base, documents_of(cluster->state()), false);
+    for (const auto& e : composed.errors) {
+      if (reported_problems.insert(e).second)
+        log()->warn("cluster config document left out: {}", e);
+    }
+    return std::move(composed.cfg);
+  }
+
+  // Builds and installs a snapshot of base (plus the cluster documents). Called under
+  // apply_mutex.
+  bool install(const config& base, std::string* error) {
+    uint64_t digest = cluster ? cluster->state().digest(doc_family::config) : 0;
+    config eff = effective(base);
+    auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error);
+    if (!next) return false;
+    for (const auto& w : next->warnings) log()->warn("{}", w);
+    ++version;
+    {
+      std::lock_guard lock(snap_mutex);
+      snap = next;
+    }
+    installed_digest = digest;
+    if (proxy) proxy->update(next);
+    if (health) health->update(next);
+    log()->info("config version {} applied: {} routes, {} upstreams", next->version,
+                next->routes.size(), next->upstreams.size());
+    return true;
+  }
+
+  void run_applier() {
+    std::unique_lock lock(applier_mutex);
+    for (;;) {
+      applier_cv.wait(lock, [&] { return config_dirty || applier_stop; });
+      if (applier_stop) return;
+      config_dirty = false;
+      lock.unlock();
+      {
+        std::lock_guard apply(apply_mutex);
+        if (cluster->state().digest(doc_family::config) != installed_digest) {
+          std::string error;
+          if (!install(cfg, &error))
+            log()->error("cluster config change not applied: {}", error);
+        }
+      }
+      lock.lock();
+    }
+  }
+
+  void stop_applier() {
+    if (!applier.joinable()) return;
+    {
+      std::lock_guard lock(applier_mutex);
+      applier_stop = true;
+    }
+    applier_cv.notify_all();
+    applier.join();
+  }
+
+  // Seeds the cluster config from the file at the node's first start.
+  void seed_from_file() {
+    if (!cluster->needs_seed()) return;
+    auto j = config_to_json(cfg);
+    auto& st = cluster->state();
+    for (const char* kind : {"routes", "upstreams", "consumers"}) {
+      const char* name_key = std::string_view(kind) == "consumers" ? "id" : "name";
+      for (const auto& item : j[kind]) {
+        st.seed(doc_family::config, std::string(kind) + "/" + item[name_key].get<std::string>(),
+                item.dump());
+      }
+    }
+    cluster->mark_seeded();
+  }
+
+  admin_reply write_document(const std::string& kind, const std::string& name,
+                             const std::string* body) {
+    if (!cluster) {
+      return error_reply(409, "not_clustered",
+                         "this node runs without a cluster section: its routes, upstreams and "
+                         "consumers come from the config file (edit it and send SIGHUP)");
+    }
+    document_kind dk;
+    if (kind == "routes") {
+      dk = document_kind::route;
+    } else if (kind == "upstreams") {
+      dk = document_kind::upstream;
+    } else if (kind == "consumers") {
+      dk = document_kind::consumer;
+    } else {
+      return error_reply(404, "not_found", "no config kind '" + kind +
+                                               "' (routes, upstreams or consumers)");
+    }
+    const std::string key = kind + "/" + name;
+    auto& st = cluster->state();
+    std::string canonical;
+    if (body) {
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(*body);
+      } catch (const std::exception& e) {
+        return error_reply(400, "invalid_json", std::string("body is not JSON: ") + e.what());
+      }
+      if (!j.is_object()) return error_reply(400, "invalid_json", "body must be a JSON object");
+      const char* name_key = dk == document_kind::consumer ? "id" : "name";
+      if (!j.contains(name_key)) j[name_key] = name;
+      if (!j[name_key].is_string() || j[name_key].get<std::string>() != name) {
+        return error_reply(400, "invalid_config",
+                           std::string("'") + name_key + "' must match the path ('" + name + "')");
+      }
+      canonical = j.dump();
+    }
+
+    std::lock_guard apply(apply_mutex);
+    auto docs = documents_of(st);
+    auto existing =
+        std::find_if(docs.begin(), docs.end(),
+                     [&](const config_document& d) { return d.kind == dk && d.name == name; });
+    if (!body && existing == docs.end()) {
+      return error_reply(404, "not_found", key + " does not exist");
+    }
+    // Refuse only the problems this change brings: documents merged from two nodes' concurrent
+    // writes may already hold some, and they must not block every later fix.
+    auto before = compose_config(cfg, docs, false).errors;
+    if (body) {
+      if (existing != docs.end()) {
+        existing->body = canonical;
+      } else {
+        docs.push_back(config_document{dk, name, canonical});
+      }
+    } else {
+      docs.erase(existing);
+    }
+    auto after = compose_config(cfg, docs, false).errors;
+    std::vector<std::string> introduced;
+    std::set<std::string> old(before.begin(), before.end());
+    for (const auto& e : after)
+      if (!old.count(e)) introduced.push_back(e);
+    if (!introduced.empty()) {
+      admin_reply r = error_reply(400, "invalid_config", introduced.front());
+      r.body["errors"] = introduced;
+      return r;
+    }
+
+    std::string error;
+    cluster::hlc_time v = body ? st.put(doc_family::config, key, canonical, &error)
+                               : st.remove(doc_family::config, key, &error);
+    if (!v) return error_reply(503, "storage_error", error);
+    cluster->flush();
+    // Serve it here before answering; the others get it by gossip.
+    std::string apply_error;
+    if (!install(cfg, &apply_error))
+      log()->error("config change {} stored but not applied here: {}", key, apply_error);
+    return {200, {{"version", v}}};
   }
 };
 
 node::node(config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 node::~node() {
+  impl_->stop_applier();
   if (impl_->proxy) impl_->proxy->stop();
   if (impl_->admin) impl_->admin->stop();
 }
@@ -143,20 +349,32 @@ bool node::start(std::string* error) {
           : d.cfg.admin.token_file;
   if (!load_or_create_token(token_file, &d.token, error)) return false;
 
-  d.snap = build_snapshot(d.cfg, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error);
+  if (d.cfg.cluster) {
+    d.cluster = cluster_glue::start(d.cfg, error);
+    if (!d.cluster) return false;
+    d.seed_from_file();
+  }
+  d.installed_digest = d.cluster ? d.cluster->state().digest(doc_family::config) : 0;
+  d.snap = build_snapshot(d.effective(d.cfg), ++d.version, d.cfg.node.workers, d.targets,
+                          d.metrics, error);
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
 
   d.proxy = std::make_unique<proxy_server>(d.cfg.node.workers, d.metrics,
                                            make_access_log(d.cfg.log.access_log));
   if (!d.proxy->start(d.cfg.listen.proxy, d.snap, error)) return false;
-
-  if (d.cfg.cluster) {
-    d.cluster = cluster_glue::start(d.cfg, error);
-    if (!d.cluster) {
-      d.proxy->stop();
-      return false;
-    }
+  if (d.cluster) {
+    d.cluster->state().set_change_handler([this](doc_family f) {
+      if (f != doc_family::config) return;
+      {
+        std::lock_guard lock(impl_->applier_mutex);
+        impl_->config_dirty = true;
+      }
+      impl_->applier_cv.notify_one();
+    });
+    // A remote change may have landed between the snapshot above and the handler: check once.
+    d.config_dirty = true;
+    d.applier = std::thread([this] { impl_->run_applier(); });
   }
 
   admin_handlers handlers;
@@ -167,9 +385,7 @@ bool node::start(std::string* error) {
   };
   if (d.cluster) {
     handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
-    handlers.cluster_health = [this] {
-      return impl_->cluster->health_json(impl_->current()->version);
-    };
+    handlers.cluster_health = [this] { return impl_->cluster->health_json(); };
     handlers.cluster_leave = [this] {
       impl_->cluster->leave();
       return nlohmann::json{{"status", "left"}, {"node", impl_->cfg.node.id}};
@@ -178,8 +394,15 @@ bool node::start(std::string* error) {
   handlers.effective_config = [this] {
     auto snap = impl_->current();
     auto j = config_to_json(snap->cfg);
-    j["version"] = snap->version;
+    // Clustered: the highest document version (an HLC timestamp, the same on every node that
+    // holds the same documents); alone: the count of configs applied since start.
+    j["version"] = impl_->cluster ? impl_->cluster->state().version(doc_family::config)
+                                  : snap->version;
     return j;
+  };
+  handlers.config_write = [this](const std::string& kind, const std::string& name,
+                                 const std::string* body) {
+    return impl_->write_document(kind, name, body);
   };
   d.admin = std::make_unique<admin_server>(d.cfg.node.id, d.token, std::move(handlers));
   if (!d.admin->start(d.cfg.listen.admin.host, d.cfg.listen.admin.port, error)) {
@@ -225,24 +448,24 @@ bool node::apply(config cfg, std::string* error) {
     cfg.listen = d.cfg.listen;
     cfg.node.workers = d.cfg.node.workers;
   }
-  auto snap = build_snapshot(cfg, d.version + 1, d.cfg.node.workers, d.targets, d.metrics, error);
-  if (!snap) return false;
+  std::lock_guard apply(d.apply_mutex);
+  // Check that it builds before touching anything (the keyring included).
+  if (!build_snapshot(d.effective(cfg), d.version + 1, d.cfg.node.workers, d.targets, d.metrics,
+                      error)) {
+    return false;
+  }
   // The keyring is re-read on reload (key rotation: install, make primary, remove). The rest of
   // the cluster section (bind, seeds) changes only on restart.
   if (d.cluster && cfg.cluster && !d.cluster->reload_keys(cfg.cluster->keyring_file, error)) {
     return false;
   }
-  for (const auto& w : snap->warnings) log()->warn("{}", w);
-  ++d.version;
-  {
-    std::lock_guard lock(d.snap_mutex);
-    d.snap = snap;
+  if (d.cluster) {
+    log()->info("reload: node settings re-read from {}; routes, upstreams and consumers are "
+                "cluster documents (change them through the admin API)",
+                cfg.source);
   }
+  if (!d.install(cfg, error)) return false;
   d.cfg = std::move(cfg);
-  d.proxy->update(snap);
-  d.health->update(snap);
-  log()->info("config version {} applied: {} routes, {} upstreams", snap->version,
-              snap->routes.size(), snap->upstreams.size());
   return true;
 }
 
@@ -251,6 +474,7 @@ void node::drain(duration timeout) {
   log()->info("draining: {} open connection(s)", d.proxy ? d.proxy->connections() : 0);
   // Leave first, so that the others see `left` (not `dead`) while this node finishes requests.
   if (d.cluster) d.cluster->leave();
+  d.stop_applier();
   if (d.proxy) d.proxy->drain(timeout);
   d.health.reset();
   if (d.admin) d.admin->stop();

@@ -194,3 +194,186 @@ TEST_F(cluster_processes, keys_rotate_by_reload_without_losing_members) {
 
 }  // namespace
 }  // namespace meridian::testing
+
+// Cluster-wide config: documents written through any node's admin API reach every node's data
+// plane, bad documents are refused whole, and an acknowledged write survives kill -9.
+namespace meridian::testing {
+namespace {
+
+struct reply {
+  int status = 0;
+  nlohmann::json body;
+};
+
+class cluster_config : public cluster_processes {
+ protected:
+  reply admin(int i, const std::string& method, const std::string& path,
+              const std::string& body = "") {
+    httplib::Client c("127.0.0.1", ports_[i].admin);
+    c.set_read_timeout(5, 0);
+    httplib::Headers h = {{"Authorization", "Bearer test-token-0123456789abcdef"}};
+    httplib::Result res = method == "PUT"      ? c.Put(path.c_str(), h, body, "application/json")
+                          : method == "DELETE" ? c.Delete(path.c_str(), h)
+                                               : c.Get(path.c_str(), h);
+    if (!res) return {};
+    return {res->status, nlohmann::json::parse(res->body, nullptr, false)};
+  }
+
+  // Status of GET path on node i's proxy (0 when it does not answer).
+  int proxy_status(int i, const std::string& path) {
+    httplib::Client c("127.0.0.1", ports_[i].proxy);
+    c.set_read_timeout(2, 0);
+    auto res = c.Get(path.c_str());
+    return res ? res->status : 0;
+  }
+
+  void start_cluster(int n) {
+    for (int i = 0; i < n; ++i) start(i);
+    ASSERT_TRUE(eventually(
+        [&] {
+          for (int i = 0; i < n; ++i)
+            if (alive_count(i) != n) return false;
+          return true;
+        },
+        8s))
+        << nodes_[0]->log();
+  }
+
+  std::string upstream_doc() {
+    return R"({"targets":[{"address":")" + backend_.address() + R"("}]})";
+  }
+
+  void SetUp() override {
+    cluster_processes::SetUp();
+    backend_.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content("from backend", "text/plain");
+    });
+    backend_.start();
+  }
+
+  upstream backend_;
+};
+
+TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
+  start_cluster(count);
+  auto up = admin(0, "PUT", "/config/upstreams/backend", upstream_doc());
+  ASSERT_EQ(up.status, 200) << up.body.dump();
+  // A route is checked against the upstreams the receiving node holds: wait for node 1 to have it.
+  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
+                         5s));
+  auto put_at = std::chrono::steady_clock::now();
+  auto r = admin(1, "PUT", "/config/routes/hello",
+                 R"({"match":{"path_prefix":"/hello"},"upstream":"backend"})");
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  uint64_t version = r.body["version"].get<uint64_t>();
+
+  std::vector<double> took_ms(count, -1);
+  ASSERT_TRUE(eventually(
+      [&] {
+        bool all = true;
+        for (int i = 0; i < count; ++i) {
+          if (took_ms[i] >= 0) continue;
+          if (proxy_status(i, "/hello/x") == 200) {
+            took_ms[i] = std::chrono::duration<double, std::milli>(
+                             std::chrono::steady_clock::now() - put_at)
+                             .count();
+          } else {
+            all = false;
+          }
+        }
+        return all;
+      },
+      10s))
+      << nodes_[3]->log();
+  double slowest = *std::max_element(took_ms.begin(), took_ms.end());
+  std::printf("route served by all %d nodes %.0f ms after the PUT\n", count, slowest);
+  EXPECT_LT(slowest, 3000) << "the issue's bound is 1 s p99 (docs/benchmarks.md)";
+
+  // Every node reports the same version and, once digests have gossiped, convergence.
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < count; ++i) {
+          auto h = admin(i, "GET", "/cluster/health");
+          if (h.status != 200 || h.body["converged"] != true ||
+              h.body["config_version"].get<uint64_t>() != version)
+            return false;
+        }
+        return true;
+      },
+      10s));
+  auto cfg = admin(4, "GET", "/config");
+  EXPECT_EQ(cfg.body["version"].get<uint64_t>(), version);
+  ASSERT_EQ(cfg.body["routes"].size(), 1u);
+  EXPECT_EQ(cfg.body["routes"][0]["name"], "hello");
+
+  // A DELETE on a third node removes it everywhere.
+  ASSERT_EQ(admin(2, "DELETE", "/config/routes/hello").status, 200);
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < count; ++i)
+          if (proxy_status(i, "/hello") != 404) return false;
+        return true;
+      },
+      10s));
+}
+
+TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing) {
+  start_cluster(2);
+  auto before = admin(0, "GET", "/config");
+  auto r = admin(0, "PUT", "/config/routes/orphan",
+                 R"({"match":{"path_prefix":"/o"},"upstream":"nowhere"})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body["message"].get<std::string>().find("upstream 'nowhere' is not defined"),
+            std::string::npos)
+      << r.body.dump();
+  r = admin(0, "PUT", "/config/routes/x", "{not json");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.body["error"], "invalid_json");
+  r = admin(0, "PUT", "/config/routes/x", R"({"name":"y","upstream":"a"})");
+  EXPECT_EQ(r.status, 400);
+  r = admin(0, "PUT", "/config/upstreams/u", R"({"targets":[{"address":"nohost"}]})");
+  EXPECT_EQ(r.status, 400) << r.body.dump();
+  r = admin(0, "PUT", "/config/upstreams/u", R"({"targets":[], "bogus": 1})");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.dump().find("unknown key 'bogus'"), std::string::npos) << r.body.dump();
+  EXPECT_EQ(admin(0, "PUT", "/config/widgets/w", "{}").status, 404);
+  EXPECT_EQ(admin(0, "DELETE", "/config/routes/never").status, 404);
+  // An upstream that a route uses cannot be deleted out from under it.
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/r",
+                  R"({"match":{"path_prefix":"/r"},"upstream":"backend"})")
+                .status,
+            200);
+  r = admin(1, "DELETE", "/config/upstreams/backend");
+  if (r.status == 404) {  // node 1 may not have it yet: wait for it, then try
+    ASSERT_TRUE(eventually([&] { return proxy_status(1, "/r") == 200; }, 5s));
+    r = admin(1, "DELETE", "/config/upstreams/backend");
+  }
+  EXPECT_EQ(r.status, 400) << r.body.dump();
+  EXPECT_EQ(proxy_status(0, "/r"), 200);
+  EXPECT_EQ(admin(0, "GET", "/health").status, 200);  // still serving
+  EXPECT_EQ(before.body["routes"].size(), 0u);
+}
+
+TEST_F(cluster_config, an_acknowledged_put_survives_kill_9_of_every_node) {
+  start_cluster(3);
+  ASSERT_EQ(admin(2, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  auto r = admin(2, "PUT", "/config/routes/durable",
+                 R"({"match":{"path_prefix":"/durable"},"upstream":"backend"})");
+  ASSERT_EQ(r.status, 200);
+  for (int i = 0; i < 3; ++i) ::kill(nodes_[i]->pid(), SIGKILL);
+  for (int i = 0; i < 3; ++i) nodes_[i]->wait_exit(2s);
+  for (int i = 0; i < 3; ++i) start(i);
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (alive_count(i) != 3 || proxy_status(i, "/durable") != 200) return false;
+        return true;
+      },
+      10s))
+      << nodes_[0]->log();
+  EXPECT_EQ(admin(0, "GET", "/config").body["version"], r.body["version"]);
+}
+
+}  // namespace
+}  // namespace meridian::testing

@@ -253,4 +253,27 @@ config_result load_config(const std::string& path);
 // Parses and validates YAML text; file_name is used in error messages. Never throws.
 config_result parse_config(const std::string& yaml_text, const std::string& file_name);
 
+// Cluster-wide config documents (the admin API's /config/routes/NAME, /config/upstreams/NAME,
+// /config/consumers/ID): one object each, in the YAML file's shape, as JSON text.
+enum class document_kind { route, upstream, consumer };
+struct config_document {
+  document_kind kind;
+  std::string name;  // must equal the body's name (id for consumers)
+  std::string body;  // a JSON (or YAML) map
+};
+// "routes", "upstreams" or "consumers": the admin path segment and GET /config key.
+const char* document_kind_path(document_kind k);
+
+struct compose_result {
+  config cfg;
+  std::vector<std::string> errors;  // "routes/NAME: message" for every problem found
+};
+// Returns base with its routes, upstreams and consumers replaced by those parsed from docs (in
+// the order given). strict: every problem is reported in errors (a change is then refused).
+// Not strict: documents with problems are left out of cfg and reported, the rest is kept, so
+// that documents written concurrently on two nodes (a route whose upstream another node
+// deleted) cannot stop the data plane from applying the rest. Never throws.
+compose_result compose_config(const config& base, const std::vector<config_document>& docs,
+                              bool strict);
+
 }  // namespace meridian::node
