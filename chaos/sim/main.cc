@@ -11,7 +11,8 @@
 namespace {
 
 const char* usage =
-    "usage: meridian-sim --scenario dissemination|detection|false_positives|bandwidth\n"
+    "usage: meridian-sim --scenario "
+    "dissemination|detection|false_positives|bandwidth|config|partition_heal\n"
     "                    [--nodes N] [--loss P] [--runs R] [--seed S] [--json]\n"
     "                    [--lifeguard on|off] [--slow-nodes K] [--slow-delay-ms MS]\n"
     "                    [--duration-s S] [--regions R] [--probe-interval-ms MS]\n"

@@ -115,6 +115,9 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   opt.swim.probe_interval = cluster::millis(500);
   opt.swim.probe_timeout = cluster::millis(200);
   opt.swim.suspicion_mult = 2;
+  // Talk to a member believed dead every 2 s, so a healed partition re-forms (and its state
+  // converges) within seconds; the simulator's partition_heal scenario measures it.
+  opt.swim.dead_probe_interval = cluster::millis(2000);
   for (const auto& s : cc.seeds) {
     if (!(s == adv)) opt.seeds.push_back(s.to_string());  // never seed from ourselves
   }

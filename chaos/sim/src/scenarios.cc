@@ -1,5 +1,7 @@
 #include "meridian/sim/scenarios.h"
 
+#include "meridian/cluster/replicated_state.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,6 +20,9 @@ cluster::swim_config recommended_config() {
   c.probe_timeout = millis(200);
   c.suspicion_mult = 2;
   c.suspicion_max_mult = 6;
+  // A healed partition is noticed by talking to a member believed dead: every 2 s, so both
+  // sides are whole again (and their replicated state converges) within seconds of the heal.
+  c.dead_probe_interval = millis(2000);
   return c;
 }
 
@@ -72,6 +77,99 @@ run_result dissemination(const scenario_options& o, uint64_t seed) {
   millis took = (r.complete ? done_at : sim.now()) - t0;
   double interval = static_cast<double>(o.swim.gossip_interval.count());
   r.rounds = std::ceil(static_cast<double>(took.count()) / interval);
+  r.simulated_s = static_cast<double>(sim.now().count()) / 1000;
+  return r;
+}
+
+// Replicated state on every simulated node, with the simulator's clock as wall time.
+struct state_cluster {
+  state_cluster(simulator& sim, const scenario_options& o) : sim(sim) {
+    build_cluster(sim, o);
+    for (size_t i = 0; i < o.nodes; ++i) {
+      cluster::state_options so;
+      so.self_id = sim.info(i).id;
+      states.push_back(std::make_unique<cluster::replicated_state>(
+          so, [&sim] { return cluster::hlc_epoch_unix_ms + 86'400'000 + sim.now().count(); },
+          nullptr));
+      sim.node(i).set_application(states.back().get());
+      sim.touch(i);
+    }
+  }
+  cluster::hlc_time put(size_t i, const std::string& key, const std::string& value) {
+    std::string error;
+    auto v = states[i]->put(cluster::doc_family::config, key, value, &error);
+    sim.node(i).pull_application_deltas();
+    sim.touch(i);
+    return v;
+  }
+  bool all_have(const std::string& key, cluster::hlc_time v) const {
+    for (const auto& s : states) {
+      auto e = s->get(cluster::doc_family::config, key);
+      if (!e || e->version < v) return false;
+    }
+    return true;
+  }
+  bool same_digest() const {
+    for (const auto& s : states)
+      if (s->digest(cluster::doc_family::config) !=
+          states[0]->digest(cluster::doc_family::config))
+        return false;
+    return true;
+  }
+  simulator& sim;
+  std::vector<std::unique_ptr<cluster::replicated_state>> states;
+};
+
+run_result config_convergence(const scenario_options& o, uint64_t seed) {
+  simulator sim(seed);
+  state_cluster c(sim, o);
+  run_result r;
+  sim.run_until(warmup);
+  size_t origin = sim.random().below(o.nodes);
+  millis t0 = sim.now();
+  auto v = c.put(origin, "routes/r", R"({"name":"r","upstream":"u"})");
+  r.complete = sim.run_until([&] { return c.all_have("routes/r", v); }, t0 + millis(60000),
+                             millis(10));
+  r.converge_s = static_cast<double>((sim.now() - t0).count()) / 1000;
+  r.simulated_s = static_cast<double>(sim.now().count()) / 1000;
+  return r;
+}
+
+run_result partition_heal(const scenario_options& o, uint64_t seed) {
+  simulator sim(seed);
+  state_cluster c(sim, o);
+  run_result r;
+  sim.run_until(warmup);
+  std::vector<size_t> left;
+  for (size_t i = 0; i < o.nodes / 2; ++i) left.push_back(i);
+  sim.partition(left);
+  sim.run_until(sim.now() + millis(1000));
+  // Writes on both sides: one shared key (the later write must win) and one key per node.
+  std::vector<std::pair<std::string, cluster::hlc_time>> acked;
+  for (size_t i = 0; i < o.nodes; ++i) {
+    sim.run_until(sim.now() + millis(sim.random().below(200)));
+    acked.emplace_back("routes/n" + std::to_string(i), c.put(i, "routes/n" + std::to_string(i), "x"));
+    acked.emplace_back("routes/shared", c.put(i, "routes/shared", std::to_string(i)));
+  }
+  sim.run_until(sim.now() + millis(8000));  // each side declares the other dead
+  sim.heal();
+  millis t0 = sim.now();
+  r.complete = sim.run_until(
+      [&] {
+        if (!c.same_digest()) return false;
+        for (const auto& [k, v] : acked)
+          if (!c.all_have(k, v) && k != "routes/shared") return false;
+        return true;
+      },
+      t0 + millis(60000), millis(10));
+  r.converge_s = static_cast<double>((sim.now() - t0).count()) / 1000;
+  cluster::hlc_time last_shared = 0;
+  for (const auto& [k, v] : acked)
+    if (k == "routes/shared") last_shared = std::max(last_shared, v);
+  for (const auto& [k, v] : acked) {
+    cluster::hlc_time want = k == "routes/shared" ? last_shared : v;
+    if (!c.all_have(k, want)) ++r.lost_writes;
+  }
   r.simulated_s = static_cast<double>(sim.now().count()) / 1000;
   return r;
 }
@@ -170,13 +268,16 @@ run_result run_once(const scenario_options& o, uint64_t seed) {
   if (o.scenario == "detection") return detection(o, seed);
   if (o.scenario == "false_positives") return false_positives(o, seed);
   if (o.scenario == "bandwidth") return bandwidth(o, seed);
-  throw std::invalid_argument("unknown scenario '" + o.scenario +
-                              "' (dissemination|detection|false_positives|bandwidth)");
+  if (o.scenario == "config") return config_convergence(o, seed);
+  if (o.scenario == "partition_heal") return partition_heal(o, seed);
+  throw std::invalid_argument(
+      "unknown scenario '" + o.scenario +
+      "' (dissemination|detection|false_positives|bandwidth|config|partition_heal)");
 }
 
 std::string run_json(const scenario_options& o) {
   auto start = std::chrono::steady_clock::now();
-  std::vector<double> rounds, detect, bytes;
+  std::vector<double> rounds, detect, bytes, converge;
   run_result sum;
   size_t incomplete = 0;
   for (size_t i = 0; i < o.runs; ++i) {
@@ -185,6 +286,8 @@ std::string run_json(const scenario_options& o) {
     rounds.push_back(r.rounds);
     detect.push_back(r.detect_s);
     bytes.push_back(r.bytes_per_node_per_s);
+    converge.push_back(r.converge_s);
+    sum.lost_writes += r.lost_writes;
     sum.false_dead += r.false_dead;
     sum.slow_dead += r.slow_dead;
     sum.healthy_suspect_marks += r.healthy_suspect_marks;
@@ -195,7 +298,8 @@ std::string run_json(const scenario_options& o) {
   }
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   bool diss = o.scenario == "dissemination", det = o.scenario == "detection",
-       fp = o.scenario == "false_positives", bw = o.scenario == "bandwidth";
+       fp = o.scenario == "false_positives", bw = o.scenario == "bandwidth",
+       st = o.scenario == "config" || o.scenario == "partition_heal";
   auto opt = [](bool on, double v) { return on ? number(v) : std::string("null"); };
   std::string j = "{";
   j += "\"scenario\":\"" + o.scenario + "\"";
@@ -218,6 +322,10 @@ std::string run_json(const scenario_options& o) {
   j += ",\"refutations\":" + opt(fp || bw, static_cast<double>(sum.refutations));
   j += ",\"probes\":" + opt(fp || bw, static_cast<double>(sum.probes));
   j += ",\"bytes_per_node_per_s\":" + opt(bw, percentile(bytes, 50));
+  j += ",\"converge_s_p50\":" + opt(st, percentile(converge, 50));
+  j += ",\"converge_s_p99\":" + opt(st, percentile(converge, 99));
+  j += ",\"converge_s_max\":" + opt(st, percentile(converge, 100));
+  j += ",\"lost_writes\":" + opt(o.scenario == "partition_heal", static_cast<double>(sum.lost_writes));
   j += ",\"incomplete\":" + std::to_string(incomplete);
   j += ",\"simulated_s\":" + number(sum.simulated_s);
   j += ",\"wall_s\":" + number(wall);

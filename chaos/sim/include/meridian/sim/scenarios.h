@@ -1,5 +1,5 @@
 #pragma once
-// The membership measurements of issue 3, as functions over the simulator: dissemination
+// The membership measurements of issue 3 (and the replicated-state ones of issue 4), as functions over the simulator: dissemination
 // rounds, detection time, false positives under loss (and slow nodes) and idle bandwidth.
 // meridian-sim is a thin command line over run_json(); tests call run_once() at small sizes.
 
@@ -18,7 +18,8 @@ cluster::swim_config recommended_config();
 
 struct scenario_options {
   std::string scenario =
-      "dissemination";  // dissemination | detection | false_positives | bandwidth
+      "dissemination";  // dissemination | detection | false_positives | bandwidth | config |
+                        // partition_heal
   size_t nodes = 100;
   double loss = 0;
   size_t runs = 1;
@@ -45,6 +46,10 @@ struct run_result {
   uint64_t probes = 0;
   double bytes_per_node_per_s = 0;
   double simulated_s = 0;
+  // config: a PUT on one node until every node holds it; partition_heal: the heal until every
+  // node holds the same documents.
+  double converge_s = 0;
+  uint64_t lost_writes = 0;  // partition_heal: acknowledged writes missing after convergence
 };
 
 // Names members node-0000..., addresses 10.x.y.z:7946, regions eu-west/us-east/ap-south/...
