@@ -123,6 +123,11 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   }
   cluster::state_options so;
   so.self_id = cfg.node.id;
+  so.counter_sync_interval = std::chrono::duration_cast<cluster::millis>(cc.sync_interval);
+  so.max_clock_skew_ms = std::chrono::duration_cast<cluster::millis>(cc.max_clock_skew).count();
+  so.tombstone_grace_ms = std::chrono::duration_cast<cluster::millis>(cc.tombstone_grace).count();
+  so.max_counter_keys = cc.max_counter_keys;
+  opt.swim.app_delta_interval = std::chrono::duration_cast<cluster::millis>(cc.sync_interval);
   glue->impl_->state =
       std::make_unique<cluster::replicated_state>(so, unix_ms, glue->impl_->store.get());
   if (!glue->impl_->state->load(error)) return nullptr;

@@ -645,6 +645,19 @@ void parse_cluster_section(diagnostics& d, const field& f, cluster_section& out)
     });
   }
   if (auto v = m.take("keyring_file")) read_string(d, *v, out.keyring_file, false);
+  if (auto v = m.take("sync_interval")) {
+    duration t = out.sync_interval;
+    if (read_duration(d, *v, t)) {
+      if (t < std::chrono::milliseconds(10) || t > std::chrono::seconds(10)) {
+        d.add(v->line, v->path + ": must be between 10ms and 10s");
+      } else {
+        out.sync_interval = t;
+      }
+    }
+  }
+  if (auto v = m.take("max_clock_skew")) read_duration(d, *v, out.max_clock_skew);
+  if (auto v = m.take("tombstone_grace")) read_duration(d, *v, out.tombstone_grace);
+  if (auto v = m.take("max_counter_keys")) read_uint(d, *v, out.max_counter_keys, 1000);
   m.finish();
 }
 

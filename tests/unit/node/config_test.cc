@@ -268,6 +268,21 @@ TEST(config, cluster_advertise_defaults_to_bind) {
   EXPECT_THAT(c.cluster->seeds, IsEmpty());
 }
 
+TEST(config, cluster_state_settings_have_defaults_and_bounds) {
+  config c = parse_ok(std::string(minimal) + "cluster: {bind: 10.0.0.1:7000}\n");
+  EXPECT_EQ(c.cluster->sync_interval, std::chrono::milliseconds(100));
+  EXPECT_EQ(c.cluster->tombstone_grace, std::chrono::hours(24));
+  c = parse_ok(std::string(minimal) +
+               "cluster: {sync_interval: 50ms, max_clock_skew: 5s, tombstone_grace: 2h, "
+               "max_counter_keys: 5000}\n");
+  EXPECT_EQ(c.cluster->sync_interval, std::chrono::milliseconds(50));
+  EXPECT_EQ(c.cluster->max_clock_skew, std::chrono::seconds(5));
+  EXPECT_EQ(c.cluster->max_counter_keys, 5000u);
+  auto bad = parse_config(std::string(minimal) + "cluster: {sync_interval: 1ms}\n", "c.yaml");
+  ASSERT_FALSE(bad.value);
+  EXPECT_THAT(errors_of(bad)[0], HasSubstr("cluster.sync_interval: must be between 10ms and 10s"));
+}
+
 TEST(config, workers_zero_means_one_per_core) {
   config c = parse_ok("node: {region: r, workers: 0}\n");
   unsigned cores = std::max(1u, std::min(256u, std::thread::hardware_concurrency()));

@@ -57,6 +57,11 @@ struct cluster_section {
   address advertise;  // default: bind
   std::vector<address> seeds;
   std::string keyring_file;
+  // Replicated state (docs/architecture.md, "Replicated state").
+  duration sync_interval = std::chrono::milliseconds(100);  // delta rounds (counters, documents)
+  duration max_clock_skew = std::chrono::seconds(30);       // state from clocks further ahead is refused
+  duration tombstone_grace = std::chrono::hours(24);        // deleted documents remembered this long
+  uint64_t max_counter_keys = 2'000'000;                    // rate-limit counters held (LRU beyond)
 };
 
 // Protective limits for client connections (Envoy/nginx-like defaults).
