@@ -7,6 +7,7 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -107,6 +108,8 @@ struct replicated_state::impl {
   lww_map maps[family_count];
   window_counters counters;
   std::function<void(doc_family)> on_change;
+  std::function<void(uint64_t, uint32_t, uint64_t)> counter_observer;
+  std::function<void()> flush_hook;
 
   // Documents written here and not yet handed to the gossip layer.
   std::vector<std::pair<doc_family, std::string>> pending_docs;
@@ -427,6 +430,34 @@ uint32_t replicated_state::count(uint64_t key, uint32_t window_ms, uint32_t wind
   return impl_->counters.add(key, window_ms, window, n, urgent);
 }
 
+void replicated_state::count_batch(const std::vector<counter_add>& adds) {
+  std::lock_guard lock(impl_->mu);
+  for (const auto& a : adds) {
+    impl_->note_counter(a.key);
+    impl_->counters.add(a.key, a.window_ms, a.window, a.n, a.urgent);
+  }
+}
+
+uint64_t replicated_state::counter_others(uint64_t key, uint32_t window) const {
+  std::lock_guard lock(impl_->mu);
+  uint64_t others = 0;
+  impl_->counters.for_each_slot(key, window, [&](uint16_t node, uint32_t n) {
+    if (node != 0) others += n;
+  });
+  return others;
+}
+
+void replicated_state::set_counter_observer(
+    std::function<void(uint64_t, uint32_t, uint64_t)> observer) {
+  std::lock_guard lock(impl_->mu);
+  impl_->counter_observer = std::move(observer);
+}
+
+void replicated_state::set_flush_hook(std::function<void()> hook) {
+  std::lock_guard lock(impl_->mu);
+  impl_->flush_hook = std::move(hook);
+}
+
 uint64_t replicated_state::counter_sum(uint64_t key, uint32_t window) const {
   std::lock_guard lock(impl_->mu);
   return impl_->counters.sum(key, window);
@@ -545,6 +576,12 @@ bool replicated_state::on_summary(const std::string& from, const std::string& su
 
 std::vector<std::string> replicated_state::take_deltas(millis now) {
   auto& d = *impl_;
+  std::function<void()> hook;
+  {
+    std::lock_guard lock(d.mu);
+    hook = d.flush_hook;
+  }
+  if (hook && now >= d.next_counter_flush) hook();
   std::lock_guard lock(d.mu);
   std::vector<std::string> out;
   if (!d.pending_docs.empty()) d.take_doc_deltas(out);
@@ -558,6 +595,8 @@ std::vector<std::string> replicated_state::take_deltas(millis now) {
 void replicated_state::on_payload(const std::string& from, const std::string& payload) {
   auto& d = *impl_;
   bool changed[family_count] = {false, false};
+  std::vector<std::tuple<uint64_t, uint32_t, uint64_t>> counter_changes;
+  std::function<void(uint64_t, uint32_t, uint64_t)> observer;
   {
     std::lock_guard lock(d.mu);
     gen::state_delta delta;
@@ -594,10 +633,25 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
         if (d.counters.merge(node, u)) {
           ++d.stats.counter_updates_applied;
           d.note_counter(u.key);
+          if (d.counter_observer) {
+            uint64_t others = 0;
+            d.counters.for_each_slot(u.key, u.window, [&](uint16_t n, uint32_t c) {
+              if (n != 0) others += c;
+            });
+            counter_changes.emplace_back(u.key, u.window, others);
+          }
         }
       }
+      double lag = static_cast<double>(d.clock.wall_ms() -
+                                       hlc_unix_ms(static_cast<hlc_time>(delta.clock)));
+      d.stats.counter_sync_lag_ms = d.stats.counter_sync_lag_ms == 0
+                                        ? lag
+                                        : 0.9 * d.stats.counter_sync_lag_ms + 0.1 * lag;
     }
+    observer = d.counter_observer;
   }
+  if (observer)
+    for (const auto& [key, window, others] : counter_changes) observer(key, window, others);
   if (d.on_change)
     for (size_t i = 0; i < family_count; ++i)
       if (changed[i]) d.on_change(static_cast<doc_family>(i));

@@ -248,6 +248,15 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"PUT", "/config/{kind}/{name}", true, write});
     endpoints.push_back({"DELETE", "/config/{kind}/{name}", true, write});
   }
+  if (handlers.ratelimit_view) {
+    endpoints.push_back(
+        {"GET", "/ratelimits/{route}", true,
+         [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
+           admin_reply r = handlers.ratelimit_view(p[0], req.get_param_value("key"),
+                                                   req.get_param_value("limit"));
+           send_json(res, r.status, r.body);
+         }});
+  }
   if (handlers.cluster_leave) {
     endpoints.push_back(
         {"POST", "/cluster/leave", true,

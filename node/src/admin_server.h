@@ -38,6 +38,10 @@ struct admin_handlers {
   std::function<admin_reply(const std::string& kind, const std::string& name,
                             const std::string* body)>
       config_write;
+  // GET /ratelimits/{route}?key=K[&limit=I] (key and limit empty when absent).
+  std::function<admin_reply(const std::string& route, const std::string& key,
+                            const std::string& limit)>
+      ratelimit_view;
 };
 
 class admin_server {

@@ -44,6 +44,28 @@ struct cluster_glue::impl {
   std::mutex maintenance_mutex;
   std::condition_variable maintenance_cv;
   bool stopping = false;
+  std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under maintenance_mutex
+  std::string region;
+
+  void publish_view() {
+    size_t gt = 0, gu = 0, rt = 0, ru = 0;
+    for (const auto& m : gossip->members()) {
+      if (m.state == cluster::member_state::left) continue;
+      bool down = m.state != cluster::member_state::alive;
+      ++gt;
+      gu += down;
+      if (m.info.region == region) {
+        ++rt;
+        ru += down;
+      }
+    }
+    std::function<void(size_t, size_t, size_t, size_t)> l;
+    {
+      std::lock_guard lock(maintenance_mutex);
+      l = view_listener;
+    }
+    if (l) l(gt, gu, rt, ru);
+  }
 
   std::vector<std::string> live_peers() const {
     std::vector<std::string> ids;
@@ -58,6 +80,7 @@ struct cluster_glue::impl {
     std::unique_lock lock(maintenance_mutex);
     while (!maintenance_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) {
       lock.unlock();
+      publish_view();
       state->persist_counters();
       if (std::chrono::steady_clock::now() >= next_gc) {
         state->collect_garbage(live_peers(), steady_ms());
@@ -132,6 +155,7 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
       std::make_unique<cluster::replicated_state>(so, unix_ms, glue->impl_->store.get());
   if (!glue->impl_->state->load(error)) return nullptr;
   opt.app = glue->impl_->state.get();
+  glue->impl_->region = cfg.node.region;
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
   glue->impl_->maintenance = std::thread([g = glue->impl_.get()] { g->maintain(); });
@@ -162,6 +186,12 @@ bool cluster_glue::needs_seed() const {
 
 void cluster_glue::mark_seeded() {
   impl_->store->put(storage::family::meta, seeded_key, "1", storage::write_options{true});
+}
+
+void cluster_glue::set_view_listener(
+    std::function<void(size_t, size_t, size_t, size_t)> listener) {
+  std::lock_guard lock(impl_->maintenance_mutex);
+  impl_->view_listener = std::move(listener);
 }
 
 void cluster_glue::flush() {

@@ -2,6 +2,7 @@
 // The node's side of the cluster: opens the store, loads the keyring, runs the gossip member
 // and answers the admin API's cluster endpoints. Absent when the config has no `cluster`.
 
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -29,6 +30,9 @@ class cluster_glue {
   void mark_seeded();
   // Sends local writes out on the next gossip round (call after a put or remove).
   void flush();
+  // Called about once a second with (members, unreachable members) of the cluster and of this
+  // node's region (left members not counted; unreachable = suspect or dead).
+  void set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener);
   // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
   std::string metrics_text() const;
   uint16_t gossip_port() const;

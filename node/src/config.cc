@@ -1031,6 +1031,14 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
   if (auto v = m.take("scope")) {
     ok = read_choice(d, *v, rl.scope, {"local", "region", "global"}) && ok;
   }
+  if (auto v = m.take("burst")) ok = read_uint(d, *v, rl.burst, 1) && ok;
+  if (auto v = m.take("on_partition")) {
+    ok = read_choice(d, *v, rl.on_partition, {"local_share", "fail_open", "fail_closed"}) && ok;
+  }
+  if (ok && rl.window < std::chrono::milliseconds(100)) {
+    d.add(f.line, f.path + ": window must be at least 100ms");
+    ok = false;
+  }
   m.finish();
   if (!ok) return std::nullopt;
   return rl;

@@ -120,11 +120,14 @@ json match_to_json(const match_config& m) {
 }
 
 json rate_limit_to_json(const rate_limit_config& r) {
-  return {{"limit", r.limit},
-          {"window", format_duration(r.window)},
-          {"key", r.key},
-          {"algorithm", r.algorithm},
-          {"scope", r.scope}};
+  json out = {{"limit", r.limit},
+              {"window", format_duration(r.window)},
+              {"key", r.key},
+              {"algorithm", r.algorithm},
+              {"scope", r.scope},
+              {"on_partition", r.on_partition}};
+  if (r.burst) out["burst"] = r.burst;
+  return out;
 }
 
 json route_to_json(const route_config& r) {

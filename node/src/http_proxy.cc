@@ -427,6 +427,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Checks the route's JWT providers against the request's bearer token. On failure sets up a
   // 401 answer and returns false; on success records the claim headers to forward.
   bool authenticate_jwt();
+  // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
+  bool check_rate_limits();
   bool request_replayable() const;
 
   worker& w_;
@@ -476,6 +478,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   const target_state* exclude_ = nullptr;
   int local_status_ = 0;
   std::string www_authenticate_;                                   // for a 401 answer
+  std::string rate_limit_headers_;  // "RateLimit-...: v\r\n" lines for the answer, or empty
+  std::string consumer_;            // the authenticated consumer (JWT sub), or empty
   std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
   bool strip_authorization_ = false;
   const char* local_code_ = "";
@@ -893,6 +897,8 @@ void client_session::begin_request() {
   exclude_ = nullptr;
   local_status_ = 0;
   www_authenticate_.clear();
+  rate_limit_headers_.clear();
+  consumer_.clear();
   auth_headers_.clear();
   strip_authorization_ = false;
   target_ = nullptr;
@@ -1142,6 +1148,9 @@ bool client_session::authenticate_jwt() {
     return false;
   }
   local_status_ = 0;
+  if (auto sub = result.claims.find("sub"); sub != result.claims.end() && sub->is_string()) {
+    consumer_ = sub->get<std::string>();
+  }
   for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
     auto it = result.claims.find(claim);
     if (it == result.claims.end() || it->is_null()) continue;
@@ -1151,6 +1160,65 @@ bool client_session::authenticate_jwt() {
   }
   strip_authorization_ = true;  // credentials end at the gateway
   return true;
+}
+
+bool client_session::check_rate_limits() {
+  const auto& rc = *route_->cfg;
+  auto& limiter = *snap_->limiter;
+  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::system_clock::now().time_since_epoch())
+                    .count();
+  // The counted value of each limit's key. consumer: the authenticated consumer, else the
+  // client address (so anonymous clients are still limited one by one).
+  auto key_value = [&](const rate_limit_config& cfg) -> std::string_view {
+    if (cfg.key == "ip") return client_ip_;
+    if (cfg.key == "consumer") return consumer_.empty() ? std::string_view(client_ip_) : consumer_;
+    if (cfg.key == "route" || cfg.key == "global") return {};
+    std::string_view name = std::string_view(cfg.key).substr(7);  // "header:NAME"
+    for (auto& f : fields_)
+      if (iequals(f.name, name)) return f.value;
+    return {};
+  };
+  // Check every limit first and count only when all admit: a refused request counts nowhere.
+  uint64_t keys[8];
+  size_t n = std::min<size_t>(rc.rate_limits.size(), 8);
+  limit_decision tightest;
+  bool first = true, allowed = true;
+  for (size_t i = 0; i < n; ++i) {
+    keys[i] = limiter.key_of(rc.name, i, rc.rate_limits[i], key_value(rc.rate_limits[i]));
+    auto d = limiter.check(keys[i], rc.rate_limits[i], now, false, w_.index);
+    if (!d.allowed) {
+      allowed = false;
+      tightest = d;
+      break;
+    }
+    if (first || d.remaining < tightest.remaining) tightest = d;
+    first = false;
+  }
+  if (allowed) {
+    for (size_t i = 0; i < n; ++i) {
+      auto d = limiter.check(keys[i], rc.rate_limits[i], now, true, w_.index);
+      if (!d.allowed) {  // another request took the last one meanwhile
+        allowed = false;
+        tightest = d;
+        break;
+      }
+      if (i == 0 || d.remaining < tightest.remaining) tightest = d;
+    }
+  }
+  rate_limit_headers_ = "RateLimit-Limit: " + std::to_string(tightest.limit) +
+                        "\r\nRateLimit-Remaining: " + std::to_string(tightest.remaining) +
+                        "\r\nRateLimit-Reset: " + std::to_string(tightest.reset_s) + "\r\n";
+  if (route_->limit_stats) {
+    (allowed ? route_->limit_stats->allowed : route_->limit_stats->rejected)
+        .fetch_add(1, std::memory_order_relaxed);
+  }
+  if (allowed) return true;
+  rate_limit_headers_ += "Retry-After: " + std::to_string(tightest.retry_after_s) + "\r\n";
+  local_status_ = 429;
+  local_code_ = "rate_limited";
+  local_message_ = "rate limit exceeded; retry later";
+  return false;
 }
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
@@ -1212,6 +1280,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     return;
   }
   if (!route_->jwt_providers.empty() && !authenticate_jwt()) return;
+  if (!rc.rate_limits.empty() && snap_->limiter && !check_rate_limits()) return;
 
   // Consistent-hash key.
   const auto& up = *route_->upstream;
@@ -1817,6 +1886,7 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
     out_.append("\r\n");
   }
   if (!informational) {
+    out_.append(rate_limit_headers_);
     if (!has_request_id) {
       out_.append("X-Request-Id: ");
       out_.append(request_id_);
@@ -1964,6 +2034,10 @@ void client_session::send_error(int status, std::string_view code, std::string_v
   if (status == 401 && !www_authenticate_.empty()) {
     out_.append("\r\nWWW-Authenticate: ");
     out_.append(www_authenticate_);
+  }
+  if (!rate_limit_headers_.empty()) {
+    out_.append("\r\n");
+    out_.append(std::string_view(rate_limit_headers_).substr(0, rate_limit_headers_.size() - 2));
   }
   if (!req_done_) close_after_response_ = true;
   if (close_after_response_ || w_.draining) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <charconv>
 #include <set>
 #include <thread>
 
@@ -21,6 +22,7 @@
 #include "config_json.h"
 #include "health_checker.h"
 #include "http_proxy.h"
+#include "rate_limiter.h"
 #include "runtime.h"
 
 namespace meridian::node {
@@ -149,6 +151,8 @@ struct node::impl {
   config cfg;
   metrics_registry metrics;
   target_registry targets;
+  // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
+  std::unique_ptr<rate_limiter> limiter;
   std::string token;
   uint64_t version = 0;
   mutable std::mutex snap_mutex;
@@ -191,7 +195,8 @@ struct node::impl {
   bool install(const config& base, std::string* error) {
     uint64_t digest = cluster ? cluster->state().digest(doc_family::config) : 0;
     config eff = effective(base);
-    auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error);
+    auto next =
+        build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error, limiter.get());
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
     ++version;
@@ -249,6 +254,39 @@ struct node::impl {
       }
     }
     cluster->mark_seeded();
+  }
+
+  // GET /ratelimits/{route}?key=K[&limit=I]: the cluster-wide count of one key of one limit.
+  admin_reply ratelimit_view(const std::string& route, const std::string& key,
+                             const std::string& limit) {
+    auto snap = current();
+    const route_config* rc = nullptr;
+    for (const auto& r : snap->cfg.routes)
+      if (r.name == route) rc = &r;
+    if (!rc) return error_reply(404, "not_found", "no route '" + route + "'");
+    if (rc->rate_limits.empty())
+      return error_reply(404, "not_found", "route '" + route + "' has no rate limit");
+    size_t index = 0;
+    if (!limit.empty()) {
+      auto [p, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), index);
+      if (ec != std::errc() || p != limit.data() + limit.size() || index >= rc->rate_limits.size())
+        return error_reply(400, "bad_request", "limit must be 0.." +
+                                                   std::to_string(rc->rate_limits.size() - 1));
+    }
+    const auto& cfg = rc->rate_limits[index];
+    uint64_t k = limiter->key_of(rc->name, index, cfg, key);
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+    auto v = limiter->view(k, cfg, now);
+    return {200,
+            {{"limit", v.limit},
+             {"window_ms", v.window_ms},
+             {"count", v.count},
+             {"by_node", v.by_node},
+             {"key", cfg.key},
+             {"scope", cfg.scope},
+             {"algorithm", cfg.algorithm}}};
   }
 
   admin_reply write_document(const std::string& kind, const std::string& name,
@@ -355,8 +393,23 @@ bool node::start(std::string* error) {
     d.seed_from_file();
   }
   d.installed_digest = d.cluster ? d.cluster->state().digest(doc_family::config) : 0;
+  rate_limiter::options lo;
+  lo.node_id = d.cfg.node.id;
+  lo.region = d.cfg.node.region;
+  d.limiter = std::make_unique<rate_limiter>(lo, d.cluster ? &d.cluster->state() : nullptr);
+  if (d.cluster) {
+    auto* limiter = d.limiter.get();
+    d.cluster->state().set_counter_observer(
+        [limiter](uint64_t key, uint32_t window, uint64_t others) {
+          limiter->on_remote(key, window, others);
+        });
+    d.cluster->state().set_flush_hook([limiter] { limiter->flush(); });
+    d.cluster->set_view_listener([limiter](size_t gt, size_t gu, size_t rt, size_t ru) {
+      limiter->set_view(gt, gu, rt, ru);
+    });
+  }
   d.snap = build_snapshot(d.effective(d.cfg), ++d.version, d.cfg.node.workers, d.targets,
-                          d.metrics, error);
+                          d.metrics, error, d.limiter.get());
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
 
@@ -380,6 +433,7 @@ bool node::start(std::string* error) {
   admin_handlers handlers;
   handlers.metrics_text = [this] {
     auto text = impl_->metrics.render_prometheus();
+    if (impl_->limiter) text += impl_->limiter->metrics_text();
     if (impl_->cluster) text += impl_->cluster->metrics_text();
     return text;
   };
@@ -399,6 +453,10 @@ bool node::start(std::string* error) {
     j["version"] = impl_->cluster ? impl_->cluster->state().version(doc_family::config)
                                   : snap->version;
     return j;
+  };
+  handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
+                                   const std::string& limit) {
+    return impl_->ratelimit_view(route, key, limit);
   };
   handlers.config_write = [this](const std::string& kind, const std::string& name,
                                  const std::string* body) {
@@ -451,7 +509,7 @@ bool node::apply(config cfg, std::string* error) {
   std::lock_guard apply(d.apply_mutex);
   // Check that it builds before touching anything (the keyring included).
   if (!build_snapshot(d.effective(cfg), d.version + 1, d.cfg.node.workers, d.targets, d.metrics,
-                      error)) {
+                      error, d.limiter.get())) {
     return false;
   }
   // The keyring is re-read on reload (key rotation: install, make primary, remove). The rest of

@@ -131,8 +131,9 @@ bool retry_budget::try_retry(int64_t now) {
 
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
-                                               std::string* error) {
+                                               std::string* error, rate_limiter* limiter) {
   auto snap = std::make_shared<snapshot>();
+  snap->limiter = limiter;
   snap->cfg = std::move(cfg);
   snap->version = version;
   std::string router_error;
@@ -212,6 +213,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     rt.cfg = &rc;
     rt.upstream = by_name.at(rc.upstream);  // the loader checked that it exists
     rt.metrics = metrics.route(rc.name);
+    if (limiter && !rc.rate_limits.empty()) rt.limit_stats = &limiter->stats_for(rc.name);
     rt.max_body_bytes = rc.max_body_bytes.value_or(snap->cfg.limits.max_body_bytes);
     rt.preserve_host = rc.preserve_host.value_or(true);
     if (rc.rewrite) {

@@ -20,6 +20,7 @@
 #include "meridian/node/config.h"
 #include "meridian/node/router.h"
 #include "metrics.h"
+#include "rate_limiter.h"
 
 namespace meridian::node {
 
@@ -120,6 +121,7 @@ struct route_runtime {
   std::vector<std::string> response_drop;
   // auth: {methods: [jwt]}: the providers that may vouch for a request (any one suffices).
   std::vector<const jwt_provider*> jwt_providers;
+  rate_limit_stats* limit_stats = nullptr;  // set when the route has limits and a limiter
 };
 
 struct snapshot {
@@ -130,13 +132,15 @@ struct snapshot {
   std::vector<std::unique_ptr<upstream_runtime>> upstreams;
   std::vector<std::unique_ptr<jwt_provider>> jwt_providers;
   std::vector<std::string> warnings;  // e.g. targets that could not be resolved
+  rate_limiter* limiter = nullptr;     // the node's (outlives every snapshot); null: no limits
 };
 
 // Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
 // nullptr and sets *error when the config cannot be compiled (a bad regex).
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
-                                               std::string* error);
+                                               std::string* error,
+                                               rate_limiter* limiter = nullptr);
 
 // Picks a target for a request, skipping unavailable ones; returns nullptr when none is
 // available. `exclude` (may be null) is a target to avoid (the one that just failed).

@@ -72,6 +72,7 @@ struct state_stats {
   uint64_t persist_errors = 0;
   uint64_t counter_evictions = 0;
   int64_t max_clock_skew_ms = 0;
+  double counter_sync_lag_ms = 0;        // EWMA: a remote count's age when it arrives here
   size_t documents = 0;                  // live config documents
   size_t counters = 0;
 };
@@ -114,7 +115,24 @@ class replicated_state final : public gossip_application {
   // Adds n to this node's slot of key in window; returns the slot's new value.
   uint32_t count(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n,
                  bool urgent = false);
+  // Adds many at once (one lock): each is (key, window_ms, window, n, urgent).
+  struct counter_add {
+    uint64_t key;
+    uint32_t window_ms;
+    uint32_t window;
+    uint32_t n;
+    bool urgent;
+  };
+  void count_batch(const std::vector<counter_add>& adds);
   uint64_t counter_sum(uint64_t key, uint32_t window) const;
+  // The sum of the other nodes' slots of key in window.
+  uint64_t counter_others(uint64_t key, uint32_t window) const;
+  // Called, after a remote delta changed counters and outside the lock, with (key, window,
+  // the other nodes' new sum) for each changed one: the rate limiter's view of remote counts.
+  void set_counter_observer(std::function<void(uint64_t, uint32_t, uint64_t)> observer);
+  // Called at the start of every take_deltas, outside the lock: the rate limiter hands over
+  // its local counts there (count_batch), so they leave on the same round.
+  void set_flush_hook(std::function<void()> hook);
   std::map<std::string, uint64_t> counter_by_node(uint64_t key, uint32_t window) const;
   // Writes changed counters to the store (write-behind) and drops expired ones. Call about
   // once a second.

@@ -193,6 +193,8 @@ struct rate_limit_config {
   std::string key = "consumer";  // consumer | ip | route | header:NAME | global
   std::string algorithm = "sliding_window";
   std::string scope = "global";  // local | region | global
+  uint64_t burst = 0;  // token_bucket / leaky_bucket capacity; 0: limit (token) or 1 (leaky)
+  std::string on_partition = "local_share";  // local_share | fail_open | fail_closed
 };
 
 struct route_config {
