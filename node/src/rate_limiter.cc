@@ -251,7 +251,7 @@ limit_decision rate_limiter::check(uint64_t key, const rate_limit_config& cfg, i
     const double known = (sh.sliding ? prev * (1.0 - frac) : 0.0) + cur;
     bool allowed = known + 1.0 <= effective + 1e-9;
 
-    if (allowed && replicated && !partitioned) {
+    if (allowed && replicated && !partitioned && d.opt.lease_ms > 0) {
       // The lease: this node's share of what remains, by its share of recent demand.
       if (now_ms >= e.lease_until) {
         double remaining = effective - known;

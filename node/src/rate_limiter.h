@@ -62,10 +62,10 @@ struct rate_limit_stats {
 class rate_limiter {
  public:
   struct options {
-    std::string node_id;
-    std::string region;
+    std::string node_id{};
+    std::string region{};
     size_t max_keys = 1 << 20;       // entries in the local table (LRU within a bucket beyond)
-    int64_t lease_ms = 250;          // how long a share of the remaining quota is good for
+    int64_t lease_ms = 250;  // how long a share of the remaining quota is good for; 0: no leases
   };
   // state may be null: limits are then per node whatever their scope.
   rate_limiter(options o, cluster::replicated_state* state);
