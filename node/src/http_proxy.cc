@@ -1163,41 +1163,46 @@ bool client_session::authenticate_jwt() {
 }
 
 bool client_session::check_rate_limits() {
-  const auto& rc = *route_->cfg;
   auto& limiter = *snap_->limiter;
   int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
   // The counted value of each limit's key. consumer: the authenticated consumer, else the
   // client address (so anonymous clients are still limited one by one).
-  auto key_value = [&](const rate_limit_config& cfg) -> std::string_view {
-    if (cfg.key == "ip") return client_ip_;
-    if (cfg.key == "consumer") return consumer_.empty() ? std::string_view(client_ip_) : consumer_;
-    if (cfg.key == "route" || cfg.key == "global") return {};
-    std::string_view name = std::string_view(cfg.key).substr(7);  // "header:NAME"
-    for (auto& f : fields_)
-      if (iequals(f.name, name)) return f.value;
+  auto key_value = [&](const limit_spec& spec) -> std::string_view {
+    switch (spec.key) {
+      case limit_spec::key_kind::ip:
+        return client_ip_;
+      case limit_spec::key_kind::consumer:
+        return consumer_.empty() ? std::string_view(client_ip_) : std::string_view(consumer_);
+      case limit_spec::key_kind::route:
+      case limit_spec::key_kind::global:
+        return {};
+      case limit_spec::key_kind::header:
+        for (auto& f : fields_)
+          if (iequals(f.name, spec.header)) return f.value;
+        return {};
+    }
     return {};
   };
   // Check every limit first and count only when all admit: a refused request counts nowhere.
+  const auto& limits = route_->limits;
   uint64_t keys[8];
-  size_t n = std::min<size_t>(rc.rate_limits.size(), 8);
+  size_t n = std::min<size_t>(limits.size(), 8);
   limit_decision tightest;
-  bool first = true, allowed = true;
+  bool allowed = true;
   for (size_t i = 0; i < n; ++i) {
-    keys[i] = limiter.key_of(rc.name, i, rc.rate_limits[i], key_value(rc.rate_limits[i]));
-    auto d = limiter.check(keys[i], rc.rate_limits[i], now, false, w_.index);
+    keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
+    auto d = limiter.check(keys[i], limits[i], now, false, w_.index);
     if (!d.allowed) {
       allowed = false;
       tightest = d;
       break;
     }
-    if (first || d.remaining < tightest.remaining) tightest = d;
-    first = false;
   }
   if (allowed) {
     for (size_t i = 0; i < n; ++i) {
-      auto d = limiter.check(keys[i], rc.rate_limits[i], now, true, w_.index);
+      auto d = limiter.check(keys[i], limits[i], now, true, w_.index);
       if (!d.allowed) {  // another request took the last one meanwhile
         allowed = false;
         tightest = d;

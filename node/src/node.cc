@@ -274,11 +274,11 @@ struct node::impl {
                                                    std::to_string(rc->rate_limits.size() - 1));
     }
     const auto& cfg = rc->rate_limits[index];
-    uint64_t k = limiter->key_of(rc->name, index, cfg, key);
+    auto spec = limiter->compile(rc->name, index, cfg);
     int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                       std::chrono::system_clock::now().time_since_epoch())
                       .count();
-    auto v = limiter->view(k, cfg, now);
+    auto v = limiter->view(rate_limiter::key_of(spec, key), spec, now);
     return {200,
             {{"limit", v.limit},
              {"window_ms", v.window_ms},

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 
@@ -13,43 +14,44 @@
 namespace meridian::node {
 namespace {
 
-constexpr int ways = 8;
+constexpr int ways = 8;  // slots a key may live in: one group of 8 cache lines
 constexpr size_t dirty_lists = 64;
 
-// What one key looks like to this node: its own admissions, the others' (as last reported) and
-// the admissions not yet handed to the replicated state.
-struct entry {
+// What one key looks like to this node, in one cache line: its own admissions, the others' (as
+// last reported), admissions not yet handed to the replicated state, and its lease.
+struct alignas(64) entry {
+  std::atomic<uint64_t> key;  // 0: empty. Read without the lock, then re-checked under it
   uint32_t window_ms;
   uint32_t window;  // index of the current window; previous is window - 1
   uint32_t local_cur, local_prev;
   uint32_t remote_cur, remote_prev;
   uint32_t unflushed_cur, unflushed_prev;
-  uint32_t attempts_cur, attempts_prev;  // local demand, rejected requests included
+  uint32_t attempts_cur, attempts_prev;  // local demand, refused requests included
   uint32_t limit;                        // effective limit at the last decision
   uint32_t lease_left;
-  int64_t lease_until;
-  uint32_t last_used_s;
-  bool replicated;
-  bool dirty;
-};
-
-struct alignas(64) bucket {
+  uint32_t lease_until;  // ms into the current window; 0: no lease
+  uint16_t last_used;    // seconds, modulo 2^16 (for eviction)
   std::atomic<uint8_t> lock;
-  uint64_t keys[ways];  // 0: empty
-  entry e[ways];
+  uint8_t flags;  // replicated_flag | dirty_flag
 };
+static_assert(sizeof(entry) == 64);
+constexpr uint8_t replicated_flag = 1, dirty_flag = 2;
 
-class bucket_lock {
- public:
-  explicit bucket_lock(bucket& b) : b_(b) {
-    while (b_.lock.exchange(1, std::memory_order_acquire)) {
-      while (b_.lock.load(std::memory_order_relaxed)) __builtin_ia32_pause();
-    }
+void spin(std::atomic<uint8_t>& l) {
+  while (l.exchange(1, std::memory_order_acquire)) {
+    while (l.load(std::memory_order_relaxed)) __builtin_ia32_pause();
   }
-  ~bucket_lock() { b_.lock.store(0, std::memory_order_release); }
+}
+
+class spin_lock {
+ public:
+  explicit spin_lock(std::atomic<uint8_t>& l) : l_(l) { spin(l_); }
+  ~spin_lock() { l_.store(0, std::memory_order_release); }
+  spin_lock(const spin_lock&) = delete;
+  spin_lock& operator=(const spin_lock&) = delete;
 
  private:
-  bucket& b_;
+  std::atomic<uint8_t>& l_;
 };
 
 uint64_t mix(uint64_t x) {  // splitmix64's finaliser
@@ -67,26 +69,6 @@ uint64_t fnv1a(uint64_t h, std::string_view s) {
   }
   h ^= 0x1f;  // a separator, so ("ab","c") and ("a","bc") differ
   return h * 0x100000001b3ull;
-}
-
-// The window length and capacity an algorithm counts with.
-struct shape {
-  uint64_t limit;
-  uint64_t window_ms;
-  bool sliding;
-};
-
-shape shape_of(const rate_limit_config& cfg) {
-  uint64_t window_ms =
-      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(cfg.window).count());
-  if (cfg.algorithm == "token_bucket" || cfg.algorithm == "leaky_bucket") {
-    uint64_t burst = cfg.burst ? cfg.burst : (cfg.algorithm == "token_bucket" ? cfg.limit : 1);
-    burst = std::min<uint64_t>(burst, cfg.limit);
-    // `burst` requests over the time the bucket takes to refill them.
-    uint64_t w = std::max<uint64_t>(window_ms * burst / std::max<uint64_t>(cfg.limit, 1), 10);
-    return {burst, w, true};
-  }
-  return {cfg.limit, std::max<uint64_t>(window_ms, 1), cfg.algorithm != "fixed_window"};
 }
 
 void advance(entry& e, uint32_t window) {
@@ -113,21 +95,26 @@ uint32_t clamp32(uint64_t v) {
 struct rate_limiter::impl {
   impl(options o, cluster::replicated_state* s) : opt(std::move(o)), state(s) {
     size_t want = std::max<size_t>(opt.max_keys / ways, 64);
-    nbuckets = 1;
-    while (nbuckets < want) nbuckets <<= 1;
-    bytes = nbuckets * sizeof(bucket);
-    // Anonymous memory reads as zeros (empty buckets, unlocked) and is backed by pages only as
-    // buckets are first written, so a large cap costs nothing until keys arrive.
+    ngroups = 1;
+    while (ngroups < want) ngroups <<= 1;
+    bytes = ngroups * ways * sizeof(entry);
+    // Anonymous memory reads as zeros (empty, unlocked) and is backed by pages only as entries
+    // are first written, so a large cap costs nothing until keys arrive.
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) throw std::bad_alloc();
-    buckets = static_cast<bucket*>(p);
+    // Huge pages where the kernel allows them: a decision touches one random cache line of a
+    // large table, and with 4 KiB pages the TLB miss would cost as much as the cache miss.
+    ::madvise(p, bytes, MADV_HUGEPAGE);
+    entries = static_cast<entry*>(p);
+    group_locks = std::make_unique<std::atomic<uint8_t>[]>(ngroups);
   }
-  ~impl() { ::munmap(buckets, bytes); }
+  ~impl() { ::munmap(entries, bytes); }
 
   options opt;
   cluster::replicated_state* state;
-  bucket* buckets = nullptr;
-  size_t nbuckets = 0;
+  entry* entries = nullptr;
+  std::unique_ptr<std::atomic<uint8_t>[]> group_locks;  // held while a key is placed
+  size_t ngroups = 0;
   size_t bytes = 0;
   std::atomic<size_t> used{0};
 
@@ -144,24 +131,48 @@ struct rate_limiter::impl {
   mutable std::mutex stats_mu;
   std::map<std::string, std::unique_ptr<rate_limit_stats>> stats;
 
-  bucket& bucket_of(uint64_t key) { return buckets[(key >> 3) & (nbuckets - 1)]; }
+  size_t group_of(uint64_t key) const { return (key >> 3) & (ngroups - 1); }
 
-  // Returns the slot of key in b, or -1. Called with b locked.
-  static int find(const bucket& b, uint64_t key) {
-    for (int i = 0; i < ways; ++i)
-      if (b.keys[i] == key) return i;
-    return -1;
-  }
-  // Returns a slot for a new key: an empty one, else the least recently used (evicted).
-  int claim(bucket& b) {
-    int victim = 0;
-    for (int i = 0; i < ways; ++i) {
-      if (b.keys[i] == 0) {
-        used.fetch_add(1, std::memory_order_relaxed);
-        return i;
-      }
-      if (b.e[i].last_used_s < b.e[victim].last_used_s) victim = i;
+  // Returns key's entry, locked, or nullptr. A key sits in its group, starting at slot key % 8,
+  // so a hit usually costs one cache line.
+  entry* find_locked(uint64_t key) {
+    entry* g = entries + group_of(key) * ways;
+    for (int probe = 0; probe < ways; ++probe) {
+      entry& e = g[(key + static_cast<uint64_t>(probe)) & (ways - 1)];
+      if (e.key.load(std::memory_order_relaxed) != key) continue;
+      spin(e.lock);
+      if (e.key.load(std::memory_order_relaxed) == key) return &e;
+      e.lock.store(0, std::memory_order_release);  // replaced meanwhile
     }
+    return nullptr;
+  }
+
+  // Places key (initialised by init) and returns its entry, locked. Under the group lock, so two
+  // workers seeing a new key at once place it once; a full group evicts its least recently used.
+  template <class Init>
+  entry* insert_locked(uint64_t key, uint16_t now_s, Init&& init) {
+    size_t group = group_of(key);
+    spin_lock lock(group_locks[group]);
+    if (entry* e = find_locked(key)) return e;
+    entry* g = entries + group * ways;
+    entry* victim = nullptr;
+    uint16_t oldest_age = 0;
+    for (int probe = 0; probe < ways; ++probe) {
+      entry& e = g[(key + static_cast<uint64_t>(probe)) & (ways - 1)];
+      if (e.key.load(std::memory_order_relaxed) == 0) {
+        victim = &e;
+        used.fetch_add(1, std::memory_order_relaxed);
+        break;
+      }
+      auto age = static_cast<uint16_t>(now_s - e.last_used);
+      if (!victim || age > oldest_age) {
+        victim = &e;
+        oldest_age = age;
+      }
+    }
+    spin(victim->lock);
+    victim->key.store(key, std::memory_order_relaxed);
+    init(*victim);
     return victim;
   }
 };
@@ -171,127 +182,167 @@ rate_limiter::rate_limiter(options o, cluster::replicated_state* state)
 
 rate_limiter::~rate_limiter() = default;
 
-uint64_t rate_limiter::key_of(const std::string& route, size_t index, const rate_limit_config& cfg,
-                              std::string_view key_value) const {
+limit_spec rate_limiter::compile(const std::string& route, size_t index,
+                                 const rate_limit_config& cfg) const {
+  limit_spec spec;
+  uint64_t window_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(cfg.window).count());
+  spec.limit = cfg.limit;
+  spec.window_ms = std::max<uint64_t>(window_ms, 1);
+  spec.sliding = cfg.algorithm != "fixed_window";
+  if (cfg.algorithm == "token_bucket" || cfg.algorithm == "leaky_bucket") {
+    uint64_t burst = cfg.burst ? cfg.burst : (cfg.algorithm == "token_bucket" ? cfg.limit : 1);
+    burst = std::min<uint64_t>(burst, cfg.limit);
+    // `burst` requests over the time the bucket takes to refill them (GCRA's steady state).
+    spec.limit = burst;
+    spec.window_ms = std::max<uint64_t>(window_ms * burst / std::max<uint64_t>(cfg.limit, 1), 10);
+  }
+  spec.scope = cfg.scope == "local"    ? limit_spec::scope_kind::local
+               : cfg.scope == "region" ? limit_spec::scope_kind::region
+                                       : limit_spec::scope_kind::global;
+  spec.on_partition = cfg.on_partition == "fail_open" ? limit_spec::partition_policy::fail_open
+                      : cfg.on_partition == "fail_closed"
+                          ? limit_spec::partition_policy::fail_closed
+                          : limit_spec::partition_policy::local_share;
+  if (cfg.key == "ip") {
+    spec.key = limit_spec::key_kind::ip;
+  } else if (cfg.key == "route") {
+    spec.key = limit_spec::key_kind::route;
+  } else if (cfg.key == "global") {
+    spec.key = limit_spec::key_kind::global;
+  } else if (cfg.key.rfind("header:", 0) == 0) {
+    spec.key = limit_spec::key_kind::header;
+    spec.header = cfg.key.substr(7);
+  } else {
+    spec.key = limit_spec::key_kind::consumer;
+  }
   uint64_t h = 0xcbf29ce484222325ull;
   h = fnv1a(h, route);
   h = fnv1a(h, std::to_string(index));
   h = fnv1a(h, cfg.algorithm);
-  h = fnv1a(h, std::to_string(shape_of(cfg).window_ms));
-  if (cfg.scope == "region") h = fnv1a(h, impl_->opt.region);
-  if (cfg.scope == "local") h = fnv1a(h, impl_->opt.node_id);
-  h = fnv1a(h, key_value);
-  h = mix(h);
+  h = fnv1a(h, std::to_string(spec.window_ms));
+  if (spec.scope == limit_spec::scope_kind::region) h = fnv1a(h, impl_->opt.region);
+  if (spec.scope == limit_spec::scope_kind::local) h = fnv1a(h, impl_->opt.node_id);
+  spec.seed = h;
+  return spec;
+}
+
+uint64_t rate_limiter::key_of(const limit_spec& spec, std::string_view key_value) {
+  uint64_t h = mix(fnv1a(spec.seed, key_value));
   return h ? h : 1;
 }
 
-limit_decision rate_limiter::check(uint64_t key, const rate_limit_config& cfg, int64_t now_ms,
+limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t now_ms,
                                    bool commit, unsigned worker) {
   auto& d = *impl_;
-  const shape sh = shape_of(cfg);
-  const int64_t since = std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0);
-  const auto window = static_cast<uint32_t>(static_cast<uint64_t>(since) / sh.window_ms);
-  const uint64_t into = static_cast<uint64_t>(since) % sh.window_ms;
-  const double frac = static_cast<double>(into) / static_cast<double>(sh.window_ms);
-  const bool replicated = cfg.scope != "local" && d.state;
+  const auto since = static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
+  const uint64_t w = spec.window_ms;
+  const uint64_t window64 = since / w;  // one division: `into` follows from it
+  const auto window = static_cast<uint32_t>(window64);
+  const auto into = static_cast<uint32_t>(since - window64 * w);
+  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state;
+  const auto now_s = static_cast<uint16_t>(since / 1000);
 
   // Under partition the limit's on_partition decides.
   uint32_t total = 1, unreachable = 0;
-  if (cfg.scope == "global") {
+  if (spec.scope == limit_spec::scope_kind::global) {
     total = d.global_total.load(std::memory_order_relaxed);
     unreachable = d.global_unreachable.load(std::memory_order_relaxed);
-  } else if (cfg.scope == "region") {
+  } else if (spec.scope == limit_spec::scope_kind::region) {
     total = d.region_total.load(std::memory_order_relaxed);
     unreachable = d.region_unreachable.load(std::memory_order_relaxed);
   }
-  bool partitioned = replicated && unreachable > 0 && total > 0;
-  double effective = static_cast<double>(sh.limit);
-  if (partitioned && cfg.on_partition == "local_share") {
-    effective = std::max(1.0, std::floor(effective * (total - unreachable) / total));
+  const bool partitioned = replicated && unreachable > 0;
+  uint64_t effective = spec.limit;
+  if (partitioned && spec.on_partition == limit_spec::partition_policy::local_share) {
+    effective = std::max<uint64_t>(1, effective * (total - unreachable) / total);
   }
 
-  bucket& b = d.bucket_of(key);
-  int slot;
-  {
-    bucket_lock lock(b);
-    slot = impl::find(b, key);
+  entry* e = d.find_locked(key);
+  if (!e) {
+    // A key new to this node: start from what the others have counted. Asked before taking
+    // any lock of ours: the state's observer takes entry locks under the state's own.
+    uint64_t remote_cur = 0, remote_prev = 0;
+    if (replicated) {
+      remote_cur = d.state->counter_others(key, window);
+      if (window > 0) remote_prev = d.state->counter_others(key, window - 1);
+    }
+    e = d.insert_locked(key, now_s, [&](entry& n) {
+      uint64_t k = n.key.load(std::memory_order_relaxed);
+      std::memset(static_cast<void*>(&n), 0, offsetof(entry, lock));
+      n.key.store(k, std::memory_order_relaxed);
+      n.flags = replicated ? replicated_flag : 0;
+      n.window_ms = static_cast<uint32_t>(spec.window_ms);
+      n.window = window;
+      n.remote_cur = clamp32(remote_cur);
+      n.remote_prev = clamp32(remote_prev);
+    });
   }
-  uint64_t remote_cur = 0, remote_prev = 0;
-  if (slot < 0 && replicated) {
-    // A key new to this node: start from what the others have counted (outside the bucket lock:
-    // the state's observer takes bucket locks under its own).
-    remote_cur = d.state->counter_others(key, window);
-    if (window > 0) remote_prev = d.state->counter_others(key, window - 1);
-  }
-
   limit_decision out;
-  out.limit = sh.limit;
+  out.limit = spec.limit;
   bool newly_dirty = false;
   {
-    bucket_lock lock(b);
-    slot = impl::find(b, key);
-    if (slot < 0) {
-      slot = d.claim(b);
-      b.keys[slot] = key;
-      entry& e = b.e[slot];
-      e = entry{};
-      e.window_ms = static_cast<uint32_t>(sh.window_ms);
-      e.window = window;
-      e.remote_cur = clamp32(remote_cur);
-      e.remote_prev = clamp32(remote_prev);
-      e.replicated = replicated;
-    }
-    entry& e = b.e[slot];
-    advance(e, window);
-    e.last_used_s = static_cast<uint32_t>(since / 1000);
-    e.limit = clamp32(static_cast<uint64_t>(effective));
+    entry& en = *e;
+    advance(en, window);
+    en.last_used = now_s;
+    en.limit = clamp32(effective);
 
-    const double prev = static_cast<double>(e.local_prev) + e.remote_prev;
-    const double cur = static_cast<double>(e.local_cur) + e.remote_cur;
-    const double known = (sh.sliding ? prev * (1.0 - frac) : 0.0) + cur;
-    bool allowed = known + 1.0 <= effective + 1e-9;
+    // Everything in ms-weighted requests (count x window length), in integers: the sliding
+    // estimate is prev * (w - into) / w + cur, and dividing only at the end keeps it exact.
+    using u128 = unsigned __int128;
+    const uint64_t prev = static_cast<uint64_t>(en.local_prev) + en.remote_prev;
+    const uint64_t cur = static_cast<uint64_t>(en.local_cur) + en.remote_cur;
+    const u128 known = (spec.sliding ? u128(prev) * (w - into) : 0) + u128(cur) * w;
+    const u128 cap = u128(effective) * w;
+    bool allowed = known + w <= cap;
 
     if (allowed && replicated && !partitioned && d.opt.lease_ms > 0) {
       // The lease: this node's share of what remains, by its share of recent demand.
-      if (now_ms >= e.lease_until) {
-        double remaining = effective - known;
-        double mine = static_cast<double>(e.attempts_cur) + e.attempts_prev + 1;
-        double theirs = static_cast<double>(e.remote_cur) + e.remote_prev;
+      if (en.lease_until == 0 || into >= en.lease_until) {
+        double remaining = static_cast<double>(cap - known) / static_cast<double>(w);
+        double mine = static_cast<double>(en.attempts_cur) + en.attempts_prev + 1;
+        double theirs = static_cast<double>(en.remote_cur) + en.remote_prev;
         double share = mine / (mine + theirs);
-        e.lease_left = clamp32(static_cast<uint64_t>(std::max(1.0, std::ceil(remaining * share))));
-        e.lease_until = now_ms + d.opt.lease_ms;
+        en.lease_left = clamp32(static_cast<uint64_t>(std::max(1.0, std::ceil(remaining * share))));
+        en.lease_until = static_cast<uint32_t>(
+            std::min<uint64_t>(into + static_cast<uint64_t>(d.opt.lease_ms), UINT32_MAX));
       }
-      if (e.lease_left == 0) allowed = false;
+      if (en.lease_left == 0) allowed = false;
     }
-    if (partitioned && cfg.on_partition == "fail_open") allowed = true;
-    if (partitioned && cfg.on_partition == "fail_closed") allowed = false;
+    if (partitioned && spec.on_partition == limit_spec::partition_policy::fail_open) allowed = true;
+    if (partitioned && spec.on_partition == limit_spec::partition_policy::fail_closed)
+      allowed = false;
 
     if (commit) {
-      e.attempts_cur = e.attempts_cur == UINT32_MAX ? e.attempts_cur : e.attempts_cur + 1;
+      if (en.attempts_cur != UINT32_MAX) ++en.attempts_cur;
       if (allowed) {
-        ++e.local_cur;
-        if (e.lease_left) --e.lease_left;
-        if (e.replicated) {
-          ++e.unflushed_cur;
-          if (!e.dirty) newly_dirty = e.dirty = true;
+        ++en.local_cur;
+        if (en.lease_left) --en.lease_left;
+        if (en.flags & replicated_flag) {
+          ++en.unflushed_cur;
+          if (!(en.flags & dirty_flag)) {
+            en.flags |= dirty_flag;
+            newly_dirty = true;
+          }
         }
       }
     }
-    double after = known + (allowed && commit ? 1.0 : 0.0);
+    const u128 after = known + (allowed && commit ? w : 0);
     out.allowed = allowed;
-    out.remaining = static_cast<uint64_t>(std::max(0.0, std::floor(effective - after)));
-    uint64_t left_ms = sh.window_ms - into;
+    out.remaining = after >= cap ? 0 : static_cast<uint64_t>((cap - after) / w);
+    uint64_t left_ms = w - into;
     out.reset_s = (left_ms + 999) / 1000;
     if (!allowed) {
-      // When enough of the previous window has slid out (sliding), or at the window's end.
+      // When enough of the previous window has slid out (sliding), or at the window's end:
+      // each ms removes prev/w requests of the previous window's weight.
       uint64_t wait_ms = left_ms;
-      if (sh.sliding && cur + 1.0 <= effective && prev > 0) {
-        double excess = known + 1.0 - effective;
-        wait_ms = std::min<uint64_t>(
-            left_ms, static_cast<uint64_t>(std::ceil(excess / prev * static_cast<double>(sh.window_ms))));
+      if (spec.sliding && cur + 1 <= effective && prev > 0 && known + w > cap) {
+        wait_ms = std::min<uint64_t>(left_ms,
+                                     static_cast<uint64_t>((known + w - cap + prev - 1) / prev));
       }
       out.retry_after_s = std::max<uint64_t>(1, (wait_ms + 999) / 1000);
     }
+    en.lock.store(0, std::memory_order_release);
   }
   if (newly_dirty) {
     auto& list = d.dirty[worker % dirty_lists];
@@ -318,44 +369,39 @@ void rate_limiter::flush() {
   std::vector<cluster::replicated_state::counter_add> adds;
   adds.reserve(keys.size());
   for (uint64_t key : keys) {
-    bucket& b = d.bucket_of(key);
-    bucket_lock lock(b);
-    int slot = impl::find(b, key);
-    if (slot < 0) continue;  // evicted meanwhile
-    entry& e = b.e[slot];
-    if (!e.dirty) continue;
-    e.dirty = false;
-    // Near its limit: ahead of the others in the delta queue.
-    bool urgent = static_cast<uint64_t>(e.local_cur) + e.remote_cur >= e.limit * 8ull / 10;
-    if (e.unflushed_cur) adds.push_back({key, e.window_ms, e.window, e.unflushed_cur, urgent});
-    if (e.unflushed_prev && e.window > 0)
-      adds.push_back({key, e.window_ms, e.window - 1, e.unflushed_prev, urgent});
-    e.unflushed_cur = e.unflushed_prev = 0;
+    entry* e = d.find_locked(key);
+    if (!e) continue;  // evicted meanwhile
+    if (e->flags & dirty_flag) {
+      e->flags &= static_cast<uint8_t>(~dirty_flag);
+      // Near its limit: ahead of the others in the delta queue.
+      bool urgent = static_cast<uint64_t>(e->local_cur) + e->remote_cur >= e->limit * 8ull / 10;
+      if (e->unflushed_cur) adds.push_back({key, e->window_ms, e->window, e->unflushed_cur, urgent});
+      if (e->unflushed_prev && e->window > 0)
+        adds.push_back({key, e->window_ms, e->window - 1, e->unflushed_prev, urgent});
+      e->unflushed_cur = e->unflushed_prev = 0;
+    }
+    e->lock.store(0, std::memory_order_release);
   }
   d.state->count_batch(adds);
 }
 
 void rate_limiter::on_remote(uint64_t key, uint32_t window, uint64_t others) {
   auto& d = *impl_;
-  bucket& b = d.bucket_of(key);
-  bucket_lock lock(b);
-  int slot = impl::find(b, key);
-  if (slot < 0) return;  // no local traffic: counted when it starts
-  entry& e = b.e[slot];
-  if (window > e.window) advance(e, window);
+  entry* e = d.find_locked(key);
+  if (!e) return;  // no local traffic: counted when it starts
+  if (window > e->window) advance(*e, window);
   uint32_t value = clamp32(others);
-  if (window == e.window) {
-    uint64_t before = static_cast<uint64_t>(e.local_cur) + e.remote_cur;
-    if (value <= e.remote_cur) return;
-    e.remote_cur = value;
-    uint64_t after = static_cast<uint64_t>(e.local_cur) + e.remote_cur;
-    if (after > e.limit) d.overshoot.fetch_add(after - std::max<uint64_t>(e.limit, before));
-  } else if (window + 1 == e.window) {
-    e.remote_prev = std::max(e.remote_prev, value);
-  } else {
-    return;
+  if (window == e->window && value > e->remote_cur) {
+    uint64_t before = static_cast<uint64_t>(e->local_cur) + e->remote_cur;
+    e->remote_cur = value;
+    uint64_t after = static_cast<uint64_t>(e->local_cur) + e->remote_cur;
+    if (after > e->limit) d.overshoot.fetch_add(after - std::max<uint64_t>(e->limit, before));
+    e->lease_until = 0;  // fresher counts: re-derive the lease
+  } else if (window + 1 == e->window && value > e->remote_prev) {
+    e->remote_prev = value;
+    e->lease_until = 0;
   }
-  e.lease_until = 0;  // fresher counts: re-derive the lease
+  e->lock.store(0, std::memory_order_release);
 }
 
 void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size_t region_total,
@@ -367,28 +413,24 @@ void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size
   d.region_unreachable = static_cast<uint32_t>(region_unreachable);
 }
 
-rate_limiter::key_view rate_limiter::view(uint64_t key, const rate_limit_config& cfg,
-                                          int64_t now_ms) {
+rate_limiter::key_view rate_limiter::view(uint64_t key, const limit_spec& spec, int64_t now_ms) {
   auto& d = *impl_;
-  const shape sh = shape_of(cfg);
   const int64_t since = std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0);
-  const auto window = static_cast<uint32_t>(static_cast<uint64_t>(since) / sh.window_ms);
+  const auto window = static_cast<uint32_t>(static_cast<uint64_t>(since) / spec.window_ms);
+  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state;
   key_view v;
-  v.limit = sh.limit;
-  v.window_ms = sh.window_ms;
-  if (cfg.scope != "local" && d.state) v.by_node = d.state->counter_by_node(key, window);
-  {
-    bucket& b = d.bucket_of(key);
-    bucket_lock lock(b);
-    int slot = impl::find(b, key);
-    if (slot >= 0 && b.e[slot].window == window) {
-      const entry& e = b.e[slot];
-      if (cfg.scope == "local" || !d.state) {
-        v.by_node[d.opt.node_id] = e.local_cur;
+  v.limit = spec.limit;
+  v.window_ms = spec.window_ms;
+  if (replicated) v.by_node = d.state->counter_by_node(key, window);
+  if (entry* e = d.find_locked(key)) {
+    if (e->window == window) {
+      if (replicated) {
+        v.by_node[d.opt.node_id] += e->unflushed_cur;  // not yet in the replicated counters
       } else {
-        v.by_node[d.opt.node_id] += e.unflushed_cur;  // not yet in the replicated counters
+        v.by_node[d.opt.node_id] = e->local_cur;
       }
     }
+    e->lock.store(0, std::memory_order_release);
   }
   for (const auto& [node, n] : v.by_node) v.count += n;
   return v;

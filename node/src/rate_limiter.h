@@ -44,6 +44,21 @@ class replicated_state;
 
 namespace meridian::node {
 
+// One limit of one route, compiled once per config (string settings turned into numbers).
+struct limit_spec {
+  enum class scope_kind : uint8_t { local, region, global };
+  enum class partition_policy : uint8_t { local_share, fail_open, fail_closed };
+  enum class key_kind : uint8_t { consumer, ip, route, global, header };
+  uint64_t seed = 0;       // hash of route, limit index, algorithm, window and scope
+  uint64_t limit = 0;      // what the algorithm counts to (burst for the buckets)
+  uint64_t window_ms = 1;  // the window it counts in
+  bool sliding = true;
+  scope_kind scope = scope_kind::global;
+  partition_policy on_partition = partition_policy::local_share;
+  key_kind key = key_kind::consumer;
+  std::string header;  // key_kind::header: the lower-cased header name
+};
+
 struct limit_decision {
   bool allowed = true;
   uint64_t limit = 0;
@@ -73,14 +88,15 @@ class rate_limiter {
   rate_limiter(const rate_limiter&) = delete;
   rate_limiter& operator=(const rate_limiter&) = delete;
 
-  // Returns the counter key of limit number `index` of route for key_value (stable across
-  // nodes and restarts; region-scoped limits include the region, local ones the node id).
-  uint64_t key_of(const std::string& route, size_t index, const rate_limit_config& cfg,
-                  std::string_view key_value) const;
+  // Compiles limit number `index` of route.
+  limit_spec compile(const std::string& route, size_t index, const rate_limit_config& cfg) const;
+  // Returns the counter key of a limit for key_value: the same on every node and across
+  // restarts (region-scoped limits include the region, local ones the node id).
+  static uint64_t key_of(const limit_spec& spec, std::string_view key_value);
 
   // Decides one request against one limit at Unix ms now. With commit, an admitted request is
   // counted; without, nothing changes (several limits: check all, then commit all).
-  limit_decision check(uint64_t key, const rate_limit_config& cfg, int64_t now_ms, bool commit,
+  limit_decision check(uint64_t key, const limit_spec& spec, int64_t now_ms, bool commit,
                        unsigned worker = 0);
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
@@ -99,7 +115,7 @@ class rate_limiter {
     uint64_t count = 0;
     std::map<std::string, uint64_t> by_node;
   };
-  key_view view(uint64_t key, const rate_limit_config& cfg, int64_t now_ms);
+  key_view view(uint64_t key, const limit_spec& spec, int64_t now_ms);
 
   rate_limit_stats& stats_for(const std::string& route);
   // Prometheus lines: decisions by route and result, overshoot, sync lag, table size.

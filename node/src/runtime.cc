@@ -213,7 +213,11 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     rt.cfg = &rc;
     rt.upstream = by_name.at(rc.upstream);  // the loader checked that it exists
     rt.metrics = metrics.route(rc.name);
-    if (limiter && !rc.rate_limits.empty()) rt.limit_stats = &limiter->stats_for(rc.name);
+    if (limiter && !rc.rate_limits.empty()) {
+      rt.limit_stats = &limiter->stats_for(rc.name);
+      for (size_t i = 0; i < rc.rate_limits.size(); ++i)
+        rt.limits.push_back(limiter->compile(rc.name, i, rc.rate_limits[i]));
+    }
     rt.max_body_bytes = rc.max_body_bytes.value_or(snap->cfg.limits.max_body_bytes);
     rt.preserve_host = rc.preserve_host.value_or(true);
     if (rc.rewrite) {

@@ -122,6 +122,7 @@ struct route_runtime {
   // auth: {methods: [jwt]}: the providers that may vouch for a request (any one suffices).
   std::vector<const jwt_provider*> jwt_providers;
   rate_limit_stats* limit_stats = nullptr;  // set when the route has limits and a limiter
+  std::vector<limit_spec> limits;           // the route's rate limits, compiled
 };
 
 struct snapshot {

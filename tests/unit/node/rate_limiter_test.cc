@@ -32,10 +32,17 @@ rate_limit_config limit_of(uint64_t limit, duration window, std::string algorith
   return c;
 }
 
+// Compiles cfg as limit 0 of route on rl and returns (spec, key of key_value).
+std::pair<limit_spec, uint64_t> spec_key(const rate_limiter& rl, const std::string& route,
+                                         size_t index, const rate_limit_config& cfg,
+                                         std::string_view key_value = "") {
+  auto spec = rl.compile(route, index, cfg);
+  return {spec, rate_limiter::key_of(spec, key_value)};
+}
+
 TEST(rate_limiter, fixed_window_admits_the_limit_per_window_and_resets) {
   rate_limiter rl({.node_id = "a"}, nullptr);
-  auto cfg = limit_of(3, 1s, "fixed_window");
-  uint64_t k = rl.key_of("r", 0, cfg, "");
+  auto [cfg, k] = spec_key(rl, "r", 0, limit_of(3, 1s, "fixed_window"));
   int ok = 0;
   for (int i = 0; i < 5; ++i) ok += rl.check(k, cfg, t0 + 100, true).allowed;
   EXPECT_EQ(ok, 3);
@@ -47,8 +54,7 @@ TEST(rate_limiter, fixed_window_admits_the_limit_per_window_and_resets) {
 
 TEST(rate_limiter, sliding_window_weighs_the_previous_window_by_its_overlap) {
   rate_limiter rl({.node_id = "a"}, nullptr);
-  auto cfg = limit_of(10, 1s);
-  uint64_t k = rl.key_of("r", 0, cfg, "");
+  auto [cfg, k] = spec_key(rl, "r", 0, limit_of(10, 1s));
   for (int i = 0; i < 10; ++i) ASSERT_TRUE(rl.check(k, cfg, t0 + 500, true).allowed);
   // 25% into the next window, 75% of the previous 10 still count: 2 more fit (7.5 + 2 <= 10).
   int ok = 0;
@@ -58,8 +64,7 @@ TEST(rate_limiter, sliding_window_weighs_the_previous_window_by_its_overlap) {
 
 TEST(rate_limiter, checking_without_commit_counts_nothing) {
   rate_limiter rl({.node_id = "a"}, nullptr);
-  auto cfg = limit_of(1, 1s);
-  uint64_t k = rl.key_of("r", 0, cfg, "");
+  auto [cfg, k] = spec_key(rl, "r", 0, limit_of(1, 1s));
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(rl.check(k, cfg, t0, false).allowed);
   EXPECT_TRUE(rl.check(k, cfg, t0, true).allowed);
   EXPECT_FALSE(rl.check(k, cfg, t0, true).allowed);
@@ -70,11 +75,13 @@ TEST(rate_limiter, keys_differ_by_route_limit_key_and_region_scope) {
   rate_limiter us({.node_id = "b", .region = "us-east"}, nullptr);
   auto global = limit_of(1, 1s);
   auto region = limit_of(1, 1s, "sliding_window", "region");
-  EXPECT_EQ(eu.key_of("r", 0, global, "k"), us.key_of("r", 0, global, "k"));
-  EXPECT_NE(eu.key_of("r", 0, global, "k"), eu.key_of("r", 1, global, "k"));
-  EXPECT_NE(eu.key_of("r", 0, global, "k"), eu.key_of("s", 0, global, "k"));
-  EXPECT_NE(eu.key_of("r", 0, global, "k"), eu.key_of("r", 0, global, "j"));
-  EXPECT_NE(eu.key_of("r", 0, region, "k"), us.key_of("r", 0, region, "k"));
+  auto key = [](const rate_limiter& rl, const char* route, size_t i, const rate_limit_config& c,
+                const char* v) { return spec_key(rl, route, i, c, v).second; };
+  EXPECT_EQ(key(eu, "r", 0, global, "k"), key(us, "r", 0, global, "k"));
+  EXPECT_NE(key(eu, "r", 0, global, "k"), key(eu, "r", 1, global, "k"));
+  EXPECT_NE(key(eu, "r", 0, global, "k"), key(eu, "s", 0, global, "k"));
+  EXPECT_NE(key(eu, "r", 0, global, "k"), key(eu, "r", 0, global, "j"));
+  EXPECT_NE(key(eu, "r", 0, region, "k"), key(us, "r", 0, region, "k"));
 }
 
 TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
@@ -85,22 +92,25 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   auto open = share, closed = share;
   open.on_partition = "fail_open";
   closed.on_partition = "fail_closed";
+  auto [ss, sk] = spec_key(rl, "s", 0, share);
+  auto [os, ok] = spec_key(rl, "o", 0, open);
+  auto [cs, ck] = spec_key(rl, "c", 0, closed);
   int s = 0, o = 0, c = 0;
   for (int i = 0; i < 20; ++i) {
-    s += rl.check(rl.key_of("s", 0, share, ""), share, t0, true).allowed;
-    o += rl.check(rl.key_of("o", 0, open, ""), open, t0, true).allowed;
-    c += rl.check(rl.key_of("c", 0, closed, ""), closed, t0, true).allowed;
+    s += rl.check(sk, ss, t0, true).allowed;
+    o += rl.check(ok, os, t0, true).allowed;
+    c += rl.check(ck, cs, t0, true).allowed;
   }
   EXPECT_EQ(s, 5);  // the reachable half's share
   EXPECT_EQ(o, 20);
   EXPECT_EQ(c, 0);
   rl.set_view(4, 0, 1, 0);  // healed: the full limit again
-  EXPECT_EQ(rl.check(rl.key_of("s", 0, share, ""), share, t0, true).allowed, true);
+  EXPECT_EQ(rl.check(sk, ss, t0, true).allowed, true);
 }
 
 TEST(rate_limiter, a_flood_of_distinct_keys_stays_within_the_table) {
   rate_limiter rl({.node_id = "a", .max_keys = 4096}, nullptr);
-  auto cfg = limit_of(5, 1s);
+  auto cfg = rl.compile("r", 0, limit_of(5, 1s));
   for (uint64_t i = 0; i < 1'000'000; ++i) rl.check(i * 0x9E3779B97F4A7C15ull + 1, cfg, t0, true);
   EXPECT_LE(rl.size(), 4096u);
   // A key used again and again is not the one evicted.
@@ -153,8 +163,8 @@ std::pair<harness_result, harness_result> run_harness(const std::string& scope, 
     sim.node(i).set_application(states[i].get());
     sim.touch(i);
   }
-  auto cfg = limit_of(limit, 10s, "sliding_window", scope);
-  const uint64_t key = limiters[0]->key_of("api", 0, cfg, "");
+  std::vector<limit_spec> specs;
+  for (auto& l : limiters) specs.push_back(l->compile("api", 0, limit_of(limit, 10s, "sliding_window", scope)));
 
   // Admissions per window index, all nodes together.
   std::map<int64_t, uint64_t> admitted;
@@ -170,7 +180,8 @@ std::pair<harness_result, harness_result> run_harness(const std::string& scope, 
       bool second = moved && now >= start + phase;
       double rate = total_rate * (second ? moved[node] : split[node]);
       if (now >= start) {
-        if (limiters[node]->check(key, cfg, wall(), true).allowed) {
+        uint64_t k = rate_limiter::key_of(specs[node], "");  // per node for scope local
+        if (limiters[node]->check(k, specs[node], wall(), true).allowed) {
           ++admitted[(wall() - cluster::hlc_epoch_unix_ms) / window.count()];
         }
       }
