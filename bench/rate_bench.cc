@@ -7,6 +7,7 @@
 #include <benchmark/benchmark.h>
 
 #include <chrono>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -98,6 +99,44 @@ void BM_rate_key_and_decision(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_rate_key_and_decision);
+
+// Resident memory in bytes (from /proc/self/statm).
+double rss_bytes() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    std::fclose(f);
+  }
+  return static_cast<double>(resident) * 4096.0;
+}
+
+// A flood of 10 M distinct keys (random client addresses, each seen once) through a node with
+// the replicated state attached and both caps at 1 M keys: memory must level off at the caps.
+void BM_rate_flood_10M_distinct_keys(benchmark::State& state) {
+  for (auto _ : state) {
+    double before = rss_bytes();
+    meridian::cluster::state_options so;
+    so.self_id = "a";
+    so.max_counter_keys = 1 << 20;
+    meridian::cluster::replicated_state st(so, [] { return now_ms; }, nullptr);
+    rate_limiter rl({.node_id = "a", .region = "eu-west", .max_keys = 1 << 20}, &st);
+    auto cfg = rl.compile("api", 0, config("global"));
+    std::mt19937_64 rng(7);
+    double peak = 0;
+    for (uint64_t i = 0; i < 10'000'000; ++i) {
+      rl.check(rng() | 1, cfg, now_ms, true);
+      if ((i & 0xffff) == 0) {
+        rl.flush();  // as the gossip thread's delta rounds would
+        st.take_deltas(meridian::cluster::millis(static_cast<int64_t>(i)));
+        peak = std::max(peak, rss_bytes() - before);
+      }
+    }
+    state.counters["rss_growth_MiB"] = peak / (1 << 20);
+    state.counters["table_keys"] = static_cast<double>(rl.size());
+    state.counters["replicated_keys"] = static_cast<double>(st.stats().counters);
+  }
+}
+BENCHMARK(BM_rate_flood_10M_distinct_keys)->Iterations(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -161,37 +161,71 @@ window_counters::cell* window_counters::find_or_insert(uint64_t key, uint32_t wi
   if (it != cells_.end()) {
     // A different window length under the same key is a hash collision between two limits;
     // keeping the first is the only safe answer.
-    return it->second.window_ms == window_ms ? &it->second : nullptr;
+    if (it->second.window_ms != window_ms) return nullptr;
+    it->second.referenced = true;
+    return &it->second;
   }
   if (cells_.size() >= max_keys_) evict_one();
   cell& c = cells_[key];
   c.window_ms = window_ms;
+  clock_.push_back(key);
+  if (clock_.size() > 2 * max_keys_ + 1024) compact_queues();
   return &c;
 }
 
 void window_counters::evict_one() {
-  // Sampled LRU, as Redis does it: look at a few cells from a moving bucket and drop the one
-  // whose window ends first. Exact LRU would cost a list node per key.
-  if (cells_.empty()) return;
-  size_t buckets = cells_.bucket_count();
-  uint64_t best_key = 0;
-  uint64_t best_end = std::numeric_limits<uint64_t>::max();
-  bool found = false;
-  int seen = 0;
-  for (size_t tries = 0; tries < buckets && seen < 8; ++tries) {
-    size_t b = (evict_cursor_++ * 0x9E3779B97F4A7C15ull >> 7) % buckets;
-    for (auto it = cells_.begin(b); it != cells_.end(b) && seen < 8; ++it, ++seen) {
-      uint64_t end = (static_cast<uint64_t>(it->second.window) + 1) * it->second.window_ms;
-      if (end < best_end) {
-        best_end = end;
-        best_key = it->first;
-        found = true;
-      }
+  // CLOCK: the hand walks the keys in insertion order; a key touched since the hand last passed
+  // gets a second chance (and goes to the back), the first untouched one is evicted. A bounded
+  // number of second chances keeps one insertion O(1) even when everything is hot.
+  for (int chances = 0; !clock_.empty(); ++chances) {
+    uint64_t key = clock_.front();
+    clock_.pop_front();
+    auto it = cells_.find(key);
+    if (it == cells_.end()) continue;  // expired meanwhile
+    if (it->second.referenced && chances < 16) {
+      it->second.referenced = false;
+      clock_.push_back(key);
+      continue;
     }
+    cells_.erase(it);
+    ++evictions_;
+    return;
   }
-  if (!found) best_key = cells_.begin()->first;
-  cells_.erase(best_key);
-  ++evictions_;
+  if (!cells_.empty()) {
+    cells_.erase(cells_.begin());
+    ++evictions_;
+  }
+}
+
+void window_counters::compact_queues() {
+  // Drop the keys that are gone (expired or evicted) from the hand's queue and the dirty lists.
+  std::deque<uint64_t> live;
+  for (uint64_t k : clock_)
+    if (cells_.count(k)) live.push_back(k);
+  clock_.swap(live);
+  for (auto* v : {&dirty_, &urgent_}) {
+    std::vector<uint64_t> keep;
+    for (uint64_t k : *v) {
+      auto it = cells_.find(k);
+      if (it != cells_.end() && it->second.dirty) keep.push_back(k);
+    }
+    v->swap(keep);
+  }
+}
+
+std::pair<uint64_t, uint64_t> window_counters::others(uint64_t key, uint32_t window) const {
+  auto it = cells_.find(key);
+  if (it == cells_.end()) return {0, 0};
+  const cell& c = it->second;
+  auto sum = [](const slots& s) {
+    uint64_t n = 0;
+    for (const auto& x : s)
+      if (x.node != 0) n += x.count;
+    return n;
+  };
+  if (window == c.window) return {sum(c.cur), sum(c.prev)};
+  if (window == c.window + 1) return {0, sum(c.cur)};
+  return {0, 0};
 }
 
 uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n,
@@ -207,6 +241,8 @@ uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window,
   if (!c->dirty) {
     c->dirty = true;
     (urgent ? urgent_ : dirty_).push_back(key);
+    // Evicted keys leave stale entries behind; keep the lists bounded by the table.
+    if (dirty_.size() + urgent_.size() > 2 * max_keys_ + 1024) compact_queues();
   }
   return value;
 }

@@ -438,13 +438,10 @@ void replicated_state::count_batch(const std::vector<counter_add>& adds) {
   }
 }
 
-uint64_t replicated_state::counter_others(uint64_t key, uint32_t window) const {
+std::pair<uint64_t, uint64_t> replicated_state::counter_others(uint64_t key,
+                                                               uint32_t window) const {
   std::lock_guard lock(impl_->mu);
-  uint64_t others = 0;
-  impl_->counters.for_each_slot(key, window, [&](uint16_t node, uint32_t n) {
-    if (node != 0) others += n;
-  });
-  return others;
+  return impl_->counters.others(key, window);
 }
 
 void replicated_state::set_counter_observer(

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstring>
 #include <limits>
+#include <tuple>
 
 #include "meridian/cluster/hlc.h"
 #include "meridian/cluster/replicated_state.h"
@@ -263,10 +264,7 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     // A key new to this node: start from what the others have counted. Asked before taking
     // any lock of ours: the state's observer takes entry locks under the state's own.
     uint64_t remote_cur = 0, remote_prev = 0;
-    if (replicated) {
-      remote_cur = d.state->counter_others(key, window);
-      if (window > 0) remote_prev = d.state->counter_others(key, window - 1);
-    }
+    if (replicated) std::tie(remote_cur, remote_prev) = d.state->counter_others(key, window);
     e = d.insert_locked(key, now_s, [&](entry& n) {
       uint64_t k = n.key.load(std::memory_order_relaxed);
       std::memset(static_cast<void*>(&n), 0, offsetof(entry, lock));

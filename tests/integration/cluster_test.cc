@@ -377,3 +377,60 @@ TEST_F(cluster_config, an_acknowledged_put_survives_kill_9_of_every_node) {
 
 }  // namespace
 }  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+// One global limit across three processes: the nodes share their counts by gossip, so the
+// cluster admits the limit, not three times it, and every node reports the same view.
+TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
+  start_cluster(3);
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
+                         5s));
+  auto r = admin(1, "PUT", "/config/routes/limited",
+                 R"({"match":{"path_prefix":"/limited"},"upstream":"backend",)"
+                 R"("rate_limit":{"limit":6,"window":"1h","key":"global"}})");
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  // A second route written after it: once a node serves /probe it holds /limited too.
+  ASSERT_EQ(admin(1, "PUT", "/config/routes/probe",
+                  R"({"match":{"path_prefix":"/probe"},"upstream":"backend"})")
+                .status,
+            200);
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (proxy_status(i, "/probe") != 200) return false;
+        return true;
+      },
+      5s));
+
+  // Requests round-robin over the nodes, spaced wider than a sync round plus gossip.
+  int admitted = 0, refused = 0;
+  for (int n = 0; n < 15; ++n) {
+    int status = proxy_status(n % 3, "/limited");
+    admitted += status == 200;
+    refused += status == 429;
+    std::this_thread::sleep_for(400ms);  // pacing the load, not waiting for a result
+  }
+  EXPECT_EQ(admitted + refused, 15);
+  EXPECT_GE(admitted, 6);
+  EXPECT_LE(admitted, 7) << "three per-node limits would admit up to 15";
+  // Every node reports the cluster-wide count, split by node.
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i) {
+          auto v = admin(i, "GET", "/ratelimits/limited?key=");
+          if (v.status != 200 || v.body["count"] != admitted) return false;
+        }
+        return true;
+      },
+      5s))
+      << admin(0, "GET", "/ratelimits/limited?key=").body.dump();
+  auto v = admin(2, "GET", "/ratelimits/limited?key=");
+  EXPECT_EQ(v.body["limit"], 6);
+  EXPECT_EQ(v.body["by_node"].size(), 3u) << v.body.dump();
+}
+
+}  // namespace
+}  // namespace meridian::testing

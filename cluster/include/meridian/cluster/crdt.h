@@ -14,6 +14,7 @@
 
 #include <boost/container/small_vector.hpp>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -84,8 +85,8 @@ struct counter_update {
 
 class window_counters {
  public:
-  // max_keys caps the number of counters held: beyond it the least recently active ones (by an
-  // approximate, sampled LRU) are evicted, so a flood of distinct keys cannot exhaust memory.
+  // max_keys caps the number of counters held: beyond it the least recently active ones (by the
+  // CLOCK approximation of LRU) are evicted, so a flood of distinct keys cannot exhaust memory.
   explicit window_counters(size_t max_keys);
 
   // Returns the small index this node uses for a node id (index 0 is the local node, interned
@@ -104,6 +105,9 @@ class window_counters {
   // Calls f(node index, count) for every slot of key in window.
   void for_each_slot(uint64_t key, uint32_t window,
                      const std::function<void(uint16_t, uint32_t)>& f) const;
+  // Returns the sum of the slots of nodes other than the local one, in window and window - 1
+  // (one lookup: what a rate limiter seeing the key for the first time needs).
+  std::pair<uint64_t, uint64_t> others(uint64_t key, uint32_t window) const;
   // Calls f(node index, update) for every slot held (both windows of every key).
   void for_each(const std::function<void(uint16_t, const counter_update&)>& f) const;
 
@@ -129,6 +133,7 @@ class window_counters {
     uint32_t window_ms = 0;
     uint32_t window = 0;  // index of `cur`; `prev` is window - 1
     bool dirty = false;
+    bool referenced = false;  // touched since the eviction hand last passed (CLOCK)
     slots cur, prev;
   };
   cell* find_or_insert(uint64_t key, uint32_t window_ms);
@@ -145,7 +150,8 @@ class window_counters {
   std::vector<std::string> nodes_;
   std::unordered_map<std::string, uint16_t> node_index_;
   uint64_t evictions_ = 0;
-  uint64_t evict_cursor_ = 0;
+  std::deque<uint64_t> clock_;  // keys in insertion order, for the eviction hand
+  void compact_queues();
 };
 
 // Packs counter updates for the wire: per update the key as 8 bytes little-endian, then

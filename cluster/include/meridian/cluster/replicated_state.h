@@ -125,8 +125,8 @@ class replicated_state final : public gossip_application {
   };
   void count_batch(const std::vector<counter_add>& adds);
   uint64_t counter_sum(uint64_t key, uint32_t window) const;
-  // The sum of the other nodes' slots of key in window.
-  uint64_t counter_others(uint64_t key, uint32_t window) const;
+  // The sum of the other nodes' slots of key in window and in window - 1.
+  std::pair<uint64_t, uint64_t> counter_others(uint64_t key, uint32_t window) const;
   // Called, after a remote delta changed counters and outside the lock, with (key, window,
   // the other nodes' new sum) for each changed one: the rate limiter's view of remote counts.
   void set_counter_observer(std::function<void(uint64_t, uint32_t, uint64_t)> observer);
