@@ -213,9 +213,10 @@ void window_counters::compact_queues() {
   }
 }
 
-std::pair<uint64_t, uint64_t> window_counters::others(uint64_t key, uint32_t window) const {
+window_counters::split_counts window_counters::split(uint64_t key, uint32_t window) const {
+  split_counts out;
   auto it = cells_.find(key);
-  if (it == cells_.end()) return {0, 0};
+  if (it == cells_.end()) return out;
   const cell& c = it->second;
   auto sum = [](const slots& s) {
     uint64_t n = 0;
@@ -223,13 +224,17 @@ std::pair<uint64_t, uint64_t> window_counters::others(uint64_t key, uint32_t win
       if (x.node != 0) n += x.count;
     return n;
   };
-  if (window == c.window) return {sum(c.cur), sum(c.prev)};
-  if (window == c.window + 1) return {0, sum(c.cur)};
-  return {0, 0};
+  if (window == c.window) {
+    out = {sum(c.cur), sum(c.prev), get(c.cur, 0), get(c.prev, 0)};
+  } else if (window == c.window + 1) {
+    out.others_prev = sum(c.cur);
+    out.own_prev = get(c.cur, 0);
+  }
+  return out;
 }
 
 uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n,
-                              bool urgent) {
+                              bool urgent, bool replicate) {
   cell* c = find_or_insert(key, window_ms);
   if (!c) return 0;
   if (!advance(*c, window)) return 0;
@@ -238,7 +243,7 @@ uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window,
   value = n > std::numeric_limits<uint32_t>::max() - value ? std::numeric_limits<uint32_t>::max()
                                                            : value + n;
   set_max(s, 0, value);
-  if (!c->dirty) {
+  if (replicate && !c->dirty) {
     c->dirty = true;
     (urgent ? urgent_ : dirty_).push_back(key);
     // Evicted keys leave stale entries behind; keep the lists bounded by the table.

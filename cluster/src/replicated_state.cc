@@ -434,14 +434,14 @@ void replicated_state::count_batch(const std::vector<counter_add>& adds) {
   std::lock_guard lock(impl_->mu);
   for (const auto& a : adds) {
     impl_->note_counter(a.key);
-    impl_->counters.add(a.key, a.window_ms, a.window, a.n, a.urgent);
+    impl_->counters.add(a.key, a.window_ms, a.window, a.n, a.urgent, a.replicate);
   }
 }
 
-std::pair<uint64_t, uint64_t> replicated_state::counter_others(uint64_t key,
-                                                               uint32_t window) const {
+window_counters::split_counts replicated_state::counter_split(uint64_t key,
+                                                              uint32_t window) const {
   std::lock_guard lock(impl_->mu);
-  return impl_->counters.others(key, window);
+  return impl_->counters.split(key, window);
 }
 
 void replicated_state::set_counter_observer(

@@ -261,10 +261,12 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
 
   entry* e = d.find_locked(key);
   if (!e) {
-    // A key new to this node: start from what the others have counted. Asked before taking
-    // any lock of ours: the state's observer takes entry locks under the state's own.
-    uint64_t remote_cur = 0, remote_prev = 0;
-    if (replicated) std::tie(remote_cur, remote_prev) = d.state->counter_others(key, window);
+    // A key new to this node: start from what the others have counted, and from this node's own
+    // earlier count (restored from the store after a restart, or evicted from this table).
+    // Asked before taking any lock of ours: the state's observer takes entry locks under its own.
+    cluster::window_counters::split_counts known;
+    if (d.state) known = d.state->counter_split(key, window);
+    if (!replicated) known.others_cur = known.others_prev = 0;
     e = d.insert_locked(key, now_s, [&](entry& n) {
       uint64_t k = n.key.load(std::memory_order_relaxed);
       std::memset(static_cast<void*>(&n), 0, offsetof(entry, lock));
@@ -272,8 +274,10 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
       n.flags = replicated ? replicated_flag : 0;
       n.window_ms = static_cast<uint32_t>(spec.window_ms);
       n.window = window;
-      n.remote_cur = clamp32(remote_cur);
-      n.remote_prev = clamp32(remote_prev);
+      n.remote_cur = clamp32(known.others_cur);
+      n.remote_prev = clamp32(known.others_prev);
+      n.local_cur = known.own_cur;
+      n.local_prev = known.own_prev;
     });
   }
   limit_decision out;
@@ -316,7 +320,7 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
       if (allowed) {
         ++en.local_cur;
         if (en.lease_left) --en.lease_left;
-        if (en.flags & replicated_flag) {
+        if (d.state) {  // every count reaches the store; replicated ones the cluster too
           ++en.unflushed_cur;
           if (!(en.flags & dirty_flag)) {
             en.flags |= dirty_flag;
@@ -373,9 +377,11 @@ void rate_limiter::flush() {
       e->flags &= static_cast<uint8_t>(~dirty_flag);
       // Near its limit: ahead of the others in the delta queue.
       bool urgent = static_cast<uint64_t>(e->local_cur) + e->remote_cur >= e->limit * 8ull / 10;
-      if (e->unflushed_cur) adds.push_back({key, e->window_ms, e->window, e->unflushed_cur, urgent});
+      bool replicate = e->flags & replicated_flag;
+      if (e->unflushed_cur)
+        adds.push_back({key, e->window_ms, e->window, e->unflushed_cur, urgent, replicate});
       if (e->unflushed_prev && e->window > 0)
-        adds.push_back({key, e->window_ms, e->window - 1, e->unflushed_prev, urgent});
+        adds.push_back({key, e->window_ms, e->window - 1, e->unflushed_prev, urgent, replicate});
       e->unflushed_cur = e->unflushed_prev = 0;
     }
     e->lock.store(0, std::memory_order_release);
@@ -415,14 +421,13 @@ rate_limiter::key_view rate_limiter::view(uint64_t key, const limit_spec& spec, 
   auto& d = *impl_;
   const int64_t since = std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0);
   const auto window = static_cast<uint32_t>(static_cast<uint64_t>(since) / spec.window_ms);
-  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state;
   key_view v;
   v.limit = spec.limit;
   v.window_ms = spec.window_ms;
-  if (replicated) v.by_node = d.state->counter_by_node(key, window);
+  if (d.state) v.by_node = d.state->counter_by_node(key, window);
   if (entry* e = d.find_locked(key)) {
     if (e->window == window) {
-      if (replicated) {
+      if (d.state) {
         v.by_node[d.opt.node_id] += e->unflushed_cur;  // not yet in the replicated counters
       } else {
         v.by_node[d.opt.node_id] = e->local_cur;

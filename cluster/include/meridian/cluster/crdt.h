@@ -95,8 +95,10 @@ class window_counters {
   const std::string& node_id(uint16_t index) const { return nodes_[index]; }
 
   // Adds n to the local node's slot (index 0) of key in window and returns the slot's new value.
-  // The key becomes dirty (take_dirty); urgent keys are taken first.
-  uint32_t add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n, bool urgent = false);
+  // The key becomes dirty (take_dirty); urgent keys are taken first. With replicate false the
+  // count stays on this node (persisted by the owner, never taken as a delta).
+  uint32_t add(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n, bool urgent = false,
+               bool replicate = true);
   // Merges node's slot value; returns true when state changed.
   bool merge(uint16_t node, const counter_update& u);
 
@@ -105,9 +107,13 @@ class window_counters {
   // Calls f(node index, count) for every slot of key in window.
   void for_each_slot(uint64_t key, uint32_t window,
                      const std::function<void(uint16_t, uint32_t)>& f) const;
-  // Returns the sum of the slots of nodes other than the local one, in window and window - 1
-  // (one lookup: what a rate limiter seeing the key for the first time needs).
-  std::pair<uint64_t, uint64_t> others(uint64_t key, uint32_t window) const;
+  // What a rate limiter seeing a key for the first time needs, in one lookup: the other nodes'
+  // sums and the local slot, in window and window - 1.
+  struct split_counts {
+    uint64_t others_cur = 0, others_prev = 0;
+    uint32_t own_cur = 0, own_prev = 0;
+  };
+  split_counts split(uint64_t key, uint32_t window) const;
   // Calls f(node index, update) for every slot held (both windows of every key).
   void for_each(const std::function<void(uint16_t, const counter_update&)>& f) const;
 

@@ -115,18 +115,19 @@ class replicated_state final : public gossip_application {
   // Adds n to this node's slot of key in window; returns the slot's new value.
   uint32_t count(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t n,
                  bool urgent = false);
-  // Adds many at once (one lock): each is (key, window_ms, window, n, urgent).
+  // Adds many at once (one lock). replicate false: kept and persisted here, never sent.
   struct counter_add {
     uint64_t key;
     uint32_t window_ms;
     uint32_t window;
     uint32_t n;
     bool urgent;
+    bool replicate = true;
   };
   void count_batch(const std::vector<counter_add>& adds);
   uint64_t counter_sum(uint64_t key, uint32_t window) const;
-  // The sum of the other nodes' slots of key in window and in window - 1.
-  std::pair<uint64_t, uint64_t> counter_others(uint64_t key, uint32_t window) const;
+  // The other nodes' sums and this node's slot of key, in window and window - 1.
+  window_counters::split_counts counter_split(uint64_t key, uint32_t window) const;
   // Called, after a remote delta changed counters and outside the lock, with (key, window,
   // the other nodes' new sum) for each changed one: the rate limiter's view of remote counts.
   void set_counter_observer(std::function<void(uint64_t, uint32_t, uint64_t)> observer);
