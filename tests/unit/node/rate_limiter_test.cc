@@ -159,74 +159,100 @@ struct harness_result {
   double mean_admitted = 0;
 };
 
-// Runs three nodes (eu-west, us-east, ap-south; 50 ms one-way between regions, 1 ms inside)
-// with one key limited to `limit` per 10 s, offering 3x the limit split by `split` for
-// `windows` windows after one warm-up window, then (if `moved` is set) the moved split for as
-// many more. Returns per-window errors of each phase.
+// Three nodes (eu-west, us-east, ap-south; 50 ms + U[0,5] ms one way between regions, 1 ms
+// inside) on the simulator, each with its replicated state and rate limiter wired as node.cc
+// wires them.
+struct three_regions {
+  three_regions(uint64_t seed, int64_t lease_ms) : sim(seed) {
+    cluster::swim_config swim = sim::recommended_config();
+    sim.set_default_links({0, millis(1), millis(1), false}, {0, millis(50), millis(5), false});
+    const char* regions[] = {"eu-west", "us-east", "ap-south"};
+    for (int i = 0; i < 3; ++i) {
+      std::string id = "n" + std::to_string(i);
+      sim.add_node({id, "10.0.0." + std::to_string(i + 1) + ":7946", regions[i], ""}, 1, swim);
+      states.push_back(std::make_unique<cluster::replicated_state>(
+          cluster::state_options{.self_id = id}, [this] { return wall(); }, nullptr));
+      limiters.push_back(std::make_unique<rate_limiter>(
+          rate_limiter::options{.node_id = id, .region = regions[i], .lease_ms = lease_ms},
+          states.back().get()));
+      auto* l = limiters.back().get();
+      states.back()->set_counter_observer(
+          [l](uint64_t k, uint32_t w, uint64_t others) { l->on_remote(k, w, others); });
+      states.back()->set_flush_hook([l] { l->flush(); });
+      l->set_view(3, 0, 1, 0);
+    }
+    sim.bootstrap();
+    for (int i = 0; i < 3; ++i) {
+      sim.node(i).set_application(states[i].get());
+      sim.touch(i);
+    }
+  }
+  int64_t wall() const { return t0 + sim.now().count(); }
+  int64_t window_of(int64_t wall_ms, millis window) const {
+    return (wall_ms - cluster::hlc_epoch_unix_ms) / window.count();
+  }
+  // Offers Poisson arrivals from `from` to `until` at total_rate (per ms) split by share(node);
+  // calls admitted(node) for each admission.
+  void offer(millis from, millis until, double total_rate, std::function<double(int)> share,
+             std::vector<limit_spec> specs, std::function<void(int)> admitted) {
+    for (int node = 0; node < 3; ++node) {
+      auto next = std::make_shared<std::function<void()>>();
+      *next = [=, this] {
+        millis now = sim.now();
+        if (now >= until) return;
+        uint64_t k = rate_limiter::key_of(specs[node], "");
+        if (limiters[node]->check(k, specs[node], wall(), true).allowed) admitted(node);
+        double rate = total_rate * share(node);
+        double gap = -std::log(1.0 - sim.random().uniform()) / std::max(rate, 1e-9);
+        sim.at(now + millis(std::max<int64_t>(1, static_cast<int64_t>(gap))), *next);
+      };
+      sim.at(from, *next);
+    }
+  }
+  // Tells each limiter which members its membership sees as unreachable, as the glue does.
+  void publish_views_every(millis period, millis until) {
+    auto tick = std::make_shared<std::function<void()>>();
+    *tick = [=, this] {
+      for (int i = 0; i < 3; ++i) {
+        size_t down = 0;
+        for (const auto& m : sim.node(i).members())
+          down += m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
+        limiters[i]->set_view(3, down, 1, 0);
+      }
+      if (sim.now() + period < until) sim.at(sim.now() + period, *tick);
+    };
+    sim.at(sim.now(), *tick);
+  }
+  sim::simulator sim;
+  std::vector<std::unique_ptr<cluster::replicated_state>> states;
+  std::vector<std::unique_ptr<rate_limiter>> limiters;
+};
+
+// One key limited to 1,000 per 10 s, offered 3x the limit split by `split` for `windows`
+// windows after one warm-up window, then (if `moved` is set) the moved split for as many more.
+// Returns per-window errors of each phase.
 std::pair<harness_result, harness_result> run_harness(const std::string& scope, double split[3],
                                                       double moved[3], int windows,
                                                       uint64_t seed, int64_t lease_ms = 250) {
   const uint64_t limit = 1000;
   const millis window(10'000);
-  sim::simulator sim(seed);
-  cluster::swim_config swim = sim::recommended_config();
-  sim::link_faults same{0, millis(1), millis(1), false};
-  sim::link_faults cross{0, millis(50), millis(5), false};
-  sim.set_default_links(same, cross);
-  const char* regions[] = {"eu-west", "us-east", "ap-south"};
-  std::vector<std::unique_ptr<cluster::replicated_state>> states;
-  std::vector<std::unique_ptr<rate_limiter>> limiters;
-  auto wall = [&sim] { return t0 + sim.now().count(); };
-  for (int i = 0; i < 3; ++i) {
-    std::string id = "n" + std::to_string(i);
-    sim.add_node({id, "10.0.0." + std::to_string(i + 1) + ":7946", regions[i], ""}, 1, swim);
-    states.push_back(std::make_unique<cluster::replicated_state>(
-        cluster::state_options{.self_id = id}, wall, nullptr));
-    limiters.push_back(std::make_unique<rate_limiter>(
-        rate_limiter::options{.node_id = id, .region = regions[i], .lease_ms = lease_ms},
-        states.back().get()));
-    auto* l = limiters.back().get();
-    states.back()->set_counter_observer(
-        [l](uint64_t k, uint32_t w, uint64_t others) { l->on_remote(k, w, others); });
-    states.back()->set_flush_hook([l] { l->flush(); });
-    l->set_view(3, 0, 1, 0);
-  }
-  sim.bootstrap();
-  for (int i = 0; i < 3; ++i) {
-    sim.node(i).set_application(states[i].get());
-    sim.touch(i);
-  }
+  three_regions c(seed, lease_ms);
   std::vector<limit_spec> specs;
-  for (auto& l : limiters) specs.push_back(l->compile("api", 0, limit_of(limit, 10s, "sliding_window", scope)));
-
-  // Admissions per window index, all nodes together.
-  std::map<int64_t, uint64_t> admitted;
+  for (auto& l : c.limiters)
+    specs.push_back(l->compile("api", 0, limit_of(limit, 10s, "sliding_window", scope)));
+  std::map<int64_t, uint64_t> admitted;  // per window index, all nodes together
   const double total_rate = 3.0 * static_cast<double>(limit) / 10'000.0;  // requests per ms
   const millis start = window;  // align phases to windows
   const millis phase = window * (windows + 1);
-  for (int node = 0; node < 3; ++node) {
-    // Each node's arrivals: a Poisson process at its share of the offered load.
-    auto next = std::make_shared<std::function<void()>>();
-    *next = [&, node, next] {
-      millis now = sim.now();
-      if (now >= start + 2 * phase) return;
-      bool second = moved && now >= start + phase;
-      double rate = total_rate * (second ? moved[node] : split[node]);
-      if (now >= start) {
-        uint64_t k = rate_limiter::key_of(specs[node], "");  // per node for scope local
-        if (limiters[node]->check(k, specs[node], wall(), true).allowed) {
-          ++admitted[(wall() - cluster::hlc_epoch_unix_ms) / window.count()];
-        }
-      }
-      double gap = -std::log(1.0 - sim.random().uniform()) / std::max(rate, 1e-9);
-      sim.at(now + millis(std::max<int64_t>(1, static_cast<int64_t>(gap))), *next);
-    };
-    sim.at(start, *next);
-  }
-  sim.run_until(start + (moved ? 2 : 1) * phase);
+  auto count = [&](int) { ++admitted[c.window_of(c.wall(), window)]; };
+  c.offer(start, start + phase, total_rate, [&](int n) { return split[n]; }, specs, count);
+  if (moved)
+    c.offer(start + phase, start + 2 * phase, total_rate, [&](int n) { return moved[n]; }, specs,
+            count);
+  c.sim.run_until(start + (moved ? 2 : 1) * phase);
 
   std::pair<harness_result, harness_result> out;
-  int64_t first = (t0 - cluster::hlc_epoch_unix_ms + start.count()) / window.count();
+  int64_t first = c.window_of(t0 + start.count(), window);
   for (int p = 0; p < (moved ? 2 : 1); ++p) {
     auto& r = p == 0 ? out.first : out.second;
     double sum = 0;
@@ -275,6 +301,55 @@ TEST(rate_limiter_sim, leases_beat_summing_what_each_node_knows) {
               sim::percentile(without, 99) * 100);
   EXPECT_LE(sim::percentile(with, 99), 0.05);
   EXPECT_LT(std::abs(mean_with - 1000), std::abs(mean_without - 1000));
+}
+
+TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merge_after) {
+  // ap-south (n2) is cut off from 12 s to 45 s. With local_share each side may use its share
+  // of the limit (2/3 and 1/3) while members are unreachable; the window 30-40 s lies wholly
+  // inside the partition, after detection. Then the heal: the windows' counts merge.
+  const millis window(10'000);
+  three_regions c(3, 250);
+  std::vector<limit_spec> share, open;
+  for (auto& l : c.limiters) {
+    share.push_back(l->compile("api", 0, limit_of(1000, 10s)));
+    auto o = limit_of(1000, 10s);
+    o.on_partition = "fail_open";
+    open.push_back(l->compile("open", 0, o));
+  }
+  std::map<std::pair<int64_t, int>, uint64_t> by_side, by_side_open;  // (window, side) -> n
+  const double rate = 0.3;  // 3x the limit, per ms
+  auto split = [](int n) { return n == 0 ? 0.6 : n == 1 ? 0.3 : 0.1; };
+  // The load stops a second after the heal, so the last counts can settle before the check.
+  c.offer(millis(10'000), millis(46'000), rate, split, share, [&](int n) {
+    ++by_side[{c.window_of(c.wall(), window), n == 2}];
+  });
+  c.offer(millis(10'000), millis(46'000), rate, split, open, [&](int n) {
+    ++by_side_open[{c.window_of(c.wall(), window), n == 2}];
+  });
+  c.publish_views_every(millis(250), millis(60'000));
+  c.sim.at(millis(12'000), [&] { c.sim.partition({2}); });
+  c.sim.at(millis(45'000), [&] { c.sim.heal(); });
+  c.sim.run_until(millis(49'000));
+  int64_t inside = c.window_of(t0 + 30'000, window);
+  uint64_t a = by_side[std::make_pair(inside, false)], b = by_side[std::make_pair(inside, true)];
+  std::printf("partitioned window, local_share: eu+us admitted %llu (share 666), ap %llu (share "
+              "333, offered ~300); fail_open: %llu and %llu\n",
+              static_cast<unsigned long long>(a), static_cast<unsigned long long>(b),
+              static_cast<unsigned long long>(by_side_open[std::make_pair(inside, false)]),
+              static_cast<unsigned long long>(by_side_open[std::make_pair(inside, true)]));
+  EXPECT_LE(a, 666u + 10);
+  EXPECT_GE(a, 600u);
+  EXPECT_LE(b, 333u);
+  EXPECT_LE(a + b, 1000u + 10);
+  uint64_t open_majority = by_side_open[std::make_pair(inside, false)];
+  EXPECT_GT(open_majority, 1500u);  // fail_open: no limit while partitioned
+  // After the heal the majority side learns what ap-south admitted in the current window.
+  int64_t now_window = c.window_of(c.wall(), window);
+  uint64_t key = rate_limiter::key_of(share[0], "");
+  auto seen_by_n0 = c.states[0]->counter_by_node(key, static_cast<uint32_t>(now_window));
+  auto own_of_n2 = c.states[2]->counter_by_node(key, static_cast<uint32_t>(now_window));
+  EXPECT_GT(own_of_n2["n2"], 0u);
+  EXPECT_EQ(seen_by_n0["n2"], own_of_n2["n2"]);
 }
 
 TEST(rate_limiter_sim, per_node_limits_overshoot_the_cluster_limit) {
