@@ -1032,6 +1032,13 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
     ok = read_choice(d, *v, rl.scope, {"local", "region", "global"}) && ok;
   }
   if (auto v = m.take("burst")) ok = read_uint(d, *v, rl.burst, 1) && ok;
+  if (auto v = m.take("max_delay")) {
+    ok = read_duration(d, *v, rl.max_delay, true) && ok;
+    if (ok && rl.max_delay > std::chrono::seconds(60)) {
+      d.add(v->line, v->path + ": must be at most 60s");
+      ok = false;
+    }
+  }
   if (auto v = m.take("on_partition")) {
     ok = read_choice(d, *v, rl.on_partition, {"local_share", "fail_open", "fail_closed"}) && ok;
   }

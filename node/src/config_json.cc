@@ -127,6 +127,7 @@ json rate_limit_to_json(const rate_limit_config& r) {
               {"scope", r.scope},
               {"on_partition", r.on_partition}};
   if (r.burst) out["burst"] = r.burst;
+  if (r.max_delay.count()) out["max_delay"] = format_duration(r.max_delay);
   return out;
 }
 

@@ -393,7 +393,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   size_t index_in_worker = 0;
 
  private:
-  enum class phase { idle, head, connecting, proxying, closing, lingering, closed };
+  enum class phase { idle, head, delayed, connecting, proxying, closing, lingering, closed };
   enum class failure { connect, connect_timeout, reset, timeout };
   struct field_view {
     http::field f;
@@ -429,6 +429,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool authenticate_jwt();
   // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
   bool check_rate_limits();
+  // Holds the request for delay_ms_ (a rate limit's max_delay), then dispatches it.
+  void start_delay();
   bool request_replayable() const;
 
   worker& w_;
@@ -480,6 +482,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string www_authenticate_;                                   // for a 401 answer
   std::string rate_limit_headers_;  // "RateLimit-...: v\r\n" lines for the answer, or empty
   std::string consumer_;            // the authenticated consumer (JWT sub), or empty
+  uint64_t delay_ms_ = 0;           // a rate limit's max_delay: wait this long, then dispatch
+  std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first delay
   std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
   bool strip_authorization_ = false;
   const char* local_code_ = "";
@@ -768,6 +772,7 @@ void client_session::close() {
   socket_.close(ignored);
   req_parser_.reset();
   resp_parser_.reset();
+  if (delay_timer_) delay_timer_->cancel();
 }
 
 void client_session::close_if_idle() {
@@ -789,6 +794,9 @@ void client_session::check_deadline(int64_t now) {
       w_.stats.header_timeouts.add();
       close_after_response_ = true;
       send_error(408, "request_timeout", "the request head did not arrive in time");
+      break;
+    case phase::delayed:  // the timer fires long before; a stuck one ends the connection
+      close();
       break;
     case phase::connecting:
       upstream_failed(failure::connect_timeout);
@@ -899,6 +907,7 @@ void client_session::begin_request() {
   www_authenticate_.clear();
   rate_limit_headers_.clear();
   consumer_.clear();
+  delay_ms_ = 0;
   auth_headers_.clear();
   strip_authorization_ = false;
   target_ = nullptr;
@@ -912,6 +921,7 @@ void client_session::begin_request() {
 void client_session::process_input() {
   if (reading_into_in_) return;  // resumed when the read completes
   while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
+    if (phase_ == phase::delayed) return;  // resumed by the delay timer
     if (phase_ == phase::idle || phase_ == phase::head) {
       if (in_.empty()) {
         in_.release_if_empty();
@@ -960,6 +970,10 @@ void client_session::process_input() {
         if (!req_done_) close_after_response_ = true;
         send_error(status, local_code_, local_message_);
         continue;
+      }
+      if (delay_ms_) {
+        start_delay();
+        return;
       }
       dispatch();
       continue;
@@ -1208,6 +1222,7 @@ bool client_session::check_rate_limits() {
         tightest = d;
         break;
       }
+      delay_ms_ = std::max(delay_ms_, d.delay_ms);
       if (i == 0 || d.remaining < tightest.remaining) tightest = d;
     }
   }
@@ -1219,11 +1234,26 @@ bool client_session::check_rate_limits() {
         .fetch_add(1, std::memory_order_relaxed);
   }
   if (allowed) return true;
+  delay_ms_ = 0;
   rate_limit_headers_ += "Retry-After: " + std::to_string(tightest.retry_after_s) + "\r\n";
   local_status_ = 429;
   local_code_ = "rate_limited";
   local_message_ = "rate limit exceeded; retry later";
   return false;
+}
+
+void client_session::start_delay() {
+  phase_ = phase::delayed;
+  deadline_ = w_.now + static_cast<int64_t>(delay_ms_) + 5000;
+  if (!delay_timer_) delay_timer_ = std::make_unique<asio::steady_timer>(w_.ioc);
+  delay_timer_->expires_after(std::chrono::milliseconds(delay_ms_));
+  delay_ms_ = 0;
+  delay_timer_->async_wait([self = shared_from_this()](const error_code& ec) {
+    if (ec || self->phase_ != phase::delayed) return;
+    self->phase_ = phase::head;
+    self->dispatch();
+    self->process_input();
+  });
 }
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {

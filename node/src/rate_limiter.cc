@@ -198,6 +198,8 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
     spec.limit = burst;
     spec.window_ms = std::max<uint64_t>(window_ms * burst / std::max<uint64_t>(cfg.limit, 1), 10);
   }
+  spec.max_delay_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(cfg.max_delay).count());
   spec.scope = cfg.scope == "local"    ? limit_spec::scope_kind::local
                : cfg.scope == "region" ? limit_spec::scope_kind::region
                                        : limit_spec::scope_kind::global;
@@ -314,6 +316,22 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     if (partitioned && spec.on_partition == limit_spec::partition_policy::fail_open) allowed = true;
     if (partitioned && spec.on_partition == limit_spec::partition_policy::fail_closed)
       allowed = false;
+    uint64_t delay_ms = 0;
+    if (!allowed && spec.max_delay_ms && !(partitioned && spec.on_partition ==
+                                                              limit_spec::partition_policy::fail_closed)) {
+      // Leaky-bucket queueing: the excess drains at limit per window, so the request may pass
+      // after excess * window / limit ms. It is counted now (its place in the queue), which
+      // makes the next one wait longer.
+      const u128 excess = known + w > cap ? known + w - cap : 0;
+      delay_ms = static_cast<uint64_t>((excess + effective - 1) / std::max<uint64_t>(effective, 1));
+      // No excess means the refusal came from the lease: a delay would not make room.
+      if (excess > 0 && delay_ms <= spec.max_delay_ms) {
+        allowed = true;
+      } else {
+        delay_ms = 0;
+      }
+    }
+    out.delay_ms = delay_ms;
 
     if (commit) {
       if (en.attempts_cur != UINT32_MAX) ++en.attempts_cur;

@@ -53,6 +53,7 @@ struct limit_spec {
   uint64_t limit = 0;      // what the algorithm counts to (burst for the buckets)
   uint64_t window_ms = 1;  // the window it counts in
   bool sliding = true;
+  uint64_t max_delay_ms = 0;  // > 0: admit with a delay instead of refusing, up to this long
   scope_kind scope = scope_kind::global;
   partition_policy on_partition = partition_policy::local_share;
   key_kind key = key_kind::consumer;
@@ -65,6 +66,7 @@ struct limit_decision {
   uint64_t remaining = 0;
   uint64_t reset_s = 0;        // seconds until the current window ends
   uint64_t retry_after_s = 0;  // when rejected
+  uint64_t delay_ms = 0;       // when admitted on condition of waiting this long (max_delay)
 };
 
 // Per-route decision counters, read by the metrics endpoint.

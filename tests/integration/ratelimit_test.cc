@@ -15,6 +15,9 @@ class ratelimit : public ::testing::Test {
     up_.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
       res.set_content("ok", "text/plain");
     });
+    up_.server().Post(".*", [](const httplib::Request& req, httplib::Response& res) {
+      res.set_content("got " + std::to_string(req.body.size()), "text/plain");
+    });
     up_.start();
   }
   std::string config(const std::string& limits) {
@@ -117,6 +120,36 @@ TEST_F(ratelimit, a_token_bucket_allows_its_burst_then_refills_at_the_rate) {
   EXPECT_GE(ok, 4);
   EXPECT_LE(ok, 5);  // the bucket may refill one while the eight go out
   EXPECT_TRUE(eventually([&] { return c.Get("/")->status == 200; }, 2s));
+}
+
+TEST_F(ratelimit, a_leaky_bucket_with_max_delay_spaces_requests_instead_of_refusing) {
+  // 10 a second, no burst: one request per 100 ms. Six back-to-back requests all pass, spaced
+  // out by the gateway; without max_delay most of them are refused.
+  running_node n(config("{limit: 10, window: 1s, key: global, algorithm: leaky_bucket, "
+                        "max_delay: 500ms}"));
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 6; ++i) {
+    auto res = c.Get("/");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << i;
+  }
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_GE(took, 400ms);  // five gaps of about 100 ms
+  EXPECT_EQ(up_.hits.load(), 6);
+  // A request with a body waits whole and then goes through whole.
+  auto post = c.Post("/", std::string(100'000, 'x'), "application/octet-stream");
+  ASSERT_TRUE(post);
+  EXPECT_EQ(post->status, 200);
+  EXPECT_EQ(post->body, "got 100000");
+
+  running_node strict(config("{limit: 10, window: 1s, key: global, algorithm: leaky_bucket}"));
+  ASSERT_TRUE(strict.ok());
+  auto s = strict.client();
+  int refused = 0;
+  for (int i = 0; i < 6; ++i) refused += s.Get("/")->status == 429;
+  EXPECT_GE(refused, 3);
 }
 
 }  // namespace

@@ -120,7 +120,7 @@ TEST(config_json, one_rate_limit_is_a_map_and_several_are_a_list) {
   config c = sample_config();
   auto one = config_to_json(c)["routes"][0]["rate_limit"];
   EXPECT_EQ(one, nlohmann::json::parse(R"({"limit":100,"window":"1m","key":"consumer",
-      "algorithm":"sliding_window","scope":"global"})"));
+      "algorithm":"sliding_window","scope":"global","on_partition":"local_share"})"));
   c.routes[0].rate_limits.push_back({10, 1s, "ip", "sliding_window", "local"});
   auto several = config_to_json(c)["routes"][0]["rate_limit"];
   ASSERT_TRUE(several.is_array());

@@ -474,14 +474,14 @@ routes:
     upstream: a
     match: {path: /x,
             foo: 1}
-    rate_limit: [{limit: 1, burst: 2}]
+    rate_limit: [{limit: 1, brust: 2}]
 )");
   EXPECT_THAT(errors_of(result),
               ElementsAre("test.yaml:2: unknown key 'routez' at the top level",
                           "test.yaml:5: unknown key 'wieght' in upstreams[0].targets[0]",
                           "test.yaml:6: unknown key 'intervall' in upstreams[0].health_check",
                           "test.yaml:11: unknown key 'foo' in routes[0].match",
-                          "test.yaml:12: unknown key 'burst' in routes[0].rate_limit[0]"));
+                          "test.yaml:12: unknown key 'brust' in routes[0].rate_limit[0]"));
 }
 
 TEST(config, duplicate_key_in_one_map_is_reported) {

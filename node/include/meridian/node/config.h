@@ -195,6 +195,7 @@ struct rate_limit_config {
   std::string scope = "global";  // local | region | global
   uint64_t burst = 0;  // token_bucket / leaky_bucket capacity; 0: limit (token) or 1 (leaky)
   std::string on_partition = "local_share";  // local_share | fail_open | fail_closed
+  duration max_delay{0};  // > 0: hold a request up to this long for room instead of a 429
 };
 
 struct route_config {
