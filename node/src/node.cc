@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "admin_server.h"
+#include "meridian/storage/store.h"
 #include "cluster_glue.h"
 #include "config_json.h"
 #include "health_checker.h"
@@ -151,8 +152,27 @@ struct node::impl {
   config cfg;
   metrics_registry metrics;
   target_registry targets;
+  // Without a cluster: a store and state that only keep rate-limit counts across restarts.
+  std::unique_ptr<storage::store> local_store;
+  std::unique_ptr<cluster::replicated_state> local_state;
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
+  std::thread persister;  // without a cluster: hands counts to local_state and persists them
+  std::mutex persister_mutex;
+  std::condition_variable persister_cv;
+  bool persister_stop = false;
+
+  void stop_persister() {
+    if (!persister.joinable()) return;
+    {
+      std::lock_guard lock(persister_mutex);
+      persister_stop = true;
+    }
+    persister_cv.notify_all();
+    persister.join();
+    limiter->flush();
+    local_state->persist_counters();
+  }
   std::string token;
   uint64_t version = 0;
   mutable std::mutex snap_mutex;
@@ -375,6 +395,7 @@ node::node(config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 node::~node() {
   impl_->stop_applier();
+  impl_->stop_persister();
   if (impl_->proxy) impl_->proxy->stop();
   if (impl_->admin) impl_->admin->stop();
 }
@@ -396,7 +417,39 @@ bool node::start(std::string* error) {
   rate_limiter::options lo;
   lo.node_id = d.cfg.node.id;
   lo.region = d.cfg.node.region;
-  d.limiter = std::make_unique<rate_limiter>(lo, d.cluster ? &d.cluster->state() : nullptr);
+  if (!d.cluster) {
+    // Counts of long windows (a daily quota) must survive a restart here too.
+    std::error_code fec;
+    std::filesystem::create_directories(d.cfg.node.data_dir, fec);
+    d.local_store = storage::store::open(
+        (std::filesystem::path(d.cfg.node.data_dir) / "db").string(), error);
+    if (!d.local_store) return false;
+    d.local_state = std::make_unique<cluster::replicated_state>(
+        cluster::state_options{.self_id = d.cfg.node.id},
+        [] {
+          return std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+              .count();
+        },
+        d.local_store.get());
+    if (!d.local_state->load(error)) return false;
+    lo.clustered = false;
+  }
+  d.limiter = std::make_unique<rate_limiter>(
+      lo, d.cluster ? &d.cluster->state() : d.local_state.get());
+  if (!d.cluster) {
+    d.persister = std::thread([this] {
+      auto& i = *impl_;
+      std::unique_lock lock(i.persister_mutex);
+      while (!i.persister_cv.wait_for(lock, std::chrono::seconds(1),
+                                      [&] { return i.persister_stop; })) {
+        lock.unlock();
+        i.limiter->flush();
+        i.local_state->persist_counters();
+        lock.lock();
+      }
+    });
+  }
   if (d.cluster) {
     auto* limiter = d.limiter.get();
     d.cluster->state().set_counter_observer(
@@ -534,6 +587,7 @@ void node::drain(duration timeout) {
   if (d.cluster) d.cluster->leave();
   d.stop_applier();
   if (d.proxy) d.proxy->drain(timeout);
+  d.stop_persister();  // after the drain: the last requests' counts too
   d.health.reset();
   if (d.admin) d.admin->stop();
   log()->info("stopped");

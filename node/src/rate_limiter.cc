@@ -243,7 +243,8 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
   const uint64_t window64 = since / w;  // one division: `into` follows from it
   const auto window = static_cast<uint32_t>(window64);
   const auto into = static_cast<uint32_t>(since - window64 * w);
-  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state;
+  const bool replicated =
+      spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
   const auto now_s = static_cast<uint16_t>(since / 1000);
 
   // Under partition the limit's on_partition decides.

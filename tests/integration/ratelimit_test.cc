@@ -122,6 +122,25 @@ TEST_F(ratelimit, a_token_bucket_allows_its_burst_then_refills_at_the_rate) {
   EXPECT_TRUE(eventually([&] { return c.Get("/")->status == 200; }, 2s));
 }
 
+TEST_F(ratelimit, a_daily_quota_survives_a_restart_of_a_node_without_cluster) {
+  temp_dir dir;
+  auto text = "node: {id: solo, region: eu-west, data_dir: " + dir.file("data") +
+              "}\nlisten: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\n" +
+              config("{limit: 3, window: 1d, key: global, algorithm: fixed_window}");
+  for (int life = 0; life < 2; ++life) {
+    auto cfg = node::parse_config(text, "solo.yaml");
+    ASSERT_TRUE(cfg.value);
+    node::node n(*cfg.value);
+    std::string error;
+    ASSERT_TRUE(n.start(&error)) << error;
+    httplib::Client c("127.0.0.1", n.proxy_port());
+    int ok = 0;
+    for (int i = 0; i < 2; ++i) ok += c.Get("/")->status == 200;
+    EXPECT_EQ(ok, life == 0 ? 2 : 1) << "life " << life;  // 2 + 1 = the quota of 3
+    n.drain(std::chrono::seconds(2));                      // persists the counts
+  }
+}
+
 TEST_F(ratelimit, a_leaky_bucket_with_max_delay_spaces_requests_instead_of_refusing) {
   // 10 a second, no burst: one request per 100 ms. Six back-to-back requests all pass, spaced
   // out by the gateway; without max_delay most of them are refused.
