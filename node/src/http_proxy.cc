@@ -418,6 +418,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void on_client_written(const error_code& ec, size_t n);
   void resume_upstream();
   void count_target_failure();
+  // Feeds the target's circuit breaker; queues a transition for publishing.
+  void record_breaker(bool success);
   void send_error(int status, std::string_view code, std::string_view message);
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
   void release_upstream(bool reuse);
@@ -483,6 +485,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string rate_limit_headers_;  // "RateLimit-...: v\r\n" lines for the answer, or empty
   std::string consumer_;            // the authenticated consumer (JWT sub), or empty
   uint64_t delay_ms_ = 0;           // a rate limit's max_delay: wait this long, then dispatch
+  bool probe_ = false;              // this attempt is a half-open breaker probe
   std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first delay
   std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
   bool strip_authorization_ = false;
@@ -1570,7 +1573,20 @@ void client_session::dispatch() {
   auto& up = *route_->upstream;
   int64_t now = w_.now;
   if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
-  target_ = pick_target(up, w_.index, hash_key_, exclude_, now);
+  const int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+  target_ = pick_target(up, w_.index, hash_key_, exclude_, now, wall);
+  probe_ = false;
+  if (target_ && !target_->breaker.on_dispatch(wall, up.cfg->circuit_breaker,
+                                               target_->may_probe.load(), &probe_)) {
+    // Another worker took this half-open period's probe: choose again without this target.
+    target_ = pick_target(up, w_.index, hash_key_, target_, now, wall);
+    if (target_ && !target_->breaker.on_dispatch(wall, up.cfg->circuit_breaker,
+                                                 target_->may_probe.load(), &probe_)) {
+      target_ = nullptr;
+    }
+  }
   if (!target_) {
     if (!req_done_) close_after_response_ = true;
     send_error(503, "no_healthy_upstream", "no healthy target in upstream " + up.cfg->name);
@@ -1740,8 +1756,28 @@ void client_session::parse_upstream() {
   flush_client();
 }
 
+void client_session::record_breaker(bool success) {
+  if (!target_) return;
+  const auto& cb = route_->upstream->cfg->circuit_breaker;
+  if (!cb.enabled) return;
+  int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+  bool was_probe = probe_;
+  probe_ = false;
+  if (target_->breaker.record(success, was_probe, wall, cb, snap_->cfg.node.id)) {
+    auto v = target_->breaker.view();
+    snap_->registry->count_transition();
+    if (auto l = spdlog::get("node.http"))
+      l->warn("breaker of upstream {} target {} is now {}", target_->upstream,
+              target_->addr.to_string(), to_string(v.state));
+    if (cb.scope != "local") snap_->registry->queue_publish(target_->key);
+  }
+}
+
 void client_session::count_target_failure() {
   if (!target_) return;
+  record_breaker(false);
   target_->metrics->failures.fetch_add(1, std::memory_order_relaxed);
   const auto& outlier = route_->upstream->cfg->outlier;
   uint32_t n = target_->consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -1877,6 +1913,7 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
       count_target_failure();
     } else if (target_) {
       target_->consecutive_failures.store(0, std::memory_order_relaxed);
+      record_breaker(true);
     }
     if (retry_status && attempts_ < cfg.retries.attempts && request_replayable() &&
         is_idempotent(verb_)) {

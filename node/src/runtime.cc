@@ -103,8 +103,48 @@ std::shared_ptr<target_state> target_registry::get(const std::string& upstream,
     slot->addr = addr;
     slot->id = targets_.size() - 1;
     slot->metrics = metrics_.target(upstream, addr.to_string());
+    slot->key = key;
   }
   return slot;
+}
+
+std::shared_ptr<target_state> target_registry::find(const std::string& key) const {
+  std::lock_guard lock(mutex_);
+  auto it = targets_.find(key);
+  return it == targets_.end() ? nullptr : it->second;
+}
+
+void target_registry::for_each(const std::function<void(target_state&)>& f) const {
+  std::vector<std::shared_ptr<target_state>> all;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [k, t] : targets_) all.push_back(t);
+  }
+  for (auto& t : all) f(*t);
+}
+
+void target_registry::queue_publish(const std::string& key) {
+  {
+    std::lock_guard lock(publish_mutex_);
+    if (publish_.size() < 65536) publish_.push_back(key);
+  }
+  publish_cv_.notify_one();
+}
+
+std::vector<std::string> target_registry::wait_published(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(publish_mutex_);
+  publish_cv_.wait_for(lock, timeout, [&] { return publish_stop_ || !publish_.empty(); });
+  std::vector<std::string> out;
+  out.swap(publish_);
+  return out;
+}
+
+void target_registry::stop_publishing() {
+  {
+    std::lock_guard lock(publish_mutex_);
+    publish_stop_ = true;
+  }
+  publish_cv_.notify_all();
 }
 
 size_t target_registry::size() const {
@@ -134,6 +174,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                std::string* error, rate_limiter* limiter) {
   auto snap = std::make_shared<snapshot>();
   snap->limiter = limiter;
+  snap->registry = &targets;
   snap->cfg = std::move(cfg);
   snap->version = version;
   std::string router_error;
@@ -162,6 +203,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
       t->region = tc.region;
       t->zone = tc.zone;
       t->weight = tc.weight;
+      t->local_tier = tc.region.empty() || tc.region == snap->cfg.node.region;
       boost::system::error_code ec;
       auto results = resolver.resolve(tc.addr.host, std::to_string(tc.addr.port),
                                       boost::asio::ip::tcp::resolver::numeric_service, ec);
@@ -175,6 +217,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
       }
       up->targets.push_back(std::move(t));
     }
+    up->has_local_tier = std::any_of(up->targets.begin(), up->targets.end(),
+                                     [](const auto& t) { return t->local_tier.load(); });
     up->wrr_sequence = smooth_wrr(up->targets);
     for (uint32_t i = 0; i < up->targets.size(); ++i) {
       auto key = up->targets[i]->addr.to_string();
@@ -251,12 +295,56 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
   return snap;
 }
 
-target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                          const target_state* exclude, int64_t now) {
+namespace {
+target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
+                           const target_state* exclude, int64_t now, int64_t wall_now, int tier);
+
+// Every target is down, ejected or behind an open breaker. Passive ejection never takes out the
+// last healthy targets (like Envoy's max_ejection_percent): fall back to those that pass active
+// health checks and whose breaker lets them through, this region's first.
+target_state* pick_ejected(const upstream_runtime& up, unsigned worker,
+                           const target_state* exclude, int64_t wall_now) {
   const size_t n = up.targets.size();
-  if (n == 0) return nullptr;
+  auto& cursor = up.cursors[worker % up.cursors.size()];
+  for (int tier : {1, 0}) {
+    for (size_t i = 0; i < n; ++i) {
+      auto* t = up.targets[(cursor.next++) % n].get();
+      if (up.has_local_tier && t->local_tier.load(std::memory_order_relaxed) != (tier == 1))
+        continue;
+      if (t != exclude && t->resolved && t->healthy.load(std::memory_order_relaxed) &&
+          t->breaker.allow(wall_now, up.cfg->circuit_breaker,
+                           t->may_probe.load(std::memory_order_relaxed)))
+        return t;
+    }
+  }
+  return nullptr;
+}
+}  // namespace
+
+target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
+                          const target_state* exclude, int64_t now, int64_t wall_now) {
+  if (up.targets.empty()) return nullptr;
+  if (!up.has_local_tier) {
+    if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, -1)) return t;
+    return pick_ejected(up, worker, exclude, wall_now);
+  }
+  if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, 1)) return t;
+  if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, 0)) {
+    up.failovers.fetch_add(1, std::memory_order_relaxed);
+    return t;
+  }
+  return pick_ejected(up, worker, exclude, wall_now);
+}
+
+namespace {
+// tier 1: this region's targets only; 0: the others only; -1: any.
+target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
+                           const target_state* exclude, int64_t now, int64_t wall_now, int tier) {
+  const auto& cb = up.cfg->circuit_breaker;
   auto usable = [&](const target_state* t) {
-    return t != exclude && t->resolved && t->available(now);
+    if (tier >= 0 && t->local_tier.load(std::memory_order_relaxed) != (tier == 1)) return false;
+    return t != exclude && t->resolved && t->available(now) &&
+           t->breaker.allow(wall_now, cb, t->may_probe.load(std::memory_order_relaxed));
   };
   auto& cursor = up.cursors[worker % up.cursors.size()];
   switch (up.cfg->balance) {
@@ -312,13 +400,8 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
       break;
     }
   }
-  // Every target is down or ejected. Passive ejection never takes out the last healthy targets
-  // (like Envoy's max_ejection_percent): fall back to those that pass active health checks.
-  for (size_t i = 0; i < n; ++i) {
-    auto* t = up.targets[(cursor.next++) % n].get();
-    if (t != exclude && t->resolved && t->healthy.load(std::memory_order_relaxed)) return t;
-  }
   return nullptr;
 }
+}  // namespace
 
 }  // namespace meridian::node

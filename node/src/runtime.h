@@ -10,12 +10,15 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/regex.hpp>
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "breaker.h"
 #include "jwt.h"
 #include "meridian/node/config.h"
 #include "meridian/node/router.h"
@@ -50,6 +53,10 @@ struct target_state {
   std::atomic<int64_t> ejected_until_ms{0};  // passive outlier ejection
   std::atomic<uint32_t> consecutive_failures{0};
   target_metrics* metrics = nullptr;
+  std::string key;  // "upstream/host:port": the breaker's name in the replicated state
+  circuit_breaker breaker;
+  std::atomic<bool> local_tier{true};  // in this node's region (or in none): tried first
+  std::atomic<bool> may_probe{true};   // this node sends the half-open probes (owner)
 
   // Returns true when the balancer may send to this target now.
   bool available(int64_t now) const {
@@ -66,11 +73,28 @@ class target_registry {
   std::shared_ptr<target_state> get(const std::string& upstream, const address& addr);
   // The number of ids handed out so far (bounds per-worker arrays).
   size_t size() const;
+  // Returns the state for a key "upstream/host:port", or null.
+  std::shared_ptr<target_state> find(const std::string& key) const;
+  // Calls f for every target ever registered.
+  void for_each(const std::function<void(target_state&)>& f) const;
+
+  // Breaker transitions to publish (scope region or cluster): workers queue, a publisher
+  // thread takes them (wait_published returns at once when stopping).
+  void queue_publish(const std::string& key);
+  std::vector<std::string> wait_published(std::chrono::milliseconds timeout);
+  void stop_publishing();
+  uint64_t breaker_transitions() const { return transitions_.load(std::memory_order_relaxed); }
+  void count_transition() { transitions_.fetch_add(1, std::memory_order_relaxed); }
 
  private:
   metrics_registry& metrics_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<target_state>> targets_;
+  std::mutex publish_mutex_;
+  std::condition_variable publish_cv_;
+  std::vector<std::string> publish_;
+  bool publish_stop_ = false;
+  std::atomic<uint64_t> transitions_{0};
 };
 
 // Counts requests and retries over a rolling second to cap retries at a share of traffic.
@@ -99,6 +123,8 @@ struct upstream_runtime {
     uint64_t rng = 0;
   };
   mutable std::vector<worker_cursor> cursors;
+  bool has_local_tier = true;  // some target is in this node's region (or in none)
+  mutable std::atomic<uint64_t> failovers{0};  // requests sent to another region's target
 };
 
 // A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
@@ -134,6 +160,7 @@ struct snapshot {
   std::vector<std::unique_ptr<jwt_provider>> jwt_providers;
   std::vector<std::string> warnings;  // e.g. targets that could not be resolved
   rate_limiter* limiter = nullptr;     // the node's (outlives every snapshot); null: no limits
+  target_registry* registry = nullptr;  // the node's (outlives every snapshot)
 };
 
 // Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
@@ -143,10 +170,12 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                std::string* error,
                                                rate_limiter* limiter = nullptr);
 
-// Picks a target for a request, skipping unavailable ones; returns nullptr when none is
-// available. `exclude` (may be null) is a target to avoid (the one that just failed).
-// hash_key is the consistent-hash input. Called on worker `worker` only.
+// Picks a target for a request, skipping unavailable ones (unhealthy, ejected, or with an open
+// breaker); targets in this node's region first, the others only when none of those is usable.
+// Returns nullptr when none is available. `exclude` (may be null) is a target to avoid (the one
+// that just failed). hash_key is the consistent-hash input; now is steady ms, wall_now Unix ms
+// (breakers). Called on worker `worker` only.
 target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                          const target_state* exclude, int64_t now);
+                          const target_state* exclude, int64_t now, int64_t wall_now);
 
 }  // namespace meridian::node
