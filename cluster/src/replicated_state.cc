@@ -160,7 +160,8 @@ struct replicated_state::impl {
     return true;
   }
 
-  hlc_time write(doc_family f, const std::string& key, lww_entry e, std::string* error) {
+  hlc_time write(doc_family f, const std::string& key, lww_entry e, std::string* error,
+                 bool sync = true) {
     if (key.empty() || key.size() > 1024) {
       *error = "document key must be 1 to 1024 bytes";
       return 0;
@@ -172,7 +173,7 @@ struct replicated_state::impl {
     }
     e.version = clock.now();
     e.origin = opt.self_id;
-    if (!persist(f, key, e, true, error)) return 0;
+    if (!persist(f, key, e, sync, error)) return 0;
     map(f).merge(key, e);
     if (pending_index.emplace(f, key).second) pending_docs.emplace_back(f, key);
     return e.version;
@@ -343,13 +344,13 @@ bool replicated_state::load(std::string* error) {
 }
 
 hlc_time replicated_state::put(doc_family f, const std::string& key, std::string value,
-                               std::string* error) {
+                               std::string* error, bool sync) {
   hlc_time v;
   {
     std::lock_guard lock(impl_->mu);
     lww_entry e;
     e.value = std::move(value);
-    v = impl_->write(f, key, std::move(e), error);
+    v = impl_->write(f, key, std::move(e), error, sync);
   }
   if (v && impl_->on_change) impl_->on_change(f);
   return v;

@@ -248,6 +248,13 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"PUT", "/config/{kind}/{name}", true, write});
     endpoints.push_back({"DELETE", "/config/{kind}/{name}", true, write});
   }
+  if (handlers.breakers) {
+    endpoints.push_back(
+        {"GET", "/breakers", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.breakers());
+         }});
+  }
   if (handlers.ratelimit_view) {
     endpoints.push_back(
         {"GET", "/ratelimits/{route}", true,

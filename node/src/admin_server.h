@@ -38,6 +38,7 @@ struct admin_handlers {
   std::function<admin_reply(const std::string& kind, const std::string& name,
                             const std::string* body)>
       config_write;
+  std::function<nlohmann::json()> breakers;           // GET /breakers body
   // GET /ratelimits/{route}?key=K[&limit=I] (key and limit empty when absent).
   std::function<admin_reply(const std::string& route, const std::string& key,
                             const std::string& limit)>

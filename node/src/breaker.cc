@@ -25,6 +25,15 @@ bool breaker_state_from(std::string_view name, breaker_state* out) {
   return true;
 }
 
+namespace {
+// The probe owner may have no traffic for this upstream: once a further open period has passed
+// without a verdict, any node may probe.
+bool owner_overdue(const breaker_view& v, int64_t now_ms, const circuit_breaker_config& cfg) {
+  return now_ms >= v.until_ms +
+                       std::chrono::duration_cast<std::chrono::milliseconds>(cfg.open_for).count();
+}
+}  // namespace
+
 bool circuit_breaker::allow(int64_t now_ms, const circuit_breaker_config& cfg,
                             bool may_probe) const {
   auto s = static_cast<breaker_state>(state_.load(std::memory_order_relaxed));
@@ -32,7 +41,7 @@ bool circuit_breaker::allow(int64_t now_ms, const circuit_breaker_config& cfg,
   std::lock_guard lock(mu_);
   if (view_.state == breaker_state::closed) return true;
   if (view_.state == breaker_state::open && now_ms < view_.until_ms) return false;
-  return may_probe && probes_sent_ < cfg.half_open_probes;
+  return (may_probe || owner_overdue(view_, now_ms, cfg)) && probes_sent_ < cfg.half_open_probes;
 }
 
 bool circuit_breaker::on_dispatch(int64_t now_ms, const circuit_breaker_config& cfg,
@@ -52,7 +61,8 @@ bool circuit_breaker::on_dispatch(int64_t now_ms, const circuit_breaker_config& 
     probes_sent_ = 0;
     state_.store(static_cast<uint8_t>(breaker_state::half_open), std::memory_order_relaxed);
   }
-  if (!may_probe || probes_sent_ >= cfg.half_open_probes) return false;
+  if (!(may_probe || owner_overdue(view_, now_ms, cfg)) || probes_sent_ >= cfg.half_open_probes)
+    return false;
   ++probes_sent_;
   *probe = true;
   return true;

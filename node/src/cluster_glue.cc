@@ -46,6 +46,7 @@ struct cluster_glue::impl {
   bool stopping = false;
   std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under maintenance_mutex
   std::string region;
+  std::string self_id;
 
   void publish_view() {
     size_t gt = 0, gu = 0, rt = 0, ru = 0;
@@ -156,6 +157,7 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   if (!glue->impl_->state->load(error)) return nullptr;
   opt.app = glue->impl_->state.get();
   glue->impl_->region = cfg.node.region;
+  glue->impl_->self_id = cfg.node.id;
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
   glue->impl_->maintenance = std::thread([g = glue->impl_.get()] { g->maintain(); });
@@ -186,6 +188,17 @@ bool cluster_glue::needs_seed() const {
 
 void cluster_glue::mark_seeded() {
   impl_->store->put(storage::family::meta, seeded_key, "1", storage::write_options{true});
+}
+
+std::vector<std::pair<std::string, std::string>> cluster_glue::live_members() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& m : impl_->gossip->members())
+    if (m.state == cluster::member_state::alive) out.emplace_back(m.info.id, m.info.region);
+  return out;
+}
+
+const std::string& cluster_glue::self_id() const {
+  return impl_->self_id;
 }
 
 void cluster_glue::set_view_listener(

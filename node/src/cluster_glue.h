@@ -6,6 +6,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "meridian/cluster/replicated_state.h"
 #include "meridian/node/config.h"
@@ -30,6 +32,9 @@ class cluster_glue {
   void mark_seeded();
   // Sends local writes out on the next gossip round (call after a put or remove).
   void flush();
+  // The members that are alive, this node included: (id, region).
+  std::vector<std::pair<std::string, std::string>> live_members() const;
+  const std::string& self_id() const;
   // Called about once a second with (members, unreachable members) of the cluster and of this
   // node's region (left members not counted; unreachable = suspect or dead).
   void set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener);

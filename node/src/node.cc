@@ -14,6 +14,7 @@
 #include <fstream>
 #include <mutex>
 #include <charconv>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -157,10 +158,108 @@ struct node::impl {
   std::unique_ptr<cluster::replicated_state> local_state;
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
+  std::thread breaker_sync;  // with a cluster: publishes breaker transitions, assigns probing
   std::thread persister;  // without a cluster: hands counts to local_state and persists them
   std::mutex persister_mutex;
   std::condition_variable persister_cv;
   bool persister_stop = false;
+
+  // Publishes queued breaker transitions and, once a second, decides which targets this node
+  // probes when half-open (rendezvous hashing over the live members of the breaker's scope).
+  void run_breaker_sync() {
+    auto last_owners = std::chrono::steady_clock::time_point{};
+    for (;;) {
+      auto keys = targets.wait_published(std::chrono::milliseconds(250));
+      if (breaker_sync_stop.load()) return;
+      auto snap = current();
+      for (const auto& key : keys) publish_breaker(key);
+      if (!keys.empty()) cluster->flush();
+      if (std::chrono::steady_clock::now() - last_owners >= std::chrono::seconds(1)) {
+        assign_probe_owners(*snap);
+        last_owners = std::chrono::steady_clock::now();
+      }
+    }
+  }
+
+  void publish_breaker(const std::string& key) {
+    auto t = targets.find(key);
+    if (!t) return;
+    auto v = t->breaker.view();
+    nlohmann::json j = {{"state", to_string(v.state)}, {"since", v.since_ms},
+                        {"until", v.until_ms},        {"origin", v.origin},
+                        {"trips", v.trips},           {"region", cfg.node.region}};
+    std::string error;
+    auto version =
+        cluster->state().put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false);
+    if (version) t->breaker.set_applied_version(version);
+  }
+
+  static uint64_t rendezvous(const std::string& member, const std::string& key) {
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : member + "\x1f" + key) h = (h ^ c) * 1099511628211ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
+  }
+
+  void assign_probe_owners(const snapshot& snap) {
+    auto live = cluster->live_members();
+    const std::string& self = cluster->self_id();
+    for (const auto& up : snap.upstreams) {
+      const auto& cb = up->cfg->circuit_breaker;
+      for (const auto& t : up->targets) {
+        if (!cb.enabled || cb.scope == "local") {
+          t->may_probe = true;
+          continue;
+        }
+        std::string best;
+        uint64_t best_score = 0;
+        for (const auto& [id, region] : live) {
+          if (cb.scope == "region" && region != cfg.node.region) continue;
+          uint64_t score = rendezvous(id, t->key);
+          if (best.empty() || score > best_score) {
+            best = id;
+            best_score = score;
+          }
+        }
+        t->may_probe = best.empty() || best == self;
+      }
+    }
+  }
+
+  // Adopts the breaker states other nodes published (called after the replicated state merged
+  // some). Region scope: only states published from this node's region.
+  void adopt_breakers() {
+    auto snap = current();
+    std::map<std::string, const circuit_breaker_config*> scope_of;
+    for (const auto& up : snap->upstreams) scope_of[up->cfg->name] = &up->cfg->circuit_breaker;
+    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
+      auto t = targets.find(key);
+      if (!t) continue;
+      auto it = scope_of.find(t->upstream);
+      if (it == scope_of.end() || !it->second->enabled || it->second->scope == "local") continue;
+      if (e.version <= t->breaker.applied_version()) continue;
+      auto j = nlohmann::json::parse(e.value, nullptr, false);
+      if (!j.is_object()) continue;
+      if (it->second->scope == "region" && j.value("region", "") != cfg.node.region) continue;
+      breaker_view v;
+      if (!breaker_state_from(j.value("state", ""), &v.state)) continue;
+      v.since_ms = j.value("since", int64_t{0});
+      v.until_ms = j.value("until", int64_t{0});
+      v.origin = j.value("origin", "");
+      v.trips = j.value("trips", 0u);
+      t->breaker.adopt(v, e.version);
+      targets.count_transition();
+    }
+  }
+
+  void stop_breaker_sync() {
+    if (!breaker_sync.joinable()) return;
+    breaker_sync_stop = true;
+    targets.stop_publishing();
+    breaker_sync.join();
+  }
+  std::atomic<bool> breaker_sync_stop{false};
 
   void stop_persister() {
     if (!persister.joinable()) return;
@@ -274,6 +373,57 @@ struct node::impl {
       }
     }
     cluster->mark_seeded();
+  }
+
+  // GET /breakers: every target of an upstream with a circuit breaker.
+  nlohmann::json breakers_json() {
+    auto snap = current();
+    auto list = nlohmann::json::array();
+    for (const auto& up : snap->upstreams) {
+      if (!up->cfg->circuit_breaker.enabled) continue;
+      for (const auto& t : up->targets) {
+        auto v = t->breaker.view();
+        nlohmann::json b = {{"upstream", up->cfg->name},
+                            {"target", t->addr.to_string()},
+                            {"region", t->region},
+                            {"state", to_string(v.state)},
+                            {"since", v.since_ms},
+                            {"origin", v.origin},
+                            {"trips", v.trips},
+                            {"scope", up->cfg->circuit_breaker.scope},
+                            {"probes_here", t->may_probe.load()}};
+        if (v.state == breaker_state::open) b["until"] = v.until_ms;
+        list.push_back(std::move(b));
+      }
+    }
+    return {{"breakers", list}};
+  }
+
+  // Prometheus lines for breakers and failover.
+  std::string breaker_metrics() {
+    auto snap = current();
+    std::string out =
+        "# HELP meridian_breaker_state Circuit breaker state per target (0 closed, 1 open, 2 "
+        "half_open).\n# TYPE meridian_breaker_state gauge\n";
+    std::string failovers =
+        "# HELP meridian_upstream_failovers_total Requests sent to a target in another region "
+        "because none in this one was usable.\n# TYPE meridian_upstream_failovers_total counter\n";
+    for (const auto& up : snap->upstreams) {
+      failovers += "meridian_upstream_failovers_total{upstream=\"" + up->cfg->name + "\"} " +
+                   std::to_string(up->failovers.load()) + "\n";
+      if (!up->cfg->circuit_breaker.enabled) continue;
+      for (const auto& t : up->targets) {
+        out += "meridian_breaker_state{upstream=\"" + up->cfg->name + "\",target=\"" +
+               t->addr.to_string() + "\"} " +
+               std::to_string(static_cast<int>(t->breaker.view().state)) + "\n";
+      }
+    }
+    out += failovers;
+    out += "# HELP meridian_breaker_transitions_total Breaker state changes, observed here or "
+           "adopted.\n# TYPE meridian_breaker_transitions_total counter\n"
+           "meridian_breaker_transitions_total " +
+           std::to_string(targets.breaker_transitions()) + "\n";
+    return out;
   }
 
   // GET /ratelimits/{route}?key=K[&limit=I]: the cluster-wide count of one key of one limit.
@@ -395,6 +545,7 @@ node::node(config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 node::~node() {
   impl_->stop_applier();
+  impl_->stop_breaker_sync();
   impl_->stop_persister();
   if (impl_->proxy) impl_->proxy->stop();
   if (impl_->admin) impl_->admin->stop();
@@ -471,6 +622,10 @@ bool node::start(std::string* error) {
   if (!d.proxy->start(d.cfg.listen.proxy, d.snap, error)) return false;
   if (d.cluster) {
     d.cluster->state().set_change_handler([this](doc_family f) {
+      if (f == doc_family::breakers) {
+        impl_->adopt_breakers();
+        return;
+      }
       if (f != doc_family::config) return;
       {
         std::lock_guard lock(impl_->applier_mutex);
@@ -481,12 +636,14 @@ bool node::start(std::string* error) {
     // A remote change may have landed between the snapshot above and the handler: check once.
     d.config_dirty = true;
     d.applier = std::thread([this] { impl_->run_applier(); });
+    d.breaker_sync = std::thread([this] { impl_->run_breaker_sync(); });
   }
 
   admin_handlers handlers;
   handlers.metrics_text = [this] {
     auto text = impl_->metrics.render_prometheus();
     if (impl_->limiter) text += impl_->limiter->metrics_text();
+    text += impl_->breaker_metrics();
     if (impl_->cluster) text += impl_->cluster->metrics_text();
     return text;
   };
@@ -507,6 +664,7 @@ bool node::start(std::string* error) {
                                   : snap->version;
     return j;
   };
+  handlers.breakers = [this] { return impl_->breakers_json(); };
   handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
                                    const std::string& limit) {
     return impl_->ratelimit_view(route, key, limit);
@@ -586,6 +744,7 @@ void node::drain(duration timeout) {
   // Leave first, so that the others see `left` (not `dead`) while this node finishes requests.
   if (d.cluster) d.cluster->leave();
   d.stop_applier();
+  d.stop_breaker_sync();
   if (d.proxy) d.proxy->drain(timeout);
   d.stop_persister();  // after the drain: the last requests' counts too
   d.health.reset();

@@ -350,7 +350,8 @@ TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing
     r = admin(1, "DELETE", "/config/upstreams/backend");
   }
   EXPECT_EQ(r.status, 400) << r.body.dump();
-  EXPECT_EQ(proxy_status(0, "/r"), 200);
+  // Workers take a new snapshot on their next sweep (50 ms).
+  EXPECT_TRUE(eventually([&] { return proxy_status(0, "/r") == 200; }, 2s));
   EXPECT_EQ(admin(0, "GET", "/health").status, 200);  // still serving
   EXPECT_EQ(before.body["routes"].size(), 0u);
 }

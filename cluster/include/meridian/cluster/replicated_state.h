@@ -93,7 +93,10 @@ class replicated_state final : public gossip_application {
   // ---- documents ----
   // Writes key's value (a new version stamped by the clock). Returns the version once it is
   // durable, or 0 with *error set (too large, or the store failed: then nothing changed).
-  hlc_time put(doc_family f, const std::string& key, std::string value, std::string* error);
+  // sync false: written to the store without waiting for the disk (breaker states: the next
+  // observation republishes them anyway).
+  hlc_time put(doc_family f, const std::string& key, std::string value, std::string* error,
+               bool sync = true);
   // Deletes key everywhere (a tombstone). Returns the version, or 0 with *error set.
   hlc_time remove(doc_family f, const std::string& key, std::string* error);
   // Adds key at version 0, with an origin derived from the value, unless key is present
