@@ -435,3 +435,79 @@ TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
 
 }  // namespace
 }  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+// A breaker with cluster scope: one node's observation opens it on every node, so nodes that
+// never sent the target a request avoid it too; its recovery closes it everywhere.
+TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
+  start_cluster(3);
+  upstream bad;
+  std::atomic<bool> failing{true};
+  bad.server().Get(".*", [&](const httplib::Request&, httplib::Response& res) {
+    res.status = failing ? 500 : 200;
+    res.set_content(failing ? "broken" : "ok", "text/plain");
+  });
+  bad.start();
+  auto up = admin(0, "PUT", "/config/upstreams/pair",
+                  R"({"targets":[{"address":")" + backend_.address() + R"("},{"address":")" +
+                      bad.address() +
+                      R"("}],"outlier":{"consecutive_failures":0},)"
+                      R"("circuit_breaker":{"failure_rate":0.5,"min_requests":4,"window":"10s",)"
+                      R"("open_for":"2s","half_open_probes":1,"scope":"cluster"}})");
+  ASSERT_EQ(up.status, 200) << up.body.dump();
+  ASSERT_TRUE(eventually([&] { return admin(0, "GET", "/config").body["upstreams"].size() == 1; },
+                         5s));
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/pair",
+                  R"({"match":{"path_prefix":"/pair"},"upstream":"pair"})")
+                .status,
+            200);
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (proxy_status(i, "/pair") == 404 || proxy_status(i, "/pair") == 0) return false;
+        return true;
+      },
+      5s));
+  // Only node 0 sends traffic until its breaker opens.
+  auto state_on = [&](int i) {
+    auto all = admin(i, "GET", "/breakers").body;
+    for (const auto& b : all["breakers"])
+      if (b["target"] == bad.address()) return b["state"].get<std::string>() + "/" +
+                                               b["origin"].get<std::string>();
+    return std::string();
+  };
+  ASSERT_TRUE(eventually(
+      [&] {
+        proxy_status(0, "/pair");
+        return state_on(0).rfind("open/", 0) == 0;
+      },
+      5s));
+  auto opened = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually(
+      [&] { return state_on(1).rfind("open/n0", 0) == 0 && state_on(2).rfind("open/n0", 0) == 0; },
+      5s))
+      << state_on(1) << " " << state_on(2);
+  std::printf("breaker open on every node %.0f ms after node 0 opened it\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - opened)
+                  .count());
+  int before = bad.hits.load();
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(proxy_status(2, "/pair"), 200);
+  EXPECT_EQ(bad.hits.load(), before) << "node 2 never sends the failing target a request";
+
+  // Recovery: after open_for the probe owner's probe closes it, and every node follows.
+  failing = false;
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i) proxy_status(i, "/pair");
+        for (int i = 0; i < 3; ++i)
+          if (state_on(i).rfind("closed/", 0) != 0) return false;
+        return true;
+      },
+      10s))
+      << state_on(0) << " " << state_on(1) << " " << state_on(2);
+}
+
+}  // namespace
+}  // namespace meridian::testing
