@@ -867,6 +867,11 @@ upstream_config parse_upstream(diagnostics& d, const field& f) {
   if (auto v = m.take("timeouts")) parse_timeouts(d, *v, u.timeouts);
   if (auto v = m.take("retries")) parse_retries(d, *v, u.retries);
   if (auto v = m.take("pool")) parse_pool(d, *v, u.pool);
+  if (auto v = m.take("failover")) {
+    read_string_list(d, *v, u.failover);
+    for (const auto& name : u.failover)
+      if (name == u.name) d.add(v->line, label + ": failover names the upstream itself");
+  }
   m.finish();
   return u;
 }
@@ -1051,6 +1056,20 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
   return rl;
 }
 
+void parse_fallback(diagnostics& d, const field& f, std::optional<fallback_config>& out) {
+  map_reader m(d, f);
+  if (!m.ok()) return;
+  fallback_config fb;
+  if (auto v = m.take("status")) read_uint(d, *v, fb.status, 100, 599);
+  if (auto v = m.take("body")) read_string(d, *v, fb.body);
+  if (auto v = m.take("content_type")) read_string(d, *v, fb.content_type, false);
+  if (auto v = m.take("headers")) {
+    for (auto& h : read_header_map(d, *v, false)) fb.headers.emplace_back(h.first, h.second);
+  }
+  m.finish();
+  out = std::move(fb);
+}
+
 route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
   route_config r;
   r.line = f.line;
@@ -1084,6 +1103,7 @@ route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
     uint64_t size = 0;
     if (read_size(d, *v, size)) r.max_body_bytes = size;
   }
+  if (auto v = m.take("fallback")) parse_fallback(d, *v, r.fallback);
   if (auto v = m.take("preserve_host")) {
     bool preserve = true;
     if (read_bool(d, *v, preserve)) r.preserve_host = preserve;
@@ -1164,6 +1184,14 @@ void check_references(diagnostics& d, const config& cfg, const std::vector<route
   check_unique(
       d, cfg.jwt, [](const jwt_config& j) -> auto& { return j.name; }, "jwt name");
 
+  for (const auto& u : cfg.upstreams) {
+    for (const auto& name : u.failover) {
+      bool known = std::any_of(cfg.upstreams.begin(), cfg.upstreams.end(),
+                               [&](const upstream_config& o) { return o.name == name; });
+      if (!known)
+        d.add(u.line, "upstream '" + u.name + "': failover upstream '" + name + "' is not defined");
+    }
+  }
   for (size_t i = 0; i < cfg.routes.size(); ++i) {
     const route_config& r = cfg.routes[i];
     std::string label =
@@ -1459,6 +1487,21 @@ compose_result compose_config(const config& base, const std::vector<config_docum
       d.add(0, std::string("cannot parse: ") + e.what());
     }
     for (const auto& e : d.take_sorted()) out.errors.push_back(e.to_string());
+  }
+  // An upstream's failover names must exist; without strict, missing ones are dropped.
+  for (auto& u : out.cfg.upstreams) {
+    std::vector<std::string> kept_names;
+    for (const auto& name : u.failover) {
+      bool known = std::any_of(out.cfg.upstreams.begin(), out.cfg.upstreams.end(),
+                               [&](const upstream_config& o) { return o.name == name; });
+      if (known) {
+        kept_names.push_back(name);
+      } else {
+        out.errors.push_back("upstreams/" + u.name + ": failover upstream '" + name +
+                             "' is not defined");
+      }
+    }
+    u.failover = std::move(kept_names);
   }
   // References between documents: a route's upstream and jwt provider must exist. Without
   // strict, such a route is dropped (reported) and the rest stays.

@@ -91,6 +91,7 @@ json upstream_to_json(const upstream_config& u) {
   }
   out["outlier"] = {{"consecutive_failures", u.outlier.consecutive_failures},
                     {"eject_for", format_duration(u.outlier.eject_for)}};
+  if (!u.failover.empty()) out["failover"] = u.failover;
   if (u.circuit_breaker.enabled) {
     const auto& b = u.circuit_breaker;
     out["circuit_breaker"] = {
@@ -154,6 +155,17 @@ json route_to_json(const route_config& r) {
     put_if(auth, "jwt", r.auth->jwt);
     put_if(auth, "claims_to_headers", r.auth->claims_to_headers);
     out["auth"] = std::move(auth);
+  }
+  if (r.fallback) {
+    json fb = {{"status", r.fallback->status},
+               {"body", r.fallback->body},
+               {"content_type", r.fallback->content_type}};
+    if (!r.fallback->headers.empty()) {
+      json h = json::object();
+      for (const auto& [k, v] : r.fallback->headers) h[k] = v;
+      fb["headers"] = h;
+    }
+    out["fallback"] = fb;
   }
   // `rate_limit` is a map for one limit and a list for several, as in the YAML.
   if (r.rate_limits.size() == 1) {

@@ -469,6 +469,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool body_started_ = false;
   uint64_t req_body_bytes_ = 0;
   const route_runtime* route_ = nullptr;
+  const upstream_runtime* upstream_ = nullptr;  // the route's, or one of its failover chain
   std::string request_id_;
   std::string hash_key_;
   std::string retry_head_;
@@ -1309,6 +1310,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     return;
   }
   route_ = &snap_->routes[route_index];
+  upstream_ = route_->upstream;
   const auto& rc = *route_->cfg;
   if (route_->max_body_bytes && cl && *cl > route_->max_body_bytes) {
     w_.stats.bad_requests.add();
@@ -1321,7 +1323,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   if (!rc.rate_limits.empty() && snap_->limiter && !check_rate_limits()) return;
 
   // Consistent-hash key.
-  const auto& up = *route_->upstream;
+  const auto& up = *upstream_;
   if (up.cfg->balance == balance_policy::consistent_hash) {
     hash_key_.clear();
     if (!up.hash_header.empty()) {
@@ -1570,26 +1572,38 @@ bool client_session::request_replayable() const {
 }
 
 void client_session::dispatch() {
-  auto& up = *route_->upstream;
+  auto& up = *upstream_;
   int64_t now = w_.now;
   if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
   const int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
   target_ = pick_target(up, w_.index, hash_key_, exclude_, now, wall);
+  if (!target_ && !exclude_) {
+    // Nothing usable here: the upstream's failover chain, in order.
+    for (const upstream_runtime* next : up.failover_chain) {
+      target_ = pick_target(*next, w_.index, hash_key_, nullptr, now, wall);
+      if (target_) {
+        up.failovers.fetch_add(1, std::memory_order_relaxed);
+        upstream_ = next;
+        break;
+      }
+    }
+  }
+  const auto& chosen = *upstream_;  // `up`, or the failover upstream that has a target
   probe_ = false;
-  if (target_ && !target_->breaker.on_dispatch(wall, up.cfg->circuit_breaker,
+  if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
                                                target_->may_probe.load(), &probe_)) {
     // Another worker took this half-open period's probe: choose again without this target.
-    target_ = pick_target(up, w_.index, hash_key_, target_, now, wall);
-    if (target_ && !target_->breaker.on_dispatch(wall, up.cfg->circuit_breaker,
+    target_ = pick_target(chosen, w_.index, hash_key_, target_, now, wall);
+    if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
                                                  target_->may_probe.load(), &probe_)) {
       target_ = nullptr;
     }
   }
   if (!target_) {
     if (!req_done_) close_after_response_ = true;
-    send_error(503, "no_healthy_upstream", "no healthy target in upstream " + up.cfg->name);
+    send_error(503, "no_healthy_upstream", "no healthy target in upstream " + chosen.cfg->name);
     return;
   }
   target_->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
@@ -1601,18 +1615,18 @@ void client_session::dispatch() {
     w_.stats.upstream_connections_reused.add();
     up_->owner = shared_from_this();
     phase_ = phase::proxying;
-    deadline_ = now + up.cfg->timeouts.request.count();
+    deadline_ = now + chosen.cfg->timeouts.request.count();
     send_upstream();
     return;
   }
   reused_connection_ = false;
-  uint32_t cap = up.cfg->pool.max_connections_per_target;
+  uint32_t cap = chosen.cfg->pool.max_connections_per_target;
   if (cap && target_->id < w_.open_by_target.size() && w_.open_by_target[target_->id] >= cap) {
     // Like Envoy's max_connections breaker: overflow is refused rather than queued.
     w_.stats.upstream_overflows.add();
     release_upstream(false);
     if (!req_done_) close_after_response_ = true;
-    send_error(503, "upstream_overloaded", "connection limit reached for upstream " + up.cfg->name);
+    send_error(503, "upstream_overloaded", "connection limit reached for upstream " + chosen.cfg->name);
     return;
   }
   connect_upstream();
@@ -1620,7 +1634,7 @@ void client_session::dispatch() {
 
 void client_session::connect_upstream() {
   phase_ = phase::connecting;
-  deadline_ = w_.now + route_->upstream->cfg->timeouts.connect.count();
+  deadline_ = w_.now + upstream_->cfg->timeouts.connect.count();
   up_ = std::make_shared<upstream_conn>(w_, target_);
   up_->owner = shared_from_this();
   w_.stats.upstream_connections_opened.add();
@@ -1647,7 +1661,7 @@ void client_session::on_connected(const error_code& ec) {
   up_->socket.set_option(tcp::no_delay(true), ignored);
   up_->socket.non_blocking(true, ignored);
   phase_ = phase::proxying;
-  deadline_ = w_.now + route_->upstream->cfg->timeouts.request.count();
+  deadline_ = w_.now + upstream_->cfg->timeouts.request.count();
   send_upstream();
   if (body_started_) process_input();
 }
@@ -1675,7 +1689,7 @@ void client_session::flush_upstream() {
         self->up_out_.consume(n);
         if (!self->resp_head_sent_) {
           // The request timeout runs from the last byte written, not from the first.
-          self->deadline_ = self->w_.now + self->route_->upstream->cfg->timeouts.request.count();
+          self->deadline_ = self->w_.now + self->upstream_->cfg->timeouts.request.count();
         }
         if (!self->up_out_.empty()) {
           self->flush_upstream();
@@ -1758,7 +1772,7 @@ void client_session::parse_upstream() {
 
 void client_session::record_breaker(bool success) {
   if (!target_) return;
-  const auto& cb = route_->upstream->cfg->circuit_breaker;
+  const auto& cb = upstream_->cfg->circuit_breaker;
   if (!cb.enabled) return;
   int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
                      std::chrono::system_clock::now().time_since_epoch())
@@ -1779,7 +1793,7 @@ void client_session::count_target_failure() {
   if (!target_) return;
   record_breaker(false);
   target_->metrics->failures.fetch_add(1, std::memory_order_relaxed);
-  const auto& outlier = route_->upstream->cfg->outlier;
+  const auto& outlier = upstream_->cfg->outlier;
   uint32_t n = target_->consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
   if (outlier.consecutive_failures && n >= outlier.consecutive_failures) {
     target_->consecutive_failures.store(0, std::memory_order_relaxed);
@@ -1795,7 +1809,7 @@ void client_session::count_target_failure() {
 }
 
 void client_session::upstream_failed(failure why) {
-  const auto& cfg = *route_->upstream->cfg;
+  const auto& cfg = *upstream_->cfg;
   switch (why) {
     case failure::connect:
       w_.stats.upstream_connect_failures.add();
@@ -1826,7 +1840,7 @@ void client_session::upstream_failed(failure why) {
   if (may_replay && stale_pooled && attempts_ == 0) {
     retry = true;  // a pooled connection the target had closed: not the target's fault
   } else if (may_replay && retryable_kind && attempts_ < cfg.retries.attempts) {
-    if (route_->upstream->budget.try_retry(w_.now)) {
+    if (upstream_->budget.try_retry(w_.now)) {
       retry = true;
     } else {
       w_.stats.retries_budget_exhausted.add();
@@ -1874,7 +1888,7 @@ void client_session::release_upstream(bool reuse) {
   up_.reset();
   conn->owner.reset();
   if (reuse && conn->open && route_) {
-    w_.give_back(std::move(conn), *route_->upstream->cfg);
+    w_.give_back(std::move(conn), *upstream_->cfg);
   } else {
     conn->close();
   }
@@ -1905,7 +1919,7 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
     ec = http::error::bad_value;  // we never forward Upgrade, so this is a broken upstream
     return;
   }
-  const auto& cfg = *route_->upstream->cfg;
+  const auto& cfg = *upstream_->cfg;
   if (!informational) {
     bool retry_status = false;
     for (int s : cfg.retries.on_status) retry_status |= (s == status_);
@@ -2086,23 +2100,47 @@ void client_session::send_error(int status, std::string_view code, std::string_v
     return;
   }
   if (request_id_.empty()) make_request_id();
+  // A route's fallback answers in place of the gateway's own upstream errors.
+  const fallback_config* fallback =
+      route_ && route_->cfg->fallback && (status == 502 || status == 503 || status == 504)
+          ? &*route_->cfg->fallback
+          : nullptr;
+  if (fallback) {
+    status = fallback->status;
+    w_.stats.fallbacks.add();
+  }
   status_ = status;
   byte_buffer body;
-  body.append("{\"error\":");
-  append_json_string(body, code);
-  body.append(",\"message\":");
-  append_json_string(body, message);
-  body.append(",\"request_id\":");
-  append_json_string(body, request_id_);
-  body.append("}\n");
+  if (fallback) {
+    body.append(fallback->body);
+  } else {
+    body.append("{\"error\":");
+    append_json_string(body, code);
+    body.append(",\"message\":");
+    append_json_string(body, message);
+    body.append(",\"request_id\":");
+    append_json_string(body, request_id_);
+    body.append("}\n");
+  }
   out_.append("HTTP/1.1 ");
   out_.append_decimal(static_cast<uint64_t>(status));
   out_.append(' ');
   out_.append(reason_for(status));
-  out_.append("\r\nContent-Type: application/json\r\nContent-Length: ");
+  out_.append("\r\nContent-Type: ");
+  out_.append(fallback ? std::string_view(fallback->content_type)
+                       : std::string_view("application/json"));
+  out_.append("\r\nContent-Length: ");
   out_.append_decimal(body.size());
   out_.append("\r\nX-Request-Id: ");
   out_.append(request_id_);
+  if (fallback) {
+    for (const auto& [k, v] : fallback->headers) {
+      out_.append("\r\n");
+      out_.append(k);
+      out_.append(": ");
+      out_.append(v);
+    }
+  }
   if (status == 401 && !www_authenticate_.empty()) {
     out_.append("\r\nWWW-Authenticate: ");
     out_.append(www_authenticate_);

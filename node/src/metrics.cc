@@ -164,6 +164,8 @@ constexpr worker_counter worker_counters[] = {
      &worker_stats::retries_budget_exhausted},
     {"ejections", "Upstream targets ejected by passive outlier detection.",
      &worker_stats::ejections},
+    {"fallbacks", "Requests answered with a route's static fallback response.",
+     &worker_stats::fallbacks},
     {"upstream_overflows", "Requests refused because max_connections_per_target was reached.",
      &worker_stats::upstream_overflows},
 };

@@ -82,6 +82,7 @@ struct alignas(64) worker_stats {
   counter retries_budget_exhausted;
   counter ejections;
   counter upstream_overflows;  // refused: max_connections_per_target reached
+  counter fallbacks;           // answered with a route's static fallback
 };
 
 // Per-target gauges, shared by all workers.

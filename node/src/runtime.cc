@@ -252,6 +252,12 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->jwt_providers.push_back(std::move(p));
   }
 
+  for (auto& up : snap->upstreams) {
+    for (const auto& name : up->cfg->failover) {
+      auto it = by_name.find(name);
+      if (it != by_name.end() && it->second != up.get()) up->failover_chain.push_back(it->second);
+    }
+  }
   for (const auto& rc : snap->cfg.routes) {
     route_runtime rt;
     rt.cfg = &rc;

@@ -110,5 +110,47 @@ TEST_F(breakers, targets_of_this_region_take_all_traffic_while_they_work) {
   EXPECT_EQ(good_.hits.load(), 0);
 }
 
+TEST_F(breakers, an_upstream_with_no_usable_target_hands_over_to_its_failover_upstream) {
+  int closed_port = unused_port();
+  running_node n("upstreams:\n  - name: primary\n    targets: [127.0.0.1:" +
+                 std::to_string(closed_port) +
+                 "]\n    health_check: {path: /h, interval: 100ms, timeout: 100ms,"
+                 " unhealthy_after: 1, healthy_after: 1}\n    failover: [backup]\n"
+                 "  - name: backup\n    targets: [" + good_.address() + "]\n" +
+                 "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: primary\n");
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  // Once the health check marks the only primary target down, requests go to the backup.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto res = c.Get("/");
+        return res && res->status == 200 && res->body == "good";
+      },
+      5s));
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(c.Get("/")->body, "good");
+}
+
+TEST_F(breakers, a_route_fallback_answers_instead_of_a_gateway_error) {
+  int closed_port = unused_port();
+  running_node n("upstreams:\n  - name: u\n    targets: [127.0.0.1:" +
+                 std::to_string(closed_port) + "]\n" +
+                 "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n" +
+                 "    fallback: {status: 200, body: '{\"status\":\"degraded\"}',"
+                 " content_type: application/json, headers: {x-fallback: 'yes'}}\n" +
+                 "  - name: plain\n    match: {path_prefix: /plain}\n    upstream: u\n");
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  auto res = c.Get("/x");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_EQ(res->body, "{\"status\":\"degraded\"}");
+  EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+  EXPECT_EQ(res->get_header_value("x-fallback"), "yes");
+  auto plain = c.Get("/plain");
+  ASSERT_TRUE(plain);
+  EXPECT_EQ(plain->status, 502);  // a route without a fallback keeps the gateway's error
+  EXPECT_NE(n.metrics().find("meridian_fallbacks_total"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace meridian::testing

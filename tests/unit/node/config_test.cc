@@ -283,6 +283,26 @@ TEST(config, cluster_state_settings_have_defaults_and_bounds) {
   EXPECT_THAT(errors_of(bad)[0], HasSubstr("cluster.sync_interval: must be between 10ms and 10s"));
 }
 
+TEST(config, failover_upstreams_must_exist_and_fallbacks_parse) {
+  auto bad = parse_config(std::string(minimal) +
+                              "upstreams:\n  - name: a\n    targets: [127.0.0.1:1]\n"
+                              "    failover: [nowhere]\n",
+                          "c.yaml");
+  ASSERT_FALSE(bad.value);
+  EXPECT_THAT(errors_of(bad)[0],
+              HasSubstr("upstream 'a': failover upstream 'nowhere' is not defined"));
+  config c = parse_ok(std::string(minimal) +
+                      "upstreams:\n  - name: a\n    targets: [127.0.0.1:1]\n    failover: [b]\n"
+                      "  - name: b\n    targets: [127.0.0.1:2]\n"
+                      "routes:\n  - name: r\n    upstream: a\n"
+                      "    fallback: {status: 503, body: sorry, headers: {retry-after: '5'}}\n");
+  EXPECT_EQ(c.upstreams[0].failover, std::vector<std::string>{"b"});
+  ASSERT_TRUE(c.routes[0].fallback);
+  EXPECT_EQ(c.routes[0].fallback->status, 503);
+  EXPECT_EQ(c.routes[0].fallback->body, "sorry");
+  EXPECT_EQ(c.routes[0].fallback->content_type, "text/plain");
+}
+
 TEST(config, workers_zero_means_one_per_core) {
   config c = parse_ok("node: {region: r, workers: 0}\n");
   unsigned cores = std::max(1u, std::min(256u, std::thread::hardware_concurrency()));

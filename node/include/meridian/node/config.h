@@ -151,6 +151,8 @@ struct upstream_config {
   timeouts_config timeouts;
   retries_config retries;
   pool_config pool;
+  // Upstreams to try, in order, when none of this one's targets is usable.
+  std::vector<std::string> failover;
   int line = 0;
 };
 
@@ -198,6 +200,14 @@ struct rate_limit_config {
   duration max_delay{0};  // > 0: hold a request up to this long for room instead of a 429
 };
 
+// A canned answer for a route whose upstreams cannot serve (instead of 502/503/504).
+struct fallback_config {
+  int status = 503;
+  std::string body;
+  std::string content_type = "text/plain";
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
 struct route_config {
   std::string name;
   match_config match;
@@ -211,6 +221,7 @@ struct route_config {
   std::vector<rate_limit_config> rate_limits;  // `rate_limit` may be a map or a list
   std::optional<uint64_t> max_body_bytes;      // overrides limits.max_body_bytes
   std::optional<bool> preserve_host;           // default true: forward the client's Host
+  std::optional<fallback_config> fallback;
   int line = 0;
 };
 
