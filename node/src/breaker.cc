@@ -82,8 +82,25 @@ void circuit_breaker::trip(int64_t now_ms, const circuit_breaker_config& cfg,
   view_.origin = self;
   view_.trips = std::min<uint32_t>(view_.trips + 1, 16);
   probes_sent_ = 0;
+  consecutive_ = 0;
   reset_window();
   state_.store(static_cast<uint8_t>(breaker_state::open), std::memory_order_relaxed);
+}
+
+bool circuit_breaker::force(bool healthy, int64_t now_ms, const circuit_breaker_config& cfg,
+                            const std::string& self) {
+  if (!cfg.enabled) return false;
+  std::lock_guard lock(mu_);
+  if (!healthy) {
+    if (view_.state == breaker_state::open) return false;
+    trip(now_ms, cfg, self);
+    return true;
+  }
+  if (view_.state == breaker_state::closed) return false;
+  view_ = breaker_view{breaker_state::closed, now_ms, 0, self, 0};
+  reset_window();
+  state_.store(static_cast<uint8_t>(breaker_state::closed), std::memory_order_relaxed);
+  return true;
 }
 
 bool circuit_breaker::record(bool success, bool probe, int64_t now_ms,
@@ -110,6 +127,11 @@ bool circuit_breaker::record(bool success, bool probe, int64_t now_ms,
   bucket& b = window_[(now_ms / width) % buckets];
   if (b.start != start) b = bucket{start, 0, 0};
   (success ? b.ok : b.failed) += 1;
+  consecutive_ = success ? 0 : consecutive_ + 1;
+  if (cfg.consecutive_failures && consecutive_ >= cfg.consecutive_failures) {
+    trip(now_ms, cfg, self);
+    return true;
+  }
   uint64_t ok = 0, failed = 0;
   for (const auto& x : window_) {
     if (now_ms - x.start >= window_ms) continue;

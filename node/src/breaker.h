@@ -47,6 +47,10 @@ class circuit_breaker {
   // Records a request's outcome. Returns true when the state changed (the caller publishes it).
   bool record(bool success, bool probe, int64_t now_ms, const circuit_breaker_config& cfg,
               const std::string& self);
+  // Sets the state from an active health check's verdict: unhealthy opens it (as a trip),
+  // healthy closes it. Returns true when the state changed.
+  bool force(bool healthy, int64_t now_ms, const circuit_breaker_config& cfg,
+             const std::string& self);
   // Adopts a state another node published (newer than anything this node applied).
   void adopt(const breaker_view& v, uint64_t version);
   uint64_t applied_version() const;
@@ -62,6 +66,7 @@ class circuit_breaker {
   mutable std::mutex mu_;
   breaker_view view_;
   uint32_t probes_sent_ = 0;  // in the current half-open period
+  uint32_t consecutive_ = 0;  // failures in a row while closed
   uint64_t applied_version_ = 0;
   struct bucket {
     int64_t start = 0;

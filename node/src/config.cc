@@ -770,6 +770,8 @@ void parse_circuit_breaker(diagnostics& d, const field& f, circuit_breaker_confi
   if (auto v = m.take("open_for")) read_duration(d, *v, out.open_for);
   if (auto v = m.take("half_open_probes")) read_uint(d, *v, out.half_open_probes, 1);
   if (auto v = m.take("scope")) read_choice(d, *v, out.scope, {"local", "region", "cluster"});
+  if (auto v = m.take("consecutive_failures")) read_uint(d, *v, out.consecutive_failures);
+  if (auto v = m.take("slow_call")) read_duration(d, *v, out.slow_call);
   m.finish();
 }
 

@@ -98,6 +98,8 @@ json upstream_to_json(const upstream_config& u) {
         {"failure_rate", b.failure_rate},         {"min_requests", b.min_requests},
         {"window", format_duration(b.window)},    {"open_for", format_duration(b.open_for)},
         {"half_open_probes", b.half_open_probes}, {"scope", b.scope}};
+    if (b.consecutive_failures) out["circuit_breaker"]["consecutive_failures"] = b.consecutive_failures;
+    if (b.slow_call.count()) out["circuit_breaker"]["slow_call"] = format_duration(b.slow_call);
   }
   out["timeouts"] = {{"connect", format_duration(u.timeouts.connect)},
                      {"request", format_duration(u.timeouts.request)},

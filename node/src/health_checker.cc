@@ -115,7 +115,7 @@ struct health_checker::impl {
       std::make_shared<probe>(ioc, target, *cfg,
                               [this, gen, timer, target, cfg, keep](bool ok, std::string detail) {
                                 if (gen != generation) return;
-                                record(*target, *cfg, ok, detail);
+                                record(*target, *cfg, ok, detail, *keep);
                                 schedule(gen, timer, target, cfg, cfg->interval);
                               })
           ->run();
@@ -123,7 +123,7 @@ struct health_checker::impl {
   }
 
   static void record(target_state& t, const health_check_config& cfg, bool ok,
-                     const std::string& detail) {
+                     const std::string& detail, const snapshot& snap) {
     bool healthy = t.healthy.load();
     if (ok == healthy) {
       t.health_streak.store(0);
@@ -139,6 +139,19 @@ struct health_checker::impl {
       } else {
         logger()->warn("upstream {} target {} is unhealthy: {}", t.upstream, t.addr.to_string(),
                        detail);
+      }
+      // The verdict feeds the target's breaker, and through it (region/cluster scope) every
+      // node: health is shared the way breaker states are.
+      for (const auto& up : snap.upstreams) {
+        if (up->cfg->name != t.upstream) continue;
+        const auto& cb = up->cfg->circuit_breaker;
+        int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+        if (t.breaker.force(ok, wall, cb, snap.cfg.node.id) && cb.scope != "local" &&
+            snap.registry) {
+          snap.registry->queue_publish(t.key);
+        }
       }
     }
   }

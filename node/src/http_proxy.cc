@@ -1927,7 +1927,11 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
       count_target_failure();
     } else if (target_) {
       target_->consecutive_failures.store(0, std::memory_order_relaxed);
-      record_breaker(true);
+      // A slow answer counts against the breaker (slow_call) though the client still gets it.
+      const auto& cb = upstream_->cfg->circuit_breaker;
+      bool slow = cb.slow_call.count() > 0 &&
+                  steady_clock::now() - started_ > std::chrono::milliseconds(cb.slow_call);
+      record_breaker(!slow);
     }
     if (retry_status && attempts_ < cfg.retries.attempts && request_replayable() &&
         is_idempotent(verb_)) {

@@ -102,6 +102,29 @@ TEST(breaker, an_adopted_state_applies_once_and_only_when_newer) {
   EXPECT_TRUE(b.allow(t0 + 300, cfg, true));
 }
 
+TEST(breaker, consecutive_failures_open_it_before_the_rate_has_enough_requests) {
+  circuit_breaker b;
+  auto cfg = config();
+  cfg.min_requests = 100;
+  cfg.consecutive_failures = 3;
+  EXPECT_FALSE(b.record(false, false, t0, cfg, "n1"));
+  EXPECT_FALSE(b.record(true, false, t0, cfg, "n1"));  // a success resets the run
+  EXPECT_FALSE(b.record(false, false, t0, cfg, "n1"));
+  EXPECT_FALSE(b.record(false, false, t0, cfg, "n1"));
+  EXPECT_TRUE(b.record(false, false, t0, cfg, "n1"));
+  EXPECT_EQ(b.view().state, breaker_state::open);
+}
+
+TEST(breaker, a_health_check_verdict_opens_and_closes_it) {
+  circuit_breaker b;
+  auto cfg = config();
+  EXPECT_TRUE(b.force(false, t0, cfg, "n1"));
+  EXPECT_FALSE(b.force(false, t0 + 1, cfg, "n1"));  // already open
+  EXPECT_FALSE(b.allow(t0 + 10, cfg, true));
+  EXPECT_TRUE(b.force(true, t0 + 20, cfg, "n1"));
+  EXPECT_TRUE(b.allow(t0 + 21, cfg, false));
+}
+
 TEST(breaker, a_disabled_breaker_never_blocks) {
   circuit_breaker b;
   circuit_breaker_config off;

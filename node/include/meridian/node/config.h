@@ -118,6 +118,8 @@ struct circuit_breaker_config {
   duration open_for = std::chrono::seconds(5);
   uint32_t half_open_probes = 1;
   std::string scope = "cluster";  // local | region | cluster
+  uint32_t consecutive_failures = 0;  // > 0: this many failures in a row open it too
+  duration slow_call{0};              // > 0: a response head slower than this is a failure
 };
 
 struct timeouts_config {
