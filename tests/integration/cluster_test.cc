@@ -498,6 +498,16 @@ TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
   for (int i = 0; i < 10; ++i) EXPECT_EQ(proxy_status(2, "/pair"), 200);
   EXPECT_EQ(bad.hits.load(), before) << "node 2 never sends the failing target a request";
 
+  // Still failing, traffic through every node: the breaker opened for 2 s, so exactly one
+  // half-open probe (half_open_probes: 1) reaches the target cluster-wide before the failed
+  // probe reopens it for 4 s. Counted over the first 5 s after the trip.
+  int at_trip = bad.hits.load();
+  for (int i = 0; std::chrono::steady_clock::now() - opened < 5s; ++i) {
+    proxy_status(i % 3, "/pair");
+    std::this_thread::sleep_for(50ms);  // pacing the load
+  }
+  EXPECT_EQ(bad.hits.load() - at_trip, 1) << "one probe per open period, cluster-wide";
+
   // Recovery: after open_for the probe owner's probe closes it, and every node follows.
   failing = false;
   ASSERT_TRUE(eventually(
