@@ -219,6 +219,12 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     }
     up->has_local_tier = std::any_of(up->targets.begin(), up->targets.end(),
                                      [](const auto& t) { return t->local_tier.load(); });
+    for (const auto& t : up->targets) {
+      if (t->local_tier.load()) continue;
+      if (std::find(up->remote_regions.begin(), up->remote_regions.end(), t->region) ==
+          up->remote_regions.end())
+        up->remote_regions.push_back(t->region);
+    }
     up->wrr_sequence = smooth_wrr(up->targets);
     for (uint32_t i = 0; i < up->targets.size(); ++i) {
       auto key = up->targets[i]->addr.to_string();
@@ -303,7 +309,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
 
 namespace {
 target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                           const target_state* exclude, int64_t now, int64_t wall_now, int tier);
+                           const target_state* exclude, int64_t now, int64_t wall_now, int tier,
+                           const std::string* region = nullptr);
 
 // Every target is down, ejected or behind an open breaker. Passive ejection never takes out the
 // last healthy targets (like Envoy's max_ejection_percent): fall back to those that pass active
@@ -335,9 +342,12 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
     return pick_ejected(up, worker, exclude, wall_now);
   }
   if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, 1)) return t;
-  if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, 0)) {
-    up.failovers.fetch_add(1, std::memory_order_relaxed);
-    return t;
+  // Other regions in the order the targets name them (the configured preference).
+  for (const auto& region : up.remote_regions) {
+    if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, 0, &region)) {
+      up.failovers.fetch_add(1, std::memory_order_relaxed);
+      return t;
+    }
   }
   return pick_ejected(up, worker, exclude, wall_now);
 }
@@ -345,10 +355,12 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
 namespace {
 // tier 1: this region's targets only; 0: the others only; -1: any.
 target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                           const target_state* exclude, int64_t now, int64_t wall_now, int tier) {
+                           const target_state* exclude, int64_t now, int64_t wall_now, int tier,
+                           const std::string* region) {
   const auto& cb = up.cfg->circuit_breaker;
   auto usable = [&](const target_state* t) {
     if (tier >= 0 && t->local_tier.load(std::memory_order_relaxed) != (tier == 1)) return false;
+    if (region && t->region != *region) return false;
     return t != exclude && t->resolved && t->available(now) &&
            t->breaker.allow(wall_now, cb, t->may_probe.load(std::memory_order_relaxed));
   };

@@ -125,6 +125,7 @@ struct upstream_runtime {
   mutable std::vector<worker_cursor> cursors;
   bool has_local_tier = true;  // some target is in this node's region (or in none)
   std::vector<upstream_runtime*> failover_chain;  // cfg->failover, resolved
+  std::vector<std::string> remote_regions;  // other regions, in the order targets name them
   mutable std::atomic<uint64_t> failovers{0};  // requests sent to another region's target
 };
 

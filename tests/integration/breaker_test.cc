@@ -99,6 +99,21 @@ TEST_F(breakers, with_every_target_of_its_region_down_a_node_serves_from_another
             std::string::npos);
 }
 
+TEST_F(breakers, failover_prefers_regions_in_the_order_the_targets_name_them) {
+  int closed_port = unused_port();
+  failing_ = false;
+  running_node n("upstreams:\n  - name: u\n    targets: [{address: 127.0.0.1:" +
+                 std::to_string(closed_port) + ", region: eu-west}, {address: " +
+                 bad_.address() + ", region: ap-south}, {address: " + good_.address() +
+                 ", region: us-east}]\n" +
+                 "    retries: {attempts: 1, on: [connect_failure]}\n" +
+                 "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n");
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(c.Get("/")->body, "recovered");  // ap-south, listed first
+  EXPECT_EQ(good_.hits.load(), 0);
+}
+
 TEST_F(breakers, targets_of_this_region_take_all_traffic_while_they_work) {
   running_node n("upstreams:\n  - name: u\n    targets: [{address: " + good_.address() +
                  ", region: us-east}, {address: " + bad_.address() + ", region: eu-west}]\n" +
