@@ -248,6 +248,16 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"PUT", "/config/{kind}/{name}", true, write});
     endpoints.push_back({"DELETE", "/config/{kind}/{name}", true, write});
   }
+  if (handlers.consumer_keys) {
+    auto keys = [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
+      admin_reply r = handlers.consumer_keys(req.method == "HEAD" ? "GET" : req.method, p[0],
+                                             p.size() > 1 ? p[1] : "", req.body);
+      send_json(res, r.status, r.body);
+    };
+    endpoints.push_back({"POST", "/config/consumers/{id}/keys", true, keys});
+    endpoints.push_back({"GET", "/config/consumers/{id}/keys", true, keys});
+    endpoints.push_back({"DELETE", "/config/consumers/{id}/keys/{key_id}", true, keys});
+  }
   if (handlers.breakers) {
     endpoints.push_back(
         {"GET", "/breakers", true,

@@ -39,6 +39,11 @@ struct admin_handlers {
                             const std::string* body)>
       config_write;
   std::function<nlohmann::json()> breakers;           // GET /breakers body
+  // POST/GET /config/consumers/{id}/keys, DELETE /config/consumers/{id}/keys/{key_id}
+  // (method, consumer, key_id or "", body).
+  std::function<admin_reply(const std::string&, const std::string&, const std::string&,
+                            const std::string&)>
+      consumer_keys;
   // GET /ratelimits/{route}?key=K[&limit=I] (key and limit empty when absent).
   std::function<admin_reply(const std::string& route, const std::string& key,
                             const std::string& limit)>

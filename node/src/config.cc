@@ -1011,6 +1011,8 @@ void parse_auth(diagnostics& d, const field& f, std::optional<auth_config>& out,
       auth.claims_to_headers.emplace_back(std::move(p.key), std::move(p.value));
     }
   }
+  if (auto v = m.take("groups")) read_string_list(d, *v, auth.groups);
+  if (auto v = m.take("query_key")) read_bool(d, *v, auth.query_key);
   bool uses_jwt = std::find(auth.methods.begin(), auth.methods.end(), "jwt") != auth.methods.end();
   if (!auth.jwt.empty() && !uses_jwt && !auth.methods.empty()) {
     d.add(refs.jwt_line,

@@ -429,6 +429,10 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Checks the route's JWT providers against the request's bearer token. On failure sets up a
   // 401 answer and returns false; on success records the claim headers to forward.
   bool authenticate_jwt();
+  // Runs the route's auth methods (any one suffices) and its group ACL; false with a 401 or
+  // 403 prepared. On success the consumer's identity headers are queued for the upstream.
+  bool authenticate();
+  bool authenticate_api_key(std::string_view query);
   // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
   bool check_rate_limits();
   // Holds the request for delay_ms_ (a rate limit's max_delay), then dispatches it.
@@ -1180,6 +1184,93 @@ bool client_session::authenticate_jwt() {
   return true;
 }
 
+bool client_session::authenticate_api_key(std::string_view query) {
+  std::string_view presented;
+  for (auto& f : fields_) {
+    if (iequals(f.name, "x-api-key")) {
+      presented = trim(f.value);
+      break;
+    }
+  }
+  if (presented.empty() && route_->cfg->auth->query_key) {
+    // ?apikey=... (only when the route allows it: query strings end up in logs)
+    size_t pos = 0;
+    while (pos <= query.size()) {
+      size_t amp = query.find('&', pos);
+      std::string_view part = query.substr(pos, amp == std::string_view::npos ? query.npos : amp - pos);
+      if (part.substr(0, 7) == "apikey=") {
+        presented = part.substr(7);
+        break;
+      }
+      if (amp == std::string_view::npos) break;
+      pos = amp + 1;
+    }
+  }
+  std::string_view key_id, secret;
+  if (presented.empty() || !snap_->api_keys || !split_api_key(presented, &key_id, &secret))
+    return false;
+  auto it = snap_->api_keys->find(std::string(key_id));
+  if (it == snap_->api_keys->end()) return false;
+  const auto& rec = it->second;
+  int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
+                     std::chrono::system_clock::now().time_since_epoch())
+                     .count();
+  if (rec.expires_ms && wall >= rec.expires_ms) return false;
+  if (!verify_api_key(rec, secret)) return false;
+  consumer_ = rec.consumer;
+  if (rec.usage) {
+    rec.usage->requests.fetch_add(1, std::memory_order_relaxed);
+    rec.usage->last_used_ms.store(wall, std::memory_order_relaxed);
+  }
+  return true;
+}
+
+bool client_session::authenticate() {
+  const auto& auth = *route_->cfg->auth;
+  auto qpos = req_target_.find('?');
+  std::string_view query =
+      qpos == std::string_view::npos ? std::string_view() : std::string_view(req_target_).substr(qpos + 1);
+  bool ok = route_->auth_api_key && authenticate_api_key(query);
+  if (!ok && !route_->jwt_providers.empty()) ok = authenticate_jwt();
+  if (!ok) {
+    if (!local_status_) {  // no JWT verdict to report: the key was missing or wrong
+      local_status_ = 401;
+      local_code_ = "unauthorized";
+      local_message_ = "a valid API key is required (X-API-Key)";
+      www_authenticate_ = "ApiKey realm=\"meridian\"";
+    }
+    return false;
+  }
+  local_status_ = 0;
+  // Group ACL: 403 (known consumer, not allowed), not 401.
+  const std::vector<std::string>* groups = nullptr;
+  if (auto g = snap_->consumer_groups.find(consumer_); g != snap_->consumer_groups.end())
+    groups = &g->second;
+  if (!auth.groups.empty()) {
+    bool member = false;
+    if (groups)
+      for (const auto& want : auth.groups)
+        member = member || std::find(groups->begin(), groups->end(), want) != groups->end();
+    if (!member) {
+      local_status_ = 403;
+      local_code_ = "forbidden";
+      local_message_ = "this consumer's groups may not use this route";
+      return false;
+    }
+  }
+  if (!consumer_.empty()) {
+    bool mapped = false;  // claims_to_headers may already carry it
+    for (const auto& [k, v] : auth_headers_) mapped = mapped || iequals(k, "x-consumer-id");
+    if (!mapped) auth_headers_.emplace_back("X-Consumer-Id", consumer_);
+    if (groups && !groups->empty()) {
+      std::string list;
+      for (const auto& g : *groups) list += (list.empty() ? "" : ",") + g;
+      auth_headers_.emplace_back("X-Consumer-Groups", std::move(list));
+    }
+  }
+  return true;
+}
+
 bool client_session::check_rate_limits() {
   auto& limiter = *snap_->limiter;
   int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -1319,7 +1410,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     local_message_ = "request body exceeds the route's limit";
     return;
   }
-  if (!route_->jwt_providers.empty() && !authenticate_jwt()) return;
+  if (rc.auth && !authenticate()) return;
   if (!rc.rate_limits.empty() && snap_->limiter && !check_rate_limits()) return;
 
   // Consistent-hash key.

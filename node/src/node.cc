@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "admin_server.h"
+#include "api_keys.h"
 #include "meridian/storage/store.h"
 #include "cluster_glue.h"
 #include "config_json.h"
@@ -158,6 +159,7 @@ struct node::impl {
   std::unique_ptr<cluster::replicated_state> local_state;
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
+  key_usage_registry key_usage;
   std::thread breaker_sync;  // with a cluster: publishes breaker transitions, assigns probing
   std::thread persister;  // without a cluster: hands counts to local_state and persists them
   std::mutex persister_mutex;
@@ -311,11 +313,31 @@ struct node::impl {
 
   // Builds and installs a snapshot of base (plus the cluster documents). Called under
   // apply_mutex.
+  // The API keys among the cluster documents ("keys/<key_id>"), for the data plane; keys of
+  // consumers that no longer exist are left out (deleting a consumer revokes its keys).
+  std::shared_ptr<const api_key_table> key_table(const config& eff) {
+    if (!cluster) return nullptr;
+    auto table = std::make_shared<api_key_table>();
+    for (auto& [key, e] : cluster->state().documents(doc_family::config)) {
+      if (key.rfind("keys/", 0) != 0) continue;
+      std::string id = key.substr(5);
+      auto rec = parse_api_key_document(id, e.value);
+      if (!rec) continue;
+      bool consumer_known =
+          std::any_of(eff.consumers.begin(), eff.consumers.end(),
+                      [&](const consumer_config& c) { return c.id == rec->consumer; });
+      if (!consumer_known) continue;
+      rec->usage = key_usage.get(id);
+      table->emplace(id, std::move(*rec));
+    }
+    return table;
+  }
+
   bool install(const config& base, std::string* error) {
     uint64_t digest = cluster ? cluster->state().digest(doc_family::config) : 0;
     config eff = effective(base);
-    auto next =
-        build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error, limiter.get());
+    auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error,
+                               limiter.get(), key_table(eff));
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
     ++version;
@@ -457,6 +479,70 @@ struct node::impl {
              {"key", cfg.key},
              {"scope", cfg.scope},
              {"algorithm", cfg.algorithm}}};
+  }
+
+  // POST /config/consumers/{id}/keys, DELETE .../keys/{key_id}, GET .../keys.
+  admin_reply keys_request(const std::string& method, const std::string& consumer,
+                           const std::string& key_id, const std::string& body) {
+    if (!cluster) {
+      return error_reply(409, "not_clustered",
+                         "API keys are cluster documents: this node runs without a cluster section");
+    }
+    auto snap = current();
+    bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
+                             [&](const consumer_config& c) { return c.id == consumer; });
+    if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
+    auto& st = cluster->state();
+    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+    if (method == "GET") {
+      auto list = nlohmann::json::array();
+      for (auto& [key, e] : st.documents(doc_family::config)) {
+        if (key.rfind("keys/", 0) != 0) continue;
+        auto rec = parse_api_key_document(key.substr(5), e.value);
+        if (!rec || rec->consumer != consumer) continue;
+        auto* u = key_usage.get(rec->key_id);
+        list.push_back({{"key_id", rec->key_id},
+                        {"created", rec->created_ms},
+                        {"expires", rec->expires_ms},
+                        {"expired", rec->expires_ms && now >= rec->expires_ms},
+                        {"requests", u->requests.load()},
+                        {"last_used", u->last_used_ms.load()}});
+      }
+      return {200, {{"consumer", consumer}, {"keys", list}, {"usage_on", cfg.node.id}}};
+    }
+    if (method == "DELETE") {
+      auto e = st.get(doc_family::config, "keys/" + key_id);
+      auto rec = e && !e->deleted ? parse_api_key_document(key_id, e->value) : std::nullopt;
+      if (!rec || rec->consumer != consumer)
+        return error_reply(404, "not_found", "consumer '" + consumer + "' has no key " + key_id);
+      std::string error;
+      auto v = st.remove(doc_family::config, "keys/" + key_id, &error);
+      if (!v) return error_reply(503, "storage_error", error);
+      cluster->flush();
+      return {200, {{"revoked", key_id}, {"version", v}}};
+    }
+    // POST: optional {"expires_in": "30d"}; rotation = issue a new key, then revoke the old one.
+    int64_t expires = 0;
+    if (!body.empty()) {
+      auto j = nlohmann::json::parse(body, nullptr, false);
+      if (!j.is_object()) return error_reply(400, "invalid_json", "body must be a JSON object");
+      if (j.contains("expires_in")) {
+        auto d = j["expires_in"].is_string() ? parse_duration(j["expires_in"].get<std::string>())
+                                             : std::nullopt;
+        if (!d || d->count() <= 0)
+          return error_reply(400, "invalid_config", "expires_in must be a duration like \"30d\"");
+        expires = now + std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
+      }
+    }
+    auto k = issue_api_key(consumer, now, expires);
+    std::string error;
+    auto v = st.put(doc_family::config, "keys/" + k.key_id, k.document, &error);
+    if (!v) return error_reply(503, "storage_error", error);
+    cluster->flush();
+    return {201,
+            {{"key_id", k.key_id}, {"key", k.plaintext}, {"consumer", consumer}, {"expires", expires}}};
   }
 
   admin_reply write_document(const std::string& kind, const std::string& name,
@@ -612,8 +698,11 @@ bool node::start(std::string* error) {
       limiter->set_view(gt, gu, rt, ru);
     });
   }
-  d.snap = build_snapshot(d.effective(d.cfg), ++d.version, d.cfg.node.workers, d.targets,
-                          d.metrics, error, d.limiter.get());
+  {
+    config eff = d.effective(d.cfg);
+    d.snap = build_snapshot(eff, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error,
+                            d.limiter.get(), d.key_table(eff));
+  }
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
 
@@ -665,6 +754,10 @@ bool node::start(std::string* error) {
     return j;
   };
   handlers.breakers = [this] { return impl_->breakers_json(); };
+  handlers.consumer_keys = [this](const std::string& method, const std::string& consumer,
+                                  const std::string& key_id, const std::string& body) {
+    return impl_->keys_request(method, consumer, key_id, body);
+  };
   handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
                                    const std::string& limit) {
     return impl_->ratelimit_view(route, key, limit);

@@ -171,9 +171,11 @@ bool retry_budget::try_retry(int64_t now) {
 
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
-                                               std::string* error, rate_limiter* limiter) {
+                                               std::string* error, rate_limiter* limiter,
+                                               std::shared_ptr<const api_key_table> keys) {
   auto snap = std::make_shared<snapshot>();
   snap->limiter = limiter;
+  snap->api_keys = std::move(keys);
   snap->registry = &targets;
   snap->cfg = std::move(cfg);
   snap->version = version;
@@ -258,6 +260,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->jwt_providers.push_back(std::move(p));
   }
 
+  for (const auto& c : snap->cfg.consumers) snap->consumer_groups[c.id] = c.groups;
   for (auto& up : snap->upstreams) {
     for (const auto& name : up->cfg->failover) {
       auto it = by_name.find(name);
@@ -286,6 +289,13 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     }
     for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(lower(name));
     for (const auto& [name, value] : rc.request_headers.set) rt.request_drop.push_back(lower(name));
+    if (rc.auth) {
+      rt.auth_api_key = std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "api_key") !=
+                        rc.auth->methods.end();
+      // Identity headers come from the gateway only; the key itself ends here.
+      for (const char* h : {"x-api-key", "x-consumer-id", "x-consumer-groups"})
+        rt.request_drop.push_back(h);
+    }
     if (rc.auth && std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "jwt") !=
                        rc.auth->methods.end()) {
       if (!rc.auth->jwt.empty()) {

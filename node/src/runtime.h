@@ -16,8 +16,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
+#include "api_keys.h"
 #include "breaker.h"
 #include "jwt.h"
 #include "meridian/node/config.h"
@@ -151,6 +153,7 @@ struct route_runtime {
   std::vector<const jwt_provider*> jwt_providers;
   rate_limit_stats* limit_stats = nullptr;  // set when the route has limits and a limiter
   std::vector<limit_spec> limits;           // the route's rate limits, compiled
+  bool auth_api_key = false;                // auth methods include api_key
 };
 
 struct snapshot {
@@ -163,6 +166,8 @@ struct snapshot {
   std::vector<std::string> warnings;  // e.g. targets that could not be resolved
   rate_limiter* limiter = nullptr;     // the node's (outlives every snapshot); null: no limits
   target_registry* registry = nullptr;  // the node's (outlives every snapshot)
+  std::shared_ptr<const api_key_table> api_keys;  // by key id; null: none
+  std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
 };
 
 // Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
@@ -170,7 +175,8 @@ struct snapshot {
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error,
-                                               rate_limiter* limiter = nullptr);
+                                               rate_limiter* limiter = nullptr,
+                                               std::shared_ptr<const api_key_table> keys = nullptr);
 
 // Picks a target for a request, skipping unavailable ones (unhealthy, ejected, or with an open
 // breaker); targets in this node's region first, the others only when none of those is usable.

@@ -114,7 +114,9 @@ TEST_F(cluster_processes, five_nodes_join_detect_a_kill_and_see_the_restart) {
     }
     return true;
   };
-  ASSERT_TRUE(eventually(joined, 5s)) << nodes_[0]->log();  // the issue's bound: 3 s after start
+  // The issue's bound is 3 s (measured in docs/benchmarks.md); generous here, where ctest runs
+  // other multi-process clusters in parallel on two cores.
+  ASSERT_TRUE(eventually(joined, 10s)) << nodes_[0]->log();
 
   uint64_t before = 0;
   ASSERT_EQ(state_of(0, "n4", &before), "alive");
@@ -213,6 +215,7 @@ class cluster_config : public cluster_processes {
     c.set_read_timeout(5, 0);
     httplib::Headers h = {{"Authorization", "Bearer test-token-0123456789abcdef"}};
     httplib::Result res = method == "PUT"      ? c.Put(path.c_str(), h, body, "application/json")
+                          : method == "POST"   ? c.Post(path.c_str(), h, body, "application/json")
                           : method == "DELETE" ? c.Delete(path.c_str(), h)
                                                : c.Get(path.c_str(), h);
     if (!res) return {};
@@ -523,6 +526,98 @@ TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
       },
       10s))
       << state_on(0) << " " << state_on(1) << " " << state_on(4);
+}
+
+}  // namespace
+}  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+// API keys: issued on one node, valid on every node within a second; revoked on one node,
+// refused everywhere within a second; the plaintext never reaches a store or a log.
+TEST_F(cluster_config, an_api_key_issued_on_one_node_works_everywhere_until_revoked) {
+  start_cluster(3);
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/consumers/acme", R"({"groups":["partners"]})").status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/keyed",
+                  R"({"match":{"path_prefix":"/keyed"},"upstream":"backend",)"
+                  R"("auth":{"methods":["api_key"],"groups":["partners"]}})")
+                .status,
+            200);
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/staff",
+                  R"({"match":{"path_prefix":"/staff"},"upstream":"backend",)"
+                  R"("auth":{"methods":["api_key"],"groups":["staff"]}})")
+                .status,
+            200);
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (proxy_status(i, "/staff") != 401) return false;  // routes in place everywhere
+        return true;
+      },
+      5s));
+
+  auto issued = admin(0, "POST", "/config/consumers/acme/keys", "");
+  ASSERT_EQ(issued.status, 201) << issued.body.dump();
+  std::string key = issued.body["key"], key_id = issued.body["key_id"];
+  auto with_key = [&](int node, const std::string& path, const std::string& k) {
+    httplib::Client c("127.0.0.1", ports_[node].proxy);
+    c.set_read_timeout(2, 0);
+    auto res = c.Get(path.c_str(), {{"X-API-Key", k}});
+    return res ? res->status : 0;
+  };
+  auto issued_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (with_key(i, "/keyed/who", key) != 200) return false;
+        return true;
+      },
+      5s));
+  std::printf("key valid on all 3 nodes %.0f ms after it was issued\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                         issued_at)
+                  .count());
+  auto seen = backend_.last();  // what the upstream got with the last keyed request
+  EXPECT_EQ(seen.get_header_value("X-Consumer-Id"), "acme");
+  EXPECT_EQ(seen.get_header_value("X-Consumer-Groups"), "partners");
+  EXPECT_FALSE(seen.has_header("X-API-Key")) << "the key ends at the gateway";
+  EXPECT_EQ(with_key(1, "/staff", key), 403);          // known consumer, wrong group
+  EXPECT_EQ(proxy_status(1, "/keyed/who"), 401);       // no key
+  std::string wrong = key;
+  wrong.back() = wrong.back() == '0' ? '1' : '0';
+  EXPECT_EQ(with_key(2, "/keyed/who", wrong), 401);    // right id, wrong secret
+  EXPECT_EQ(with_key(2, "/keyed/who", "garbage"), 401);
+  auto listed = admin(0, "GET", "/config/consumers/acme/keys");
+  ASSERT_EQ(listed.body["keys"].size(), 1u);
+  EXPECT_EQ(listed.body["keys"][0]["key_id"], key_id);
+  EXPECT_FALSE(listed.body.dump().find(key) != std::string::npos);
+
+  ASSERT_EQ(httplib::Client("127.0.0.1", ports_[0].admin)
+                .Delete(("/config/consumers/acme/keys/" + key_id).c_str(),
+                        {{"Authorization", "Bearer test-token-0123456789abcdef"}})
+                ->status,
+            200);
+  auto revoked_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int i = 0; i < 3; ++i)
+          if (with_key(i, "/keyed/who", key) != 401) return false;
+        return true;
+      },
+      5s));
+  std::printf("key refused on all 3 nodes %.0f ms after it was revoked\n",
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                         revoked_at)
+                  .count());
+  // The plaintext is in no store, log or config file.
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_.file(""))) {
+    if (!entry.is_regular_file()) continue;
+    std::ifstream in(entry.path(), std::ios::binary);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(content.find(key.substr(20)), std::string::npos) << entry.path();
+  }
 }
 
 }  // namespace

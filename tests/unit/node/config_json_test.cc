@@ -54,7 +54,7 @@ config sample_config() {
   r.strip_prefix = "/api";
   r.request_headers.add = {{"x-gateway", "meridian"}};
   r.request_headers.remove = {"x-internal"};
-  r.auth = auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}};
+  r.auth = auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}, {}, false};
   r.rate_limits.push_back({100, 1min, "consumer", "sliding_window", "global"});
   c.routes.push_back(r);
 

@@ -189,6 +189,8 @@ struct auth_config {
   std::vector<std::string> methods;  // api_key | jwt
   std::string jwt;                   // name of a jwt provider
   header_list claims_to_headers;
+  std::vector<std::string> groups;   // non-empty: the consumer must be in one of these (403)
+  bool query_key = false;            // api_key may also come as ?apikey=
 };
 
 struct rate_limit_config {
