@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string_view>
 #include <thread>
@@ -193,6 +194,26 @@ struct admin_server::impl {
 
   const std::string node_id;
   const std::string token;
+
+  // Failed logins per client address: beyond max_failures in a minute the address gets 429
+  // until the minute is over, so the token cannot be guessed at speed.
+  static constexpr int max_failures = 10;
+  struct failures {
+    std::chrono::steady_clock::time_point window_start;
+    int count = 0;
+  };
+  std::mutex failures_mutex;
+  std::map<std::string, failures> failed;
+  // Returns true when addr is locked out; note=true counts one more failure.
+  bool locked_out(const std::string& addr, bool note) {
+    std::lock_guard lock(failures_mutex);
+    auto now = std::chrono::steady_clock::now();
+    if (failed.size() > 10000) failed.clear();  // bounded: addresses come from the network
+    auto& f = failed[addr];
+    if (now - f.window_start > std::chrono::minutes(1)) f = failures{now, 0};
+    if (note) ++f.count;
+    return f.count > max_failures;
+  }
   const admin_handlers handlers;
   std::vector<endpoint> endpoints;
 
@@ -315,7 +336,14 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
     needs_token = false;
     for (const auto* e : same_path) needs_token = needs_token || e->needs_token;
   }
+  if (needs_token && locked_out(req.remote_addr, false)) {
+    res.set_header("Retry-After", "60");
+    send_error(res, 429, "too_many_failures",
+               "too many failed admin logins from this address; retry in a minute");
+    return;
+  }
   if (needs_token && !authorized(req)) {
+    locked_out(req.remote_addr, true);
     admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
     res.set_header("WWW-Authenticate", "Bearer");
     send_error(res, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
@@ -340,6 +368,11 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
 
   try {
     hit->handle(req, res, params);
+    if (method != "GET" && method != "OPTIONS") {
+      // The audit trail of changes: who (address), what, when (the log line's time), outcome.
+      admin_log()->info("audit: {} {} from {} -> {}", req.method, req.path, req.remote_addr,
+                        res.status);
+    }
   } catch (const std::exception& e) {
     admin_log()->error("admin: {} {} failed: {}", req.method, req.path, e.what());
     res.headers.clear();

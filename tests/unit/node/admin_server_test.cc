@@ -79,6 +79,19 @@ TEST_F(admin_server_test, wrong_or_malformed_tokens_are_401) {
   expect_json_error(client->Get("/metrics", {{"Authorization", token}}), 401, "unauthorized");
 }
 
+TEST_F(admin_server_test, an_address_guessing_tokens_is_locked_out_for_a_minute) {
+  for (int i = 0; i < 10; ++i) {
+    expect_json_error(client->Get("/metrics", bearer("guess-" + std::to_string(i))), 401,
+                      "unauthorized");
+  }
+  expect_json_error(client->Get("/metrics", bearer("guess-10")), 401, "unauthorized");
+  // Past ten failures even the right token waits: guessing gains nothing.
+  auto res = client->Get("/metrics", bearer());
+  expect_json_error(res, 429, "too_many_failures");
+  EXPECT_EQ(res->get_header_value("Retry-After"), "60");
+  EXPECT_EQ(client->Get("/health")->status, 200);  // the unauthenticated probe still answers
+}
+
 TEST_F(admin_server_test, metrics_with_token_is_prometheus_text) {
   auto res = client->Get("/metrics", bearer());
   ASSERT_TRUE(res) << httplib::to_string(res.error());
