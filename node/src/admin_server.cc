@@ -279,6 +279,13 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"GET", "/config/consumers/{id}/keys", true, keys});
     endpoints.push_back({"DELETE", "/config/consumers/{id}/keys/{key_id}", true, keys});
   }
+  if (handlers.cluster_keys) {
+    endpoints.push_back(
+        {"GET", "/cluster/keys", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.cluster_keys());
+         }});
+  }
   if (handlers.breakers) {
     endpoints.push_back(
         {"GET", "/breakers", true,

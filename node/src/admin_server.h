@@ -39,6 +39,7 @@ struct admin_handlers {
                             const std::string* body)>
       config_write;
   std::function<nlohmann::json()> breakers;           // GET /breakers body
+  std::function<nlohmann::json()> cluster_keys;       // GET /cluster/keys body
   // POST/GET /config/consumers/{id}/keys, DELETE /config/consumers/{id}/keys/{key_id}
   // (method, consumer, key_id or "", body).
   std::function<admin_reply(const std::string&, const std::string&, const std::string&,

@@ -1,5 +1,6 @@
 #include "cluster_glue.h"
 
+#include <sodium.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -22,6 +23,15 @@ int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+
+// A key's public name: the first 8 bytes of its BLAKE2b hash, in hex (never the key itself).
+std::string fingerprint(const cluster::cluster_key& key) {
+  unsigned char h[8];
+  crypto_generichash(h, sizeof h, key.data(), key.size(), nullptr, 0);
+  char hex[sizeof h * 2 + 1];
+  sodium_bin2hex(hex, sizeof hex, h, sizeof h);
+  return hex;
 }
 
 cluster::millis steady_ms() {
@@ -66,6 +76,19 @@ struct cluster_glue::impl {
       l = view_listener;
     }
     if (l) l(gt, gu, rt, ru);
+  }
+
+  // Publishes which keys this node holds (fingerprints, primary first) as the register
+  // "node/<id>/keyring", so GET /cluster/keys on any node shows every node's rotation progress.
+  void publish_keyring(const std::vector<cluster::cluster_key>& keys) {
+    nlohmann::json fps = nlohmann::json::array();
+    for (const auto& k : keys) fps.push_back(fingerprint(k));
+    nlohmann::json doc = {{"primary", fps.empty() ? "" : fps[0].get<std::string>()},
+                          {"keys", fps}};
+    std::string error;
+    state->put(cluster::doc_family::breakers, "node/" + self_id + "/keyring", doc.dump(), &error,
+               false);
+    if (gossip) gossip->flush_application();
   }
 
   std::vector<std::string> live_peers() const {
@@ -125,6 +148,7 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
     *error = ring.error;
     return nullptr;
   }
+  auto initial_keys = ring.keys;
   opt.keys = std::move(ring.keys);
   opt.self.id = cfg.node.id;
   opt.self.region = cfg.node.region;
@@ -160,6 +184,7 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   glue->impl_->self_id = cfg.node.id;
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
+  glue->impl_->publish_keyring(initial_keys);
   glue->impl_->maintenance = std::thread([g = glue->impl_.get()] { g->maintain(); });
   return glue;
 }
@@ -199,6 +224,36 @@ std::vector<std::pair<std::string, std::string>> cluster_glue::live_members() co
 
 const std::string& cluster_glue::self_id() const {
   return impl_->self_id;
+}
+
+nlohmann::json cluster_glue::keys_json() const {
+  std::map<std::string, bool> live;
+  for (const auto& m : impl_->gossip->members())
+    if (m.state != cluster::member_state::left) live[m.info.id] = m.state == cluster::member_state::alive;
+  nlohmann::json nodes = nlohmann::json::object();
+  std::map<std::string, std::pair<int, int>> by_key;  // fingerprint -> (installed on, primary on)
+  for (const auto& [key, e] : impl_->state->documents(cluster::doc_family::breakers)) {
+    if (key.rfind("node/", 0) != 0 || key.size() < 14 || key.substr(key.size() - 8) != "/keyring")
+      continue;
+    std::string id = key.substr(5, key.size() - 13);
+    auto it = live.find(id);
+    if (it == live.end()) continue;  // left or forgotten
+    auto j = nlohmann::json::parse(e.value, nullptr, false);
+    if (!j.is_object()) continue;
+    j["alive"] = it->second;
+    if (it->second) {
+      for (const auto& fp : j.value("keys", nlohmann::json::array()))
+        if (fp.is_string()) ++by_key[fp.get<std::string>()].first;
+      ++by_key[j.value("primary", "")].second;
+    }
+    nodes[id] = std::move(j);
+  }
+  nlohmann::json keys = nlohmann::json::object();
+  for (const auto& [fp, n] : by_key)
+    if (!fp.empty()) keys[fp] = {{"installed_on", n.first}, {"primary_on", n.second}};
+  int alive = 0;
+  for (const auto& [id, a] : live) alive += a;
+  return {{"nodes", nodes}, {"keys", keys}, {"alive", alive}};
 }
 
 void cluster_glue::set_view_listener(
@@ -315,6 +370,7 @@ bool cluster_glue::reload_keys(const std::string& keyring_file, std::string* err
     *error = ring.error;
     return false;
   }
+  impl_->publish_keyring(ring.keys);
   impl_->gossip->set_keys(std::move(ring.keys));
   return true;
 }

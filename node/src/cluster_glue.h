@@ -23,6 +23,9 @@ class cluster_glue {
 
   nlohmann::json members_json() const;  // GET /cluster/members
   nlohmann::json health_json() const;   // GET /cluster/health
+  // GET /cluster/keys: every live node's keyring (fingerprints, primary) and, per key, on how
+  // many live nodes it is installed and primary: the progress of a key rotation.
+  nlohmann::json keys_json() const;
 
   // The replicated state (config documents, breaker states, counters), loaded from the store.
   cluster::replicated_state& state();

@@ -739,6 +739,7 @@ bool node::start(std::string* error) {
   if (d.cluster) {
     handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
     handlers.cluster_health = [this] { return impl_->cluster->health_json(); };
+    handlers.cluster_keys = [this] { return impl_->cluster->keys_json(); };
     handlers.cluster_leave = [this] {
       impl_->cluster->leave();
       return nlohmann::json{{"status", "left"}, {"node", impl_->cfg.node.id}};
