@@ -244,6 +244,11 @@ struct node::impl {
       auto j = nlohmann::json::parse(e.value, nullptr, false);
       if (!j.is_object()) continue;
       if (it->second->scope == "region" && j.value("region", "") != cfg.node.region) continue;
+      // Our own publication coming back through the state: already applied here.
+      if (j.value("origin", "") == cfg.node.id) {
+        t->breaker.set_applied_version(e.version);
+        continue;
+      }
       breaker_view v;
       if (!breaker_state_from(j.value("state", ""), &v.state)) continue;
       v.since_ms = j.value("since", int64_t{0});
