@@ -113,6 +113,7 @@ struct membership::impl {
     millis direct_deadline{0};
     millis round_end{0};
     bool indirect_sent = false;
+    bool stream_sent = false;  // TCP fallback started
     uint32_t expected_nacks = 0;
     uint32_t nacks = 0;
   };
@@ -579,6 +580,11 @@ struct membership::impl {
       send(address, p);
     }
     probe_.expected_nacks = cfg_.lifeguard ? static_cast<uint32_t>(relays.size()) : 0;
+    if (cfg_.tcp_fallback) {
+      probe_.stream_sent = true;
+      ++stats_.tcp_probes;
+      env_.send_state(target.info.address, table(false, false));
+    }
   }
 
   void finish_probe(bool acked) {
@@ -975,6 +981,11 @@ void membership::on_state_reply(const state_sync& reply) {
   auto& m = *impl_;
   m.merge(reply);
   m.joining_ = false;
+  if (m.probe_.active && m.probe_.stream_sent && reply.version == protocol_version &&
+      reply.sender_id == m.probe_.target) {
+    ++m.stats_.tcp_acks;  // UDP failed, TCP got through: alive
+    m.finish_probe(true);
+  }
   if (m.app_ && reply.version == protocol_version && !reply.app_state.empty()) {
     m.app_->on_sync_reply(reply.sender_id, reply.app_state);
   }

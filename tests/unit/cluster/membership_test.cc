@@ -445,6 +445,21 @@ TEST(membership_sim, crash_is_detected_by_all_of_100_nodes_within_6s) {
 }
 
 TEST(membership_sim, no_healthy_node_is_declared_dead_at_50_nodes_with_10pct_loss) {
+  // Without the TCP fallback, so that UDP loss turns into suspicions the protocol must refute.
+  sim::scenario_options o;
+  o.scenario = "false_positives";
+  o.nodes = 50;
+  o.loss = 0.1;
+  o.duration_s = 600;
+  o.swim.tcp_fallback = false;
+  auto r = sim::run_once(o, 5);
+  EXPECT_EQ(r.false_dead, 0u);
+  EXPECT_GT(r.suspicions, 0u);  // loss did cause suspicions: they were all refuted
+  EXPECT_GT(r.refutations, 0u);
+}
+
+TEST(membership_sim, the_tcp_fallback_probe_keeps_udp_loss_from_raising_suspicions) {
+  // Streams retransmit: with the fallback a member whose datagrams are lost answers over TCP.
   sim::scenario_options o;
   o.scenario = "false_positives";
   o.nodes = 50;
@@ -452,8 +467,34 @@ TEST(membership_sim, no_healthy_node_is_declared_dead_at_50_nodes_with_10pct_los
   o.duration_s = 600;
   auto r = sim::run_once(o, 5);
   EXPECT_EQ(r.false_dead, 0u);
-  EXPECT_GT(r.suspicions, 0u);  // loss did cause suspicions: they were all refuted
-  EXPECT_GT(r.refutations, 0u);
+  EXPECT_EQ(r.suspicions, 0u);
+  o.swim.tcp_fallback = false;
+  EXPECT_GT(sim::run_once(o, 5).suspicions, 0u);
+}
+
+TEST(membership_sim, a_member_whose_udp_is_blocked_stays_alive_through_the_tcp_fallback) {
+  simulator sim(21);
+  auto cfg = sim::recommended_config();
+  for (int i = 0; i < 5; ++i) sim.add_node(info(i), 1, cfg);
+  sim.bootstrap();
+  sim.run_until(millis(2000));
+  // Drop every datagram to node 4 (a firewall that lets TCP through).
+  for (size_t i = 0; i < 4; ++i) {
+    sim::link_faults l;
+    l.loss = 1.0;
+    sim.set_link(i, 4, l);
+  }
+  sim.run_until(millis(30'000));
+  for (size_t i = 0; i < 4; ++i) {
+    for (const auto& m : sim.node(i).members()) {
+      if (m.info.id == "n4") {
+        EXPECT_EQ(m.state, member_state::alive) << "seen by n" << i;
+      }
+    }
+  }
+  uint64_t tcp_acks = 0;
+  for (size_t i = 0; i < 4; ++i) tcp_acks += sim.node(i).stats().tcp_acks;
+  EXPECT_GT(tcp_acks, 0u);
 }
 
 }  // namespace

@@ -50,6 +50,9 @@ struct swim_config {
   // The member table's cap (members other than self): new members beyond it replace the oldest
   // tombstone or are refused.
   size_t max_members = 16384;
+  // When the direct probe times out, also push-pull with the target over TCP (memberlist's TCP
+  // fallback ping): a reply counts as an ack, so a node whose UDP is dropped is not declared dead.
+  bool tcp_fallback = true;
   // How often the application (gossip_application) is asked for deltas to piggyback.
   millis app_delta_interval{100};
 };
@@ -108,6 +111,8 @@ struct membership_stats {
   uint64_t push_pulls = 0;
   uint64_t members_refused = 0;  // new members refused because the table was full
   uint64_t app_syncs = 0;        // push-pulls started because application summaries differed
+  uint64_t tcp_probes = 0;       // TCP fallback probes (push-pulls with a probe's target)
+  uint64_t tcp_acks = 0;         // probes answered only over TCP
 };
 
 class membership {
