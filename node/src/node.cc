@@ -648,6 +648,19 @@ bool node::start(std::string* error) {
       d.cfg.admin.token_file.empty()
           ? (std::filesystem::path(d.cfg.node.data_dir) / "admin.token").string()
           : d.cfg.admin.token_file;
+  // Reachable from other machines, the admin API must have a token someone chose and placed:
+  // never one made up at start (the lesson of gateways shipped with a default admin key).
+  const auto& admin_host = d.cfg.listen.admin.host;
+  bool loopback = admin_host == "localhost" || admin_host == "::1" ||
+                  admin_host.rfind("127.", 0) == 0;
+  std::error_code token_ec;
+  if (!loopback &&
+      (d.cfg.admin.token_file.empty() || !std::filesystem::exists(token_file, token_ec))) {
+    *error = "listen.admin " + d.cfg.listen.admin.to_string() +
+             " is not a loopback address: set admin.token_file to an existing file holding the "
+             "admin token (at least 16 characters) before exposing the admin API";
+    return false;
+  }
   if (!load_or_create_token(token_file, &d.token, error)) return false;
 
   if (d.cfg.cluster) {

@@ -1,6 +1,8 @@
 // Route authentication end to end: JWT bearer tokens checked at the gateway.
 
 #include <gtest/gtest.h>
+
+#include <fstream>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -125,6 +127,38 @@ TEST_F(jwt_auth, routes_without_auth_stay_open) {
   auto res = node_->client().Get("/open");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
+}
+
+}  // namespace
+}  // namespace meridian::testing
+
+namespace meridian::testing {
+namespace {
+
+// An admin API on a non-loopback address starts only with a token file the operator placed.
+TEST(admin_plane, a_non_loopback_admin_address_needs_an_existing_token_file) {
+  temp_dir dir;
+  auto config_with = [&](const std::string& admin_section) {
+    return "node: {id: a, region: eu-west, data_dir: " + dir.file("data") +
+           "}\nlisten: {proxy: 127.0.0.1:0, admin: 0.0.0.0:0}\n" + admin_section;
+  };
+  auto start = [&](const std::string& yaml, std::string* error) {
+    auto cfg = node::parse_config(yaml, "a.yaml");
+    EXPECT_TRUE(cfg.value);
+    node::node n(*cfg.value);
+    bool ok = n.start(error);
+    if (ok) n.drain(std::chrono::seconds(1));
+    return ok;
+  };
+  std::string error;
+  EXPECT_FALSE(start(config_with(""), &error));
+  EXPECT_NE(error.find("is not a loopback address"), std::string::npos) << error;
+  EXPECT_FALSE(start(config_with("admin: {token_file: " + dir.file("missing.token") + "}\n"),
+                     &error));
+  std::ofstream(dir.file("admin.token")) << "a-token-the-operator-chose-1234\n";
+  error.clear();
+  EXPECT_TRUE(start(config_with("admin: {token_file: " + dir.file("admin.token") + "}\n"), &error))
+      << error;
 }
 
 }  // namespace
