@@ -1153,6 +1153,10 @@ jwt_config parse_jwt(diagnostics& d, const field& f) {
   }
   if (has_file && has_url) {
     d.add(f.line, f.path + ": give only one of jwks_file and jwks_url");
+  }
+  if (auto v = m.take("jwks_refresh")) {
+    if (read_duration(d, *v, j.jwks_refresh) && j.jwks_refresh < std::chrono::seconds(10))
+      d.add(v->line, v->path + ": must be at least 10s");
   } else if (!has_file && !has_url) {
     d.add(f.line, f.path + ": one of jwks_file or jwks_url is required");
   }

@@ -1159,8 +1159,12 @@ bool client_session::authenticate_jwt() {
   jwt_result result;
   auto now = std::chrono::system_clock::now();
   for (const auto* p : route_->jwt_providers) {
-    result = verify_jwt(token, *p->keys, p->rules, now);
+    auto keys = p->keys.load();
+    result = verify_jwt(token, *keys, p->rules, now);
     if (result.ok) break;
+    // A kid these keys lack: maybe the issuer rotated. Ask the refresher (jwks_url only).
+    if (result.error == "unknown_kid" && !p->cfg->jwks_url.empty())
+      const_cast<jwt_provider*>(p)->refresh_wanted.store(true, std::memory_order_relaxed);
   }
   if (!result.ok) {
     local_code_ = "invalid_token";

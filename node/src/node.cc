@@ -162,6 +162,51 @@ struct node::impl {
   key_usage_registry key_usage;
   std::thread breaker_sync;  // with a cluster: publishes breaker transitions, assigns probing
   std::thread persister;  // without a cluster: hands counts to local_state and persists them
+  std::thread jwks_refresher;  // re-fetches jwks_url keys (periodically, and on unknown kids)
+  std::atomic<bool> jwks_stop{false};
+  std::mutex jwks_mutex;
+  std::condition_variable jwks_cv;
+
+  void stop_jwks_refresher() {
+    if (!jwks_refresher.joinable()) return;
+    {
+      std::lock_guard lock(jwks_mutex);
+      jwks_stop = true;
+    }
+    jwks_cv.notify_all();
+    jwks_refresher.join();
+  }
+
+  void run_jwks_refresher() {
+    for (;;) {
+      {
+        // A 200 ms tick (kid misses are picked up within it); stop wakes it at once.
+        std::unique_lock lock(jwks_mutex);
+        if (jwks_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return jwks_stop.load(); }))
+          return;
+      }
+      auto snap = current();
+      if (!snap) continue;
+      int64_t now = now_ms();
+      for (const auto& p : snap->jwt_providers) {
+        if (p->cfg->jwks_url.empty()) continue;
+        int64_t every =
+            std::chrono::duration_cast<std::chrono::milliseconds>(p->cfg->jwks_refresh).count();
+        bool due = now - p->fetched_ms.load() >= every;
+        // On an unknown kid, at most once every 10 s: a flood of bad tokens cannot hammer the
+        // issuer.
+        bool wanted = p->refresh_wanted.exchange(false) && now - p->last_wanted_ms.load() >= 10'000;
+        if (!due && !wanted) continue;
+        if (wanted) p->last_wanted_ms = now;
+        std::string error;
+        if (refresh_jwks(*p, &error)) {
+          log()->info("jwt {}: keys re-fetched from {}", p->cfg->name, p->cfg->jwks_url);
+        } else {
+          log()->warn("{} (keeping the previous keys)", error);
+        }
+      }
+    }
+  }
   std::mutex persister_mutex;
   std::condition_variable persister_cv;
   bool persister_stop = false;
@@ -635,6 +680,7 @@ struct node::impl {
 node::node(config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 node::~node() {
+  impl_->stop_jwks_refresher();
   impl_->stop_applier();
   impl_->stop_breaker_sync();
   impl_->stop_persister();
@@ -790,6 +836,7 @@ bool node::start(std::string* error) {
     d.proxy->stop();
     return false;
   }
+  d.jwks_refresher = std::thread([this] { impl_->run_jwks_refresher(); });
   d.health = std::make_unique<health_checker>();
   d.health->update(d.snap);
   log()->info("node {} (region {}) proxy on {}:{}, admin on {}:{}, {} worker(s)", d.cfg.node.id,

@@ -92,6 +92,23 @@ std::string fetch_jwks(const jwt_config& jc, std::string* error) {
 
 }  // namespace
 
+bool refresh_jwks(jwt_provider& p, std::string* error) {
+  std::string fetch_error, parse_error;
+  auto text = fetch_jwks(*p.cfg, &fetch_error);
+  p.fetched_ms = now_ms();
+  if (!fetch_error.empty()) {
+    *error = fetch_error;
+    return false;
+  }
+  auto keys = jwks::parse(text, &parse_error);
+  if (!keys) {
+    *error = "jwt " + p.cfg->name + ": " + parse_error;
+    return false;
+  }
+  p.keys.store(std::move(keys));
+  return true;
+}
+
 std::shared_ptr<target_state> target_registry::get(const std::string& upstream,
                                                    const address& addr) {
   std::lock_guard lock(mutex_);
@@ -251,11 +268,13 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
       *error = fetch_error;
       return nullptr;
     }
-    p->keys = jwks::parse(text, &parse_error);
-    if (!p->keys) {
+    auto keys = jwks::parse(text, &parse_error);
+    if (!keys) {
       *error = "jwt " + jc.name + ": " + parse_error;
       return nullptr;
     }
+    p->keys.store(std::move(keys));
+    p->fetched_ms = now_ms();
     providers[jc.name] = p.get();
     snap->jwt_providers.push_back(std::move(p));
   }

@@ -135,9 +135,17 @@ struct upstream_runtime {
 // snapshot is built).
 struct jwt_provider {
   const jwt_config* cfg = nullptr;
-  std::shared_ptr<const jwks> keys;
+  // Replaced whole when a jwks_url is re-fetched; workers load it once per verification.
+  std::atomic<std::shared_ptr<const jwks>> keys;
   jwt_rules rules;
+  std::atomic<bool> refresh_wanted{false};  // a token named a kid these keys lack
+  std::atomic<int64_t> fetched_ms{0};       // steady ms of the last fetch
+  std::atomic<int64_t> last_wanted_ms{0};   // steady ms of the last kid-miss refresh
 };
+
+// Re-fetches provider p's jwks_url now. Returns false and sets *error when it cannot (the old
+// keys stay).
+bool refresh_jwks(jwt_provider& p, std::string* error);
 
 struct route_runtime {
   const route_config* cfg = nullptr;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <mutex>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -36,8 +37,9 @@ std::string b64url(std::string_view in) {
 
 const std::string secret = "0123456789abcdef0123456789abcdef";  // 32 bytes: enough for HS256
 
-std::string hs256(const nlohmann::json& claims, const std::string& key = secret) {
-  std::string head = b64url(R"({"alg":"HS256","typ":"JWT","kid":"k1"})");
+std::string hs256(const nlohmann::json& claims, const std::string& key = secret,
+                  const std::string& kid = "k1") {
+  std::string head = b64url(R"({"alg":"HS256","typ":"JWT","kid":")" + kid + R"("})");
   std::string body = b64url(claims.dump());
   std::string input = head + "." + body;
   unsigned char mac[EVP_MAX_MD_SIZE];
@@ -134,6 +136,51 @@ TEST_F(jwt_auth, routes_without_auth_stay_open) {
 
 namespace meridian::testing {
 namespace {
+
+// Keys from a jwks_url follow the issuer's rotation: a token with a kid the node has not seen
+// makes it re-fetch the set (at most every 10 s), and the new key then verifies.
+TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetched) {
+  const std::string second = "fedcba9876543210fedcba9876543210";
+  std::mutex mu;
+  std::string jwks = R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) +
+                     R"("}]})";
+  upstream issuer;
+  issuer.server().Get("/jwks.json", [&](const httplib::Request&, httplib::Response& res) {
+    std::lock_guard lock(mu);
+    res.set_content(jwks, "application/json");
+  });
+  issuer.start();
+  upstream up;
+  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok", "text/plain");
+  });
+  up.start();
+  running_node n("jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
+                 "    jwks_url: http://" + issuer.address() + "/jwks.json\n    jwks_refresh: 1h\n" +
+                 "upstreams:\n  - name: u\n    targets: [" + up.address() + "]\n" +
+                 "routes:\n  - name: p\n    match: {path_prefix: /}\n    upstream: u\n" +
+                 "    auth: {methods: [jwt], jwt: main}\n");
+  ASSERT_TRUE(n.ok());
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  nlohmann::json claims = {{"sub", "acme"}, {"iss", "https://issuer.example"}, {"aud", "api"},
+                           {"iat", now}, {"exp", now + 300}};
+  auto c = n.client();
+  auto get = [&](const std::string& token) {
+    auto res = c.Get("/", {{"Authorization", "Bearer " + token}});
+    return res ? res->status : 0;
+  };
+  EXPECT_EQ(get(hs256(claims)), 200);
+  std::string rotated = hs256(claims, second, "k2");
+  EXPECT_EQ(get(rotated), 401);  // k2 unknown so far
+  {
+    std::lock_guard lock(mu);  // the issuer rotates: k2 joins the set
+    jwks = R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) +
+           R"("},{"kty":"oct","kid":"k2","alg":"HS256","k":")" + b64url(second) + R"("}]})";
+  }
+  EXPECT_TRUE(eventually([&] { return get(rotated) == 200; }, 15s));
+}
 
 // An admin API on a non-loopback address starts only with a token file the operator placed.
 TEST(admin_plane, a_non_loopback_admin_address_needs_an_existing_token_file) {

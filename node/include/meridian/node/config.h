@@ -241,6 +241,7 @@ struct jwt_config {
   std::string audience;
   std::string jwks_file;
   std::string jwks_url;
+  duration jwks_refresh = std::chrono::minutes(5);  // jwks_url: re-fetched this often
   int line = 0;
 };
 
