@@ -38,8 +38,8 @@ std::vector<uint64_t> shuffled_keys(const meridian::node::limit_spec& spec) {
   out.reserve(keys);
   for (size_t i = 0; i < keys; ++i)
     out.push_back(rate_limiter::key_of(spec, "10." + std::to_string(i >> 16) + "." +
-                                               std::to_string((i >> 8) & 255) + "." +
-                                               std::to_string(i & 255)));
+                                                 std::to_string((i >> 8) & 255) + "." +
+                                                 std::to_string(i & 255)));
   std::shuffle(out.begin(), out.end(), std::mt19937_64(1));
   return out;
 }
@@ -63,7 +63,8 @@ BENCHMARK(BM_rate_decision_1M_keys_local);
 // the next sync round, which flushes them into the replicated counters every 1,000 decisions'
 // worth of keys here, as the gossip thread would.
 void BM_rate_decision_1M_keys_global(benchmark::State& state) {
-  meridian::cluster::replicated_state st({.self_id = "a"}, [] { return now_ms; }, nullptr);
+  meridian::cluster::replicated_state st(
+      {.self_id = "a"}, [] { return now_ms; }, nullptr);
   rate_limiter rl({.node_id = "a", .region = "eu-west", .max_keys = 2 * keys}, &st);
   auto cfg = rl.compile("api", 0, config("global"));
   auto ks = shuffled_keys(cfg);
@@ -88,8 +89,8 @@ void BM_rate_key_and_decision(benchmark::State& state) {
   rate_limiter rl({.node_id = "a", .region = "eu-west", .max_keys = 2 * keys}, nullptr);
   auto cfg = rl.compile("api", 0, config("local"));
   std::vector<std::string> ips;
-  for (size_t i = 0; i < 4096; ++i) ips.push_back("192.168." + std::to_string(i >> 8) + "." +
-                                                  std::to_string(i & 255));
+  for (size_t i = 0; i < 4096; ++i)
+    ips.push_back("192.168." + std::to_string(i >> 8) + "." + std::to_string(i & 255));
   size_t i = 0;
   for (auto _ : state) {
     uint64_t k = rate_limiter::key_of(cfg, ips[i++ & 4095]);
@@ -118,7 +119,8 @@ void BM_rate_flood_10M_distinct_keys(benchmark::State& state) {
     meridian::cluster::state_options so;
     so.self_id = "a";
     so.max_counter_keys = 1 << 20;
-    meridian::cluster::replicated_state st(so, [] { return now_ms; }, nullptr);
+    meridian::cluster::replicated_state st(
+        so, [] { return now_ms; }, nullptr);
     rate_limiter rl({.node_id = "a", .region = "eu-west", .max_keys = 1 << 20}, &st);
     auto cfg = rl.compile("api", 0, config("global"));
     std::mt19937_64 rng(7);

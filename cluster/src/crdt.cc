@@ -16,9 +16,8 @@ namespace {
 uint64_t siphash(std::string_view bytes) {
   static const bool ready = sodium_init() >= 0;
   if (!ready) std::abort();
-  static const unsigned char key[crypto_shorthash_KEYBYTES] = {'m', 'e', 'r', 'i', 'd', 'i',
-                                                               'a', 'n', '-', 'd', 'i', 'g',
-                                                               'e', 's', 't', '1'};
+  static const unsigned char key[crypto_shorthash_KEYBYTES] = {
+      'm', 'e', 'r', 'i', 'd', 'i', 'a', 'n', '-', 'd', 'i', 'g', 'e', 's', 't', '1'};
   unsigned char out[crypto_shorthash_BYTES];
   crypto_shorthash(out, reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), key);
   uint64_t h;
@@ -343,7 +342,8 @@ bool unpack_counter_updates(std::string_view in, std::vector<counter_update>* ou
   while (!in.empty()) {
     if (in.size() < 8) return false;
     counter_update u;
-    for (int i = 0; i < 8; ++i) u.key |= static_cast<uint64_t>(static_cast<uint8_t>(in[i])) << (8 * i);
+    for (int i = 0; i < 8; ++i)
+      u.key |= static_cast<uint64_t>(static_cast<uint8_t>(in[i])) << (8 * i);
     in.remove_prefix(8);
     uint64_t window_ms, window, count;
     if (!get_varint(in, &window_ms) || !get_varint(in, &window) || !get_varint(in, &count))

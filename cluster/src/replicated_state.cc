@@ -439,8 +439,7 @@ void replicated_state::count_batch(const std::vector<counter_add>& adds) {
   }
 }
 
-window_counters::split_counts replicated_state::counter_split(uint64_t key,
-                                                              uint32_t window) const {
+window_counters::split_counts replicated_state::counter_split(uint64_t key, uint32_t window) const {
   std::lock_guard lock(impl_->mu);
   return impl_->counters.split(key, window);
 }
@@ -465,9 +464,8 @@ std::map<std::string, uint64_t> replicated_state::counter_by_node(uint64_t key,
                                                                   uint32_t window) const {
   std::lock_guard lock(impl_->mu);
   std::map<std::string, uint64_t> out;
-  impl_->counters.for_each_slot(key, window, [&](uint16_t node, uint32_t n) {
-    out[impl_->counters.node_id(node)] += n;
-  });
+  impl_->counters.for_each_slot(
+      key, window, [&](uint16_t node, uint32_t n) { out[impl_->counters.node_id(node)] += n; });
   return out;
 }
 
@@ -550,8 +548,7 @@ std::string replicated_state::summary() {
   return impl_->own_summary();
 }
 
-bool replicated_state::on_summary(const std::string& from, const std::string& summary,
-                                  millis now) {
+bool replicated_state::on_summary(const std::string& from, const std::string& summary, millis now) {
   auto& d = *impl_;
   std::lock_guard lock(d.mu);
   if (summary.size() != summary_bytes) return false;
@@ -640,11 +637,10 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
           }
         }
       }
-      double lag = static_cast<double>(d.clock.wall_ms() -
-                                       hlc_unix_ms(static_cast<hlc_time>(delta.clock)));
-      d.stats.counter_sync_lag_ms = d.stats.counter_sync_lag_ms == 0
-                                        ? lag
-                                        : 0.9 * d.stats.counter_sync_lag_ms + 0.1 * lag;
+      double lag =
+          static_cast<double>(d.clock.wall_ms() - hlc_unix_ms(static_cast<hlc_time>(delta.clock)));
+      d.stats.counter_sync_lag_ms =
+          d.stats.counter_sync_lag_ms == 0 ? lag : 0.9 * d.stats.counter_sync_lag_ms + 0.1 * lag;
     }
     observer = d.counter_observer;
   }

@@ -18,7 +18,6 @@ namespace {
 
 using namespace detail;
 
-
 constexpr char seal_magic[4] = {'M', 'R', 'D', '1'};
 constexpr size_t nonce_size = crypto_aead_xchacha20poly1305_ietf_NPUBBYTES;
 constexpr size_t tag_size = crypto_aead_xchacha20poly1305_ietf_ABYTES;

@@ -260,8 +260,7 @@ void admin_server::impl::add_endpoints() {
          }});
   }
   if (handlers.config_write) {
-    auto write = [this](const httplib::Request& req, httplib::Response& res,
-                        const path_params& p) {
+    auto write = [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
       std::string kind(p[0]), name(p[1]);
       admin_reply r = handlers.config_write(kind, name, req.method == "PUT" ? &req.body : nullptr);
       send_json(res, r.status, r.body);
@@ -287,11 +286,9 @@ void admin_server::impl::add_endpoints() {
          }});
   }
   if (handlers.breakers) {
-    endpoints.push_back(
-        {"GET", "/breakers", true,
-         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
-           send_json(res, 200, handlers.breakers());
-         }});
+    endpoints.push_back({"GET", "/breakers", true,
+                         [this](const httplib::Request&, httplib::Response& res,
+                                const path_params&) { send_json(res, 200, handlers.breakers()); }});
   }
   if (handlers.ratelimit_view) {
     endpoints.push_back(

@@ -38,8 +38,8 @@ struct admin_handlers {
   std::function<admin_reply(const std::string& kind, const std::string& name,
                             const std::string* body)>
       config_write;
-  std::function<nlohmann::json()> breakers;           // GET /breakers body
-  std::function<nlohmann::json()> cluster_keys;       // GET /cluster/keys body
+  std::function<nlohmann::json()> breakers;      // GET /breakers body
+  std::function<nlohmann::json()> cluster_keys;  // GET /cluster/keys body
   // POST/GET /config/consumers/{id}/keys, DELETE /config/consumers/{id}/keys/{key_id}
   // (method, consumer, key_id or "", body).
   std::function<admin_reply(const std::string&, const std::string&, const std::string&,

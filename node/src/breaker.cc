@@ -18,10 +18,14 @@ const char* to_string(breaker_state s) {
 }
 
 bool breaker_state_from(std::string_view name, breaker_state* out) {
-  if (name == "closed") *out = breaker_state::closed;
-  else if (name == "open") *out = breaker_state::open;
-  else if (name == "half_open") *out = breaker_state::half_open;
-  else return false;
+  if (name == "closed")
+    *out = breaker_state::closed;
+  else if (name == "open")
+    *out = breaker_state::open;
+  else if (name == "half_open")
+    *out = breaker_state::half_open;
+  else
+    return false;
   return true;
 }
 
@@ -29,8 +33,8 @@ namespace {
 // The probe owner may have no traffic for this upstream: once a further open period has passed
 // without a verdict, any node may probe.
 bool owner_overdue(const breaker_view& v, int64_t now_ms, const circuit_breaker_config& cfg) {
-  return now_ms >= v.until_ms +
-                       std::chrono::duration_cast<std::chrono::milliseconds>(cfg.open_for).count();
+  return now_ms >=
+         v.until_ms + std::chrono::duration_cast<std::chrono::milliseconds>(cfg.open_for).count();
 }
 }  // namespace
 
@@ -44,11 +48,10 @@ bool circuit_breaker::allow(int64_t now_ms, const circuit_breaker_config& cfg,
   return (may_probe || owner_overdue(view_, now_ms, cfg)) && probes_sent_ < cfg.half_open_probes;
 }
 
-bool circuit_breaker::on_dispatch(int64_t now_ms, const circuit_breaker_config& cfg,
-                                  bool may_probe, bool* probe) {
+bool circuit_breaker::on_dispatch(int64_t now_ms, const circuit_breaker_config& cfg, bool may_probe,
+                                  bool* probe) {
   *probe = false;
-  if (static_cast<breaker_state>(state_.load(std::memory_order_relaxed)) ==
-          breaker_state::closed ||
+  if (static_cast<breaker_state>(state_.load(std::memory_order_relaxed)) == breaker_state::closed ||
       !cfg.enabled) {
     return true;
   }
@@ -119,9 +122,8 @@ bool circuit_breaker::record(bool success, bool probe, int64_t now_ms,
     return true;
   }
   // Closed: count into the sliding window (buckets of window/10).
-  int64_t window_ms =
-      std::max<int64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(cfg.window).count(),
-                        buckets);
+  int64_t window_ms = std::max<int64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(cfg.window).count(), buckets);
   int64_t width = window_ms / buckets;
   int64_t start = now_ms - now_ms % width;
   bucket& b = window_[(now_ms / width) % buckets];

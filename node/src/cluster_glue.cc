@@ -83,8 +83,7 @@ struct cluster_glue::impl {
   void publish_keyring(const std::vector<cluster::cluster_key>& keys) {
     nlohmann::json fps = nlohmann::json::array();
     for (const auto& k : keys) fps.push_back(fingerprint(k));
-    nlohmann::json doc = {{"primary", fps.empty() ? "" : fps[0].get<std::string>()},
-                          {"keys", fps}};
+    nlohmann::json doc = {{"primary", fps.empty() ? "" : fps[0].get<std::string>()}, {"keys", fps}};
     std::string error;
     state->put(cluster::doc_family::breakers, "node/" + self_id + "/keyring", doc.dump(), &error,
                false);
@@ -229,7 +228,8 @@ const std::string& cluster_glue::self_id() const {
 nlohmann::json cluster_glue::keys_json() const {
   std::map<std::string, bool> live;
   for (const auto& m : impl_->gossip->members())
-    if (m.state != cluster::member_state::left) live[m.info.id] = m.state == cluster::member_state::alive;
+    if (m.state != cluster::member_state::left)
+      live[m.info.id] = m.state == cluster::member_state::alive;
   nlohmann::json nodes = nlohmann::json::object();
   std::map<std::string, std::pair<int, int>> by_key;  // fingerprint -> (installed on, primary on)
   for (const auto& [key, e] : impl_->state->documents(cluster::doc_family::breakers)) {
@@ -256,8 +256,7 @@ nlohmann::json cluster_glue::keys_json() const {
   return {{"nodes", nodes}, {"keys", keys}, {"alive", alive}};
 }
 
-void cluster_glue::set_view_listener(
-    std::function<void(size_t, size_t, size_t, size_t)> listener) {
+void cluster_glue::set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener) {
   std::lock_guard lock(impl_->maintenance_mutex);
   impl_->view_listener = std::move(listener);
 }
@@ -348,15 +347,18 @@ std::string cluster_glue::metrics_text() const {
           ss.tombstones_collected);
   counter("state_counter_evictions_total", "Counters evicted by the key cap.",
           ss.counter_evictions);
-  out += "# HELP meridian_cluster_config_documents Live cluster config documents.\n"
-         "# TYPE meridian_cluster_config_documents gauge\nmeridian_cluster_config_documents " +
-         std::to_string(ss.documents) + "\n";
-  out += "# HELP meridian_cluster_counters Rate-limit counters held.\n"
-         "# TYPE meridian_cluster_counters gauge\nmeridian_cluster_counters " +
-         std::to_string(ss.counters) + "\n";
-  out += "# HELP meridian_cluster_clock_skew_ms Largest clock offset seen from a peer.\n"
-         "# TYPE meridian_cluster_clock_skew_ms gauge\nmeridian_cluster_clock_skew_ms " +
-         std::to_string(ss.max_clock_skew_ms) + "\n";
+  out +=
+      "# HELP meridian_cluster_config_documents Live cluster config documents.\n"
+      "# TYPE meridian_cluster_config_documents gauge\nmeridian_cluster_config_documents " +
+      std::to_string(ss.documents) + "\n";
+  out +=
+      "# HELP meridian_cluster_counters Rate-limit counters held.\n"
+      "# TYPE meridian_cluster_counters gauge\nmeridian_cluster_counters " +
+      std::to_string(ss.counters) + "\n";
+  out +=
+      "# HELP meridian_cluster_clock_skew_ms Largest clock offset seen from a peer.\n"
+      "# TYPE meridian_cluster_clock_skew_ms gauge\nmeridian_cluster_clock_skew_ms " +
+      std::to_string(ss.max_clock_skew_ms) + "\n";
   out +=
       "# HELP meridian_cluster_local_health Lifeguard local health score (0 is healthy).\n"
       "# TYPE meridian_cluster_local_health gauge\nmeridian_cluster_local_health " +

@@ -98,7 +98,8 @@ json upstream_to_json(const upstream_config& u) {
         {"failure_rate", b.failure_rate},         {"min_requests", b.min_requests},
         {"window", format_duration(b.window)},    {"open_for", format_duration(b.open_for)},
         {"half_open_probes", b.half_open_probes}, {"scope", b.scope}};
-    if (b.consecutive_failures) out["circuit_breaker"]["consecutive_failures"] = b.consecutive_failures;
+    if (b.consecutive_failures)
+      out["circuit_breaker"]["consecutive_failures"] = b.consecutive_failures;
     if (b.slow_call.count()) out["circuit_breaker"]["slow_call"] = format_duration(b.slow_call);
   }
   out["timeouts"] = {{"connect", format_duration(u.timeouts.connect)},
@@ -123,12 +124,9 @@ json match_to_json(const match_config& m) {
 }
 
 json rate_limit_to_json(const rate_limit_config& r) {
-  json out = {{"limit", r.limit},
-              {"window", format_duration(r.window)},
-              {"key", r.key},
-              {"algorithm", r.algorithm},
-              {"scope", r.scope},
-              {"on_partition", r.on_partition}};
+  json out = {{"limit", r.limit}, {"window", format_duration(r.window)},
+              {"key", r.key},     {"algorithm", r.algorithm},
+              {"scope", r.scope}, {"on_partition", r.on_partition}};
   if (r.burst) out["burst"] = r.burst;
   if (r.max_delay.count()) out["max_delay"] = format_duration(r.max_delay);
   return out;

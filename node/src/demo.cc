@@ -99,8 +99,7 @@ int run_demo() {
     cfg.cluster = cs;
     upstream_config up;
     up.name = "demo";
-    up.targets.push_back(
-        {{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, "", "", 1, 0});
+    up.targets.push_back({{"127.0.0.1", static_cast<uint16_t>(upstream.port())}, "", "", 1, 0});
     up.health_check.enabled = true;
     up.health_check.path = "/healthz";
     up.retries.attempts = 1;

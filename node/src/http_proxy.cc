@@ -486,12 +486,12 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool retry_now_ = false;
   const target_state* exclude_ = nullptr;
   int local_status_ = 0;
-  std::string www_authenticate_;                                   // for a 401 answer
+  std::string www_authenticate_;    // for a 401 answer
   std::string rate_limit_headers_;  // "RateLimit-...: v\r\n" lines for the answer, or empty
   std::string consumer_;            // the authenticated consumer (JWT sub), or empty
   uint64_t delay_ms_ = 0;           // a rate limit's max_delay: wait this long, then dispatch
   bool probe_ = false;              // this attempt is a half-open breaker probe
-  std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first delay
+  std::unique_ptr<asio::steady_timer> delay_timer_;                // created on the first delay
   std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
   bool strip_authorization_ = false;
   const char* local_code_ = "";
@@ -1201,7 +1201,8 @@ bool client_session::authenticate_api_key(std::string_view query) {
     size_t pos = 0;
     while (pos <= query.size()) {
       size_t amp = query.find('&', pos);
-      std::string_view part = query.substr(pos, amp == std::string_view::npos ? query.npos : amp - pos);
+      std::string_view part =
+          query.substr(pos, amp == std::string_view::npos ? query.npos : amp - pos);
       if (part.substr(0, 7) == "apikey=") {
         presented = part.substr(7);
         break;
@@ -1232,8 +1233,9 @@ bool client_session::authenticate_api_key(std::string_view query) {
 bool client_session::authenticate() {
   const auto& auth = *route_->cfg->auth;
   auto qpos = req_target_.find('?');
-  std::string_view query =
-      qpos == std::string_view::npos ? std::string_view() : std::string_view(req_target_).substr(qpos + 1);
+  std::string_view query = qpos == std::string_view::npos
+                               ? std::string_view()
+                               : std::string_view(req_target_).substr(qpos + 1);
   bool ok = route_->auth_api_key && authenticate_api_key(query);
   if (!ok && !route_->jwt_providers.empty()) ok = authenticate_jwt();
   if (!ok) {
@@ -1721,7 +1723,8 @@ void client_session::dispatch() {
     w_.stats.upstream_overflows.add();
     release_upstream(false);
     if (!req_done_) close_after_response_ = true;
-    send_error(503, "upstream_overloaded", "connection limit reached for upstream " + chosen.cfg->name);
+    send_error(503, "upstream_overloaded",
+               "connection limit reached for upstream " + chosen.cfg->name);
     return;
   }
   connect_upstream();

@@ -9,22 +9,22 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <charconv>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
-#include <charconv>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
 #include "admin_server.h"
 #include "api_keys.h"
-#include "meridian/storage/store.h"
 #include "cluster_glue.h"
 #include "config_json.h"
 #include "health_checker.h"
 #include "http_proxy.h"
+#include "meridian/storage/store.h"
 #include "rate_limiter.h"
 #include "runtime.h"
 
@@ -160,8 +160,8 @@ struct node::impl {
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
   key_usage_registry key_usage;
-  std::thread breaker_sync;  // with a cluster: publishes breaker transitions, assigns probing
-  std::thread persister;  // without a cluster: hands counts to local_state and persists them
+  std::thread breaker_sync;    // with a cluster: publishes breaker transitions, assigns probing
+  std::thread persister;       // without a cluster: hands counts to local_state and persists them
   std::thread jwks_refresher;  // re-fetches jwks_url keys (periodically, and on unknown kids)
   std::atomic<bool> jwks_stop{false};
   std::mutex jwks_mutex;
@@ -182,7 +182,8 @@ struct node::impl {
       {
         // A 200 ms tick (kid misses are picked up within it); stop wakes it at once.
         std::unique_lock lock(jwks_mutex);
-        if (jwks_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return jwks_stop.load(); }))
+        if (jwks_cv.wait_for(lock, std::chrono::milliseconds(200),
+                             [&] { return jwks_stop.load(); }))
           return;
       }
       auto snap = current();
@@ -232,9 +233,9 @@ struct node::impl {
     auto t = targets.find(key);
     if (!t) return;
     auto v = t->breaker.view();
-    nlohmann::json j = {{"state", to_string(v.state)}, {"since", v.since_ms},
-                        {"until", v.until_ms},        {"origin", v.origin},
-                        {"trips", v.trips},           {"region", cfg.node.region}};
+    nlohmann::json j = {
+        {"state", to_string(v.state)}, {"since", v.since_ms}, {"until", v.until_ms},
+        {"origin", v.origin},          {"trips", v.trips},    {"region", cfg.node.region}};
     std::string error;
     auto version =
         cluster->state().put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false);
@@ -414,8 +415,7 @@ struct node::impl {
         std::lock_guard apply(apply_mutex);
         if (cluster->state().digest(doc_family::config) != installed_digest) {
           std::string error;
-          if (!install(cfg, &error))
-            log()->error("cluster config change not applied: {}", error);
+          if (!install(cfg, &error)) log()->error("cluster config change not applied: {}", error);
         }
       }
       lock.lock();
@@ -491,10 +491,11 @@ struct node::impl {
       }
     }
     out += failovers;
-    out += "# HELP meridian_breaker_transitions_total Breaker state changes, observed here or "
-           "adopted.\n# TYPE meridian_breaker_transitions_total counter\n"
-           "meridian_breaker_transitions_total " +
-           std::to_string(targets.breaker_transitions()) + "\n";
+    out +=
+        "# HELP meridian_breaker_transitions_total Breaker state changes, observed here or "
+        "adopted.\n# TYPE meridian_breaker_transitions_total counter\n"
+        "meridian_breaker_transitions_total " +
+        std::to_string(targets.breaker_transitions()) + "\n";
     return out;
   }
 
@@ -512,8 +513,8 @@ struct node::impl {
     if (!limit.empty()) {
       auto [p, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), index);
       if (ec != std::errc() || p != limit.data() + limit.size() || index >= rc->rate_limits.size())
-        return error_reply(400, "bad_request", "limit must be 0.." +
-                                                   std::to_string(rc->rate_limits.size() - 1));
+        return error_reply(400, "bad_request",
+                           "limit must be 0.." + std::to_string(rc->rate_limits.size() - 1));
     }
     const auto& cfg = rc->rate_limits[index];
     auto spec = limiter->compile(rc->name, index, cfg);
@@ -535,8 +536,9 @@ struct node::impl {
   admin_reply keys_request(const std::string& method, const std::string& consumer,
                            const std::string& key_id, const std::string& body) {
     if (!cluster) {
-      return error_reply(409, "not_clustered",
-                         "API keys are cluster documents: this node runs without a cluster section");
+      return error_reply(
+          409, "not_clustered",
+          "API keys are cluster documents: this node runs without a cluster section");
     }
     auto snap = current();
     bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
@@ -591,8 +593,9 @@ struct node::impl {
     auto v = st.put(doc_family::config, "keys/" + k.key_id, k.document, &error);
     if (!v) return error_reply(503, "storage_error", error);
     cluster->flush();
-    return {201,
-            {{"key_id", k.key_id}, {"key", k.plaintext}, {"consumer", consumer}, {"expires", expires}}};
+    return {
+        201,
+        {{"key_id", k.key_id}, {"key", k.plaintext}, {"consumer", consumer}, {"expires", expires}}};
   }
 
   admin_reply write_document(const std::string& kind, const std::string& name,
@@ -610,8 +613,8 @@ struct node::impl {
     } else if (kind == "consumers") {
       dk = document_kind::consumer;
     } else {
-      return error_reply(404, "not_found", "no config kind '" + kind +
-                                               "' (routes, upstreams or consumers)");
+      return error_reply(404, "not_found",
+                         "no config kind '" + kind + "' (routes, upstreams or consumers)");
     }
     const std::string key = kind + "/" + name;
     auto& st = cluster->state();
@@ -635,9 +638,9 @@ struct node::impl {
 
     std::lock_guard apply(apply_mutex);
     auto docs = documents_of(st);
-    auto existing =
-        std::find_if(docs.begin(), docs.end(),
-                     [&](const config_document& d) { return d.kind == dk && d.name == name; });
+    auto existing = std::find_if(docs.begin(), docs.end(), [&](const config_document& d) {
+      return d.kind == dk && d.name == name;
+    });
     if (!body && existing == docs.end()) {
       return error_reply(404, "not_found", key + " does not exist");
     }
@@ -697,8 +700,8 @@ bool node::start(std::string* error) {
   // Reachable from other machines, the admin API must have a token someone chose and placed:
   // never one made up at start (the lesson of gateways shipped with a default admin key).
   const auto& admin_host = d.cfg.listen.admin.host;
-  bool loopback = admin_host == "localhost" || admin_host == "::1" ||
-                  admin_host.rfind("127.", 0) == 0;
+  bool loopback =
+      admin_host == "localhost" || admin_host == "::1" || admin_host.rfind("127.", 0) == 0;
   std::error_code token_ec;
   if (!loopback &&
       (d.cfg.admin.token_file.empty() || !std::filesystem::exists(token_file, token_ec))) {
@@ -722,8 +725,8 @@ bool node::start(std::string* error) {
     // Counts of long windows (a daily quota) must survive a restart here too.
     std::error_code fec;
     std::filesystem::create_directories(d.cfg.node.data_dir, fec);
-    d.local_store = storage::store::open(
-        (std::filesystem::path(d.cfg.node.data_dir) / "db").string(), error);
+    d.local_store =
+        storage::store::open((std::filesystem::path(d.cfg.node.data_dir) / "db").string(), error);
     if (!d.local_store) return false;
     d.local_state = std::make_unique<cluster::replicated_state>(
         cluster::state_options{.self_id = d.cfg.node.id},
@@ -736,8 +739,8 @@ bool node::start(std::string* error) {
     if (!d.local_state->load(error)) return false;
     lo.clustered = false;
   }
-  d.limiter = std::make_unique<rate_limiter>(
-      lo, d.cluster ? &d.cluster->state() : d.local_state.get());
+  d.limiter =
+      std::make_unique<rate_limiter>(lo, d.cluster ? &d.cluster->state() : d.local_state.get());
   if (!d.cluster) {
     d.persister = std::thread([this] {
       auto& i = *impl_;
@@ -814,8 +817,8 @@ bool node::start(std::string* error) {
     auto j = config_to_json(snap->cfg);
     // Clustered: the highest document version (an HLC timestamp, the same on every node that
     // holds the same documents); alone: the count of configs applied since start.
-    j["version"] = impl_->cluster ? impl_->cluster->state().version(doc_family::config)
-                                  : snap->version;
+    j["version"] =
+        impl_->cluster ? impl_->cluster->state().version(doc_family::config) : snap->version;
     return j;
   };
   handlers.breakers = [this] { return impl_->breakers_json(); };
@@ -888,9 +891,10 @@ bool node::apply(config cfg, std::string* error) {
     return false;
   }
   if (d.cluster) {
-    log()->info("reload: node settings re-read from {}; routes, upstreams and consumers are "
-                "cluster documents (change them through the admin API)",
-                cfg.source);
+    log()->info(
+        "reload: node settings re-read from {}; routes, upstreams and consumers are "
+        "cluster documents (change them through the admin API)",
+        cfg.source);
   }
   if (!d.install(cfg, error)) return false;
   d.cfg = std::move(cfg);

@@ -238,13 +238,13 @@ uint64_t rate_limiter::key_of(const limit_spec& spec, std::string_view key_value
 limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t now_ms,
                                    bool commit, unsigned worker) {
   auto& d = *impl_;
-  const auto since = static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
+  const auto since =
+      static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
   const uint64_t w = spec.window_ms;
   const uint64_t window64 = since / w;  // one division: `into` follows from it
   const auto window = static_cast<uint32_t>(window64);
   const auto into = static_cast<uint32_t>(since - window64 * w);
-  const bool replicated =
-      spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
+  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
   const auto now_s = static_cast<uint16_t>(since / 1000);
 
   // Under partition the limit's on_partition decides.
@@ -318,8 +318,8 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     if (partitioned && spec.on_partition == limit_spec::partition_policy::fail_closed)
       allowed = false;
     uint64_t delay_ms = 0;
-    if (!allowed && spec.max_delay_ms && !(partitioned && spec.on_partition ==
-                                                              limit_spec::partition_policy::fail_closed)) {
+    if (!allowed && spec.max_delay_ms &&
+        !(partitioned && spec.on_partition == limit_spec::partition_policy::fail_closed)) {
       // Leaky-bucket queueing: the excess drains at limit per window, so the request may pass
       // after excess * window / limit ms. It is counted now (its place in the queue), which
       // makes the next one wait longer.
@@ -358,8 +358,8 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
       // each ms removes prev/w requests of the previous window's weight.
       uint64_t wait_ms = left_ms;
       if (spec.sliding && cur + 1 <= effective && prev > 0 && known + w > cap) {
-        wait_ms = std::min<uint64_t>(left_ms,
-                                     static_cast<uint64_t>((known + w - cap + prev - 1) / prev));
+        wait_ms =
+            std::min<uint64_t>(left_ms, static_cast<uint64_t>((known + w - cap + prev - 1) / prev));
       }
       out.retry_after_s = std::max<uint64_t>(1, (wait_ms + 999) / 1000);
     }
@@ -483,19 +483,22 @@ std::string rate_limiter::metrics_text() const {
              std::to_string(s->rejected.load()) + "\n";
     }
   }
-  out += "# HELP meridian_ratelimit_overshoot_total Admissions found beyond a limit once the "
-         "other nodes' counts arrived (the cost of deciding locally).\n"
-         "# TYPE meridian_ratelimit_overshoot_total counter\nmeridian_ratelimit_overshoot_total " +
-         std::to_string(d.overshoot.load()) + "\n";
-  out += "# HELP meridian_ratelimit_keys Keys in the local rate-limit table.\n"
-         "# TYPE meridian_ratelimit_keys gauge\nmeridian_ratelimit_keys " +
-         std::to_string(d.used.load()) + "\n";
+  out +=
+      "# HELP meridian_ratelimit_overshoot_total Admissions found beyond a limit once the "
+      "other nodes' counts arrived (the cost of deciding locally).\n"
+      "# TYPE meridian_ratelimit_overshoot_total counter\nmeridian_ratelimit_overshoot_total " +
+      std::to_string(d.overshoot.load()) + "\n";
+  out +=
+      "# HELP meridian_ratelimit_keys Keys in the local rate-limit table.\n"
+      "# TYPE meridian_ratelimit_keys gauge\nmeridian_ratelimit_keys " +
+      std::to_string(d.used.load()) + "\n";
   if (d.state) {
     char lag[32];
     std::snprintf(lag, sizeof lag, "%.1f", d.state->stats().counter_sync_lag_ms);
-    out += "# HELP meridian_ratelimit_sync_lag_ms Age of remote counts when they arrive (EWMA).\n"
-           "# TYPE meridian_ratelimit_sync_lag_ms gauge\nmeridian_ratelimit_sync_lag_ms " +
-           std::string(lag) + "\n";
+    out +=
+        "# HELP meridian_ratelimit_sync_lag_ms Age of remote counts when they arrive (EWMA).\n"
+        "# TYPE meridian_ratelimit_sync_lag_ms gauge\nmeridian_ratelimit_sync_lag_ms " +
+        std::string(lag) + "\n";
   }
   return out;
 }

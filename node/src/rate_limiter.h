@@ -81,9 +81,9 @@ class rate_limiter {
   struct options {
     std::string node_id{};
     std::string region{};
-    size_t max_keys = 1 << 20;       // entries in the local table (LRU within a bucket beyond)
-    int64_t lease_ms = 250;  // how long a share of the remaining quota is good for; 0: no leases
-    bool clustered = true;   // false: the state only persists counts (a node without a cluster)
+    size_t max_keys = 1 << 20;  // entries in the local table (LRU within a bucket beyond)
+    int64_t lease_ms = 250;     // how long a share of the remaining quota is good for; 0: no leases
+    bool clustered = true;      // false: the state only persists counts (a node without a cluster)
   };
   // state may be null: limits are then per node whatever their scope.
   rate_limiter(options o, cluster::replicated_state* state);

@@ -344,8 +344,8 @@ target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::str
 // Every target is down, ejected or behind an open breaker. Passive ejection never takes out the
 // last healthy targets (like Envoy's max_ejection_percent): fall back to those that pass active
 // health checks and whose breaker lets them through, this region's first.
-target_state* pick_ejected(const upstream_runtime& up, unsigned worker,
-                           const target_state* exclude, int64_t wall_now) {
+target_state* pick_ejected(const upstream_runtime& up, unsigned worker, const target_state* exclude,
+                           int64_t wall_now) {
   const size_t n = up.targets.size();
   auto& cursor = up.cursors[worker % up.cursors.size()];
   for (int tier : {1, 0}) {

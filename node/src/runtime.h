@@ -127,8 +127,8 @@ struct upstream_runtime {
   mutable std::vector<worker_cursor> cursors;
   bool has_local_tier = true;  // some target is in this node's region (or in none)
   std::vector<upstream_runtime*> failover_chain;  // cfg->failover, resolved
-  std::vector<std::string> remote_regions;  // other regions, in the order targets name them
-  mutable std::atomic<uint64_t> failovers{0};  // requests sent to another region's target
+  std::vector<std::string> remote_regions;        // other regions, in the order targets name them
+  mutable std::atomic<uint64_t> failovers{0};     // requests sent to another region's target
 };
 
 // A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
@@ -171,8 +171,8 @@ struct snapshot {
   std::vector<route_runtime> routes;
   std::vector<std::unique_ptr<upstream_runtime>> upstreams;
   std::vector<std::unique_ptr<jwt_provider>> jwt_providers;
-  std::vector<std::string> warnings;  // e.g. targets that could not be resolved
-  rate_limiter* limiter = nullptr;     // the node's (outlives every snapshot); null: no limits
+  std::vector<std::string> warnings;    // e.g. targets that could not be resolved
+  rate_limiter* limiter = nullptr;      // the node's (outlives every snapshot); null: no limits
   target_registry* registry = nullptr;  // the node's (outlives every snapshot)
   std::shared_ptr<const api_key_table> api_keys;  // by key id; null: none
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
@@ -182,8 +182,7 @@ struct snapshot {
 // nullptr and sets *error when the config cannot be compiled (a bad regex).
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
-                                               std::string* error,
-                                               rate_limiter* limiter = nullptr,
+                                               std::string* error, rate_limiter* limiter = nullptr,
                                                std::shared_ptr<const api_key_table> keys = nullptr);
 
 // Picks a target for a request, skipping unavailable ones (unhealthy, ejected, or with an open

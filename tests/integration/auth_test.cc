@@ -2,10 +2,10 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <mutex>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <fstream>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -142,8 +142,8 @@ namespace {
 TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetched) {
   const std::string second = "fedcba9876543210fedcba9876543210";
   std::mutex mu;
-  std::string jwks = R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) +
-                     R"("}]})";
+  std::string jwks =
+      R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
   upstream issuer;
   issuer.server().Get("/jwks.json", [&](const httplib::Request&, httplib::Response& res) {
     std::lock_guard lock(mu);
@@ -155,17 +155,22 @@ TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetche
     res.set_content("ok", "text/plain");
   });
   up.start();
-  running_node n("jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
-                 "    jwks_url: http://" + issuer.address() + "/jwks.json\n    jwks_refresh: 1h\n" +
-                 "upstreams:\n  - name: u\n    targets: [" + up.address() + "]\n" +
-                 "routes:\n  - name: p\n    match: {path_prefix: /}\n    upstream: u\n" +
-                 "    auth: {methods: [jwt], jwt: main}\n");
+  running_node n(
+      "jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
+      "    jwks_url: http://" +
+      issuer.address() + "/jwks.json\n    jwks_refresh: 1h\n" +
+      "upstreams:\n  - name: u\n    targets: [" + up.address() + "]\n" +
+      "routes:\n  - name: p\n    match: {path_prefix: /}\n    upstream: u\n" +
+      "    auth: {methods: [jwt], jwt: main}\n");
   ASSERT_TRUE(n.ok());
   auto now = std::chrono::duration_cast<std::chrono::seconds>(
                  std::chrono::system_clock::now().time_since_epoch())
                  .count();
-  nlohmann::json claims = {{"sub", "acme"}, {"iss", "https://issuer.example"}, {"aud", "api"},
-                           {"iat", now}, {"exp", now + 300}};
+  nlohmann::json claims = {{"sub", "acme"},
+                           {"iss", "https://issuer.example"},
+                           {"aud", "api"},
+                           {"iat", now},
+                           {"exp", now + 300}};
   auto c = n.client();
   auto get = [&](const std::string& token) {
     auto res = c.Get("/", {{"Authorization", "Bearer " + token}});
@@ -200,8 +205,8 @@ TEST(admin_plane, a_non_loopback_admin_address_needs_an_existing_token_file) {
   std::string error;
   EXPECT_FALSE(start(config_with(""), &error));
   EXPECT_NE(error.find("is not a loopback address"), std::string::npos) << error;
-  EXPECT_FALSE(start(config_with("admin: {token_file: " + dir.file("missing.token") + "}\n"),
-                     &error));
+  EXPECT_FALSE(
+      start(config_with("admin: {token_file: " + dir.file("missing.token") + "}\n"), &error));
   std::ofstream(dir.file("admin.token")) << "a-token-the-operator-chose-1234\n";
   error.clear();
   EXPECT_TRUE(start(config_with("admin: {token_file: " + dir.file("admin.token") + "}\n"), &error))

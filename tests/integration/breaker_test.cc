@@ -83,9 +83,8 @@ TEST_F(breakers, with_every_target_of_its_region_down_a_node_serves_from_another
   // This node is in eu-west; its own target refuses connections, the us-east one works.
   int closed_port = unused_port();
   running_node n("upstreams:\n  - name: u\n    targets: [{address: 127.0.0.1:" +
-                 std::to_string(closed_port) + ", region: eu-west}, {address: " +
-                 good_.address() + ", region: us-east}]\n" +
-                 "    retries: {attempts: 1, on: [connect_failure]}\n" +
+                 std::to_string(closed_port) + ", region: eu-west}, {address: " + good_.address() +
+                 ", region: us-east}]\n" + "    retries: {attempts: 1, on: [connect_failure]}\n" +
                  "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n");
   ASSERT_TRUE(n.ok());
   auto c = n.client();
@@ -103,9 +102,8 @@ TEST_F(breakers, failover_prefers_regions_in_the_order_the_targets_name_them) {
   int closed_port = unused_port();
   failing_ = false;
   running_node n("upstreams:\n  - name: u\n    targets: [{address: 127.0.0.1:" +
-                 std::to_string(closed_port) + ", region: eu-west}, {address: " +
-                 bad_.address() + ", region: ap-south}, {address: " + good_.address() +
-                 ", region: us-east}]\n" +
+                 std::to_string(closed_port) + ", region: eu-west}, {address: " + bad_.address() +
+                 ", region: ap-south}, {address: " + good_.address() + ", region: us-east}]\n" +
                  "    retries: {attempts: 1, on: [connect_failure]}\n" +
                  "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n");
   ASSERT_TRUE(n.ok());
@@ -127,12 +125,13 @@ TEST_F(breakers, targets_of_this_region_take_all_traffic_while_they_work) {
 
 TEST_F(breakers, an_upstream_with_no_usable_target_hands_over_to_its_failover_upstream) {
   int closed_port = unused_port();
-  running_node n("upstreams:\n  - name: primary\n    targets: [127.0.0.1:" +
-                 std::to_string(closed_port) +
-                 "]\n    health_check: {path: /h, interval: 100ms, timeout: 100ms,"
-                 " unhealthy_after: 1, healthy_after: 1}\n    failover: [backup]\n"
-                 "  - name: backup\n    targets: [" + good_.address() + "]\n" +
-                 "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: primary\n");
+  running_node n(
+      "upstreams:\n  - name: primary\n    targets: [127.0.0.1:" + std::to_string(closed_port) +
+      "]\n    health_check: {path: /h, interval: 100ms, timeout: 100ms,"
+      " unhealthy_after: 1, healthy_after: 1}\n    failover: [backup]\n"
+      "  - name: backup\n    targets: [" +
+      good_.address() + "]\n" +
+      "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: primary\n");
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   // Once the health check marks the only primary target down, requests go to the backup.
@@ -147,9 +146,8 @@ TEST_F(breakers, an_upstream_with_no_usable_target_hands_over_to_its_failover_up
 
 TEST_F(breakers, a_route_fallback_answers_instead_of_a_gateway_error) {
   int closed_port = unused_port();
-  running_node n("upstreams:\n  - name: u\n    targets: [127.0.0.1:" +
-                 std::to_string(closed_port) + "]\n" +
-                 "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n" +
+  running_node n("upstreams:\n  - name: u\n    targets: [127.0.0.1:" + std::to_string(closed_port) +
+                 "]\n" + "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n" +
                  "    fallback: {status: 200, body: '{\"status\":\"degraded\"}',"
                  " content_type: application/json, headers: {x-fallback: 'yes'}}\n" +
                  "  - name: plain\n    match: {path_prefix: /plain}\n    upstream: u\n");

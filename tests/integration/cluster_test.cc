@@ -292,8 +292,8 @@ TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
   auto up = admin(0, "PUT", "/config/upstreams/backend", upstream_doc());
   ASSERT_EQ(up.status, 200) << up.body.dump();
   // A route is checked against the upstreams the receiving node holds: wait for node 1 to have it.
-  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
-                         5s));
+  ASSERT_TRUE(
+      eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; }, 5s));
   auto put_at = std::chrono::steady_clock::now();
   auto r = admin(1, "PUT", "/config/routes/hello",
                  R"({"match":{"path_prefix":"/hello"},"upstream":"backend"})");
@@ -307,9 +307,9 @@ TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
         for (int i = 0; i < count; ++i) {
           if (took_ms[i] >= 0) continue;
           if (proxy_status(i, "/hello/x") == 200) {
-            took_ms[i] = std::chrono::duration<double, std::milli>(
-                             std::chrono::steady_clock::now() - put_at)
-                             .count();
+            took_ms[i] =
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - put_at)
+                    .count();
           } else {
             all = false;
           }
@@ -373,10 +373,10 @@ TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing
   EXPECT_EQ(admin(0, "DELETE", "/config/routes/never").status, 404);
   // An upstream that a route uses cannot be deleted out from under it.
   ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
-  ASSERT_EQ(admin(0, "PUT", "/config/routes/r",
-                  R"({"match":{"path_prefix":"/r"},"upstream":"backend"})")
-                .status,
-            200);
+  ASSERT_EQ(
+      admin(0, "PUT", "/config/routes/r", R"({"match":{"path_prefix":"/r"},"upstream":"backend"})")
+          .status,
+      200);
   r = admin(1, "DELETE", "/config/upstreams/backend");
   if (r.status == 404) {  // node 1 may not have it yet: wait for it, then try
     ASSERT_TRUE(eventually([&] { return proxy_status(1, "/r") == 200; }, 5s));
@@ -420,8 +420,8 @@ namespace {
 TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
   start_cluster(3);
   ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
-  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
-                         5s));
+  ASSERT_TRUE(
+      eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; }, 5s));
   auto r = admin(1, "PUT", "/config/routes/limited",
                  R"({"match":{"path_prefix":"/limited"},"upstream":"backend",)"
                  R"("rate_limit":{"limit":6,"window":"1h","key":"global"}})");
@@ -490,8 +490,8 @@ TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
                       R"("circuit_breaker":{"failure_rate":0.5,"min_requests":4,"window":"10s",)"
                       R"("open_for":"2s","half_open_probes":1,"scope":"cluster"}})");
   ASSERT_EQ(up.status, 200) << up.body.dump();
-  ASSERT_TRUE(eventually([&] { return admin(0, "GET", "/config").body["upstreams"].size() == 1; },
-                         5s));
+  ASSERT_TRUE(
+      eventually([&] { return admin(0, "GET", "/config").body["upstreams"].size() == 1; }, 5s));
   ASSERT_EQ(admin(0, "PUT", "/config/routes/pair",
                   R"({"match":{"path_prefix":"/pair"},"upstream":"pair"})")
                 .status,
@@ -508,8 +508,8 @@ TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
   auto state_on = [&](int i) {
     auto all = admin(i, "GET", "/breakers").body;
     for (const auto& b : all["breakers"])
-      if (b["target"] == bad.address()) return b["state"].get<std::string>() + "/" +
-                                               b["origin"].get<std::string>();
+      if (b["target"] == bad.address())
+        return b["state"].get<std::string>() + "/" + b["origin"].get<std::string>();
     return std::string();
   };
   ASSERT_TRUE(eventually(
@@ -527,9 +527,9 @@ TEST_F(cluster_config, a_breaker_opened_by_one_node_is_open_on_every_node) {
       },
       5s))
       << state_on(1) << " " << state_on(4);
-  std::printf("breaker open on every node %.0f ms after node 0 opened it\n",
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - opened)
-                  .count());
+  std::printf(
+      "breaker open on every node %.0f ms after node 0 opened it\n",
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - opened).count());
   int before = bad.hits.load();
   ASSERT_TRUE(eventually([&] { return proxy_status(2, "/pair") == 200; }, 2s));  // next sweep
   for (int i = 0; i < 10; ++i) EXPECT_EQ(proxy_status(2, "/pair"), 200);
@@ -605,19 +605,19 @@ TEST_F(cluster_config, an_api_key_issued_on_one_node_works_everywhere_until_revo
         return true;
       },
       5s));
-  std::printf("key valid on all 3 nodes %.0f ms after it was issued\n",
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                         issued_at)
-                  .count());
+  std::printf(
+      "key valid on all 3 nodes %.0f ms after it was issued\n",
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - issued_at)
+          .count());
   auto seen = backend_.last();  // what the upstream got with the last keyed request
   EXPECT_EQ(seen.get_header_value("X-Consumer-Id"), "acme");
   EXPECT_EQ(seen.get_header_value("X-Consumer-Groups"), "partners");
   EXPECT_FALSE(seen.has_header("X-API-Key")) << "the key ends at the gateway";
-  EXPECT_EQ(with_key(1, "/staff", key), 403);          // known consumer, wrong group
-  EXPECT_EQ(proxy_status(1, "/keyed/who"), 401);       // no key
+  EXPECT_EQ(with_key(1, "/staff", key), 403);     // known consumer, wrong group
+  EXPECT_EQ(proxy_status(1, "/keyed/who"), 401);  // no key
   std::string wrong = key;
   wrong.back() = wrong.back() == '0' ? '1' : '0';
-  EXPECT_EQ(with_key(2, "/keyed/who", wrong), 401);    // right id, wrong secret
+  EXPECT_EQ(with_key(2, "/keyed/who", wrong), 401);  // right id, wrong secret
   EXPECT_EQ(with_key(2, "/keyed/who", "garbage"), 401);
   auto listed = admin(0, "GET", "/config/consumers/acme/keys");
   ASSERT_EQ(listed.body["keys"].size(), 1u);
@@ -637,10 +637,10 @@ TEST_F(cluster_config, an_api_key_issued_on_one_node_works_everywhere_until_revo
         return true;
       },
       5s));
-  std::printf("key refused on all 3 nodes %.0f ms after it was revoked\n",
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                         revoked_at)
-                  .count());
+  std::printf(
+      "key refused on all 3 nodes %.0f ms after it was revoked\n",
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - revoked_at)
+          .count());
   // The plaintext is in no store, log or config file.
   for (const auto& entry : std::filesystem::recursive_directory_iterator(dir_.file(""))) {
     if (!entry.is_regular_file()) continue;

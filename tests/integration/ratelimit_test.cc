@@ -78,8 +78,9 @@ TEST_F(ratelimit, a_limit_admits_exactly_n_then_answers_429_with_headers) {
 TEST_F(ratelimit, each_key_has_its_own_counter_and_a_refusal_counts_for_no_limit) {
   // Two limits at once: 100 for everyone, 2 per x-user. A request the second refuses must not
   // use up the first.
-  running_node n(config("[{limit: 100, window: 1h, key: global},"
-                        " {limit: 2, window: 1h, key: 'header:x-user'}]"));
+  running_node n(
+      config("[{limit: 100, window: 1h, key: global},"
+             " {limit: 2, window: 1h, key: 'header:x-user'}]"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   auto get = [&](const std::string& user) {
@@ -96,7 +97,8 @@ TEST_F(ratelimit, each_key_has_its_own_counter_and_a_refusal_counts_for_no_limit
   EXPECT_EQ(view(n, "key=bob&limit=1")["count"], 1);
   EXPECT_EQ(view(n, "key=x&limit=7")["status"], 400);
   httplib::Client admin("127.0.0.1", n.admin_port());
-  auto res = admin.Get("/ratelimits/nope?key=a", {{"Authorization", "Bearer " + n.get().admin_token()}});
+  auto res =
+      admin.Get("/ratelimits/nope?key=a", {{"Authorization", "Bearer " + n.get().admin_token()}});
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 404);
 }
@@ -137,15 +139,16 @@ TEST_F(ratelimit, a_daily_quota_survives_a_restart_of_a_node_without_cluster) {
     int ok = 0;
     for (int i = 0; i < 2; ++i) ok += c.Get("/")->status == 200;
     EXPECT_EQ(ok, life == 0 ? 2 : 1) << "life " << life;  // 2 + 1 = the quota of 3
-    n.drain(std::chrono::seconds(2));                      // persists the counts
+    n.drain(std::chrono::seconds(2));                     // persists the counts
   }
 }
 
 TEST_F(ratelimit, a_leaky_bucket_with_max_delay_spaces_requests_instead_of_refusing) {
   // 10 a second, no burst: one request per 100 ms. Six back-to-back requests all pass, spaced
   // out by the gateway; without max_delay most of them are refused.
-  running_node n(config("{limit: 10, window: 1s, key: global, algorithm: leaky_bucket, "
-                        "max_delay: 500ms}"));
+  running_node n(
+      config("{limit: 10, window: 1s, key: global, algorithm: leaky_bucket, "
+             "max_delay: 500ms}"));
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   auto start = std::chrono::steady_clock::now();

@@ -111,8 +111,7 @@ struct state_cluster {
   }
   bool same_digest() const {
     for (const auto& s : states)
-      if (s->digest(cluster::doc_family::config) !=
-          states[0]->digest(cluster::doc_family::config))
+      if (s->digest(cluster::doc_family::config) != states[0]->digest(cluster::doc_family::config))
         return false;
     return true;
   }
@@ -128,8 +127,8 @@ run_result config_convergence(const scenario_options& o, uint64_t seed) {
   size_t origin = sim.random().below(o.nodes);
   millis t0 = sim.now();
   auto v = c.put(origin, "routes/r", R"({"name":"r","upstream":"u"})");
-  r.complete = sim.run_until([&] { return c.all_have("routes/r", v); }, t0 + millis(60000),
-                             millis(10));
+  r.complete =
+      sim.run_until([&] { return c.all_have("routes/r", v); }, t0 + millis(60000), millis(10));
   r.converge_s = static_cast<double>((sim.now() - t0).count()) / 1000;
   r.simulated_s = static_cast<double>(sim.now().count()) / 1000;
   return r;
@@ -148,7 +147,8 @@ run_result partition_heal(const scenario_options& o, uint64_t seed) {
   std::vector<std::pair<std::string, cluster::hlc_time>> acked;
   for (size_t i = 0; i < o.nodes; ++i) {
     sim.run_until(sim.now() + millis(sim.random().below(200)));
-    acked.emplace_back("routes/n" + std::to_string(i), c.put(i, "routes/n" + std::to_string(i), "x"));
+    acked.emplace_back("routes/n" + std::to_string(i),
+                       c.put(i, "routes/n" + std::to_string(i), "x"));
     acked.emplace_back("routes/shared", c.put(i, "routes/shared", std::to_string(i)));
   }
   sim.run_until(sim.now() + millis(8000));  // each side declares the other dead
@@ -325,7 +325,8 @@ std::string run_json(const scenario_options& o) {
   j += ",\"converge_s_p50\":" + opt(st, percentile(converge, 50));
   j += ",\"converge_s_p99\":" + opt(st, percentile(converge, 99));
   j += ",\"converge_s_max\":" + opt(st, percentile(converge, 100));
-  j += ",\"lost_writes\":" + opt(o.scenario == "partition_heal", static_cast<double>(sum.lost_writes));
+  j += ",\"lost_writes\":" +
+       opt(o.scenario == "partition_heal", static_cast<double>(sum.lost_writes));
   j += ",\"incomplete\":" + std::to_string(incomplete);
   j += ",\"simulated_s\":" + number(sum.simulated_s);
   j += ",\"wall_s\":" + number(wall);

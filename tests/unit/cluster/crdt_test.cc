@@ -32,7 +32,8 @@ TEST(crdt, lww_map_merge_is_commutative_associative_and_idempotent_over_random_h
   for (int h = 0; h < histories; ++h) {
     std::vector<std::pair<std::string, lww_entry>> ops;
     int n = 1 + static_cast<int>(rng() % 12);
-    for (int i = 0; i < n; ++i) ops.emplace_back("k" + std::to_string(rng() % 3), random_entry(rng));
+    for (int i = 0; i < n; ++i)
+      ops.emplace_back("k" + std::to_string(rng() % 3), random_entry(rng));
 
     lww_map in_order;
     for (const auto& [k, e] : ops) in_order.merge(k, e);
@@ -181,8 +182,7 @@ TEST(crdt, a_counter_update_costs_at_most_24_bytes_on_the_wire_and_round_trips) 
   // A realistic worst case: a random 64-bit key, a one-day window, a window index in 2093,
   // a count of four billion.
   std::vector<counter_update> updates = {
-      {0xFFFFFFFFFFFFFFFFull, 86'400'000, 0xFFFFFFFFu, 0xFFFFFFFFu},
-      {12345, 1000, 90'000'000, 7}};
+      {0xFFFFFFFFFFFFFFFFull, 86'400'000, 0xFFFFFFFFu, 0xFFFFFFFFu}, {12345, 1000, 90'000'000, 7}};
   std::string packed = pack_counter_updates(updates);
   EXPECT_LE(pack_counter_updates({updates[0]}).size(), 24u);
   EXPECT_LE(pack_counter_updates({updates[1]}).size(), 16u);
@@ -212,7 +212,8 @@ TEST(crdt, one_million_counter_keys_fit_in_256_mib) {
     c.take_dirty(SIZE_MAX);
     size_t used = mallinfo2().uordblks - before;
     RecordProperty("bytes_per_key", static_cast<int>(used / 1'000'000));
-    std::printf("1M counter keys: %.1f MiB (%zu bytes a key)\n", used / 1048576.0, used / 1'000'000);
+    std::printf("1M counter keys: %.1f MiB (%zu bytes a key)\n", used / 1048576.0,
+                used / 1'000'000);
     EXPECT_LE(used, 256u << 20);
     EXPECT_EQ(c.size(), 1'000'000u);
   }

@@ -33,7 +33,8 @@ constexpr int64_t t0 = hlc_epoch_unix_ms + 900'000'000;
 
 struct node_fixture {
   explicit node_fixture(std::string id, int64_t* wall, storage::store* s = nullptr)
-      : state(state_options{.self_id = std::move(id)}, [wall] { return *wall; }, s) {}
+      : state(
+            state_options{.self_id = std::move(id)}, [wall] { return *wall; }, s) {}
   replicated_state state;
 };
 
@@ -52,7 +53,8 @@ TEST(replicated_state, a_put_is_durable_before_it_returns_and_survives_reopening
   {
     auto store = storage::store::open(dir.str(), &error);
     ASSERT_TRUE(store) << error;
-    replicated_state s(state_options{.self_id = "a"}, [&] { return wall; }, store.get());
+    replicated_state s(
+        state_options{.self_id = "a"}, [&] { return wall; }, store.get());
     ASSERT_TRUE(s.load(&error)) << error;
     v = s.put(doc_family::config, "routes/users", R"({"name":"users"})", &error);
     ASSERT_GT(v, 0u) << error;
@@ -61,7 +63,8 @@ TEST(replicated_state, a_put_is_durable_before_it_returns_and_survives_reopening
   auto store = storage::store::open(dir.str(), &error);
   ASSERT_TRUE(store) << error;
   wall -= 60'000;  // the clock stepped back across the restart
-  replicated_state s(state_options{.self_id = "a"}, [&] { return wall; }, store.get());
+  replicated_state s(
+      state_options{.self_id = "a"}, [&] { return wall; }, store.get());
   ASSERT_TRUE(s.load(&error)) << error;
   auto e = s.get(doc_family::config, "routes/users");
   ASSERT_TRUE(e);
@@ -151,8 +154,10 @@ TEST(replicated_state, documents_over_the_size_limit_are_refused_with_a_reason) 
 
 TEST(replicated_state, state_from_a_node_with_a_clock_far_ahead_is_refused_and_counted) {
   int64_t wall_a = t0 + 3'600'000, wall_b = t0;  // a's clock is an hour fast
-  replicated_state a(state_options{.self_id = "a"}, [&] { return wall_a; }, nullptr);
-  replicated_state b(state_options{.self_id = "b"}, [&] { return wall_b; }, nullptr);
+  replicated_state a(
+      state_options{.self_id = "a"}, [&] { return wall_a; }, nullptr);
+  replicated_state b(
+      state_options{.self_id = "b"}, [&] { return wall_b; }, nullptr);
   std::string error;
   a.put(doc_family::config, "routes/r", "future", &error);
   deliver(a, {&b});
@@ -198,7 +203,8 @@ TEST(replicated_state, counters_are_written_behind_and_restored_at_start) {
   {
     auto store = storage::store::open(dir.str(), &error);
     ASSERT_TRUE(store) << error;
-    replicated_state a(state_options{.self_id = "a"}, [&] { return wall; }, store.get());
+    replicated_state a(
+        state_options{.self_id = "a"}, [&] { return wall; }, store.get());
     node_fixture b("b", &wall);
     a.count(42, 60'000, window, 3);
     b.state.count(42, 60'000, window, 4);
@@ -206,7 +212,8 @@ TEST(replicated_state, counters_are_written_behind_and_restored_at_start) {
     a.persist_counters();
   }
   auto store = storage::store::open(dir.str(), &error);
-  replicated_state a(state_options{.self_id = "a"}, [&] { return wall; }, store.get());
+  replicated_state a(
+      state_options{.self_id = "a"}, [&] { return wall; }, store.get());
   ASSERT_TRUE(a.load(&error)) << error;
   EXPECT_EQ(a.counter_sum(42, window), 7u);
   EXPECT_EQ(a.count(42, 60'000, window, 1), 4u);  // this node's own slot continues
@@ -223,7 +230,7 @@ TEST(replicated_state, converged_needs_a_fresh_equal_summary_from_every_peer) {
   EXPECT_TRUE(a.state.converged({"b"}, now));
   EXPECT_FALSE(a.state.converged({"b", "c"}, now));  // never heard from c
   a.state.on_summary("c", c.state.summary(), now);
-  EXPECT_FALSE(a.state.converged({"b", "c"}, now));  // c lacks routes/r
+  EXPECT_FALSE(a.state.converged({"b", "c"}, now));              // c lacks routes/r
   EXPECT_FALSE(a.state.converged({"b"}, now + millis(60'000)));  // b's word is stale
 }
 
@@ -252,13 +259,12 @@ struct sim_cluster {
   sim_cluster(size_t n, uint64_t seed) : sim(seed) {
     auto cfg = sim::recommended_config();
     for (size_t i = 0; i < n; ++i) {
-      member_info info{"n" + std::to_string(i), "10.0." + std::to_string(i / 250) + "." +
-                                                    std::to_string(i % 250) + ":7946",
+      member_info info{"n" + std::to_string(i),
+                       "10.0." + std::to_string(i / 250) + "." + std::to_string(i % 250) + ":7946",
                        i % 2 ? "us-east" : "eu-west", ""};
       sim.add_node(info, 1, cfg);
       states.push_back(std::make_unique<replicated_state>(
-          state_options{.self_id = info.id},
-          [this] { return t0 + sim.now().count(); }, nullptr));
+          state_options{.self_id = info.id}, [this] { return t0 + sim.now().count(); }, nullptr));
     }
     sim.bootstrap();
     for (size_t i = 0; i < n; ++i) {
@@ -297,8 +303,8 @@ TEST(replicated_state_sim, a_config_write_reaches_1000_nodes_within_3_seconds) {
   c.sim.run_until(millis(2000));
   millis start = c.sim.now();
   hlc_time v = c.put(0, "routes/users", R"({"name":"users"})");
-  ASSERT_TRUE(c.sim.run_until([&] { return c.all_have("routes/users", v); },
-                              start + millis(10'000), millis(20)));
+  ASSERT_TRUE(c.sim.run_until([&] { return c.all_have("routes/users", v); }, start + millis(10'000),
+                              millis(20)));
   millis took = c.sim.now() - start;
   std::printf("1000 nodes converged in %lld ms\n", static_cast<long long>(took.count()));
   EXPECT_LE(took, millis(3000));
@@ -317,7 +323,8 @@ TEST(replicated_state_sim, a_write_reaches_every_node_under_10_percent_loss) {
   EXPECT_LE(c.sim.now() - start, millis(3000));
 }
 
-TEST(replicated_state_sim, a_breaker_state_reaches_5_nodes_across_regions_within_1s_under_10pct_loss) {
+TEST(replicated_state_sim,
+     a_breaker_state_reaches_5_nodes_across_regions_within_1s_under_10pct_loss) {
   // What issue 6 asks of breakers: a trip published on one node, seen by every node. 50 seeds,
   // 10 % loss on every datagram, regions alternating (cross-region links are the sim default).
   std::vector<double> took;
@@ -328,16 +335,16 @@ TEST(replicated_state_sim, a_breaker_state_reaches_5_nodes_across_regions_within
     c.sim.set_default_links(same, cross);
     c.sim.run_until(millis(2000));
     millis start = c.sim.now();
-    hlc_time v = c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})",
-                       doc_family::breakers);
-    ASSERT_TRUE(c.sim.run_until(
-        [&] { return c.all_have("users/10.0.1.5:8080", v, doc_family::breakers); },
-        start + millis(10'000), millis(5)));
+    hlc_time v =
+        c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})", doc_family::breakers);
+    ASSERT_TRUE(
+        c.sim.run_until([&] { return c.all_have("users/10.0.1.5:8080", v, doc_family::breakers); },
+                        start + millis(10'000), millis(5)));
     took.push_back(static_cast<double>((c.sim.now() - start).count()));
   }
   double p99 = sim::percentile(took, 99);
-  std::printf("breaker state on all 5 nodes: p50 %.0f ms, p99 %.0f ms\n",
-              sim::percentile(took, 50), p99);
+  std::printf("breaker state on all 5 nodes: p50 %.0f ms, p99 %.0f ms\n", sim::percentile(took, 50),
+              p99);
   EXPECT_LE(p99, 1000);
 }
 

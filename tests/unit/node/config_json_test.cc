@@ -64,7 +64,8 @@ config sample_config() {
   c.routes.push_back(bare);
 
   c.consumers.push_back({"acme", {"partners"}, 0});
-  c.jwt.push_back({"main", "https://issuer.example", "api", "./jwks.json", "", std::chrono::minutes(5), 0});
+  c.jwt.push_back(
+      {"main", "https://issuer.example", "api", "./jwks.json", "", std::chrono::minutes(5), 0});
   return c;
 }
 

@@ -24,8 +24,8 @@ using cluster::millis;
 
 constexpr int64_t t0 = cluster::hlc_epoch_unix_ms + 1'000'000'000'000;  // window-aligned
 
-rate_limit_config limit_of(uint64_t limit, duration window, std::string algorithm = "sliding_window",
-                           std::string scope = "global") {
+rate_limit_config limit_of(uint64_t limit, duration window,
+                           std::string algorithm = "sliding_window", std::string scope = "global") {
   rate_limit_config c;
   c.limit = limit;
   c.window = window;
@@ -88,7 +88,8 @@ TEST(rate_limiter, keys_differ_by_route_limit_key_and_region_scope) {
 }
 
 TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
-  cluster::replicated_state state({.self_id = "a"}, [] { return t0; }, nullptr);
+  cluster::replicated_state state(
+      {.self_id = "a"}, [] { return t0; }, nullptr);
   rate_limiter rl({.node_id = "a"}, &state);
   rl.set_view(4, 2, 1, 0);  // half of the cluster unreachable
   auto share = limit_of(10, 1h);
@@ -131,7 +132,8 @@ TEST(rate_limiter, counts_of_every_scope_survive_a_restart) {
   for (int life = 0; life < 2; ++life) {
     auto store = storage::store::open(dir.string(), &error);
     ASSERT_TRUE(store) << error;
-    cluster::replicated_state state({.self_id = "a"}, [] { return t0; }, store.get());
+    cluster::replicated_state state(
+        {.self_id = "a"}, [] { return t0; }, store.get());
     ASSERT_TRUE(state.load(&error)) << error;
     rate_limiter rl({.node_id = "a"}, &state);
     auto [ls, lk] = spec_key(rl, "r", 0, local);
@@ -216,7 +218,8 @@ struct three_regions {
       for (int i = 0; i < 3; ++i) {
         size_t down = 0;
         for (const auto& m : sim.node(i).members())
-          down += m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
+          down +=
+              m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
         limiters[i]->set_view(3, down, 1, 0);
       }
       if (sim.now() + period < until) sim.at(sim.now() + period, *tick);
@@ -232,8 +235,8 @@ struct three_regions {
 // windows after one warm-up window, then (if `moved` is set) the moved split for as many more.
 // Returns per-window errors of each phase.
 std::pair<harness_result, harness_result> run_harness(const std::string& scope, double split[3],
-                                                      double moved[3], int windows,
-                                                      uint64_t seed, int64_t lease_ms = 250) {
+                                                      double moved[3], int windows, uint64_t seed,
+                                                      int64_t lease_ms = 250) {
   const uint64_t limit = 1000;
   const millis window(10'000);
   three_regions c(seed, lease_ms);
@@ -242,13 +245,15 @@ std::pair<harness_result, harness_result> run_harness(const std::string& scope, 
     specs.push_back(l->compile("api", 0, limit_of(limit, 10s, "sliding_window", scope)));
   std::map<int64_t, uint64_t> admitted;  // per window index, all nodes together
   const double total_rate = 3.0 * static_cast<double>(limit) / 10'000.0;  // requests per ms
-  const millis start = window;  // align phases to windows
+  const millis start = window;                                            // align phases to windows
   const millis phase = window * (windows + 1);
   auto count = [&](int) { ++admitted[c.window_of(c.wall(), window)]; };
-  c.offer(start, start + phase, total_rate, [&](int n) { return split[n]; }, specs, count);
+  c.offer(
+      start, start + phase, total_rate, [&](int n) { return split[n]; }, specs, count);
   if (moved)
-    c.offer(start + phase, start + 2 * phase, total_rate, [&](int n) { return moved[n]; }, specs,
-            count);
+    c.offer(
+        start + phase, start + 2 * phase, total_rate, [&](int n) { return moved[n]; }, specs,
+        count);
   c.sim.run_until(start + (moved ? 2 : 1) * phase);
 
   std::pair<harness_result, harness_result> out;
@@ -296,9 +301,9 @@ TEST(rate_limiter_sim, leases_beat_summing_what_each_node_knows) {
     mean_with += a.mean_admitted / 5;
     mean_without += b.mean_admitted / 5;
   }
-  std::printf("leases: mean %.1f, p99 error %.2f%%; sum-what-you-know: mean %.1f, p99 error %.2f%%\n",
-              mean_with, sim::percentile(with, 99) * 100, mean_without,
-              sim::percentile(without, 99) * 100);
+  std::printf(
+      "leases: mean %.1f, p99 error %.2f%%; sum-what-you-know: mean %.1f, p99 error %.2f%%\n",
+      mean_with, sim::percentile(with, 99) * 100, mean_without, sim::percentile(without, 99) * 100);
   EXPECT_LE(sim::percentile(with, 99), 0.05);
   EXPECT_LT(std::abs(mean_with - 1000), std::abs(mean_without - 1000));
 }
@@ -317,7 +322,7 @@ TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merg
     open.push_back(l->compile("open", 0, o));
   }
   std::map<std::pair<int64_t, int>, uint64_t> by_side, by_side_open;  // (window, side) -> n
-  const double rate = 0.3;  // 3x the limit, per ms
+  const double rate = 0.3;                                            // 3x the limit, per ms
   auto split = [](int n) { return n == 0 ? 0.6 : n == 1 ? 0.3 : 0.1; };
   // The load stops a second after the heal, so the last counts can settle before the check.
   c.offer(millis(10'000), millis(46'000), rate, split, share, [&](int n) {
@@ -332,11 +337,12 @@ TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merg
   c.sim.run_until(millis(49'000));
   int64_t inside = c.window_of(t0 + 30'000, window);
   uint64_t a = by_side[std::make_pair(inside, false)], b = by_side[std::make_pair(inside, true)];
-  std::printf("partitioned window, local_share: eu+us admitted %llu (share 666), ap %llu (share "
-              "333, offered ~300); fail_open: %llu and %llu\n",
-              static_cast<unsigned long long>(a), static_cast<unsigned long long>(b),
-              static_cast<unsigned long long>(by_side_open[std::make_pair(inside, false)]),
-              static_cast<unsigned long long>(by_side_open[std::make_pair(inside, true)]));
+  std::printf(
+      "partitioned window, local_share: eu+us admitted %llu (share 666), ap %llu (share "
+      "333, offered ~300); fail_open: %llu and %llu\n",
+      static_cast<unsigned long long>(a), static_cast<unsigned long long>(b),
+      static_cast<unsigned long long>(by_side_open[std::make_pair(inside, false)]),
+      static_cast<unsigned long long>(by_side_open[std::make_pair(inside, true)]));
   EXPECT_LE(a, 666u + 10);
   EXPECT_GE(a, 600u);
   EXPECT_LE(b, 333u);
@@ -355,8 +361,7 @@ TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merg
 TEST(rate_limiter_sim, per_node_limits_overshoot_the_cluster_limit) {
   double split[3] = {0.6, 0.3, 0.1};
   auto [local, unused] = run_harness("local", split, nullptr, 20, 7);
-  std::printf("local, 60/30/10: mean %.1f admitted per window (limit 1000)\n",
-              local.mean_admitted);
+  std::printf("local, 60/30/10: mean %.1f admitted per window (limit 1000)\n", local.mean_admitted);
   // 1,800, 900 and 300 offered per window: 1,000 + 900 + 300 admitted.
   EXPECT_GT(local.mean_admitted, 2000);
 }

@@ -47,10 +47,10 @@ struct state_options {
   int64_t max_clock_skew_ms = 30000;  // remote clocks further ahead are refused (and counted)
   size_t max_counter_keys = 2'000'000;
   millis counter_sync_interval{100};
-  size_t max_payload_bytes = 900;       // one delta payload; leaves room in a 1,200-byte datagram
-  size_t max_payloads_per_round = 16;   // bandwidth bound per take_deltas call
+  size_t max_payload_bytes = 900;      // one delta payload; leaves room in a 1,200-byte datagram
+  size_t max_payloads_per_round = 16;  // bandwidth bound per take_deltas call
   size_t max_document_bytes = 32 * 1024;
-  size_t max_sync_bytes = 48 * 1024;    // documents in one push-pull reply
+  size_t max_sync_bytes = 48 * 1024;  // documents in one push-pull reply
   millis sync_grace{300};          // local state quiet this long before a differing summary syncs
   millis min_sync_interval{1000};  // per peer, for summary-triggered push-pulls
   millis summary_fresh{15000};     // a peer's summary counts towards `converged` this long
@@ -60,28 +60,27 @@ struct state_options {
 struct state_stats {
   uint64_t deltas_sent = 0;
   uint64_t deltas_received = 0;
-  uint64_t docs_applied = 0;             // remote document versions that changed local state
+  uint64_t docs_applied = 0;  // remote document versions that changed local state
   uint64_t counter_updates_sent = 0;
   uint64_t counter_updates_applied = 0;
-  uint64_t syncs_requested = 0;          // push-pulls started because summaries differed
+  uint64_t syncs_requested = 0;  // push-pulls started because summaries differed
   uint64_t syncs_served = 0;
   uint64_t sync_docs_received = 0;
-  uint64_t clock_rejected = 0;           // deltas or syncs refused: sender's clock too far ahead
-  uint64_t malformed = 0;                // undecodable deltas or sync state
+  uint64_t clock_rejected = 0;  // deltas or syncs refused: sender's clock too far ahead
+  uint64_t malformed = 0;       // undecodable deltas or sync state
   uint64_t tombstones_collected = 0;
   uint64_t persist_errors = 0;
   uint64_t counter_evictions = 0;
   int64_t max_clock_skew_ms = 0;
-  double counter_sync_lag_ms = 0;        // EWMA: a remote count's age when it arrives here
-  size_t documents = 0;                  // live config documents
+  double counter_sync_lag_ms = 0;  // EWMA: a remote count's age when it arrives here
+  size_t documents = 0;            // live config documents
   size_t counters = 0;
 };
 
 class replicated_state final : public gossip_application {
  public:
   // wall_ms: Unix milliseconds (injected). store may be null (nothing persisted).
-  replicated_state(state_options options, std::function<int64_t()> wall_ms,
-                   storage::store* store);
+  replicated_state(state_options options, std::function<int64_t()> wall_ms, storage::store* store);
   ~replicated_state() override;
   replicated_state(const replicated_state&) = delete;
   replicated_state& operator=(const replicated_state&) = delete;

@@ -59,9 +59,9 @@ struct cluster_section {
   std::string keyring_file;
   // Replicated state (docs/architecture.md, "Replicated state").
   duration sync_interval = std::chrono::milliseconds(100);  // delta rounds (counters, documents)
-  duration max_clock_skew = std::chrono::seconds(30);       // state from clocks further ahead is refused
-  duration tombstone_grace = std::chrono::hours(24);        // deleted documents remembered this long
-  uint64_t max_counter_keys = 2'000'000;                    // rate-limit counters held (LRU beyond)
+  duration max_clock_skew = std::chrono::seconds(30);  // state from clocks further ahead is refused
+  duration tombstone_grace = std::chrono::hours(24);   // deleted documents remembered this long
+  uint64_t max_counter_keys = 2'000'000;               // rate-limit counters held (LRU beyond)
 };
 
 // Protective limits for client connections (Envoy/nginx-like defaults).
@@ -117,7 +117,7 @@ struct circuit_breaker_config {
   duration window = std::chrono::seconds(10);
   duration open_for = std::chrono::seconds(5);
   uint32_t half_open_probes = 1;
-  std::string scope = "cluster";  // local | region | cluster
+  std::string scope = "cluster";      // local | region | cluster
   uint32_t consecutive_failures = 0;  // > 0: this many failures in a row open it too
   duration slow_call{0};              // > 0: a response head slower than this is a failure
 };
@@ -189,8 +189,8 @@ struct auth_config {
   std::vector<std::string> methods;  // api_key | jwt
   std::string jwt;                   // name of a jwt provider
   header_list claims_to_headers;
-  std::vector<std::string> groups;   // non-empty: the consumer must be in one of these (403)
-  bool query_key = false;            // api_key may also come as ?apikey=
+  std::vector<std::string> groups;  // non-empty: the consumer must be in one of these (403)
+  bool query_key = false;           // api_key may also come as ?apikey=
 };
 
 struct rate_limit_config {

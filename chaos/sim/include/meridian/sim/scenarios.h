@@ -1,7 +1,8 @@
 #pragma once
-// The membership measurements of issue 3 (and the replicated-state ones of issue 4), as functions over the simulator: dissemination
-// rounds, detection time, false positives under loss (and slow nodes) and idle bandwidth.
-// meridian-sim is a thin command line over run_json(); tests call run_once() at small sizes.
+// The membership measurements of issue 3 (and the replicated-state ones of issue 4), as functions
+// over the simulator: dissemination rounds, detection time, false positives under loss (and slow
+// nodes) and idle bandwidth. meridian-sim is a thin command line over run_json(); tests call
+// run_once() at small sizes.
 
 #include <cstdint>
 #include <string>
@@ -17,9 +18,8 @@ namespace meridian::sim {
 cluster::swim_config recommended_config();
 
 struct scenario_options {
-  std::string scenario =
-      "dissemination";  // dissemination | detection | false_positives | bandwidth | config |
-                        // partition_heal
+  std::string scenario = "dissemination";  // dissemination | detection | false_positives |
+                                           // bandwidth | config | partition_heal
   size_t nodes = 100;
   double loss = 0;
   size_t runs = 1;
