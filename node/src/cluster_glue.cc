@@ -12,18 +12,14 @@
 
 #include "meridian/cluster/gossip_node.h"
 #include "meridian/storage/store.h"
+#include "periodic_thread.h"
+#include "runtime.h"
 
 namespace meridian::node {
 
 namespace {
 
 constexpr const char* seeded_key = "state/seeded";
-
-int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // A key's public name: the first 8 bytes of its BLAKE2b hash, in hex (never the key itself).
 std::string fingerprint(const cluster::cluster_key& key) {
@@ -49,12 +45,12 @@ struct cluster_glue::impl {
   std::mutex leave_mutex;
   bool left = false;
 
-  // Write-behind of counters and tombstone collection, off the gossip thread.
-  std::thread maintenance;
-  std::mutex maintenance_mutex;
-  std::condition_variable maintenance_cv;
-  bool stopping = false;
-  std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under maintenance_mutex
+  // Write-behind of counters, the membership view for the rate limiter and tombstone
+  // collection, once a second off the gossip thread.
+  periodic_thread maintenance;
+  std::chrono::steady_clock::time_point next_gc = std::chrono::steady_clock::now();
+  std::mutex listener_mutex;
+  std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
   std::string region;
   std::string self_id;
 
@@ -72,7 +68,7 @@ struct cluster_glue::impl {
     }
     std::function<void(size_t, size_t, size_t, size_t)> l;
     {
-      std::lock_guard lock(maintenance_mutex);
+      std::lock_guard lock(listener_mutex);
       l = view_listener;
     }
     if (l) l(gt, gu, rt, ru);
@@ -99,31 +95,18 @@ struct cluster_glue::impl {
   }
 
   void maintain() {
-    auto next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    std::unique_lock lock(maintenance_mutex);
-    while (!maintenance_cv.wait_for(lock, std::chrono::seconds(1), [&] { return stopping; })) {
-      lock.unlock();
-      publish_view();
-      state->persist_counters();
-      if (std::chrono::steady_clock::now() >= next_gc) {
-        state->collect_garbage(live_peers(), steady_ms());
-        next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-      }
-      lock.lock();
+    publish_view();
+    state->persist_counters();
+    if (std::chrono::steady_clock::now() >= next_gc) {
+      state->collect_garbage(live_peers(), steady_ms());
+      next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     }
   }
 };
 
 cluster_glue::cluster_glue() : impl_(std::make_unique<impl>()) {}
 cluster_glue::~cluster_glue() {
-  if (impl_->maintenance.joinable()) {
-    {
-      std::lock_guard lock(impl_->maintenance_mutex);
-      impl_->stopping = true;
-    }
-    impl_->maintenance_cv.notify_all();
-    impl_->maintenance.join();
-  }
+  impl_->maintenance.stop();
   if (impl_->gossip) impl_->gossip->stop(false);
   if (impl_->state) impl_->state->persist_counters();
 }
@@ -176,7 +159,7 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   so.max_counter_keys = cc.max_counter_keys;
   opt.swim.app_delta_interval = std::chrono::duration_cast<cluster::millis>(cc.sync_interval);
   glue->impl_->state =
-      std::make_unique<cluster::replicated_state>(so, unix_ms, glue->impl_->store.get());
+      std::make_unique<cluster::replicated_state>(so, unix_now_ms, glue->impl_->store.get());
   if (!glue->impl_->state->load(error)) return nullptr;
   opt.app = glue->impl_->state.get();
   glue->impl_->region = cfg.node.region;
@@ -184,7 +167,9 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
   glue->impl_->publish_keyring(initial_keys);
-  glue->impl_->maintenance = std::thread([g = glue->impl_.get()] { g->maintain(); });
+  glue->impl_->next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  glue->impl_->maintenance.start(std::chrono::seconds(1),
+                                 [g = glue->impl_.get()] { g->maintain(); });
   return glue;
 }
 
@@ -257,7 +242,7 @@ nlohmann::json cluster_glue::keys_json() const {
 }
 
 void cluster_glue::set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener) {
-  std::lock_guard lock(impl_->maintenance_mutex);
+  std::lock_guard lock(impl_->listener_mutex);
   impl_->view_listener = std::move(listener);
 }
 

@@ -1102,6 +1102,10 @@ route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
     } else {
       add(*v);
     }
+    if (r.rate_limits.size() > max_rate_limits_per_route) {
+      d.add(v->line, f.path + ": at most " + std::to_string(max_rate_limits_per_route) +
+                         " rate limits per route");
+    }
   }
   if (auto v = m.take("max_body_bytes")) {
     uint64_t size = 0;
@@ -1440,6 +1444,12 @@ const char* document_kind_path(document_kind k) {
       return "consumers";
   }
   return "?";
+}
+
+std::optional<document_kind> document_kind_from_path(std::string_view segment) {
+  for (auto k : {document_kind::route, document_kind::upstream, document_kind::consumer})
+    if (segment == document_kind_path(k)) return k;
+  return std::nullopt;
 }
 
 compose_result compose_config(const config& base, const std::vector<config_document>& docs,

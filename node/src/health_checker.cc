@@ -145,9 +145,7 @@ struct health_checker::impl {
       for (const auto& up : snap.upstreams) {
         if (up->cfg->name != t.upstream) continue;
         const auto& cb = up->cfg->circuit_breaker;
-        int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
+        int64_t wall = unix_now_ms();
         if (t.breaker.force(ok, wall, cb, snap.cfg.node.id) && cb.scope != "local" &&
             snap.registry) {
           snap.registry->queue_publish(t.key);

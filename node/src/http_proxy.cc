@@ -1217,9 +1217,7 @@ bool client_session::authenticate_api_key(std::string_view query) {
   auto it = snap_->api_keys->find(std::string(key_id));
   if (it == snap_->api_keys->end()) return false;
   const auto& rec = it->second;
-  int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+  int64_t wall = unix_now_ms();
   if (rec.expires_ms && wall >= rec.expires_ms) return false;
   if (!verify_api_key(rec, secret)) return false;
   consumer_ = rec.consumer;
@@ -1279,9 +1277,7 @@ bool client_session::authenticate() {
 
 bool client_session::check_rate_limits() {
   auto& limiter = *snap_->limiter;
-  int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    std::chrono::system_clock::now().time_since_epoch())
-                    .count();
+  int64_t now = unix_now_ms();
   // The counted value of each limit's key. consumer: the authenticated consumer, else the
   // client address (so anonymous clients are still limited one by one).
   auto key_value = [&](const limit_spec& spec) -> std::string_view {
@@ -1300,14 +1296,15 @@ bool client_session::check_rate_limits() {
     }
     return {};
   };
-  // Check every limit first and count only when all admit: a refused request counts nowhere.
+  // With several limits, check them all first and count only when all admit: a refused request
+  // counts nowhere. One limit needs no first pass (check() counts admissions only).
   const auto& limits = route_->limits;
-  uint64_t keys[8];
-  size_t n = std::min<size_t>(limits.size(), 8);
+  uint64_t keys[max_rate_limits_per_route];
+  size_t n = std::min<size_t>(limits.size(), max_rate_limits_per_route);
   limit_decision tightest;
   bool allowed = true;
-  for (size_t i = 0; i < n; ++i) {
-    keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
+  for (size_t i = 0; i < n; ++i) keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
+  for (size_t i = 0; i < n && n > 1; ++i) {
     auto d = limiter.check(keys[i], limits[i], now, false, w_.index);
     if (!d.allowed) {
       allowed = false;
@@ -1672,9 +1669,7 @@ void client_session::dispatch() {
   auto& up = *upstream_;
   int64_t now = w_.now;
   if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
-  const int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
+  const int64_t wall = unix_now_ms();
   target_ = pick_target(up, w_.index, hash_key_, exclude_, now, wall);
   if (!target_ && !exclude_) {
     // Nothing usable here: the upstream's failover chain, in order.
@@ -1872,9 +1867,7 @@ void client_session::record_breaker(bool success) {
   if (!target_) return;
   const auto& cb = upstream_->cfg->circuit_breaker;
   if (!cb.enabled) return;
-  int64_t wall = std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-                     .count();
+  int64_t wall = unix_now_ms();
   bool was_probe = probe_;
   probe_ = false;
   if (target_->breaker.record(success, was_probe, wall, cb, snap_->cfg.node.id)) {

@@ -25,6 +25,7 @@
 #include "health_checker.h"
 #include "http_proxy.h"
 #include "meridian/storage/store.h"
+#include "periodic_thread.h"
 #include "rate_limiter.h"
 #include "runtime.h"
 
@@ -124,17 +125,10 @@ std::vector<config_document> documents_of(const cluster::replicated_state& state
   for (auto& [key, e] : state.documents(doc_family::config)) {
     auto slash = key.find('/');
     if (slash == std::string::npos) continue;
-    std::string_view kind(key.data(), slash);
+    auto kind = document_kind_from_path(std::string_view(key.data(), slash));
+    if (!kind) continue;  // keys/..., not a config object
     config_document d;
-    if (kind == "routes") {
-      d.kind = document_kind::route;
-    } else if (kind == "upstreams") {
-      d.kind = document_kind::upstream;
-    } else if (kind == "consumers") {
-      d.kind = document_kind::consumer;
-    } else {
-      continue;
-    }
+    d.kind = *kind;
     d.name = key.substr(slash + 1);
     d.body = std::move(e.value);
     docs.push_back(std::move(d));
@@ -160,57 +154,33 @@ struct node::impl {
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
   key_usage_registry key_usage;
-  std::thread breaker_sync;    // with a cluster: publishes breaker transitions, assigns probing
-  std::thread persister;       // without a cluster: hands counts to local_state and persists them
-  std::thread jwks_refresher;  // re-fetches jwks_url keys (periodically, and on unknown kids)
-  std::atomic<bool> jwks_stop{false};
-  std::mutex jwks_mutex;
-  std::condition_variable jwks_cv;
+  std::thread breaker_sync;        // with a cluster: publishes breaker transitions, assigns probing
+  periodic_thread persister;       // without a cluster: hands counts to local_state, persists them
+  periodic_thread jwks_refresher;  // re-fetches jwks_url keys (periodically, on unknown kids)
 
-  void stop_jwks_refresher() {
-    if (!jwks_refresher.joinable()) return;
-    {
-      std::lock_guard lock(jwks_mutex);
-      jwks_stop = true;
-    }
-    jwks_cv.notify_all();
-    jwks_refresher.join();
-  }
-
-  void run_jwks_refresher() {
-    for (;;) {
-      {
-        // A 200 ms tick (kid misses are picked up within it); stop wakes it at once.
-        std::unique_lock lock(jwks_mutex);
-        if (jwks_cv.wait_for(lock, std::chrono::milliseconds(200),
-                             [&] { return jwks_stop.load(); }))
-          return;
-      }
-      auto snap = current();
-      if (!snap) continue;
-      int64_t now = now_ms();
-      for (const auto& p : snap->jwt_providers) {
-        if (p->cfg->jwks_url.empty()) continue;
-        int64_t every =
-            std::chrono::duration_cast<std::chrono::milliseconds>(p->cfg->jwks_refresh).count();
-        bool due = now - p->fetched_ms.load() >= every;
-        // On an unknown kid, at most once every 10 s: a flood of bad tokens cannot hammer the
-        // issuer.
-        bool wanted = p->refresh_wanted.exchange(false) && now - p->last_wanted_ms.load() >= 10'000;
-        if (!due && !wanted) continue;
-        if (wanted) p->last_wanted_ms = now;
-        std::string error;
-        if (refresh_jwks(*p, &error)) {
-          log()->info("jwt {}: keys re-fetched from {}", p->cfg->name, p->cfg->jwks_url);
-        } else {
-          log()->warn("{} (keeping the previous keys)", error);
-        }
+  // One tick (every 200 ms, so kid misses are picked up quickly) of the JWKS refresher.
+  void refresh_jwks_due() {
+    auto snap = current();
+    if (!snap) return;
+    int64_t now = now_ms();
+    for (const auto& p : snap->jwt_providers) {
+      if (p->cfg->jwks_url.empty()) continue;
+      int64_t every =
+          std::chrono::duration_cast<std::chrono::milliseconds>(p->cfg->jwks_refresh).count();
+      bool due = now - p->fetched_ms.load() >= every;
+      // On an unknown kid, at most once every 10 s: a flood of bad tokens cannot hammer the
+      // issuer.
+      bool wanted = p->refresh_wanted.exchange(false) && now - p->last_wanted_ms.load() >= 10'000;
+      if (!due && !wanted) continue;
+      if (wanted) p->last_wanted_ms = now;
+      std::string error;
+      if (refresh_jwks(*p, &error)) {
+        log()->info("jwt {}: keys re-fetched from {}", p->cfg->name, p->cfg->jwks_url);
+      } else {
+        log()->warn("{} (keeping the previous keys)", error);
       }
     }
   }
-  std::mutex persister_mutex;
-  std::condition_variable persister_cv;
-  bool persister_stop = false;
 
   // Publishes queued breaker transitions and, once a second, decides which targets this node
   // probes when half-open (rendezvous hashing over the live members of the breaker's scope).
@@ -315,13 +285,8 @@ struct node::impl {
   std::atomic<bool> breaker_sync_stop{false};
 
   void stop_persister() {
-    if (!persister.joinable()) return;
-    {
-      std::lock_guard lock(persister_mutex);
-      persister_stop = true;
-    }
-    persister_cv.notify_all();
-    persister.join();
+    if (!persister.running()) return;
+    persister.stop();
     limiter->flush();
     local_state->persist_counters();
   }
@@ -518,9 +483,7 @@ struct node::impl {
     }
     const auto& cfg = rc->rate_limits[index];
     auto spec = limiter->compile(rc->name, index, cfg);
-    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+    int64_t now = unix_now_ms();
     auto v = limiter->view(rate_limiter::key_of(spec, key), spec, now);
     return {200,
             {{"limit", v.limit},
@@ -545,9 +508,7 @@ struct node::impl {
                              [&](const consumer_config& c) { return c.id == consumer; });
     if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
     auto& st = cluster->state();
-    int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+    int64_t now = unix_now_ms();
     if (method == "GET") {
       auto list = nlohmann::json::array();
       for (auto& [key, e] : st.documents(doc_family::config)) {
@@ -605,17 +566,12 @@ struct node::impl {
                          "this node runs without a cluster section: its routes, upstreams and "
                          "consumers come from the config file (edit it and send SIGHUP)");
     }
-    document_kind dk;
-    if (kind == "routes") {
-      dk = document_kind::route;
-    } else if (kind == "upstreams") {
-      dk = document_kind::upstream;
-    } else if (kind == "consumers") {
-      dk = document_kind::consumer;
-    } else {
+    auto parsed_kind = document_kind_from_path(kind);
+    if (!parsed_kind) {
       return error_reply(404, "not_found",
                          "no config kind '" + kind + "' (routes, upstreams or consumers)");
     }
+    const document_kind dk = *parsed_kind;
     const std::string key = kind + "/" + name;
     auto& st = cluster->state();
     std::string canonical;
@@ -683,7 +639,7 @@ struct node::impl {
 node::node(config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {}
 
 node::~node() {
-  impl_->stop_jwks_refresher();
+  impl_->jwks_refresher.stop();
   impl_->stop_applier();
   impl_->stop_breaker_sync();
   impl_->stop_persister();
@@ -729,29 +685,16 @@ bool node::start(std::string* error) {
         storage::store::open((std::filesystem::path(d.cfg.node.data_dir) / "db").string(), error);
     if (!d.local_store) return false;
     d.local_state = std::make_unique<cluster::replicated_state>(
-        cluster::state_options{.self_id = d.cfg.node.id},
-        [] {
-          return std::chrono::duration_cast<std::chrono::milliseconds>(
-                     std::chrono::system_clock::now().time_since_epoch())
-              .count();
-        },
-        d.local_store.get());
+        cluster::state_options{.self_id = d.cfg.node.id}, unix_now_ms, d.local_store.get());
     if (!d.local_state->load(error)) return false;
     lo.clustered = false;
   }
   d.limiter =
       std::make_unique<rate_limiter>(lo, d.cluster ? &d.cluster->state() : d.local_state.get());
   if (!d.cluster) {
-    d.persister = std::thread([this] {
-      auto& i = *impl_;
-      std::unique_lock lock(i.persister_mutex);
-      while (!i.persister_cv.wait_for(lock, std::chrono::seconds(1),
-                                      [&] { return i.persister_stop; })) {
-        lock.unlock();
-        i.limiter->flush();
-        i.local_state->persist_counters();
-        lock.lock();
-      }
+    d.persister.start(std::chrono::seconds(1), [this] {
+      impl_->limiter->flush();
+      impl_->local_state->persist_counters();
     });
   }
   if (d.cluster) {
@@ -839,7 +782,7 @@ bool node::start(std::string* error) {
     d.proxy->stop();
     return false;
   }
-  d.jwks_refresher = std::thread([this] { impl_->run_jwks_refresher(); });
+  d.jwks_refresher.start(std::chrono::milliseconds(200), [this] { impl_->refresh_jwks_due(); });
   d.health = std::make_unique<health_checker>();
   d.health->update(d.snap);
   log()->info("node {} (region {}) proxy on {}:{}, admin on {}:{}, {} worker(s)", d.cfg.node.id,

@@ -38,6 +38,14 @@ inline int64_t now_ms() {
       .count();
 }
 
+// Returns Unix milliseconds (wall clock: what nodes compare across the cluster, e.g. breaker
+// deadlines and rate-limit windows).
+inline int64_t unix_now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 // One upstream target's shared state. Written by workers (passive health) and the health
 // checker (active health); read by every worker when balancing.
 struct target_state {

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -193,6 +194,9 @@ struct auth_config {
   bool query_key = false;           // api_key may also come as ?apikey=
 };
 
+// A route may carry this many rate limits at most (each request checks all of them).
+inline constexpr size_t max_rate_limits_per_route = 8;
+
 struct rate_limit_config {
   uint64_t limit = 0;
   duration window = std::chrono::minutes(1);
@@ -287,6 +291,8 @@ struct config_document {
 };
 // "routes", "upstreams" or "consumers": the admin path segment and GET /config key.
 const char* document_kind_path(document_kind k);
+// The reverse: the kind a path segment names, or nullopt.
+std::optional<document_kind> document_kind_from_path(std::string_view segment);
 
 struct compose_result {
   config cfg;
