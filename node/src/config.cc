@@ -419,6 +419,21 @@ bool read_duration(diagnostics& d, const field& f, duration& out, bool allow_zer
   return true;
 }
 
+// Reads a duration with an optional leading '-' (zero allowed).
+bool read_signed_duration(diagnostics& d, const field& f, duration& out) {
+  const std::string* s = scalar_of(d, f, "a duration");
+  if (s == nullptr) return false;
+  bool negative = !s->empty() && s->front() == '-';
+  std::optional<duration> value = parse_duration(std::string_view(*s).substr(negative ? 1 : 0));
+  if (!value) {
+    d.add(f.line, f.path + ": invalid duration '" + *s +
+                      "' (expected an optional '-', a number and a unit ms, s, m, h or d)");
+    return false;
+  }
+  out = negative ? -*value : *value;
+  return true;
+}
+
 bool read_size(diagnostics& d, const field& f, uint64_t& out) {
   const std::string* s = scalar_of(d, f, "a size");
   if (s == nullptr) return false;
@@ -607,6 +622,7 @@ void parse_node_section(diagnostics& d, const field& f, node_section& out) {
       out.workers = static_cast<unsigned>(std::clamp<uint64_t>(cores, 1, max_workers));
     }
   }
+  if (auto v = m.take("clock_offset")) read_signed_duration(d, *v, out.clock_offset);
   m.finish();
 }
 

@@ -141,7 +141,9 @@ admin_reply error_reply(int status, const std::string& code, const std::string& 
 }
 
 struct node::impl {
-  explicit impl(config c) : cfg(std::move(c)), metrics(cfg.node.workers), targets(metrics) {}
+  explicit impl(config c) : cfg(std::move(c)), metrics(cfg.node.workers), targets(metrics) {
+    wall_clock_offset_ms.store(cfg.node.clock_offset.count(), std::memory_order_relaxed);
+  }
 
   // The config file as last read: node-local settings, and (without a cluster) the routes,
   // upstreams and consumers too. With a cluster those come from the replicated documents.

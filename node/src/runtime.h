@@ -39,11 +39,13 @@ inline int64_t now_ms() {
 }
 
 // Returns Unix milliseconds (wall clock: what nodes compare across the cluster, e.g. breaker
-// deadlines and rate-limit windows).
+// deadlines and rate-limit windows), shifted by node.clock_offset.
+inline std::atomic<int64_t> wall_clock_offset_ms{0};  // set once at startup (node.clock_offset)
 inline int64_t unix_now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
-      .count();
+             .count() +
+         wall_clock_offset_ms.load(std::memory_order_relaxed);
 }
 
 // One upstream target's shared state. Written by workers (passive health) and the health

@@ -309,6 +309,16 @@ TEST(config, workers_zero_means_one_per_core) {
   EXPECT_EQ(c.node.workers, cores);
 }
 
+TEST(config, clock_offset_is_a_signed_duration_defaulting_to_zero) {
+  EXPECT_EQ(parse_ok("node: {region: r}\n").node.clock_offset, milliseconds(0));
+  EXPECT_EQ(parse_ok("node: {region: r, clock_offset: -1500ms}\n").node.clock_offset,
+            milliseconds(-1500));
+  EXPECT_EQ(parse_ok("node: {region: r, clock_offset: 2s}\n").node.clock_offset, seconds(2));
+  config_result bad = parse("node: {region: r, clock_offset: --2s}\n");
+  ASSERT_EQ(bad.errors.size(), 1u);
+  EXPECT_NE(bad.errors[0].message.find("node.clock_offset: invalid duration"), std::string::npos);
+}
+
 TEST(config, listen_ports_may_be_zero_for_an_ephemeral_port) {
   config c = parse_ok(std::string(minimal) + "listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\n");
   EXPECT_EQ(c.listen.proxy.port, 0);

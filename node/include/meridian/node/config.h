@@ -42,6 +42,9 @@ struct node_section {
   std::string zone;
   std::string data_dir = "./data";
   unsigned workers = 1;  // 0 = one per core (resolved by the loader)
+  // Added to this node's wall clock (may be negative, e.g. "-1500ms"): skews HLC timestamps,
+  // rate-limit windows and breaker deadlines, to test clock skew (chaos suite). Process-wide.
+  duration clock_offset{0};
 };
 
 struct listen_section {
