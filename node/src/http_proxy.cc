@@ -1896,6 +1896,14 @@ void client_session::count_target_failure() {
               ->warn("upstream {} target {} ejected for {} ms after {} failures", target_->upstream,
                      target_->addr.to_string(), outlier.eject_for.count(), n)
         : void();
+    // An ejection is an observation the other nodes should share: it opens the target's breaker
+    // (published with the breaker's scope), or else the ejection would stop the traffic that
+    // would have tripped the breaker and only this node would avoid the target.
+    const auto& cb = upstream_->cfg->circuit_breaker;
+    if (target_->breaker.force(false, unix_now_ms(), cb, snap_->cfg.node.id)) {
+      snap_->registry->count_transition();
+      if (cb.scope != "local") snap_->registry->queue_publish(target_->key);
+    }
   }
 }
 

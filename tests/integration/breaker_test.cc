@@ -79,6 +79,23 @@ TEST_F(breakers, a_failing_target_is_cut_off_then_probed_back_in) {
             std::string::npos);
 }
 
+TEST_F(breakers, an_outlier_ejection_opens_the_breaker_so_other_nodes_can_learn_it) {
+  // Outlier detection ejects after 3 failures, before the breaker's min_requests: the ejection
+  // itself must open the breaker (the state the cluster shares), not only stop local traffic.
+  running_node n(
+      "upstreams:\n  - name: u\n    targets: [{address: " + good_.address() +
+      "}, {address: " + bad_.address() +
+      "}]\n    outlier: {consecutive_failures: 3, eject_for: 10s}\n"
+      "    circuit_breaker: {failure_rate: 0.5, min_requests: 50, window: 10s, open_for: 5s,"
+      " half_open_probes: 1, scope: cluster}\n"
+      "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: u\n");
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  for (int i = 0; i < 8; ++i) c.Get("/");
+  EXPECT_EQ(bad_.hits.load(), 3) << "ejected after the third failure";
+  EXPECT_EQ(state_of(n, bad_.address()), "open") << breakers_of(n).dump();
+}
+
 TEST_F(breakers, with_every_target_of_its_region_down_a_node_serves_from_another_region) {
   // This node is in eu-west; its own target refuses connections, the us-east one works.
   int closed_port = unused_port();
