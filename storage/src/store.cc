@@ -1,11 +1,17 @@
 #include "meridian/storage/store.h"
 
 #include <rocksdb/db.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
+#include <sys/statvfs.h>
 #include <array>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
 
 namespace meridian::storage {
 namespace {
@@ -21,8 +27,9 @@ status to_status(const rocksdb::Status& s) {
 
 class rocksdb_store final : public store {
  public:
-  rocksdb_store(std::unique_ptr<rocksdb::DB> db, std::vector<rocksdb::ColumnFamilyHandle*> handles)
-      : db_(std::move(db)), handles_(std::move(handles)) {}
+  rocksdb_store(std::string dir, std::unique_ptr<rocksdb::DB> db,
+                std::vector<rocksdb::ColumnFamilyHandle*> handles)
+      : dir_(std::move(dir)), db_(std::move(db)), handles_(std::move(handles)) {}
 
   ~rocksdb_store() override {
     for (auto* h : handles_) db_->DestroyColumnFamilyHandle(h);
@@ -35,11 +42,12 @@ class rocksdb_store final : public store {
 
   status put(family f, std::string_view key, std::string_view value,
              write_options options) override {
-    return to_status(db_->Put(to_rocksdb(options), handle(f), to_slice(key), to_slice(value)));
+    return guarded(
+        [&] { return db_->Put(to_rocksdb(options), handle(f), to_slice(key), to_slice(value)); });
   }
 
   status remove(family f, std::string_view key, write_options options) override {
-    return to_status(db_->Delete(to_rocksdb(options), handle(f), to_slice(key)));
+    return guarded([&] { return db_->Delete(to_rocksdb(options), handle(f), to_slice(key)); });
   }
 
   status write(const std::vector<write_op>& ops, write_options options) override {
@@ -49,7 +57,7 @@ class rocksdb_store final : public store {
                         : batch.Delete(handle(op.where), op.key);
       if (!s.ok()) return to_status(s);
     }
-    return to_status(db_->Write(to_rocksdb(options), &batch));
+    return guarded([&] { return db_->Write(to_rocksdb(options), &batch); });
   }
 
   status scan(family f, std::string_view prefix,
@@ -81,8 +89,52 @@ class rocksdb_store final : public store {
   }
   rocksdb::ColumnFamilyHandle* handle(family f) const { return handles_[static_cast<size_t>(f)]; }
 
+  // Runs one write, one at a time, refusing it while the disk holds less than min_free_bytes.
+  //
+  // Why: a write that fails in RocksDB (a full disk) stops the database until DB::Resume(), and
+  // the Debian RocksDB (7.8, built with assertions) aborts the process when the failed log is
+  // touched again -- by a concurrent write (rocksdb#12448), by Resume() or by its own recovery
+  // thread. So writes stop before the disk is full (and resume by themselves once there is room),
+  // and if one fails anyway the store refuses writes until the node restarts, but keeps reading.
+  template <typename Write>
+  status guarded(Write&& write) {
+    std::lock_guard lock(write_mu_);
+    if (!failed_error_.empty()) {
+      return status::error(
+          "storage refuses writes after an error (restart the node once the "
+          "cause is fixed): " +
+          failed_error_);
+    }
+    struct statvfs fs {};
+    if (statvfs(dir_.c_str(), &fs) == 0) {
+      uint64_t free_bytes = static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize;
+      if (free_bytes < min_free_bytes) {
+        return status::error("disk full: " + std::to_string(free_bytes >> 20) + " MiB free under " +
+                             dir_ + ", writes need " + std::to_string(min_free_bytes >> 20) +
+                             " MiB; they resume once there is room");
+      }
+    }
+    rocksdb::Status s = write();
+    if (!s.ok()) failed_error_ = s.ToString();
+    return to_status(s);
+  }
+
+  static constexpr uint64_t min_free_bytes = 64ull << 20;
+  std::string dir_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::mutex write_mu_;       // serializes writes; guards failed_error_
+  std::string failed_error_;  // set by a failed write: no more writes
+};
+
+// Keeps RocksDB from recovering from background errors by itself: its recovery thread resumes on
+// the log that failed, where RocksDB 7.8 asserts (see guarded()).
+class no_auto_recovery final : public rocksdb::EventListener {
+ public:
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
+                            bool* auto_recovery) override {
+    *auto_recovery = false;
+  }
 };
 
 }  // namespace
@@ -93,6 +145,7 @@ std::unique_ptr<store> store::open(const std::string& dir, std::string* error) {
   options.create_missing_column_families = true;
   options.max_open_files = 256;
   options.keep_log_file_num = 4;
+  options.listeners.push_back(std::make_shared<no_auto_recovery>());
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   for (const char* name : family_names) {
     families.emplace_back(name, rocksdb::ColumnFamilyOptions());
@@ -104,7 +157,8 @@ std::unique_ptr<store> store::open(const std::string& dir, std::string* error) {
     if (error) *error = "cannot open store in " + dir + ": " + s.ToString();
     return nullptr;
   }
-  return std::make_unique<rocksdb_store>(std::unique_ptr<rocksdb::DB>(raw), std::move(handles));
+  return std::make_unique<rocksdb_store>(dir, std::unique_ptr<rocksdb::DB>(raw),
+                                         std::move(handles));
 }
 
 }  // namespace meridian::storage

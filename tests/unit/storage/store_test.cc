@@ -2,8 +2,14 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
+#include <vector>
 
 namespace meridian::storage {
 namespace {
@@ -98,6 +104,43 @@ TEST(store, second_open_of_same_dir_fails_with_message) {
   auto second = store::open(dir.str(), &error);
   EXPECT_FALSE(second);
   EXPECT_NE(error.find("lock"), std::string::npos) << error;
+}
+
+// A full disk must not stop the node: writes are refused with a clear error before RocksDB sees
+// ENOSPC (which would latch it, and the Debian build asserts on the failed log), and come back
+// by themselves once there is room. Needs root for a small tmpfs; skipped otherwise.
+TEST(store, writes_are_refused_while_the_disk_is_nearly_full_and_resume_after) {
+  temp_dir dir;
+  std::filesystem::create_directories(dir.str());
+  std::string mount = "mount -t tmpfs -o size=256m tmpfs " + dir.str() + " 2>/dev/null";
+  if (geteuid() != 0 || std::system(mount.c_str()) != 0) GTEST_SKIP() << "needs root for tmpfs";
+  struct unmount {
+    std::string dir;
+    ~unmount() { std::system(("umount -l " + dir).c_str()); }
+  } guard{dir.str()};
+  std::string error;
+  auto s = store::open(dir.str() + "/db", &error);
+  ASSERT_TRUE(s) << error;
+  ASSERT_TRUE(s->put(family::config, "a", "1", {.sync = true}).is_ok());
+  std::string filler = dir.str() + "/filler";
+  {
+    std::FILE* f = std::fopen(filler.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    struct statvfs fs {};
+    ASSERT_EQ(statvfs(dir.str().c_str(), &fs), 0);
+    uint64_t free_mib = (static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize) >> 20;
+    ASSERT_GT(free_mib, 64u) << "writes are allowed before the disk fills";
+    std::vector<char> block(1 << 20, 'x');
+    for (uint64_t i = 0; i + 32 < free_mib; ++i) std::fwrite(block.data(), 1, block.size(), f);
+    std::fclose(f);
+  }
+  auto refused = s->put(family::config, "b", "2", {.sync = true});
+  ASSERT_FALSE(refused.is_ok());
+  EXPECT_NE(refused.message().find("disk full"), std::string::npos) << refused.message();
+  std::string value;
+  EXPECT_TRUE(s->get(family::config, "a", &value).is_ok()) << "reads go on";
+  std::filesystem::remove(filler);
+  EXPECT_TRUE(s->put(family::config, "b", "2", {.sync = true}).is_ok());
 }
 
 }  // namespace

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""The chaos suite's load client: paced keep-alive HTTP/1.1 requests against one node.
+
+    loadgen.py --target 127.0.0.1:8080 --out FILE --work /limited=150:3 --work /ok=50:1
+
+Each --work PATH=RATE[:THREADS] sends RATE requests a second to PATH over THREADS connections.
+Results are counted in 100 ms buckets by the time each request completed (Unix ms) and appended
+to FILE as JSON lines every half second:
+    {"t": BUCKET_MS, "path": PATH, "s2xx": N, "s429": N, "s5xx": N, "other": N, "err": N}
+`err` counts requests that got no response (refused, reset, timed out after 2 s).
+"""
+import argparse
+import json
+import signal
+import socket
+import sys
+import threading
+import time
+
+BUCKET_MS = 100
+
+
+class Counts:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.buckets = {}  # (bucket, path) -> [s2xx, s429, s5xx, other, err]
+
+    def add(self, path, status):
+        b = int(time.time() * 1000) // BUCKET_MS * BUCKET_MS
+        if status is None:
+            i = 4
+        elif 200 <= status < 300:
+            i = 0
+        elif status == 429:
+            i = 1
+        elif status >= 500:
+            i = 2
+        else:
+            i = 3
+        with self.lock:
+            row = self.buckets.setdefault((b, path), [0, 0, 0, 0, 0])
+            row[i] += 1
+
+    def drain(self, before_ms):
+        with self.lock:
+            done = {k: v for k, v in self.buckets.items() if k[0] < before_ms}
+            for k in done:
+                del self.buckets[k]
+        return done
+
+
+def read_response(sock, buf):
+    """Reads one response from sock (buf holds bytes already read). Returns (status, rest, close)."""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length, close, chunked = 0, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value.strip())
+        elif name == b"connection" and value.strip().lower() == b"close":
+            close = True
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while b"0\r\n\r\n" not in rest:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            rest += chunk
+        rest = rest.split(b"0\r\n\r\n", 1)[1]
+    else:
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            rest += chunk
+        rest = rest[length:]
+    return status, rest, close
+
+
+def worker(host, port, path, interval, counts, stop):
+    request = f"GET {path} HTTP/1.1\r\nHost: chaos\r\nUser-Agent: meridian-chaos\r\n\r\n".encode()
+    sock, buf = None, b""
+    next_at = time.monotonic()
+    while not stop.is_set():
+        now = time.monotonic()
+        if next_at > now:
+            stop.wait(next_at - now)
+        next_at = max(next_at + interval, time.monotonic() - interval)
+        try:
+            if sock is None:
+                sock = socket.create_connection((host, port), timeout=2)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                buf = b""
+            sock.sendall(request)
+            status, buf, close = read_response(sock, buf)
+            counts.add(path, status)
+            if close:
+                sock.close()
+                sock = None
+        except (OSError, ValueError, IndexError):
+            counts.add(path, None)
+            if sock is not None:
+                sock.close()
+            sock = None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", action="append", default=[])
+    args = ap.parse_args()
+    host, port = args.target.rsplit(":", 1)
+    counts, stop = Counts(), threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    threads = []
+    for spec in args.work:
+        path, _, rest = spec.partition("=")
+        rate, _, n = rest.partition(":")
+        n = int(n or 1)
+        for _ in range(n):
+            t = threading.Thread(target=worker, daemon=True,
+                                 args=(host, int(port), path, n / float(rate), counts, stop))
+            t.start()
+            threads.append(t)
+    with open(args.out, "a", buffering=1) as out:
+        def flush(before):
+            for (b, path), row in sorted(counts.drain(before).items()):
+                out.write(json.dumps({"t": b, "path": path, "s2xx": row[0], "s429": row[1],
+                                      "s5xx": row[2], "other": row[3], "err": row[4]}) + "\n")
+        while not stop.wait(0.5):
+            flush(int(time.time() * 1000) // BUCKET_MS * BUCKET_MS - BUCKET_MS)
+        for t in threads:
+            t.join(timeout=3)
+        flush(1 << 62)
+
+
+if __name__ == "__main__":
+    main()
