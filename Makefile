@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build run test test-asan bench format clean package fuzz
+.PHONY: all setup configure build run test test-asan bench format clean package fuzz chaos chaos-short
 
 all: build
 
@@ -49,6 +49,14 @@ fuzz:
 	@MERIDIAN_FUZZ_SEEDS=build-fuzz/corpus build-fuzz/bin/packet_fuzz
 	@build-fuzz/bin/packet_fuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 		-artifact_prefix=build-fuzz/ build-fuzz/corpus
+
+# The chaos suite (needs root): real 3-region clusters in network namespaces under faults.
+# Report in build/chaos/report.md (+ report.json, timeline-*.svg). make test runs chaos-short.
+chaos: build
+	@python3 chaos/run.py --profile full --binary $(BUILD_DIR)/bin/meridian --out $(BUILD_DIR)/chaos
+
+chaos-short: build
+	@python3 chaos/run.py --profile short --binary $(BUILD_DIR)/bin/meridian --out $(BUILD_DIR)/chaos
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i
