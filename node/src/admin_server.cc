@@ -285,6 +285,15 @@ void admin_server::impl::add_endpoints() {
            send_json(res, 200, handlers.cluster_keys());
          }});
   }
+  if (handlers.cluster_keys_write) {
+    auto write = [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
+      admin_reply r = handlers.cluster_keys_write(req.method, p.empty() ? "" : p[0], req.body);
+      send_json(res, r.status, r.body);
+    };
+    endpoints.push_back({"POST", "/cluster/keys", true, write});
+    endpoints.push_back({"PUT", "/cluster/keys/{fingerprint}/primary", true, write});
+    endpoints.push_back({"DELETE", "/cluster/keys/{fingerprint}", true, write});
+  }
   if (handlers.breakers) {
     endpoints.push_back({"GET", "/breakers", true,
                          [this](const httplib::Request&, httplib::Response& res,

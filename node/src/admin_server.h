@@ -40,6 +40,10 @@ struct admin_handlers {
       config_write;
   std::function<nlohmann::json()> breakers;      // GET /breakers body
   std::function<nlohmann::json()> cluster_keys;  // GET /cluster/keys body
+  // POST /cluster/keys {"key"}, PUT /cluster/keys/{fingerprint}/primary,
+  // DELETE /cluster/keys/{fingerprint} (method, fingerprint or "", body).
+  std::function<admin_reply(const std::string&, const std::string&, const std::string&)>
+      cluster_keys_write;
   // POST/GET /config/consumers/{id}/keys, DELETE /config/consumers/{id}/keys/{key_id}
   // (method, consumer, key_id or "", body).
   std::function<admin_reply(const std::string&, const std::string&, const std::string&,

@@ -3,8 +3,15 @@
 #include <sodium.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -20,6 +27,9 @@ namespace meridian::node {
 namespace {
 
 constexpr const char* seeded_key = "state/seeded";
+// The cluster's desired keyring (breakers family): {"keys": [base64, ...]}, primary first.
+constexpr const char* desired_keyring_key = "cluster/keyring";
+constexpr size_t max_keyring_keys = 8;
 
 // A key's public name: the first 8 bytes of its BLAKE2b hash, in hex (never the key itself).
 std::string fingerprint(const cluster::cluster_key& key) {
@@ -53,6 +63,104 @@ struct cluster_glue::impl {
   std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
   std::string region;
   std::string self_id;
+
+  std::string keyring_file;
+  // Guards keys and applied_keyring, and is held through a whole apply so two threads cannot
+  // apply out of order.
+  std::mutex keys_mutex;
+  // Set by the change handler (on the gossip thread, which must not wait for keys_mutex while
+  // an apply calls into gossip); the maintenance thread applies.
+  std::atomic<bool> keyring_dirty{false};
+  std::vector<cluster::cluster_key> keys;  // this node's keyring, primary first
+  cluster::hlc_time applied_keyring = 0;   // version of the desired keyring applied last
+
+  static std::shared_ptr<spdlog::logger> log() {
+    auto l = spdlog::get("cluster.keys");
+    return l ? l : spdlog::default_logger();
+  }
+
+  // Returns the desired keyring: the replicated register when there is one, else this node's.
+  std::vector<cluster::cluster_key> desired_keys() {
+    if (auto e = state->get(cluster::doc_family::breakers, desired_keyring_key); e && !e->deleted) {
+      if (auto ring = parse_ring(e->value); !ring.empty()) return ring;
+    }
+    std::lock_guard lock(keys_mutex);
+    return keys;
+  }
+
+  static std::vector<cluster::cluster_key> parse_ring(const std::string& value) {
+    std::vector<cluster::cluster_key> ring;
+    auto j = nlohmann::json::parse(value, nullptr, false);
+    if (!j.is_object() || !j.contains("keys") || !j["keys"].is_array()) return {};
+    for (const auto& k : j["keys"]) {
+      auto key = k.is_string() ? cluster::decode_key(k.get<std::string>()) : std::nullopt;
+      if (!key) return {};
+      ring.push_back(*key);
+    }
+    return ring;
+  }
+
+  // Writes ring as the desired keyring and applies it here at once. Returns (200, {}) or the
+  // storage error's answer.
+  std::pair<int, nlohmann::json> write_desired(const std::vector<cluster::cluster_key>& ring) {
+    nlohmann::json doc = {{"keys", nlohmann::json::array()}};
+    for (const auto& k : ring) doc["keys"].push_back(cluster::encode_key(k));
+    std::string error;
+    if (!state->put(cluster::doc_family::breakers, desired_keyring_key, doc.dump(), &error)) {
+      return {503, {{"error", "storage_error"}, {"message", error}}};
+    }
+    apply_desired();
+    gossip->flush_application();
+    return {200, nlohmann::json::object()};
+  }
+
+  void apply_desired() {
+    auto e = state->get(cluster::doc_family::breakers, desired_keyring_key);
+    if (!e || e->deleted) return;
+    std::lock_guard lock(keys_mutex);
+    if (e->version <= applied_keyring) return;
+    applied_keyring = e->version;
+    auto ring = parse_ring(e->value);
+    if (ring.empty()) {
+      log()->warn("ignoring an unreadable desired keyring from {}", e->origin);
+      return;
+    }
+    if (ring == keys) return;
+    keys = ring;
+    std::string error;
+    if (!write_keyring_file(ring, &error)) {
+      log()->warn(
+          "keyring changed through the admin API but {} was not rewritten: {} (a restart "
+          "would use the file's old keys)",
+          keyring_file, error);
+    }
+    gossip->set_keys(ring);
+    publish_keyring(ring);
+    log()->info("keyring applied: {} key(s), primary {}", ring.size(), fingerprint(ring[0]));
+  }
+
+  // Rewrites the keyring file (0600) through a temporary file and a rename.
+  bool write_keyring_file(const std::vector<cluster::cluster_key>& ring, std::string* error) {
+    std::string tmp = keyring_file + ".tmp";
+    std::string text = "# written by meridian: the cluster's keyring (admin API), primary first\n";
+    for (const auto& k : ring) text += cluster::encode_key(k) + "\n";
+    std::FILE* f = std::fopen(tmp.c_str(), "w");
+    if (!f) {
+      *error = std::string("cannot write ") + tmp + ": " + std::strerror(errno);
+      return false;
+    }
+    ::fchmod(::fileno(f), 0600);
+    bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    ok = std::fflush(f) == 0 && ok;
+    ok = ::fsync(::fileno(f)) == 0 && ok;
+    ok = std::fclose(f) == 0 && ok;
+    if (!ok || std::rename(tmp.c_str(), keyring_file.c_str()) != 0) {
+      *error = std::string("cannot replace ") + keyring_file + ": " + std::strerror(errno);
+      std::remove(tmp.c_str());
+      return false;
+    }
+    return true;
+  }
 
   void publish_view() {
     size_t gt = 0, gu = 0, rt = 0, ru = 0;
@@ -95,6 +203,7 @@ struct cluster_glue::impl {
   }
 
   void maintain() {
+    if (keyring_dirty.exchange(false)) apply_desired();
     publish_view();
     state->persist_counters();
     if (std::chrono::steady_clock::now() >= next_gc) {
@@ -166,6 +275,14 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   glue->impl_->self_id = cfg.node.id;
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
+  glue->impl_->keyring_file = cc.keyring_file;
+  {
+    std::lock_guard lock(glue->impl_->keys_mutex);
+    glue->impl_->keys = initial_keys;
+    // The keyring file already holds what was applied before a restart: apply only newer ones.
+    if (auto e = glue->impl_->state->get(cluster::doc_family::breakers, desired_keyring_key))
+      glue->impl_->applied_keyring = e->version;
+  }
   glue->impl_->publish_keyring(initial_keys);
   glue->impl_->next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
   glue->impl_->maintenance.start(std::chrono::seconds(1),
@@ -357,9 +474,94 @@ bool cluster_glue::reload_keys(const std::string& keyring_file, std::string* err
     *error = ring.error;
     return false;
   }
+  {
+    std::lock_guard lock(impl_->keys_mutex);
+    impl_->keys = ring.keys;
+  }
   impl_->publish_keyring(ring.keys);
   impl_->gossip->set_keys(std::move(ring.keys));
   return true;
+}
+
+namespace {
+nlohmann::json key_error(const std::string& code, const std::string& message,
+                         nlohmann::json progress) {
+  return {{"error", code}, {"message", message}, {"progress", std::move(progress)}};
+}
+}  // namespace
+
+std::pair<int, nlohmann::json> cluster_glue::install_key(const std::string& base64_key) {
+  auto key = cluster::decode_key(base64_key);
+  if (!key) {
+    return {400,
+            {{"error", "bad_request"},
+             {"message", "\"key\" must be a base64 32-byte key (meridian keygen)"}}};
+  }
+  auto ring = impl_->desired_keys();
+  if (std::find(ring.begin(), ring.end(), *key) == ring.end()) {
+    if (ring.size() >= max_keyring_keys) {
+      return {409, key_error("too_many_keys",
+                             "the keyring holds " + std::to_string(max_keyring_keys) +
+                                 " keys: remove one first",
+                             keys_json())};
+    }
+    ring.push_back(*key);  // installed, not primary
+    auto r = impl_->write_desired(ring);
+    if (r.first != 200) return r;
+  }
+  return {200, {{"fingerprint", fingerprint(*key)}, {"progress", keys_json()}}};
+}
+
+std::pair<int, nlohmann::json> cluster_glue::use_key(const std::string& fp) {
+  auto ring = impl_->desired_keys();
+  auto it = std::find_if(ring.begin(), ring.end(),
+                         [&](const cluster::cluster_key& k) { return fingerprint(k) == fp; });
+  if (it == ring.end()) {
+    return {404, {{"error", "not_found"}, {"message", "no key " + fp + " in the keyring"}}};
+  }
+  auto progress = keys_json();
+  auto held = progress["keys"].contains(fp) ? progress["keys"][fp].value("installed_on", 0) : 0;
+  if (held < progress.value("alive", 0)) {
+    return {409, key_error("not_installed_everywhere",
+                           "key " + fp + " is installed on " + std::to_string(held) + " of " +
+                               std::to_string(progress.value("alive", 0)) +
+                               " live nodes: wait until every node holds it",
+                           progress)};
+  }
+  std::rotate(ring.begin(), it, it + 1);  // to the front, the others keep their order
+  auto r = impl_->write_desired(ring);
+  if (r.first != 200) return r;
+  return {200, {{"fingerprint", fp}, {"progress", keys_json()}}};
+}
+
+std::pair<int, nlohmann::json> cluster_glue::remove_key(const std::string& fp) {
+  auto ring = impl_->desired_keys();
+  auto it = std::find_if(ring.begin(), ring.end(),
+                         [&](const cluster::cluster_key& k) { return fingerprint(k) == fp; });
+  if (it == ring.end()) {
+    return {404, {{"error", "not_found"}, {"message", "no key " + fp + " in the keyring"}}};
+  }
+  auto progress = keys_json();
+  if (it == ring.begin()) {
+    return {409,
+            key_error("primary", "key " + fp + " is the primary: make another key primary first",
+                      progress)};
+  }
+  auto in_use = progress["keys"].contains(fp) ? progress["keys"][fp].value("primary_on", 0) : 0;
+  if (in_use > 0) {
+    return {409, key_error("in_use",
+                           "key " + fp + " is still primary on " + std::to_string(in_use) +
+                               " live node(s): wait until every node uses the new primary",
+                           progress)};
+  }
+  ring.erase(it);
+  auto r = impl_->write_desired(ring);
+  if (r.first != 200) return r;
+  return {200, {{"fingerprint", fp}, {"progress", keys_json()}}};
+}
+
+void cluster_glue::apply_desired_keyring() {
+  impl_->keyring_dirty.store(true);
 }
 
 uint16_t cluster_glue::gossip_port() const {

@@ -47,6 +47,20 @@ class cluster_glue {
   // Re-reads the keyring file and hands the keys to the gossip layer (config reload). Returns
   // false and sets *error when the file is unusable; the old keys then stay in force.
   bool reload_keys(const std::string& keyring_file, std::string* error);
+
+  // Key rotation through the admin API, in three steps an operator takes one after the other,
+  // watching keys_json() between them: install a key (base64), make it primary (only once every
+  // live node holds it), remove the old one (only once no live node uses it as primary). Each
+  // step writes the cluster's desired keyring, a replicated register; every node applies it
+  // (apply_desired_keyring): gossip keys, its keyring file (rewritten atomically, so a restart
+  // keeps them) and its published keyring. Returns (HTTP status, JSON body).
+  std::pair<int, nlohmann::json> install_key(const std::string& base64_key);
+  std::pair<int, nlohmann::json> use_key(const std::string& fingerprint);
+  std::pair<int, nlohmann::json> remove_key(const std::string& fingerprint);
+  // Marks the desired keyring for applying (within a second, on the maintenance thread) when it
+  // changed since this node last applied it. Called from the replicated state's change handler
+  // (breakers family); never blocks.
+  void apply_desired_keyring();
   // Leaves the cluster gracefully (others see `left`). Idempotent.
   void leave();
 

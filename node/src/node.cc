@@ -725,6 +725,7 @@ bool node::start(std::string* error) {
     d.cluster->state().set_change_handler([this](doc_family f) {
       if (f == doc_family::breakers) {
         impl_->adopt_breakers();
+        impl_->cluster->apply_desired_keyring();
         return;
       }
       if (f != doc_family::config) return;
@@ -752,6 +753,25 @@ bool node::start(std::string* error) {
     handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
     handlers.cluster_health = [this] { return impl_->cluster->health_json(); };
     handlers.cluster_keys = [this] { return impl_->cluster->keys_json(); };
+    handlers.cluster_keys_write = [this](const std::string& method, const std::string& fp,
+                                         const std::string& body) -> admin_reply {
+      auto& c = *impl_->cluster;
+      std::pair<int, nlohmann::json> r;
+      if (method == "POST") {
+        auto j = nlohmann::json::parse(body, nullptr, false);
+        if (!j.is_object() || !j.contains("key") || !j["key"].is_string()) {
+          return {400,
+                  {{"error", "bad_request"},
+                   {"message", "expected {\"key\": \"<base64 key from meridian keygen>\"}"}}};
+        }
+        r = c.install_key(j["key"].get<std::string>());
+      } else if (method == "PUT") {
+        r = c.use_key(fp);
+      } else {
+        r = c.remove_key(fp);
+      }
+      return {r.first, std::move(r.second)};
+    };
     handlers.cluster_leave = [this] {
       impl_->cluster->leave();
       return nlohmann::json{{"status", "left"}, {"node", impl_->cfg.node.id}};

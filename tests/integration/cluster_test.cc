@@ -566,6 +566,84 @@ namespace {
 
 // API keys: issued on one node, valid on every node within a second; revoked on one node,
 // refused everywhere within a second; the plaintext never reaches a store or a log.
+TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_every_node) {
+  const std::string old_key = read_key();
+  const std::string new_key = meridian::cluster::encode_key(meridian::cluster::generate_key());
+  // Each node its own keyring file: the API rewrites every node's file.
+  auto keyring_of = [&](int i) { return dir_.file("k" + std::to_string(i) + ".keys"); };
+  for (int i = 0; i < 3; ++i) {
+    write_file(keyring_of(i), old_key + "\n");
+    start(i, keyring_of(i));
+  }
+  auto all_alive = [&] {
+    return alive_count(0) == 3 && alive_count(1) == 3 && alive_count(2) == 3;
+  };
+  ASSERT_TRUE(eventually(all_alive, 5s));
+  auto progress = [&](int i) { return admin(i, "GET", "/cluster/keys").body; };
+  auto on_all = [&](int i, const std::string& fp, const char* what) {
+    auto v = progress(i);
+    return v.is_object() && v["alive"] == 3 && v["keys"].contains(fp) && v["keys"][fp][what] == 3;
+  };
+
+  EXPECT_EQ(admin(0, "POST", "/cluster/keys", R"({"key":"not-a-key"})").status, 400);
+  EXPECT_EQ(admin(0, "PUT", "/cluster/keys/0123456789abcdef/primary").status, 404);
+  // Install on node 0: every node holds it, the old key stays primary.
+  auto r = admin(0, "POST", "/cluster/keys", nlohmann::json{{"key", new_key}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body.dump();
+  const std::string new_fp = r.body["fingerprint"];
+  std::string old_fp;
+  for (const auto& [fp, n] : r.body["progress"]["keys"].items())
+    if (fp != new_fp) old_fp = fp;
+  ASSERT_FALSE(old_fp.empty()) << r.body.dump();
+  ASSERT_TRUE(eventually([&] { return on_all(2, new_fp, "installed_on"); }, 5s))
+      << progress(2).dump();
+  EXPECT_TRUE(on_all(2, old_fp, "primary_on"));
+  r = admin(1, "DELETE", "/cluster/keys/" + old_fp);
+  EXPECT_EQ(r.status, 409) << "the primary cannot be removed: " << r.body.dump();
+  // Use, from node 1 (409 not_installed_everywhere until node 1 has heard from every node):
+  // every node seals with the new key.
+  ASSERT_TRUE(eventually(
+      [&] {
+        r = admin(1, "PUT", "/cluster/keys/" + new_fp + "/primary");
+        EXPECT_TRUE(r.status == 200 || r.body["error"] == "not_installed_everywhere")
+            << r.body.dump();
+        return r.status == 200;
+      },
+      5s));
+  ASSERT_TRUE(eventually([&] { return on_all(0, new_fp, "primary_on"); }, 5s))
+      << progress(0).dump();
+  // Remove, from node 2 (409 in_use while it knows a node still sealing with the old key): the
+  // old key is gone everywhere, members never dropped.
+  ASSERT_TRUE(eventually(
+      [&] {
+        r = admin(2, "DELETE", "/cluster/keys/" + old_fp);
+        EXPECT_TRUE(r.status == 200 || r.body["error"] == "in_use") << r.body.dump();
+        return r.status == 200;
+      },
+      5s));
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto v = progress(0);
+        return v.is_object() && v["keys"].size() == 1 && on_all(0, new_fp, "installed_on");
+      },
+      5s))
+      << progress(0).dump();
+  EXPECT_TRUE(all_alive());
+  // Every node's file now holds the new key alone (a restart keeps it), and a node started with
+  // only the new key joins.
+  for (int i = 0; i < 3; ++i) {
+    std::ifstream in(keyring_of(i));
+    std::string line, keys;
+    while (std::getline(in, line))
+      if (!line.empty() && line[0] != '#') keys += line + "\n";
+    EXPECT_EQ(keys, new_key + "\n") << "node " << i;
+  }
+  write_file(dir_.file("new-only.keys"), new_key + "\n");
+  start(3, dir_.file("new-only.keys"));
+  EXPECT_TRUE(eventually([&] { return alive_count(0) == 4 && alive_count(3) == 4; }, 5s))
+      << nodes_[3]->log();
+}
+
 TEST_F(cluster_config, an_api_key_issued_on_one_node_works_everywhere_until_revoked) {
   start_cluster(3);
   ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
