@@ -14,7 +14,8 @@ const char* usage =
     "usage: meridian-sim --scenario "
     "dissemination|detection|false_positives|bandwidth|config|partition_heal\n"
     "                    [--nodes N] [--loss P] [--runs R] [--seed S] [--json]\n"
-    "                    [--lifeguard on|off] [--slow-nodes K] [--slow-delay-ms MS]\n"
+    "                    [--lifeguard on|off] [--tcp-fallback on|off]\n"
+    "                    [--slow-nodes K] [--slow-delay-ms MS]\n"
     "                    [--duration-s S] [--regions R] [--probe-interval-ms MS]\n"
     "                    [--probe-timeout-ms MS] [--suspicion-mult M] [--memberlist-defaults]\n";
 
@@ -42,6 +43,10 @@ meridian::sim::scenario_options parse(int argc, char** argv) {
       std::string v = value();
       if (v != "on" && v != "off") throw std::invalid_argument("--lifeguard takes on or off");
       o.lifeguard = v == "on";
+    } else if (a == "--tcp-fallback") {
+      std::string v = value();
+      if (v != "on" && v != "off") throw std::invalid_argument("--tcp-fallback takes on or off");
+      o.swim.tcp_fallback = v == "on";
     } else if (a == "--slow-nodes")
       o.slow_nodes = std::stoul(value());
     else if (a == "--slow-delay-ms")

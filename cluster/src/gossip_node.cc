@@ -516,6 +516,10 @@ uint32_t gossip_node::local_health() const {
   return impl_->on_io([this] { return impl_->swim->local_health(); });
 }
 
+std::map<std::string, double> gossip_node::region_rtt() const {
+  return impl_->on_io([this] { return impl_->swim->region_rtt(); });
+}
+
 const gossip_counters& gossip_node::counters() const {
   return impl_->counters;
 }

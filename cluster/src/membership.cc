@@ -116,6 +116,9 @@ struct membership::impl {
     bool stream_sent = false;  // TCP fallback started
     uint32_t expected_nacks = 0;
     uint32_t nacks = 0;
+    millis sent_at{0};
+    std::string target_address;
+    std::string target_region;
   };
   // A ping-req this node relays: ack or nack goes back to the asker under its seq.
   struct relay {
@@ -534,8 +537,29 @@ struct membership::impl {
     return nullptr;
   }
 
+  // Measured round trips to other regions (EWMA of direct probe acks, ms).
+  std::map<std::string, double> region_rtt_;
+  static constexpr double rtt_alpha = 0.2;
+  static constexpr millis max_rtt_allowance{2000};
+
+  void record_rtt(const std::string& region, millis rtt) {
+    if (region == self_.info.region || region.empty()) return;
+    double sample = static_cast<double>(rtt.count());
+    auto [it, fresh] = region_rtt_.emplace(region, sample);
+    if (!fresh) it->second += rtt_alpha * (sample - it->second);
+  }
+
+  // What a probe of a member in region waits beyond the same-region timeout.
+  millis region_allowance(const std::string& region) const {
+    if (region == self_.info.region) return millis(0);
+    millis measured{0};
+    if (auto it = region_rtt_.find(region); it != region_rtt_.end())
+      measured = std::min(max_rtt_allowance, millis(static_cast<int64_t>(it->second + 0.5)));
+    return std::max(cfg_.cross_region_extra, measured);
+  }
+
   millis probe_timeout_for(const member& m) const {
-    return scaled(cfg_.probe_timeout) + (other_region(m) ? cfg_.cross_region_extra : millis(0));
+    return scaled(cfg_.probe_timeout) + region_allowance(m.info.region);
   }
 
   void start_probe(millis now) {
@@ -557,6 +581,9 @@ struct membership::impl {
     if (cfg_.lifeguard && t->state == member_state::suspect)
       p.updates.push_back(update_of(*t, self_.info.id));
     std::string address = t->info.address;
+    probe_.sent_at = now;
+    probe_.target_address = address;
+    probe_.target_region = t->info.region;
     send(address, p);
   }
 
@@ -815,7 +842,7 @@ struct membership::impl {
       r.asker_seq = req.seq;
       millis timeout = cfg_.probe_timeout * 4 / 5;
       auto t = members_.find(req.target_id);
-      if (t != members_.end() && other_region(t->second)) timeout += cfg_.cross_region_extra;
+      if (t != members_.end()) timeout += region_allowance(t->second.info.region);
       r.nack_at = now + timeout;
       r.expire_at = now + 2 * timeout + cfg_.probe_timeout;
       relays_.emplace(seq, std::move(r));
@@ -825,6 +852,10 @@ struct membership::impl {
     }
     for (const auto& a : p.acks) {
       if (probe_.active && a.seq == probe_.seq) {
+        // A direct answer (not relayed) measures the round trip, late ones included: that is
+        // how a too-short timeout for a distant region corrects itself.
+        if (p.sender_address == probe_.target_address)
+          record_rtt(probe_.target_region, now - probe_.sent_at);
         finish_probe(true);
         continue;
       }
@@ -1024,6 +1055,9 @@ std::vector<member> membership::members() const {
 
 uint32_t membership::local_health() const {
   return impl_->health_;
+}
+std::map<std::string, double> membership::region_rtt() const {
+  return impl_->region_rtt_;
 }
 const membership_stats& membership::stats() const {
   return impl_->stats_;

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
@@ -384,6 +385,8 @@ nlohmann::json cluster_glue::health_json() const {
   auto& st = *impl_->state;
   bool same_config = st.converged(impl_->live_peers(), steady_ms());
   auto stats = st.stats();
+  nlohmann::json rtt = nlohmann::json::object();
+  for (const auto& [region, ms] : impl_->gossip->region_rtt()) rtt[region] = std::lround(ms);
   char digest[17];
   std::snprintf(digest, sizeof digest, "%016llx",
                 static_cast<unsigned long long>(st.digest(cluster::doc_family::config)));
@@ -395,7 +398,8 @@ nlohmann::json cluster_glue::health_json() const {
           {"config_digest", digest},
           {"converged", healthy && same_config},
           {"clock_skew_ms", stats.max_clock_skew_ms},
-          {"local_health", impl_->gossip->local_health()}};
+          {"local_health", impl_->gossip->local_health()},
+          {"region_rtt_ms", rtt}};
 }
 
 std::string cluster_glue::metrics_text() const {
@@ -408,6 +412,17 @@ std::string cluster_glue::metrics_text() const {
   for (const auto& [key, n] : by) {
     out += "meridian_cluster_members{region=\"" + key.first + "\",state=\"" + key.second + "\"} " +
            std::to_string(n) + "\n";
+  }
+  auto rtts = impl_->gossip->region_rtt();
+  if (!rtts.empty()) {
+    out +=
+        "# HELP meridian_cluster_region_rtt_ms Measured round trip to each other region (EWMA of "
+        "direct probe acks); added to cross-region probe timeouts.\n"
+        "# TYPE meridian_cluster_region_rtt_ms gauge\n";
+    for (const auto& [region, ms] : rtts) {
+      out += "meridian_cluster_region_rtt_ms{region=\"" + region + "\"} " +
+             std::to_string(std::lround(ms)) + "\n";
+    }
   }
   auto st = impl_->gossip->stats();
   const auto& c = impl_->gossip->counters();

@@ -7,6 +7,7 @@
 // cluster gracefully (others see `left`, not `dead`). All public methods are thread-safe.
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,6 +73,7 @@ class gossip_node {
   std::vector<member> members() const;
   membership_stats stats() const;
   uint32_t local_health() const;
+  std::map<std::string, double> region_rtt() const;  // membership::region_rtt
   const gossip_counters& counters() const;
 
  private:

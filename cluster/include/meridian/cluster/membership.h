@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,7 +27,9 @@ using millis = std::chrono::milliseconds;  // time since an arbitrary origin (st
 struct swim_config {
   millis probe_interval{1000};
   millis probe_timeout{500};     // direct ack deadline; the round's indirect probes get the rest
-  millis cross_region_extra{0};  // added to probe_timeout for members in other regions
+  millis cross_region_extra{0};  // added to probe_timeout for members in other regions (at least:
+                                 // the measured round trip to the member's region is added when
+                                 // larger, see membership::region_rtt)
   uint32_t indirect_checks = 3;  // k members asked to ping-req a target
   uint32_t suspicion_mult = 4;   // suspicion timeout = mult * log10(N) * probe_interval (min)
   uint32_t suspicion_max_mult =
@@ -159,6 +162,10 @@ class membership {
   // Lifeguard local health score (0 = healthy).
   uint32_t local_health() const;
   const membership_stats& stats() const;
+  // The measured round trip to each other region (ms, an EWMA of direct probe acks). A probe of
+  // a member in another region waits probe_timeout + max(cross_region_extra, this), so distant
+  // regions are not suspected for being far away.
+  std::map<std::string, double> region_rtt() const;
 
  private:
   struct impl;
