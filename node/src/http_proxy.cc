@@ -1156,30 +1156,33 @@ bool client_session::authenticate_jwt() {
     www_authenticate_ = "Bearer realm=\"meridian\"";
     return false;
   }
-  jwt_result result;
+  std::shared_ptr<const jwt_result> verified;
   auto now = std::chrono::system_clock::now();
   for (const auto* p : route_->jwt_providers) {
     auto keys = p->keys.load();
-    result = verify_jwt(token, *keys, p->rules, now);
-    if (result.ok) break;
+    verified = p->cache.verify(token, keys, p->rules, now);
+    if (verified->ok) break;
     // A kid these keys lack: maybe the issuer rotated. Ask the refresher (jwks_url only).
-    if (result.error == "unknown_kid" && !p->cfg->jwks_url.empty())
+    if (verified->error == "unknown_kid" && !p->cfg->jwks_url.empty())
       const_cast<jwt_provider*>(p)->refresh_wanted.store(true, std::memory_order_relaxed);
   }
-  if (!result.ok) {
+  if (!verified || !verified->ok) {
     local_code_ = "invalid_token";
-    auth_failure_message_ = result.message.empty() ? result.error : result.message;
+    auth_failure_message_ = !verified                   ? std::string("no key set verifies tokens")
+                            : verified->message.empty() ? verified->error
+                                                        : verified->message;
     local_message_ = auth_failure_message_.c_str();
     www_authenticate_ = "Bearer realm=\"meridian\", error=\"invalid_token\"";
     return false;
   }
   local_status_ = 0;
-  if (auto sub = result.claims.find("sub"); sub != result.claims.end() && sub->is_string()) {
+  const auto& claims = verified->claims;
+  if (auto sub = claims.find("sub"); sub != claims.end() && sub->is_string()) {
     consumer_ = sub->get<std::string>();
   }
   for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
-    auto it = result.claims.find(claim);
-    if (it == result.claims.end() || it->is_null()) continue;
+    auto it = claims.find(claim);
+    if (it == claims.end() || it->is_null()) continue;
     std::string value = it->is_string() ? it->get<std::string>() : it->dump();
     if (value.find_first_of("\r\n") != std::string::npos) continue;  // never split a header
     auth_headers_.emplace_back(header, std::move(value));

@@ -498,6 +498,21 @@ bool numeric_date(const nlohmann::json& claims, const char* name, std::optional<
   return true;
 }
 
+// Checks exp, nbf and iat (with the rules' leeway) at now. ok when they pass.
+jwt_result check_times(std::optional<double> exp, std::optional<double> nbf,
+                       std::optional<double> iat, const jwt_rules& rules,
+                       std::chrono::system_clock::time_point now) {
+  const double t = seconds_since_epoch(now);
+  const double leeway = static_cast<double>(rules.leeway.count());
+  if (!exp && rules.require_exp) return fail("missing_exp", "token has no exp claim");
+  if (exp && t >= *exp + leeway) return fail("expired", "token has expired");
+  if (nbf && t + leeway < *nbf) return fail("not_yet_valid", "token is not valid yet (nbf)");
+  if (iat && t + leeway < *iat) return fail("not_yet_valid", "token was issued in the future");
+  jwt_result ok;
+  ok.ok = true;
+  return ok;
+}
+
 jwt_result check_claims(nlohmann::json claims, const jwt_rules& rules,
                         std::chrono::system_clock::time_point now) {
   std::optional<double> exp, nbf, iat;
@@ -505,12 +520,7 @@ jwt_result check_claims(nlohmann::json claims, const jwt_rules& rules,
       !numeric_date(claims, "iat", &iat)) {
     return fail("malformed", "exp, nbf and iat must be numbers");
   }
-  const double t = seconds_since_epoch(now);
-  const double leeway = static_cast<double>(rules.leeway.count());
-  if (!exp && rules.require_exp) return fail("missing_exp", "token has no exp claim");
-  if (exp && t >= *exp + leeway) return fail("expired", "token has expired");
-  if (nbf && t + leeway < *nbf) return fail("not_yet_valid", "token is not valid yet (nbf)");
-  if (iat && t + leeway < *iat) return fail("not_yet_valid", "token was issued in the future");
+  if (auto r = check_times(exp, nbf, iat, rules, now); !r.ok) return r;
 
   if (!rules.issuer.empty()) {
     auto iss = claims.find("iss");
@@ -684,6 +694,47 @@ jwt_result verify_jwt(std::string_view token, const jwks& keys, const jwt_rules&
     // Not expected (inputs are checked before use); kept so a bug cannot take down a worker.
     return fail("internal", e.what());
   }
+}
+
+// ---- verified_jwt_cache ---------------------------------------------------------------------
+
+verified_jwt_cache::verified_jwt_cache(size_t capacity)
+    : per_shard_(std::max<size_t>(capacity / shard_count, 1)) {}
+
+verified_jwt_cache::~verified_jwt_cache() = default;
+
+std::shared_ptr<const jwt_result> verified_jwt_cache::verify(
+    std::string_view token, const std::shared_ptr<const jwks>& keys, const jwt_rules& rules,
+    std::chrono::system_clock::time_point now) {
+  const uint64_t h = std::hash<std::string_view>{}(token);
+  shard& s = shards_[h % shard_count];
+  {
+    std::lock_guard lock(s.mu);
+    auto it = s.entries.find(h);
+    if (it != s.entries.end() && it->second.token == token && it->second.keys == keys) {
+      const entry& e = it->second;
+      // The signature and the other claims were checked once; time moves on.
+      if (auto r = check_times(e.exp, e.nbf, e.iat, rules, now); !r.ok) {
+        return std::make_shared<const jwt_result>(std::move(r));
+      }
+      hits_.fetch_add(1, std::memory_order_relaxed);
+      return e.result;
+    }
+  }
+  misses_.fetch_add(1, std::memory_order_relaxed);
+  auto result = std::make_shared<const jwt_result>(verify_jwt(token, *keys, rules, now));
+  if (!result->ok) return result;  // failures are not cached: a bad token costs a full check
+  entry e;
+  e.token.assign(token);
+  e.keys = keys;
+  e.result = result;
+  numeric_date(result->claims, "exp", &e.exp);
+  numeric_date(result->claims, "nbf", &e.nbf);
+  numeric_date(result->claims, "iat", &e.iat);
+  std::lock_guard lock(s.mu);
+  if (s.entries.size() >= per_shard_ && !s.entries.count(h)) s.entries.erase(s.entries.begin());
+  s.entries[h] = std::move(e);
+  return result;
 }
 
 }  // namespace meridian::node

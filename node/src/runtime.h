@@ -148,6 +148,7 @@ struct jwt_provider {
   // Replaced whole when a jwks_url is re-fetched; workers load it once per verification.
   std::atomic<std::shared_ptr<const jwks>> keys;
   jwt_rules rules;
+  mutable verified_jwt_cache cache;         // tokens verified before (per key set)
   std::atomic<bool> refresh_wanted{false};  // a token named a kid these keys lack
   std::atomic<int64_t> fetched_ms{0};       // steady ms of the last fetch
   std::atomic<int64_t> last_wanted_ms{0};   // steady ms of the last kid-miss refresh

@@ -787,5 +787,37 @@ TEST(jwt, an_empty_key_set_parses_and_verifies_nothing) {
             "unknown_kid");
 }
 
+TEST(jwt_cache, a_token_verified_once_is_served_from_the_cache_until_it_expires) {
+  auto keys = all_keys();
+  verified_jwt_cache cache;
+  auto token = make_token({{"alg", "EdDSA"}, {"kid", "ed"}}, good_claims(), ed_key());
+  ASSERT_TRUE(cache.verify(token, keys, default_rules(), now)->ok);
+  auto again = cache.verify(token, keys, default_rules(), now + 10s);
+  ASSERT_TRUE(again->ok);
+  EXPECT_EQ(again->claims["sub"], "alice");
+  EXPECT_EQ(cache.hits(), 1u);
+  EXPECT_EQ(cache.misses(), 1u);
+  // Time claims are checked on every hit: past exp + leeway the cached token is refused.
+  auto late = cache.verify(token, keys, default_rules(), now + 300s + 61s);
+  EXPECT_FALSE(late->ok);
+  EXPECT_EQ(late->error, "expired");
+}
+
+TEST(jwt_cache, a_new_key_set_verifies_again_and_failures_are_not_cached) {
+  auto keys = all_keys();
+  verified_jwt_cache cache;
+  auto token = make_token({{"alg", "HS256"}, {"kid", "hmac"}}, good_claims(), hmac_key());
+  ASSERT_TRUE(cache.verify(token, keys, default_rules(), now)->ok);
+  // The issuer rotated its keys and dropped the HMAC one: the cached success does not count.
+  auto rotated = parse_or_die({{"keys", {ed_key().jwk("ed")}}});
+  EXPECT_FALSE(cache.verify(token, rotated, default_rules(), now)->ok);
+  EXPECT_FALSE(cache.verify(token, rotated, default_rules(), now)->ok);
+  EXPECT_EQ(cache.hits(), 0u);
+  EXPECT_EQ(cache.misses(), 3u);
+  // A forged token that only shares a prefix with a cached one is checked in full.
+  auto forged = replace_part(token, 2, b64url("not the signature"));
+  EXPECT_FALSE(cache.verify(forged, keys, default_rules(), now)->ok);
+}
+
 }  // namespace
 }  // namespace meridian::node
