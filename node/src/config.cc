@@ -1029,7 +1029,22 @@ void parse_auth(diagnostics& d, const field& f, std::optional<auth_config>& out,
   }
   if (auto v = m.take("groups")) read_string_list(d, *v, auth.groups);
   if (auto v = m.take("query_key")) read_bool(d, *v, auth.query_key);
+  int requirement_line = 0;
+  if (auto v = m.take("scopes")) {
+    read_string_list(d, *v, auth.scopes);
+    requirement_line = v->line;
+  }
+  if (auto v = m.take("claims")) {
+    for (string_pair& p : read_string_map(d, *v))
+      auth.claims.emplace_back(std::move(p.key), std::move(p.value));
+    requirement_line = requirement_line ? requirement_line : v->line;
+  }
   bool uses_jwt = std::find(auth.methods.begin(), auth.methods.end(), "jwt") != auth.methods.end();
+  if (requirement_line && !uses_jwt && !auth.methods.empty()) {
+    d.add(requirement_line, f.path +
+                                ": scopes and claims are requirements on a JWT, but methods "
+                                "does not include jwt");
+  }
   if (!auth.jwt.empty() && !uses_jwt && !auth.methods.empty()) {
     d.add(refs.jwt_line,
           f.path + ": jwt provider '" + auth.jwt + "' is named but methods does not include jwt");

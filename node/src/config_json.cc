@@ -156,6 +156,8 @@ json route_to_json(const route_config& r) {
     put_if(auth, "claims_to_headers", r.auth->claims_to_headers);
     if (!r.auth->groups.empty()) auth["groups"] = r.auth->groups;
     if (r.auth->query_key) auth["query_key"] = true;
+    if (!r.auth->scopes.empty()) auth["scopes"] = r.auth->scopes;
+    put_if(auth, "claims", r.auth->claims);
     out["auth"] = std::move(auth);
   }
   if (r.fallback) {

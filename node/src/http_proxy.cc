@@ -433,6 +433,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // 403 prepared. On success the consumer's identity headers are queued for the upstream.
   bool authenticate();
   bool authenticate_api_key(std::string_view query);
+  // Checks the verified token against the route's scopes and claims; sets
+  // auth_failure_message_ when it falls short.
+  bool token_meets(const auth_config& auth);
   // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
   bool check_rate_limits();
   // Holds the request for delay_ms_ (a rate limit's max_delay), then dispatches it.
@@ -496,7 +499,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   bool strip_authorization_ = false;
   const char* local_code_ = "";
   const char* local_message_ = "";
-  std::string auth_failure_message_;  // owns local_message_ for token failures
+  std::string auth_failure_message_;                // owns local_message_ for token failures
+  std::shared_ptr<const jwt_result> verified_jwt_;  // the request's verified token, if any
 
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;
@@ -915,6 +919,7 @@ void client_session::begin_request() {
   www_authenticate_.clear();
   rate_limit_headers_.clear();
   consumer_.clear();
+  verified_jwt_.reset();
   delay_ms_ = 0;
   auth_headers_.clear();
   strip_authorization_ = false;
@@ -1176,6 +1181,7 @@ bool client_session::authenticate_jwt() {
     return false;
   }
   local_status_ = 0;
+  verified_jwt_ = verified;
   const auto& claims = verified->claims;
   if (auto sub = claims.find("sub"); sub != claims.end() && sub->is_string()) {
     consumer_ = sub->get<std::string>();
@@ -1265,6 +1271,12 @@ bool client_session::authenticate() {
       return false;
     }
   }
+  if ((!auth.scopes.empty() || !auth.claims.empty()) && !token_meets(auth)) {
+    local_status_ = 403;
+    local_code_ = "forbidden";
+    local_message_ = auth_failure_message_.c_str();
+    return false;
+  }
   if (!consumer_.empty()) {
     bool mapped = false;  // claims_to_headers may already carry it
     for (const auto& [k, v] : auth_headers_) mapped = mapped || iequals(k, "x-consumer-id");
@@ -1273,6 +1285,66 @@ bool client_session::authenticate() {
       std::string list;
       for (const auto& g : *groups) list += (list.empty() ? "" : ",") + g;
       auth_headers_.emplace_back("X-Consumer-Groups", std::move(list));
+    }
+  }
+  return true;
+}
+
+namespace {
+
+// True when a scope list ("scope": "a b c" or "scp": ["a", "b"] / "a b") holds want.
+bool has_scope(const nlohmann::json& claims, std::string_view want) {
+  for (const char* name : {"scope", "scp"}) {
+    auto it = claims.find(name);
+    if (it == claims.end()) continue;
+    if (it->is_array()) {
+      for (const auto& s : *it)
+        if (s.is_string() && s.get_ref<const std::string&>() == want) return true;
+    } else if (it->is_string()) {
+      std::string_view list = it->get_ref<const std::string&>();
+      while (!list.empty()) {
+        size_t sp = list.find(' ');
+        if (list.substr(0, sp) == want) return true;
+        if (sp == std::string_view::npos) break;
+        list.remove_prefix(sp + 1);
+      }
+    }
+  }
+  return false;
+}
+
+// True when claim equals want (a string; numbers and booleans by their JSON text) or, for an
+// array claim, contains it.
+bool claim_matches(const nlohmann::json& claims, const std::string& name, const std::string& want) {
+  auto it = claims.find(name);
+  if (it == claims.end()) return false;
+  auto one = [&](const nlohmann::json& v) {
+    return v.is_string() ? v.get_ref<const std::string&>() == want : v.dump() == want;
+  };
+  if (!it->is_array()) return one(*it);
+  for (const auto& v : *it)
+    if (one(v)) return true;
+  return false;
+}
+
+}  // namespace
+
+bool client_session::token_meets(const auth_config& auth) {
+  if (!verified_jwt_) {
+    auth_failure_message_ = "this route needs a token with the required scopes or claims";
+    return false;
+  }
+  const auto& claims = verified_jwt_->claims;
+  for (const auto& want : auth.scopes) {
+    if (!has_scope(claims, want)) {
+      auth_failure_message_ = "token lacks scope " + want;
+      return false;
+    }
+  }
+  for (const auto& [name, want] : auth.claims) {
+    if (!claim_matches(claims, name, want)) {
+      auth_failure_message_ = "token claim " + name + " is not " + want;
+      return false;
     }
   }
   return true;

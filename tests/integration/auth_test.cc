@@ -68,6 +68,8 @@ class jwt_auth : public ::testing::Test {
         "]\n"
         "routes:\n  - name: private\n    match: {path_prefix: /private}\n    upstream: u\n"
         "    auth: {methods: [jwt], jwt: main, claims_to_headers: {sub: x-consumer-id}}\n"
+        "  - name: admin\n    match: {path_prefix: /admin}\n    upstream: u\n"
+        "    auth: {methods: [jwt], jwt: main, scopes: [write], claims: {role: admin}}\n"
         "  - name: public\n    match: {path_prefix: /}\n    upstream: u\n");
     ASSERT_TRUE(node_->ok());
   }
@@ -123,6 +125,38 @@ TEST_F(jwt_auth, bad_signature_expired_wrong_audience_and_alg_none_are_refused) 
     EXPECT_NE(res->body.find("invalid_token"), std::string::npos) << res->body;
   }
   EXPECT_EQ(up_.hits.load(), 0);
+}
+
+TEST_F(jwt_auth, scopes_and_claims_a_valid_token_lacks_get_403_not_401) {
+  auto get = [&](nlohmann::json claims) {
+    auto res = node_->client().Get("/admin/x", {{"Authorization", "Bearer " + hs256(claims)}});
+    return res ? std::make_pair(res->status, res->body) : std::make_pair(0, std::string());
+  };
+  auto claims = good_claims();
+  claims["scope"] = "read write";
+  claims["role"] = "admin";
+  EXPECT_EQ(get(claims).first, 200);
+  auto scp = good_claims();  // "scp" as an array works too, and array claims contain the value
+  scp["scp"] = {"write"};
+  scp["role"] = {"user", "admin"};
+  EXPECT_EQ(get(scp).first, 200);
+  int hits = up_.hits.load();
+  auto no_scope = claims;
+  no_scope["scope"] = "read writer";  // a scope list is split on spaces, not searched
+  auto r = get(no_scope);
+  EXPECT_EQ(r.first, 403);
+  EXPECT_NE(r.second.find("\"error\":\"forbidden\""), std::string::npos) << r.second;
+  EXPECT_NE(r.second.find("token lacks scope write"), std::string::npos) << r.second;
+  auto wrong_role = claims;
+  wrong_role["role"] = "user";
+  r = get(wrong_role);
+  EXPECT_EQ(r.first, 403);
+  EXPECT_NE(r.second.find("token claim role is not admin"), std::string::npos) << r.second;
+  EXPECT_EQ(up_.hits.load(), hits) << "refused requests never reach the upstream";
+  // An invalid token is still 401, scopes or not.
+  auto expired = claims;
+  expired["exp"] = expired["iat"].get<int64_t>() - 1000;
+  EXPECT_EQ(get(expired).first, 401);
 }
 
 TEST_F(jwt_auth, routes_without_auth_stay_open) {

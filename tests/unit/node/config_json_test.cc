@@ -54,7 +54,8 @@ config sample_config() {
   r.strip_prefix = "/api";
   r.request_headers.add = {{"x-gateway", "meridian"}};
   r.request_headers.remove = {"x-internal"};
-  r.auth = auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}, {}, false};
+  r.auth = auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}, {}, false, {"read"},
+                       {{"role", "admin"}}};
   r.rate_limits.push_back({100, 1min, "consumer", "sliding_window", "global"});
   c.routes.push_back(r);
 
@@ -114,7 +115,7 @@ TEST(config_json, route_mirrors_the_yaml_shape) {
             nlohmann::json::parse(R"({"add":{"x-gateway":"meridian"},"remove":["x-internal"]})"));
   EXPECT_FALSE(r.contains("response_headers"));
   EXPECT_EQ(r["auth"], nlohmann::json::parse(R"({"methods":["api_key","jwt"],"jwt":"main",
-      "claims_to_headers":{"sub":"x-consumer-id"}})"));
+      "claims_to_headers":{"sub":"x-consumer-id"},"scopes":["read"],"claims":{"role":"admin"}})"));
 }
 
 TEST(config_json, one_rate_limit_is_a_map_and_several_are_a_list) {

@@ -467,6 +467,18 @@ jwt:
   EXPECT_EQ(c.jwt[0].jwks_url, "https://issuer.example/.well-known/jwks.json");
 }
 
+TEST(config, scopes_and_claims_need_the_jwt_method) {
+  config_result r = parse(std::string(minimal) + R"(upstreams: [{name: a, targets: [127.0.0.1:1]}]
+routes:
+  - name: r
+    upstream: a
+    auth: {methods: [api_key], scopes: [read]}
+)");
+  ASSERT_EQ(r.errors.size(), 1u);
+  EXPECT_NE(r.errors[0].message.find("methods does not include jwt"), std::string::npos)
+      << r.errors[0].message;
+}
+
 TEST(config, retries_on_lists_exactly_what_is_retried) {
   config c = parse_ok(std::string(minimal) + R"(upstreams:
   - name: a

@@ -195,6 +195,11 @@ struct auth_config {
   header_list claims_to_headers;
   std::vector<std::string> groups;  // non-empty: the consumer must be in one of these (403)
   bool query_key = false;           // api_key may also come as ?apikey=
+  // Requirements on the verified JWT (403 when unmet; a request authenticated otherwise cannot
+  // meet them): every scope in the token's "scope" (space-separated) or "scp" (array or string),
+  // and every claim equal to its value (or, for an array claim, containing it).
+  std::vector<std::string> scopes;
+  header_list claims;
 };
 
 // A route may carry this many rate limits at most (each request checks all of them).
