@@ -1006,13 +1006,13 @@ void parse_auth(diagnostics& d, const field& f, std::optional<auth_config>& out,
   if (auto v = m.require("methods")) {
     for_each_item(d, *v, [&](const field& item) {
       std::string method;
-      if (!read_choice(d, item, method, {"api_key", "jwt"})) return;
+      if (!read_choice(d, item, method, {"api_key", "jwt", "oauth"})) return;
       if (std::find(auth.methods.begin(), auth.methods.end(), method) == auth.methods.end()) {
         auth.methods.push_back(std::move(method));
       }
     });
     if (v->node.IsSequence() && v->node.size() == 0) {
-      d.add(v->line, v->path + ": must list at least one of api_key, jwt");
+      d.add(v->line, v->path + ": must list at least one of api_key, jwt, oauth");
     }
   }
   if (auto v = m.take("jwt")) {
@@ -1040,10 +1040,12 @@ void parse_auth(diagnostics& d, const field& f, std::optional<auth_config>& out,
     requirement_line = requirement_line ? requirement_line : v->line;
   }
   bool uses_jwt = std::find(auth.methods.begin(), auth.methods.end(), "jwt") != auth.methods.end();
-  if (requirement_line && !uses_jwt && !auth.methods.empty()) {
+  bool uses_oauth =
+      std::find(auth.methods.begin(), auth.methods.end(), "oauth") != auth.methods.end();
+  if (requirement_line && !uses_jwt && !uses_oauth && !auth.methods.empty()) {
     d.add(requirement_line, f.path +
                                 ": scopes and claims are requirements on a JWT, but methods "
-                                "does not include jwt");
+                                "does not include jwt or oauth");
   }
   if (!auth.jwt.empty() && !uses_jwt && !auth.methods.empty()) {
     d.add(refs.jwt_line,
@@ -1199,6 +1201,35 @@ jwt_config parse_jwt(diagnostics& d, const field& f) {
   return j;
 }
 
+oauth_config parse_oauth(diagnostics& d, const field& f) {
+  oauth_config o;
+  o.line = f.line;
+  map_reader m(d, f);
+  if (!m.ok()) return o;
+  if (auto v = m.require("issuer")) read_string(d, *v, o.issuer, false);
+  if (auto v = m.take("audience")) read_string(d, *v, o.audience, false);
+  for (auto [key, out] :
+       {std::pair{"token_path", &o.token_path}, std::pair{"introspect_path", &o.introspect_path},
+        std::pair{"revoke_path", &o.revoke_path}}) {
+    if (auto v = m.take(key)) {
+      if (read_string(d, *v, *out, false) && (out->empty() || out->front() != '/'))
+        d.add(v->line, v->path + ": must start with /");
+    }
+  }
+  if (auto v = m.take("access_token_ttl")) {
+    if (read_duration(d, *v, o.access_token_ttl) && o.access_token_ttl < std::chrono::seconds(10))
+      d.add(v->line, v->path + ": must be at least 10s");
+  }
+  if (auto v = m.take("scopes")) read_string_list(d, *v, o.scopes);
+  for (const auto& s : o.scopes) {
+    if (s.empty() || s.find_first_of(" \"\\") != std::string::npos)
+      d.add(f.line, f.path + ".scopes: '" + s + "' is not a scope token");
+  }
+  if (o.audience.empty()) o.audience = o.issuer;
+  m.finish();
+  return o;
+}
+
 // --- whole document ---
 
 // Reports the second and later object with a name already used, pointing at the first.
@@ -1258,6 +1289,11 @@ void check_references(diagnostics& d, const config& cfg, const std::vector<route
     if (uses_jwt && cfg.jwt.empty()) {
       d.add(refs[i].auth_line, label + ": auth uses jwt but no jwt providers are configured");
     }
+    bool uses_oauth =
+        std::find(r.auth->methods.begin(), r.auth->methods.end(), "oauth") != r.auth->methods.end();
+    if (uses_oauth && !cfg.oauth) {
+      d.add(refs[i].auth_line, label + ": auth uses oauth but there is no oauth section");
+    }
   }
 }
 
@@ -1304,6 +1340,7 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
   if (auto v = m.take("jwt")) {
     for_each_item(d, *v, [&](const field& item) { cfg.jwt.push_back(parse_jwt(d, item)); });
   }
+  if (auto v = m.take("oauth")) cfg.oauth = parse_oauth(d, *v);
   m.finish();
   check_references(d, cfg, refs);
 }
@@ -1570,6 +1607,11 @@ compose_result compose_config(const config& base, const std::vector<config_docum
     if (r.auth && out.cfg.jwt.empty() &&
         std::find(r.auth->methods.begin(), r.auth->methods.end(), "jwt") != r.auth->methods.end()) {
       problems.push_back("auth uses jwt but this node has no jwt providers");
+    }
+    if (r.auth && !out.cfg.oauth &&
+        std::find(r.auth->methods.begin(), r.auth->methods.end(), "oauth") !=
+            r.auth->methods.end()) {
+      problems.push_back("auth uses oauth but this node has no oauth section");
     }
     for (const auto& p : problems) out.errors.push_back(route_labels[i] + ": " + p);
     if (problems.empty()) kept.push_back(r);

@@ -210,10 +210,21 @@ nlohmann::json config_to_json(const config& c) {
   for (const auto& consumer : c.consumers) consumers.push_back(consumer_to_json(consumer));
   json jwt = json::array();
   for (const auto& j : c.jwt) jwt.push_back(jwt_to_json(j));
-  return {{"routes", std::move(routes)},
-          {"upstreams", std::move(upstreams)},
-          {"consumers", std::move(consumers)},
-          {"jwt", std::move(jwt)}};
+  json out = {{"routes", std::move(routes)},
+              {"upstreams", std::move(upstreams)},
+              {"consumers", std::move(consumers)},
+              {"jwt", std::move(jwt)}};
+  if (c.oauth) {
+    const auto& o = *c.oauth;
+    out["oauth"] = {{"issuer", o.issuer},
+                    {"audience", o.audience},
+                    {"token_path", o.token_path},
+                    {"introspect_path", o.introspect_path},
+                    {"revoke_path", o.revoke_path},
+                    {"access_token_ttl", std::to_string(o.access_token_ttl.count()) + "ms"},
+                    {"scopes", o.scopes}};
+  }
+  return out;
 }
 
 }  // namespace meridian::node

@@ -28,9 +28,11 @@
 #include <boost/beast/http/verb.hpp>
 #include <condition_variable>
 #include <mutex>
+#include <span>
 #include <thread>
 
 #include "byte_buffer.h"
+#include "oauth.h"
 
 namespace meridian::node {
 namespace {
@@ -393,7 +395,17 @@ class client_session : public std::enable_shared_from_this<client_session> {
   size_t index_in_worker = 0;
 
  private:
-  enum class phase { idle, head, delayed, connecting, proxying, closing, lingering, closed };
+  enum class phase {
+    idle,
+    head,
+    local_body,  // reading the body of a request the gateway answers itself (OAuth)
+    delayed,
+    connecting,
+    proxying,
+    closing,
+    lingering,
+    closed
+  };
   enum class failure { connect, connect_timeout, reset, timeout };
   struct field_view {
     http::field f;
@@ -421,6 +433,14 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Feeds the target's circuit breaker; queues a transition for publishing.
   void record_breaker(bool success);
   void send_error(int status, std::string_view code, std::string_view message);
+  // True once in_ holds the blank line that ends a request head (scans only new bytes).
+  bool head_complete();
+  // Answers the request with a response the gateway made (status, body, extra headers).
+  void send_local(int status, std::string_view content_type, std::string_view body,
+                  std::span<const std::pair<std::string, std::string>> headers);
+  // Recognizes the OAuth endpoints (before routing); true when this request is one.
+  bool match_oauth_endpoint(std::string_view path);
+  void answer_oauth();
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
   void release_upstream(bool reuse);
   void record_done();
@@ -501,6 +521,13 @@ class client_session : public std::enable_shared_from_this<client_session> {
   const char* local_message_ = "";
   std::string auth_failure_message_;                // owns local_message_ for token failures
   std::shared_ptr<const jwt_result> verified_jwt_;  // the request's verified token, if any
+  // A request to one of the OAuth endpoints (answered here, body read into oauth_body_).
+  size_t head_scanned_ = 0;  // bytes of in_ already searched for the end of the head
+  bool oauth_endpoint_ = false;
+  oauth_authority::endpoint oauth_kind_ = oauth_authority::endpoint::token;
+  std::string oauth_authorization_;
+  std::string oauth_body_;
+  static constexpr size_t max_oauth_body = 16 * 1024;
 
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;
@@ -803,9 +830,10 @@ void client_session::check_deadline(int64_t now) {
       close();
       break;
     case phase::head:
+    case phase::local_body:  // a body the gateway reads itself: within the head's deadline
       w_.stats.header_timeouts.add();
       close_after_response_ = true;
-      send_error(408, "request_timeout", "the request head did not arrive in time");
+      send_error(408, "request_timeout", "the request did not arrive in time");
       break;
     case phase::delayed:  // the timer fires long before; a stuck one ends the connection
       close();
@@ -920,6 +948,9 @@ void client_session::begin_request() {
   rate_limit_headers_.clear();
   consumer_.clear();
   verified_jwt_.reset();
+  oauth_endpoint_ = false;
+  oauth_body_.clear();
+  head_scanned_ = 0;
   delay_ms_ = 0;
   auth_headers_.clear();
   strip_authorization_ = false;
@@ -931,6 +962,14 @@ void client_session::begin_request() {
 }
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
+bool client_session::head_complete() {
+  std::string_view buffered(in_.data(), in_.size());
+  size_t from = head_scanned_ > 3 ? head_scanned_ - 3 : 0;
+  head_scanned_ = buffered.size();
+  return buffered.find("\r\n\r\n", from) != std::string_view::npos ||
+         buffered.find("\n\n", from) != std::string_view::npos;
+}
+
 void client_session::process_input() {
   if (reading_into_in_) return;  // resumed when the read completes
   while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
@@ -948,10 +987,27 @@ void client_session::process_input() {
         started_ = steady_clock::now();
         deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
       }
+      // The parser sees the head only once it is complete. Beast parses a partial head field by
+      // field and expects the consumed bytes gone on the next call, but the views it handed out
+      // (target, Host, every field) point into in_, which may move when it grows: so wait for
+      // the blank line that ends the head, then parse it in one call.
+      if (!head_complete()) {
+        if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
+          close_after_response_ = true;
+          w_.stats.bad_requests.add();
+          send_error(431, "headers_too_large", "request header block exceeds the limit");
+          return;
+        }
+        start_client_read();
+        return;
+      }
       error_code ec;
       size_t used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
       if (phase_ == phase::closing || phase_ == phase::closed) return;  // answered by a callback
       if (ec == http::error::need_more) {
+        // Only empty lines before the request line can be consumed without a head.
+        in_.consume(used);
+        head_scanned_ = 0;
         if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
           close_after_response_ = true;
           w_.stats.bad_requests.add();
@@ -974,6 +1030,7 @@ void client_session::process_input() {
         return;
       }
       in_.consume(used);
+      head_scanned_ = 0;
       if (!req_parser_->is_header_done()) continue;
       if (req_parser_->is_done()) req_done_ = true;
       if (local_status_) {
@@ -984,11 +1041,50 @@ void client_session::process_input() {
         send_error(status, local_code_, local_message_);
         continue;
       }
+      if (oauth_endpoint_) {
+        if (req_done_) {
+          answer_oauth();
+        } else {
+          phase_ = phase::local_body;
+        }
+        continue;
+      }
       if (delay_ms_) {
         start_delay();
         return;
       }
       dispatch();
+      continue;
+    }
+    if (phase_ == phase::local_body) {
+      if (in_.empty()) {
+        start_client_read();
+        return;
+      }
+      error_code ec;
+      size_t used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+      if (phase_ == phase::closing || phase_ == phase::closed) return;
+      if (ec == http::error::need_more) {
+        in_.consume(used);
+        if (used == 0) {
+          if (in_.size() > max_oauth_body) {
+            send_error(400, "bad_request", "malformed chunked body");
+            return;
+          }
+          start_client_read();
+          return;
+        }
+        continue;
+      }
+      if (ec) {
+        w_.stats.bad_requests.add();
+        close_after_response_ = true;
+        send_error(400, "bad_request", "malformed request body: " + ec.message());
+        return;
+      }
+      in_.consume(used);
+      if (req_parser_->is_done()) req_done_ = true;
+      if (req_done_) answer_oauth();
       continue;
     }
     if (phase_ == phase::proxying && body_started_ && !req_done_) {
@@ -1164,11 +1260,17 @@ bool client_session::authenticate_jwt() {
   std::shared_ptr<const jwt_result> verified;
   auto now = std::chrono::system_clock::now();
   for (const auto* p : route_->jwt_providers) {
-    auto keys = p->keys.load();
+    auto keys = p->authority ? p->authority->keys() : p->keys.load();
     verified = p->cache.verify(token, keys, p->rules, now);
+    if (verified->ok && p->authority &&
+        p->authority->revoked(verified->claims.value("jti", std::string()))) {
+      static const auto revoked = std::make_shared<const jwt_result>(
+          jwt_result{false, "revoked", "token has been revoked", {}});
+      verified = revoked;
+    }
     if (verified->ok) break;
     // A kid these keys lack: maybe the issuer rotated. Ask the refresher (jwks_url only).
-    if (verified->error == "unknown_kid" && !p->cfg->jwks_url.empty())
+    if (verified->error == "unknown_kid" && !p->authority && !p->cfg->jwks_url.empty())
       const_cast<jwt_provider*>(p)->refresh_wanted.store(true, std::memory_order_relaxed);
   }
   if (!verified || !verified->ok) {
@@ -1288,6 +1390,42 @@ bool client_session::authenticate() {
     }
   }
   return true;
+}
+
+bool client_session::match_oauth_endpoint(std::string_view path) {
+  if (!snap_->oauth || !snap_->cfg.oauth) return false;
+  const auto& o = *snap_->cfg.oauth;
+  if (path == o.token_path) {
+    oauth_kind_ = oauth_authority::endpoint::token;
+  } else if (path == o.introspect_path) {
+    oauth_kind_ = oauth_authority::endpoint::introspect;
+  } else if (path == o.revoke_path) {
+    oauth_kind_ = oauth_authority::endpoint::revoke;
+  } else {
+    return false;
+  }
+  if (verb_ != http::verb::post) {
+    local_status_ = 405;
+    local_code_ = "method_not_allowed";
+    local_message_ = "OAuth endpoints take POST";
+    return true;
+  }
+  oauth_endpoint_ = true;
+  oauth_authorization_.clear();
+  for (auto& f : fields_) {
+    if (f.f == http::field::authorization) {
+      oauth_authorization_.assign(trim(f.value));
+      break;
+    }
+  }
+  return true;
+}
+
+void client_session::answer_oauth() {
+  auto r = snap_->oauth->handle(oauth_kind_, *snap_->cfg.oauth, oauth_authorization_, oauth_body_,
+                                snap_->api_keys.get(), unix_now_ms());
+  oauth_body_.clear();
+  send_local(r.status, r.body.empty() ? "text/plain" : "application/json", r.body, r.headers);
 }
 
 namespace {
@@ -1465,6 +1603,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   } else if (auto colon = host_only.rfind(':'); colon != std::string_view::npos) {
     host_only = host_only.substr(0, colon);
   }
+
+  if (match_oauth_endpoint(path)) return;
 
   header_views_.clear();
   for (auto& f : fields_) header_views_.push_back({f.name, f.value});
@@ -1689,6 +1829,17 @@ void client_session::on_request_body_limit(error_code& ec) {
 
 void client_session::on_request_body(std::string_view body, error_code& ec) {
   req_body_bytes_ += body.size();
+  if (oauth_endpoint_) {
+    if (oauth_body_.size() + body.size() > max_oauth_body) {
+      w_.stats.bad_requests.add();
+      close_after_response_ = true;
+      send_error(413, "payload_too_large", "OAuth request bodies are limited to 16 KiB");
+      ec = http::error::body_limit;
+      return;
+    }
+    oauth_body_.append(body);
+    return;
+  }
   if (route_->max_body_bytes && req_body_bytes_ > route_->max_body_bytes) {
     on_request_body_limit(ec);
     return;
@@ -1706,6 +1857,7 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
 }
 
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
+  if (oauth_endpoint_) return;  // on_request_body caps it
   // The declared size is known before the data: refuse at once rather than after forwarding.
   if (route_->max_body_bytes &&
       size > route_->max_body_bytes - std::min(req_body_bytes_, route_->max_body_bytes)) {
@@ -1714,7 +1866,7 @@ void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
 }
 
 void client_session::on_request_finish(error_code& ec) {
-  if (req_chunked_) up_out_.append("0\r\n\r\n");
+  if (req_chunked_ && !oauth_endpoint_) up_out_.append("0\r\n\r\n");
   req_done_ = true;
 }
 
@@ -2284,40 +2436,45 @@ void client_session::send_error(int status, std::string_view code, std::string_v
           ? &*route_->cfg->fallback
           : nullptr;
   if (fallback) {
-    status = fallback->status;
     w_.stats.fallbacks.add();
+    send_local(fallback->status, fallback->content_type, fallback->body, fallback->headers);
+    return;
   }
-  status_ = status;
   byte_buffer body;
-  if (fallback) {
-    body.append(fallback->body);
-  } else {
-    body.append("{\"error\":");
-    append_json_string(body, code);
-    body.append(",\"message\":");
-    append_json_string(body, message);
-    body.append(",\"request_id\":");
-    append_json_string(body, request_id_);
-    body.append("}\n");
+  body.append("{\"error\":");
+  append_json_string(body, code);
+  body.append(",\"message\":");
+  append_json_string(body, message);
+  body.append(",\"request_id\":");
+  append_json_string(body, request_id_);
+  body.append("}\n");
+  send_local(status, "application/json", body.view(), {});
+}
+
+void client_session::send_local(int status, std::string_view content_type, std::string_view body,
+                                std::span<const std::pair<std::string, std::string>> headers) {
+  if (phase_ == phase::closed) return;
+  if (resp_head_sent_) {
+    close();
+    return;
   }
+  if (request_id_.empty()) make_request_id();
+  status_ = status;
   out_.append("HTTP/1.1 ");
   out_.append_decimal(static_cast<uint64_t>(status));
   out_.append(' ');
   out_.append(reason_for(status));
   out_.append("\r\nContent-Type: ");
-  out_.append(fallback ? std::string_view(fallback->content_type)
-                       : std::string_view("application/json"));
+  out_.append(content_type);
   out_.append("\r\nContent-Length: ");
   out_.append_decimal(body.size());
   out_.append("\r\nX-Request-Id: ");
   out_.append(request_id_);
-  if (fallback) {
-    for (const auto& [k, v] : fallback->headers) {
-      out_.append("\r\n");
-      out_.append(k);
-      out_.append(": ");
-      out_.append(v);
-    }
+  for (const auto& [k, v] : headers) {
+    out_.append("\r\n");
+    out_.append(k);
+    out_.append(": ");
+    out_.append(v);
   }
   if (status == 401 && !www_authenticate_.empty()) {
     out_.append("\r\nWWW-Authenticate: ");
@@ -2333,7 +2490,7 @@ void client_session::send_error(int status, std::string_view code, std::string_v
     out_.append("\r\nConnection: close");
   }
   out_.append("\r\n\r\n");
-  if (verb_ != http::verb::head) out_.append(body.view());
+  if (verb_ != http::verb::head) out_.append(body);
   if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status)].add();
   resp_head_sent_ = true;
   if (started_ == steady_clock::time_point()) started_ = steady_clock::now();

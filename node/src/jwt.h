@@ -143,6 +143,9 @@ class verified_jwt_cache {
   std::atomic<uint64_t> hits_{0}, misses_{0};
 };
 
+// Encodes base64url without padding (RFC 7515 section 2).
+std::string base64url_encode(std::string_view in);
+
 // Decodes base64url without padding (RFC 7515 section 2) strictly: returns nullopt for any
 // character outside [A-Za-z0-9_-], for '=', for a length of 4n+1 and for non-zero unused bits,
 // so every byte string has exactly one accepted encoding.

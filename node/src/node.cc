@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "admin_server.h"
 #include "api_keys.h"
@@ -25,6 +26,7 @@
 #include "health_checker.h"
 #include "http_proxy.h"
 #include "meridian/storage/store.h"
+#include "oauth.h"
 #include "periodic_thread.h"
 #include "rate_limiter.h"
 #include "runtime.h"
@@ -156,6 +158,9 @@ struct node::impl {
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
   key_usage_registry key_usage;
+  std::unique_ptr<oauth_authority> oauth;  // with an `oauth:` section; snapshots point at it
+  std::mutex local_revoked_mutex;          // without a cluster: revoked token ids live here
+  std::unordered_set<std::string> local_revoked;
   std::thread breaker_sync;        // with a cluster: publishes breaker transitions, assigns probing
   periodic_thread persister;       // without a cluster: hands counts to local_state, persists them
   periodic_thread jwks_refresher;  // re-fetches jwks_url keys (periodically, on unknown kids)
@@ -182,6 +187,65 @@ struct node::impl {
         log()->warn("{} (keeping the previous keys)", error);
       }
     }
+  }
+
+  // Creates the OAuth authority the first time a config has an `oauth` section: loads or creates
+  // the node's signing key, publishes its public half and hooks revocations.
+  bool ensure_oauth(const config& c, std::string* error) {
+    if (!c.oauth || oauth) return true;
+    oauth = oauth_authority::open(cfg.node.data_dir, cfg.node.id, error);
+    if (!oauth) return false;
+    oauth->on_revoke = [this](const std::string& jti, int64_t exp_s, std::string* err) {
+      return revoke_token(jti, exp_s, err);
+    };
+    if (cluster) {
+      std::string e;
+      if (!cluster->state().put(doc_family::breakers, "oauth/key/" + cfg.node.id,
+                                oauth->public_jwk(), &e)) {
+        *error = "cannot publish the OAuth signing key: " + e;
+        return false;
+      }
+      cluster->flush();
+      adopt_oauth();
+    }
+    log()->info("oauth: tokens signed with key {}", oauth->kid());
+    return true;
+  }
+
+  // Records a revoked access token everywhere (a register kept until the token expires).
+  bool revoke_token(const std::string& jti, int64_t exp_s, std::string* error) {
+    if (!cluster) {
+      std::lock_guard lock(local_revoked_mutex);
+      local_revoked.insert(jti);
+      oauth->set_revoked(local_revoked);
+      return true;
+    }
+    nlohmann::json j = {{"exp", exp_s}};
+    if (!cluster->state().put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error))
+      return false;
+    cluster->flush();
+    adopt_oauth();
+    return true;
+  }
+
+  // Rebuilds the OAuth verification keys (every node's published key) and revoked token ids
+  // (unexpired ones) from the cluster registers.
+  void adopt_oauth() {
+    if (!oauth || !cluster) return;
+    std::vector<std::string> keys;
+    std::unordered_set<std::string> revoked;
+    const int64_t now_s = unix_now_ms() / 1000;
+    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
+      if (key.rfind("oauth/key/", 0) == 0) {
+        keys.push_back(e.value);
+      } else if (key.rfind("oauth/revoked/", 0) == 0) {
+        auto j = nlohmann::json::parse(e.value, nullptr, false);
+        int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
+        if (exp >= now_s) revoked.insert(key.substr(14));
+      }
+    }
+    oauth->set_published(keys);
+    oauth->set_revoked(std::move(revoked));
   }
 
   // Publishes queued breaker transitions and, once a second, decides which targets this node
@@ -355,7 +419,7 @@ struct node::impl {
     uint64_t digest = cluster ? cluster->state().digest(doc_family::config) : 0;
     config eff = effective(base);
     auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error,
-                               limiter.get(), key_table(eff));
+                               limiter.get(), key_table(eff), oauth.get());
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
     ++version;
@@ -710,10 +774,11 @@ bool node::start(std::string* error) {
       limiter->set_view(gt, gu, rt, ru);
     });
   }
+  if (!d.ensure_oauth(d.cfg, error)) return false;
   {
     config eff = d.effective(d.cfg);
     d.snap = build_snapshot(eff, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error,
-                            d.limiter.get(), d.key_table(eff));
+                            d.limiter.get(), d.key_table(eff), d.oauth.get());
   }
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
@@ -726,6 +791,7 @@ bool node::start(std::string* error) {
       if (f == doc_family::breakers) {
         impl_->adopt_breakers();
         impl_->cluster->apply_desired_keyring();
+        impl_->adopt_oauth();
         return;
       }
       if (f != doc_family::config) return;
@@ -845,9 +911,10 @@ bool node::apply(config cfg, std::string* error) {
     cfg.node.workers = d.cfg.node.workers;
   }
   std::lock_guard apply(d.apply_mutex);
+  if (!d.ensure_oauth(cfg, error)) return false;
   // Check that it builds before touching anything (the keyring included).
   if (!build_snapshot(d.effective(cfg), d.version + 1, d.cfg.node.workers, d.targets, d.metrics,
-                      error, d.limiter.get())) {
+                      error, d.limiter.get(), nullptr, d.oauth.get())) {
     return false;
   }
   // The keyring is re-read on reload (key rotation: install, make primary, remove). The rest of

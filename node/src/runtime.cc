@@ -189,7 +189,8 @@ bool retry_budget::try_retry(int64_t now) {
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error, rate_limiter* limiter,
-                                               std::shared_ptr<const api_key_table> keys) {
+                                               std::shared_ptr<const api_key_table> keys,
+                                               const oauth_authority* oauth) {
   auto snap = std::make_shared<snapshot>();
   snap->limiter = limiter;
   snap->api_keys = std::move(keys);
@@ -279,6 +280,19 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->jwt_providers.push_back(std::move(p));
   }
 
+  if (snap->cfg.oauth && oauth) {
+    snap->oauth = oauth;
+    snap->oauth_jwt.name = "oauth";
+    snap->oauth_jwt.issuer = snap->cfg.oauth->issuer;
+    snap->oauth_jwt.audience = snap->cfg.oauth->audience;
+    snap->oauth_provider = std::make_unique<jwt_provider>();
+    snap->oauth_provider->cfg = &snap->oauth_jwt;
+    snap->oauth_provider->authority = oauth;
+    snap->oauth_provider->rules.issuer = snap->oauth_jwt.issuer;
+    snap->oauth_provider->rules.audience = snap->oauth_jwt.audience;
+    snap->oauth_provider->rules.require_exp = true;
+  }
+
   for (const auto& c : snap->cfg.consumers) snap->consumer_groups[c.id] = c.groups;
   for (auto& up : snap->upstreams) {
     for (const auto& name : up->cfg->failover) {
@@ -323,6 +337,14 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
         for (const auto& p : snap->jwt_providers) rt.jwt_providers.push_back(p.get());
       }
       // Clients must not be able to forge the headers that carry verified claims.
+      for (const auto& [claim, header] : rc.auth->claims_to_headers) {
+        rt.request_drop.push_back(lower(header));
+      }
+    }
+    if (rc.auth && snap->oauth_provider &&
+        std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "oauth") !=
+            rc.auth->methods.end()) {
+      rt.jwt_providers.push_back(snap->oauth_provider.get());
       for (const auto& [claim, header] : rc.auth->claims_to_headers) {
         rt.request_drop.push_back(lower(header));
       }

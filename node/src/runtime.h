@@ -143,8 +143,12 @@ struct upstream_runtime {
 
 // A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
 // snapshot is built).
+class oauth_authority;
+
 struct jwt_provider {
   const jwt_config* cfg = nullptr;
+  // Set for the provider of `auth: {methods: [oauth]}`: keys and revocations come from it.
+  const oauth_authority* authority = nullptr;
   // Replaced whole when a jwks_url is re-fetched; workers load it once per verification.
   std::atomic<std::shared_ptr<const jwks>> keys;
   jwt_rules rules;
@@ -186,6 +190,9 @@ struct snapshot {
   rate_limiter* limiter = nullptr;      // the node's (outlives every snapshot); null: no limits
   target_registry* registry = nullptr;  // the node's (outlives every snapshot)
   std::shared_ptr<const api_key_table> api_keys;  // by key id; null: none
+  const oauth_authority* oauth = nullptr;  // the node's (outlives every snapshot); null: no oauth
+  jwt_config oauth_jwt;                    // the oauth provider's settings (issuer, audience)
+  std::unique_ptr<jwt_provider> oauth_provider;
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
 };
 
@@ -194,7 +201,8 @@ struct snapshot {
 std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, unsigned workers,
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error, rate_limiter* limiter = nullptr,
-                                               std::shared_ptr<const api_key_table> keys = nullptr);
+                                               std::shared_ptr<const api_key_table> keys = nullptr,
+                                               const oauth_authority* oauth = nullptr);
 
 // Picks a target for a request, skipping unavailable ones (unhealthy, ejected, or with an open
 // breaker); targets in this node's region first, the others only when none of those is usable.

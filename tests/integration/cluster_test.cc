@@ -35,8 +35,9 @@ class cluster_processes : public ::testing::Test {
            ", admin: 127.0.0.1:" + std::to_string(ports_[i].admin) +
            "}\nadmin: {token_file: " + dir_.file("admin.token") +
            "}\ncluster: {bind: 127.0.0.1:" + std::to_string(ports_[i].gossip) + ", seeds: [" +
-           seeds + "], keyring_file: " + keyring + "}\n";
+           seeds + "], keyring_file: " + keyring + "}\n" + extra_yaml_;
   }
+  std::string extra_yaml_;  // appended to every node's config
 
   // Starts node i and waits until its admin API answers. Ports are picked free but may be taken
   // by a parallel test before the child binds them: then the child exits, and node i gets new
@@ -566,6 +567,98 @@ namespace {
 
 // API keys: issued on one node, valid on every node within a second; revoked on one node,
 // refused everywhere within a second; the plaintext never reaches a store or a log.
+TEST_F(cluster_config, a_client_credentials_token_minted_on_one_node_works_on_every_node) {
+  extra_yaml_ =
+      "oauth: {issuer: https://gw.example, scopes: [read, write], access_token_ttl: 10m}\n";
+  start_cluster(3);
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/consumers/acme", "{}").status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/reports",
+                  R"({"match":{"path_prefix":"/reports"},"upstream":"backend",)"
+                  R"("auth":{"methods":["oauth"],"scopes":["read"]}})")
+                .status,
+            200);
+  auto issued = admin(0, "POST", "/config/consumers/acme/keys", "");
+  ASSERT_EQ(issued.status, 201) << issued.body.dump();
+  const std::string client_id = issued.body["key_id"], secret = issued.body["key"];
+  auto post = [&](int node, const std::string& path, const std::string& form, const std::string& id,
+                  const std::string& pw) {
+    httplib::Client c("127.0.0.1", ports_[node].proxy);
+    c.set_read_timeout(2, 0);
+    if (!id.empty()) c.set_basic_auth(id, pw);
+    auto res = c.Post(path.c_str(), form, "application/x-www-form-urlencoded");
+    return res ? reply{res->status, nlohmann::json::parse(res->body, nullptr, false)} : reply{};
+  };
+  auto get = [&](int node, const std::string& token) {
+    httplib::Client c("127.0.0.1", ports_[node].proxy);
+    c.set_read_timeout(2, 0);
+    auto res = c.Get("/reports/q1", {{"Authorization", "Bearer " + token}});
+    return res ? res->status : 0;
+  };
+  // Node 0 mints once the client (the API key) has reached it.
+  reply minted;
+  ASSERT_TRUE(eventually(
+      [&] {
+        minted =
+            post(0, "/oauth/token", "grant_type=client_credentials&scope=read", client_id, secret);
+        return minted.status == 200;
+      },
+      5s))
+      << minted.body.dump();
+  const std::string token = minted.body["access_token"];
+  std::printf("DEBUG token [%s]\n", token.c_str());
+  EXPECT_EQ(minted.body["token_type"], "Bearer");
+  EXPECT_EQ(minted.body["expires_in"], 600);
+  EXPECT_EQ(minted.body["scope"], "read");
+  // Node 2 accepts it once node 0's public key has arrived by gossip.
+  auto minted_at = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually([&] { return get(2, token) == 200 && get(1, token) == 200; }, 5s)) << [&] {
+    httplib::Client c("127.0.0.1", ports_[2].proxy);
+    auto res = c.Get("/reports/q1", {{"Authorization", "Bearer " + token}});
+    httplib::Client c0("127.0.0.1", ports_[0].proxy);
+    auto res0 = c0.Get("/reports/q1", {{"Authorization", "Bearer " + token}});
+    return (res ? res->body : std::string("no answer")) +
+           " / node 0: " + (res0 ? res0->body : std::string("no answer"));
+  }();
+  std::printf(
+      "token minted on node 0 accepted by nodes 1 and 2 after %.0f ms\n",
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - minted_at)
+          .count());
+  EXPECT_EQ(backend_.last().get_header_value("X-Consumer-Id"), "acme");
+  // Introspection on node 1 (RFC 7662).
+  auto info = post(1, "/oauth/introspect", "token=" + token, client_id, secret);
+  ASSERT_EQ(info.status, 200) << info.body.dump();
+  EXPECT_EQ(info.body["active"], true);
+  EXPECT_EQ(info.body["sub"], "acme");
+  EXPECT_EQ(info.body["client_id"], client_id);
+  EXPECT_EQ(info.body["scope"], "read");
+  // Errors per RFC 6749 section 5.2.
+  EXPECT_EQ(
+      post(0, "/oauth/token", "grant_type=client_credentials", client_id, secret + "x").status,
+      401);
+  EXPECT_EQ(post(0, "/oauth/token", "grant_type=client_credentials", "", "").body["error"],
+            "invalid_client");
+  EXPECT_EQ(post(0, "/oauth/token", "grant_type=password", client_id, secret).body["error"],
+            "unsupported_grant_type");
+  EXPECT_EQ(post(0, "/oauth/token", "grant_type=client_credentials&scope=admin", client_id, secret)
+                .body["error"],
+            "invalid_scope");
+  // A token without the route's scope is 403; a tampered one 401.
+  auto write_only =
+      post(0, "/oauth/token", "grant_type=client_credentials&scope=write", client_id, secret);
+  ASSERT_EQ(write_only.status, 200);
+  EXPECT_TRUE(eventually([&] { return get(2, write_only.body["access_token"]) == 403; }, 3s));
+  std::string tampered = token;
+  tampered[tampered.size() - 5] = tampered[tampered.size() - 5] == 'A' ? 'B' : 'A';
+  EXPECT_EQ(get(2, tampered), 401);
+  // Revoked on node 1 (RFC 7009): refused on every node.
+  EXPECT_EQ(post(1, "/oauth/revoke", "token=" + token, client_id, secret).status, 200);
+  EXPECT_TRUE(eventually(
+      [&] { return get(0, token) == 401 && get(1, token) == 401 && get(2, token) == 401; }, 3s));
+  EXPECT_EQ(post(2, "/oauth/introspect", "token=" + token, client_id, secret).body["active"],
+            false);
+}
+
 TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_every_node) {
   const std::string old_key = read_key();
   const std::string new_key = meridian::cluster::encode_key(meridian::cluster::generate_key());

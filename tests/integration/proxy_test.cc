@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include <random>
 #include <regex>
 
@@ -232,6 +235,35 @@ TEST_F(proxy, body_over_route_limit_is_refused_with_413_before_reaching_upstream
                    "\r\n0\r\n\r\n"));
   EXPECT_EQ(status_of(chunked.read_response()), 413);
   EXPECT_EQ(up_.hits.load(), 0);
+}
+
+TEST_F(proxy, a_head_larger_than_one_read_arrives_whole_in_one_or_several_writes) {
+  // Beast parses a partial head field by field; a head that outgrew the first read (a large
+  // cookie or JWT) used to be refused with 400 "bad field". Sizes around the 512-byte first read
+  // and the 4 KiB buffer block, sent at once and split mid-field.
+  running_node n(simple_config(up_.address()));
+  ASSERT_TRUE(n.ok());
+  for (size_t size : {400, 600, 5000, 7500}) {  // the test upstream takes 8 KiB heads
+    for (size_t split : {0, 100, 700}) {
+      std::string cookie(size, 'c');
+      std::string req = "GET /big HTTP/1.1\r\nHost: a\r\nCookie: " + cookie +
+                        "\r\nX-After: 1\r\nConnection: close\r\n\r\n";
+      raw_client c(n.port());
+      if (split && split < req.size()) {
+        ASSERT_TRUE(c.send(req.substr(0, split)));
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));  // two reads, not a timing test
+        ASSERT_TRUE(c.send(req.substr(split)));
+      } else {
+        ASSERT_TRUE(c.send(req));
+      }
+      c.closed_by_peer();
+      EXPECT_EQ(status_of(c.buffer()), 200)
+          << "size " << size << " split " << split << ": " << c.buffer().substr(0, 200);
+      auto seen = up_.last();
+      EXPECT_EQ(seen.get_header_value("Cookie").size(), size);
+      EXPECT_EQ(seen.get_header_value("X-After"), "1");
+    }
+  }
 }
 
 TEST_F(proxy, oversized_header_block_gets_431_and_long_url_gets_414) {

@@ -683,7 +683,7 @@ log: {level: verbose}
                   "least_request, consistent_hash, random",
                   "test.yaml:7: upstreams[0].circuit_breaker.scope: 'global' is not one of local, "
                   "region, cluster",
-                  "test.yaml:11: routes[0].auth.methods[0]: 'basic' is not one of api_key, jwt",
+                  "test.yaml:11: routes[0].auth.methods[0]: 'basic' is not one of api_key, jwt, oauth",
                   "test.yaml:12: routes[0].rate_limit.key: 'user' is not one of consumer, ip, "
                   "route, global, header:NAME",
                   "test.yaml:12: routes[0].rate_limit.algorithm: 'gcra' is not one of "

@@ -190,7 +190,7 @@ struct rewrite_config {
 };
 
 struct auth_config {
-  std::vector<std::string> methods;  // api_key | jwt
+  std::vector<std::string> methods;  // api_key | jwt | oauth (tokens this cluster minted)
   std::string jwt;                   // name of a jwt provider
   header_list claims_to_headers;
   std::vector<std::string> groups;  // non-empty: the consumer must be in one of these (403)
@@ -257,6 +257,20 @@ struct jwt_config {
   int line = 0;
 };
 
+// The gateway as an OAuth 2.0 authorization server (client_credentials). Tokens are EdDSA JWTs
+// signed by the node that mints them; every node's public key spreads by gossip, so any node
+// accepts them. Give every node the same section.
+struct oauth_config {
+  std::string issuer;    // "iss" of minted tokens (required)
+  std::string audience;  // "aud"; default: issuer
+  std::string token_path = "/oauth/token";
+  std::string introspect_path = "/oauth/introspect";
+  std::string revoke_path = "/oauth/revoke";
+  duration access_token_ttl = std::chrono::hours(1);
+  std::vector<std::string> scopes;  // what clients may ask for (empty: no scopes)
+  int line = 0;
+};
+
 struct config {
   std::string source;  // file path it was read from
   node_section node;
@@ -269,6 +283,7 @@ struct config {
   std::vector<route_config> routes;
   std::vector<consumer_config> consumers;
   std::vector<jwt_config> jwt;
+  std::optional<oauth_config> oauth;
 };
 
 // One problem in a config file. to_string() gives "FILE:LINE: message".
