@@ -499,6 +499,16 @@ bool cluster_glue::reload_keys(const std::string& keyring_file, std::string* err
 }
 
 namespace {
+std::vector<cluster::cluster_key>::iterator find_key(std::vector<cluster::cluster_key>& ring,
+                                                     const std::string& fp) {
+  return std::find_if(ring.begin(), ring.end(),
+                      [&](const cluster::cluster_key& k) { return fingerprint(k) == fp; });
+}
+
+std::pair<int, nlohmann::json> key_not_found(const std::string& fp) {
+  return {404, {{"error", "not_found"}, {"message", "no key " + fp + " in the keyring"}}};
+}
+
 nlohmann::json key_error(const std::string& code, const std::string& message,
                          nlohmann::json progress) {
   return {{"error", code}, {"message", message}, {"progress", std::move(progress)}};
@@ -529,11 +539,8 @@ std::pair<int, nlohmann::json> cluster_glue::install_key(const std::string& base
 
 std::pair<int, nlohmann::json> cluster_glue::use_key(const std::string& fp) {
   auto ring = impl_->desired_keys();
-  auto it = std::find_if(ring.begin(), ring.end(),
-                         [&](const cluster::cluster_key& k) { return fingerprint(k) == fp; });
-  if (it == ring.end()) {
-    return {404, {{"error", "not_found"}, {"message", "no key " + fp + " in the keyring"}}};
-  }
+  auto it = find_key(ring, fp);
+  if (it == ring.end()) return key_not_found(fp);
   auto progress = keys_json();
   auto held = progress["keys"].contains(fp) ? progress["keys"][fp].value("installed_on", 0) : 0;
   if (held < progress.value("alive", 0)) {
@@ -551,11 +558,8 @@ std::pair<int, nlohmann::json> cluster_glue::use_key(const std::string& fp) {
 
 std::pair<int, nlohmann::json> cluster_glue::remove_key(const std::string& fp) {
   auto ring = impl_->desired_keys();
-  auto it = std::find_if(ring.begin(), ring.end(),
-                         [&](const cluster::cluster_key& k) { return fingerprint(k) == fp; });
-  if (it == ring.end()) {
-    return {404, {{"error", "not_found"}, {"message", "no key " + fp + " in the keyring"}}};
-  }
+  auto it = find_key(ring, fp);
+  if (it == ring.end()) return key_not_found(fp);
   auto progress = keys_json();
   if (it == ring.begin()) {
     return {409,

@@ -991,23 +991,19 @@ void client_session::process_input() {
       // field and expects the consumed bytes gone on the next call, but the views it handed out
       // (target, Host, every field) point into in_, which may move when it grows: so wait for
       // the blank line that ends the head, then parse it in one call.
-      if (!head_complete()) {
-        if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
-          close_after_response_ = true;
-          w_.stats.bad_requests.add();
-          send_error(431, "headers_too_large", "request header block exceeds the limit");
-          return;
-        }
-        start_client_read();
-        return;
-      }
+      bool complete = head_complete();
       error_code ec;
-      size_t used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
-      if (phase_ == phase::closing || phase_ == phase::closed) return;  // answered by a callback
-      if (ec == http::error::need_more) {
+      size_t used = 0;
+      if (complete) {
+        used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+        if (phase_ == phase::closing || phase_ == phase::closed) return;  // answered by a callback
         // Only empty lines before the request line can be consumed without a head.
-        in_.consume(used);
-        head_scanned_ = 0;
+        if (ec == http::error::need_more) {
+          in_.consume(used);
+          head_scanned_ = 0;
+        }
+      }
+      if (!complete || ec == http::error::need_more) {
         if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
           close_after_response_ = true;
           w_.stats.bad_requests.add();
