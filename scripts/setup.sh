@@ -13,6 +13,8 @@ packages=(
   nlohmann-json3-dev libssl-dev
   # tests and tools: curl for smoke tests, iproute2/iptables for chaos, python3 for scripts
   curl iproute2 iptables nftables python3
+  # openssl: the TLS tests make their certificates with the command-line tool
+  openssl
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind)

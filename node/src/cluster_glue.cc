@@ -72,6 +72,7 @@ struct cluster_glue::impl {
   // Set by the change handler (on the gossip thread, which must not wait for keys_mutex while
   // an apply calls into gossip); the maintenance thread applies.
   std::atomic<bool> keyring_dirty{false};
+  std::mutex rotate_mutex;  // one install/use/remove at a time on this node (read-modify-write)
   std::vector<cluster::cluster_key> keys;  // this node's keyring, primary first
   cluster::hlc_time applied_keyring = 0;   // version of the desired keyring applied last
 
@@ -280,9 +281,10 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   {
     std::lock_guard lock(glue->impl_->keys_mutex);
     glue->impl_->keys = initial_keys;
-    // The keyring file already holds what was applied before a restart: apply only newer ones.
-    if (auto e = glue->impl_->state->get(cluster::doc_family::breakers, desired_keyring_key))
-      glue->impl_->applied_keyring = e->version;
+    // A desired keyring this node did not apply before it stopped (or whose file rewrite failed)
+    // is applied by the first maintenance round; one equal to the file changes nothing.
+    if (glue->impl_->state->get(cluster::doc_family::breakers, desired_keyring_key))
+      glue->impl_->keyring_dirty.store(true);
   }
   glue->impl_->publish_keyring(initial_keys);
   glue->impl_->next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -516,6 +518,7 @@ nlohmann::json key_error(const std::string& code, const std::string& message,
 }  // namespace
 
 std::pair<int, nlohmann::json> cluster_glue::install_key(const std::string& base64_key) {
+  std::lock_guard rotating(impl_->rotate_mutex);
   auto key = cluster::decode_key(base64_key);
   if (!key) {
     return {400,
@@ -538,6 +541,7 @@ std::pair<int, nlohmann::json> cluster_glue::install_key(const std::string& base
 }
 
 std::pair<int, nlohmann::json> cluster_glue::use_key(const std::string& fp) {
+  std::lock_guard rotating(impl_->rotate_mutex);
   auto ring = impl_->desired_keys();
   auto it = find_key(ring, fp);
   if (it == ring.end()) return key_not_found(fp);
@@ -557,6 +561,7 @@ std::pair<int, nlohmann::json> cluster_glue::use_key(const std::string& fp) {
 }
 
 std::pair<int, nlohmann::json> cluster_glue::remove_key(const std::string& fp) {
+  std::lock_guard rotating(impl_->rotate_mutex);
   auto ring = impl_->desired_keys();
   auto it = find_key(ring, fp);
   if (it == ring.end()) return key_not_found(fp);

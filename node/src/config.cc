@@ -1230,6 +1230,29 @@ oauth_config parse_oauth(diagnostics& d, const field& f) {
   return o;
 }
 
+tls_section parse_tls(diagnostics& d, const field& f) {
+  tls_section t;
+  map_reader m(d, f);
+  if (!m.ok()) return t;
+  if (auto v = m.take("listen")) read_address(d, *v, t.listen, true);
+  if (auto v = m.require("certificates")) {
+    for_each_item(d, *v, [&](const field& item) {
+      tls_certificate c;
+      c.line = item.line;
+      map_reader cm(d, item);
+      if (!cm.ok()) return;
+      if (auto x = cm.require("cert")) read_string(d, *x, c.cert_file, false);
+      if (auto x = cm.require("key")) read_string(d, *x, c.key_file, false);
+      if (auto x = cm.take("names")) read_string_list(d, *x, c.names);
+      cm.finish();
+      t.certificates.push_back(std::move(c));
+    });
+    if (t.certificates.empty()) d.add(v->line, v->path + ": must list at least one certificate");
+  }
+  m.finish();
+  return t;
+}
+
 // --- whole document ---
 
 // Reports the second and later object with a name already used, pointing at the first.
@@ -1341,6 +1364,7 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
     for_each_item(d, *v, [&](const field& item) { cfg.jwt.push_back(parse_jwt(d, item)); });
   }
   if (auto v = m.take("oauth")) cfg.oauth = parse_oauth(d, *v);
+  if (auto v = m.take("tls")) cfg.tls = parse_tls(d, *v);
   m.finish();
   check_references(d, cfg, refs);
 }

@@ -19,6 +19,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/string.hpp>
@@ -33,6 +34,7 @@
 
 #include "byte_buffer.h"
 #include "oauth.h"
+#include "tls.h"
 
 namespace meridian::node {
 namespace {
@@ -286,15 +288,18 @@ class worker {
       : index(index),
         ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE),
         acceptor(ioc.get_executor()),
+        tls_acceptor(ioc.get_executor()),
         sweep(ioc.get_executor()),
         accept_retry(ioc.get_executor()),
+        tls_accept_retry(ioc.get_executor()),
         stats(metrics.worker(index)),
         connections(connections),
         access_log(access_log) {
     rng = 0x9e3779b97f4a7c15ULL * (index + 1) ^ static_cast<uint64_t>(now_ms());
   }
 
-  void start_accept();
+  // Accepts connections on a (the plain listener, or the TLS one with tls set) forever.
+  void start_accept(acceptor_t& a, bool tls);
   void start_sweep();
   void on_sweep();
   void begin_drain();
@@ -339,8 +344,10 @@ class worker {
   std::vector<uint32_t> open_by_target;  // this worker's open upstream connections, by target id
   asio::io_context ioc;
   acceptor_t acceptor;
+  acceptor_t tls_acceptor;  // open when the config has a tls section
   timer_t sweep;
   timer_t accept_retry;
+  timer_t tls_accept_retry;
   worker_stats& stats;
   std::atomic<int64_t>& connections;
   spdlog::logger* access_log;
@@ -358,7 +365,7 @@ class worker {
 
 class client_session : public std::enable_shared_from_this<client_session> {
  public:
-  client_session(worker& w, socket_t socket);
+  client_session(worker& w, socket_t socket, bool tls = false);
   ~client_session();
 
   void start();
@@ -464,6 +471,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   worker& w_;
   socket_t socket_;
+  // Set on the TLS listener: reads and writes go through it; the handshake comes first.
+  std::shared_ptr<const tls_store> tls_store_;  // the certificates this connection started with
+  std::unique_ptr<asio::ssl::stream<socket_t&>> tls_;
   std::shared_ptr<const snapshot> snap_;
   phase phase_ = phase::idle;
   int64_t deadline_ = 0;
@@ -592,16 +602,17 @@ void upstream_conn::close() {
 
 // --- worker ----------------------------------------------------------------------------------
 
-void worker::start_accept() {
-  acceptor.async_accept([this](const error_code& ec, socket_t s) {
-    if (ec == asio::error::operation_aborted || !acceptor.is_open()) return;
+void worker::start_accept(acceptor_t& a, bool tls) {
+  a.async_accept([this, &a, tls](const error_code& ec, socket_t s) {
+    if (ec == asio::error::operation_aborted || !a.is_open()) return;
     if (ec) {
       // Out of descriptors or similar: back off briefly instead of spinning.
       spdlog::get("node.http") ? spdlog::get("node.http")->warn("accept: {}", ec.message())
                                : void();
-      accept_retry.expires_after(std::chrono::milliseconds(50));
-      accept_retry.async_wait([this](const error_code& e) {
-        if (!e) start_accept();
+      timer_t& retry = tls ? tls_accept_retry : accept_retry;
+      retry.expires_after(std::chrono::milliseconds(50));
+      retry.async_wait([this, &a, tls](const error_code& e) {
+        if (!e) start_accept(a, tls);
       });
       return;
     }
@@ -611,9 +622,9 @@ void worker::start_accept() {
       error_code ignored;
       s.close(ignored);
     } else {
-      std::make_shared<client_session>(*this, std::move(s))->start();
+      std::make_shared<client_session>(*this, std::move(s), tls)->start();
     }
-    start_accept();
+    start_accept(a, tls);
   });
 }
 
@@ -649,8 +660,10 @@ void worker::shut_down() {
   stopping = true;
   error_code ignored;
   acceptor.close(ignored);
+  tls_acceptor.close(ignored);
   sweep.cancel();
   accept_retry.cancel();
+  tls_accept_retry.cancel();
   for (auto& s : owned_sessions()) s->close();
   for (auto& pool : idle) {
     for (auto& c : pool) c->close();
@@ -684,6 +697,7 @@ void worker::begin_drain() {
   draining = true;
   error_code ignored;
   acceptor.close(ignored);
+  tls_acceptor.close(ignored);
   for (auto& s : owned_sessions()) s->close_if_idle();
   for (auto& pool : idle) {
     for (auto& c : pool) {
@@ -769,8 +783,12 @@ void worker::forget_idle(upstream_conn* conn) {
 
 // --- client_session: lifecycle and reading --------------------------------------------------
 
-client_session::client_session(worker& w, socket_t socket)
+client_session::client_session(worker& w, socket_t socket, bool tls)
     : w_(w), socket_(std::move(socket)), snap_(w.snap) {
+  if (tls && snap_->tls) {
+    tls_store_ = snap_->tls;
+    tls_ = std::make_unique<asio::ssl::stream<socket_t&>>(socket_, tls_store_->default_context());
+  }
   w_.connections.fetch_add(1, std::memory_order_relaxed);
   w_.stats.connections_accepted.add();
   w_.stats.connections_active.fetch_add(1, std::memory_order_relaxed);
@@ -798,6 +816,22 @@ void client_session::start() {
   phase_ = phase::idle;
   deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
   begin_request();
+  if (tls_) {
+    // The handshake must finish within the head timeout (the sweep closes idle sessions).
+    deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
+    tls_->async_handshake(
+        asio::ssl::stream_base::server, [self = shared_from_this()](const error_code& ec) {
+          if (self->phase_ == phase::closed) return;
+          if (ec) {
+            self->w_.stats.tls_handshake_failures.add();
+            self->close();
+            return;
+          }
+          self->deadline_ = self->w_.now + self->snap_->cfg.limits.idle_timeout.count();
+          self->start_client_read();
+        });
+    return;
+  }
   start_client_read();
 }
 
@@ -888,10 +922,14 @@ void client_session::start_client_read() {
   reading_into_in_ = !use_inline;
   asio::mutable_buffer buf =
       use_inline ? asio::buffer(idle_buf_) : asio::buffer(in_.prepare(read_chunk), in_.tail_size());
-  socket_.async_read_some(buf,
-                          [self = shared_from_this(), use_inline](const error_code& ec, size_t n) {
-                            self->on_client_read(ec, n, use_inline);
-                          });
+  auto done = [self = shared_from_this(), use_inline](const error_code& ec, size_t n) {
+    self->on_client_read(ec, n, use_inline);
+  };
+  if (tls_) {
+    tls_->async_read_some(buf, std::move(done));
+  } else {
+    socket_.async_read_some(buf, std::move(done));
+  }
 }
 
 void client_session::on_client_read(const error_code& ec, size_t n, bool inline_buffer) {
@@ -1600,13 +1638,13 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     host_only = host_only.substr(0, colon);
   }
 
+  if (!parser.keep_alive()) close_after_response_ = true;
   if (match_oauth_endpoint(path)) return;
 
   header_views_.clear();
   for (auto& f : fields_) header_views_.push_back({f.name, f.value});
   request_view rv{method_, host_only, path, query, std::span<const header_view>(header_views_)};
   int route_index = snap_->routes_index->match(rv);
-  if (!parser.keep_alive()) close_after_response_ = true;
   if (route_index < 0) {
     w_.stats.no_route.add();
     local_status_ = 404;
@@ -2506,10 +2544,14 @@ void client_session::send_local(int status, std::string_view content_type, std::
 void client_session::flush_client() {
   if (writing_client_ || out_.empty() || phase_ == phase::closed) return;
   writing_client_ = true;
-  socket_.async_write_some(asio::buffer(out_.data(), out_.size()),
-                           [self = shared_from_this()](const error_code& ec, size_t n) {
-                             self->on_client_written(ec, n);
-                           });
+  auto done = [self = shared_from_this()](const error_code& ec, size_t n) {
+    self->on_client_written(ec, n);
+  };
+  if (tls_) {
+    tls_->async_write_some(asio::buffer(out_.data(), out_.size()), std::move(done));
+  } else {
+    socket_.async_write_some(asio::buffer(out_.data(), out_.size()), std::move(done));
+  }
 }
 
 void client_session::on_client_written(const error_code& ec, size_t n) {
@@ -2562,6 +2604,7 @@ struct proxy_server::impl {
   std::vector<std::unique_ptr<worker>> workers;
   std::vector<std::thread> threads;
   uint16_t port = 0;
+  uint16_t tls_port = 0;
   bool stopped = false;
 };
 
@@ -2616,16 +2659,51 @@ bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> 
     port = w->acceptor.local_endpoint().port();
   }
   impl_->port = port;
+  if (snap->tls && snap->cfg.tls && !listen_tls(snap->cfg.tls->listen, error)) return false;
   for (auto& w : impl_->workers) {
-    w->start_accept();
+    w->start_accept(w->acceptor, false);
+    if (w->tls_acceptor.is_open()) w->start_accept(w->tls_acceptor, true);
     w->start_sweep();
     impl_->threads.emplace_back([wp = w.get()] { wp->ioc.run(); });
   }
   return true;
 }
 
+// Opens every worker's TLS acceptor on listen (SO_REUSEPORT, as the plain one).
+bool proxy_server::listen_tls(const address& listen, std::string* error) {
+  error_code ec;
+  auto addr = asio::ip::make_address(listen.host == "localhost" ? "127.0.0.1" : listen.host, ec);
+  uint16_t port = listen.port;
+  for (auto& w : impl_->workers) {
+    if (ec) break;
+    tcp::endpoint ep(addr, port);
+    w->tls_acceptor.open(ep.protocol(), ec);
+    if (!ec) w->tls_acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      int one = 1;
+      if (::setsockopt(w->tls_acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one,
+                       sizeof one)) {
+        ec.assign(errno, boost::system::system_category());
+      }
+    }
+    if (!ec) w->tls_acceptor.bind(ep, ec);
+    if (!ec) w->tls_acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (!ec) port = w->tls_acceptor.local_endpoint().port();
+  }
+  if (ec) {
+    *error = "tls.listen " + listen.to_string() + ": " + ec.message();
+    return false;
+  }
+  impl_->tls_port = port;
+  return true;
+}
+
 uint16_t proxy_server::port() const {
   return impl_->port;
+}
+
+uint16_t proxy_server::tls_port() const {
+  return impl_->tls_port;
 }
 
 void proxy_server::update(std::shared_ptr<const snapshot> snap) {

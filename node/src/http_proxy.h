@@ -27,11 +27,13 @@ class proxy_server {
   proxy_server(const proxy_server&) = delete;
   proxy_server& operator=(const proxy_server&) = delete;
 
-  // Binds listen in every worker and starts serving snap. Returns false and sets *error when the
-  // address cannot be bound. Port 0 binds an ephemeral port shared by all workers.
+  // Binds listen in every worker and starts serving snap (and, when snap has TLS certificates,
+  // the tls.listen address with TLS). Returns false and sets *error when an address cannot be
+  // bound. Port 0 binds an ephemeral port shared by all workers.
   bool start(const address& listen, std::shared_ptr<const snapshot> snap, std::string* error);
   // The bound proxy port.
   uint16_t port() const;
+  uint16_t tls_port() const;  // the TLS listener's port (0: none)
   // Hands a new snapshot to every worker; requests already in flight finish on the old one.
   void update(std::shared_ptr<const snapshot> snap);
   // Stops accepting, lets in-flight requests finish (closing idle keep-alive connections), and
@@ -44,6 +46,7 @@ class proxy_server {
   int64_t connections() const;
 
  private:
+  bool listen_tls(const address& listen, std::string* error);
   struct impl;
   std::unique_ptr<impl> impl_;
 };

@@ -142,6 +142,8 @@ constexpr worker_counter worker_counters[] = {
     {"connections_accepted", "Client connections accepted.", &worker_stats::connections_accepted},
     {"connections_rejected", "Client connections closed at once because of max_connections.",
      &worker_stats::connections_rejected},
+    {"tls_handshake_failures", "TLS client handshakes that failed or timed out.",
+     &worker_stats::tls_handshake_failures},
     {"requests", "Client requests parsed, whatever their outcome.", &worker_stats::requests_total},
     {"bad_requests", "Malformed or refused client requests (answered 4xx/501 or closed).",
      &worker_stats::bad_requests},

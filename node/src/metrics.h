@@ -67,6 +67,7 @@ struct route_metrics {
 struct alignas(64) worker_stats {
   counter connections_accepted;
   counter connections_rejected;  // over max_connections
+  counter tls_handshake_failures;
   std::atomic<int64_t> connections_active{0};
   counter requests_total;
   counter bad_requests;     // malformed, smuggling attempts: answered 4xx/501 or closed

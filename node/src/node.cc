@@ -159,7 +159,9 @@ struct node::impl {
   std::unique_ptr<rate_limiter> limiter;
   key_usage_registry key_usage;
   std::unique_ptr<oauth_authority> oauth;  // with an `oauth:` section; snapshots point at it
-  std::mutex local_revoked_mutex;          // without a cluster: revoked token ids live here
+  std::mutex adopt_oauth_mutex;
+  static constexpr int64_t oauth_leeway_s = 60;  // jwt_rules' default leeway
+  std::mutex local_revoked_mutex;                // without a cluster: revoked token ids live here
   std::unordered_set<std::string> local_revoked;
   std::thread breaker_sync;        // with a cluster: publishes breaker transitions, assigns probing
   periodic_thread persister;       // without a cluster: hands counts to local_state, persists them
@@ -191,8 +193,12 @@ struct node::impl {
 
   // Creates the OAuth authority the first time a config has an `oauth` section: loads or creates
   // the node's signing key, publishes its public half and hooks revocations.
-  bool ensure_oauth(const config& c, std::string* error) {
+  bool ensure_oauth(const config& c, std::string* error, bool starting = true) {
     if (!c.oauth || oauth) return true;
+    if (!starting) {  // the gossip thread reads `oauth` without a lock once the node runs
+      *error = "an oauth section added by a reload takes effect after a restart";
+      return false;
+    }
     oauth = oauth_authority::open(cfg.node.data_dir, cfg.node.id, error);
     if (!oauth) return false;
     oauth->on_revoke = [this](const std::string& jti, int64_t exp_s, std::string* err) {
@@ -221,7 +227,9 @@ struct node::impl {
       return true;
     }
     nlohmann::json j = {{"exp", exp_s}};
-    if (!cluster->state().put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error))
+    // Not synced to disk: this runs on a proxy worker, and the register spreads by gossip.
+    if (!cluster->state().put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error,
+                              /*sync=*/false))
       return false;
     cluster->flush();
     adopt_oauth();
@@ -232,6 +240,8 @@ struct node::impl {
   // (unexpired ones) from the cluster registers.
   void adopt_oauth() {
     if (!oauth || !cluster) return;
+    // One reader at a time, so an older view read first cannot be stored last.
+    std::lock_guard lock(adopt_oauth_mutex);
     std::vector<std::string> keys;
     std::unordered_set<std::string> revoked;
     const int64_t now_s = unix_now_ms() / 1000;
@@ -241,17 +251,33 @@ struct node::impl {
       } else if (key.rfind("oauth/revoked/", 0) == 0) {
         auto j = nlohmann::json::parse(e.value, nullptr, false);
         int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
-        if (exp >= now_s) revoked.insert(key.substr(14));
+        // Kept while the verifier's clock leeway could still accept the token.
+        if (exp + oauth_leeway_s >= now_s) revoked.insert(key.substr(14));
       }
     }
     oauth->set_published(keys);
     oauth->set_revoked(std::move(revoked));
   }
 
+  // Deletes revocation registers of tokens that expired (past the leeway): they can no longer
+  // be presented, so the set every node holds stays the size of the live revocations.
+  void collect_revocations() {
+    if (!oauth) return;
+    const int64_t now_s = unix_now_ms() / 1000;
+    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
+      if (key.rfind("oauth/revoked/", 0) != 0) continue;
+      auto j = nlohmann::json::parse(e.value, nullptr, false);
+      int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
+      std::string error;
+      if (exp + oauth_leeway_s < now_s) cluster->state().remove(doc_family::breakers, key, &error);
+    }
+  }
+
   // Publishes queued breaker transitions and, once a second, decides which targets this node
   // probes when half-open (rendezvous hashing over the live members of the breaker's scope).
   void run_breaker_sync() {
     auto last_owners = std::chrono::steady_clock::time_point{};
+    auto last_oauth_gc = std::chrono::steady_clock::now();
     for (;;) {
       auto keys = targets.wait_published(std::chrono::milliseconds(250));
       if (breaker_sync_stop.load()) return;
@@ -261,6 +287,10 @@ struct node::impl {
       if (std::chrono::steady_clock::now() - last_owners >= std::chrono::seconds(1)) {
         assign_probe_owners(*snap);
         last_owners = std::chrono::steady_clock::now();
+      }
+      if (std::chrono::steady_clock::now() - last_oauth_gc >= std::chrono::minutes(1)) {
+        collect_revocations();
+        last_oauth_gc = std::chrono::steady_clock::now();
       }
     }
   }
@@ -876,11 +906,18 @@ bool node::start(std::string* error) {
   log()->info("node {} (region {}) proxy on {}:{}, admin on {}:{}, {} worker(s)", d.cfg.node.id,
               d.cfg.node.region, d.cfg.listen.proxy.host, proxy_port(), d.cfg.listen.admin.host,
               admin_port(), d.cfg.node.workers);
+  if (d.cfg.tls) {
+    log()->info("TLS proxy on {}:{} with {} certificate(s)", d.cfg.tls->listen.host, tls_port(),
+                d.cfg.tls->certificates.size());
+  }
   return true;
 }
 
 uint16_t node::proxy_port() const {
   return impl_->proxy ? impl_->proxy->port() : 0;
+}
+uint16_t node::tls_port() const {
+  return impl_->proxy ? impl_->proxy->tls_port() : 0;
 }
 uint16_t node::admin_port() const {
   return impl_->admin ? impl_->admin->port() : 0;
@@ -911,7 +948,7 @@ bool node::apply(config cfg, std::string* error) {
     cfg.node.workers = d.cfg.node.workers;
   }
   std::lock_guard apply(d.apply_mutex);
-  if (!d.ensure_oauth(cfg, error)) return false;
+  if (!d.ensure_oauth(cfg, error, false)) return false;
   // Check that it builds before touching anything (the keyring included).
   if (!build_snapshot(d.effective(cfg), d.version + 1, d.cfg.node.workers, d.targets, d.metrics,
                       error, d.limiter.get(), nullptr, d.oauth.get())) {

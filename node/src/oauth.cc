@@ -1,11 +1,15 @@
 #include "oauth.h"
 
+#include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -137,10 +141,16 @@ std::unique_ptr<oauth_authority> oauth_authority::open(const std::string& data_d
   std::error_code ec;
   std::filesystem::create_directories(data_dir, ec);
   std::string path = (std::filesystem::path(data_dir) / "oauth_signing.key").string();
-  std::ifstream in(path);
-  if (in) {
+  std::error_code exists_ec;
+  if (std::filesystem::exists(path, exists_ec)) {
+    // An existing key that cannot be read is an error, never a reason to mint a new one: the
+    // tokens this node signed would all stop verifying.
+    std::ifstream in(path);
     std::string text;
-    std::getline(in, text);
+    if (!in || !std::getline(in, text)) {
+      *error = "cannot read " + path + " (check its owner and mode)";
+      return nullptr;
+    }
     size_t len = 0;
     if (sodium_base642bin(a->secret_.data(), a->secret_.size(), text.data(), text.size(), nullptr,
                           &len, nullptr, sodium_base64_VARIANT_ORIGINAL) != 0 ||
@@ -148,6 +158,9 @@ std::unique_ptr<oauth_authority> oauth_authority::open(const std::string& data_d
       *error = path + ": not a base64 Ed25519 secret key (64 bytes)";
       return nullptr;
     }
+  } else if (exists_ec) {
+    *error = "cannot check " + path + ": " + exists_ec.message();
+    return nullptr;
   } else {
     unsigned char pk[crypto_sign_PUBLICKEYBYTES];
     crypto_sign_keypair(pk, a->secret_.data());
@@ -155,17 +168,25 @@ std::unique_ptr<oauth_authority> oauth_authority::open(const std::string& data_d
     sodium_bin2base64(b64, sizeof b64, a->secret_.data(), a->secret_.size(),
                       sodium_base64_VARIANT_ORIGINAL);
     std::string tmp = path + ".tmp";
-    std::FILE* f = std::fopen(tmp.c_str(), "w");
-    if (!f) {
-      *error = "cannot create " + tmp;
+    ::unlink(tmp.c_str());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+      *error = "cannot create " + tmp + ": " + std::strerror(errno);
       return nullptr;
     }
-    ::fchmod(::fileno(f), 0600);
-    bool ok = std::fprintf(f, "%s\n", b64) > 0;
-    ok = std::fclose(f) == 0 && ok;
+    std::string line = std::string(b64) + "\n";
+    bool ok = ::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+    ok = ::fsync(fd) == 0 && ok;
+    ok = ::close(fd) == 0 && ok;
+    sodium_memzero(b64, sizeof b64);
     if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
-      *error = "cannot write " + path;
+      *error = "cannot write " + path + ": " + std::strerror(errno);
       return nullptr;
+    }
+    int dir = ::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+      ::fsync(dir);
+      ::close(dir);
     }
   }
   std::string pk(reinterpret_cast<const char*>(a->secret_.data()) + 32, 32);
@@ -188,19 +209,18 @@ std::string oauth_authority::public_jwk() const {
 }
 
 void oauth_authority::set_published(const std::vector<std::string>& jwks_json) {
+  // Each published key is checked on its own: one malformed register must not cost the others.
   json doc = {{"keys", json::array()}};
   doc["keys"].push_back(json::parse(own_jwk_));
-  for (const auto& text : jwks_json) {
-    auto j = json::parse(text, nullptr, false);
-    if (j.is_object() && j.value("kid", "") != kid_) doc["keys"].push_back(std::move(j));
-  }
   std::string error;
-  auto set = jwks::parse(doc.dump(), &error);
-  if (!set) {  // a malformed published key: keep verifying with our own
-    doc["keys"] = json::array({json::parse(own_jwk_)});
-    set = jwks::parse(doc.dump(), &error);
+  for (const auto& text : jwks_json) {
+    if (doc["keys"].size() >= jwks::max_keys) break;
+    auto j = json::parse(text, nullptr, false);
+    if (!j.is_object() || j.value("kid", "") == kid_) continue;
+    if (!jwks::parse(json{{"keys", json::array({j})}}.dump(), &error)) continue;
+    doc["keys"].push_back(std::move(j));
   }
-  if (set) keys_.store(std::move(set));
+  if (auto set = jwks::parse(doc.dump(), &error)) keys_.store(std::move(set));
 }
 
 void oauth_authority::set_revoked(std::unordered_set<std::string> jtis) {

@@ -1,5 +1,7 @@
 #include "runtime.h"
 
+#include "tls.h"
+
 #include <httplib.h>
 #include <algorithm>
 #include <boost/asio/io_context.hpp>
@@ -280,6 +282,10 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->jwt_providers.push_back(std::move(p));
   }
 
+  if (snap->cfg.tls) {
+    snap->tls = tls_store::load(*snap->cfg.tls, error);
+    if (!snap->tls) return nullptr;
+  }
   if (snap->cfg.oauth && oauth) {
     snap->oauth = oauth;
     snap->oauth_jwt.name = "oauth";

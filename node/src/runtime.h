@@ -144,6 +144,7 @@ struct upstream_runtime {
 // A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
 // snapshot is built).
 class oauth_authority;
+class tls_store;
 
 struct jwt_provider {
   const jwt_config* cfg = nullptr;
@@ -193,6 +194,7 @@ struct snapshot {
   const oauth_authority* oauth = nullptr;  // the node's (outlives every snapshot); null: no oauth
   jwt_config oauth_jwt;                    // the oauth provider's settings (issuer, audience)
   std::unique_ptr<jwt_provider> oauth_provider;
+  std::shared_ptr<const tls_store> tls;  // certificates of the TLS listener; null: none
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
 };
 

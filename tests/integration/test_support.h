@@ -221,6 +221,7 @@ class running_node {
   node::node& get() { return *node_; }
   int port() const { return node_->proxy_port(); }
   int admin_port() const { return node_->admin_port(); }
+  int tls_port() const { return node_->tls_port(); }
   // Applies new YAML (same header as the constructor's).
   bool apply(const std::string& yaml, std::string* error) {
     auto text = "node: {id: test-1, region: eu-west, data_dir: " + dir_.file("data") +

@@ -679,19 +679,20 @@ log: {level: verbose}
 )");
   EXPECT_THAT(
       errors_of(result),
-      ElementsAre("test.yaml:6: upstreams[0].balance: 'fastest' is not one of round_robin, "
-                  "least_request, consistent_hash, random",
-                  "test.yaml:7: upstreams[0].circuit_breaker.scope: 'global' is not one of local, "
-                  "region, cluster",
-                  "test.yaml:11: routes[0].auth.methods[0]: 'basic' is not one of api_key, jwt, oauth",
-                  "test.yaml:12: routes[0].rate_limit.key: 'user' is not one of consumer, ip, "
-                  "route, global, header:NAME",
-                  "test.yaml:12: routes[0].rate_limit.algorithm: 'gcra' is not one of "
-                  "sliding_window, fixed_window, token_bucket, leaky_bucket",
-                  "test.yaml:12: routes[0].rate_limit.scope: 'cluster' is not one of local, "
-                  "region, global",
-                  "test.yaml:13: log.level: 'verbose' is not one of trace, debug, info, warn, "
-                  "error, critical, off"));
+      ElementsAre(
+          "test.yaml:6: upstreams[0].balance: 'fastest' is not one of round_robin, "
+          "least_request, consistent_hash, random",
+          "test.yaml:7: upstreams[0].circuit_breaker.scope: 'global' is not one of local, "
+          "region, cluster",
+          "test.yaml:11: routes[0].auth.methods[0]: 'basic' is not one of api_key, jwt, oauth",
+          "test.yaml:12: routes[0].rate_limit.key: 'user' is not one of consumer, ip, "
+          "route, global, header:NAME",
+          "test.yaml:12: routes[0].rate_limit.algorithm: 'gcra' is not one of "
+          "sliding_window, fixed_window, token_bucket, leaky_bucket",
+          "test.yaml:12: routes[0].rate_limit.scope: 'cluster' is not one of local, "
+          "region, global",
+          "test.yaml:13: log.level: 'verbose' is not one of trace, debug, info, warn, "
+          "error, critical, off"));
 }
 
 TEST(config, duplicate_names_are_reported_at_the_second_definition) {

@@ -66,7 +66,8 @@ TEST(oauth, form_bodies_are_percent_and_plus_decoded) {
 
 TEST(oauth, client_credentials_mints_an_eddsa_token_the_published_keys_verify) {
   fixture f;
-  auto r = f.token("grant_type=client_credentials&scope=read", basic(f.key.key_id, f.key.plaintext));
+  auto r =
+      f.token("grant_type=client_credentials&scope=read", basic(f.key.key_id, f.key.plaintext));
   ASSERT_EQ(r.status, 200) << r.body;
   auto body = json::parse(r.body);
   EXPECT_EQ(body["token_type"], "Bearer");
@@ -87,9 +88,10 @@ TEST(oauth, client_credentials_mints_an_eddsa_token_the_published_keys_verify) {
   auto other = oauth_authority::open(other_dir.path.string(), "n2", &error);
   ASSERT_TRUE(other) << error;
   auto token = body["access_token"].get<std::string>();
-  EXPECT_FALSE(verify_jwt(token, *other->keys(), rules,
-                          std::chrono::system_clock::time_point(std::chrono::milliseconds(f.now_ms)))
-                   .ok);
+  EXPECT_FALSE(
+      verify_jwt(token, *other->keys(), rules,
+                 std::chrono::system_clock::time_point(std::chrono::milliseconds(f.now_ms)))
+          .ok);
   other->set_published({f.authority->public_jwk()});
   EXPECT_TRUE(verify_jwt(token, *other->keys(), rules,
                          std::chrono::system_clock::time_point(std::chrono::milliseconds(f.now_ms)))

@@ -271,6 +271,20 @@ struct oauth_config {
   int line = 0;
 };
 
+// TLS termination: a second proxy listener whose certificates are chosen by SNI. Node-local;
+// SIGHUP re-reads the files (new connections get the new certificates, open ones keep theirs).
+struct tls_certificate {
+  std::string cert_file;           // PEM: the certificate, then its chain
+  std::string key_file;            // PEM private key
+  std::vector<std::string> names;  // SNI names ("*.example.com" allowed); empty: from the cert
+  int line = 0;
+};
+
+struct tls_section {
+  address listen{"127.0.0.1", 8443};
+  std::vector<tls_certificate> certificates;  // the first is the default (no or unknown SNI)
+};
+
 struct config {
   std::string source;  // file path it was read from
   node_section node;
@@ -284,6 +298,7 @@ struct config {
   std::vector<consumer_config> consumers;
   std::vector<jwt_config> jwt;
   std::optional<oauth_config> oauth;
+  std::optional<tls_section> tls;
 };
 
 // One problem in a config file. to_string() gives "FILE:LINE: message".

@@ -26,6 +26,8 @@ class node {
 
   uint16_t proxy_port() const;
   uint16_t admin_port() const;
+  // The bound TLS proxy port, or 0 without a `tls` section.
+  uint16_t tls_port() const;
   // The bound gossip port, or 0 without a `cluster` section.
   uint16_t gossip_port() const;
   const std::string& admin_token() const;
