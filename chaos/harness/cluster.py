@@ -194,15 +194,16 @@ class Cluster:
         return host.thread.call(http_call, "POST", UPSTREAM_PORT,
                                 f"/__chaos/flaky?fail={1 if failing else 0}")
 
-    def start_load(self, works):
-        """Starts one load client per node namespace, against that node's proxy."""
+    def start_load(self, works, works_by_node=None):
+        """Starts one load client per node namespace, against that node's proxy
+        (works_by_node: node id -> works for nodes that differ)."""
         for n in self.nodes:
             out = os.path.join(n.dir, "load.jsonl")
             self.load_files[n.id] = out
             cmd = ["ip", "netns", "exec", n.host.ns, sys.executable,
                    os.path.join(HERE, "loadgen.py"), "--target", f"127.0.0.1:{PROXY_PORT}",
                    "--out", out]
-            for w in works:
+            for w in (works_by_node or {}).get(n.id, works):
                 cmd += ["--work", w]
             self.loadgens[n.id] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
 
