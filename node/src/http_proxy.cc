@@ -1029,6 +1029,20 @@ void client_session::process_input() {
       // field and expects the consumed bytes gone on the next call, but the views it handed out
       // (target, Host, every field) point into in_, which may move when it grows: so wait for
       // the blank line that ends the head, then parse it in one call.
+      // RFC 9112 section 2.2: ignore empty lines before the request line (some clients send a
+      // CRLF after a POST body). Beast would refuse them as a bad method.
+      if (head_scanned_ == 0) {
+        size_t blank = 0;
+        while (blank < in_.size() && (in_.data()[blank] == '\r' || in_.data()[blank] == '\n'))
+          ++blank;
+        if (blank > 0) {
+          in_.consume(blank);
+          if (in_.empty()) {
+            start_client_read();
+            return;
+          }
+        }
+      }
       bool complete = head_complete();
       error_code ec;
       size_t used = 0;

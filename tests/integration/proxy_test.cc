@@ -266,6 +266,15 @@ TEST_F(proxy, a_head_larger_than_one_read_arrives_whole_in_one_or_several_writes
   }
 }
 
+TEST_F(proxy, empty_lines_before_a_request_line_are_ignored) {
+  running_node n(simple_config(up_.address()));
+  ASSERT_TRUE(n.ok());
+  raw_client c(n.port());
+  ASSERT_TRUE(c.send("\r\n\r\nGET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+  c.closed_by_peer();
+  EXPECT_EQ(status_of(c.buffer()), 200) << c.buffer();
+}
+
 TEST_F(proxy, oversized_header_block_gets_431_and_long_url_gets_414) {
   running_node n(simple_config(up_.address()));
   ASSERT_TRUE(n.ok());
