@@ -184,8 +184,22 @@ struct endpoint {
 }  // namespace
 
 struct admin_server::impl {
-  impl(std::string id, std::string bearer, admin_handlers h)
-      : node_id(std::move(id)), token(std::move(bearer)), handlers(std::move(h)) {}
+  impl(std::string id, std::string bearer, admin_handlers h, const admin_server::tls_files& tls)
+      : node_id(std::move(id)), token(std::move(bearer)), handlers(std::move(h)) {
+    if (tls.cert.empty()) {
+      server = std::make_unique<httplib::Server>();
+      return;
+    }
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        tls.cert.c_str(), tls.key.c_str(), tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
+    if (!ssl->is_valid()) {
+      tls_error = "admin.tls: cannot use " + tls.cert + " / " + tls.key +
+                  (tls.client_ca.empty() ? "" : " / " + tls.client_ca) +
+                  " (unreadable, not PEM, or the key does not match)";
+    }
+    server = std::move(ssl);
+  }
+  std::string tls_error;  // set when the TLS files are unusable: start() refuses
 
   void add_endpoints();
   void configure_server();
@@ -217,7 +231,7 @@ struct admin_server::impl {
   const admin_handlers handlers;
   std::vector<endpoint> endpoints;
 
-  httplib::Server server;
+  std::unique_ptr<httplib::Server> server;  // an httplib::SSLServer with admin.tls
   std::thread thread;
   std::atomic<bool> listen_returned{false};
   std::atomic<uint16_t> port{0};
@@ -398,17 +412,17 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
 }
 
 void admin_server::impl::configure_server() {
-  server.new_task_queue = [] {
+  server->new_task_queue = [] {
     return new bounded_task_queue(pool_threads, max_queued_connections);
   };
-  server.set_payload_max_length(max_body_bytes);
-  server.set_read_timeout(io_timeout_s, 0);
-  server.set_write_timeout(io_timeout_s, 0);
-  server.set_keep_alive_timeout(io_timeout_s);
-  server.set_default_headers({{"Cache-Control", "no-store"}});
+  server->set_payload_max_length(max_body_bytes);
+  server->set_read_timeout(io_timeout_s, 0);
+  server->set_write_timeout(io_timeout_s, 0);
+  server->set_keep_alive_timeout(io_timeout_s);
+  server->set_default_headers({{"Cache-Control", "no-store"}});
   // httplib's default also sets SO_REUSEPORT, which lets a second process bind the same port and
   // silently take half the connections; a busy admin port must be an error instead.
-  server.set_socket_options([](socket_t sock) {
+  server->set_socket_options([](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
@@ -417,16 +431,16 @@ void admin_server::impl::configure_server() {
   auto handler = [this](const httplib::Request& req, httplib::Response& res) {
     dispatch(req, res);
   };
-  server.Get(".*", handler);
-  server.Post(".*", handler);
-  server.Put(".*", handler);
-  server.Patch(".*", handler);
-  server.Delete(".*", handler);
-  server.Options(".*", handler);
+  server->Get(".*", handler);
+  server->Post(".*", handler);
+  server->Put(".*", handler);
+  server->Patch(".*", handler);
+  server->Delete(".*", handler);
+  server->Options(".*", handler);
 
   // Errors httplib answers itself (malformed request, body over the limit) get the JSON shape
   // too; answers dispatch() already wrote are left alone.
-  server.set_error_handler(
+  server->set_error_handler(
       httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
         send_error(res, res.status, error_code_for(res.status),
@@ -434,20 +448,21 @@ void admin_server::impl::configure_server() {
         return httplib::Server::HandlerResponse::Handled;
       }));
   // dispatch() catches everything; this is the backstop should anything escape it.
-  server.set_exception_handler(
+  server->set_exception_handler(
       [](const httplib::Request& req, httplib::Response& res, std::exception_ptr) {
         admin_log()->error("admin: {} {} escaped with an exception", req.method, req.path);
         send_error(res, 500, "internal_error", "internal error");
       });
-  server.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+  server->set_logger([](const httplib::Request& req, const httplib::Response& res) {
     admin_log()->debug("admin: {} {} -> {} ({} bytes) from {}", req.method, req.path, res.status,
                        res.body.size(), req.remote_addr);
   });
 }
 
-admin_server::admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers)
-    : impl_(std::make_unique<impl>(std::move(node_id), std::move(bearer_token),
-                                   std::move(handlers))) {
+admin_server::admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers,
+                           tls_files tls)
+    : impl_(std::make_unique<impl>(std::move(node_id), std::move(bearer_token), std::move(handlers),
+                                   tls)) {
   if (sodium_init() < 0) {
     // Only sodium_memcmp is used, which does not depend on initialization; note it and go on.
     admin_log()->warn("admin: sodium_init failed");
@@ -467,13 +482,14 @@ bool admin_server::start(const std::string& host, uint16_t port, std::string* er
     return false;
   };
   if (impl_->started) return fail("admin server already started");
+  if (!impl_->tls_error.empty()) return fail(impl_->tls_error);
   const std::string where = host + ":" + std::to_string(port);
 
   errno = 0;
   int bound = -1;
   if (port == 0) {
-    bound = impl_->server.bind_to_any_port(host);
-  } else if (impl_->server.bind_to_port(host, port)) {
+    bound = impl_->server->bind_to_any_port(host);
+  } else if (impl_->server->bind_to_port(host, port)) {
     bound = port;
   }
   if (bound <= 0) {
@@ -486,12 +502,12 @@ bool admin_server::start(const std::string& host, uint16_t port, std::string* er
   impl_->started = true;
 
   impl_->thread = std::thread([this] {
-    if (!impl_->server.listen_after_bind()) admin_log()->error("admin: listener stopped on error");
+    if (!impl_->server->listen_after_bind()) admin_log()->error("admin: listener stopped on error");
     impl_->listen_returned = true;
   });
   // The socket already listens, so clients can connect now; wait only until the accept loop is
   // marked running, because httplib's stop() does nothing before that point.
-  while (!impl_->server.is_running() && !impl_->listen_returned) {
+  while (!impl_->server->is_running() && !impl_->listen_returned) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   admin_log()->info("admin API listening on {}:{}", host, bound);
@@ -505,7 +521,7 @@ uint16_t admin_server::port() const {
 void admin_server::stop() {
   std::lock_guard lock(impl_->lifecycle_mutex);
   if (!impl_->thread.joinable()) return;
-  impl_->server.stop();
+  impl_->server->stop();
   impl_->thread.join();
   admin_log()->info("admin API stopped");
 }

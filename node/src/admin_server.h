@@ -57,7 +57,12 @@ struct admin_handlers {
 
 class admin_server {
  public:
-  admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers);
+  // tls: serve HTTPS with these files (cert, key, optional client CA); empty cert: plain HTTP.
+  struct tls_files {
+    std::string cert, key, client_ca;
+  };
+  admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers,
+               tls_files tls = {});
   ~admin_server();  // stops
 
   admin_server(const admin_server&) = delete;

@@ -642,6 +642,15 @@ void parse_admin_section(diagnostics& d, const field& f, admin_section& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
   if (auto v = m.take("token_file")) read_string(d, *v, out.token_file, false);
+  if (auto v = m.take("tls")) {
+    map_reader t(d, *v);
+    if (t.ok()) {
+      if (auto x = t.require("cert")) read_string(d, *x, out.tls_cert, false);
+      if (auto x = t.require("key")) read_string(d, *x, out.tls_key, false);
+      if (auto x = t.take("client_ca")) read_string(d, *x, out.tls_client_ca, false);
+      t.finish();
+    }
+  }
   m.finish();
 }
 

@@ -895,7 +895,10 @@ bool node::start(std::string* error) {
                                  const std::string* body) {
     return impl_->write_document(kind, name, body);
   };
-  d.admin = std::make_unique<admin_server>(d.cfg.node.id, d.token, std::move(handlers));
+  d.admin = std::make_unique<admin_server>(
+      d.cfg.node.id, d.token, std::move(handlers),
+      admin_server::tls_files{d.cfg.admin.tls_cert, d.cfg.admin.tls_key,
+                              d.cfg.admin.tls_client_ca});
   if (!d.admin->start(d.cfg.listen.admin.host, d.cfg.listen.admin.port, error)) {
     d.proxy->stop();
     return false;

@@ -118,16 +118,17 @@ class tls_termination : public ::testing::Test {
     issue("a");
     issue("b");
   }
-  // Issues <name>.pem/<name>.key for name.test and *.name.test, signed by the test CA.
-  void issue(const std::string& name) {
+  // Issues <name>.pem/<name>.key for name.test and *.name.test (or the given subjectAltName),
+  // signed by the test CA.
+  void issue(const std::string& name, std::string san = "") {
+    if (san.empty()) san = "DNS:" + name + ".test,DNS:*." + name + ".test";
     std::string d = dir_.file("");
     std::string cmd = "cd " + d + " && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 " +
                       "-nodes -keyout " + name + ".key -out " + name + ".csr -subj /CN=" + name +
-                      ".test >/dev/null 2>&1 && printf 'subjectAltName=DNS:" + name +
-                      ".test,DNS:*." + name + ".test\\n' > " + name + ".ext && " +
-                      "openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key " +
-                      "-CAcreateserial -out " + name + ".pem -days 2 -extfile " + name +
-                      ".ext >/dev/null 2>&1";
+                      ".test >/dev/null 2>&1 && printf 'subjectAltName=" + san + "\\n' > " + name +
+                      ".ext && " + "openssl x509 -req -in " + name +
+                      ".csr -CA ca.pem -CAkey ca.key " + "-CAcreateserial -out " + name +
+                      ".pem -days 2 -extfile " + name + ".ext >/dev/null 2>&1";
     ASSERT_EQ(std::system(cmd.c_str()), 0);
   }
   std::string yaml() {
@@ -202,6 +203,37 @@ TEST_F(tls_termination, a_certificate_whose_key_does_not_match_is_a_clear_error)
   EXPECT_FALSE(n.start(&error));
   EXPECT_NE(error.find("tls.certificates[0]"), std::string::npos) << error;
   EXPECT_NE(error.find("mismatch"), std::string::npos) << error;
+}
+
+TEST_F(tls_termination, the_admin_api_over_tls_requires_a_client_certificate_and_the_token) {
+  issue("admin", "IP:127.0.0.1");
+  issue("operator");
+  running_node n("admin: {tls: {cert: " + dir_.file("admin.pem") +
+                 ", key: " + dir_.file("admin.key") + ", client_ca: " + ca() + "}}\n" + yaml());
+  ASSERT_TRUE(n.ok());
+  httplib::SSLClient with_cert("127.0.0.1", n.admin_port(), dir_.file("operator.pem"),
+                               dir_.file("operator.key"));
+  with_cert.set_ca_cert_path(ca().c_str());
+  with_cert.enable_server_certificate_verification(true);
+  auto health = with_cert.Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+  auto no_token = with_cert.Get("/config");
+  ASSERT_TRUE(no_token);
+  EXPECT_EQ(no_token->status, 401) << "a client certificate does not replace the token";
+  auto with_token =
+      with_cert.Get("/config", {{"Authorization", "Bearer " + n.get().admin_token()}});
+  ASSERT_TRUE(with_token);
+  EXPECT_EQ(with_token->status, 200);
+  // No client certificate: the handshake fails. Plain HTTP: no answer either.
+  httplib::SSLClient without("127.0.0.1", n.admin_port());
+  without.set_ca_cert_path(ca().c_str());
+  without.enable_server_certificate_verification(true);
+  EXPECT_FALSE(without.Get("/health"));
+  httplib::Client plain("127.0.0.1", n.admin_port());
+  plain.set_read_timeout(2, 0);
+  auto r = plain.Get("/health");
+  EXPECT_TRUE(!r || r->status != 200);
 }
 
 }  // namespace

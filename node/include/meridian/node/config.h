@@ -54,6 +54,11 @@ struct listen_section {
 
 struct admin_section {
   std::string token_file;  // empty: a token is generated and written to <data_dir>/admin.token
+  // admin.tls: serve the admin API over TLS; with client_ca, clients must present a certificate
+  // it signed (the bearer token is still required).
+  std::string tls_cert;
+  std::string tls_key;
+  std::string tls_client_ca;
 };
 
 struct cluster_section {
