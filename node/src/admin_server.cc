@@ -308,6 +308,21 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"PUT", "/cluster/keys/{fingerprint}/primary", true, write});
     endpoints.push_back({"DELETE", "/cluster/keys/{fingerprint}", true, write});
   }
+  if (handlers.audit_view) {
+    endpoints.push_back(
+        {"GET", "/audit", true,
+         [this](const httplib::Request& req, httplib::Response& res, const path_params&) {
+           int64_t since = 0;
+           size_t limit = 100;
+           try {
+             if (req.has_param("since")) since = std::stoll(req.get_param_value("since"));
+             if (req.has_param("limit")) limit = std::stoul(req.get_param_value("limit"));
+           } catch (const std::exception&) {
+             return send_error(res, 400, "bad_request", "since and limit must be numbers");
+           }
+           send_json(res, 200, handlers.audit_view(since, std::min<size_t>(limit, 1000)));
+         }});
+  }
   if (handlers.breakers) {
     endpoints.push_back({"GET", "/breakers", true,
                          [this](const httplib::Request&, httplib::Response& res,
@@ -399,6 +414,7 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
       // The audit trail of changes: who (address), what, when (the log line's time), outcome.
       admin_log()->info("audit: {} {} from {} -> {}", req.method, req.path, req.remote_addr,
                         res.status);
+      if (handlers.audit) handlers.audit(req.method, req.path, req.remote_addr, res.status);
     }
   } catch (const std::exception& e) {
     admin_log()->error("admin: {} {} failed: {}", req.method, req.path, e.what());

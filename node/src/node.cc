@@ -160,6 +160,9 @@ struct node::impl {
   key_usage_registry key_usage;
   std::unique_ptr<oauth_authority> oauth;  // with an `oauth:` section; snapshots point at it
   std::mutex adopt_oauth_mutex;
+  std::atomic<uint64_t> audit_seq{0};
+  static constexpr int64_t audit_retention_ms = 30LL * 24 * 3600 * 1000;  // 30 days
+  static constexpr size_t max_audit_entries = 10000;                      // cluster-wide
   static constexpr int64_t oauth_leeway_s = 60;  // jwt_rules' default leeway
   std::mutex local_revoked_mutex;                // without a cluster: revoked token ids live here
   std::unordered_set<std::string> local_revoked;
@@ -259,6 +262,54 @@ struct node::impl {
     oauth->set_revoked(std::move(revoked));
   }
 
+  // Appends one admin change to the cluster's audit trail: a register per change
+  // ("audit/<unix ms>-<node>-<seq>"), spread by gossip like breaker states.
+  void record_audit(const std::string& method, const std::string& path, const std::string& from,
+                    int status) {
+    if (!cluster) return;
+    int64_t at = unix_now_ms();
+    char key[96];
+    std::snprintf(key, sizeof key, "audit/%013lld-%s-%llu", static_cast<long long>(at),
+                  cfg.node.id.c_str(), static_cast<unsigned long long>(++audit_seq));
+    nlohmann::json j = {{"at", at},     {"node", cfg.node.id}, {"method", method},
+                        {"path", path}, {"from", from},        {"status", status}};
+    std::string error;
+    if (!cluster->state().put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false))
+      log()->warn("audit record not stored: {}", error);
+    cluster->flush();
+  }
+
+  // The trail, newest first: entries at or after since_ms, at most limit.
+  nlohmann::json audit_view(int64_t since_ms, size_t limit) {
+    nlohmann::json out = nlohmann::json::array();
+    if (cluster) {
+      auto docs = cluster->state().documents(doc_family::breakers);
+      for (auto it = docs.rbegin(); it != docs.rend() && out.size() < limit; ++it) {
+        if (it->first.rfind("audit/", 0) != 0) continue;
+        auto j = nlohmann::json::parse(it->second.value, nullptr, false);
+        if (!j.is_object() || j.value("at", int64_t{0}) < since_ms) continue;
+        out.push_back(std::move(j));
+      }
+    }
+    return {{"entries", std::move(out)}, {"replicated", cluster != nullptr}};
+  }
+
+  // Forgets audit entries older than audit_retention, and the oldest beyond max_audit_entries.
+  void collect_audit() {
+    const int64_t cutoff = unix_now_ms() - audit_retention_ms;
+    auto docs = cluster->state().documents(doc_family::breakers);
+    size_t kept = 0;
+    for (auto it = docs.rbegin(); it != docs.rend(); ++it) {
+      if (it->first.rfind("audit/", 0) != 0) continue;
+      auto j = nlohmann::json::parse(it->second.value, nullptr, false);
+      bool old = !j.is_object() || j.value("at", int64_t{0}) < cutoff;
+      if (old || ++kept > max_audit_entries) {
+        std::string error;
+        cluster->state().remove(doc_family::breakers, it->first, &error);
+      }
+    }
+  }
+
   // Deletes revocation registers of tokens that expired (past the leeway): they can no longer
   // be presented, so the set every node holds stays the size of the live revocations.
   void collect_revocations() {
@@ -290,6 +341,7 @@ struct node::impl {
       }
       if (std::chrono::steady_clock::now() - last_oauth_gc >= std::chrono::minutes(1)) {
         collect_revocations();
+        collect_audit();
         last_oauth_gc = std::chrono::steady_clock::now();
       }
     }
@@ -883,6 +935,12 @@ bool node::start(std::string* error) {
     return j;
   };
   handlers.breakers = [this] { return impl_->breakers_json(); };
+  handlers.audit = [this](const std::string& method, const std::string& path,
+                          const std::string& from,
+                          int status) { impl_->record_audit(method, path, from, status); };
+  handlers.audit_view = [this](int64_t since, size_t limit) {
+    return impl_->audit_view(since, limit);
+  };
   handlers.consumer_keys = [this](const std::string& method, const std::string& consumer,
                                   const std::string& key_id, const std::string& body) {
     return impl_->keys_request(method, consumer, key_id, body);
