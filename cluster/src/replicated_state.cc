@@ -396,11 +396,13 @@ std::optional<lww_entry> replicated_state::get(doc_family f, const std::string& 
 }
 
 std::vector<std::pair<std::string, lww_entry>> replicated_state::documents(
-    doc_family f, bool include_deleted) const {
+    doc_family f, bool include_deleted, std::string_view prefix) const {
   std::lock_guard lock(impl_->mu);
   std::vector<std::pair<std::string, lww_entry>> out;
-  for (const auto& [k, e] : impl_->map(f).entries())
-    if (include_deleted || !e.deleted) out.emplace_back(k, e);
+  const auto& entries = impl_->map(f).entries();
+  for (auto it = entries.lower_bound(std::string(prefix));
+       it != entries.end() && std::string_view(it->first).starts_with(prefix); ++it)
+    if (include_deleted || !it->second.deleted) out.emplace_back(it->first, it->second);
   return out;
 }
 

@@ -337,9 +337,9 @@ nlohmann::json cluster_glue::keys_json() const {
       live[m.info.id] = m.state == cluster::member_state::alive;
   nlohmann::json nodes = nlohmann::json::object();
   std::map<std::string, std::pair<int, int>> by_key;  // fingerprint -> (installed on, primary on)
-  for (const auto& [key, e] : impl_->state->documents(cluster::doc_family::breakers)) {
-    if (key.rfind("node/", 0) != 0 || key.size() < 14 || key.substr(key.size() - 8) != "/keyring")
-      continue;
+  for (const auto& [key, e] :
+       impl_->state->documents(cluster::doc_family::breakers, false, "node/")) {
+    if (key.size() < 14 || key.substr(key.size() - 8) != "/keyring") continue;
     std::string id = key.substr(5, key.size() - 13);
     auto it = live.find(id);
     if (it == live.end()) continue;  // left or forgotten

@@ -248,7 +248,7 @@ struct node::impl {
     std::vector<std::string> keys;
     std::unordered_set<std::string> revoked;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
+    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers, false, "oauth/")) {
       if (key.rfind("oauth/key/", 0) == 0) {
         keys.push_back(e.value);
       } else if (key.rfind("oauth/revoked/", 0) == 0) {
@@ -263,13 +263,15 @@ struct node::impl {
   }
 
   // Appends one admin change to the cluster's audit trail: a register per change
-  // ("audit/<unix ms>-<node>-<seq>"), spread by gossip like breaker states.
+  // ("audit/log/<unix ms>-<node>-<seq>": two slashes, so no breaker register
+  // "<upstream>/<host:port>" of an upstream named "audit" falls in its range), spread by gossip
+  // like breaker states.
   void record_audit(const std::string& method, const std::string& path, const std::string& from,
                     int status) {
     if (!cluster) return;
     int64_t at = unix_now_ms();
     char key[96];
-    std::snprintf(key, sizeof key, "audit/%013lld-%s-%llu", static_cast<long long>(at),
+    std::snprintf(key, sizeof key, "audit/log/%013lld-%s-%llu", static_cast<long long>(at),
                   cfg.node.id.c_str(), static_cast<unsigned long long>(++audit_seq));
     nlohmann::json j = {{"at", at},     {"node", cfg.node.id}, {"method", method},
                         {"path", path}, {"from", from},        {"status", status}};
@@ -283,9 +285,8 @@ struct node::impl {
   nlohmann::json audit_view(int64_t since_ms, size_t limit) {
     nlohmann::json out = nlohmann::json::array();
     if (cluster) {
-      auto docs = cluster->state().documents(doc_family::breakers);
+      auto docs = cluster->state().documents(doc_family::breakers, false, "audit/log/");
       for (auto it = docs.rbegin(); it != docs.rend() && out.size() < limit; ++it) {
-        if (it->first.rfind("audit/", 0) != 0) continue;
         auto j = nlohmann::json::parse(it->second.value, nullptr, false);
         if (!j.is_object() || j.value("at", int64_t{0}) < since_ms) continue;
         out.push_back(std::move(j));
@@ -297,10 +298,9 @@ struct node::impl {
   // Forgets audit entries older than audit_retention, and the oldest beyond max_audit_entries.
   void collect_audit() {
     const int64_t cutoff = unix_now_ms() - audit_retention_ms;
-    auto docs = cluster->state().documents(doc_family::breakers);
+    auto docs = cluster->state().documents(doc_family::breakers, false, "audit/log/");
     size_t kept = 0;
     for (auto it = docs.rbegin(); it != docs.rend(); ++it) {
-      if (it->first.rfind("audit/", 0) != 0) continue;
       auto j = nlohmann::json::parse(it->second.value, nullptr, false);
       bool old = !j.is_object() || j.value("at", int64_t{0}) < cutoff;
       if (old || ++kept > max_audit_entries) {
@@ -315,8 +315,8 @@ struct node::impl {
   void collect_revocations() {
     if (!oauth) return;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
-      if (key.rfind("oauth/revoked/", 0) != 0) continue;
+    for (const auto& [key, e] :
+         cluster->state().documents(doc_family::breakers, false, "oauth/revoked/")) {
       auto j = nlohmann::json::parse(e.value, nullptr, false);
       int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
       std::string error;
@@ -399,7 +399,16 @@ struct node::impl {
     auto snap = current();
     std::map<std::string, const circuit_breaker_config*> scope_of;
     for (const auto& up : snap->upstreams) scope_of[up->cfg->name] = &up->cfg->circuit_breaker;
-    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers)) {
+    // Breaker registers are "<upstream>/<host:port>": read each upstream's range only, not the
+    // other registers of the family (keyrings, OAuth keys, the audit trail).
+    std::vector<std::pair<std::string, cluster::lww_entry>> docs;
+    for (const auto& [name, cb] : scope_of) {
+      if (!cb->enabled || cb->scope == "local") continue;
+      auto some = cluster->state().documents(doc_family::breakers, false, name + "/");
+      docs.insert(docs.end(), std::make_move_iterator(some.begin()),
+                  std::make_move_iterator(some.end()));
+    }
+    for (const auto& [key, e] : docs) {
       auto t = targets.find(key);
       if (!t) continue;
       auto it = scope_of.find(t->upstream);

@@ -94,6 +94,27 @@ TEST(replicated_state, deltas_carry_writes_and_deletions_to_other_nodes) {
   EXPECT_TRUE(a.state.take_deltas(millis(1'000'000)).empty());  // sent once
 }
 
+TEST(replicated_state, documents_by_prefix_read_only_their_range) {
+  int64_t wall = t0;
+  node_fixture a("a", &wall);
+  std::string error;
+  for (const char* key :
+       {"audit/10.0.0.1:80", "audit/log/1", "audit/log/2", "audit/logz", "auditx/1", "oauth/key/a"})
+    a.state.put(doc_family::breakers, key, "v", &error);
+  a.state.remove(doc_family::breakers, "audit/log/2", &error);
+  auto keys = [&](std::string_view prefix, bool deleted = false) {
+    std::vector<std::string> out;
+    for (const auto& [k, e] : a.state.documents(doc_family::breakers, deleted, prefix))
+      out.push_back(k);
+    return out;
+  };
+  EXPECT_EQ(keys("audit/log/"), std::vector<std::string>{"audit/log/1"});
+  EXPECT_EQ(keys("audit/log/", true), (std::vector<std::string>{"audit/log/1", "audit/log/2"}));
+  EXPECT_EQ(keys("audit/").size(), 3u);  // not "auditx/1"
+  EXPECT_EQ(keys("").size(), 5u);
+  EXPECT_TRUE(keys("zzz").empty());
+}
+
 TEST(replicated_state, identical_seeds_agree_and_any_write_beats_a_seed) {
   int64_t wall = t0;
   node_fixture a("a", &wall), b("b", &wall);

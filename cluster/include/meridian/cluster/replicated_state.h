@@ -27,6 +27,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -103,9 +104,11 @@ class replicated_state final : public gossip_application {
   // different nodes are identical entries). Not spread as a delta: every node seeds its own.
   void seed(doc_family f, const std::string& key, std::string value);
   std::optional<lww_entry> get(doc_family f, const std::string& key) const;
-  // Every live document of f (with include_deleted, tombstones too), in key order.
+  // Every live document of f (with include_deleted, tombstones too) whose key starts with
+  // prefix, in key order. A prefix reads only its own range of keys.
   std::vector<std::pair<std::string, lww_entry>> documents(doc_family f,
-                                                           bool include_deleted = false) const;
+                                                           bool include_deleted = false,
+                                                           std::string_view prefix = {}) const;
   uint64_t digest(doc_family f) const;
   hlc_time version(doc_family f) const;  // highest version of f (0 when empty)
   bool empty(doc_family f) const;
