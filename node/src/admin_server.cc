@@ -292,6 +292,15 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back({"GET", "/config/consumers/{id}/keys", true, keys});
     endpoints.push_back({"DELETE", "/config/consumers/{id}/keys/{key_id}", true, keys});
   }
+  if (handlers.consumer_password) {
+    auto password = [this](const httplib::Request& req, httplib::Response& res,
+                           const path_params& p) {
+      admin_reply r = handlers.consumer_password(req.method, p[0], req.body);
+      send_json(res, r.status, r.body);
+    };
+    endpoints.push_back({"PUT", "/config/consumers/{id}/password", true, password});
+    endpoints.push_back({"DELETE", "/config/consumers/{id}/password", true, password});
+  }
   if (handlers.cluster_keys) {
     endpoints.push_back(
         {"GET", "/cluster/keys", true,

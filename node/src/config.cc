@@ -1171,6 +1171,25 @@ consumer_config parse_consumer(diagnostics& d, const field& f) {
   if (!m.ok()) return c;
   if (auto v = m.require("id")) read_name(d, *v, c.id);
   if (auto v = m.take("groups")) read_string_list(d, *v, c.groups);
+  if (auto v = m.take("redirect_uris")) {
+    read_string_list(d, *v, c.redirect_uris);
+    for (const auto& uri : c.redirect_uris) {
+      // RFC 6749 section 3.1.2: absolute, no fragment. Plain http only for loopback (native
+      // apps, RFC 8252 section 7.3).
+      bool https = uri.starts_with("https://") && uri.size() > 8;
+      bool loopback = uri.starts_with("http://127.0.0.1") || uri.starts_with("http://[::1]") ||
+                      uri.starts_with("http://localhost");
+      bool custom_scheme = !https && !uri.starts_with("http") &&
+                           uri.find(':') != std::string::npos && uri.find(':') > 0;
+      if ((!https && !loopback && !custom_scheme) || uri.find('#') != std::string::npos ||
+          uri.find_first_of(" \"<>\\") != std::string::npos) {
+        d.add(v->line, v->path + ": '" + uri +
+                           "' must be an absolute https:// URI (http:// only for loopback, or an "
+                           "app's own scheme) without a fragment");
+      }
+    }
+  }
+  if (auto v = m.take("public_client")) read_bool(d, *v, c.public_client);
   m.finish();
   return c;
 }
@@ -1219,7 +1238,7 @@ oauth_config parse_oauth(diagnostics& d, const field& f) {
   if (auto v = m.take("audience")) read_string(d, *v, o.audience, false);
   for (auto [key, out] :
        {std::pair{"token_path", &o.token_path}, std::pair{"introspect_path", &o.introspect_path},
-        std::pair{"revoke_path", &o.revoke_path}}) {
+        std::pair{"revoke_path", &o.revoke_path}, std::pair{"authorize_path", &o.authorize_path}}) {
     if (auto v = m.take(key)) {
       if (read_string(d, *v, *out, false) && (out->empty() || out->front() != '/'))
         d.add(v->line, v->path + ": must start with /");
@@ -1228,6 +1247,19 @@ oauth_config parse_oauth(diagnostics& d, const field& f) {
   if (auto v = m.take("access_token_ttl")) {
     if (read_duration(d, *v, o.access_token_ttl) && o.access_token_ttl < std::chrono::seconds(10))
       d.add(v->line, v->path + ": must be at least 10s");
+  }
+  if (auto v = m.take("refresh_token_ttl")) {
+    if (read_duration(d, *v, o.refresh_token_ttl) && o.refresh_token_ttl < std::chrono::minutes(1))
+      d.add(v->line, v->path + ": must be at least 1m");
+  }
+  if (auto v = m.take("grants")) {
+    o.grants.clear();
+    for_each_item(d, *v, [&](const field& item) {
+      std::string g;
+      if (read_choice(d, item, g,
+                      {"client_credentials", "password", "authorization_code", "refresh_token"}))
+        o.grants.push_back(std::move(g));
+    });
   }
   if (auto v = m.take("scopes")) read_string_list(d, *v, o.scopes);
   for (const auto& s : o.scopes) {

@@ -187,6 +187,8 @@ json route_to_json(const route_config& r) {
 json consumer_to_json(const consumer_config& c) {
   json out = {{"id", c.id}};
   put_if(out, "groups", c.groups);
+  put_if(out, "redirect_uris", c.redirect_uris);
+  if (c.public_client) out["public_client"] = true;
   return out;
 }
 
@@ -221,7 +223,10 @@ nlohmann::json config_to_json(const config& c) {
                     {"token_path", o.token_path},
                     {"introspect_path", o.introspect_path},
                     {"revoke_path", o.revoke_path},
+                    {"authorize_path", o.authorize_path},
                     {"access_token_ttl", std::to_string(o.access_token_ttl.count()) + "ms"},
+                    {"refresh_token_ttl", std::to_string(o.refresh_token_ttl.count()) + "ms"},
+                    {"grants", o.grants},
                     {"scopes", o.scopes}};
   }
   return out;

@@ -406,6 +406,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     idle,
     head,
     local_body,  // reading the body of a request the gateway answers itself (OAuth)
+    local_wait,  // waiting for that answer from another thread (an OAuth password check)
     delayed,
     connecting,
     proxying,
@@ -446,7 +447,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void send_local(int status, std::string_view content_type, std::string_view body,
                   std::span<const std::pair<std::string, std::string>> headers);
   // Recognizes the OAuth endpoints (before routing); true when this request is one.
-  bool match_oauth_endpoint(std::string_view path);
+  bool match_oauth_endpoint(std::string_view path, std::string_view query);
   void answer_oauth();
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
   void release_upstream(bool reuse);
@@ -537,6 +538,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   oauth_authority::endpoint oauth_kind_ = oauth_authority::endpoint::token;
   std::string oauth_authorization_;
   std::string oauth_body_;
+  std::string oauth_query_;
+  bool oauth_get_ = false;
   static constexpr size_t max_oauth_body = 16 * 1024;
 
   // The upstream exchange.
@@ -869,7 +872,8 @@ void client_session::check_deadline(int64_t now) {
       close_after_response_ = true;
       send_error(408, "request_timeout", "the request did not arrive in time");
       break;
-    case phase::delayed:  // the timer fires long before; a stuck one ends the connection
+    case phase::delayed:     // the timer fires long before; a stuck one ends the connection
+    case phase::local_wait:  // likewise the password thread
       close();
       break;
     case phase::connecting:
@@ -1011,7 +1015,8 @@ bool client_session::head_complete() {
 void client_session::process_input() {
   if (reading_into_in_) return;  // resumed when the read completes
   while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
-    if (phase_ == phase::delayed) return;  // resumed by the delay timer
+    // Resumed by the delay timer, or by the OAuth answer.
+    if (phase_ == phase::delayed || phase_ == phase::local_wait) return;
     if (phase_ == phase::idle || phase_ == phase::head) {
       if (in_.empty()) {
         in_.release_if_empty();
@@ -1310,8 +1315,7 @@ bool client_session::authenticate_jwt() {
   for (const auto* p : route_->jwt_providers) {
     auto keys = p->authority ? p->authority->keys() : p->keys.load();
     verified = p->cache.verify(token, keys, p->rules, now);
-    if (verified->ok && p->authority &&
-        p->authority->revoked(verified->claims.value("jti", std::string()))) {
+    if (verified->ok && p->authority && p->authority->token_revoked(verified->claims)) {
       static const auto revoked = std::make_shared<const jwt_result>(
           jwt_result{false, "revoked", "token has been revoked", {}});
       verified = revoked;
@@ -1440,7 +1444,7 @@ bool client_session::authenticate() {
   return true;
 }
 
-bool client_session::match_oauth_endpoint(std::string_view path) {
+bool client_session::match_oauth_endpoint(std::string_view path, std::string_view query) {
   if (!snap_->oauth || !snap_->cfg.oauth) return false;
   const auto& o = *snap_->cfg.oauth;
   if (path == o.token_path) {
@@ -1449,16 +1453,23 @@ bool client_session::match_oauth_endpoint(std::string_view path) {
     oauth_kind_ = oauth_authority::endpoint::introspect;
   } else if (path == o.revoke_path) {
     oauth_kind_ = oauth_authority::endpoint::revoke;
+  } else if (path == o.authorize_path) {
+    oauth_kind_ = oauth_authority::endpoint::authorize;
   } else {
     return false;
   }
-  if (verb_ != http::verb::post) {
+  oauth_get_ = oauth_kind_ == oauth_authority::endpoint::authorize &&
+               (verb_ == http::verb::get || verb_ == http::verb::head);
+  if (verb_ != http::verb::post && !oauth_get_) {
     local_status_ = 405;
     local_code_ = "method_not_allowed";
-    local_message_ = "OAuth endpoints take POST";
+    local_message_ = oauth_kind_ == oauth_authority::endpoint::authorize
+                         ? "the authorization endpoint takes GET or POST"
+                         : "OAuth endpoints take POST";
     return true;
   }
   oauth_endpoint_ = true;
+  oauth_query_.assign(query);
   oauth_authorization_.clear();
   for (auto& f : fields_) {
     if (f.f == http::field::authorization) {
@@ -1470,10 +1481,40 @@ bool client_session::match_oauth_endpoint(std::string_view path) {
 }
 
 void client_session::answer_oauth() {
-  auto r = snap_->oauth->handle(oauth_kind_, *snap_->cfg.oauth, oauth_authorization_, oauth_body_,
-                                snap_->api_keys.get(), unix_now_ms());
+  oauth_authority::request req;
+  req.kind = oauth_kind_;
+  req.post = !oauth_get_;
+  req.authorization = std::move(oauth_authorization_);
+  req.query = std::move(oauth_query_);
+  req.body = std::move(oauth_body_);
   oauth_body_.clear();
-  send_local(r.status, r.body.empty() ? "text/plain" : "application/json", r.body, r.headers);
+  oauth_query_.clear();
+  oauth_authorization_.clear();
+  oauth_authority::context ctx{&*snap_->cfg.oauth, snap_->api_keys.get(), &snap_->cfg.consumers,
+                               unix_now_ms()};
+  if (!oauth_authority::slow(req)) {
+    auto r = snap_->oauth->handle(req, ctx);
+    send_local(r.status, r.content_type, r.body, r.headers);
+    return;
+  }
+  // A password check (Argon2id, tens of ms): on the authority's thread, not this worker's.
+  phase_ = phase::local_wait;
+  deadline_ = w_.now + 30'000;
+  auto* authority = snap_->oauth;
+  bool queued = authority->run_slow(
+      [self = shared_from_this(), snap = snap_, req = std::move(req), ctx, authority]() mutable {
+        auto r = authority->handle(req, ctx);
+        asio::post(self->w_.ioc, [self, snap = std::move(snap), r = std::move(r)] {
+          if (self->phase_ != phase::local_wait) return;
+          self->phase_ = phase::head;
+          self->send_local(r.status, r.content_type, r.body, r.headers);
+          self->process_input();
+        });
+      });
+  if (!queued) {
+    phase_ = phase::head;
+    send_error(503, "temporarily_unavailable", "too many password checks waiting; retry shortly");
+  }
 }
 
 namespace {
@@ -1653,7 +1694,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   }
 
   if (!parser.keep_alive()) close_after_response_ = true;
-  if (match_oauth_endpoint(path)) return;
+  if (match_oauth_endpoint(path, query)) return;
 
   header_views_.clear();
   for (auto& f : fields_) header_views_.push_back({f.name, f.value});

@@ -166,6 +166,11 @@ struct node::impl {
   static constexpr int64_t oauth_leeway_s = 60;  // jwt_rules' default leeway
   std::mutex local_revoked_mutex;                // without a cluster: revoked token ids live here
   std::unordered_set<std::string> local_revoked;
+  std::unordered_map<std::string, std::string> local_uses;  // without a cluster: used code ids
+  std::mutex redemptions_mutex;
+  // Codes and refresh tokens this node redeemed in the last minute: id -> (register value,
+  // until when to watch it).
+  std::unordered_map<std::string, std::pair<std::string, int64_t>> my_redemptions;
   std::thread breaker_sync;        // with a cluster: publishes breaker transitions, assigns probing
   periodic_thread persister;       // without a cluster: hands counts to local_state, persists them
   periodic_thread jwks_refresher;  // re-fetches jwks_url keys (periodically, on unknown kids)
@@ -207,6 +212,17 @@ struct node::impl {
     oauth->on_revoke = [this](const std::string& jti, int64_t exp_s, std::string* err) {
       return revoke_token(jti, exp_s, err);
     };
+    oauth->used = [this](const std::string& id) { return code_use(id); };
+    oauth->mark_used = [this](const std::string& id, const std::string& value, int64_t exp_s,
+                              std::string* err) { return record_code_use(id, value, exp_s, err); };
+    oauth->password_hash = [this](const std::string& consumer) -> std::optional<std::string> {
+      if (!cluster) return std::nullopt;
+      auto e = cluster->state().get(doc_family::config, "passwords/" + consumer);
+      if (!e || e->deleted) return std::nullopt;
+      auto j = nlohmann::json::parse(e->value, nullptr, false);
+      if (!j.is_object() || !j.contains("hash") || !j["hash"].is_string()) return std::nullopt;
+      return j["hash"].get<std::string>();
+    };
     if (cluster) {
       std::string e;
       if (!cluster->state().put(doc_family::breakers, "oauth/key/" + cfg.node.id,
@@ -239,24 +255,113 @@ struct node::impl {
     return true;
   }
 
+  // The single-use record of an authorization code or refresh token id, if it was redeemed.
+  std::optional<std::string> code_use(const std::string& id) {
+    if (!cluster) {
+      std::lock_guard lock(local_revoked_mutex);
+      auto it = local_uses.find(id);
+      if (it == local_uses.end()) return std::nullopt;
+      return it->second;
+    }
+    auto e = cluster->state().get(doc_family::breakers, "oauth/used/" + id);
+    if (!e || e->deleted) return std::nullopt;
+    return e->value;
+  }
+
+  // Records a redemption as a register kept until the code or token expires. This node
+  // remembers what it wrote for a minute: if another node redeemed the same id before the two
+  // registers met, one write loses, and adopt_oauth() revokes both grants.
+  bool record_code_use(const std::string& id, const std::string& value, int64_t exp_s,
+                       std::string* error) {
+    auto j = nlohmann::json::parse(value, nullptr, false);
+    if (!j.is_object()) j = nlohmann::json::object();
+    j["exp"] = exp_s;
+    j["node"] = cfg.node.id;
+    std::string v = j.dump();
+    if (!cluster) {
+      std::lock_guard lock(local_revoked_mutex);
+      if (!local_uses.emplace(id, v).second) {
+        *error = "already used";
+        return false;
+      }
+      return true;
+    }
+    {
+      std::lock_guard lock(redemptions_mutex);
+      my_redemptions[id] = {v, unix_now_ms() + 60'000};
+    }
+    if (!cluster->state().put(doc_family::breakers, "oauth/used/" + id, v, error,
+                              /*sync=*/false))
+      return false;
+    cluster->flush();
+    return true;
+  }
+
+  // A code or refresh token this node redeemed whose register now holds another node's
+  // redemption was redeemed twice: revoke both grant families (RFC 6749 section 4.1.2).
+  void check_double_redemptions() {
+    std::vector<std::pair<std::string, std::string>> clashes;  // (mine, theirs)
+    {
+      std::lock_guard lock(redemptions_mutex);
+      if (my_redemptions.empty()) return;
+      const int64_t now = unix_now_ms();
+      for (auto it = my_redemptions.begin(); it != my_redemptions.end();) {
+        auto e = cluster->state().get(doc_family::breakers, "oauth/used/" + it->first);
+        if (e && !e->deleted && e->value != it->second.first) {
+          clashes.emplace_back(it->second.first, e->value);
+          it = my_redemptions.erase(it);
+        } else if (now >= it->second.second) {
+          it = my_redemptions.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (const auto& [mine, theirs] : clashes) {
+      for (const auto& text : {mine, theirs}) {
+        auto j = nlohmann::json::parse(text, nullptr, false);
+        if (!j.is_object() || !j.contains("fid") || !j["fid"].is_string()) continue;
+        std::string error;
+        int64_t until = unix_now_ms() / 1000 + 400LL * 24 * 3600;
+        if (auto snap = current(); snap && snap->cfg.oauth) {
+          until = unix_now_ms() / 1000 + std::chrono::duration_cast<std::chrono::seconds>(
+                                             snap->cfg.oauth->refresh_token_ttl)
+                                             .count();
+        }
+        log()->warn(
+            "oauth: a code or refresh token was redeemed on two nodes at once; revoking "
+            "grant {}",
+            j["fid"].get<std::string>());
+        if (!revoke_token(j["fid"].get<std::string>(), until, &error))
+          log()->warn("oauth: revocation not stored: {}", error);
+      }
+    }
+  }
+
   // Rebuilds the OAuth verification keys (every node's published key) and revoked token ids
   // (unexpired ones) from the cluster registers.
   void adopt_oauth() {
     if (!oauth || !cluster) return;
+    adopt_oauth_registers();
+    check_double_redemptions();  // outside the lock: it may revoke, which adopts again
+  }
+
+  void adopt_oauth_registers() {
     // One reader at a time, so an older view read first cannot be stored last.
     std::lock_guard lock(adopt_oauth_mutex);
     std::vector<std::string> keys;
     std::unordered_set<std::string> revoked;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] : cluster->state().documents(doc_family::breakers, false, "oauth/")) {
-      if (key.rfind("oauth/key/", 0) == 0) {
-        keys.push_back(e.value);
-      } else if (key.rfind("oauth/revoked/", 0) == 0) {
-        auto j = nlohmann::json::parse(e.value, nullptr, false);
-        int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
-        // Kept while the verifier's clock leeway could still accept the token.
-        if (exp + oauth_leeway_s >= now_s) revoked.insert(key.substr(14));
-      }
+    for (const auto& [key, e] :
+         cluster->state().documents(doc_family::breakers, false, "oauth/key/")) {
+      keys.push_back(e.value);
+    }
+    for (const auto& [key, e] :
+         cluster->state().documents(doc_family::breakers, false, "oauth/revoked/")) {
+      auto j = nlohmann::json::parse(e.value, nullptr, false);
+      int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
+      // Kept while the verifier's clock leeway could still accept the token.
+      if (exp + oauth_leeway_s >= now_s) revoked.insert(key.substr(14));
     }
     oauth->set_published(keys);
     oauth->set_revoked(std::move(revoked));
@@ -312,15 +417,18 @@ struct node::impl {
 
   // Deletes revocation registers of tokens that expired (past the leeway): they can no longer
   // be presented, so the set every node holds stays the size of the live revocations.
+  // Single-use records go the same way once their code or refresh token expired.
   void collect_revocations() {
     if (!oauth) return;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] :
-         cluster->state().documents(doc_family::breakers, false, "oauth/revoked/")) {
-      auto j = nlohmann::json::parse(e.value, nullptr, false);
-      int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
-      std::string error;
-      if (exp + oauth_leeway_s < now_s) cluster->state().remove(doc_family::breakers, key, &error);
+    for (const char* prefix : {"oauth/revoked/", "oauth/used/"}) {
+      for (const auto& [key, e] : cluster->state().documents(doc_family::breakers, false, prefix)) {
+        auto j = nlohmann::json::parse(e.value, nullptr, false);
+        int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
+        std::string error;
+        if (exp + oauth_leeway_s < now_s)
+          cluster->state().remove(doc_family::breakers, key, &error);
+      }
     }
   }
 
@@ -716,6 +824,51 @@ struct node::impl {
         {{"key_id", k.key_id}, {"key", k.plaintext}, {"consumer", consumer}, {"expires", expires}}};
   }
 
+  // PUT {"password": "..."} sets a consumer's password (the resource owner's, for the OAuth
+  // password and authorization_code grants); DELETE removes it. Only an Argon2id hash is stored,
+  // as the cluster document "passwords/<consumer>".
+  admin_reply password_request(const std::string& method, const std::string& consumer,
+                               const std::string& body) {
+    if (!cluster) {
+      return error_reply(409, "not_clustered",
+                         "passwords are cluster documents: this node runs without a cluster "
+                         "section");
+    }
+    auto snap = current();
+    bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
+                             [&](const consumer_config& c) { return c.id == consumer; });
+    if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
+    auto& st = cluster->state();
+    std::string error;
+    if (method == "DELETE") {
+      auto e = st.get(doc_family::config, "passwords/" + consumer);
+      if (!e || e->deleted)
+        return error_reply(404, "not_found", "consumer '" + consumer + "' has no password");
+      auto v = st.remove(doc_family::config, "passwords/" + consumer, &error);
+      if (!v) return error_reply(503, "storage_error", error);
+      cluster->flush();
+      return {200, {{"consumer", consumer}, {"password", "removed"}, {"version", v}}};
+    }
+    auto j = nlohmann::json::parse(body, nullptr, false);
+    if (!j.is_object() || !j.contains("password") || !j["password"].is_string())
+      return error_reply(400, "invalid_json", R"(body must be {"password": "..."})");
+    std::string password = j["password"].get<std::string>();
+    if (password.size() < min_password_length || password.size() > max_password_length) {
+      sodium_memzero(password.data(), password.size());
+      return error_reply(400, "invalid_config",
+                         "a password has " + std::to_string(min_password_length) + " to " +
+                             std::to_string(max_password_length) + " bytes");
+    }
+    std::string hash = hash_password(password);
+    sodium_memzero(password.data(), password.size());
+    if (hash.empty()) return error_reply(503, "internal", "cannot hash the password");
+    nlohmann::json doc = {{"hash", hash}, {"updated", unix_now_ms()}};
+    auto v = st.put(doc_family::config, "passwords/" + consumer, doc.dump(), &error);
+    if (!v) return error_reply(503, "storage_error", error);
+    cluster->flush();
+    return {200, {{"consumer", consumer}, {"password", "set"}, {"version", v}}};
+  }
+
   admin_reply write_document(const std::string& kind, const std::string& name,
                              const std::string* body) {
     if (!cluster) {
@@ -800,6 +953,8 @@ node::~node() {
   impl_->stop_applier();
   impl_->stop_breaker_sync();
   impl_->stop_persister();
+  // Password checks still queued answer before the workers they post to stop.
+  if (impl_->oauth) impl_->oauth->stop();
   if (impl_->proxy) impl_->proxy->stop();
   if (impl_->admin) impl_->admin->stop();
 }
@@ -953,6 +1108,10 @@ bool node::start(std::string* error) {
   handlers.consumer_keys = [this](const std::string& method, const std::string& consumer,
                                   const std::string& key_id, const std::string& body) {
     return impl_->keys_request(method, consumer, key_id, body);
+  };
+  handlers.consumer_password = [this](const std::string& method, const std::string& consumer,
+                                      const std::string& body) {
+    return impl_->password_request(method, consumer, body);
   };
   handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
                                    const std::string& limit) {

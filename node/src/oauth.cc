@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -19,6 +20,10 @@ namespace meridian::node {
 namespace {
 
 using nlohmann::json;
+
+// Domain separation for codes and refresh tokens: their signatures never verify anything else.
+constexpr std::string_view seal_context = "meridian-oauth-v1 ";
+constexpr int64_t code_ttl_s = 60;  // authorization codes (RFC 6749 section 4.1.2: short)
 
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -70,13 +75,20 @@ oauth_authority::reply json_reply(const json& body) {
   return r;
 }
 
-// The client's consumer when (client_id, client_secret) names a valid, unexpired API key;
-// empty otherwise. Credentials come from HTTP Basic (RFC 6749 section 2.3.1: form-encoded, then
+oauth_authority::reply invalid_client() {
+  return error_reply(401, "invalid_client",
+                     "client authentication failed (client_id: the API key id, client_secret: the "
+                     "API key)");
+}
+
+// The client's consumer when (client_id, client_secret) names a valid, unexpired API key, or,
+// with public_ok, when client_id alone names one whose consumer is a public client; empty
+// otherwise. Credentials come from HTTP Basic (RFC 6749 section 2.3.1: form-encoded, then
 // base64) or, failing that, from the form.
 std::string authenticate_client(std::string_view authorization,
                                 const std::vector<std::pair<std::string, std::string>>& form,
-                                const api_key_table* clients, int64_t now_ms,
-                                std::string* client_id) {
+                                const oauth_authority::context& ctx, bool public_ok,
+                                std::string* client_id, bool* is_public) {
   std::string id, secret;
   if (authorization.size() > 6 &&
       (authorization.substr(0, 6) == "Basic " || authorization.substr(0, 6) == "basic ")) {
@@ -96,15 +108,28 @@ std::string authenticate_client(std::string_view authorization,
     id = find(form, "client_id");
     secret = find(form, "client_secret");
   }
-  if (id.empty() || secret.empty() || !clients) return "";
-  auto it = clients->find(id);
-  if (it == clients->end()) return "";
+  if (id.empty() || !ctx.clients) return "";
+  auto it = ctx.clients->find(id);
+  if (it == ctx.clients->end()) return "";
+  const api_key_record& rec = it->second;
+  if (rec.expires_ms && ctx.now_ms >= rec.expires_ms) return "";
+  if (secret.empty()) {
+    if (!public_ok) return "";
+    bool is_public_client = false;
+    if (ctx.consumers) {
+      for (const auto& c : *ctx.consumers)
+        if (c.id == rec.consumer) is_public_client = c.public_client;
+    }
+    if (!is_public_client) return "";
+    *client_id = id;
+    *is_public = true;
+    return rec.consumer;
+  }
   std::string_view key_id, key_secret;
   if (!split_api_key(secret, &key_id, &key_secret) || key_id != id) return "";
-  const api_key_record& rec = it->second;
-  if (rec.expires_ms && now_ms >= rec.expires_ms) return "";
   if (!verify_api_key(rec, key_secret)) return "";
   *client_id = id;
+  *is_public = false;
   return rec.consumer;
 }
 
@@ -127,6 +152,7 @@ bool parse_form(std::string_view body, std::vector<std::pair<std::string, std::s
 }
 
 oauth_authority::~oauth_authority() {
+  stop();
   sodium_memzero(secret_.data(), secret_.size());
 }
 
@@ -241,59 +267,364 @@ std::string oauth_authority::sign(const json& claims) const {
   return input + "." + base64url_encode({reinterpret_cast<const char*>(sig), sizeof sig});
 }
 
-oauth_authority::reply oauth_authority::handle(endpoint kind, const oauth_config& cfg,
-                                               std::string_view authorization,
-                                               std::string_view body, const api_key_table* clients,
-                                               int64_t now_ms) const {
-  std::vector<std::pair<std::string, std::string>> form;
-  if (!parse_form(body, &form)) return error_reply(400, "invalid_request", "malformed form body");
-  std::string client_id;
-  std::string consumer = authenticate_client(authorization, form, clients, now_ms, &client_id);
-  if (consumer.empty()) {
-    return error_reply(401, "invalid_client",
-                       "client authentication failed (client_id: the API key id, client_secret: "
-                       "the API key)");
-  }
-  const int64_t now_s = now_ms / 1000;
-  if (kind == endpoint::token) {
-    std::string grant = find(form, "grant_type");
-    if (grant.empty()) return error_reply(400, "invalid_request", "grant_type is required");
-    if (grant != "client_credentials") {
-      return error_reply(400, "unsupported_grant_type", "only client_credentials is supported");
-    }
-    std::string scope = find(form, "scope");
-    std::string granted;
-    std::string_view rest = scope;
-    while (!rest.empty()) {
-      size_t sp = rest.find(' ');
-      std::string_view one = rest.substr(0, sp);
-      rest = sp == std::string_view::npos ? std::string_view() : rest.substr(sp + 1);
-      if (one.empty()) continue;
-      if (std::find(cfg.scopes.begin(), cfg.scopes.end(), one) == cfg.scopes.end()) {
-        return error_reply(400, "invalid_scope", "scope " + std::string(one) + " is not offered");
-      }
-      if (!granted.empty()) granted += ' ';
-      granted.append(one);
-    }
-    const int64_t ttl_s =
-        std::chrono::duration_cast<std::chrono::seconds>(cfg.access_token_ttl).count();
-    unsigned char jti_raw[16];
-    randombytes_buf(jti_raw, sizeof jti_raw);
-    json claims = {{"iss", cfg.issuer},
-                   {"aud", cfg.audience},
-                   {"sub", consumer},
-                   {"client_id", client_id},
-                   {"iat", now_s},
-                   {"exp", now_s + ttl_s},
-                   {"jti", base64url_encode({reinterpret_cast<char*>(jti_raw), sizeof jti_raw})}};
-    if (!granted.empty()) claims["scope"] = granted;
-    json out = {{"access_token", sign(claims)}, {"token_type", "Bearer"}, {"expires_in", ttl_s}};
-    if (!granted.empty()) out["scope"] = granted;
-    return json_reply(out);
-  }
+bool oauth_authority::token_revoked(const json& claims) const {
+  auto set = revoked_.load();
+  if (!set || set->empty()) return false;
+  auto jti = claims.find("jti");
+  if (jti != claims.end() && jti->is_string() && set->count(jti->get<std::string>())) return true;
+  auto fid = claims.find("fid");
+  return fid != claims.end() && fid->is_string() && set->count(fid->get<std::string>()) > 0;
+}
 
+std::string hash_password(std::string_view password) {
+  if (sodium_init() < 0) return "";
+  char out[crypto_pwhash_STRBYTES];
+  if (crypto_pwhash_str_alg(out, password.data(), password.size(), 2, 19u << 20,
+                            crypto_pwhash_ALG_ARGON2ID13) != 0)
+    return "";
+  return out;
+}
+
+std::string oauth_authority::seal(std::string_view prefix, const json& payload) const {
+  std::string body = base64url_encode(payload.dump());
+  std::string input = std::string(seal_context) + std::string(prefix) + body;
+  unsigned char sig[crypto_sign_BYTES];
+  crypto_sign_detached(sig, nullptr, reinterpret_cast<const unsigned char*>(input.data()),
+                       input.size(), secret_.data());
+  return std::string(prefix) + body + "." +
+         base64url_encode({reinterpret_cast<const char*>(sig), sizeof sig});
+}
+
+std::optional<json> oauth_authority::open_sealed(std::string_view prefix,
+                                                 std::string_view token) const {
+  if (token.size() > 4096 || token.substr(0, prefix.size()) != prefix) return std::nullopt;
+  std::string_view rest = token.substr(prefix.size());
+  size_t dot = rest.find('.');
+  if (dot == std::string_view::npos) return std::nullopt;
+  auto payload = base64url_decode(rest.substr(0, dot));
+  auto sig = base64url_decode(rest.substr(dot + 1));
+  if (!payload || !sig || sig->size() != crypto_sign_BYTES) return std::nullopt;
+  auto j = json::parse(*payload, nullptr, false);
+  if (!j.is_object() || !j.contains("kid") || !j["kid"].is_string()) return std::nullopt;
+  const std::string kid = j["kid"].get<std::string>();
+  std::string input =
+      std::string(seal_context) + std::string(prefix) + std::string(rest.substr(0, dot));
+  auto keys = keys_.load();
+  for (const auto& k : keys->keys()) {
+    if (k.kid != kid || k.type != jwk_type::okp || k.material.size() != crypto_sign_PUBLICKEYBYTES)
+      continue;
+    if (crypto_sign_verify_detached(reinterpret_cast<const unsigned char*>(sig->data()),
+                                    reinterpret_cast<const unsigned char*>(input.data()),
+                                    input.size(),
+                                    reinterpret_cast<const unsigned char*>(k.material.data())) == 0)
+      return j;
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+bool oauth_authority::check_password(const std::string& user, const std::string& password,
+                                     int64_t now_ms, std::string* why) const {
+  constexpr int max_failures = 5;
+  constexpr int64_t window_ms = 60'000;
+  {
+    std::lock_guard lock(throttle_mu_);
+    auto it = login_failures_.find(user);
+    if (it != login_failures_.end() && now_ms - it->second.since_ms < window_ms &&
+        it->second.count >= max_failures) {
+      *why = "too many failed attempts for this user; retry in " +
+             std::to_string((window_ms - (now_ms - it->second.since_ms)) / 1000 + 1) + " s";
+      return false;
+    }
+  }
+  // An unknown user costs as much as a wrong password, so timing does not tell users apart.
+  static const std::string dummy = hash_password("meridian: no such user");
+  std::optional<std::string> hash = password_hash ? password_hash(user) : std::nullopt;
+  bool ok = false;
+  if (password.size() <= max_password_length) {
+    const std::string& h = hash ? *hash : dummy;
+    ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && hash;
+  }
+  std::lock_guard lock(throttle_mu_);
+  if (ok) {
+    login_failures_.erase(user);
+    return true;
+  }
+  if (login_failures_.size() > 100'000) {  // bounded: forget windows that ended
+    std::erase_if(login_failures_,
+                  [&](const auto& e) { return now_ms - e.second.since_ms >= window_ms; });
+  }
+  auto& f = login_failures_[user];
+  if (now_ms - f.since_ms >= window_ms) f = {0, now_ms};
+  ++f.count;
+  *why = "wrong username or password";
+  return false;
+}
+
+bool oauth_authority::slow(const request& req) {
+  if (req.kind == endpoint::authorize) return req.post;
+  if (req.kind != endpoint::token) return false;
+  std::vector<std::pair<std::string, std::string>> form;
+  return parse_form(req.body, &form) && find(form, "grant_type") == "password";
+}
+
+bool oauth_authority::run_slow(std::function<void()> job) const {
+  std::lock_guard lock(slow_mu_);
+  if (slow_stop_ || slow_jobs_.size() >= max_queued) return false;
+  if (!slow_thread_.joinable()) {
+    slow_thread_ = std::thread([this] {
+      std::unique_lock lock(slow_mu_);
+      for (;;) {
+        slow_cv_.wait(lock, [this] { return slow_stop_ || !slow_jobs_.empty(); });
+        if (slow_jobs_.empty()) return;  // stopping, nothing left
+        auto job = std::move(slow_jobs_.front());
+        slow_jobs_.pop_front();
+        lock.unlock();
+        job();
+        job = nullptr;
+        lock.lock();
+      }
+    });
+  }
+  slow_jobs_.push_back(std::move(job));
+  slow_cv_.notify_one();
+  return true;
+}
+
+void oauth_authority::stop() {
+  {
+    std::lock_guard lock(slow_mu_);
+    slow_stop_ = true;
+  }
+  slow_cv_.notify_all();
+  if (slow_thread_.joinable()) slow_thread_.join();
+}
+
+namespace {
+
+std::string random_id() {
+  unsigned char raw[16];
+  randombytes_buf(raw, sizeof raw);
+  return base64url_encode({reinterpret_cast<char*>(raw), sizeof raw});
+}
+
+bool has(const std::vector<std::string>& list, std::string_view v) {
+  return std::find(list.begin(), list.end(), v) != list.end();
+}
+
+// Splits a space-separated scope. Returns false with the first scope not in allowed.
+bool parse_scope(std::string_view scope, const std::vector<std::string>& allowed,
+                 std::string* granted, std::string* bad) {
+  granted->clear();
+  while (!scope.empty()) {
+    size_t sp = scope.find(' ');
+    std::string_view one = scope.substr(0, sp);
+    scope = sp == std::string_view::npos ? std::string_view() : scope.substr(sp + 1);
+    if (one.empty()) continue;
+    if (!has(allowed, one)) {
+      *bad = one;
+      return false;
+    }
+    if (!granted->empty()) *granted += ' ';
+    granted->append(one);
+  }
+  return true;
+}
+
+std::vector<std::string> split_scope(std::string_view scope) {
+  std::vector<std::string> out;
+  while (!scope.empty()) {
+    size_t sp = scope.find(' ');
+    if (sp != 0) out.emplace_back(scope.substr(0, sp));
+    scope = sp == std::string_view::npos ? std::string_view() : scope.substr(sp + 1);
+  }
+  return out;
+}
+
+const consumer_config* find_consumer(const std::vector<consumer_config>* consumers,
+                                     std::string_view id) {
+  if (!consumers) return nullptr;
+  for (const auto& c : *consumers)
+    if (c.id == id) return &c;
+  return nullptr;
+}
+
+std::string url_encode(std::string_view in) {
+  static const char* hex = "0123456789ABCDEF";
+  std::string out;
+  for (unsigned char c : in) {
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out.push_back('%');
+      out.push_back(hex[c >> 4]);
+      out.push_back(hex[c & 15]);
+    }
+  }
+  return out;
+}
+
+std::string html_escape(std::string_view in) {
+  std::string out;
+  for (char c : in) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// RFC 7636 section 4.1: 43 to 128 characters of [A-Za-z0-9-._~].
+bool valid_verifier(std::string_view v) {
+  if (v.size() < 43 || v.size() > 128) return false;
+  return std::all_of(v.begin(), v.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+  });
+}
+
+std::string s256(std::string_view verifier) {
+  unsigned char h[crypto_hash_sha256_BYTES];
+  crypto_hash_sha256(h, reinterpret_cast<const unsigned char*>(verifier.data()), verifier.size());
+  return base64url_encode({reinterpret_cast<const char*>(h), sizeof h});
+}
+
+oauth_authority::reply redirect_reply(
+    const std::string& uri, const std::vector<std::pair<std::string, std::string>>& params) {
+  std::string location = uri;
+  char sep = uri.find('?') == std::string::npos ? '?' : '&';
+  for (const auto& [k, v] : params) {
+    if (v.empty()) continue;
+    location += sep;
+    location += k + "=" + url_encode(v);
+    sep = '&';
+  }
+  oauth_authority::reply r;
+  r.status = 302;
+  r.content_type = "text/plain";
+  r.headers = {{"Location", location}, {"Cache-Control", "no-store"}};
+  return r;
+}
+
+std::vector<std::pair<std::string, std::string>> page_headers() {
+  return {{"Cache-Control", "no-store"},
+          {"X-Frame-Options", "DENY"},
+          {"Referrer-Policy", "no-referrer"},
+          {"Content-Security-Policy",
+           "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"}};
+}
+
+const char* page_style =
+    "<style>body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;"
+    "color:#222}h1{font-size:1.3rem}label{display:block;margin:.8rem 0 .2rem}"
+    "input[type=text],input[type=password]{width:100%;padding:.4rem;box-sizing:border-box}"
+    ".err{color:#a00}.scopes li{margin:.2rem 0}button{margin:1rem .5rem 0 0;padding:.5rem 1rem}"
+    "</style>";
+
+oauth_authority::reply error_page(int status, std::string_view message) {
+  oauth_authority::reply r;
+  r.status = status;
+  r.content_type = "text/html; charset=utf-8";
+  r.headers = page_headers();
+  r.body = std::string(
+               "<!doctype html><html><head><meta charset=utf-8><title>Authorization "
+               "error</title>") +
+           page_style + "</head><body><h1>Authorization error</h1><p class=err>" +
+           html_escape(message) + "</p></body></html>";
+  return r;
+}
+
+}  // namespace
+
+oauth_authority::reply oauth_authority::issue(const context& ctx, const std::string& sub,
+                                              const std::string& client_id,
+                                              const std::string& scope,
+                                              const std::string& fid) const {
+  const oauth_config& cfg = *ctx.cfg;
+  const int64_t now_s = ctx.now_ms / 1000;
+  const int64_t ttl_s =
+      std::chrono::duration_cast<std::chrono::seconds>(cfg.access_token_ttl).count();
+  json claims = {{"iss", cfg.issuer},      {"aud", cfg.audience}, {"sub", sub},
+                 {"client_id", client_id}, {"iat", now_s},        {"exp", now_s + ttl_s},
+                 {"jti", random_id()}};
+  if (!scope.empty()) claims["scope"] = scope;
+  if (!fid.empty()) claims["fid"] = fid;
+  json out = {{"access_token", sign(claims)}, {"token_type", "Bearer"}, {"expires_in", ttl_s}};
+  if (!scope.empty()) out["scope"] = scope;
+  if (!fid.empty() && has(cfg.grants, "refresh_token")) {
+    const int64_t rttl_s =
+        std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
+    json rt = {{"kid", kid_}, {"id", random_id()}, {"fid", fid},   {"cid", client_id},
+               {"sub", sub},  {"scope", scope},    {"iat", now_s}, {"exp", now_s + rttl_s}};
+    out["refresh_token"] = seal("mrt_", rt);
+  }
+  return json_reply(out);
+}
+
+oauth_authority::reply oauth_authority::handle(const request& req, const context& ctx) const {
+  if (req.kind == endpoint::authorize) return authorize(req, ctx);
+  std::vector<std::pair<std::string, std::string>> form;
+  if (!parse_form(req.body, &form))
+    return error_reply(400, "invalid_request", "malformed form body");
+  if (req.kind == endpoint::token) return token(form, req.authorization, ctx);
+
+  const oauth_config& cfg = *ctx.cfg;
+  std::string client_id;
+  bool is_public = false;
+  std::string consumer =
+      authenticate_client(req.authorization, form, ctx, false, &client_id, &is_public);
+  if (consumer.empty()) return invalid_client();
+  const int64_t now_s = ctx.now_ms / 1000;
   std::string token = find(form, "token");
   if (token.empty()) return error_reply(400, "invalid_request", "token is required");
+
+  if (token.starts_with("mrt_")) {
+    auto rt = open_sealed("mrt_", token);
+    std::string fid = rt ? rt->value("fid", "") : "";
+    std::string id = rt ? rt->value("id", "") : "";
+    bool active = rt && rt->value("exp", int64_t{0}) > now_s && !fid.empty() && !id.empty() &&
+                  !revoked(fid) && !(used && used(id));
+    if (req.kind == endpoint::introspect) {
+      if (!active) return json_reply({{"active", false}});
+      json out = {{"active", true},
+                  {"token_type", "refresh_token"},
+                  {"client_id", rt->value("cid", "")},
+                  {"sub", rt->value("sub", "")},
+                  {"exp", rt->value("exp", int64_t{0})},
+                  {"iat", rt->value("iat", int64_t{0})},
+                  {"iss", cfg.issuer}};
+      if (!rt->value("scope", "").empty()) out["scope"] = rt->value("scope", "");
+      return json_reply(out);
+    }
+    reply ok;
+    ok.headers = {{"Cache-Control", "no-store"}};
+    if (!active) return ok;
+    if (rt->value("cid", "") != client_id)
+      return error_reply(400, "unauthorized_client", "the token was issued to another client");
+    // Revoking a refresh token revokes its grant: every refresh and access token of the family.
+    std::string error;
+    int64_t until =
+        now_s + std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
+    if (!on_revoke || !on_revoke(fid, until, &error))
+      return error_reply(503, "temporarily_unavailable", "revocation not stored: " + error);
+    return ok;
+  }
+
   jwt_rules rules;
   rules.issuer = cfg.issuer;
   rules.audience = cfg.audience;
@@ -301,11 +632,11 @@ oauth_authority::reply oauth_authority::handle(endpoint kind, const oauth_config
   auto keys = keys_.load();
   auto verified =
       verify_jwt(token, *keys, rules,
-                 std::chrono::system_clock::time_point(std::chrono::milliseconds(now_ms)));
+                 std::chrono::system_clock::time_point(std::chrono::milliseconds(ctx.now_ms)));
   std::string jti = verified.ok ? verified.claims.value("jti", "") : "";
-  bool active = verified.ok && !jti.empty() && !revoked(jti);
+  bool active = verified.ok && !jti.empty() && !token_revoked(verified.claims);
 
-  if (kind == endpoint::introspect) {
+  if (req.kind == endpoint::introspect) {
     if (!active) return json_reply({{"active", false}});
     json out = {{"active", true}, {"token_type", "Bearer"}};
     for (const char* name : {"scope", "client_id", "sub", "exp", "iat", "iss", "aud", "jti"}) {
@@ -329,6 +660,241 @@ oauth_authority::reply oauth_authority::handle(endpoint kind, const oauth_config
     return error_reply(503, "temporarily_unavailable", "revocation not stored: " + error);
   }
   return ok;
+}
+
+oauth_authority::reply oauth_authority::token(
+    const std::vector<std::pair<std::string, std::string>>& form, std::string_view authorization,
+    const context& ctx) const {
+  const oauth_config& cfg = *ctx.cfg;
+  std::string grant = find(form, "grant_type");
+  if (grant.empty()) return error_reply(400, "invalid_request", "grant_type is required");
+  static const std::vector<std::string> known = {"client_credentials", "password",
+                                                 "authorization_code", "refresh_token"};
+  if (!has(known, grant))
+    return error_reply(400, "unsupported_grant_type", "grant type " + grant + " is not supported");
+  if (!has(cfg.grants, grant))
+    return error_reply(400, "unsupported_grant_type",
+                       "grant type " + grant + " is not enabled (oauth.grants)");
+  // Public clients redeem codes and refresh tokens with their client_id alone (PKCE binds codes).
+  const bool public_ok = grant == "authorization_code" || grant == "refresh_token";
+  std::string client_id;
+  bool is_public = false;
+  std::string consumer =
+      authenticate_client(authorization, form, ctx, public_ok, &client_id, &is_public);
+  if (consumer.empty()) return invalid_client();
+  const int64_t now_s = ctx.now_ms / 1000;
+  const int64_t family_s =
+      std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
+  std::string granted, bad;
+
+  if (grant == "client_credentials") {
+    if (!parse_scope(find(form, "scope"), cfg.scopes, &granted, &bad))
+      return error_reply(400, "invalid_scope", "scope " + bad + " is not offered");
+    return issue(ctx, consumer, client_id, granted, "");
+  }
+
+  if (grant == "password") {
+    std::string user = find(form, "username");
+    std::string password = find(form, "password");
+    if (user.empty() || password.empty())
+      return error_reply(400, "invalid_request", "username and password are required");
+    if (!parse_scope(find(form, "scope"), cfg.scopes, &granted, &bad))
+      return error_reply(400, "invalid_scope", "scope " + bad + " is not offered");
+    std::string why;
+    if (!find_consumer(ctx.consumers, user) || !check_password(user, password, ctx.now_ms, &why)) {
+      if (why.empty()) check_password(user, password, ctx.now_ms, &why);  // same cost, counted
+      return error_reply(400, "invalid_grant", why);
+    }
+    return issue(ctx, user, client_id, granted, random_id());
+  }
+
+  if (grant == "authorization_code") {
+    std::string code = find(form, "code");
+    std::string verifier = find(form, "code_verifier");
+    if (code.empty()) return error_reply(400, "invalid_request", "code is required");
+    if (verifier.empty())
+      return error_reply(400, "invalid_request", "code_verifier is required (PKCE)");
+    auto c = open_sealed("mac_", code);
+    if (!c || c->value("exp", int64_t{0}) <= now_s)
+      return error_reply(400, "invalid_grant", "the authorization code is invalid or expired");
+    if (c->value("cid", "") != client_id)
+      return error_reply(400, "invalid_grant",
+                         "the authorization code was issued to another client");
+    if (c->value("rg", false) && find(form, "redirect_uri") != c->value("ruri", ""))
+      return error_reply(400, "invalid_grant",
+                         "redirect_uri differs from the one in the authorization request");
+    if (!valid_verifier(verifier) || s256(verifier) != c->value("cc", ""))
+      return error_reply(400, "invalid_grant", "code_verifier does not match the code_challenge");
+    std::string id = c->value("id", "");
+    std::string sub = c->value("sub", "");
+    if (id.empty() || !find_consumer(ctx.consumers, sub))
+      return error_reply(400, "invalid_grant", "the authorization code is invalid or expired");
+    std::string error;
+    if (used) {
+      if (auto previous = used(id)) {
+        // A code used twice: revoke what the first redemption issued (RFC 6749 section 4.1.2).
+        auto p = json::parse(*previous, nullptr, false);
+        if (p.is_object() && p.contains("fid") && on_revoke)
+          on_revoke(p.value("fid", ""), now_s + family_s, &error);
+        return error_reply(400, "invalid_grant",
+                           "the authorization code was already used; the tokens issued for it "
+                           "are revoked");
+      }
+    }
+    std::string fid = random_id();
+    if (!mark_used ||
+        !mark_used(id, json{{"fid", fid}}.dump(), c->value("exp", now_s) + 60, &error))
+      return error_reply(503, "temporarily_unavailable", "cannot record the code's use: " + error);
+    return issue(ctx, sub, client_id, c->value("scope", ""), fid);
+  }
+
+  // refresh_token
+  std::string token = find(form, "refresh_token");
+  if (token.empty()) return error_reply(400, "invalid_request", "refresh_token is required");
+  auto rt = open_sealed("mrt_", token);
+  if (!rt || rt->value("exp", int64_t{0}) <= now_s)
+    return error_reply(400, "invalid_grant", "the refresh token is invalid or expired");
+  if (rt->value("cid", "") != client_id)
+    return error_reply(400, "invalid_grant", "the refresh token was issued to another client");
+  std::string id = rt->value("id", "");
+  std::string fid = rt->value("fid", "");
+  std::string sub = rt->value("sub", "");
+  if (id.empty() || fid.empty() || revoked(fid))
+    return error_reply(400, "invalid_grant", "the refresh token is revoked");
+  if (!find_consumer(ctx.consumers, sub))
+    return error_reply(400, "invalid_grant", "the token's user no longer exists");
+  std::string error;
+  if (used && used(id)) {
+    // Reuse of a rotated refresh token: stolen, or replayed. Revoke the whole grant (Security
+    // BCP section 4.14.2), so neither the thief nor the client keeps it.
+    if (on_revoke) on_revoke(fid, now_s + family_s, &error);
+    return error_reply(400, "invalid_grant",
+                       "the refresh token was already used; its grant is revoked (reuse "
+                       "detected)");
+  }
+  std::string scope = rt->value("scope", "");
+  if (std::string asked = find(form, "scope"); !asked.empty()) {
+    auto had = split_scope(scope);
+    for (const auto& one : split_scope(asked)) {
+      if (!has(had, one))
+        return error_reply(400, "invalid_scope", "scope " + one + " was not granted");
+    }
+    if (!parse_scope(asked, had, &granted, &bad))
+      return error_reply(400, "invalid_scope", "scope " + bad + " was not granted");
+    scope = granted;
+  }
+  if (!mark_used || !mark_used(id, json{{"fid", fid}}.dump(), rt->value("exp", now_s), &error))
+    return error_reply(503, "temporarily_unavailable", "cannot record the token's use: " + error);
+  return issue(ctx, sub, client_id, scope, fid);
+}
+
+oauth_authority::reply oauth_authority::authorize(const request& req, const context& ctx) const {
+  const oauth_config& cfg = *ctx.cfg;
+  std::vector<std::pair<std::string, std::string>> form;
+  if (!parse_form(req.post ? req.body : req.query, &form))
+    return error_page(400, "The request is malformed (bad percent-encoding).");
+  // Until the client and its redirect URI are known good, errors are shown here and never sent
+  // to the redirect URI (RFC 6749 section 4.1.2.1): no open redirector.
+  std::string client_id = find(form, "client_id");
+  const api_key_record* key = nullptr;
+  if (ctx.clients && !client_id.empty()) {
+    auto it = ctx.clients->find(client_id);
+    if (it != ctx.clients->end()) key = &it->second;
+  }
+  if (!key || (key->expires_ms && ctx.now_ms >= key->expires_ms))
+    return error_page(400, "Unknown client: client_id must name a valid API key.");
+  const consumer_config* client = find_consumer(ctx.consumers, key->consumer);
+  if (!client) return error_page(400, "Unknown client: client_id must name a valid API key.");
+  std::string redirect_uri = find(form, "redirect_uri");
+  bool redirect_given = !redirect_uri.empty();
+  if (!redirect_given) {
+    if (client->redirect_uris.size() != 1)
+      return error_page(400, "redirect_uri is required: the client registers " +
+                                 std::to_string(client->redirect_uris.size()) + " redirect URIs.");
+    redirect_uri = client->redirect_uris.front();
+  } else if (!has(client->redirect_uris, redirect_uri)) {
+    return error_page(400, "redirect_uri is not registered for this client.");
+  }
+  std::string state = find(form, "state");
+  auto fail = [&](const char* error, const std::string& description) {
+    return redirect_reply(redirect_uri, {{"error", error},
+                                         {"error_description", description},
+                                         {"state", state},
+                                         {"iss", cfg.issuer}});
+  };
+  if (!has(cfg.grants, "authorization_code"))
+    return fail("unsupported_response_type", "the authorization_code grant is not enabled");
+  if (find(form, "response_type") != "code")
+    return fail("unsupported_response_type", "response_type must be code");
+  std::string challenge = find(form, "code_challenge");
+  if (challenge.empty())
+    return fail("invalid_request", "code_challenge is required (PKCE with S256)");
+  if (find(form, "code_challenge_method") != "S256")
+    return fail("invalid_request", "code_challenge_method must be S256");
+  if (challenge.size() != 43 || !base64url_decode(challenge))
+    return fail("invalid_request", "code_challenge must be base64url(SHA-256(code_verifier))");
+  std::string granted, bad;
+  if (!parse_scope(find(form, "scope"), cfg.scopes, &granted, &bad))
+    return fail("invalid_scope", "scope " + bad + " is not offered");
+
+  std::string message;
+  if (req.post) {
+    if (find(form, "decision") == "deny") return fail("access_denied", "the user denied access");
+    std::string user = find(form, "username");
+    std::string password = find(form, "password");
+    std::string why;
+    if (!user.empty() && !password.empty() && find_consumer(ctx.consumers, user) &&
+        check_password(user, password, ctx.now_ms, &why)) {
+      const int64_t now_s = ctx.now_ms / 1000;
+      json c = {{"kid", kid_},      {"id", random_id()},    {"cid", client_id},
+                {"sub", user},      {"ruri", redirect_uri}, {"rg", redirect_given},
+                {"scope", granted}, {"cc", challenge},      {"exp", now_s + code_ttl_s}};
+      return redirect_reply(redirect_uri,
+                            {{"code", seal("mac_", c)}, {"state", state}, {"iss", cfg.issuer}});
+    }
+    if (why.empty() && !user.empty() && !password.empty())
+      check_password(user, password, ctx.now_ms, &why);  // unknown user: same cost, counted
+    message = why.empty() ? "Enter your username and password." : why;
+  }
+
+  // The consent page: who asks, for what, and a login form that posts everything back.
+  std::string page = std::string(
+                         "<!doctype html><html><head><meta charset=utf-8>"
+                         "<meta name=viewport content=\"width=device-width\">"
+                         "<title>Authorize ") +
+                     html_escape(client->id) + "</title>" + page_style + "</head><body><h1>" +
+                     html_escape(client->id) + " asks for access</h1>";
+  auto scopes = split_scope(granted);
+  if (scopes.empty()) {
+    page += "<p>It asks for no particular scope.</p>";
+  } else {
+    page += "<p>It asks for:</p><ul class=scopes>";
+    for (const auto& one : scopes) page += "<li>" + html_escape(one) + "</li>";
+    page += "</ul>";
+  }
+  page += "<p>Tokens go to <code>" + html_escape(redirect_uri) + "</code>.</p>";
+  if (!message.empty()) page += "<p class=err>" + html_escape(message) + "</p>";
+  page += "<form method=post action=\"" + html_escape(cfg.authorize_path) + "\">";
+  for (const char* name : {"response_type", "client_id", "redirect_uri", "scope", "state",
+                           "code_challenge", "code_challenge_method"}) {
+    std::string v = find(form, name);
+    if (v.empty()) continue;
+    page += "<input type=hidden name=" + std::string(name) + " value=\"" + html_escape(v) + "\">";
+  }
+  page +=
+      "<label for=u>Username</label><input type=text id=u name=username "
+      "autocomplete=username value=\"" +
+      html_escape(find(form, "username")) +
+      "\"><label for=p>Password</label><input type=password id=p name=password "
+      "autocomplete=current-password><button type=submit name=decision value=allow>Allow"
+      "</button><button type=submit name=decision value=deny>Deny</button></form>"
+      "</body></html>";
+  reply r;
+  r.status = 200;
+  r.content_type = "text/html; charset=utf-8";
+  r.headers = page_headers();
+  r.body = std::move(page);
+  return r;
 }
 
 }  // namespace meridian::node

@@ -1,18 +1,33 @@
 #pragma once
-// The gateway as an OAuth 2.0 authorization server: the client_credentials grant (RFC 6749
-// section 4.4), token introspection (RFC 7662) and revocation (RFC 7009), answered by the proxy
-// listener at the `oauth:` section's paths.
+// The gateway as an OAuth 2.0 authorization server (RFC 6749), answered by the proxy listener at
+// the `oauth:` section's paths: the client_credentials, password, authorization_code (with PKCE,
+// RFC 7636, and a consent page) and refresh_token grants, token introspection (RFC 7662) and
+// revocation (RFC 7009).
 //
 // Clients are consumers' API keys: client_id is the key's id, client_secret the key itself
-// (POST /config/consumers/{id}/keys issues both; revoking the key revokes the client). Access
-// tokens are EdDSA JWTs (typ at+jwt) signed with this node's Ed25519 key, which is created once
-// in <data_dir>/oauth_signing.key (0600) and never leaves the node; its public half is published
-// as a cluster register ("oauth/key/<node>"), so every node holds every node's verification key
-// and accepts a token any node minted. Revoked token ids are registers too ("oauth/revoked/<jti>",
-// kept until the token's expiry), so a revocation on one node holds on every node.
+// (POST /config/consumers/{id}/keys issues both; revoking the key revokes the client). A consumer
+// marked public_client redeems codes and refresh tokens with client_id and PKCE alone. Resource
+// owners (password and authorization_code grants) are consumers with a password (PUT
+// /config/consumers/{id}/password, stored as an Argon2id hash).
+//
+// Access tokens are EdDSA JWTs (typ at+jwt) signed with this node's Ed25519 key, which is created
+// once in <data_dir>/oauth_signing.key (0600) and never leaves the node; its public half is
+// published as a cluster register ("oauth/key/<node>"), so every node holds every node's
+// verification key and accepts a token any node minted. Authorization codes ("mac_...") and
+// refresh tokens ("mrt_...") are signed by the same key (a domain-separated Ed25519 signature
+// over their payload, never valid as a JWT), so any node redeems them too.
+//
+// Single use: redeeming a code or a refresh token records its id as a register
+// ("oauth/used/<id>", naming the grant family the redemption started or continued). A second
+// redemption is refused and revokes the family (RFC 6749 section 4.1.2, OAuth 2.0 Security BCP
+// section 4.14: refresh token rotation with reuse detection); revoking a family ("oauth/revoked/
+// <family id>") revokes its refresh tokens and the access tokens minted from it (claim "fid").
+// Two nodes redeeming the same id before either heard of the other is found when the registers
+// meet (the one whose write lost revokes both families; see node.cc).
 //
 // Thread-safety: handle(), keys() and revoked() from any worker; set_published() and
 // set_revoked() from the cluster's change handler (readers see the old or the new set whole).
+// Password checks (Argon2id, ~20 ms) run on one background thread: run_slow().
 
 #include <atomic>
 #include <cstdint>
@@ -23,6 +38,13 @@
 #include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
 
 #include "api_keys.h"
 #include "jwt.h"
@@ -48,20 +70,51 @@ class oauth_authority {
   void set_revoked(std::unordered_set<std::string> jtis);
   bool revoked(std::string_view jti) const;
 
-  enum class endpoint { token, introspect, revoke };
+  enum class endpoint { token, introspect, revoke, authorize };
+  struct request {
+    endpoint kind = endpoint::token;
+    bool post = true;           // authorize: GET shows the consent page, POST submits it
+    std::string authorization;  // the Authorization header (may be empty)
+    std::string query;          // authorize GET: the query string
+    std::string body;           // application/x-www-form-urlencoded
+  };
+  struct context {
+    const oauth_config* cfg = nullptr;
+    const api_key_table* clients = nullptr;                   // the snapshot's API keys
+    const std::vector<consumer_config>* consumers = nullptr;  // the snapshot's consumers
+    int64_t now_ms = 0;                                       // Unix ms
+  };
   struct reply {
     int status = 200;
-    std::string body;  // JSON, or empty
+    std::string content_type = "application/json";
+    std::string body;  // JSON, HTML (the consent page), or empty
     std::vector<std::pair<std::string, std::string>> headers;
   };
-  // Answers one request to an endpoint. authorization: the Authorization header (may be empty);
-  // body: the application/x-www-form-urlencoded request body; clients: the snapshot's API keys.
-  reply handle(endpoint kind, const oauth_config& cfg, std::string_view authorization,
-               std::string_view body, const api_key_table* clients, int64_t now_ms) const;
+  // Answers one request to an endpoint. May block for a password check when slow(req): call it
+  // through run_slow() then, never on a proxy worker.
+  reply handle(const request& req, const context& ctx) const;
+  // True when answering req checks a password (the password grant, a consent page submission).
+  static bool slow(const request& req);
+  // Runs job on the password thread. Returns false (job not run) when more than max_queued jobs
+  // wait: the caller answers 503.
+  bool run_slow(std::function<void()> job) const;
+  // Finishes the queued jobs and stops the password thread (before the proxy's workers go).
+  void stop();
+  static constexpr size_t max_queued = 64;
 
-  // Publishes a revocation (node.cc writes the register). Returns false with *error when it
-  // could not be stored.
-  std::function<bool(const std::string& jti, int64_t exp_s, std::string* error)> on_revoke;
+  // Cluster hooks (node.cc). on_revoke publishes a revoked token or family id (kept until exp_s
+  // plus the verifier's leeway). used() reads the single-use record of a code or refresh token
+  // id; mark_used() writes it (value: JSON naming the family). password_hash() returns a
+  // consumer's Argon2id hash string. Each returns false / nullopt with *error when it cannot.
+  std::function<bool(const std::string& id, int64_t exp_s, std::string* error)> on_revoke;
+  std::function<std::optional<std::string>(const std::string& id)> used;
+  std::function<bool(const std::string& id, const std::string& value, int64_t exp_s,
+                     std::string* error)>
+      mark_used;
+  std::function<std::optional<std::string>(const std::string& consumer)> password_hash;
+
+  // True when the claims' jti or grant family (fid) is revoked.
+  bool token_revoked(const nlohmann::json& claims) const;
 
   // Signs claims as an access token with this node's key (used by handle(); public for tests).
   std::string sign(const nlohmann::json& claims) const;
@@ -73,7 +126,39 @@ class oauth_authority {
   std::string own_jwk_;
   std::atomic<std::shared_ptr<const jwks>> keys_;
   std::atomic<std::shared_ptr<const std::unordered_set<std::string>>> revoked_;
+
+  // Signed codes and refresh tokens: prefix + base64url(payload JSON) + "." + base64url(sig).
+  std::string seal(std::string_view prefix, const nlohmann::json& payload) const;
+  std::optional<nlohmann::json> open_sealed(std::string_view prefix, std::string_view token) const;
+  // A consumer's password check, throttled per user (5 failures a minute).
+  bool check_password(const std::string& user, const std::string& password, int64_t now_ms,
+                      std::string* why) const;
+  reply token(const std::vector<std::pair<std::string, std::string>>& form,
+              std::string_view authorization, const context& ctx) const;
+  reply authorize(const request& req, const context& ctx) const;
+  // Access token (and, unless fid is empty, a refresh token of family fid) as a token response.
+  reply issue(const context& ctx, const std::string& sub, const std::string& client_id,
+              const std::string& scope, const std::string& fid) const;
+
+  struct failures {
+    int count = 0;
+    int64_t since_ms = 0;
+  };
+  mutable std::mutex throttle_mu_;
+  mutable std::unordered_map<std::string, failures> login_failures_;
+
+  mutable std::mutex slow_mu_;
+  mutable std::condition_variable slow_cv_;
+  mutable std::deque<std::function<void()>> slow_jobs_;
+  mutable bool slow_stop_ = false;
+  mutable std::thread slow_thread_;
 };
+
+// An Argon2id hash string for a password (libsodium crypto_pwhash_str; t=2, m=19 MiB as OWASP
+// recommends). Returns "" when the hash could not be computed (out of memory).
+std::string hash_password(std::string_view password);
+inline constexpr size_t min_password_length = 8;
+inline constexpr size_t max_password_length = 1024;
 
 // Splits an application/x-www-form-urlencoded body into decoded (name, value) pairs; returns
 // false on bad percent-encoding.

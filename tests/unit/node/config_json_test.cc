@@ -64,7 +64,7 @@ config sample_config() {
   bare.upstream = "users";
   c.routes.push_back(bare);
 
-  c.consumers.push_back({"acme", {"partners"}, 0});
+  c.consumers.push_back({"acme", {"partners"}, {}, false, 0});
   c.jwt.push_back(
       {"main", "https://issuer.example", "api", "./jwks.json", "", std::chrono::minutes(5), 0});
   return c;

@@ -17,6 +17,7 @@
 namespace meridian::node {
 namespace {
 
+using std::chrono::hours;
 using std::chrono::milliseconds;
 using std::chrono::minutes;
 using std::chrono::seconds;
@@ -317,6 +318,41 @@ TEST(config, clock_offset_is_a_signed_duration_defaulting_to_zero) {
   config_result bad = parse("node: {region: r, clock_offset: --2s}\n");
   ASSERT_EQ(bad.errors.size(), 1u);
   EXPECT_NE(bad.errors[0].message.find("node.clock_offset: invalid duration"), std::string::npos);
+}
+
+TEST(config, oauth_grants_and_client_redirect_uris_are_checked) {
+  config c = parse_ok(R"(node: {region: r}
+oauth: {issuer: https://gw.example}
+consumers:
+  - {id: web, redirect_uris: ["https://web.example/cb", "http://127.0.0.1:9/cb", "com.app:/cb"]}
+  - {id: spa, public_client: true}
+)");
+  ASSERT_TRUE(c.oauth);
+  EXPECT_EQ(c.oauth->grants, (std::vector<std::string>{"client_credentials", "password",
+                                                       "authorization_code", "refresh_token"}));
+  EXPECT_EQ(c.oauth->authorize_path, "/oauth/authorize");
+  EXPECT_EQ(c.oauth->refresh_token_ttl, hours(24 * 30));
+  EXPECT_EQ(c.consumers[0].redirect_uris.size(), 3u);
+  EXPECT_FALSE(c.consumers[0].public_client);
+  EXPECT_TRUE(c.consumers[1].public_client);
+  config d = parse_ok(R"(node: {region: r}
+oauth: {issuer: i, grants: [authorization_code, refresh_token], refresh_token_ttl: 1d}
+)");
+  EXPECT_EQ(d.oauth->grants, (std::vector<std::string>{"authorization_code", "refresh_token"}));
+  EXPECT_EQ(d.oauth->refresh_token_ttl, hours(24));
+  config_result bad = parse(R"(node: {region: r}
+oauth: {issuer: i, grants: [implicit], refresh_token_ttl: 5s}
+consumers:
+  - {id: web, redirect_uris: ["http://web.example/cb", "https://web.example/cb#frag"]}
+)");
+  std::vector<std::string> messages;
+  for (const auto& e : bad.errors) messages.push_back(e.message);
+  ASSERT_EQ(messages.size(), 4u) << ::testing::PrintToString(messages);
+  EXPECT_NE(messages[0].find("refresh_token_ttl: must be at least 1m"), std::string::npos);
+  EXPECT_NE(messages[1].find("'implicit' is not one of client_credentials"), std::string::npos);
+  EXPECT_NE(messages[2].find("'http://web.example/cb' must be an absolute https:// URI"),
+            std::string::npos);
+  EXPECT_NE(messages[3].find("without a fragment"), std::string::npos);
 }
 
 TEST(config, listen_ports_may_be_zero_for_an_ephemeral_port) {

@@ -249,6 +249,12 @@ struct route_config {
 struct consumer_config {
   std::string id;
   std::vector<std::string> groups;
+  // As an OAuth client (its API keys are client ids): where the authorization_code grant may
+  // send the browser back (exact match), and whether it is a public client (a browser or mobile
+  // app that cannot keep a secret: it redeems codes and refresh tokens with client_id and PKCE
+  // alone).
+  std::vector<std::string> redirect_uris;
+  bool public_client = false;
   int line = 0;
 };
 
@@ -271,8 +277,14 @@ struct oauth_config {
   std::string token_path = "/oauth/token";
   std::string introspect_path = "/oauth/introspect";
   std::string revoke_path = "/oauth/revoke";
+  std::string authorize_path = "/oauth/authorize";  // authorization_code: the consent page
   duration access_token_ttl = std::chrono::hours(1);
+  duration refresh_token_ttl = std::chrono::hours(24 * 30);  // each rotation starts a new one
   std::vector<std::string> scopes;  // what clients may ask for (empty: no scopes)
+  // Grant types the token endpoint accepts: client_credentials, password, authorization_code,
+  // refresh_token (default: all four).
+  std::vector<std::string> grants = {"client_credentials", "password", "authorization_code",
+                                     "refresh_token"};
   int line = 0;
 };
 
