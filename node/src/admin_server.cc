@@ -295,9 +295,11 @@ void admin_server::impl::add_endpoints() {
   if (handlers.consumer_password) {
     auto password = [this](const httplib::Request& req, httplib::Response& res,
                            const path_params& p) {
-      admin_reply r = handlers.consumer_password(req.method, p[0], req.body);
+      admin_reply r =
+          handlers.consumer_password(req.method == "HEAD" ? "GET" : req.method, p[0], req.body);
       send_json(res, r.status, r.body);
     };
+    endpoints.push_back({"GET", "/config/consumers/{id}/password", true, password});
     endpoints.push_back({"PUT", "/config/consumers/{id}/password", true, password});
     endpoints.push_back({"DELETE", "/config/consumers/{id}/password", true, password});
   }

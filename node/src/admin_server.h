@@ -49,7 +49,7 @@ struct admin_handlers {
   std::function<admin_reply(const std::string&, const std::string&, const std::string&,
                             const std::string&)>
       consumer_keys;
-  // PUT / DELETE /config/consumers/{id}/password: (method, consumer, body).
+  // GET / PUT / DELETE /config/consumers/{id}/password: (method, consumer, body).
   std::function<admin_reply(const std::string&, const std::string&, const std::string&)>
       consumer_password;
   // GET /ratelimits/{route}?key=K[&limit=I] (key and limit empty when absent).

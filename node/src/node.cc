@@ -840,6 +840,14 @@ struct node::impl {
     if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
     auto& st = cluster->state();
     std::string error;
+    if (method == "GET") {  // whether one is set, and when (never the hash)
+      auto e = st.get(doc_family::config, "passwords/" + consumer);
+      auto j =
+          e && !e->deleted ? nlohmann::json::parse(e->value, nullptr, false) : nlohmann::json();
+      if (!j.is_object()) return {200, {{"consumer", consumer}, {"password", "none"}}};
+      return {200,
+              {{"consumer", consumer}, {"password", "set"}, {"updated", j.value("updated", 0)}}};
+    }
     if (method == "DELETE") {
       auto e = st.get(doc_family::config, "passwords/" + consumer);
       if (!e || e->deleted)

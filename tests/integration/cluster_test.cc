@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "meridian/cluster/keyring.h"
 #include "process_support.h"
@@ -606,7 +607,6 @@ TEST_F(cluster_config, a_client_credentials_token_minted_on_one_node_works_on_ev
       5s))
       << minted.body.dump();
   const std::string token = minted.body["access_token"];
-  std::printf("DEBUG token [%s]\n", token.c_str());
   EXPECT_EQ(minted.body["token_type"], "Bearer");
   EXPECT_EQ(minted.body["expires_in"], 600);
   EXPECT_EQ(minted.body["scope"], "read");
@@ -645,7 +645,7 @@ TEST_F(cluster_config, a_client_credentials_token_minted_on_one_node_works_on_ev
       401);
   EXPECT_EQ(post(0, "/oauth/token", "grant_type=client_credentials", "", "").body["error"],
             "invalid_client");
-  EXPECT_EQ(post(0, "/oauth/token", "grant_type=password", client_id, secret).body["error"],
+  EXPECT_EQ(post(0, "/oauth/token", "grant_type=implicit", client_id, secret).body["error"],
             "unsupported_grant_type");
   EXPECT_EQ(post(0, "/oauth/token", "grant_type=client_credentials&scope=admin", client_id, secret)
                 .body["error"],
@@ -668,6 +668,231 @@ TEST_F(cluster_config, a_client_credentials_token_minted_on_one_node_works_on_ev
         return r.status == 200 && r.body["active"] == false;
       },
       5s));
+}
+
+// The value of a query parameter in a URL, percent-decoded.
+std::string url_param(const std::string& url, const std::string& name) {
+  auto q = url.find('?');
+  if (q == std::string::npos) return "";
+  std::string rest = url.substr(q + 1);
+  size_t pos = 0;
+  while (pos <= rest.size()) {
+    size_t amp = rest.find('&', pos);
+    std::string pair = rest.substr(pos, amp == std::string::npos ? std::string::npos : amp - pos);
+    auto eq = pair.find('=');
+    if (pair.substr(0, eq) == name && eq != std::string::npos) {
+      std::string v = pair.substr(eq + 1), out;
+      for (size_t i = 0; i < v.size(); ++i) {
+        if (v[i] == '%' && i + 2 < v.size()) {
+          out.push_back(static_cast<char>(std::stoi(v.substr(i + 1, 2), nullptr, 16)));
+          i += 2;
+        } else {
+          out.push_back(v[i] == '+' ? ' ' : v[i]);
+        }
+      }
+      return out;
+    }
+    if (amp == std::string::npos) break;
+    pos = amp + 1;
+  }
+  return "";
+}
+
+TEST_F(cluster_config, authorization_code_and_refresh_tokens_work_on_every_node) {
+  extra_yaml_ =
+      "oauth: {issuer: https://gw.example, scopes: [read, write], access_token_ttl: 10m}\n";
+  start_cluster(3);
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
+  ASSERT_EQ(
+      admin(0, "PUT", "/config/consumers/web", R"({"redirect_uris":["https://web.example/cb"]})")
+          .status,
+      200);
+  ASSERT_EQ(admin(0, "PUT", "/config/consumers/alice", R"({"groups":["staff"]})").status, 200);
+  ASSERT_EQ(admin(0, "PUT", "/config/routes/reports",
+                  R"({"match":{"path_prefix":"/reports"},"upstream":"backend",)"
+                  R"("auth":{"methods":["oauth"],"scopes":["read"]}})")
+                .status,
+            200);
+  EXPECT_EQ(admin(0, "PUT", "/config/consumers/alice/password", R"({"password":"short"})").status,
+            400);
+  EXPECT_EQ(
+      admin(0, "PUT", "/config/consumers/nobody/password", R"({"password":"long enough"})").status,
+      404);
+  ASSERT_EQ(
+      admin(0, "PUT", "/config/consumers/alice/password", R"({"password":"correct horse battery"})")
+          .status,
+      200);
+  auto issued = admin(0, "POST", "/config/consumers/web/keys", "");
+  ASSERT_EQ(issued.status, 201);
+  const std::string client_id = issued.body["key_id"], secret = issued.body["key"];
+  // The plaintext password is stored nowhere: not in the config, the audit trail or the logs.
+  EXPECT_EQ(admin(0, "GET", "/config").body.dump().find("correct horse"), std::string::npos);
+
+  struct http_reply {
+    int status = 0;
+    std::string body, location, content_type;
+  };
+  auto request = [&](int node, const std::string& method, const std::string& path,
+                     const std::string& form, bool basic) {
+    httplib::Client c("127.0.0.1", ports_[node].proxy);
+    c.set_read_timeout(5, 0);
+    if (basic) c.set_basic_auth(client_id, secret);
+    auto res = method == "GET" ? c.Get(path.c_str())
+                               : c.Post(path.c_str(), form, "application/x-www-form-urlencoded");
+    if (!res) return http_reply{};
+    return http_reply{res->status, res->body, res->get_header_value("Location"),
+                      res->get_header_value("Content-Type")};
+  };
+  auto get = [&](int node, const std::string& token) {
+    httplib::Client c("127.0.0.1", ports_[node].proxy);
+    c.set_read_timeout(2, 0);
+    auto res = c.Get("/reports/q1", {{"Authorization", "Bearer " + token}});
+    return res ? res->status : 0;
+  };
+  const std::string verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";  // RFC 7636 B
+  const std::string params = "response_type=code&client_id=" + client_id +
+                             "&redirect_uri=https%3A%2F%2Fweb.example%2Fcb&scope=read&state=s1"
+                             "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+                             "&code_challenge_method=S256";
+  // Logins fail (and count against the user) until the password reaches a node: wait for it.
+  EXPECT_EQ(admin(0, "GET", "/config/consumers/alice/password").body["password"], "set");
+  ASSERT_TRUE(eventually(
+      [&] {
+        for (int n = 1; n < 3; ++n)
+          if (admin(n, "GET", "/config/consumers/alice/password").body["password"] != "set")
+            return false;
+        return true;
+      },
+      5s));
+  // The consent page on node 1, once the client (its key) reached it.
+  http_reply page;
+  ASSERT_TRUE(eventually(
+      [&] {
+        page = request(1, "GET", "/oauth/authorize?" + params, "", false);
+        return page.status == 200;
+      },
+      5s))
+      << page.status << " " << page.body;
+  EXPECT_EQ(page.content_type, "text/html; charset=utf-8");
+  EXPECT_NE(page.body.find("web asks for access"), std::string::npos);
+  // Log in and allow, on node 1 (once the password document reached it).
+  auto login = [&](int node) {
+    http_reply r;
+    bool ok = eventually(
+        [&] {
+          r = request(node, "POST", "/oauth/authorize",
+                      params + "&username=alice&password=correct+horse+battery&decision=allow",
+                      false);
+          return r.status == 302;
+        },
+        5s);
+    EXPECT_TRUE(ok) << r.status << " " << r.body;
+    EXPECT_EQ(url_param(r.location, "state"), "s1");
+    return url_param(r.location, "code");
+  };
+  std::string code = login(1);
+  ASSERT_FALSE(code.empty());
+  // Redeemed on node 2 with the verifier (node 1's signing key reaches it by gossip).
+  auto redeem = [&](int node, const std::string& c) {
+    return request(node, "POST", "/oauth/token",
+                   "grant_type=authorization_code&code=" + c +
+                       "&redirect_uri=https%3A%2F%2Fweb.example%2Fcb&code_verifier=" + verifier,
+                   true);
+  };
+  http_reply tokens;
+  ASSERT_TRUE(eventually(
+      [&] {
+        tokens = redeem(2, code);
+        return tokens.status == 200;
+      },
+      5s))
+      << tokens.body;
+  auto t1 = nlohmann::json::parse(tokens.body);
+  const std::string at1 = t1["access_token"], rt1 = t1["refresh_token"];
+  ASSERT_TRUE(eventually([&] { return get(0, at1) == 200; }, 5s));
+  EXPECT_EQ(backend_.last().get_header_value("X-Consumer-Id"), "alice");
+  EXPECT_EQ(backend_.last().get_header_value("X-Consumer-Groups"), "staff");
+
+  // Refresh on node 0: a new pair.
+  auto refresh = [&](int node, const std::string& rt) {
+    return request(node, "POST", "/oauth/token", "grant_type=refresh_token&refresh_token=" + rt,
+                   true);
+  };
+  http_reply second;
+  ASSERT_TRUE(eventually(
+      [&] {
+        second = refresh(0, rt1);
+        return second.status == 200;
+      },
+      5s))
+      << second.body;
+  auto t2 = nlohmann::json::parse(second.body);
+  const std::string at2 = t2["access_token"], rt2 = t2["refresh_token"];
+  // rt1 replayed on node 1, once node 1 knows it was used: refused, and the grant dies
+  // everywhere (both access tokens and rt2).
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto r = request(1, "POST", "/oauth/introspect", "token=" + rt1, true);
+        return r.status == 200 && nlohmann::json::parse(r.body)["active"] == false;
+      },
+      5s));
+  auto reuse = refresh(1, rt1);
+  EXPECT_EQ(reuse.status, 400);
+  EXPECT_NE(reuse.body.find("reuse detected"), std::string::npos) << reuse.body;
+  EXPECT_TRUE(eventually(
+      [&] {
+        for (int n = 0; n < 3; ++n)
+          if (get(n, at1) != 401 || get(n, at2) != 401) return false;
+        return true;
+      },
+      3s));
+  EXPECT_EQ(refresh(2, rt2).status, 400);
+
+  // One code redeemed on two nodes at the same moment: whichever way the race goes (one refused,
+  // or both accepted before either heard of the other), every token it bought ends revoked on
+  // every node.
+  std::string raced = login(0);
+  http_reply a, b;
+  std::thread ta([&] { a = redeem(1, raced); });
+  std::thread tb([&] { b = redeem(2, raced); });
+  ta.join();
+  tb.join();
+  std::printf("same code redeemed on nodes 1 and 2 at once: %d and %d\n", a.status, b.status);
+  EXPECT_TRUE(a.status == 200 || b.status == 200) << a.body << " / " << b.body;
+  std::vector<std::string> bought;
+  for (const auto* r : {&a, &b})
+    if (r->status == 200) bought.push_back(nlohmann::json::parse(r->body)["access_token"]);
+  EXPECT_TRUE(eventually(
+      [&] {
+        for (const auto& t : bought)
+          for (int n = 0; n < 3; ++n)
+            if (get(n, t) != 401) return false;
+        return true;
+      },
+      5s));
+
+  // The password grant, on node 2; a wrong password is invalid_grant.
+  EXPECT_EQ(request(2, "POST", "/oauth/token",
+                    "grant_type=password&username=alice&password=wrong+password", true)
+                .status,
+            400);
+  auto pw =
+      request(2, "POST", "/oauth/token",
+              "grant_type=password&username=alice&password=correct+horse+battery&scope=read", true);
+  ASSERT_EQ(pw.status, 200) << pw.body;
+  EXPECT_TRUE(eventually(
+      [&] { return get(1, nlohmann::json::parse(pw.body)["access_token"]) == 200; }, 3s));
+  // Removing the password ends logins on every node.
+  ASSERT_EQ(admin(0, "DELETE", "/config/consumers/alice/password", "").status, 200);
+  EXPECT_EQ(admin(0, "GET", "/config/consumers/alice/password").body["password"], "none");
+  EXPECT_TRUE(eventually(
+      [&] {
+        return request(2, "POST", "/oauth/token",
+                       "grant_type=password&username=alice&password=correct+horse+battery", true)
+                   .status == 400;
+      },
+      5s));
+  for (int n = 0; n < 3; ++n) EXPECT_EQ(nodes_[n]->log().find("correct horse"), std::string::npos);
 }
 
 TEST_F(cluster_config, every_change_is_in_the_audit_trail_of_every_node) {
