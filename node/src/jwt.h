@@ -24,13 +24,17 @@
 #include <unordered_map>
 #include <vector>
 
-struct evp_pkey_st;  // OpenSSL's EVP_PKEY, kept out of this header.
+struct evp_pkey_st;    // OpenSSL's EVP_PKEY, kept out of this header.
+struct evp_md_ctx_st;  // OpenSSL's EVP_MD_CTX
 
 namespace meridian::node {
 
 // Frees an OpenSSL EVP_PKEY.
 struct evp_pkey_deleter {
   void operator()(evp_pkey_st* key) const;
+};
+struct evp_md_ctx_deleter {
+  void operator()(evp_md_ctx_st* ctx) const;
 };
 
 enum class jwk_type { rsa, ec, okp, oct };
@@ -43,6 +47,10 @@ struct jwt_key {
   std::string curve;     // "P-256", "P-384" or "Ed25519"; empty for RSA and oct
   std::string material;  // oct: the HMAC secret; OKP: the 32-byte Ed25519 public key
   std::unique_ptr<evp_pkey_st, evp_pkey_deleter> pkey;  // RSA and EC public keys
+  // oct keys: the HMAC inner and outer hash states with the padded secret already absorbed,
+  // for SHA-256, SHA-384 and SHA-512 (inner, outer, inner, ...). A verification copies two of
+  // them instead of keying a MAC from scratch.
+  std::array<std::unique_ptr<evp_md_ctx_st, evp_md_ctx_deleter>, 6> hmac_pads;
 };
 
 // An immutable set of verification keys.

@@ -452,6 +452,25 @@ TEST(jwt, an_hmac_secret_shorter_than_the_hash_cannot_verify_that_alg) {
             "alg_not_allowed");
 }
 
+TEST(jwt, hmac_secrets_of_every_length_match_openssl_hmac) {
+  // The verifier keys HMAC from precomputed pads; secrets up to and beyond the digests' block
+  // sizes (64 and 128 bytes: longer ones are hashed first) must give OpenSSL HMAC()'s answer,
+  // which make_token signs with.
+  for (size_t bytes : {64u, 65u, 127u, 128u, 129u, 300u}) {
+    test_key key = make_oct(bytes);
+    auto keys = parse_or_die({{"keys", {key.jwk("k")}}});
+    for (const char* alg : {"HS256", "HS384", "HS512"}) {
+      SCOPED_TRACE(std::string(alg) + " with a " + std::to_string(bytes) + "-byte secret");
+      std::string token = make_token({{"alg", alg}}, good_claims(), key);
+      EXPECT_TRUE(verify_jwt(token, *keys, default_rules(), now).ok);
+      std::string other = token;
+      char& c = other[other.size() - 10];  // inside the signature, not its last (padding) bits
+      c = c == 'A' ? 'B' : 'A';
+      EXPECT_EQ(verify_jwt(other, *keys, default_rules(), now).error, "bad_signature");
+    }
+  }
+}
+
 TEST(jwt, a_key_embedded_in_the_token_header_is_ignored) {
   auto keys = all_keys();
   test_key attacker = make_ed25519();
