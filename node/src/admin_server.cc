@@ -1,6 +1,9 @@
 #include "admin_server.h"
 
 #include <httplib.h>
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <sodium.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -22,6 +25,25 @@ namespace meridian::node {
 namespace {
 
 using json = nlohmann::json;
+
+// The subject of the client's certificate (RFC 2253, e.g. "CN=ops,O=Example") when the request
+// came over mutual TLS; "" otherwise.
+std::string client_certificate_subject(const httplib::Request& req) {
+  if (!req.ssl) return "";
+  X509* cert = SSL_get1_peer_certificate(req.ssl);
+  if (!cert) return "";
+  std::string out;
+  if (BIO* bio = BIO_new(BIO_s_mem())) {
+    if (X509_NAME_print_ex(bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253) >= 0) {
+      char* data = nullptr;
+      long n = BIO_get_mem_data(bio, &data);
+      if (n > 0 && data) out.assign(data, static_cast<size_t>(std::min<long>(n, 512)));
+    }
+    BIO_free(bio);
+  }
+  X509_free(cert);
+  return out;
+}
 
 constexpr size_t max_body_bytes = 1 << 20;
 constexpr time_t io_timeout_s = 5;
@@ -422,10 +444,12 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
   try {
     hit->handle(req, res, params);
     if (method != "GET" && method != "OPTIONS") {
-      // The audit trail of changes: who (address), what, when (the log line's time), outcome.
-      admin_log()->info("audit: {} {} from {} -> {}", req.method, req.path, req.remote_addr,
-                        res.status);
-      if (handlers.audit) handlers.audit(req.method, req.path, req.remote_addr, res.status);
+      // The audit trail of changes: who (address, and the client certificate's subject over
+      // mutual TLS), what, when (the log line's time), outcome.
+      std::string cert = client_certificate_subject(req);
+      admin_log()->info("audit: {} {} from {}{}{} -> {}", req.method, req.path, req.remote_addr,
+                        cert.empty() ? "" : " cert ", cert, res.status);
+      if (handlers.audit) handlers.audit(req.method, req.path, req.remote_addr, cert, res.status);
     }
   } catch (const std::exception& e) {
     admin_log()->error("admin: {} {} failed: {}", req.method, req.path, e.what());

@@ -56,8 +56,11 @@ struct admin_handlers {
   std::function<admin_reply(const std::string& route, const std::string& key,
                             const std::string& limit)>
       ratelimit_view;
-  // Records one change in the cluster's audit trail (method, path, client address, status).
-  std::function<void(const std::string&, const std::string&, const std::string&, int)> audit;
+  // Records one change in the audit trail (method, path, client address, client certificate
+  // subject or "", status).
+  std::function<void(const std::string&, const std::string&, const std::string&, const std::string&,
+                     int)>
+      audit;
   // GET /audit?since=MS&limit=N: the trail, newest first.
   std::function<nlohmann::json(int64_t since_ms, size_t limit)> audit_view;
 };

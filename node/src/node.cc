@@ -371,26 +371,32 @@ struct node::impl {
   // ("audit/log/<unix ms>-<node>-<seq>": two slashes, so no breaker register
   // "<upstream>/<host:port>" of an upstream named "audit" falls in its range), spread by gossip
   // like breaker states.
+  // Where registers live: the cluster's replicated state, or, on a node without a cluster, its
+  // local state (kept in its own store, never gossiped).
+  cluster::replicated_state* registers() { return cluster ? &cluster->state() : local_state.get(); }
+
   void record_audit(const std::string& method, const std::string& path, const std::string& from,
-                    int status) {
-    if (!cluster) return;
+                    const std::string& client_cert, int status) {
+    auto* st = registers();
+    if (!st) return;
     int64_t at = unix_now_ms();
     char key[96];
     std::snprintf(key, sizeof key, "audit/log/%013lld-%s-%llu", static_cast<long long>(at),
                   cfg.node.id.c_str(), static_cast<unsigned long long>(++audit_seq));
     nlohmann::json j = {{"at", at},     {"node", cfg.node.id}, {"method", method},
                         {"path", path}, {"from", from},        {"status", status}};
+    if (!client_cert.empty()) j["client_cert"] = client_cert;
     std::string error;
-    if (!cluster->state().put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false))
+    if (!st->put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false))
       log()->warn("audit record not stored: {}", error);
-    cluster->flush();
+    if (cluster) cluster->flush();
   }
 
   // The trail, newest first: entries at or after since_ms, at most limit.
   nlohmann::json audit_view(int64_t since_ms, size_t limit) {
     nlohmann::json out = nlohmann::json::array();
-    if (cluster) {
-      auto docs = cluster->state().documents(doc_family::breakers, false, "audit/log/");
+    if (auto* st = registers()) {
+      auto docs = st->documents(doc_family::breakers, false, "audit/log/");
       for (auto it = docs.rbegin(); it != docs.rend() && out.size() < limit; ++it) {
         auto j = nlohmann::json::parse(it->second.value, nullptr, false);
         if (!j.is_object() || j.value("at", int64_t{0}) < since_ms) continue;
@@ -402,15 +408,17 @@ struct node::impl {
 
   // Forgets audit entries older than audit_retention, and the oldest beyond max_audit_entries.
   void collect_audit() {
+    auto* st = registers();
+    if (!st) return;
     const int64_t cutoff = unix_now_ms() - audit_retention_ms;
-    auto docs = cluster->state().documents(doc_family::breakers, false, "audit/log/");
+    auto docs = st->documents(doc_family::breakers, false, "audit/log/");
     size_t kept = 0;
     for (auto it = docs.rbegin(); it != docs.rend(); ++it) {
       auto j = nlohmann::json::parse(it->second.value, nullptr, false);
       bool old = !j.is_object() || j.value("at", int64_t{0}) < cutoff;
       if (old || ++kept > max_audit_entries) {
         std::string error;
-        cluster->state().remove(doc_family::breakers, it->first, &error);
+        st->remove(doc_family::breakers, it->first, &error);
       }
     }
   }
@@ -1012,9 +1020,10 @@ bool node::start(std::string* error) {
   d.limiter =
       std::make_unique<rate_limiter>(lo, d.cluster ? &d.cluster->state() : d.local_state.get());
   if (!d.cluster) {
-    d.persister.start(std::chrono::seconds(1), [this] {
+    d.persister.start(std::chrono::seconds(1), [this, ticks = 0]() mutable {
       impl_->limiter->flush();
       impl_->local_state->persist_counters();
+      if (++ticks % 60 == 0) impl_->collect_audit();
     });
   }
   if (d.cluster) {
@@ -1108,8 +1117,9 @@ bool node::start(std::string* error) {
   };
   handlers.breakers = [this] { return impl_->breakers_json(); };
   handlers.audit = [this](const std::string& method, const std::string& path,
-                          const std::string& from,
-                          int status) { impl_->record_audit(method, path, from, status); };
+                          const std::string& from, const std::string& client_cert, int status) {
+    impl_->record_audit(method, path, from, client_cert, status);
+  };
   handlers.audit_view = [this](int64_t since, size_t limit) {
     return impl_->audit_view(since, limit);
   };

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "test_support.h"
@@ -225,6 +226,19 @@ TEST_F(tls_termination, the_admin_api_over_tls_requires_a_client_certificate_and
       with_cert.Get("/config", {{"Authorization", "Bearer " + n.get().admin_token()}});
   ASSERT_TRUE(with_token);
   EXPECT_EQ(with_token->status, 200);
+  // Changes are audited with the certificate's subject (this node has no cluster: its trail is
+  // kept locally, not replicated).
+  const httplib::Headers auth = {{"Authorization", "Bearer " + n.get().admin_token()}};
+  auto change = with_cert.Put("/config/routes/x", auth, "{}", "application/json");
+  ASSERT_TRUE(change);
+  auto trail = with_cert.Get("/audit", auth);
+  ASSERT_TRUE(trail);
+  auto entries = nlohmann::json::parse(trail->body)["entries"];
+  ASSERT_FALSE(entries.empty()) << trail->body;
+  EXPECT_EQ(entries[0]["path"], "/config/routes/x");
+  EXPECT_EQ(entries[0]["status"], change->status);
+  EXPECT_EQ(entries[0]["client_cert"], "CN=operator.test") << trail->body;
+  EXPECT_EQ(nlohmann::json::parse(trail->body)["replicated"], false);
   // No client certificate: the handshake fails. Plain HTTP: no answer either.
   httplib::SSLClient without("127.0.0.1", n.admin_port());
   without.set_ca_cert_path(ca().c_str());
