@@ -164,9 +164,6 @@ struct node::impl {
   static constexpr int64_t audit_retention_ms = 30LL * 24 * 3600 * 1000;  // 30 days
   static constexpr size_t max_audit_entries = 10000;                      // cluster-wide
   static constexpr int64_t oauth_leeway_s = 60;  // jwt_rules' default leeway
-  std::mutex local_revoked_mutex;                // without a cluster: revoked token ids live here
-  std::unordered_set<std::string> local_revoked;
-  std::unordered_map<std::string, std::string> local_uses;  // without a cluster: used code ids
   std::mutex redemptions_mutex;
   // Codes and refresh tokens this node redeemed in the last minute: id -> (register value,
   // until when to watch it).
@@ -216,54 +213,39 @@ struct node::impl {
     oauth->mark_used = [this](const std::string& id, const std::string& value, int64_t exp_s,
                               std::string* err) { return record_code_use(id, value, exp_s, err); };
     oauth->password_hash = [this](const std::string& consumer) -> std::optional<std::string> {
-      if (!cluster) return std::nullopt;
-      auto e = cluster->state().get(doc_family::config, "passwords/" + consumer);
+      auto e = registers()->get(doc_family::config, "passwords/" + consumer);
       if (!e || e->deleted) return std::nullopt;
       auto j = nlohmann::json::parse(e->value, nullptr, false);
       if (!j.is_object() || !j.contains("hash") || !j["hash"].is_string()) return std::nullopt;
       return j["hash"].get<std::string>();
     };
-    if (cluster) {
-      std::string e;
-      if (!cluster->state().put(doc_family::breakers, "oauth/key/" + cfg.node.id,
-                                oauth->public_jwk(), &e)) {
-        *error = "cannot publish the OAuth signing key: " + e;
-        return false;
-      }
-      cluster->flush();
-      adopt_oauth();
+    std::string e;
+    if (!registers()->put(doc_family::breakers, "oauth/key/" + cfg.node.id, oauth->public_jwk(),
+                          &e)) {
+      *error = "cannot publish the OAuth signing key: " + e;
+      return false;
     }
+    if (cluster) cluster->flush();
+    adopt_oauth();
     log()->info("oauth: tokens signed with key {}", oauth->kid());
     return true;
   }
 
   // Records a revoked access token everywhere (a register kept until the token expires).
   bool revoke_token(const std::string& jti, int64_t exp_s, std::string* error) {
-    if (!cluster) {
-      std::lock_guard lock(local_revoked_mutex);
-      local_revoked.insert(jti);
-      oauth->set_revoked(local_revoked);
-      return true;
-    }
     nlohmann::json j = {{"exp", exp_s}};
     // Not synced to disk: this runs on a proxy worker, and the register spreads by gossip.
-    if (!cluster->state().put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error,
-                              /*sync=*/false))
+    if (!registers()->put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error,
+                          /*sync=*/false))
       return false;
-    cluster->flush();
+    if (cluster) cluster->flush();
     adopt_oauth();
     return true;
   }
 
   // The single-use record of an authorization code or refresh token id, if it was redeemed.
   std::optional<std::string> code_use(const std::string& id) {
-    if (!cluster) {
-      std::lock_guard lock(local_revoked_mutex);
-      auto it = local_uses.find(id);
-      if (it == local_uses.end()) return std::nullopt;
-      return it->second;
-    }
-    auto e = cluster->state().get(doc_family::breakers, "oauth/used/" + id);
+    auto e = registers()->get(doc_family::breakers, "oauth/used/" + id);
     if (!e || e->deleted) return std::nullopt;
     return e->value;
   }
@@ -278,22 +260,13 @@ struct node::impl {
     j["exp"] = exp_s;
     j["node"] = cfg.node.id;
     std::string v = j.dump();
-    if (!cluster) {
-      std::lock_guard lock(local_revoked_mutex);
-      if (!local_uses.emplace(id, v).second) {
-        *error = "already used";
-        return false;
-      }
-      return true;
-    }
-    {
+    if (cluster) {
       std::lock_guard lock(redemptions_mutex);
       my_redemptions[id] = {v, unix_now_ms() + 60'000};
     }
-    if (!cluster->state().put(doc_family::breakers, "oauth/used/" + id, v, error,
-                              /*sync=*/false))
+    if (!registers()->put(doc_family::breakers, "oauth/used/" + id, v, error, /*sync=*/false))
       return false;
-    cluster->flush();
+    if (cluster) cluster->flush();
     return true;
   }
 
@@ -341,9 +314,9 @@ struct node::impl {
   // Rebuilds the OAuth verification keys (every node's published key) and revoked token ids
   // (unexpired ones) from the cluster registers.
   void adopt_oauth() {
-    if (!oauth || !cluster) return;
+    if (!oauth || !registers()) return;
     adopt_oauth_registers();
-    check_double_redemptions();  // outside the lock: it may revoke, which adopts again
+    if (cluster) check_double_redemptions();  // outside the lock: it may revoke, which adopts
   }
 
   void adopt_oauth_registers() {
@@ -352,12 +325,11 @@ struct node::impl {
     std::vector<std::string> keys;
     std::unordered_set<std::string> revoked;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] :
-         cluster->state().documents(doc_family::breakers, false, "oauth/key/")) {
+    for (const auto& [key, e] : registers()->documents(doc_family::breakers, false, "oauth/key/")) {
       keys.push_back(e.value);
     }
     for (const auto& [key, e] :
-         cluster->state().documents(doc_family::breakers, false, "oauth/revoked/")) {
+         registers()->documents(doc_family::breakers, false, "oauth/revoked/")) {
       auto j = nlohmann::json::parse(e.value, nullptr, false);
       int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
       // Kept while the verifier's clock leeway could still accept the token.
@@ -429,13 +401,13 @@ struct node::impl {
   void collect_revocations() {
     if (!oauth) return;
     const int64_t now_s = unix_now_ms() / 1000;
+    auto* st = registers();
     for (const char* prefix : {"oauth/revoked/", "oauth/used/"}) {
-      for (const auto& [key, e] : cluster->state().documents(doc_family::breakers, false, prefix)) {
+      for (const auto& [key, e] : st->documents(doc_family::breakers, false, prefix)) {
         auto j = nlohmann::json::parse(e.value, nullptr, false);
         int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
         std::string error;
-        if (exp + oauth_leeway_s < now_s)
-          cluster->state().remove(doc_family::breakers, key, &error);
+        if (exp + oauth_leeway_s < now_s) st->remove(doc_family::breakers, key, &error);
       }
     }
   }
@@ -605,10 +577,10 @@ struct node::impl {
   // The API keys among the cluster documents ("keys/<key_id>"), for the data plane; keys of
   // consumers that no longer exist are left out (deleting a consumer revokes its keys).
   std::shared_ptr<const api_key_table> key_table(const config& eff) {
-    if (!cluster) return nullptr;
+    auto* st = registers();
+    if (!st) return nullptr;
     auto table = std::make_shared<api_key_table>();
-    for (auto& [key, e] : cluster->state().documents(doc_family::config)) {
-      if (key.rfind("keys/", 0) != 0) continue;
+    for (auto& [key, e] : st->documents(doc_family::config, false, "keys/")) {
       std::string id = key.substr(5);
       auto rec = parse_api_key_document(id, e.value);
       if (!rec) continue;
@@ -623,7 +595,7 @@ struct node::impl {
   }
 
   bool install(const config& base, std::string* error) {
-    uint64_t digest = cluster ? cluster->state().digest(doc_family::config) : 0;
+    uint64_t digest = registers() ? registers()->digest(doc_family::config) : 0;
     config eff = effective(base);
     auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error,
                                limiter.get(), key_table(eff), oauth.get());
@@ -651,7 +623,7 @@ struct node::impl {
       lock.unlock();
       {
         std::lock_guard apply(apply_mutex);
-        if (cluster->state().digest(doc_family::config) != installed_digest) {
+        if (registers()->digest(doc_family::config) != installed_digest) {
           std::string error;
           if (!install(cfg, &error)) log()->error("cluster config change not applied: {}", error);
         }
@@ -771,21 +743,16 @@ struct node::impl {
   // POST /config/consumers/{id}/keys, DELETE .../keys/{key_id}, GET .../keys.
   admin_reply keys_request(const std::string& method, const std::string& consumer,
                            const std::string& key_id, const std::string& body) {
-    if (!cluster) {
-      return error_reply(
-          409, "not_clustered",
-          "API keys are cluster documents: this node runs without a cluster section");
-    }
+    // Cluster documents; on a node without a cluster, documents of its local state.
     auto snap = current();
     bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
                              [&](const consumer_config& c) { return c.id == consumer; });
     if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
-    auto& st = cluster->state();
+    auto& st = *registers();
     int64_t now = unix_now_ms();
     if (method == "GET") {
       auto list = nlohmann::json::array();
-      for (auto& [key, e] : st.documents(doc_family::config)) {
-        if (key.rfind("keys/", 0) != 0) continue;
+      for (auto& [key, e] : st.documents(doc_family::config, false, "keys/")) {
         auto rec = parse_api_key_document(key.substr(5), e.value);
         if (!rec || rec->consumer != consumer) continue;
         auto* u = key_usage.get(rec->key_id);
@@ -806,7 +773,7 @@ struct node::impl {
       std::string error;
       auto v = st.remove(doc_family::config, "keys/" + key_id, &error);
       if (!v) return error_reply(503, "storage_error", error);
-      cluster->flush();
+      if (cluster) cluster->flush();
       return {200, {{"revoked", key_id}, {"version", v}}};
     }
     // POST: optional {"expires_in": "30d"}; rotation = issue a new key, then revoke the old one.
@@ -826,7 +793,7 @@ struct node::impl {
     std::string error;
     auto v = st.put(doc_family::config, "keys/" + k.key_id, k.document, &error);
     if (!v) return error_reply(503, "storage_error", error);
-    cluster->flush();
+    if (cluster) cluster->flush();
     return {
         201,
         {{"key_id", k.key_id}, {"key", k.plaintext}, {"consumer", consumer}, {"expires", expires}}};
@@ -837,16 +804,11 @@ struct node::impl {
   // as the cluster document "passwords/<consumer>".
   admin_reply password_request(const std::string& method, const std::string& consumer,
                                const std::string& body) {
-    if (!cluster) {
-      return error_reply(409, "not_clustered",
-                         "passwords are cluster documents: this node runs without a cluster "
-                         "section");
-    }
     auto snap = current();
     bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
                              [&](const consumer_config& c) { return c.id == consumer; });
     if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
-    auto& st = cluster->state();
+    auto& st = *registers();
     std::string error;
     if (method == "GET") {  // whether one is set, and when (never the hash)
       auto e = st.get(doc_family::config, "passwords/" + consumer);
@@ -862,7 +824,7 @@ struct node::impl {
         return error_reply(404, "not_found", "consumer '" + consumer + "' has no password");
       auto v = st.remove(doc_family::config, "passwords/" + consumer, &error);
       if (!v) return error_reply(503, "storage_error", error);
-      cluster->flush();
+      if (cluster) cluster->flush();
       return {200, {{"consumer", consumer}, {"password", "removed"}, {"version", v}}};
     }
     auto j = nlohmann::json::parse(body, nullptr, false);
@@ -881,7 +843,7 @@ struct node::impl {
     nlohmann::json doc = {{"hash", hash}, {"updated", unix_now_ms()}};
     auto v = st.put(doc_family::config, "passwords/" + consumer, doc.dump(), &error);
     if (!v) return error_reply(503, "storage_error", error);
-    cluster->flush();
+    if (cluster) cluster->flush();
     return {200, {{"consumer", consumer}, {"password", "set"}, {"version", v}}};
   }
 
@@ -1023,7 +985,10 @@ bool node::start(std::string* error) {
     d.persister.start(std::chrono::seconds(1), [this, ticks = 0]() mutable {
       impl_->limiter->flush();
       impl_->local_state->persist_counters();
-      if (++ticks % 60 == 0) impl_->collect_audit();
+      if (++ticks % 60 == 0) {
+        impl_->collect_audit();
+        impl_->collect_revocations();
+      }
     });
   }
   if (d.cluster) {
@@ -1068,6 +1033,23 @@ bool node::start(std::string* error) {
     d.config_dirty = true;
     d.applier = std::thread([this] { impl_->run_applier(); });
     d.breaker_sync = std::thread([this] { impl_->run_breaker_sync(); });
+  } else {
+    // Without a cluster, API keys, passwords and OAuth registers are documents of the local
+    // state: a new or revoked key rebuilds the snapshot the same way.
+    d.local_state->set_change_handler([this](doc_family f) {
+      if (f == doc_family::breakers) {
+        impl_->adopt_oauth();
+        return;
+      }
+      if (f != doc_family::config) return;
+      {
+        std::lock_guard lock(impl_->applier_mutex);
+        impl_->config_dirty = true;
+      }
+      impl_->applier_cv.notify_one();
+    });
+    d.config_dirty = true;
+    d.applier = std::thread([this] { impl_->run_applier(); });
   }
 
   admin_handlers handlers;
