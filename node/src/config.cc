@@ -1038,6 +1038,7 @@ void parse_auth(diagnostics& d, const field& f, std::optional<auth_config>& out,
   }
   if (auto v = m.take("groups")) read_string_list(d, *v, auth.groups);
   if (auto v = m.take("query_key")) read_bool(d, *v, auth.query_key);
+  if (auto v = m.take("strip_credentials")) read_bool(d, *v, auth.strip_credentials);
   int requirement_line = 0;
   if (auto v = m.take("scopes")) {
     read_string_list(d, *v, auth.scopes);
@@ -1202,6 +1203,10 @@ jwt_config parse_jwt(diagnostics& d, const field& f) {
   if (auto v = m.require("name")) read_name(d, *v, j.name);
   if (auto v = m.take("issuer")) read_string(d, *v, j.issuer, false);
   if (auto v = m.take("audience")) read_string(d, *v, j.audience, false);
+  if (auto v = m.take("consumer_claim")) {
+    if (read_string(d, *v, j.consumer_claim, false) && j.consumer_claim.empty())
+      d.add(v->line, v->path + ": must name a claim");
+  }
   bool has_file = false;
   bool has_url = false;
   if (auto v = m.take("jwks_file")) has_file = read_string(d, *v, j.jwks_file, false);

@@ -156,6 +156,7 @@ json route_to_json(const route_config& r) {
     put_if(auth, "claims_to_headers", r.auth->claims_to_headers);
     if (!r.auth->groups.empty()) auth["groups"] = r.auth->groups;
     if (r.auth->query_key) auth["query_key"] = true;
+    if (!r.auth->strip_credentials) auth["strip_credentials"] = false;
     if (!r.auth->scopes.empty()) auth["scopes"] = r.auth->scopes;
     put_if(auth, "claims", r.auth->claims);
     out["auth"] = std::move(auth);
@@ -198,6 +199,7 @@ json jwt_to_json(const jwt_config& j) {
   put_if(out, "audience", j.audience);
   put_if(out, "jwks_file", j.jwks_file);  // a path, not key material
   put_if(out, "jwks_url", j.jwks_url);
+  if (j.consumer_claim != "sub") out["consumer_claim"] = j.consumer_claim;
   return out;
 }
 

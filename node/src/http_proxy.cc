@@ -1311,8 +1311,10 @@ bool client_session::authenticate_jwt() {
     return false;
   }
   std::shared_ptr<const jwt_result> verified;
+  const jwt_provider* verified_by = nullptr;
   auto now = std::chrono::system_clock::now();
   for (const auto* p : route_->jwt_providers) {
+    verified_by = p;
     auto keys = p->authority ? p->authority->keys() : p->keys.load();
     verified = p->cache.verify(token, keys, p->rules, now);
     if (verified->ok && p->authority && p->authority->token_revoked(verified->claims)) {
@@ -1337,8 +1339,9 @@ bool client_session::authenticate_jwt() {
   local_status_ = 0;
   verified_jwt_ = verified;
   const auto& claims = verified->claims;
-  if (auto sub = claims.find("sub"); sub != claims.end() && sub->is_string()) {
-    consumer_ = sub->get<std::string>();
+  const std::string& consumer_claim = verified_by->cfg->consumer_claim;
+  if (auto c = claims.find(consumer_claim); c != claims.end() && c->is_string()) {
+    consumer_ = c->get<std::string>();
   }
   for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
     auto it = claims.find(claim);
@@ -1347,7 +1350,8 @@ bool client_session::authenticate_jwt() {
     if (value.find_first_of("\r\n") != std::string::npos) continue;  // never split a header
     auth_headers_.emplace_back(header, std::move(value));
   }
-  strip_authorization_ = true;  // credentials end at the gateway
+  // Credentials end at the gateway, unless the route passes them on.
+  strip_authorization_ = route_->cfg->auth->strip_credentials;
   return true;
 }
 

@@ -1014,43 +1014,28 @@ bool node::start(std::string* error) {
   d.proxy = std::make_unique<proxy_server>(d.cfg.node.workers, d.metrics,
                                            make_access_log(d.cfg.log.access_log));
   if (!d.proxy->start(d.cfg.listen.proxy, d.snap, error)) return false;
-  if (d.cluster) {
-    d.cluster->state().set_change_handler([this](doc_family f) {
-      if (f == doc_family::breakers) {
+  // Without a cluster, API keys, passwords and OAuth registers are documents of the local
+  // state: a new or revoked key rebuilds the snapshot the same way.
+  d.registers()->set_change_handler([this](doc_family f) {
+    if (f == doc_family::breakers) {
+      if (impl_->cluster) {
         impl_->adopt_breakers();
         impl_->cluster->apply_desired_keyring();
-        impl_->adopt_oauth();
-        return;
       }
-      if (f != doc_family::config) return;
-      {
-        std::lock_guard lock(impl_->applier_mutex);
-        impl_->config_dirty = true;
-      }
-      impl_->applier_cv.notify_one();
-    });
-    // A remote change may have landed between the snapshot above and the handler: check once.
-    d.config_dirty = true;
-    d.applier = std::thread([this] { impl_->run_applier(); });
-    d.breaker_sync = std::thread([this] { impl_->run_breaker_sync(); });
-  } else {
-    // Without a cluster, API keys, passwords and OAuth registers are documents of the local
-    // state: a new or revoked key rebuilds the snapshot the same way.
-    d.local_state->set_change_handler([this](doc_family f) {
-      if (f == doc_family::breakers) {
-        impl_->adopt_oauth();
-        return;
-      }
-      if (f != doc_family::config) return;
-      {
-        std::lock_guard lock(impl_->applier_mutex);
-        impl_->config_dirty = true;
-      }
-      impl_->applier_cv.notify_one();
-    });
-    d.config_dirty = true;
-    d.applier = std::thread([this] { impl_->run_applier(); });
-  }
+      impl_->adopt_oauth();
+      return;
+    }
+    if (f != doc_family::config) return;
+    {
+      std::lock_guard lock(impl_->applier_mutex);
+      impl_->config_dirty = true;
+    }
+    impl_->applier_cv.notify_one();
+  });
+  // A change may have landed between the snapshot above and the handler: check once.
+  d.config_dirty = true;
+  d.applier = std::thread([this] { impl_->run_applier(); });
+  if (d.cluster) d.breaker_sync = std::thread([this] { impl_->run_breaker_sync(); });
 
   admin_handlers handlers;
   handlers.metrics_text = [this] {

@@ -331,9 +331,10 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     if (rc.auth) {
       rt.auth_api_key = std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "api_key") !=
                         rc.auth->methods.end();
-      // Identity headers come from the gateway only; the key itself ends here.
-      for (const char* h : {"x-api-key", "x-consumer-id", "x-consumer-groups"})
-        rt.request_drop.push_back(h);
+      // Identity headers come from the gateway only; the key itself ends here unless the route
+      // passes credentials on.
+      for (const char* h : {"x-consumer-id", "x-consumer-groups"}) rt.request_drop.push_back(h);
+      if (rc.auth->strip_credentials) rt.request_drop.push_back("x-api-key");
     }
     if (rc.auth && std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "jwt") !=
                        rc.auth->methods.end()) {

@@ -108,6 +108,44 @@ TEST_F(jwt_auth, valid_token_passes_with_claims_mapped_and_credentials_stripped)
   EXPECT_FALSE(seen.has_header("Authorization"));
 }
 
+TEST(jwt_consumers, a_provider_names_the_consumer_claim_and_a_route_may_pass_credentials_on) {
+  temp_dir keys;
+  upstream up;
+  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok", "text/plain");
+  });
+  up.start();
+  std::ofstream(keys.file("jwks.json"))
+      << R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
+  running_node n(
+      "jwt:\n  - {name: main, issuer: https://issuer.example, audience: api, "
+      "consumer_claim: client_id, jwks_file: " +
+      keys.file("jwks.json") + "}\nconsumers:\n  - {id: svc-7, groups: [batch]}\n" +
+      "upstreams:\n  - name: u\n    targets: [" + up.address() +
+      "]\nroutes:\n  - name: batch\n    match: {path_prefix: /batch}\n    upstream: u\n"
+      "    auth: {methods: [jwt], groups: [batch], strip_credentials: false}\n");
+  ASSERT_TRUE(n.ok());
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  nlohmann::json claims = {{"sub", "someone"}, {"client_id", "svc-7"},
+                           {"aud", "api"},     {"iss", "https://issuer.example"},
+                           {"iat", now},       {"exp", now + 300}};
+  const std::string token = hs256(claims);
+  auto res = n.client().Get("/batch/run", {{"Authorization", "Bearer " + token}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  auto seen = up.last();
+  EXPECT_EQ(seen.get_header_value("x-consumer-id"), "svc-7");  // from client_id, not sub
+  EXPECT_EQ(seen.get_header_value("x-consumer-groups"), "batch");
+  EXPECT_EQ(seen.get_header_value("Authorization"), "Bearer " + token);  // passed on
+  // A token whose client_id names no consumer of the group: 403.
+  claims["client_id"] = "svc-8";
+  auto other = n.client().Get("/batch/run", {{"Authorization", "Bearer " + hs256(claims)}});
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 403);
+}
+
 TEST_F(jwt_auth, bad_signature_expired_wrong_audience_and_alg_none_are_refused) {
   auto claims = good_claims();
   std::vector<std::string> bad = {hs256(claims, "another-secret-another-secret-xx")};

@@ -54,8 +54,9 @@ config sample_config() {
   r.strip_prefix = "/api";
   r.request_headers.add = {{"x-gateway", "meridian"}};
   r.request_headers.remove = {"x-internal"};
-  r.auth = auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}, {}, false, {"read"},
-                       {{"role", "admin"}}};
+  r.auth =
+      auth_config{{"api_key", "jwt"}, "main", {{"sub", "x-consumer-id"}}, {}, false, true, {"read"},
+                  {{"role", "admin"}}};
   r.rate_limits.push_back({100, 1min, "consumer", "sliding_window", "global"});
   c.routes.push_back(r);
 
@@ -65,8 +66,8 @@ config sample_config() {
   c.routes.push_back(bare);
 
   c.consumers.push_back({"acme", {"partners"}, {}, false, 0});
-  c.jwt.push_back(
-      {"main", "https://issuer.example", "api", "./jwks.json", "", std::chrono::minutes(5), 0});
+  c.jwt.push_back({"main", "https://issuer.example", "api", "./jwks.json", "",
+                   std::chrono::minutes(5), "sub", 0});
   return c;
 }
 

@@ -114,6 +114,13 @@ struct fixture {
     return authority->handle(req, ctx());
   }
   std::string auth() const { return basic(key.key_id, key.plaintext); }
+  // alice's tokens from the password grant.
+  json login(const std::string& scope = "") {
+    return json::parse(token("grant_type=password&username=alice&password=correct+horse+battery" +
+                                 (scope.empty() ? "" : "&scope=" + scope),
+                             auth())
+                           .body);
+  }
   jwt_result verify(const std::string& token) const {
     jwt_rules rules;
     rules.issuer = cfg.issuer;
@@ -273,10 +280,7 @@ TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing
 
 TEST(oauth, refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_grant) {
   fixture f;
-  auto first = json::parse(
-      f.token("grant_type=password&username=alice&password=correct+horse+battery&scope=read+write",
-              f.auth())
-          .body);
+  auto first = f.login("read+write");
   std::string rt1 = first["refresh_token"];
   std::string at1 = first["access_token"];
   auto r = f.token("grant_type=refresh_token&refresh_token=" + rt1 + "&scope=read", f.auth());
@@ -318,8 +322,7 @@ TEST(oauth, refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_grant) {
   EXPECT_FALSE(intro(rt2)["active"]);
 
   // Expired refresh tokens are refused.
-  auto fresh = json::parse(
-      f.token("grant_type=password&username=alice&password=correct+horse+battery", f.auth()).body);
+  auto fresh = f.login();
   f.now_ms += 31LL * 24 * 3600 * 1000;
   EXPECT_EQ(error_of(f.token("grant_type=refresh_token&refresh_token=" +
                                  fresh["refresh_token"].get<std::string>(),
@@ -329,8 +332,7 @@ TEST(oauth, refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_grant) {
 
 TEST(oauth, revoking_a_refresh_token_revokes_its_grant) {
   fixture f;
-  auto t = json::parse(
-      f.token("grant_type=password&username=alice&password=correct+horse+battery", f.auth()).body);
+  auto t = f.login();
   auto r =
       f.call(oauth_authority::endpoint::revoke,
              "token=" + t["refresh_token"].get<std::string>() + "&token_type_hint=refresh_token",
@@ -345,8 +347,7 @@ TEST(oauth, revoking_a_refresh_token_revokes_its_grant) {
 
 TEST(oauth, codes_and_refresh_tokens_are_not_tokens_of_another_kind) {
   fixture f;
-  auto t = json::parse(
-      f.token("grant_type=password&username=alice&password=correct+horse+battery", f.auth()).body);
+  auto t = f.login();
   std::string rt = t["refresh_token"];
   EXPECT_FALSE(f.verify(rt).ok);                // not a JWT
   std::string as_code = "mac_" + rt.substr(4);  // same payload, other kind

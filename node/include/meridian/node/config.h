@@ -200,6 +200,9 @@ struct auth_config {
   header_list claims_to_headers;
   std::vector<std::string> groups;  // non-empty: the consumer must be in one of these (403)
   bool query_key = false;           // api_key may also come as ?apikey=
+  // Remove the credentials (X-API-Key, Authorization) before forwarding; false passes them on
+  // (an upstream that checks them itself).
+  bool strip_credentials = true;
   // Requirements on the verified JWT (403 when unmet; a request authenticated otherwise cannot
   // meet them): every scope in the token's "scope" (space-separated) or "scp" (array or string),
   // and every claim equal to its value (or, for an array claim, containing it).
@@ -265,6 +268,7 @@ struct jwt_config {
   std::string jwks_file;
   std::string jwks_url;
   duration jwks_refresh = std::chrono::minutes(5);  // jwks_url: re-fetched this often
+  std::string consumer_claim = "sub";               // the claim whose value names the consumer
   int line = 0;
 };
 
