@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "jws_signer.h"
 #include "test_support.h"
 
 namespace meridian::testing {
@@ -163,6 +164,86 @@ TEST_F(jwt_auth, bad_signature_expired_wrong_audience_and_alg_none_are_refused) 
     EXPECT_NE(res->body.find("invalid_token"), std::string::npos) << res->body;
   }
   EXPECT_EQ(up_.hits.load(), 0);
+}
+
+// The issue's acceptance list, through the gateway: HS256, RS256, ES256 and EdDSA tokens pass;
+// expired, not yet valid, wrong audience, wrong issuer, bad signature, unknown kid, alg none,
+// HS256 signed with the RSA public key, and garbage are each 401 with a JSON body.
+TEST(jwt_end_to_end, every_algorithm_passes_and_every_bad_token_is_a_401_with_json) {
+  namespace jws = meridian::testing::jws;
+  temp_dir keys;
+  upstream up;
+  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok", "text/plain");
+  });
+  up.start();
+  nlohmann::json set = {{"keys",
+                         {jws::hmac_key().jwk("hs"), jws::rsa_key().jwk("rs"),
+                          jws::ec256_key().jwk("es"), jws::ed_key().jwk("ed")}}};
+  std::ofstream(keys.file("jwks.json")) << set.dump();
+  running_node n(
+      "jwt:\n  - {name: main, issuer: https://issuer.example, audience: api, "
+      "jwks_file: " +
+      keys.file("jwks.json") + "}\nupstreams:\n  - name: u\n    targets: [" + up.address() +
+      "]\nroutes:\n  - name: private\n    match: {path_prefix: /private}\n"
+      "    upstream: u\n    auth: {methods: [jwt]}\n");
+  ASSERT_TRUE(n.ok());
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
+  const nlohmann::json good = {{"iss", "https://issuer.example"},
+                               {"aud", "api"},
+                               {"sub", "alice"},
+                               {"iat", now - 5},
+                               {"nbf", now - 5},
+                               {"exp", now + 300}};
+  auto call = [&](const std::string& token) {
+    auto res = n.client().Get("/private/x", {{"Authorization", "Bearer " + token}});
+    return res ? std::make_pair(res->status, res->body) : std::make_pair(0, std::string());
+  };
+  const std::pair<const char*, const jws::test_key*> valid[] = {{"HS256", &jws::hmac_key()},
+                                                                {"RS256", &jws::rsa_key()},
+                                                                {"ES256", &jws::ec256_key()},
+                                                                {"EdDSA", &jws::ed_key()}};
+  const char* kids[] = {"hs", "rs", "es", "ed"};
+  for (size_t i = 0; i < 4; ++i) {
+    auto token =
+        jws::make_token({{"alg", valid[i].first}, {"kid", kids[i]}}, good, *valid[i].second);
+    EXPECT_EQ(call(token).first, 200) << valid[i].first;
+  }
+  auto with = [&](const char* claim, nlohmann::json value) {
+    auto c = good;
+    c[claim] = std::move(value);
+    return jws::make_token({{"alg", "HS256"}, {"kid", "hs"}}, c, jws::hmac_key());
+  };
+  std::string good_hs = jws::make_token({{"alg", "HS256"}, {"kid", "hs"}}, good, jws::hmac_key());
+  std::string bad_signature = good_hs;
+  char& c = bad_signature[bad_signature.size() - 10];
+  c = c == 'A' ? 'B' : 'A';
+  // HS256 "signed" with the RSA public key's PEM, under the RSA key's kid (algorithm confusion).
+  jws::test_key confused;
+  confused.kty = "oct";
+  confused.secret = jws::public_pem(jws::rsa_key());
+  const std::pair<const char*, std::string> refused[] = {
+      {"expired", with("exp", now - 3600)},
+      {"not yet valid", with("nbf", now + 3600)},
+      {"wrong audience", with("aud", "someone-else")},
+      {"wrong issuer", with("iss", "https://evil.example")},
+      {"bad signature", bad_signature},
+      {"unknown kid", jws::make_token({{"alg", "RS256"}, {"kid", "nobody"}}, good, jws::rsa_key())},
+      {"alg none", jws::b64url(R"({"alg":"none"})") + "." + jws::b64url(good.dump()) + "."},
+      {"HS256 with the RSA public key",
+       jws::make_token({{"alg", "HS256"}, {"kid", "rs"}}, good, confused)},
+      {"garbage", "not.a.token"},
+      {"more garbage", "%%%"},
+  };
+  for (const auto& [what, token] : refused) {
+    auto [status, body] = call(token);
+    EXPECT_EQ(status, 401) << what;
+    auto j = nlohmann::json::parse(body, nullptr, false);
+    EXPECT_TRUE(j.is_object() && j.value("error", "") == "invalid_token") << what << ": " << body;
+  }
+  EXPECT_EQ(up.hits.load(), 4);
 }
 
 TEST_F(jwt_auth, scopes_and_claims_a_valid_token_lacks_get_403_not_401) {
