@@ -325,9 +325,16 @@ std::optional<json> oauth_authority::open_sealed(std::string_view prefix,
 
 bool oauth_authority::check_password(const std::string& user, const std::string& password,
                                      int64_t now_ms, std::string* why) const {
-  constexpr int max_failures = 5;
+  constexpr int max_failures = max_login_failures;
   constexpr int64_t window_ms = 60'000;
-  {
+  if (login_failures) {
+    if (login_failures(user, now_ms, false) >= static_cast<uint64_t>(max_failures)) {
+      *why = "too many failed attempts for this user; retry in " +
+             std::to_string((window_ms - now_ms % window_ms) / 1000 + 1) + " to " +
+             std::to_string((2 * window_ms - now_ms % window_ms) / 1000 + 1) + " s";
+      return false;
+    }
+  } else {
     std::lock_guard lock(throttle_mu_);
     auto it = login_failures_.find(user);
     if (it != login_failures_.end() && now_ms - it->second.since_ms < window_ms &&
@@ -344,6 +351,11 @@ bool oauth_authority::check_password(const std::string& user, const std::string&
   if (password.size() <= max_password_length) {
     const std::string& h = hash ? *hash : dummy;
     ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && hash;
+  }
+  *why = "wrong username or password";
+  if (login_failures) {
+    if (!ok) login_failures(user, now_ms, true);
+    return ok;
   }
   std::lock_guard lock(throttle_mu_);
   if (ok) {

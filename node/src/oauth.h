@@ -112,6 +112,10 @@ class oauth_authority {
                      std::string* error)>
       mark_used;
   std::function<std::optional<std::string>(const std::string& consumer)> password_hash;
+  // Failed logins of a user in this minute and the previous one, cluster-wide (node.cc: a
+  // replicated counter), after adding one when add. Unset: this node's own count per minute.
+  std::function<uint64_t(const std::string& user, int64_t now_ms, bool add)> login_failures;
+  static constexpr int max_login_failures = 5;  // per user and minute
 
   // True when the claims' jti or grant family (fid) is revoked.
   bool token_revoked(const nlohmann::json& claims) const;

@@ -722,6 +722,10 @@ TEST_F(cluster_config, authorization_code_and_refresh_tokens_work_on_every_node)
       admin(0, "PUT", "/config/consumers/alice/password", R"({"password":"correct horse battery"})")
           .status,
       200);
+  ASSERT_EQ(admin(0, "PUT", "/config/consumers/bob", "{}").status, 200);
+  ASSERT_EQ(
+      admin(0, "PUT", "/config/consumers/bob/password", R"({"password":"bob's secret"})").status,
+      200);
   auto issued = admin(0, "POST", "/config/consumers/web/keys", "");
   ASSERT_EQ(issued.status, 201);
   const std::string client_id = issued.body["key_id"], secret = issued.body["key"];
@@ -759,8 +763,10 @@ TEST_F(cluster_config, authorization_code_and_refresh_tokens_work_on_every_node)
   ASSERT_TRUE(eventually(
       [&] {
         for (int n = 1; n < 3; ++n)
-          if (admin(n, "GET", "/config/consumers/alice/password").body["password"] != "set")
-            return false;
+          for (const char* user : {"alice", "bob"})
+            if (admin(n, "GET", "/config/consumers/" + std::string(user) + "/password")
+                    .body["password"] != "set")
+              return false;
         return true;
       },
       5s));
@@ -880,16 +886,36 @@ TEST_F(cluster_config, authorization_code_and_refresh_tokens_work_on_every_node)
   ASSERT_EQ(pw.status, 200) << pw.body;
   EXPECT_TRUE(eventually(
       [&] { return get(1, nlohmann::json::parse(pw.body)["access_token"]) == 200; }, 3s));
+  // Guessing is throttled cluster-wide: five wrong passwords spread over the three nodes lock
+  // the user out on every node, right password or not.
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(request(i % 3, "POST", "/oauth/token",
+                      "grant_type=password&username=bob&password=guess" + std::to_string(i), true)
+                  .status,
+              400);
+  }
+  http_reply locked;
+  EXPECT_TRUE(eventually(
+      [&] {
+        locked = request(0, "POST", "/oauth/token",
+                         "grant_type=password&username=bob&password=bob%27s+secret", true);
+        return locked.body.find("too many failed attempts") != std::string::npos;
+      },
+      3s))
+      << locked.status << " " << locked.body;
+  EXPECT_EQ(locked.status, 400);
   // Removing the password ends logins on every node.
   ASSERT_EQ(admin(0, "DELETE", "/config/consumers/alice/password", "").status, 200);
   EXPECT_EQ(admin(0, "GET", "/config/consumers/alice/password").body["password"], "none");
+  http_reply after;
   EXPECT_TRUE(eventually(
       [&] {
-        return request(2, "POST", "/oauth/token",
-                       "grant_type=password&username=alice&password=correct+horse+battery", true)
-                   .status == 400;
+        after = request(2, "POST", "/oauth/token",
+                        "grant_type=password&username=alice&password=correct+horse+battery", true);
+        return after.status == 400;
       },
       5s));
+  EXPECT_NE(after.body.find("wrong username or password"), std::string::npos) << after.body;
   for (int n = 0; n < 3; ++n) EXPECT_EQ(nodes_[n]->log().find("correct horse"), std::string::npos);
 }
 
