@@ -44,7 +44,8 @@ struct ping_req {
 }
 
 struct ack {
-  1: i64 seq,  // never renumber
+  1: i64 seq,               // never renumber
+  2: optional i64 wall_ms,  // never renumber; the acker's wall clock (Unix ms), direct acks only
 }
 
 struct nack {

@@ -134,6 +134,11 @@ struct gossip_node::impl final : environment {
     return std::chrono::duration_cast<millis>(steady::now().time_since_epoch());
   }
   uint64_t random() override { return rng(); }
+  int64_t wall_ms() override {
+    if (opt.wall_ms) return opt.wall_ms();
+    return std::chrono::duration_cast<millis>(std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
 
   std::optional<udp::endpoint> resolve(const std::string& address) {
     auto it = resolved.find(address);
@@ -518,6 +523,10 @@ uint32_t gossip_node::local_health() const {
 
 std::map<std::string, double> gossip_node::region_rtt() const {
   return impl_->on_io([this] { return impl_->swim->region_rtt(); });
+}
+
+std::map<std::string, double> gossip_node::clock_offsets() const {
+  return impl_->on_io([this] { return impl_->swim->clock_offsets(); });
 }
 
 const gossip_counters& gossip_node::counters() const {

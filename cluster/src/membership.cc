@@ -78,7 +78,8 @@ size_t estimate_size(const packet& p) {
     n += struct_overhead + int_field(x.seq) + string_field(x.target_id) +
          string_field(x.target_address);
   if (!p.acks.empty()) n += list_overhead;
-  for (const auto& x : p.acks) n += struct_overhead + int_field(x.seq);
+  for (const auto& x : p.acks)
+    n += struct_overhead + int_field(x.seq) + (x.wall_ms != 0 ? int_field(x.wall_ms) : 0);
   if (!p.nacks.empty()) n += list_overhead;
   for (const auto& x : p.nacks) n += struct_overhead + int_field(x.seq);
   if (!p.updates.empty()) n += list_overhead;
@@ -117,6 +118,7 @@ struct membership::impl {
     uint32_t expected_nacks = 0;
     uint32_t nacks = 0;
     millis sent_at{0};
+    int64_t sent_wall = 0;  // env wall clock when the ping left (0: none)
     std::string target_address;
     std::string target_region;
   };
@@ -276,6 +278,7 @@ struct membership::impl {
     id_pos_.erase(id);
     suspects_.erase(id);
     tombstones_.erase(id);
+    clock_offsets_.erase(id);
     members_.erase(it);
   }
 
@@ -549,6 +552,18 @@ struct membership::impl {
     if (!fresh) it->second += rtt_alpha * (sample - it->second);
   }
 
+  // Measured clock offsets of members (ms, EWMA), by id.
+  std::map<std::string, double> clock_offsets_;
+
+  void record_offset(const std::string& id, int64_t their_wall) {
+    int64_t back = env_.wall_ms();
+    if (their_wall == 0 || probe_.sent_wall == 0 || back == 0 || back < probe_.sent_wall) return;
+    double sample = static_cast<double>(their_wall) -
+                    (static_cast<double>(probe_.sent_wall) + static_cast<double>(back)) / 2.0;
+    auto [it, fresh] = clock_offsets_.emplace(id, sample);
+    if (!fresh) it->second += rtt_alpha * (sample - it->second);
+  }
+
   // What a probe of a member in region waits beyond the same-region timeout.
   millis region_allowance(const std::string& region) const {
     if (region == self_.info.region) return millis(0);
@@ -582,6 +597,7 @@ struct membership::impl {
       p.updates.push_back(update_of(*t, self_.info.id));
     std::string address = t->info.address;
     probe_.sent_at = now;
+    probe_.sent_wall = env_.wall_ms();
     probe_.target_address = address;
     probe_.target_region = t->info.region;
     send(address, p);
@@ -823,7 +839,7 @@ struct membership::impl {
 
     for (const auto& ping : p.pings)
       if (ping.target_id.empty() || ping.target_id == self_.info.id)
-        reply.acks.push_back(ack_msg{ping.seq});
+        reply.acks.push_back(ack_msg{ping.seq, env_.wall_ms()});
     if ((!reply.acks.empty() || !reply.updates.empty()) && !p.sender_address.empty())
       send(p.sender_address, reply);
 
@@ -854,8 +870,10 @@ struct membership::impl {
       if (probe_.active && a.seq == probe_.seq) {
         // A direct answer (not relayed) measures the round trip, late ones included: that is
         // how a too-short timeout for a distant region corrects itself.
-        if (p.sender_address == probe_.target_address)
+        if (p.sender_address == probe_.target_address) {
           record_rtt(probe_.target_region, now - probe_.sent_at);
+          record_offset(probe_.target, a.wall_ms);
+        }
         finish_probe(true);
         continue;
       }
@@ -1056,6 +1074,24 @@ std::vector<member> membership::members() const {
 uint32_t membership::local_health() const {
   return impl_->health_;
 }
+std::map<std::string, double> membership::clock_offsets() const {
+  std::map<std::string, double> out;
+  for (const auto& [id, offset] : impl_->clock_offsets_) {
+    auto m = impl_->members_.find(id);
+    if (m != impl_->members_.end() && m->second.state == member_state::alive) out[id] = offset;
+  }
+  return out;
+}
+
+int64_t median_clock_correction(const std::map<std::string, double>& offsets) {
+  std::vector<double> all{0.0};
+  for (const auto& [id, offset] : offsets) all.push_back(offset);
+  std::sort(all.begin(), all.end());
+  size_t n = all.size();
+  double median = n % 2 ? all[n / 2] : (all[n / 2 - 1] + all[n / 2]) / 2.0;
+  return static_cast<int64_t>(median < 0 ? median - 0.5 : median + 0.5);
+}
+
 std::map<std::string, double> membership::region_rtt() const {
   return impl_->region_rtt_;
 }

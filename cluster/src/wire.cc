@@ -69,6 +69,7 @@ gen::ping_req to_gen(const ping_req_msg& m) {
 gen::ack to_gen(const ack_msg& m) {
   gen::ack g;
   g.__set_seq(static_cast<int64_t>(m.seq));
+  if (m.wall_ms != 0) g.__set_wall_ms(m.wall_ms);
   return g;
 }
 
@@ -121,6 +122,7 @@ bool from_gen(const gen::ping_req& g, ping_req_msg* m) {
 
 bool from_gen(const gen::ack& g, ack_msg* m) {
   m->seq = static_cast<uint64_t>(g.seq);
+  m->wall_ms = g.__isset.wall_ms ? g.wall_ms : 0;
   return true;
 }
 

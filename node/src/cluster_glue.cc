@@ -59,6 +59,7 @@ struct cluster_glue::impl {
   // Write-behind of counters, the membership view for the rate limiter and tombstone
   // collection, once a second off the gossip thread.
   periodic_thread maintenance;
+  bool clock_correction = true;  // cluster.clock_correction
   std::chrono::steady_clock::time_point next_gc = std::chrono::steady_clock::now();
   std::mutex listener_mutex;
   std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
@@ -204,7 +205,24 @@ struct cluster_glue::impl {
     return ids;
   }
 
+  // Sets the cluster clock correction from the measured offsets (once a second). Changes under
+  // 20 ms are ignored (measurement noise; windows should not wobble); large ones are logged.
+  void correct_clock() {
+    if (!clock_correction) return;
+    int64_t want = cluster::median_clock_correction(gossip->clock_offsets());
+    int64_t have = cluster_clock_correction_ms.load(std::memory_order_relaxed);
+    if (std::abs(want - have) < 20) return;
+    cluster_clock_correction_ms.store(want, std::memory_order_relaxed);
+    if (std::abs(want) >= 1000 || std::abs(have) >= 1000) {
+      log()->warn(
+          "clock: this node's clock is {} ms {} the median of the cluster's; correcting windows, "
+          "deadlines and timestamps by {} ms (check NTP on this host)",
+          std::abs(want), want < 0 ? "ahead of" : "behind", want);
+    }
+  }
+
   void maintain() {
+    correct_clock();
     if (keyring_dirty.exchange(false)) apply_desired();
     publish_view();
     state->persist_counters();
@@ -266,6 +284,10 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   so.self_id = cfg.node.id;
   so.counter_sync_interval = std::chrono::duration_cast<cluster::millis>(cc.sync_interval);
   so.max_clock_skew_ms = std::chrono::duration_cast<cluster::millis>(cc.max_clock_skew).count();
+  // Offsets are measured against this node's own clock, never the corrected one (no feedback).
+  opt.wall_ms = raw_unix_now_ms;
+  glue->impl_->clock_correction = cc.clock_correction;
+  cluster_clock_correction_ms.store(0, std::memory_order_relaxed);
   so.tombstone_grace_ms = std::chrono::duration_cast<cluster::millis>(cc.tombstone_grace).count();
   so.max_counter_keys = cc.max_counter_keys;
   opt.swim.app_delta_interval = std::chrono::duration_cast<cluster::millis>(cc.sync_interval);
@@ -389,6 +411,8 @@ nlohmann::json cluster_glue::health_json() const {
   auto stats = st.stats();
   nlohmann::json rtt = nlohmann::json::object();
   for (const auto& [region, ms] : impl_->gossip->region_rtt()) rtt[region] = std::lround(ms);
+  nlohmann::json offsets = nlohmann::json::object();
+  for (const auto& [id, ms] : impl_->gossip->clock_offsets()) offsets[id] = std::lround(ms);
   char digest[17];
   std::snprintf(digest, sizeof digest, "%016llx",
                 static_cast<unsigned long long>(st.digest(cluster::doc_family::config)));
@@ -401,7 +425,9 @@ nlohmann::json cluster_glue::health_json() const {
           {"converged", healthy && same_config},
           {"clock_skew_ms", stats.max_clock_skew_ms},
           {"local_health", impl_->gossip->local_health()},
-          {"region_rtt_ms", rtt}};
+          {"region_rtt_ms", rtt},
+          {"clock_offsets_ms", offsets},
+          {"clock_correction_ms", cluster_clock_correction_ms.load(std::memory_order_relaxed)}};
 }
 
 std::string cluster_glue::metrics_text() const {

@@ -681,6 +681,7 @@ void parse_cluster_section(diagnostics& d, const field& f, cluster_section& out)
     }
   }
   if (auto v = m.take("max_clock_skew")) read_duration(d, *v, out.max_clock_skew);
+  if (auto v = m.take("clock_correction")) read_bool(d, *v, out.clock_correction);
   if (auto v = m.take("tombstone_grace")) read_duration(d, *v, out.tombstone_grace);
   if (auto v = m.take("max_counter_keys")) read_uint(d, *v, out.max_counter_keys, 1000);
   m.finish();

@@ -38,14 +38,22 @@ inline int64_t now_ms() {
       .count();
 }
 
-// Returns Unix milliseconds (wall clock: what nodes compare across the cluster, e.g. breaker
-// deadlines and rate-limit windows), shifted by node.clock_offset.
+// This node's own wall clock in Unix milliseconds: the system clock shifted by
+// node.clock_offset. Gossip compares it with the other members' to measure clock offsets.
 inline std::atomic<int64_t> wall_clock_offset_ms{0};  // set once at startup (node.clock_offset)
-inline int64_t unix_now_ms() {
+inline int64_t raw_unix_now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
              .count() +
          wall_clock_offset_ms.load(std::memory_order_relaxed);
+}
+
+// The cluster's time in Unix milliseconds: this node's clock plus the correction to the median
+// of the members' clocks (cluster.clock_correction; 0 without a cluster). What nodes compare
+// across the cluster uses it: rate-limit windows, breaker deadlines, hybrid-clock timestamps.
+inline std::atomic<int64_t> cluster_clock_correction_ms{0};
+inline int64_t unix_now_ms() {
+  return raw_unix_now_ms() + cluster_clock_correction_ms.load(std::memory_order_relaxed);
 }
 
 // One upstream target's shared state. Written by workers (passive health) and the health

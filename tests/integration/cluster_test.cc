@@ -31,14 +31,15 @@ class cluster_processes : public ::testing::Test {
       seeds += (s ? ", " : "") + std::string("127.0.0.1:") + std::to_string(ports_[s].gossip);
     }
     return "node: {id: n" + std::to_string(i) + ", region: " + regions[i % 3] +
-           ", data_dir: " + dir_.file("n" + std::to_string(i)) +
+           ", data_dir: " + dir_.file("n" + std::to_string(i)) + node_fields_[i] +
            "}\nlisten: {proxy: 127.0.0.1:" + std::to_string(ports_[i].proxy) +
            ", admin: 127.0.0.1:" + std::to_string(ports_[i].admin) +
            "}\nadmin: {token_file: " + dir_.file("admin.token") +
            "}\ncluster: {bind: 127.0.0.1:" + std::to_string(ports_[i].gossip) + ", seeds: [" +
            seeds + "], keyring_file: " + keyring + "}\n" + extra_yaml_;
   }
-  std::string extra_yaml_;  // appended to every node's config
+  std::string extra_yaml_;                  // appended to every node's config
+  std::map<int, std::string> node_fields_;  // added to node i's `node` section (", key: value")
 
   // Starts node i and waits until its admin API answers. Ports are picked free but may be taken
   // by a parallel test before the child binds them: then the child exits, and node i gets new
@@ -917,6 +918,29 @@ TEST_F(cluster_config, authorization_code_and_refresh_tokens_work_on_every_node)
       5s));
   EXPECT_NE(after.body.find("wrong username or password"), std::string::npos) << after.body;
   for (int n = 0; n < 3; ++n) EXPECT_EQ(nodes_[n]->log().find("correct horse"), std::string::npos);
+}
+
+TEST_F(cluster_config, a_skewed_clock_is_measured_and_corrected_to_the_cluster_median) {
+  node_fields_[2] = ", clock_offset: 5s";
+  start_cluster(3);
+  // n0 and n1 measure n2's clock 5 s ahead on their probe acks; n2 measures theirs 5 s behind
+  // and corrects by -5 s, so its windows, deadlines and timestamps follow the median clock.
+  nlohmann::json h0, h2;
+  auto near = [](const nlohmann::json& v, int64_t want) {
+    return v.is_number() && std::abs(v.get<int64_t>() - want) <= 250;
+  };
+  EXPECT_TRUE(eventually(
+      [&] {
+        h0 = admin(0, "GET", "/cluster/health").body;
+        h2 = admin(2, "GET", "/cluster/health").body;
+        return near(h0["clock_offsets_ms"]["n2"], 5000) && near(h0["clock_offsets_ms"]["n1"], 0) &&
+               near(h0["clock_correction_ms"], 0) && near(h2["clock_offsets_ms"]["n0"], -5000) &&
+               near(h2["clock_correction_ms"], -5000);
+      },
+      10s))
+      << h0.dump() << "\n"
+      << h2.dump();
+  EXPECT_NE(nodes_[2]->log().find("clock: this node's clock is"), std::string::npos);
 }
 
 TEST_F(cluster_config, every_change_is_in_the_audit_trail_of_every_node) {

@@ -65,6 +65,7 @@ struct simulator::node_env final : cluster::environment {
   simulator* sim = nullptr;
   size_t index = 0;
   millis now() override { return sim->now_; }
+  int64_t wall_ms() override;
   uint64_t random() override { return sim->rng_.next(); }
   void send_packet(const std::string& address, const packet& p) override {
     sim->route_packet(index, address, p);
@@ -87,6 +88,7 @@ struct simulator::node_state {
   pause_mode mode = pause_mode::drop;
   std::vector<packet> held;  // packets queued while paused
   millis slow{0};
+  millis skew{0};
   uint64_t epoch = 0;
   bool tick_pending = false;
   millis tick_at{0};
@@ -133,6 +135,15 @@ void simulator::heal() {
 
 void simulator::set_slow(size_t i, millis max_extra) {
   nodes_.at(i)->slow = max_extra;
+}
+
+void simulator::set_clock_skew(size_t i, millis skew) {
+  nodes_.at(i)->skew = skew;
+}
+
+int64_t simulator::node_env::wall_ms() {
+  constexpr int64_t epoch_ms = 1'800'000'000'000;  // 2027-01-15: any fixed, plausible time
+  return epoch_ms + sim->now_.count() + sim->nodes_.at(index)->skew.count();
 }
 
 bool simulator::link_for(size_t from, size_t to, link_faults* out) const {

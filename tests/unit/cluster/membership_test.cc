@@ -550,5 +550,33 @@ TEST(membership_sim, distant_regions_get_probe_timeouts_from_their_measured_roun
   EXPECT_LT(indirect - indirect_before, 20u);
 }
 
+TEST(membership_sim, probes_measure_clock_offsets_and_the_median_corrects_a_skewed_node) {
+  // Three regions 40-80 ms apart with jitter; node 4's clock runs 5 s ahead and node 7's 1.5 s
+  // behind. Every node measures every member's offset from probe acks to within the paths'
+  // asymmetry (here the jitter: a few ms), and the median of the clocks is true time: the
+  // skewed nodes learn to correct by about -5000 and +1500 ms, the others by about 0.
+  cluster_fixture c(9, 21);
+  c.sim.set_default_links({0, millis(1), millis(2), false}, {0, millis(60), millis(20), false});
+  c.sim.set_clock_skew(4, millis(5000));
+  c.sim.set_clock_skew(7, millis(-1500));
+  c.sim.bootstrap();
+  c.sim.run_until(millis(60'000));
+  auto skew_of = [](size_t i) { return i == 4 ? 5000.0 : i == 7 ? -1500.0 : 0.0; };
+  for (size_t i = 0; i < 9; ++i) {
+    auto offsets = c.sim.node(i).clock_offsets();
+    EXPECT_EQ(offsets.size(), 8u) << "node " << i;
+    for (const auto& [id, offset] : offsets) {
+      size_t j = 0;
+      while (j < c.infos.size() && c.infos[j].id != id) ++j;
+      ASSERT_LT(j, c.infos.size()) << id;
+      EXPECT_NEAR(offset, skew_of(j) - skew_of(i), 25.0) << "node " << i << " about " << id;
+    }
+    EXPECT_NEAR(static_cast<double>(median_clock_correction(offsets)), -skew_of(i), 25.0)
+        << "node " << i;
+  }
+  EXPECT_EQ(median_clock_correction({}), 0);
+  EXPECT_EQ(median_clock_correction({{"a", -100.0}}), -50);  // two clocks: meet halfway
+}
+
 }  // namespace
 }  // namespace meridian::cluster

@@ -117,7 +117,11 @@ TEST(wire, extreme_integers_and_binary_strings_round_trip) {
   p.sender_address = std::string("a\0b", 3);
   p.pings = {{0, ""}, {max, "t"}, {uint64_t{1} << 63, std::string(300, 'p')}};
   p.ping_reqs = {{max, "", ""}, {0, std::string(200, 'q'), "[::1]:65535"}};
-  p.acks = {{0}, {max}, {uint64_t{1} << 63}};
+  // wall_ms: absent (0), a Unix time, and the extremes.
+  p.acks = {{0},
+            {max, 1'800'000'000'123},
+            {uint64_t{1} << 63, std::numeric_limits<int64_t>::min()},
+            {1, std::numeric_limits<int64_t>::max()}};
   p.nacks = {{max - 1}};
   member_update u = sample_update(member_state::left);
   u.incarnation = max;

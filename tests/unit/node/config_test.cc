@@ -273,9 +273,11 @@ TEST(config, cluster_state_settings_have_defaults_and_bounds) {
   config c = parse_ok(std::string(minimal) + "cluster: {bind: 10.0.0.1:7000}\n");
   EXPECT_EQ(c.cluster->sync_interval, std::chrono::milliseconds(100));
   EXPECT_EQ(c.cluster->tombstone_grace, std::chrono::hours(24));
+  EXPECT_TRUE(c.cluster->clock_correction);
   c = parse_ok(std::string(minimal) +
                "cluster: {sync_interval: 50ms, max_clock_skew: 5s, tombstone_grace: 2h, "
-               "max_counter_keys: 5000}\n");
+               "max_counter_keys: 5000, clock_correction: false}\n");
+  EXPECT_FALSE(c.cluster->clock_correction);
   EXPECT_EQ(c.cluster->sync_interval, std::chrono::milliseconds(50));
   EXPECT_EQ(c.cluster->max_clock_skew, std::chrono::seconds(5));
   EXPECT_EQ(c.cluster->max_counter_keys, 5000u);

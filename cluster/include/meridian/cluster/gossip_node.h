@@ -7,6 +7,7 @@
 // cluster gracefully (others see `left`, not `dead`). All public methods are thread-safe.
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,6 +30,8 @@ struct gossip_options {
   std::vector<cluster_key> keys;  // primary first
   std::string label = "meridian";
   swim_config swim;
+  // The node's wall clock (Unix ms) for clock-offset measurement; unset: the system clock.
+  std::function<int64_t()> wall_ms;
   // Application state riding the gossip (replicated_state); must outlive the gossip_node.
   gossip_application* app = nullptr;
 };
@@ -73,7 +76,8 @@ class gossip_node {
   std::vector<member> members() const;
   membership_stats stats() const;
   uint32_t local_health() const;
-  std::map<std::string, double> region_rtt() const;  // membership::region_rtt
+  std::map<std::string, double> region_rtt() const;     // membership::region_rtt
+  std::map<std::string, double> clock_offsets() const;  // membership::clock_offsets
   const gossip_counters& counters() const;
 
  private:

@@ -73,6 +73,9 @@ class environment {
  public:
   virtual ~environment() = default;
   virtual millis now() = 0;
+  // The node's wall clock (Unix ms), compared across nodes to measure clock offsets; 0 when the
+  // environment has none (offsets are then not measured).
+  virtual int64_t wall_ms() { return 0; }
   virtual uint64_t random() = 0;
   // Sends one datagram (best effort). The packet respects max_packet_bytes when encoded.
   virtual void send_packet(const std::string& address, const packet& p) = 0;
@@ -166,11 +169,21 @@ class membership {
   // a member in another region waits probe_timeout + max(cross_region_extra, this), so distant
   // regions are not suspected for being far away.
   std::map<std::string, double> region_rtt() const;
+  // The measured offset of each live member's wall clock from this node's (ms; positive: the
+  // member's clock is ahead). From direct probe acks: the member's clock at its answer against
+  // the midpoint of the probe's send and receive (NTP's estimate, off by at most half the round
+  // trip's asymmetry), smoothed. Members not measured yet are absent.
+  std::map<std::string, double> clock_offsets() const;
 
  private:
   struct impl;
   std::unique_ptr<impl> impl_;
 };
+
+// The cluster's time as seen from one node: the median of every clock (this node's, offset 0,
+// and each measured member's), as an offset from this node's clock in ms. A node whose clock is
+// off agrees with the majority once it adds this; the others get about 0.
+int64_t median_clock_correction(const std::map<std::string, double>& offsets);
 
 // Returns an upper bound of the Thrift compact encoding's size (unsealed), from string sizes
 // and per-field overhead; used to fill packets up to max_packet_bytes and by the simulator.

@@ -57,6 +57,9 @@ struct ping_req_msg {
 
 struct ack_msg {
   uint64_t seq = 0;
+  // The acker's wall clock (Unix ms) when it answered a direct ping; 0: not sent (relayed acks,
+  // older nodes). With the probe's send and receive times it measures the clocks' offset.
+  int64_t wall_ms = 0;
   bool operator==(const ack_msg&) const = default;
 };
 

@@ -69,8 +69,11 @@ struct cluster_section {
   // Replicated state (docs/architecture.md, "Replicated state").
   duration sync_interval = std::chrono::milliseconds(100);  // delta rounds (counters, documents)
   duration max_clock_skew = std::chrono::seconds(30);  // state from clocks further ahead is refused
-  duration tombstone_grace = std::chrono::hours(24);   // deleted documents remembered this long
-  uint64_t max_counter_keys = 2'000'000;               // rate-limit counters held (LRU beyond)
+  // Correct this node's wall clock to the median of the members' (measured on probe acks), so
+  // one skewed clock cannot shift its rate-limit windows and deadlines.
+  bool clock_correction = true;
+  duration tombstone_grace = std::chrono::hours(24);  // deleted documents remembered this long
+  uint64_t max_counter_keys = 2'000'000;              // rate-limit counters held (LRU beyond)
 };
 
 // Protective limits for client connections (Envoy/nginx-like defaults).

@@ -66,6 +66,9 @@ class simulator {
   // Makes node i slow: every packet to or from it waits an extra uniform [0, max_extra] (a
   // starved CPU or a saturated NIC); 0 makes it healthy again.
   void set_slow(size_t i, millis max_extra);
+  // Sets node i's wall clock ahead (or, negative, behind) of true time by skew. Every node's
+  // wall clock is the simulated time since a fixed Unix epoch plus its skew.
+  void set_clock_skew(size_t i, millis skew);
 
   // ---- nodes ----
   // Adds a running node (not joined: call join(), or bootstrap() for a converged start).
