@@ -1179,8 +1179,26 @@ consumer_config parse_consumer(diagnostics& d, const field& f) {
       // RFC 6749 section 3.1.2: absolute, no fragment. Plain http only for loopback (native
       // apps, RFC 8252 section 7.3).
       bool https = uri.starts_with("https://") && uri.size() > 8;
-      bool loopback = uri.starts_with("http://127.0.0.1") || uri.starts_with("http://[::1]") ||
-                      uri.starts_with("http://localhost");
+      // http only to this machine: the host (between "http://" and the port, path or query)
+      // must be exactly a loopback name, and no userinfo may hide another host.
+      bool loopback = false;
+      if (uri.starts_with("http://")) {
+        std::string_view rest = std::string_view(uri).substr(7);
+        std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+        std::string_view host = authority;
+        if (host.starts_with("[")) {
+          host = host.substr(
+              0, host.find(']') == std::string_view::npos ? host.size() : host.find(']') + 1);
+        } else {
+          host = host.substr(0, host.find(':'));
+        }
+        std::string_view port = authority.substr(host.size());
+        bool port_ok =
+            port.empty() || (port.size() > 1 && port[0] == ':' &&
+                             port.find_first_not_of("0123456789", 1) == std::string_view::npos);
+        loopback = authority.find('@') == std::string_view::npos && port_ok &&
+                   (host == "127.0.0.1" || host == "[::1]" || host == "localhost");
+      }
       bool custom_scheme = !https && !uri.starts_with("http") &&
                            uri.find(':') != std::string::npos && uri.find(':') > 0;
       if ((!https && !loopback && !custom_scheme) || uri.find('#') != std::string::npos ||

@@ -1491,30 +1491,59 @@ void client_session::answer_oauth() {
   req.authorization = std::move(oauth_authorization_);
   req.query = std::move(oauth_query_);
   req.body = std::move(oauth_body_);
+  req.client_address = client_ip_;
   oauth_body_.clear();
   oauth_query_.clear();
   oauth_authorization_.clear();
   oauth_authority::context ctx{&*snap_->cfg.oauth, snap_->api_keys.get(), &snap_->cfg.consumers,
                                unix_now_ms()};
   if (!oauth_authority::slow(req)) {
-    auto r = snap_->oauth->handle(req, ctx);
+    oauth_authority::reply r;
+    try {
+      r = snap_->oauth->handle(req, ctx);
+    } catch (const std::exception&) {  // never let a request take the worker down
+      send_error(500, "internal_error", "the OAuth request could not be answered");
+      return;
+    }
     send_local(r.status, r.content_type, r.body, r.headers);
     return;
   }
-  // A password check (Argon2id, tens of ms): on the authority's thread, not this worker's.
+  // A password check (Argon2id, tens of ms): on the authority's thread, not this worker's, and
+  // at most max_checks_per_address a minute from one address.
+  auto* authority = snap_->oauth;
+  int64_t retry_s = 0;
+  if (!authority->admit_password_check(req.client_address, ctx.now_ms, &retry_s)) {
+    std::string retry = std::to_string(retry_s);
+    std::pair<std::string, std::string> headers[] = {{"Retry-After", retry},
+                                                     {"Cache-Control", "no-store"}};
+    send_local(429, "application/json",
+               R"({"error":"slow_down","error_description":"too many password checks from )"
+               R"(this address; retry later"})",
+               headers);
+    return;
+  }
   phase_ = phase::local_wait;
   deadline_ = w_.now + 30'000;
-  auto* authority = snap_->oauth;
-  bool queued = authority->run_slow(
-      [self = shared_from_this(), snap = snap_, req = std::move(req), ctx, authority]() mutable {
-        auto r = authority->handle(req, ctx);
-        asio::post(self->w_.ioc, [self, snap = std::move(snap), r = std::move(r)] {
-          if (self->phase_ != phase::local_wait) return;
-          self->phase_ = phase::head;
-          self->send_local(r.status, r.content_type, r.body, r.headers);
-          self->process_input();
-        });
-      });
+  auto& ioc = w_.ioc;
+  bool queued = authority->run_slow([self = shared_from_this(), snap = snap_, req = std::move(req),
+                                     ctx, authority, &ioc]() mutable {
+    oauth_authority::reply r;
+    try {
+      r = authority->handle(req, ctx);
+    } catch (const std::exception&) {
+      r.status = 500;
+      r.body = R"({"error":"server_error","error_description":"internal error"})";
+    }
+    req = {};  // the password goes with it, here
+    // Everything the session owns is released on its worker: the session itself, and the
+    // snapshot, move into the handler (this job keeps no reference once it returns).
+    asio::post(ioc, [self = std::move(self), snap = std::move(snap), r = std::move(r)] {
+      if (self->phase_ != phase::local_wait) return;
+      self->phase_ = phase::head;
+      self->send_local(r.status, r.content_type, r.body, r.headers);
+      self->process_input();
+    });
+  });
   if (!queued) {
     phase_ = phase::head;
     send_error(503, "temporarily_unavailable", "too many password checks waiting; retry shortly");

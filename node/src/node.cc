@@ -228,12 +228,17 @@ struct node::impl {
       // This minute and the previous one: a guesser gains nothing at a minute's boundary.
       return st->counter_sum(key, window) + st->counter_sum(key, window - 1);
     };
-    oauth->password_hash = [this](const std::string& consumer) -> std::optional<std::string> {
+    oauth->password_hash =
+        [this](const std::string& consumer) -> std::optional<oauth_authority::password_record> {
       auto e = registers()->get(doc_family::config, "passwords/" + consumer);
       if (!e || e->deleted) return std::nullopt;
       auto j = nlohmann::json::parse(e->value, nullptr, false);
       if (!j.is_object() || !j.contains("hash") || !j["hash"].is_string()) return std::nullopt;
-      return j["hash"].get<std::string>();
+      oauth_authority::password_record r;
+      r.hash = j["hash"].get<std::string>();
+      if (j.contains("updated") && j["updated"].is_number_integer())
+        r.updated_ms = j["updated"].get<int64_t>();
+      return r;
     };
     std::string e;
     if (!registers()->put(doc_family::breakers, "oauth/key/" + cfg.node.id, oauth->public_jwk(),
@@ -250,12 +255,13 @@ struct node::impl {
   // Records a revoked access token everywhere (a register kept until the token expires).
   bool revoke_token(const std::string& jti, int64_t exp_s, std::string* error) {
     nlohmann::json j = {{"exp", exp_s}};
-    // Not synced to disk: this runs on a proxy worker, and the register spreads by gossip.
+    // With a cluster not synced to disk (this runs on a proxy worker, and the register spreads
+    // by gossip to nodes that keep it); alone, synced, or a crash could forget it. The change
+    // handler adopts it.
     if (!registers()->put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error,
-                          /*sync=*/false))
+                          /*sync=*/!cluster))
       return false;
     if (cluster) cluster->flush();
-    adopt_oauth();
     return true;
   }
 
@@ -280,7 +286,8 @@ struct node::impl {
       std::lock_guard lock(redemptions_mutex);
       my_redemptions[id] = {v, unix_now_ms() + 60'000};
     }
-    if (!registers()->put(doc_family::breakers, "oauth/used/" + id, v, error, /*sync=*/false))
+    if (!registers()->put(doc_family::breakers, "oauth/used/" + id, v, error,
+                          /*sync=*/!cluster))
       return false;
     if (cluster) cluster->flush();
     return true;
@@ -832,7 +839,9 @@ struct node::impl {
           e && !e->deleted ? nlohmann::json::parse(e->value, nullptr, false) : nlohmann::json();
       if (!j.is_object()) return {200, {{"consumer", consumer}, {"password", "none"}}};
       return {200,
-              {{"consumer", consumer}, {"password", "set"}, {"updated", j.value("updated", 0)}}};
+              {{"consumer", consumer},
+               {"password", "set"},
+               {"updated", j.value("updated", int64_t{0})}}};
     }
     if (method == "DELETE") {
       auto e = st.get(doc_family::config, "passwords/" + consumer);
@@ -1034,11 +1043,16 @@ bool node::start(std::string* error) {
   // state: a new or revoked key rebuilds the snapshot the same way.
   d.registers()->set_change_handler([this](doc_family f) {
     if (f == doc_family::breakers) {
-      if (impl_->cluster) {
-        impl_->adopt_breakers();
-        impl_->cluster->apply_desired_keyring();
+      // Registers come from other nodes: a malformed one must not take this thread down.
+      try {
+        if (impl_->cluster) {
+          impl_->adopt_breakers();
+          impl_->cluster->apply_desired_keyring();
+        }
+        impl_->adopt_oauth();
+      } catch (const std::exception& e) {
+        log()->error("registers not adopted: {}", e.what());
       }
-      impl_->adopt_oauth();
       return;
     }
     if (f != doc_family::config) return;

@@ -62,7 +62,9 @@ std::string find(const std::vector<std::pair<std::string, std::string>>& form,
 oauth_authority::reply error_reply(int status, const char* code, std::string description) {
   oauth_authority::reply r;
   r.status = status;
-  r.body = json{{"error", code}, {"error_description", std::move(description)}}.dump();
+  // Descriptions quote client input, which may be invalid UTF-8: replaced, never thrown.
+  r.body = json{{"error", code}, {"error_description", std::move(description)}}.dump(
+      -1, ' ', false, json::error_handler_t::replace);
   r.headers = {{"Cache-Control", "no-store"}, {"Pragma", "no-cache"}};
   if (status == 401) r.headers.emplace_back("WWW-Authenticate", "Basic realm=\"meridian\"");
   return r;
@@ -70,7 +72,7 @@ oauth_authority::reply error_reply(int status, const char* code, std::string des
 
 oauth_authority::reply json_reply(const json& body) {
   oauth_authority::reply r;
-  r.body = body.dump();
+  r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
   r.headers = {{"Cache-Control", "no-store"}, {"Pragma", "no-cache"}};
   return r;
 }
@@ -242,7 +244,7 @@ void oauth_authority::set_published(const std::vector<std::string>& jwks_json) {
   for (const auto& text : jwks_json) {
     if (doc["keys"].size() >= jwks::max_keys) break;
     auto j = json::parse(text, nullptr, false);
-    if (!j.is_object() || j.value("kid", "") == kid_) continue;
+    if (!j.is_object() || !j.contains("kid") || !j["kid"].is_string() || j["kid"] == kid_) continue;
     if (!jwks::parse(json{{"keys", json::array({j})}}.dump(), &error)) continue;
     doc["keys"].push_back(std::move(j));
   }
@@ -260,7 +262,8 @@ bool oauth_authority::revoked(std::string_view jti) const {
 
 std::string oauth_authority::sign(const json& claims) const {
   json header = {{"alg", "EdDSA"}, {"typ", "at+jwt"}, {"kid", kid_}};
-  std::string input = base64url_encode(header.dump()) + "." + base64url_encode(claims.dump());
+  std::string input = base64url_encode(header.dump()) + "." +
+                      base64url_encode(claims.dump(-1, ' ', false, json::error_handler_t::replace));
   unsigned char sig[crypto_sign_BYTES];
   crypto_sign_detached(sig, nullptr, reinterpret_cast<const unsigned char*>(input.data()),
                        input.size(), secret_.data());
@@ -276,6 +279,36 @@ bool oauth_authority::token_revoked(const json& claims) const {
   return fid != claims.end() && fid->is_string() && set->count(fid->get<std::string>()) > 0;
 }
 
+int64_t oauth_authority::family_generation(const std::string& fid) const {
+  auto v = used ? used(fid) : std::nullopt;
+  if (!v) return 0;
+  auto j = json::parse(*v, nullptr, false);
+  if (!j.is_object() || !j.contains("gen") || !j["gen"].is_number_integer()) return 0;
+  return j["gen"].get<int64_t>();
+}
+
+std::mutex& oauth_authority::single_use_lock(const std::string& id) const {
+  return single_use_locks_[std::hash<std::string>{}(id) % single_use_locks_.size()];
+}
+
+bool oauth_authority::admit_password_check(const std::string& address, int64_t now_ms,
+                                           int64_t* retry_s) const {
+  constexpr int64_t window_ms = 60'000;
+  std::lock_guard lock(address_mu_);
+  if (password_checks_.size() > 100'000) {
+    std::erase_if(password_checks_,
+                  [&](const auto& e) { return now_ms - e.second.since_ms >= window_ms; });
+  }
+  auto& f = password_checks_[address];
+  if (now_ms - f.since_ms >= window_ms) f = {0, now_ms};
+  if (f.count >= max_checks_per_address) {
+    *retry_s = (window_ms - (now_ms - f.since_ms)) / 1000 + 1;
+    return false;
+  }
+  ++f.count;
+  return true;
+}
+
 std::string hash_password(std::string_view password) {
   if (sodium_init() < 0) return "";
   char out[crypto_pwhash_STRBYTES];
@@ -286,7 +319,7 @@ std::string hash_password(std::string_view password) {
 }
 
 std::string oauth_authority::seal(std::string_view prefix, const json& payload) const {
-  std::string body = base64url_encode(payload.dump());
+  std::string body = base64url_encode(payload.dump(-1, ' ', false, json::error_handler_t::replace));
   std::string input = std::string(seal_context) + std::string(prefix) + body;
   unsigned char sig[crypto_sign_BYTES];
   crypto_sign_detached(sig, nullptr, reinterpret_cast<const unsigned char*>(input.data()),
@@ -324,7 +357,7 @@ std::optional<json> oauth_authority::open_sealed(std::string_view prefix,
 }
 
 bool oauth_authority::check_password(const std::string& user, const std::string& password,
-                                     int64_t now_ms, std::string* why) const {
+                                     int64_t now_ms, std::string* why, int64_t* updated_ms) const {
   constexpr int max_failures = max_login_failures;
   constexpr int64_t window_ms = 60'000;
   if (login_failures) {
@@ -346,12 +379,13 @@ bool oauth_authority::check_password(const std::string& user, const std::string&
   }
   // An unknown user costs as much as a wrong password, so timing does not tell users apart.
   static const std::string dummy = hash_password("meridian: no such user");
-  std::optional<std::string> hash = password_hash ? password_hash(user) : std::nullopt;
+  std::optional<password_record> record = password_hash ? password_hash(user) : std::nullopt;
   bool ok = false;
   if (password.size() <= max_password_length) {
-    const std::string& h = hash ? *hash : dummy;
-    ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && hash;
+    const std::string& h = record ? record->hash : dummy;
+    ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && record;
   }
+  *updated_ms = ok ? record->updated_ms : 0;
   *why = "wrong username or password";
   if (login_failures) {
     if (!ok) login_failures(user, now_ms, true);
@@ -392,7 +426,11 @@ bool oauth_authority::run_slow(std::function<void()> job) const {
         auto job = std::move(slow_jobs_.front());
         slow_jobs_.pop_front();
         lock.unlock();
-        job();
+        try {
+          job();
+        } catch (const std::exception&) {
+          // handle() answers errors itself; nothing may take this thread down.
+        }
         job = nullptr;
         lock.lock();
       }
@@ -413,6 +451,13 @@ void oauth_authority::stop() {
 }
 
 namespace {
+
+// How long a grant's revocation must be kept: its refresh and access tokens live this long.
+int64_t grant_lifetime_s(const oauth_config& cfg) {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::max(cfg.refresh_token_ttl, cfg.access_token_ttl))
+      .count();
+}
 
 std::string random_id() {
   unsigned char raw[16];
@@ -566,7 +611,9 @@ oauth_authority::reply error_page(int status, std::string_view message) {
 oauth_authority::reply oauth_authority::issue(const context& ctx, const std::string& sub,
                                               const std::string& client_id,
                                               const std::string& scope,
-                                              const std::string& fid) const {
+                                              const std::string& grant_scope,
+                                              const std::string& fid, int64_t gen,
+                                              int64_t pw) const {
   const oauth_config& cfg = *ctx.cfg;
   const int64_t now_s = ctx.now_ms / 1000;
   const int64_t ttl_s =
@@ -581,8 +628,10 @@ oauth_authority::reply oauth_authority::issue(const context& ctx, const std::str
   if (!fid.empty() && has(cfg.grants, "refresh_token")) {
     const int64_t rttl_s =
         std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
-    json rt = {{"kid", kid_}, {"id", random_id()}, {"fid", fid},   {"cid", client_id},
-               {"sub", sub},  {"scope", scope},    {"iat", now_s}, {"exp", now_s + rttl_s}};
+    json rt = {{"kid", kid_},  {"id", random_id()},     {"fid", fid},
+               {"gen", gen},   {"cid", client_id},      {"sub", sub},
+               {"iat", now_s}, {"exp", now_s + rttl_s}, {"scope", grant_scope}};
+    if (pw != 0) rt["pw"] = pw;  // the password's version when the grant began
     out["refresh_token"] = seal("mrt_", rt);
   }
   return json_reply(out);
@@ -598,8 +647,9 @@ oauth_authority::reply oauth_authority::handle(const request& req, const context
   const oauth_config& cfg = *ctx.cfg;
   std::string client_id;
   bool is_public = false;
-  std::string consumer =
-      authenticate_client(req.authorization, form, ctx, false, &client_id, &is_public);
+  // A public client may revoke its own tokens (logout, RFC 7009 section 5), not introspect.
+  std::string consumer = authenticate_client(req.authorization, form, ctx,
+                                             req.kind == endpoint::revoke, &client_id, &is_public);
   if (consumer.empty()) return invalid_client();
   const int64_t now_s = ctx.now_ms / 1000;
   std::string token = find(form, "token");
@@ -608,9 +658,8 @@ oauth_authority::reply oauth_authority::handle(const request& req, const context
   if (token.starts_with("mrt_")) {
     auto rt = open_sealed("mrt_", token);
     std::string fid = rt ? rt->value("fid", "") : "";
-    std::string id = rt ? rt->value("id", "") : "";
-    bool active = rt && rt->value("exp", int64_t{0}) > now_s && !fid.empty() && !id.empty() &&
-                  !revoked(fid) && !(used && used(id));
+    bool active = rt && rt->value("exp", int64_t{0}) > now_s && !fid.empty() && !revoked(fid) &&
+                  family_generation(fid) == rt->value("gen", int64_t{0});
     if (req.kind == endpoint::introspect) {
       if (!active) return json_reply({{"active", false}});
       json out = {{"active", true},
@@ -630,9 +679,7 @@ oauth_authority::reply oauth_authority::handle(const request& req, const context
       return error_reply(400, "unauthorized_client", "the token was issued to another client");
     // Revoking a refresh token revokes its grant: every refresh and access token of the family.
     std::string error;
-    int64_t until =
-        now_s + std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
-    if (!on_revoke || !on_revoke(fid, until, &error))
+    if (!on_revoke || !on_revoke(fid, now_s + grant_lifetime_s(cfg), &error))
       return error_reply(503, "temporarily_unavailable", "revocation not stored: " + error);
     return ok;
   }
@@ -695,14 +742,13 @@ oauth_authority::reply oauth_authority::token(
       authenticate_client(authorization, form, ctx, public_ok, &client_id, &is_public);
   if (consumer.empty()) return invalid_client();
   const int64_t now_s = ctx.now_ms / 1000;
-  const int64_t family_s =
-      std::chrono::duration_cast<std::chrono::seconds>(cfg.refresh_token_ttl).count();
+  const int64_t family_s = grant_lifetime_s(cfg);
   std::string granted, bad;
 
   if (grant == "client_credentials") {
     if (!parse_scope(find(form, "scope"), cfg.scopes, &granted, &bad))
       return error_reply(400, "invalid_scope", "scope " + bad + " is not offered");
-    return issue(ctx, consumer, client_id, granted, "");
+    return issue(ctx, consumer, client_id, granted, granted, "", 0, 0);
   }
 
   if (grant == "password") {
@@ -713,11 +759,13 @@ oauth_authority::reply oauth_authority::token(
     if (!parse_scope(find(form, "scope"), cfg.scopes, &granted, &bad))
       return error_reply(400, "invalid_scope", "scope " + bad + " is not offered");
     std::string why;
-    if (!find_consumer(ctx.consumers, user) || !check_password(user, password, ctx.now_ms, &why)) {
-      if (why.empty()) check_password(user, password, ctx.now_ms, &why);  // same cost, counted
+    int64_t pw = 0;
+    if (!find_consumer(ctx.consumers, user) ||
+        !check_password(user, password, ctx.now_ms, &why, &pw)) {
+      if (why.empty()) check_password(user, password, ctx.now_ms, &why, &pw);  // same cost
       return error_reply(400, "invalid_grant", why);
     }
-    return issue(ctx, user, client_id, granted, random_id());
+    return issue(ctx, user, client_id, granted, granted, random_id(), 0, pw);
   }
 
   if (grant == "authorization_code") {
@@ -742,22 +790,27 @@ oauth_authority::reply oauth_authority::token(
     if (id.empty() || !find_consumer(ctx.consumers, sub))
       return error_reply(400, "invalid_grant", "the authorization code is invalid or expired");
     std::string error;
-    if (used) {
-      if (auto previous = used(id)) {
+    std::string fid = random_id();
+    {
+      // Check and record as one step: two workers redeeming the same code at once must not
+      // both find it unused.
+      std::lock_guard lock(single_use_lock(id));
+      if (auto previous = used ? used(id) : std::nullopt) {
         // A code used twice: revoke what the first redemption issued (RFC 6749 section 4.1.2).
         auto p = json::parse(*previous, nullptr, false);
-        if (p.is_object() && p.contains("fid") && on_revoke)
-          on_revoke(p.value("fid", ""), now_s + family_s, &error);
+        if (p.is_object() && p.contains("fid") && p["fid"].is_string() && on_revoke)
+          on_revoke(p["fid"].get<std::string>(), now_s + family_s, &error);
         return error_reply(400, "invalid_grant",
                            "the authorization code was already used; the tokens issued for it "
                            "are revoked");
       }
+      if (!mark_used ||
+          !mark_used(id, json{{"fid", fid}}.dump(), c->value("exp", now_s) + 60, &error))
+        return error_reply(503, "temporarily_unavailable",
+                           "cannot record the code's use: " + error);
     }
-    std::string fid = random_id();
-    if (!mark_used ||
-        !mark_used(id, json{{"fid", fid}}.dump(), c->value("exp", now_s) + 60, &error))
-      return error_reply(503, "temporarily_unavailable", "cannot record the code's use: " + error);
-    return issue(ctx, sub, client_id, c->value("scope", ""), fid);
+    const std::string scope = c->value("scope", "");
+    return issue(ctx, sub, client_id, scope, scope, fid, 0, c->value("pw", int64_t{0}));
   }
 
   // refresh_token
@@ -768,36 +821,49 @@ oauth_authority::reply oauth_authority::token(
     return error_reply(400, "invalid_grant", "the refresh token is invalid or expired");
   if (rt->value("cid", "") != client_id)
     return error_reply(400, "invalid_grant", "the refresh token was issued to another client");
-  std::string id = rt->value("id", "");
-  std::string fid = rt->value("fid", "");
-  std::string sub = rt->value("sub", "");
-  if (id.empty() || fid.empty() || revoked(fid))
+  const std::string fid = rt->value("fid", "");
+  const std::string sub = rt->value("sub", "");
+  const int64_t gen = rt->value("gen", int64_t{0});
+  if (fid.empty() || revoked(fid))
     return error_reply(400, "invalid_grant", "the refresh token is revoked");
   if (!find_consumer(ctx.consumers, sub))
     return error_reply(400, "invalid_grant", "the token's user no longer exists");
-  std::string error;
-  if (used && used(id)) {
-    // Reuse of a rotated refresh token: stolen, or replayed. Revoke the whole grant (Security
-    // BCP section 4.14.2), so neither the thief nor the client keeps it.
-    if (on_revoke) on_revoke(fid, now_s + family_s, &error);
-    return error_reply(400, "invalid_grant",
-                       "the refresh token was already used; its grant is revoked (reuse "
-                       "detected)");
+  // A grant that began with the user's password ends when the password changes or goes.
+  if (int64_t pw = rt->value("pw", int64_t{0}); pw != 0) {
+    auto current = password_hash ? password_hash(sub) : std::nullopt;
+    if (!current || current->updated_ms != pw)
+      return error_reply(400, "invalid_grant",
+                         "the user's password changed since this grant: log in again");
   }
-  std::string scope = rt->value("scope", "");
+  // The refresh token keeps the grant's scope; a narrower one applies to this access token only
+  // (RFC 6749 section 6).
+  const std::string scope = rt->value("scope", "");
+  std::string access_scope = scope;
   if (std::string asked = find(form, "scope"); !asked.empty()) {
     auto had = split_scope(scope);
-    for (const auto& one : split_scope(asked)) {
-      if (!has(had, one))
-        return error_reply(400, "invalid_scope", "scope " + one + " was not granted");
-    }
     if (!parse_scope(asked, had, &granted, &bad))
       return error_reply(400, "invalid_scope", "scope " + bad + " was not granted");
-    scope = granted;
+    access_scope = granted;
   }
-  if (!mark_used || !mark_used(id, json{{"fid", fid}}.dump(), rt->value("exp", now_s), &error))
-    return error_reply(503, "temporarily_unavailable", "cannot record the token's use: " + error);
-  return issue(ctx, sub, client_id, scope, fid);
+  std::string error;
+  {
+    std::lock_guard lock(single_use_lock(fid));
+    // The family's register holds its current generation: each refresh moves it on by one, so
+    // an older generation is a token that was already used.
+    const int64_t current = family_generation(fid);
+    if (current != gen) {
+      // Reuse of a rotated refresh token: stolen, or replayed. Revoke the whole grant (Security
+      // BCP section 4.14.2), so neither the thief nor the client keeps it.
+      if (on_revoke) on_revoke(fid, now_s + family_s, &error);
+      return error_reply(400, "invalid_grant",
+                         "the refresh token was already used; its grant is revoked (reuse "
+                         "detected)");
+    }
+    json next = {{"fid", fid}, {"gen", gen + 1}, {"n", random_id()}};
+    if (!mark_used || !mark_used(fid, next.dump(), now_s + family_s, &error))
+      return error_reply(503, "temporarily_unavailable", "cannot record the token's use: " + error);
+  }
+  return issue(ctx, sub, client_id, access_scope, scope, fid, gen + 1, rt->value("pw", int64_t{0}));
 }
 
 oauth_authority::reply oauth_authority::authorize(const request& req, const context& ctx) const {
@@ -855,17 +921,21 @@ oauth_authority::reply oauth_authority::authorize(const request& req, const cont
     std::string user = find(form, "username");
     std::string password = find(form, "password");
     std::string why;
+    int64_t pw = 0;
     if (!user.empty() && !password.empty() && find_consumer(ctx.consumers, user) &&
-        check_password(user, password, ctx.now_ms, &why)) {
+        check_password(user, password, ctx.now_ms, &why, &pw)) {
       const int64_t now_s = ctx.now_ms / 1000;
       json c = {{"kid", kid_},      {"id", random_id()},    {"cid", client_id},
                 {"sub", user},      {"ruri", redirect_uri}, {"rg", redirect_given},
-                {"scope", granted}, {"cc", challenge},      {"exp", now_s + code_ttl_s}};
+                {"scope", granted}, {"cc", challenge},      {"exp", now_s + code_ttl_s},
+                {"pw", pw}};
       return redirect_reply(redirect_uri,
                             {{"code", seal("mac_", c)}, {"state", state}, {"iss", cfg.issuer}});
     }
-    if (why.empty() && !user.empty() && !password.empty())
-      check_password(user, password, ctx.now_ms, &why);  // unknown user: same cost, counted
+    if (why.empty() && !user.empty() && !password.empty()) {
+      int64_t ignored = 0;
+      check_password(user, password, ctx.now_ms, &why, &ignored);  // unknown user: same cost
+    }
     message = why.empty() ? "Enter your username and password." : why;
   }
 

@@ -29,6 +29,7 @@
 // set_revoked() from the cluster's change handler (readers see the old or the new set whole).
 // Password checks (Argon2id, ~20 ms) run on one background thread: run_slow().
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -73,10 +74,11 @@ class oauth_authority {
   enum class endpoint { token, introspect, revoke, authorize };
   struct request {
     endpoint kind = endpoint::token;
-    bool post = true;           // authorize: GET shows the consent page, POST submits it
-    std::string authorization;  // the Authorization header (may be empty)
-    std::string query;          // authorize GET: the query string
-    std::string body;           // application/x-www-form-urlencoded
+    bool post = true;            // authorize: GET shows the consent page, POST submits it
+    std::string authorization;   // the Authorization header (may be empty)
+    std::string query;           // authorize GET: the query string
+    std::string body;            // application/x-www-form-urlencoded
+    std::string client_address;  // the peer's IP (password checks are limited per address)
   };
   struct context {
     const oauth_config* cfg = nullptr;
@@ -98,6 +100,10 @@ class oauth_authority {
   // Runs job on the password thread. Returns false (job not run) when more than max_queued jobs
   // wait: the caller answers 503.
   bool run_slow(std::function<void()> job) const;
+  // Admits one password check from address (at most max_checks_per_address a minute, so one
+  // client cannot fill the password thread); false with *retry_s when over.
+  bool admit_password_check(const std::string& address, int64_t now_ms, int64_t* retry_s) const;
+  static constexpr int max_checks_per_address = 30;
   // Finishes the queued jobs and stops the password thread (before the proxy's workers go).
   void stop();
   static constexpr size_t max_queued = 64;
@@ -111,7 +117,11 @@ class oauth_authority {
   std::function<bool(const std::string& id, const std::string& value, int64_t exp_s,
                      std::string* error)>
       mark_used;
-  std::function<std::optional<std::string>(const std::string& consumer)> password_hash;
+  struct password_record {
+    std::string hash;        // Argon2id string
+    int64_t updated_ms = 0;  // when it was set: grants begun with an older one end
+  };
+  std::function<std::optional<password_record>(const std::string& consumer)> password_hash;
   // Failed logins of a user in this minute and the previous one, cluster-wide (node.cc: a
   // replicated counter), after adding one when add. Unset: this node's own count per minute.
   std::function<uint64_t(const std::string& user, int64_t now_ms, bool add)> login_failures;
@@ -136,13 +146,21 @@ class oauth_authority {
   std::optional<nlohmann::json> open_sealed(std::string_view prefix, std::string_view token) const;
   // A consumer's password check, throttled per user (5 failures a minute).
   bool check_password(const std::string& user, const std::string& password, int64_t now_ms,
-                      std::string* why) const;
+                      std::string* why, int64_t* updated_ms) const;
+  // The current generation of a refresh-token family (0 before its first refresh).
+  int64_t family_generation(const std::string& fid) const;
+  // Serializes check-and-record of one code or family on this node.
+  std::mutex& single_use_lock(const std::string& id) const;
+  mutable std::array<std::mutex, 32> single_use_locks_;
   reply token(const std::vector<std::pair<std::string, std::string>>& form,
               std::string_view authorization, const context& ctx) const;
   reply authorize(const request& req, const context& ctx) const;
   // Access token (and, unless fid is empty, a refresh token of family fid) as a token response.
+  // scope: the access token's; grant_scope: the refresh token's (the grant's); gen: the refresh
+  // token's generation; pw: the password version the grant began with (0: none).
   reply issue(const context& ctx, const std::string& sub, const std::string& client_id,
-              const std::string& scope, const std::string& fid) const;
+              const std::string& scope, const std::string& grant_scope, const std::string& fid,
+              int64_t gen, int64_t pw) const;
 
   struct failures {
     int count = 0;
@@ -150,6 +168,8 @@ class oauth_authority {
   };
   mutable std::mutex throttle_mu_;
   mutable std::unordered_map<std::string, failures> login_failures_;
+  mutable std::mutex address_mu_;
+  mutable std::unordered_map<std::string, failures> password_checks_;  // per address, a minute
 
   mutable std::mutex slow_mu_;
   mutable std::condition_variable slow_cv_;

@@ -36,6 +36,22 @@ std::string b64url(std::string_view in) {
   return out;
 }
 
+// Standard base64 with padding (HTTP Basic credentials).
+std::string base64_std(std::string_view in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t v = uint32_t(uint8_t(in[i])) << 16;
+    if (i + 1 < in.size()) v |= uint32_t(uint8_t(in[i + 1])) << 8;
+    if (i + 2 < in.size()) v |= uint8_t(in[i + 2]);
+    out += t[(v >> 18) & 63];
+    out += t[(v >> 12) & 63];
+    out += i + 1 < in.size() ? t[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? t[v & 63] : '=';
+  }
+  return out;
+}
+
 const std::string secret = "0123456789abcdef0123456789abcdef";  // 32 bytes: enough for HS256
 
 std::string hs256(const nlohmann::json& claims, const std::string& key = secret,
@@ -403,6 +419,22 @@ TEST(standalone_node, api_keys_and_oauth_work_without_a_cluster_and_survive_a_re
   ASSERT_TRUE(reports);
   EXPECT_EQ(reports->status, 200);
   EXPECT_EQ(up.last().get_header_value("X-Consumer-Id"), "alice");
+
+  // Hostile input never takes the node down: invalid UTF-8 in a form (which ends up quoted in a
+  // JSON error), and clients that hang up while their password is being checked.
+  auto bad = proxy.Post("/oauth/token", "grant_type=%FF%FE", "application/x-www-form-urlencoded");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_TRUE(nlohmann::json::parse(bad->body, nullptr, false).is_object()) << bad->body;
+  for (int i = 0; i < 5; ++i) {
+    raw_client c(n->proxy_port());
+    std::string form = "grant_type=password&username=alice&password=wrong" + std::to_string(i);
+    c.send("POST /oauth/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " +
+           base64_std(key_id + ":" + key) +
+           "\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: " +
+           std::to_string(form.size()) + "\r\nConnection: close\r\n\r\n" + form);
+  }  // each closes at once
+  EXPECT_TRUE(eventually([&] { return keyed(key) == 200; }, std::chrono::seconds(3)));
 
   // Restart on the same data dir: the key, the password and the signing key are still there.
   n->drain(std::chrono::seconds(1));

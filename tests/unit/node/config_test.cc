@@ -346,10 +346,14 @@ oauth: {issuer: i, grants: [authorization_code, refresh_token], refresh_token_tt
 oauth: {issuer: i, grants: [implicit], refresh_token_ttl: 5s}
 consumers:
   - {id: web, redirect_uris: ["http://web.example/cb", "https://web.example/cb#frag"]}
+  - {id: sly, redirect_uris: ["http://127.0.0.1.evil.example/cb", "http://localhost@evil.example/cb",
+                              "http://localhost.evil.example", "http://127.0.0.1:80x/cb"]}
 )");
   std::vector<std::string> messages;
   for (const auto& e : bad.errors) messages.push_back(e.message);
-  ASSERT_EQ(messages.size(), 4u) << ::testing::PrintToString(messages);
+  ASSERT_EQ(messages.size(), 8u) << ::testing::PrintToString(messages);
+  for (size_t i = 4; i < 8; ++i)
+    EXPECT_NE(messages[i].find("must be an absolute https:// URI"), std::string::npos) << i;
   EXPECT_NE(messages[0].find("refresh_token_ttl: must be at least 1m"), std::string::npos);
   EXPECT_NE(messages[1].find("'implicit' is not one of client_credentials"), std::string::npos);
   EXPECT_NE(messages[2].find("'http://web.example/cb' must be an absolute https:// URI"),

@@ -44,9 +44,10 @@ struct fixture {
   oauth_config cfg;
   int64_t now_ms = 1'800'000'000'000;
   // What node.cc keeps as cluster registers.
+  std::mutex mu;  // the hooks may run on several threads
   std::map<std::string, std::string> uses;
   std::unordered_set<std::string> revoked;
-  std::map<std::string, std::string> passwords;
+  std::map<std::string, oauth_authority::password_record> passwords;
 
   fixture() {
     std::string error;
@@ -69,26 +70,30 @@ struct fixture {
     consumer_config alice;
     alice.id = "alice";
     consumers = {acme, spa, alice};
-    passwords["alice"] = hash_password("correct horse battery");
+    passwords["alice"] = {hash_password("correct horse battery"), now_ms - 1000};
     cfg.issuer = "https://gw.example";
     cfg.audience = "api";
     cfg.scopes = {"read", "write"};
     authority->on_revoke = [this](const std::string& id, int64_t, std::string*) {
+      std::lock_guard lock(mu);
       revoked.insert(id);
       authority->set_revoked(revoked);
       return true;
     };
     authority->used = [this](const std::string& id) -> std::optional<std::string> {
+      std::lock_guard lock(mu);
       auto it = uses.find(id);
       if (it == uses.end()) return std::nullopt;
       return it->second;
     };
     authority->mark_used = [this](const std::string& id, const std::string& value, int64_t,
                                   std::string*) {
+      std::lock_guard lock(mu);
       uses[id] = value;
       return true;
     };
-    authority->password_hash = [this](const std::string& user) -> std::optional<std::string> {
+    authority->password_hash =
+        [this](const std::string& user) -> std::optional<oauth_authority::password_record> {
       auto it = passwords.find(user);
       if (it == passwords.end()) return std::nullopt;
       return it->second;
@@ -236,7 +241,7 @@ TEST(oauth, the_signing_key_is_kept_in_a_private_file_across_restarts) {
 
 TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing) {
   fixture f;
-  EXPECT_TRUE(f.passwords["alice"].starts_with("$argon2id$"));
+  EXPECT_TRUE(f.passwords["alice"].hash.starts_with("$argon2id$"));
   auto r = f.token("grant_type=password&username=alice&password=correct+horse+battery&scope=read",
                    f.auth());
   ASSERT_EQ(r.status, 200) << r.body;
@@ -367,6 +372,7 @@ TEST(oauth, codes_and_refresh_tokens_are_not_tokens_of_another_kind) {
   ASSERT_TRUE(other);
   other->used = f.authority->used;
   other->mark_used = f.authority->mark_used;
+  other->password_hash = f.authority->password_hash;
   oauth_authority::request req;
   req.kind = oauth_authority::endpoint::token;
   req.authorization = f.auth();
@@ -510,6 +516,117 @@ TEST(oauth, a_public_client_redeems_codes_and_refresh_tokens_with_pkce_alone) {
                     "")
                 .status,
             401);
+}
+
+TEST(oauth, invalid_utf8_in_any_field_gets_a_json_error_not_an_exception) {
+  fixture f;
+  for (const std::string& form :
+       {std::string("grant_type=%FF%FE"), std::string("grant_type=client_credentials&scope=%C3%28"),
+        std::string("grant_type=password&username=%FF&password=%FFxxxxxxxx"),
+        std::string("grant_type=refresh_token&refresh_token=mrt_%FF.%FF")}) {
+    oauth_authority::reply r;
+    ASSERT_NO_THROW(r = f.token(form, f.auth())) << form;
+    EXPECT_EQ(r.status, 400) << form;
+    auto j = json::parse(r.body, nullptr, false);
+    EXPECT_TRUE(j.is_object() && j.contains("error")) << r.body;
+  }
+  ASSERT_NO_THROW(f.call(oauth_authority::endpoint::introspect, "token=%FF%FE", f.auth()));
+  ASSERT_NO_THROW(f.authorize(false, "client_id=%FF&redirect_uri=%FF"));
+}
+
+TEST(oauth, one_code_or_refresh_token_redeemed_by_two_threads_at_once_succeeds_once) {
+  fixture f;
+  auto login = f.authorize(true, "response_type=code&client_id=" + f.key.key_id +
+                                     "&redirect_uri=https%3A%2F%2Facme.example%2Fcb&code_"
+                                     "challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_"
+                                     "challenge_method=S256&username=alice&password=correct+"
+                                     "horse+battery");
+  std::string code = query_param(header(login, "Location"), "code");
+  ASSERT_FALSE(code.empty());
+  std::string redeem = "grant_type=authorization_code&code=" + code +
+                       "&redirect_uri=https%3A%2F%2Facme.example%2Fcb&code_verifier="
+                       "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] { ok += f.token(redeem, f.auth()).status == 200; });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 1);
+  // The same for a refresh token: one rotation wins, the others are reuse.
+  std::string rt = f.login()["refresh_token"];
+  ok = 0;
+  threads.clear();
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] {
+      ok += f.token("grant_type=refresh_token&refresh_token=" + rt, f.auth()).status == 200;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 1);
+}
+
+TEST(oauth, a_password_change_ends_the_grants_begun_with_the_old_one) {
+  fixture f;
+  std::string rt = f.login()["refresh_token"];
+  auto r = f.token("grant_type=refresh_token&refresh_token=" + rt, f.auth());
+  ASSERT_EQ(r.status, 200);
+  std::string rt2 = json::parse(r.body)["refresh_token"];
+  f.passwords["alice"] = {hash_password("a brand new secret"), f.now_ms};
+  auto after = f.token("grant_type=refresh_token&refresh_token=" + rt2, f.auth());
+  EXPECT_EQ(error_of(after), "invalid_grant");
+  EXPECT_NE(after.body.find("password changed"), std::string::npos) << after.body;
+  f.passwords.erase("alice");
+  EXPECT_EQ(error_of(f.token("grant_type=refresh_token&refresh_token=" + rt2, f.auth())),
+            "invalid_grant");
+}
+
+TEST(oauth, a_narrower_refresh_keeps_the_grants_scope_for_the_next_one) {
+  fixture f;
+  std::string rt = f.login("read+write")["refresh_token"];
+  auto r = f.token("grant_type=refresh_token&scope=read&refresh_token=" + rt, f.auth());
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto j = json::parse(r.body);
+  EXPECT_EQ(j["scope"], "read");
+  // RFC 6749 section 6: the new refresh token has the grant's scope, so write is still there.
+  auto again = f.token(
+      "grant_type=refresh_token&scope=write&refresh_token=" + j["refresh_token"].get<std::string>(),
+      f.auth());
+  ASSERT_EQ(again.status, 200) << again.body;
+  EXPECT_EQ(json::parse(again.body)["scope"], "write");
+}
+
+TEST(oauth, a_public_client_may_revoke_its_own_tokens_but_not_introspect) {
+  fixture f;
+  auto login = f.authorize(true, "response_type=code&client_id=" + f.app_key.key_id +
+                                     "&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-"
+                                     "cM&code_challenge_method=S256&username=alice&password="
+                                     "correct+horse+battery");
+  std::string code = query_param(header(login, "Location"), "code");
+  auto t = json::parse(f.token("grant_type=authorization_code&client_id=" + f.app_key.key_id +
+                                   "&code=" + code +
+                                   "&code_verifier=dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+                               "")
+                           .body);
+  std::string rt = t["refresh_token"];
+  EXPECT_EQ(f.call(oauth_authority::endpoint::introspect,
+                   "client_id=" + f.app_key.key_id + "&token=" + rt)
+                .status,
+            401);
+  EXPECT_EQ(
+      f.call(oauth_authority::endpoint::revoke, "client_id=" + f.app_key.key_id + "&token=" + rt)
+          .status,
+      200);
+  EXPECT_TRUE(f.authority->token_revoked(f.verify(t["access_token"]).claims));
+}
+
+TEST(oauth, password_checks_are_limited_per_address) {
+  fixture f;
+  int64_t retry = 0;
+  for (int i = 0; i < oauth_authority::max_checks_per_address; ++i)
+    EXPECT_TRUE(f.authority->admit_password_check("203.0.113.7", f.now_ms, &retry));
+  EXPECT_FALSE(f.authority->admit_password_check("203.0.113.7", f.now_ms + 1000, &retry));
+  EXPECT_GT(retry, 0);
+  EXPECT_TRUE(f.authority->admit_password_check("203.0.113.8", f.now_ms, &retry));
+  EXPECT_TRUE(f.authority->admit_password_check("203.0.113.7", f.now_ms + 61'000, &retry));
 }
 
 TEST(oauth, password_checks_run_on_one_background_thread_with_a_bounded_queue) {
