@@ -84,7 +84,7 @@ class Context:
     # ---- start and stop ------------------------------------------------------------------
 
     def start(self, works=("/limited=100:2", "/ok=30:1", "/flaky=20:1"), write_config=True,
-              works_by_node=None):
+              works_by_node=None, before_load=None):
         c = self.cluster
         c.start_upstreams()
         for n in c.nodes:
@@ -93,6 +93,8 @@ class Context:
         if took is None:
             raise RuntimeError("the cluster did not form within 30 s")
         self.event(f"cluster formed in {took:.1f} s")
+        if before_load:
+            before_load()
         self._spawn(self._sample_loop)
         c.start_load(list(works), works_by_node)
         self.load_window = (time.time(), None)

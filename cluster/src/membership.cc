@@ -1078,7 +1078,9 @@ std::map<std::string, double> membership::clock_offsets() const {
   std::map<std::string, double> out;
   for (const auto& [id, offset] : impl_->clock_offsets_) {
     auto m = impl_->members_.find(id);
-    if (m != impl_->members_.end() && m->second.state == member_state::alive) out[id] = offset;
+    // Unreachable members keep their last offset (clocks drift slowly): a partition must not
+    // make the median collapse to this node's own clock. Members that left are dropped.
+    if (m != impl_->members_.end() && m->second.state != member_state::left) out[id] = offset;
   }
   return out;
 }

@@ -1496,7 +1496,7 @@ void client_session::answer_oauth() {
   oauth_query_.clear();
   oauth_authorization_.clear();
   oauth_authority::context ctx{&*snap_->cfg.oauth, snap_->api_keys.get(), &snap_->cfg.consumers,
-                               unix_now_ms()};
+                               unix_now_ms(), client_ip_};
   if (!oauth_authority::slow(req)) {
     oauth_authority::reply r;
     try {

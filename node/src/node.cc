@@ -213,13 +213,13 @@ struct node::impl {
     oauth->used = [this](const std::string& id) { return code_use(id); };
     oauth->mark_used = [this](const std::string& id, const std::string& value, int64_t exp_s,
                               std::string* err) { return record_code_use(id, value, exp_s, err); };
-    // Failed logins per user and minute are a counter every node adds to, so spreading guesses
-    // over the nodes gains nothing (within gossip's ~100 ms).
-    oauth->login_failures = [this](const std::string& user, int64_t now_ms, bool add) {
+    // Failed logins per minute (by user, and by user and address) are counters every node adds
+    // to, so spreading guesses over the nodes gains nothing (within gossip's ~100 ms).
+    oauth->login_failures = [this](const std::string& name, int64_t now_ms, bool add) {
       unsigned char h[8];
-      std::string name = "oauth login failures\n" + user;
-      crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(name.data()),
-                         name.size(), nullptr, 0);
+      std::string input = "oauth login failures\n" + name;
+      crypto_generichash(h, sizeof h, reinterpret_cast<const unsigned char*>(input.data()),
+                         input.size(), nullptr, 0);
       uint64_t key;
       std::memcpy(&key, h, sizeof key);
       const auto window = static_cast<uint32_t>(now_ms / 60'000);

@@ -357,25 +357,34 @@ std::optional<json> oauth_authority::open_sealed(std::string_view prefix,
 }
 
 bool oauth_authority::check_password(const std::string& user, const std::string& password,
-                                     int64_t now_ms, std::string* why, int64_t* updated_ms) const {
-  constexpr int max_failures = max_login_failures;
+                                     const std::string& address, int64_t now_ms, std::string* why,
+                                     int64_t* updated_ms) const {
+  // Two throttles: failures of this user from this address (a guesser locks only itself out),
+  // and of this user from anywhere, with a higher ceiling (a guesser with many addresses).
+  const std::string pair = user + '\n' + address;
   constexpr int64_t window_ms = 60'000;
-  if (login_failures) {
-    if (login_failures(user, now_ms, false) >= static_cast<uint64_t>(max_failures)) {
-      *why = "too many failed attempts for this user; retry in " +
-             std::to_string((window_ms - now_ms % window_ms) / 1000 + 1) + " to " +
-             std::to_string((2 * window_ms - now_ms % window_ms) / 1000 + 1) + " s";
-      return false;
-    }
-  } else {
+  auto failures_of = [&](const std::string& key, bool add) -> uint64_t {
+    if (login_failures) return login_failures(key, now_ms, add);
     std::lock_guard lock(throttle_mu_);
-    auto it = login_failures_.find(user);
-    if (it != login_failures_.end() && now_ms - it->second.since_ms < window_ms &&
-        it->second.count >= max_failures) {
-      *why = "too many failed attempts for this user; retry in " +
-             std::to_string((window_ms - (now_ms - it->second.since_ms)) / 1000 + 1) + " s";
-      return false;
+    if (add && login_failures_.size() > 100'000) {  // bounded: forget windows that ended
+      std::erase_if(login_failures_,
+                    [&](const auto& e) { return now_ms - e.second.since_ms >= window_ms; });
     }
+    auto it = login_failures_.find(key);
+    if (!add) {
+      return it == login_failures_.end() || now_ms - it->second.since_ms >= window_ms
+                 ? 0
+                 : static_cast<uint64_t>(it->second.count);
+    }
+    auto& f = login_failures_[key];
+    if (now_ms - f.since_ms >= window_ms) f = {0, now_ms};
+    return static_cast<uint64_t>(++f.count);
+  };
+  const bool pair_locked = failures_of(pair, false) >= max_login_failures;
+  if (pair_locked || failures_of(user, false) >= max_user_failures) {
+    *why = std::string("too many failed attempts for this user") +
+           (pair_locked ? " from this address" : "") + "; retry in a minute or two";
+    return false;
   }
   // An unknown user costs as much as a wrong password, so timing does not tell users apart.
   static const std::string dummy = hash_password("meridian: no such user");
@@ -386,23 +395,9 @@ bool oauth_authority::check_password(const std::string& user, const std::string&
     ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && record;
   }
   *updated_ms = ok ? record->updated_ms : 0;
-  *why = "wrong username or password";
-  if (login_failures) {
-    if (!ok) login_failures(user, now_ms, true);
-    return ok;
-  }
-  std::lock_guard lock(throttle_mu_);
-  if (ok) {
-    login_failures_.erase(user);
-    return true;
-  }
-  if (login_failures_.size() > 100'000) {  // bounded: forget windows that ended
-    std::erase_if(login_failures_,
-                  [&](const auto& e) { return now_ms - e.second.since_ms >= window_ms; });
-  }
-  auto& f = login_failures_[user];
-  if (now_ms - f.since_ms >= window_ms) f = {0, now_ms};
-  ++f.count;
+  if (ok) return true;
+  failures_of(pair, true);
+  failures_of(user, true);
   *why = "wrong username or password";
   return false;
 }
@@ -761,8 +756,9 @@ oauth_authority::reply oauth_authority::token(
     std::string why;
     int64_t pw = 0;
     if (!find_consumer(ctx.consumers, user) ||
-        !check_password(user, password, ctx.now_ms, &why, &pw)) {
-      if (why.empty()) check_password(user, password, ctx.now_ms, &why, &pw);  // same cost
+        !check_password(user, password, ctx.client_address, ctx.now_ms, &why, &pw)) {
+      if (why.empty())  // an unknown user: the same cost, counted the same
+        check_password(user, password, ctx.client_address, ctx.now_ms, &why, &pw);
       return error_reply(400, "invalid_grant", why);
     }
     return issue(ctx, user, client_id, granted, granted, random_id(), 0, pw);
@@ -923,7 +919,7 @@ oauth_authority::reply oauth_authority::authorize(const request& req, const cont
     std::string why;
     int64_t pw = 0;
     if (!user.empty() && !password.empty() && find_consumer(ctx.consumers, user) &&
-        check_password(user, password, ctx.now_ms, &why, &pw)) {
+        check_password(user, password, ctx.client_address, ctx.now_ms, &why, &pw)) {
       const int64_t now_s = ctx.now_ms / 1000;
       json c = {{"kid", kid_},      {"id", random_id()},    {"cid", client_id},
                 {"sub", user},      {"ruri", redirect_uri}, {"rg", redirect_given},
@@ -934,7 +930,8 @@ oauth_authority::reply oauth_authority::authorize(const request& req, const cont
     }
     if (why.empty() && !user.empty() && !password.empty()) {
       int64_t ignored = 0;
-      check_password(user, password, ctx.now_ms, &why, &ignored);  // unknown user: same cost
+      check_password(user, password, ctx.client_address, ctx.now_ms, &why,
+                     &ignored);  // unknown user: same cost
     }
     message = why.empty() ? "Enter your username and password." : why;
   }

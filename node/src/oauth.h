@@ -85,6 +85,7 @@ class oauth_authority {
     const api_key_table* clients = nullptr;                   // the snapshot's API keys
     const std::vector<consumer_config>* consumers = nullptr;  // the snapshot's consumers
     int64_t now_ms = 0;                                       // Unix ms
+    std::string client_address;                               // the peer's IP (login throttling)
   };
   struct reply {
     int status = 200;
@@ -122,10 +123,12 @@ class oauth_authority {
     int64_t updated_ms = 0;  // when it was set: grants begun with an older one end
   };
   std::function<std::optional<password_record>(const std::string& consumer)> password_hash;
-  // Failed logins of a user in this minute and the previous one, cluster-wide (node.cc: a
-  // replicated counter), after adding one when add. Unset: this node's own count per minute.
-  std::function<uint64_t(const std::string& user, int64_t now_ms, bool add)> login_failures;
-  static constexpr int max_login_failures = 5;  // per user and minute
+  // Failed logins under key (a user, or a user and an address) in this minute and the previous
+  // one, cluster-wide (node.cc: a replicated counter), after adding one when add. Unset: this
+  // node's own count per minute.
+  std::function<uint64_t(const std::string& key, int64_t now_ms, bool add)> login_failures;
+  static constexpr uint64_t max_login_failures = 5;  // per user and client address
+  static constexpr uint64_t max_user_failures = 20;  // per user, from all addresses together
 
   // True when the claims' jti or grant family (fid) is revoked.
   bool token_revoked(const nlohmann::json& claims) const;
@@ -145,8 +148,9 @@ class oauth_authority {
   std::string seal(std::string_view prefix, const nlohmann::json& payload) const;
   std::optional<nlohmann::json> open_sealed(std::string_view prefix, std::string_view token) const;
   // A consumer's password check, throttled per user (5 failures a minute).
-  bool check_password(const std::string& user, const std::string& password, int64_t now_ms,
-                      std::string* why, int64_t* updated_ms) const;
+  bool check_password(const std::string& user, const std::string& password,
+                      const std::string& address, int64_t now_ms, std::string* why,
+                      int64_t* updated_ms) const;
   // The current generation of a refresh-token family (0 before its first refresh).
   int64_t family_generation(const std::string& fid) const;
   // Serializes check-and-record of one code or family on this node.

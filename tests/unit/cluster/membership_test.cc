@@ -574,6 +574,12 @@ TEST(membership_sim, probes_measure_clock_offsets_and_the_median_corrects_a_skew
     EXPECT_NEAR(static_cast<double>(median_clock_correction(offsets)), -skew_of(i), 25.0)
         << "node " << i;
   }
+  // Cut off, the skewed node keeps its correction (the others' last offsets), rather than
+  // falling back to its own clock while it cannot measure.
+  c.sim.partition({4});
+  c.sim.run_until(millis(80'000));
+  EXPECT_NEAR(static_cast<double>(median_clock_correction(c.sim.node(4).clock_offsets())), -5000.0,
+              25.0);
   EXPECT_EQ(median_clock_correction({}), 0);
   EXPECT_EQ(median_clock_correction({{"a", -100.0}}), -50);  // two clocks: meet halfway
 }

@@ -43,6 +43,7 @@ struct fixture {
   std::vector<consumer_config> consumers;
   oauth_config cfg;
   int64_t now_ms = 1'800'000'000'000;
+  std::string address = "192.0.2.1";  // the client's IP
   // What node.cc keeps as cluster registers.
   std::mutex mu;  // the hooks may run on several threads
   std::map<std::string, std::string> uses;
@@ -99,7 +100,7 @@ struct fixture {
       return it->second;
     };
   }
-  oauth_authority::context ctx() const { return {&cfg, &clients, &consumers, now_ms}; }
+  oauth_authority::context ctx() const { return {&cfg, &clients, &consumers, now_ms, address}; }
   oauth_authority::reply call(oauth_authority::endpoint kind, const std::string& form,
                               const std::string& auth = "") {
     oauth_authority::request req;
@@ -270,17 +271,31 @@ TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing
                     "")
                 .status,
             401);
-  // Five failures in a minute lock the user out for the rest of it, right password or not.
+  // Five failures in a minute from one address lock the user out there for the rest of it,
+  // right password or not; the user still logs in from elsewhere.
+  const std::string right = "grant_type=password&username=alice&password=correct+horse+battery";
   for (int i = 0; i < 4; ++i)
     f.token("grant_type=password&username=alice&password=wrong" + std::to_string(i), f.auth());
-  auto locked =
-      f.token("grant_type=password&username=alice&password=correct+horse+battery", f.auth());
+  auto locked = f.token(right, f.auth());
   EXPECT_EQ(error_of(locked), "invalid_grant");
-  EXPECT_NE(locked.body.find("too many failed attempts"), std::string::npos) << locked.body;
+  EXPECT_NE(locked.body.find("too many failed attempts for this user from this address"),
+            std::string::npos)
+      << locked.body;
+  f.address = "198.51.100.9";
+  EXPECT_EQ(f.token(right, f.auth()).status, 200);
   f.now_ms += 61'000;
-  EXPECT_EQ(
-      f.token("grant_type=password&username=alice&password=correct+horse+battery", f.auth()).status,
-      200);
+  f.address = "192.0.2.1";
+  EXPECT_EQ(f.token(right, f.auth()).status, 200);
+  // Twenty failures from many addresses lock the user everywhere.
+  for (int i = 0; i < 20; ++i) {
+    f.address = "203.0.113." + std::to_string(i);
+    f.token("grant_type=password&username=alice&password=guess" + std::to_string(i), f.auth());
+  }
+  f.address = "198.51.100.200";
+  auto everywhere = f.token(right, f.auth());
+  EXPECT_EQ(error_of(everywhere), "invalid_grant");
+  EXPECT_NE(everywhere.body.find("too many failed attempts for this user;"), std::string::npos)
+      << everywhere.body;
 }
 
 TEST(oauth, refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_grant) {

@@ -169,8 +169,9 @@ class membership {
   // a member in another region waits probe_timeout + max(cross_region_extra, this), so distant
   // regions are not suspected for being far away.
   std::map<std::string, double> region_rtt() const;
-  // The measured offset of each live member's wall clock from this node's (ms; positive: the
-  // member's clock is ahead). From direct probe acks: the member's clock at its answer against
+  // The measured offset of each member's wall clock from this node's (ms; positive: the member's
+  // clock is ahead); unreachable members keep their last measurement, members that left are
+  // dropped. From direct probe acks: the member's clock at its answer against
   // the midpoint of the probe's send and receive (NTP's estimate, off by at most half the round
   // trip's asymmetry), smoothed. Members not measured yet are absent.
   std::map<std::string, double> clock_offsets() const;
