@@ -1491,7 +1491,6 @@ void client_session::answer_oauth() {
   req.authorization = std::move(oauth_authorization_);
   req.query = std::move(oauth_query_);
   req.body = std::move(oauth_body_);
-  req.client_address = client_ip_;
   oauth_body_.clear();
   oauth_query_.clear();
   oauth_authorization_.clear();
@@ -1512,7 +1511,7 @@ void client_session::answer_oauth() {
   // at most max_checks_per_address a minute from one address.
   auto* authority = snap_->oauth;
   int64_t retry_s = 0;
-  if (!authority->admit_password_check(req.client_address, ctx.now_ms, &retry_s)) {
+  if (!authority->admit_password_check(ctx.client_address, ctx.now_ms, &retry_s)) {
     std::string retry = std::to_string(retry_s);
     std::pair<std::string, std::string> headers[] = {{"Retry-After", retry},
                                                      {"Cache-Control", "no-store"}};

@@ -318,12 +318,11 @@ struct node::impl {
         auto j = nlohmann::json::parse(text, nullptr, false);
         if (!j.is_object() || !j.contains("fid") || !j["fid"].is_string()) continue;
         std::string error;
-        int64_t until = unix_now_ms() / 1000 + 400LL * 24 * 3600;
-        if (auto snap = current(); snap && snap->cfg.oauth) {
-          until = unix_now_ms() / 1000 + std::chrono::duration_cast<std::chrono::seconds>(
-                                             snap->cfg.oauth->refresh_token_ttl)
-                                             .count();
-        }
+        auto snap = current();
+        const oauth_config fallback;  // the defaults, should the section be gone by now
+        int64_t until = unix_now_ms() / 1000 +
+                        oauth_authority::grant_lifetime_s(snap && snap->cfg.oauth ? *snap->cfg.oauth
+                                                                                  : fallback);
         log()->warn(
             "oauth: a code or refresh token was redeemed on two nodes at once; revoking "
             "grant {}",
@@ -764,13 +763,18 @@ struct node::impl {
   }
 
   // POST /config/consumers/{id}/keys, DELETE .../keys/{key_id}, GET .../keys.
+  // Whether the current config defines consumer id.
+  bool consumer_known(const std::string& id) {
+    auto snap = current();
+    return std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
+                       [&](const consumer_config& c) { return c.id == id; });
+  }
+
   admin_reply keys_request(const std::string& method, const std::string& consumer,
                            const std::string& key_id, const std::string& body) {
     // Cluster documents; on a node without a cluster, documents of its local state.
-    auto snap = current();
-    bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
-                             [&](const consumer_config& c) { return c.id == consumer; });
-    if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
+    if (!consumer_known(consumer))
+      return error_reply(404, "not_found", "no consumer '" + consumer + "'");
     auto& st = *registers();
     int64_t now = unix_now_ms();
     if (method == "GET") {
@@ -827,10 +831,8 @@ struct node::impl {
   // as the cluster document "passwords/<consumer>".
   admin_reply password_request(const std::string& method, const std::string& consumer,
                                const std::string& body) {
-    auto snap = current();
-    bool known = std::any_of(snap->cfg.consumers.begin(), snap->cfg.consumers.end(),
-                             [&](const consumer_config& c) { return c.id == consumer; });
-    if (!known) return error_reply(404, "not_found", "no consumer '" + consumer + "'");
+    if (!consumer_known(consumer))
+      return error_reply(404, "not_found", "no consumer '" + consumer + "'");
     auto& st = *registers();
     std::string error;
     if (method == "GET") {  // whether one is set, and when (never the hash)

@@ -279,6 +279,12 @@ bool oauth_authority::token_revoked(const json& claims) const {
   return fid != claims.end() && fid->is_string() && set->count(fid->get<std::string>()) > 0;
 }
 
+int64_t oauth_authority::grant_lifetime_s(const oauth_config& cfg) {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::max(cfg.refresh_token_ttl, cfg.access_token_ttl))
+      .count();
+}
+
 int64_t oauth_authority::family_generation(const std::string& fid) const {
   auto v = used ? used(fid) : std::nullopt;
   if (!v) return 0;
@@ -362,23 +368,8 @@ bool oauth_authority::check_password(const std::string& user, const std::string&
   // Two throttles: failures of this user from this address (a guesser locks only itself out),
   // and of this user from anywhere, with a higher ceiling (a guesser with many addresses).
   const std::string pair = user + '\n' + address;
-  constexpr int64_t window_ms = 60'000;
   auto failures_of = [&](const std::string& key, bool add) -> uint64_t {
-    if (login_failures) return login_failures(key, now_ms, add);
-    std::lock_guard lock(throttle_mu_);
-    if (add && login_failures_.size() > 100'000) {  // bounded: forget windows that ended
-      std::erase_if(login_failures_,
-                    [&](const auto& e) { return now_ms - e.second.since_ms >= window_ms; });
-    }
-    auto it = login_failures_.find(key);
-    if (!add) {
-      return it == login_failures_.end() || now_ms - it->second.since_ms >= window_ms
-                 ? 0
-                 : static_cast<uint64_t>(it->second.count);
-    }
-    auto& f = login_failures_[key];
-    if (now_ms - f.since_ms >= window_ms) f = {0, now_ms};
-    return static_cast<uint64_t>(++f.count);
+    return login_failures ? login_failures(key, now_ms, add) : 0;
   };
   const bool pair_locked = failures_of(pair, false) >= max_login_failures;
   if (pair_locked || failures_of(user, false) >= max_user_failures) {
@@ -447,13 +438,6 @@ void oauth_authority::stop() {
 
 namespace {
 
-// How long a grant's revocation must be kept: its refresh and access tokens live this long.
-int64_t grant_lifetime_s(const oauth_config& cfg) {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::max(cfg.refresh_token_ttl, cfg.access_token_ttl))
-      .count();
-}
-
 std::string random_id() {
   unsigned char raw[16];
   randombytes_buf(raw, sizeof raw);
@@ -464,25 +448,7 @@ bool has(const std::vector<std::string>& list, std::string_view v) {
   return std::find(list.begin(), list.end(), v) != list.end();
 }
 
-// Splits a space-separated scope. Returns false with the first scope not in allowed.
-bool parse_scope(std::string_view scope, const std::vector<std::string>& allowed,
-                 std::string* granted, std::string* bad) {
-  granted->clear();
-  while (!scope.empty()) {
-    size_t sp = scope.find(' ');
-    std::string_view one = scope.substr(0, sp);
-    scope = sp == std::string_view::npos ? std::string_view() : scope.substr(sp + 1);
-    if (one.empty()) continue;
-    if (!has(allowed, one)) {
-      *bad = one;
-      return false;
-    }
-    if (!granted->empty()) *granted += ' ';
-    granted->append(one);
-  }
-  return true;
-}
-
+// The scope tokens of a space-separated scope (empty tokens dropped).
 std::vector<std::string> split_scope(std::string_view scope) {
   std::vector<std::string> out;
   while (!scope.empty()) {
@@ -491,6 +457,21 @@ std::vector<std::string> split_scope(std::string_view scope) {
     scope = sp == std::string_view::npos ? std::string_view() : scope.substr(sp + 1);
   }
   return out;
+}
+
+// Splits a space-separated scope. Returns false with the first scope not in allowed.
+bool parse_scope(std::string_view scope, const std::vector<std::string>& allowed,
+                 std::string* granted, std::string* bad) {
+  granted->clear();
+  for (const auto& one : split_scope(scope)) {
+    if (!has(allowed, one)) {
+      *bad = one;
+      return false;
+    }
+    if (!granted->empty()) *granted += ' ';
+    granted->append(one);
+  }
+  return true;
 }
 
 const consumer_config* find_consumer(const std::vector<consumer_config>* consumers,

@@ -74,11 +74,10 @@ class oauth_authority {
   enum class endpoint { token, introspect, revoke, authorize };
   struct request {
     endpoint kind = endpoint::token;
-    bool post = true;            // authorize: GET shows the consent page, POST submits it
-    std::string authorization;   // the Authorization header (may be empty)
-    std::string query;           // authorize GET: the query string
-    std::string body;            // application/x-www-form-urlencoded
-    std::string client_address;  // the peer's IP (password checks are limited per address)
+    bool post = true;           // authorize: GET shows the consent page, POST submits it
+    std::string authorization;  // the Authorization header (may be empty)
+    std::string query;          // authorize GET: the query string
+    std::string body;           // application/x-www-form-urlencoded
   };
   struct context {
     const oauth_config* cfg = nullptr;
@@ -124,11 +123,14 @@ class oauth_authority {
   };
   std::function<std::optional<password_record>(const std::string& consumer)> password_hash;
   // Failed logins under key (a user, or a user and an address) in this minute and the previous
-  // one, cluster-wide (node.cc: a replicated counter), after adding one when add. Unset: this
-  // node's own count per minute.
+  // one, cluster-wide (node.cc: a replicated counter), after adding one when add. Unset: no
+  // throttling.
   std::function<uint64_t(const std::string& key, int64_t now_ms, bool add)> login_failures;
   static constexpr uint64_t max_login_failures = 5;  // per user and client address
   static constexpr uint64_t max_user_failures = 20;  // per user, from all addresses together
+
+  // How long a grant's revocation must be kept: its refresh and access tokens live this long.
+  static int64_t grant_lifetime_s(const oauth_config& cfg);
 
   // True when the claims' jti or grant family (fid) is revoked.
   bool token_revoked(const nlohmann::json& claims) const;
@@ -170,8 +172,6 @@ class oauth_authority {
     int count = 0;
     int64_t since_ms = 0;
   };
-  mutable std::mutex throttle_mu_;
-  mutable std::unordered_map<std::string, failures> login_failures_;
   mutable std::mutex address_mu_;
   mutable std::unordered_map<std::string, failures> password_checks_;  // per address, a minute
 

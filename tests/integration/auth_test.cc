@@ -52,6 +52,14 @@ std::string base64_std(std::string_view in) {
   return out;
 }
 
+// Starts up answering 200 "ok" to every GET.
+void serve_ok(upstream& up) {
+  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("ok", "text/plain");
+  });
+  up.start();
+}
+
 const std::string secret = "0123456789abcdef0123456789abcdef";  // 32 bytes: enough for HS256
 
 std::string hs256(const nlohmann::json& claims, const std::string& key = secret,
@@ -69,10 +77,7 @@ std::string hs256(const nlohmann::json& claims, const std::string& key = secret,
 class jwt_auth : public ::testing::Test {
  protected:
   void SetUp() override {
-    up_.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content("ok", "text/plain");
-    });
-    up_.start();
+    serve_ok(up_);
     std::ofstream(keys_.file("jwks.json"))
         << R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
     node_ = std::make_unique<running_node>(
@@ -128,10 +133,7 @@ TEST_F(jwt_auth, valid_token_passes_with_claims_mapped_and_credentials_stripped)
 TEST(jwt_consumers, a_provider_names_the_consumer_claim_and_a_route_may_pass_credentials_on) {
   temp_dir keys;
   upstream up;
-  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok", "text/plain");
-  });
-  up.start();
+  serve_ok(up);
   std::ofstream(keys.file("jwks.json"))
       << R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})";
   running_node n(
@@ -189,10 +191,7 @@ TEST(jwt_end_to_end, every_algorithm_passes_and_every_bad_token_is_a_401_with_js
   namespace jws = meridian::testing::jws;
   temp_dir keys;
   upstream up;
-  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok", "text/plain");
-  });
-  up.start();
+  serve_ok(up);
   nlohmann::json set = {{"keys",
                          {jws::hmac_key().jwk("hs"), jws::rsa_key().jwk("rs"),
                           jws::ec256_key().jwk("es"), jws::ed_key().jwk("ed")}}};
@@ -320,10 +319,7 @@ TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetche
   });
   issuer.start();
   upstream up;
-  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok", "text/plain");
-  });
-  up.start();
+  serve_ok(up);
   running_node n(
       "jwt:\n  - name: main\n    issuer: https://issuer.example\n    audience: api\n"
       "    jwks_url: http://" +
@@ -362,10 +358,7 @@ TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetche
 TEST(standalone_node, api_keys_and_oauth_work_without_a_cluster_and_survive_a_restart) {
   temp_dir dir;
   upstream up;
-  up.server().Get(".*", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok", "text/plain");
-  });
-  up.start();
+  serve_ok(up);
   const std::string yaml =
       "node: {id: solo, region: eu-west, data_dir: " + dir.file("data") +
       "}\nlisten: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\n"
