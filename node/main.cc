@@ -58,6 +58,10 @@ int main(int argc, char** argv) {
         for (const auto& e : result.errors) std::printf("%s\n", e.to_string().c_str());
         return 1;
       }
+      // The same checks `run` makes of the files the config names.
+      auto problems = meridian::node::check_external(*result.value);
+      for (const auto& p : problems) std::printf("%s: %s\n", argv[2], p.c_str());
+      if (!problems.empty()) return 1;
       std::printf("ok\n");
       return 0;
     }

@@ -1,7 +1,7 @@
 #pragma once
-// A test-only JWS signer over freshly generated keys (RSA, EC P-256/P-384, Ed25519, HMAC), for
-// the unit tests of the verifier and the gateway's end-to-end auth tests. Independent of the code
-// under test: its own base64url, OpenSSL and libsodium directly.
+// A test-only JWS signer over freshly generated keys (RSA, EC P-256/P-384/P-521, Ed25519, HMAC),
+// for the unit tests of the verifier and the gateway's end-to-end auth tests. Independent of the
+// code under test: its own base64url, OpenSSL and libsodium directly.
 #include <gtest/gtest.h>
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
@@ -103,8 +103,10 @@ inline test_key make_ec(const std::string& crv) {
   test_key k;
   k.kty = "EC";
   k.crv = crv;
-  k.coord = crv == "P-256" ? 32 : 48;
-  k.pkey.reset(EVP_EC_gen(crv == "P-256" ? "prime256v1" : "secp384r1"));
+  k.coord = crv == "P-256" ? 32 : crv == "P-384" ? 48 : 66;
+  k.pkey.reset(EVP_EC_gen(crv == "P-256"   ? "prime256v1"
+                          : crv == "P-384" ? "secp384r1"
+                                           : "secp521r1"));
   EXPECT_TRUE(k.pkey);
   return k;
 }
@@ -139,6 +141,10 @@ inline const test_key& ec256_key() {
 }
 inline const test_key& ec384_key() {
   static const test_key k = make_ec("P-384");
+  return k;
+}
+inline const test_key& ec521_key() {
+  static const test_key k = make_ec("P-521");
   return k;
 }
 inline const test_key& ed_key() {

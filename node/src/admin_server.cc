@@ -1,5 +1,8 @@
 #include "admin_server.h"
 
+#include "admin_transport.h"
+#include "json_depth.h"
+
 #include <httplib.h>
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
@@ -46,9 +49,6 @@ std::string client_certificate_subject(const httplib::Request& req) {
 }
 
 constexpr size_t max_body_bytes = 1 << 20;
-constexpr time_t io_timeout_s = 5;
-constexpr size_t pool_threads = 4;
-constexpr size_t max_queued_connections = 64;
 
 std::shared_ptr<spdlog::logger> admin_log() {
   static const std::shared_ptr<spdlog::logger> logger = [] {
@@ -132,34 +132,6 @@ bool bearer_matches(std::string_view header, std::string_view token) {
   return sodium_memcmp(rest.data(), token.data(), token.size()) == 0;
 }
 
-// A thread pool whose queue cannot grow without bound: when it is full the accepting thread
-// serves the connection itself, so it stops accepting until a slot frees and further clients
-// wait in the kernel's listen backlog. (The task owns an accepted socket and closes it when run,
-// so it cannot simply be dropped.)
-class bounded_task_queue : public httplib::TaskQueue {
- public:
-  bounded_task_queue(size_t threads, size_t max_queued) : pool_(threads), max_(max_queued) {}
-
-  void enqueue(std::function<void()> fn) override {
-    if (pending_.fetch_add(1) >= max_) {
-      pending_.fetch_sub(1);
-      fn();
-      return;
-    }
-    pool_.enqueue([this, fn = std::move(fn)] {
-      fn();
-      pending_.fetch_sub(1);
-    });
-  }
-
-  void shutdown() override { pool_.shutdown(); }
-
- private:
-  httplib::ThreadPool pool_;
-  const size_t max_;
-  std::atomic<size_t> pending_{0};
-};
-
 // Path parameters of a matched endpoint, in pattern order ("/config/routes/{name}" -> {name}).
 using path_params = std::vector<std::string>;
 
@@ -208,23 +180,23 @@ struct endpoint {
 struct admin_server::impl {
   impl(std::string id, std::string bearer, admin_handlers h, const admin_server::tls_files& tls)
       : node_id(std::move(id)), token(std::move(bearer)), handlers(std::move(h)) {
-    if (tls.cert.empty()) {
-      server = std::make_unique<httplib::Server>();
-      return;
-    }
-    auto ssl = std::make_unique<httplib::SSLServer>(
-        tls.cert.c_str(), tls.key.c_str(), tls.client_ca.empty() ? nullptr : tls.client_ca.c_str());
-    if (!ssl->is_valid()) {
-      tls_error = "admin.tls: cannot use " + tls.cert + " / " + tls.key +
-                  (tls.client_ca.empty() ? "" : " / " + tls.client_ca) +
-                  " (unreadable, not PEM, or the key does not match)";
-    }
-    server = std::move(ssl);
+    admin_transport_limits limits;
+    limits.max_request_bytes = max_body_bytes + limits.max_head_bytes;
+    server = std::make_unique<guarded_server>(limits, tls.cert, tls.key, tls.client_ca);
+    if (!server->is_valid()) tls_error = "admin.tls: " + server->error();
   }
   std::string tls_error;  // set when the TLS files are unusable: start() refuses
 
   void add_endpoints();
   void configure_server();
+  struct resolved {
+    const endpoint* hit = nullptr;
+    path_params params;
+    std::vector<const endpoint*> same_path;  // endpoints for this path with another method
+    bool needs_token = true;
+  };
+  resolved resolve(const httplib::Request& req) const;
+  bool admit(const httplib::Request& req, httplib::Response& res);
   void dispatch(const httplib::Request& req, httplib::Response& res);
   bool authorized(const httplib::Request& req) const;
 
@@ -253,7 +225,7 @@ struct admin_server::impl {
   const admin_handlers handlers;
   std::vector<endpoint> endpoints;
 
-  std::unique_ptr<httplib::Server> server;  // an httplib::SSLServer with admin.tls
+  std::unique_ptr<guarded_server> server;  // serves TLS itself with admin.tls
   std::thread thread;
   std::atomic<bool> listen_returned{false};
   std::atomic<uint16_t> port{0};
@@ -385,43 +357,84 @@ bool admin_server::impl::authorized(const httplib::Request& req) const {
   return bearer_matches(req.get_header_value("Authorization"), token);
 }
 
-// Routes one request: find the endpoint, check the token, run the handler. Unknown paths need a
-// token too, so an unauthenticated client learns nothing about which endpoints exist.
-void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response& res) {
+// Finds the endpoint for a request and whether it needs the token. Unknown paths need a token
+// too, so an unauthenticated client learns nothing about which endpoints exist.
+admin_server::impl::resolved admin_server::impl::resolve(const httplib::Request& req) const {
+  resolved r;
   const std::string& method = req.method == "HEAD" ? std::string("GET") : req.method;
-  const endpoint* hit = nullptr;
-  path_params params;
   const auto parts = split_path(req.path);
-  std::vector<const endpoint*> same_path;  // endpoints for this path with another method
   for (const auto& e : endpoints) {
     path_params p;
     if (!e.matches(parts, &p)) continue;
     if (e.method == method) {
-      hit = &e;
-      params = std::move(p);
+      r.hit = &e;
+      r.params = std::move(p);
       break;
     }
-    same_path.push_back(&e);
+    r.same_path.push_back(&e);
   }
+  if (r.hit) {
+    r.needs_token = r.hit->needs_token;
+  } else if (!r.same_path.empty()) {
+    r.needs_token = false;
+    for (const auto* e : r.same_path) r.needs_token = r.needs_token || e->needs_token;
+  }
+  return r;
+}
 
-  bool needs_token = true;
-  if (hit) {
-    needs_token = hit->needs_token;
-  } else if (!same_path.empty()) {
-    needs_token = false;
-    for (const auto* e : same_path) needs_token = needs_token || e->needs_token;
+// Runs before httplib reads any body: refuses a request without the token, or one declaring a
+// body over the limit, with the body unread (the connection then closes). A chunked body is cut
+// off by the transport's byte cap instead.
+bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& res) {
+  auto refuse = [&](int status, std::string_view code, std::string_view message) {
+    send_error(res, status, code, message);
+    res.set_header("Connection", "close");
+    guarded_server::close_after_response();
+    return false;
+  };
+  if (resolve(req).needs_token) {
+    if (locked_out(req.remote_addr, false)) {
+      res.set_header("Retry-After", "60");
+      return refuse(429, "too_many_failures",
+                    "too many failed admin logins from this address; retry in a minute");
+    }
+    if (!authorized(req)) {
+      locked_out(req.remote_addr, true);
+      admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
+      res.set_header("WWW-Authenticate", "Bearer");
+      return refuse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
+    }
   }
-  if (needs_token && locked_out(req.remote_addr, false)) {
-    res.set_header("Retry-After", "60");
-    send_error(res, 429, "too_many_failures",
-               "too many failed admin logins from this address; retry in a minute");
+  if (req.has_header("Content-Length")) {
+    const std::string cl = req.get_header_value("Content-Length");
+    uint64_t n = 0;
+    bool digits =
+        !cl.empty() && cl.size() <= 18 && cl.find_first_not_of("0123456789") == std::string::npos;
+    if (digits) n = std::stoull(cl);
+    if (!digits || req.get_header_value_count("Content-Length") != 1) {
+      return refuse(400, "bad_request", "invalid Content-Length");
+    }
+    if (n > max_body_bytes) {
+      return refuse(413, "payload_too_large", "admin request bodies are limited to 1 MiB");
+    }
+  }
+  return true;
+}
+
+// Routes one admitted request (admit() checked the token): run the handler, or 404/405.
+void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response& res) {
+  const std::string& method = req.method == "HEAD" ? std::string("GET") : req.method;
+  resolved r = resolve(req);
+  const endpoint* hit = r.hit;
+  const path_params& params = r.params;
+  const std::vector<const endpoint*>& same_path = r.same_path;
+  if (r.needs_token && !authorized(req)) {  // admit() answers these; never reached
+    send_error(res, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
     return;
   }
-  if (needs_token && !authorized(req)) {
-    locked_out(req.remote_addr, true);
-    admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
-    res.set_header("WWW-Authenticate", "Bearer");
-    send_error(res, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
+  if (!req.body.empty() && json_too_deep(req.body)) {
+    send_error(res, 400, "bad_request",
+               "JSON nested deeper than " + std::to_string(max_json_depth) + " levels");
     return;
   }
 
@@ -463,13 +476,12 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
 }
 
 void admin_server::impl::configure_server() {
-  server->new_task_queue = [] {
-    return new bounded_task_queue(pool_threads, max_queued_connections);
-  };
+  // Timeouts, connection caps and the byte cap live in the transport (admin_transport.h).
   server->set_payload_max_length(max_body_bytes);
-  server->set_read_timeout(io_timeout_s, 0);
-  server->set_write_timeout(io_timeout_s, 0);
-  server->set_keep_alive_timeout(io_timeout_s);
+  server->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return admit(req, res) ? httplib::Server::HandlerResponse::Unhandled
+                           : httplib::Server::HandlerResponse::Handled;
+  });
   server->set_default_headers({{"Cache-Control", "no-store"}});
   // httplib's default also sets SO_REUSEPORT, which lets a second process bind the same port and
   // silently take half the connections; a busy admin port must be an error instead.
@@ -494,6 +506,10 @@ void admin_server::impl::configure_server() {
   server->set_error_handler(
       httplib::Server::HandlerWithResponse([](const httplib::Request&, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (guarded_server::request_over_limit()) {
+          send_error(res, 413, "payload_too_large", "admin request bodies are limited to 1 MiB");
+          return httplib::Server::HandlerResponse::Handled;
+        }
         send_error(res, res.status, error_code_for(res.status),
                    "request refused with HTTP status " + std::to_string(res.status));
         return httplib::Server::HandlerResponse::Handled;

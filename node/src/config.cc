@@ -92,16 +92,23 @@ bool is_header_value(std::string_view s) {
   });
 }
 
-// Returns true for an object name (route, upstream, consumer, jwt provider, node id): these end up
-// in admin URLs (/config/routes/{name}), JSON and metric labels, so no spaces, controls or URL
-// delimiters.
-bool is_name(std::string_view s) {
-  if (s.empty()) return false;
-  constexpr std::string_view forbidden = "/?#%\"\\";
-  return std::none_of(s.begin(), s.end(), [&](char c) {
-    auto u = static_cast<unsigned char>(c);
-    return u <= 0x20 || u == 0x7f || forbidden.find(c) != std::string_view::npos;
+}  // namespace
+
+// Object names (route, upstream, consumer, jwt provider, node id) end up in admin URLs
+// (/config/routes/{name}), store keys, JSON and metric labels: letters, digits and - . _ ~ : @ +,
+// at most max_name_bytes, and never a dot segment.
+bool valid_object_name(std::string_view s) {
+  if (s.empty() || s.size() > max_name_bytes || s == "." || s == "..") return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == ':' ||
+           c == '@' || c == '+';
   });
+}
+
+namespace {
+
+bool is_name(std::string_view s) {
+  return valid_object_name(s);
 }
 
 // Parses a run of decimal digits only (no sign, no spaces, no base prefix).
@@ -349,7 +356,8 @@ bool read_name(diagnostics& d, const field& f, std::string& out) {
   if (!read_string(d, f, value, false)) return false;
   if (!is_name(value)) {
     d.add(f.line, f.path + ": '" + value +
-                      "' is not a valid name (no spaces, control characters or / ? # % \" \\)");
+                      "' is not a valid name (letters, digits and - . _ ~ : @ +, at most " +
+                      std::to_string(max_name_bytes) + " characters)");
     return false;
   }
   out = std::move(value);
@@ -707,6 +715,16 @@ void parse_limits_section(diagnostics& d, const field& f, limits_section& out) {
   if (auto v = m.take("header_timeout")) read_duration(d, *v, out.header_timeout);
   if (auto v = m.take("idle_timeout")) read_duration(d, *v, out.idle_timeout);
   if (auto v = m.take("max_connections")) read_uint(d, *v, out.max_connections, 1);
+  m.finish();
+}
+
+void parse_path_normalization(diagnostics& d, const field& f, path_normalization_section& out) {
+  map_reader m(d, f);
+  if (!m.ok()) return;
+  if (auto v = m.take("merge_slashes")) read_bool(d, *v, out.merge_slashes);
+  if (auto v = m.take("escaped_slashes")) {
+    read_choice(d, *v, out.escaped_slashes, {"reject", "keep", "decode"});
+  }
   m.finish();
 }
 
@@ -1410,6 +1428,9 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
   if (auto v = m.take("admin")) parse_admin_section(d, *v, cfg.admin);
   if (auto v = m.take("cluster")) parse_cluster_section(d, *v, cfg.cluster.emplace());
   if (auto v = m.take("limits")) parse_limits_section(d, *v, cfg.limits);
+  if (auto v = m.take("path_normalization")) {
+    parse_path_normalization(d, *v, cfg.path_normalization);
+  }
   if (auto v = m.take("log")) parse_log_section(d, *v, cfg.log);
   if (auto v = m.take("upstreams")) {
     for_each_item(d, *v,

@@ -33,6 +33,7 @@
 #include <thread>
 
 #include "byte_buffer.h"
+#include "http_fields.h"
 #include "oauth.h"
 #include "tls.h"
 
@@ -176,6 +177,17 @@ const char* reason_for(int status) {
     default:
       return "Error";
   }
+}
+
+// Returns true when `v`, a view into `in`, is followed by optional whitespace and CRLF: the
+// line it ends was neither folded (the parser would have copied it elsewhere) nor ended by a
+// bare LF.
+bool ends_line(std::string_view v, const byte_buffer& in) {
+  const char* end = v.data() + v.size();
+  const char* limit = in.data() + in.size();
+  if (v.data() < in.data() || end > limit) return false;
+  while (end < limit && (*end == ' ' || *end == '\t')) ++end;
+  return end + 1 < limit && end[0] == '\r' && end[1] == '\n';
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +426,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
     lingering,
     closed
   };
-  enum class failure { connect, connect_timeout, reset, timeout };
+  enum class failure { connect, connect_timeout, reset, timeout, malformed };
   struct field_view {
     http::field f;
     std::string_view name;
@@ -511,6 +523,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string request_id_;
   std::string hash_key_;
   std::string retry_head_;
+  std::string normalized_path_;  // the request's path after normalization, when it changed
   std::string access_path_;
   std::string access_method_;
   steady_clock::time_point started_;
@@ -553,6 +566,9 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string_view reason_;
   int resp_version_ = 11;
   bool resp_head_sent_ = false;
+  bool resp_malformed_ = false;
+  int resp_content_length_count_ = 0;
+  int resp_transfer_encoding_count_ = 0;
   bool resp_chunked_out_ = false;  // we chunk the body towards the client
   bool resp_paused_ = false;       // client output above high water
   bool upstream_keep_alive_ = true;
@@ -973,6 +989,8 @@ void client_session::begin_request() {
   req_parser_->body_limit(boost::none);
   req_parser_->eager(false);
   fields_.clear();
+  access_method_.clear();
+  access_path_.clear();
   verb_ = http::verb::unknown;
   method_ = req_target_ = host_ = {};
   version_ = 11;
@@ -998,7 +1016,7 @@ void client_session::begin_request() {
   strip_authorization_ = false;
   target_ = nullptr;
   status_ = 0;
-  resp_head_sent_ = resp_chunked_out_ = resp_paused_ = false;
+  resp_head_sent_ = resp_chunked_out_ = resp_paused_ = resp_malformed_ = false;
   upstream_keep_alive_ = true;
   resp_bytes_ = 0;
 }
@@ -1054,6 +1072,9 @@ void client_session::process_input() {
       if (complete) {
         used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
         if (phase_ == phase::closing || phase_ == phase::closed) return;  // answered by a callback
+        // The head is parsed and the parser went on into the body (eager from the header
+        // callback) until it needed more: a chunk-size line cut by the read. The head is done.
+        if (ec == http::error::need_more && req_parser_->is_header_done()) ec = {};
         // Only empty lines before the request line can be consumed without a head.
         if (ec == http::error::need_more) {
           in_.consume(used);
@@ -1201,6 +1222,11 @@ void client_session::on_request_line(http::verb v, std::string_view method, std:
   method_ = method;
   req_target_ = target;
   version_ = version;
+  if (w_.access_log) {
+    // Known from here on, so that refused requests are logged with them too.
+    access_method_.assign(method);
+    access_path_.assign(target.substr(0, std::min<size_t>(target.size(), 2048)));
+  }
   if (target.size() > snap_->cfg.limits.max_url_bytes) {
     return reject(414, "uri_too_long", "request target exceeds the limit", ec);
   }
@@ -1339,15 +1365,32 @@ bool client_session::authenticate_jwt() {
   local_status_ = 0;
   verified_jwt_ = verified;
   const auto& claims = verified->claims;
+  // Claims become header values (the consumer id, claims_to_headers): a signed token may still
+  // carry CR, LF or NUL in them, which would inject headers or a request. Refuse such a token.
+  auto unforwardable = [&](const std::string& claim) {
+    local_status_ = 401;
+    local_code_ = "invalid_token";
+    auth_failure_message_ = "claim '" + claim + "' holds characters a header cannot carry";
+    local_message_ = auth_failure_message_.c_str();
+    www_authenticate_ = "Bearer realm=\"meridian\", error=\"invalid_token\"";
+    verified_jwt_.reset();
+    return false;
+  };
   const std::string& consumer_claim = verified_by->cfg->consumer_claim;
   if (auto c = claims.find(consumer_claim); c != claims.end() && c->is_string()) {
     consumer_ = c->get<std::string>();
+    if (!valid_field_value(consumer_)) {
+      consumer_.clear();
+      return unforwardable(consumer_claim);
+    }
   }
   for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
     auto it = claims.find(claim);
     if (it == claims.end() || it->is_null()) continue;
-    std::string value = it->is_string() ? it->get<std::string>() : it->dump();
-    if (value.find_first_of("\r\n") != std::string::npos) continue;  // never split a header
+    std::string value = it->is_string()
+                            ? it->get<std::string>()
+                            : it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (!valid_field_value(value)) return unforwardable(claim);
     auth_headers_.emplace_back(header, std::move(value));
   }
   // Credentials end at the gateway, unless the route passes them on.
@@ -1694,6 +1737,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     return reject(400, "bad_request", host_count_ ? "more than one Host" : "missing Host", ec);
   }
   if (host_count_ > 1) return reject(400, "bad_request", "more than one Host", ec);
+  if (!valid_host(host_)) return reject(400, "bad_request", "invalid Host", ec);
   req_chunked_ = parser.chunked();
   auto cl = parser.content_length();
   req_has_body_ = req_chunked_ || (cl && *cl > 0);
@@ -1717,6 +1761,13 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   std::string_view path = target.substr(0, qpos);
   std::string_view query =
       qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
+  // Route on, and forward, the normalized path: /pub/../priv must not reach /priv's upstream
+  // past /priv's auth (RFC 3986 section 6).
+  if (!path.empty() && path.front() == '/' && !path_is_normal(path, snap_->paths)) {
+    path_status st = normalize_path(path, snap_->paths, &normalized_path_);
+    if (st != path_status::ok) return reject(400, "bad_request", to_string(st), ec);
+    path = normalized_path_;
+  }
   std::string_view host_only = host;
   if (!host_only.empty() && host_only.front() == '[') {
     auto end = host_only.find(']');
@@ -1895,7 +1946,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     up_out_.append(", ");
   }
   up_out_.append(std::string_view(client_ip_));
-  up_out_.append("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+  up_out_.append(tls_ ? std::string_view("\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ")
+                      : std::string_view("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "));
   up_out_.append(host);
   up_out_.append("\r\nVia: ");
   if (has_via) {
@@ -1906,31 +1958,14 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
                                 : "1.1 meridian\r\nX-Request-Id: ");
   up_out_.append(request_id_);
   up_out_.append("\r\n");
-  for (auto& [k, v] : rc.request_headers.set) {
-    up_out_.append(k);
-    up_out_.append(": ");
-    up_out_.append(v);
-    up_out_.append("\r\n");
-  }
-  for (auto& [k, v] : rc.request_headers.add) {
-    up_out_.append(k);
-    up_out_.append(": ");
-    up_out_.append(v);
-    up_out_.append("\r\n");
-  }
+  for (auto& [k, v] : rc.request_headers.set) append_field(up_out_, k, v);
+  for (auto& [k, v] : rc.request_headers.add) append_field(up_out_, k, v);
   for (auto& [k, v] : auth_headers_) {
-    up_out_.append(k);
-    up_out_.append(": ");
-    up_out_.append(v);
-    up_out_.append("\r\n");
+    if (!append_field(up_out_, k, v)) w_.stats.bad_requests.add();  // checked by auth: never
   }
   if (req_chunked_) up_out_.append("Transfer-Encoding: chunked\r\n");
   up_out_.append("\r\n");
 
-  if (w_.access_log) {
-    access_method_.assign(method_);
-    access_path_.assign(req_target_);
-  }
   if (!req_has_body_) retry_head_.assign(up_out_.data(), up_out_.size());
   // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
   req_parser_->eager(true);
@@ -2109,9 +2144,10 @@ void client_session::on_connected(const error_code& ec) {
 
 void client_session::send_upstream() {
   if (req_has_body_) body_started_ = true;
-  // A body already buffered is parsed, and checked against the route's limit, before anything
-  // is sent: process_input flushes the head together with it.
-  if (!req_has_body_ || in_.empty()) flush_upstream();
+  // A body still to be parsed from in_ is checked against the route's limit before anything is
+  // sent: process_input flushes the head together with it. A body the head's parse already took
+  // whole (req_done_) is in up_out_ now, and whatever follows it in in_ is the next request.
+  if (!req_has_body_ || req_done_ || in_.empty()) flush_upstream();
   up_->start_read();
 }
 
@@ -2192,8 +2228,9 @@ void client_session::parse_upstream() {
       continue;
     }
     if (ec) {
-      w_.stats.upstream_resets.add();
-      upstream_failed(failure::reset);
+      // Whatever the upstream said before the bytes went wrong is not passed on as its answer.
+      if (!resp_head_sent_) status_ = 0;
+      upstream_failed(failure::malformed);
       return;
     }
     conn->in.consume(used);
@@ -2268,6 +2305,9 @@ void client_session::upstream_failed(failure why) {
     case failure::reset:
       w_.stats.upstream_resets.add();
       break;
+    case failure::malformed:
+      w_.stats.upstream_malformed.add();
+      break;
   }
   bool got_response_bytes = resp_parser_ && resp_parser_->got_some();
   bool stale_pooled =
@@ -2317,6 +2357,8 @@ void client_session::upstream_failed(failure why) {
                                        : "connecting to upstream " + cfg.name + " timed out");
   } else if (why == failure::timeout) {
     send_error(504, "upstream_timeout", "upstream " + cfg.name + " did not answer in time");
+  } else if (why == failure::malformed) {
+    send_error(502, "bad_gateway", "upstream " + cfg.name + " sent a malformed response");
   } else {
     send_error(502, "bad_gateway", "upstream " + cfg.name + " closed the connection");
   }
@@ -2349,21 +2391,59 @@ void client_session::on_response_line(int status, std::string_view reason, int v
   reason_ = reason;
   resp_version_ = version;
   resp_fields_.clear();
+  resp_content_length_count_ = resp_transfer_encoding_count_ = 0;
+  if (!valid_field_value(reason) || (version != 10 && version != 11) ||
+      (!reason.empty() && !ends_line(reason, up_->in))) {
+    resp_malformed_ = true;
+    ec = http::error::bad_value;
+  }
 }
 
 void client_session::on_response_field(http::field f, std::string_view name, std::string_view value,
                                        error_code& ec) {
+  // What a client would misread must not pass: a response a smuggling-prone peer could frame
+  // differently from us is refused as a whole (502), and its connection is not reused.
+  auto malformed = [&] {
+    resp_malformed_ = true;
+    ec = http::error::bad_value;
+  };
   if (resp_fields_.size() >= max_fields) {
     ec = http::error::header_limit;
     return;
+  }
+  if (!valid_field_value(value)) return malformed();
+  // Each line must end in CRLF (no bare LF) and may not be folded: the value is a view into the
+  // receive buffer followed, after optional whitespace, by "\r\n".
+  if (!value.empty() && !ends_line(value, up_->in)) return malformed();
+  switch (f) {
+    case http::field::content_length:
+      if (++resp_content_length_count_ > 1 || value.empty() || value.size() > 18 ||
+          value.find_first_not_of("0123456789") != std::string_view::npos) {
+        return malformed();
+      }
+      break;
+    case http::field::transfer_encoding:
+      if (++resp_transfer_encoding_count_ > 1 || !iequals(trim(value), "chunked")) {
+        return malformed();
+      }
+      break;
+    default:
+      break;
   }
   resp_fields_.push_back({f, name, value});
 }
 
 void client_session::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
   bool informational = status_ / 100 == 1;
-  if (status_ == 101) {
-    ec = http::error::bad_value;  // we never forward Upgrade, so this is a broken upstream
+  // A 101 nobody asked for (we never forward Upgrade), framing fields on a response that has no
+  // body (RFC 9110 sections 8.6 and 6.4.1), or both Content-Length and Transfer-Encoding
+  // (RFC 9112 section 6.3): the upstream is broken or hostile.
+  bool bodyless = informational || status_ == 204;
+  if (status_ == 101 || (resp_content_length_count_ && resp_transfer_encoding_count_) ||
+      (bodyless && (resp_transfer_encoding_count_ ||
+                    (parser.content_length() && *parser.content_length() != 0)))) {
+    resp_malformed_ = true;
+    ec = http::error::bad_value;
     return;
   }
   const auto& cfg = *upstream_->cfg;
@@ -2410,18 +2490,8 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
     out_.append("\r\n");
   }
   const auto& rc = *route_->cfg;
-  for (auto& [k, v] : rc.response_headers.set) {
-    out_.append(k);
-    out_.append(": ");
-    out_.append(v);
-    out_.append("\r\n");
-  }
-  for (auto& [k, v] : rc.response_headers.add) {
-    out_.append(k);
-    out_.append(": ");
-    out_.append(v);
-    out_.append("\r\n");
-  }
+  for (auto& [k, v] : rc.response_headers.set) append_field(out_, k, v);
+  for (auto& [k, v] : rc.response_headers.add) append_field(out_, k, v);
   if (!informational) {
     out_.append(rate_limit_headers_);
     if (!has_request_id) {
@@ -2525,7 +2595,10 @@ void client_session::log_access() {
 
 void client_session::finish_exchange() {
   record_done();
-  bool reuse = upstream_keep_alive_ && req_done_ && up_out_.empty() && !writing_upstream_;
+  // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
+  // messages differently from us: never reuse that connection.
+  bool reuse = upstream_keep_alive_ && req_done_ && up_out_.empty() && !writing_upstream_ &&
+               (!up_ || up_->in.empty());
   release_upstream(reuse);
   if (!req_done_) close_after_response_ = true;
   if (close_after_response_) {

@@ -1,5 +1,7 @@
 #include "jwt.h"
 
+#include "json_depth.h"
+
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
@@ -75,7 +77,7 @@ struct alg_spec {
   size_t coord_bytes;      // ECDSA: length of r and of s
 };
 
-constexpr std::array<alg_spec, 12> algorithms{{
+constexpr std::array<alg_spec, 13> algorithms{{
     {"HS256", alg_family::hmac, EVP_sha256, 32, "", 0},
     {"HS384", alg_family::hmac, EVP_sha384, 48, "", 0},
     {"HS512", alg_family::hmac, EVP_sha512, 64, "", 0},
@@ -87,6 +89,7 @@ constexpr std::array<alg_spec, 12> algorithms{{
     {"PS512", alg_family::rsa_pss, EVP_sha512, 64, "", 0},
     {"ES256", alg_family::ecdsa, EVP_sha256, 32, "P-256", 32},
     {"ES384", alg_family::ecdsa, EVP_sha384, 48, "P-384", 48},
+    {"ES512", alg_family::ecdsa, EVP_sha512, 64, "P-521", 66},
     {"EdDSA", alg_family::eddsa, nullptr, 0, "Ed25519", 0},
 }};
 
@@ -133,37 +136,9 @@ bool key_fits(const jwt_key& key, const alg_spec& alg) {
   return true;
 }
 
-// Returns false when text nests arrays/objects deeper than max_depth. nlohmann's parser is not
-// recursive, but code that walks claims later may be; this bounds it before parsing.
-bool nesting_within(std::string_view text, int max_depth) {
-  int depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : text) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > max_depth) return false;
-    } else if (c == '}' || c == ']') {
-      --depth;
-    }
-  }
-  return true;
-}
-
 // Parses JSON without throwing; returns a discarded value on bad input or excessive nesting.
 nlohmann::json parse_json(std::string_view text) {
-  if (!nesting_within(text, max_json_depth)) return nlohmann::json::value_t::discarded;
+  if (json_too_deep(text, max_jwt_json_depth)) return nlohmann::json::value_t::discarded;
   return nlohmann::json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
 }
 
@@ -338,8 +313,10 @@ bool parse_rsa(const nlohmann::json& jwk, jwt_key* key, std::string* error) {
 }
 
 bool parse_ec(const nlohmann::json& jwk, jwt_key* key, std::string* error) {
-  const char* group = key->curve == "P-256" ? "prime256v1" : "secp384r1";
-  size_t coord = key->curve == "P-256" ? 32 : 48;
+  const char* group = key->curve == "P-256"   ? "prime256v1"
+                      : key->curve == "P-384" ? "secp384r1"
+                                              : "secp521r1";
+  size_t coord = key->curve == "P-256" ? 32 : key->curve == "P-384" ? 48 : 66;
   std::string x, y;
   if (!b64_member(jwk, "x", &x, error) || !b64_member(jwk, "y", &y, error)) return false;
   if (x.size() != coord || y.size() != coord) {
@@ -468,7 +445,7 @@ jwk_outcome parse_jwk(const nlohmann::json& jwk, jwt_key* key, std::string* why)
     key->type = jwk_type::rsa;
   } else if (type == "EC") {
     key->type = jwk_type::ec;
-    if (crv != "P-256" && crv != "P-384") {
+    if (crv != "P-256" && crv != "P-384" && crv != "P-521") {
       *why = "EC curve \"" + crv + "\" is not supported";
       return jwk_outcome::skipped;
     }

@@ -100,7 +100,7 @@ struct jwt_result {
 
 // Upper bounds on a token.
 inline constexpr size_t max_jwt_bytes = 16 * 1024;
-inline constexpr int max_json_depth = 32;
+inline constexpr size_t max_jwt_json_depth = 32;
 
 // Verifies a compact JWS (header.payload.signature) with one of keys and checks its claims
 // against rules at time now. The key is chosen by the header's "kid" when present (no key with

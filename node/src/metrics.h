@@ -76,7 +76,8 @@ struct alignas(64) worker_stats {
   counter no_route;  // 404 from the router
   counter upstream_connect_failures;
   counter upstream_timeouts;
-  counter upstream_resets;  // connection broke before a full response
+  counter upstream_resets;     // connection broke before a full response
+  counter upstream_malformed;  // responses refused as malformed (502)
   counter upstream_connections_opened;
   counter upstream_connections_reused;
   counter retries;

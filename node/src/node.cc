@@ -4,6 +4,7 @@
 #include <sodium.h>
 #include <spdlog/async.h>
 #include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
@@ -107,6 +108,15 @@ std::shared_ptr<spdlog::logger> make_access_log(const access_log_section& cfg) {
 
 void setup_logging(const std::string& level) {
   auto lvl = spdlog::level::from_str(level);
+  // Diagnostics go to stderr (SPEC): stdout belongs to the access log by default. spdlog's own
+  // default logger writes to stdout, and every component logger copies its sinks.
+  static const bool on_stderr = [] {
+    auto l = std::make_shared<spdlog::logger>(
+        "", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+    spdlog::set_default_logger(l);
+    return true;
+  }();
+  (void)on_stderr;
   for (const char* name : {"node", "node.http", "node.admin", "node.health", "node.config"}) {
     auto l = spdlog::get(name);
     if (!l) {
@@ -377,11 +387,14 @@ struct node::impl {
     char key[96];
     std::snprintf(key, sizeof key, "audit/log/%013lld-%s-%llu", static_cast<long long>(at),
                   cfg.node.id.c_str(), static_cast<unsigned long long>(++audit_seq));
-    nlohmann::json j = {{"at", at},     {"node", cfg.node.id}, {"method", method},
-                        {"path", path}, {"from", from},        {"status", status}};
+    // The path comes from the client: bounded, and invalid UTF-8 replaced rather than thrown.
+    nlohmann::json j = {{"at", at},         {"node", cfg.node.id},
+                        {"method", method}, {"path", path.substr(0, 2048)},
+                        {"from", from},     {"status", status}};
     if (!client_cert.empty()) j["client_cert"] = client_cert;
     std::string error;
-    if (!st->put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false))
+    const std::string record = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (!st->put(doc_family::breakers, key, record, &error, /*sync=*/false))
       log()->warn("audit record not stored: {}", error);
     if (cluster) cluster->flush();
   }
@@ -751,7 +764,10 @@ struct node::impl {
     const auto& cfg = rc->rate_limits[index];
     auto spec = limiter->compile(rc->name, index, cfg);
     int64_t now = unix_now_ms();
-    auto v = limiter->view(rate_limiter::key_of(spec, key), spec, now);
+    // route and global limits count one key whatever the request: ?key= names nothing there.
+    const bool keyless =
+        spec.key == limit_spec::key_kind::route || spec.key == limit_spec::key_kind::global;
+    auto v = limiter->view(rate_limiter::key_of(spec, keyless ? std::string() : key), spec, now);
     return {200,
             {{"limit", v.limit},
              {"window_ms", v.window_ms},
@@ -876,6 +892,11 @@ struct node::impl {
 
   admin_reply write_document(const std::string& kind, const std::string& name,
                              const std::string* body) {
+    if (!valid_object_name(name)) {
+      return error_reply(400, "invalid_name",
+                         "names are 1 to " + std::to_string(max_name_bytes) +
+                             " letters, digits and - . _ ~ : @ + (and not . or ..)");
+    }
     if (!cluster) {
       return error_reply(409, "not_clustered",
                          "this node runs without a cluster section: its routes, upstreams and "
@@ -966,21 +987,23 @@ node::~node() {
 
 bool node::start(std::string* error) {
   auto& d = *impl_;
+  {
+    // The data directory holds the admin token, the OAuth signing key and the store: private.
+    std::error_code fec;
+    std::filesystem::create_directories(d.cfg.node.data_dir, fec);
+    std::filesystem::permissions(d.cfg.node.data_dir, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::replace, fec);
+    if (fec) {
+      *error = "node.data_dir " + d.cfg.node.data_dir + ": " + fec.message();
+      return false;
+    }
+  }
   std::string token_file =
       d.cfg.admin.token_file.empty()
           ? (std::filesystem::path(d.cfg.node.data_dir) / "admin.token").string()
           : d.cfg.admin.token_file;
-  // Reachable from other machines, the admin API must have a token someone chose and placed:
-  // never one made up at start (the lesson of gateways shipped with a default admin key).
-  const auto& admin_host = d.cfg.listen.admin.host;
-  bool loopback =
-      admin_host == "localhost" || admin_host == "::1" || admin_host.rfind("127.", 0) == 0;
-  std::error_code token_ec;
-  if (!loopback &&
-      (d.cfg.admin.token_file.empty() || !std::filesystem::exists(token_file, token_ec))) {
-    *error = "listen.admin " + d.cfg.listen.admin.to_string() +
-             " is not a loopback address: set admin.token_file to an existing file holding the "
-             "admin token (at least 16 characters) before exposing the admin API";
+  if (auto problems = check_external(d.cfg); !problems.empty()) {
+    *error = problems.front();
     return false;
   }
   if (!load_or_create_token(token_file, &d.token, error)) return false;
@@ -1230,7 +1253,30 @@ void node::drain(duration timeout) {
   log()->info("stopped");
 }
 
+std::vector<std::string> check_external(const config& cfg) {
+  std::vector<std::string> problems;
+  const auto& admin_host = cfg.listen.admin.host;
+  bool loopback =
+      admin_host == "localhost" || admin_host == "::1" || admin_host.rfind("127.", 0) == 0;
+  std::error_code ec;
+  // Reachable from other machines, the admin API must have a token someone chose and placed:
+  // never one made up at start (the lesson of gateways shipped with a default admin key).
+  if (!loopback &&
+      (cfg.admin.token_file.empty() || !std::filesystem::exists(cfg.admin.token_file, ec))) {
+    problems.push_back("listen.admin " + cfg.listen.admin.to_string() +
+                       " is not a loopback address: set admin.token_file to an existing file "
+                       "holding the admin token (at least 16 characters) before exposing the "
+                       "admin API");
+  }
+  if (!cfg.admin.token_file.empty() && std::filesystem::exists(cfg.admin.token_file, ec)) {
+    std::string token, error;
+    if (!load_or_create_token(cfg.admin.token_file, &token, &error)) problems.push_back(error);
+  }
+  return problems;
+}
+
 int run_node(const std::string& config_path) {
+  ::umask(077);  // files the node writes (store, keys, tokens, logs) are its own
   auto result = load_config(config_path);
   if (!result.value) {
     for (const auto& e : result.errors) std::fprintf(stderr, "%s\n", e.to_string().c_str());

@@ -199,6 +199,11 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
   snap->registry = &targets;
   snap->cfg = std::move(cfg);
   snap->version = version;
+  snap->paths.merge_slashes = snap->cfg.path_normalization.merge_slashes;
+  const auto& escaped = snap->cfg.path_normalization.escaped_slashes;
+  snap->paths.escaped_slashes = escaped == "keep"     ? escaped_slash_action::keep
+                                : escaped == "decode" ? escaped_slash_action::decode
+                                                      : escaped_slash_action::reject;
   std::string router_error;
   snap->routes_index = router::build(snap->cfg.routes, &router_error);
   if (!snap->routes_index) {

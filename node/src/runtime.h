@@ -25,6 +25,7 @@
 #include "meridian/node/config.h"
 #include "meridian/node/router.h"
 #include "metrics.h"
+#include "path_normalize.h"
 #include "rate_limiter.h"
 
 namespace meridian::node {
@@ -192,6 +193,7 @@ struct snapshot {
   config cfg;
   uint64_t version = 0;
   std::unique_ptr<router> routes_index;
+  path_policy paths;  // how request paths are normalized before routing
   std::vector<route_runtime> routes;
   std::vector<std::unique_ptr<upstream_runtime>> upstreams;
   std::vector<std::unique_ptr<jwt_provider>> jwt_providers;

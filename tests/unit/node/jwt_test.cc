@@ -57,7 +57,7 @@ std::shared_ptr<const jwks> parse_or_die(const json& doc) {
 std::shared_ptr<const jwks> all_keys() {
   return parse_or_die({{"keys",
                         {rsa_key().jwk("rsa"), ec256_key().jwk("ec256"), ec384_key().jwk("ec384"),
-                         ed_key().jwk("ed"), hmac_key().jwk("hmac")}}});
+                         ec521_key().jwk("ec521"), ed_key().jwk("ed"), hmac_key().jwk("hmac")}}});
 }
 
 const test_key& key_for(std::string_view alg) {
@@ -65,6 +65,7 @@ const test_key& key_for(std::string_view alg) {
   if (alg.starts_with("RS") || alg.starts_with("PS")) return rsa_key();
   if (alg == "ES256") return ec256_key();
   if (alg == "ES384") return ec384_key();
+  if (alg == "ES512") return ec521_key();
   return ed_key();
 }
 
@@ -73,11 +74,13 @@ std::string kid_for(std::string_view alg) {
   if (alg.starts_with("RS") || alg.starts_with("PS")) return "rsa";
   if (alg == "ES256") return "ec256";
   if (alg == "ES384") return "ec384";
+  if (alg == "ES512") return "ec521";
   return "ed";
 }
 
-const std::vector<std::string> all_algs = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512",
-                                           "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"};
+const std::vector<std::string> all_algs = {"HS256", "HS384", "HS512", "RS256", "RS384",
+                                           "RS512", "PS256", "PS384", "PS512", "ES256",
+                                           "ES384", "ES512", "EdDSA"};
 
 // Replaces part `index` (0 header, 1 payload, 2 signature) of a compact token.
 std::string replace_part(const std::string& token, int index, const std::string& part) {
@@ -214,7 +217,7 @@ TEST(jwt, alg_none_is_refused_in_any_spelling_and_with_any_signature) {
 
 TEST(jwt, unsupported_algorithms_are_refused) {
   auto keys = all_keys();
-  for (std::string alg : {"HS1", "RS1", "ES512", "Ed25519", "hs256", ""}) {
+  for (std::string alg : {"HS1", "RS1", "ES256K", "Ed25519", "hs256", ""}) {
     SCOPED_TRACE(alg);
     std::string token = make_token({{"alg", alg}}, good_claims(), hmac_key(), "HS256");
     EXPECT_EQ(verify_jwt(token, *keys, default_rules(), now).error, "alg_not_allowed");
@@ -517,17 +520,18 @@ TEST(jwt, no_single_character_change_to_a_token_verifies) {
 TEST(jwt, jwks_parse_keeps_every_supported_key_type) {
   auto keys = all_keys();
   ASSERT_TRUE(keys);
-  EXPECT_EQ(keys->size(), 5u);
+  EXPECT_EQ(keys->size(), 6u);
   EXPECT_TRUE(keys->notes().empty());
   EXPECT_EQ(keys->keys()[0].kid, "rsa");
   EXPECT_EQ(keys->keys()[0].type, jwk_type::rsa);
   EXPECT_EQ(keys->keys()[2].curve, "P-384");
-  EXPECT_EQ(keys->keys()[3].type, jwk_type::okp);
+  EXPECT_EQ(keys->keys()[3].curve, "P-521");
+  EXPECT_EQ(keys->keys()[4].type, jwk_type::okp);
 }
 
 TEST(jwt, jwks_parse_skips_keys_it_cannot_use_with_a_note) {
   json unknown_kty = {{"kty", "XYZ"}, {"kid", "x"}};
-  json p521 = {{"kty", "EC"}, {"crv", "P-521"}, {"x", "AA"}, {"y", "AA"}};
+  json p521 = {{"kty", "EC"}, {"crv", "secp256k1"}, {"x", "AA"}, {"y", "AA"}};
   json x25519 = {{"kty", "OKP"}, {"crv", "X25519"}, {"x", b64url(std::string(32, 'a'))}};
   json enc = rsa_key().jwk("enc");
   enc["use"] = "enc";

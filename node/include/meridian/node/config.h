@@ -86,6 +86,12 @@ struct limits_section {
   uint32_t max_connections = 20000;                    // per node; extra connections are closed
 };
 
+// How request paths are normalized before routing (RFC 3986 section 6; docs/configuration.md).
+struct path_normalization_section {
+  bool merge_slashes = true;               // "//a//b" -> "/a/b"
+  std::string escaped_slashes = "reject";  // %2F, %5C, '\\': reject (400) | keep | decode
+};
+
 struct access_log_section {
   bool enabled = false;
   std::string path = "stdout";  // "stdout", "stderr" or a file path
@@ -316,6 +322,7 @@ struct config {
   admin_section admin;
   std::optional<cluster_section> cluster;
   limits_section limits;
+  path_normalization_section path_normalization;
   log_section log;
   std::vector<upstream_config> upstreams;
   std::vector<route_config> routes;
@@ -355,6 +362,12 @@ struct config_document {
 const char* document_kind_path(document_kind k);
 // The reverse: the kind a path segment names, or nullopt.
 std::optional<document_kind> document_kind_from_path(std::string_view segment);
+
+// Longest object name accepted.
+inline constexpr size_t max_name_bytes = 128;
+// Returns true for a valid object name (route, upstream, consumer, jwt provider, node id):
+// letters, digits and - . _ ~ : @ +, 1 to max_name_bytes long, not "." or "..".
+bool valid_object_name(std::string_view name);
 
 struct compose_result {
   config cfg;

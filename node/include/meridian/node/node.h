@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "meridian/node/config.h"
 
@@ -54,6 +55,11 @@ int run_node(const std::string& config_path);
 
 // Prints the demo cluster banner and runs it until Ctrl-C.
 int run_demo();
+
+// Checks what a config names outside itself, as `run` would at start: the admin token file (at
+// least 16 characters; required when the admin API listens beyond loopback). Returns every
+// problem as "FILE: message"; empty when the node could start. Used by `meridian validate`.
+std::vector<std::string> check_external(const config& cfg);
 
 // Configures the spdlog loggers ("node", "node.http", ...) at the given level.
 void setup_logging(const std::string& level);
