@@ -28,6 +28,7 @@
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/http/verb.hpp>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <span>
 #include <thread>
@@ -327,8 +328,15 @@ class worker {
     std::shared_ptr<const snapshot> snap;
     bool drain = false;
     bool stop = false;
+    std::vector<std::function<void()>> jobs;  // run on the worker (e.g. an OAuth answer)
     std::atomic<bool> pending{false};
   } mail;
+  // Any thread: leaves fn in the mailbox; the worker runs it (and destroys it) on its thread.
+  void deliver(std::function<void()> fn) {
+    std::lock_guard lock(mail.mutex);
+    mail.jobs.push_back(std::move(fn));
+    mail.pending.store(true, std::memory_order_release);
+  }
   bool stopping = false;
 
   void add_session(client_session* s);
@@ -660,17 +668,21 @@ void worker::read_mail() {
   if (!mail.pending.load(std::memory_order_acquire)) return;
   std::shared_ptr<const snapshot> next;
   bool drain_now, stop_now;
+  std::vector<std::function<void()>> jobs;
   {
     std::lock_guard lock(mail.mutex);
     next = std::move(mail.snap);
     drain_now = std::exchange(mail.drain, false);
     stop_now = mail.stop;
+    jobs.swap(mail.jobs);
     mail.pending.store(false, std::memory_order_relaxed);
   }
   if (next) {
     snap = std::move(next);
     max_connections = snap->cfg.limits.max_connections;
   }
+  for (auto& job : jobs) job();
+  jobs.clear();  // what the jobs held is released here, on this thread
   if (drain_now) begin_drain();
   if (stop_now) shut_down();
 }
@@ -1566,26 +1578,27 @@ void client_session::answer_oauth() {
   }
   phase_ = phase::local_wait;
   deadline_ = w_.now + 30'000;
-  auto& ioc = w_.ioc;
-  bool queued = authority->run_slow([self = shared_from_this(), snap = snap_, req = std::move(req),
-                                     ctx, authority, &ioc]() mutable {
-    oauth_authority::reply r;
-    try {
-      r = authority->handle(req, ctx);
-    } catch (const std::exception&) {
-      r.status = 500;
-      r.body = R"({"error":"server_error","error_description":"internal error"})";
-    }
-    req = {};  // the password goes with it, here
-    // Everything the session owns is released on its worker: the session itself, and the
-    // snapshot, move into the handler (this job keeps no reference once it returns).
-    asio::post(ioc, [self = std::move(self), snap = std::move(snap), r = std::move(r)] {
-      if (self->phase_ != phase::local_wait) return;
-      self->phase_ = phase::head;
-      self->send_local(r.status, r.content_type, r.body, r.headers);
-      self->process_input();
-    });
-  });
+  worker* w = &w_;
+  bool queued = authority->run_slow(
+      [self = shared_from_this(), snap = snap_, req = std::move(req), ctx, authority, w]() mutable {
+        oauth_authority::reply r;
+        try {
+          r = authority->handle(req, ctx);
+        } catch (const std::exception&) {
+          r.status = 500;
+          r.body = R"({"error":"server_error","error_description":"internal error"})";
+        }
+        req = {};  // the password goes with it, here
+        // Everything the session owns is released on its worker: the session itself, and the
+        // snapshot, move into the mailbox job (this one keeps no reference once it returns). The
+        // worker's io_context runs without locks, so this thread may not post to it.
+        w->deliver([self = std::move(self), snap = std::move(snap), r = std::move(r)] {
+          if (self->phase_ != phase::local_wait) return;
+          self->phase_ = phase::head;
+          self->send_local(r.status, r.content_type, r.body, r.headers);
+          self->process_input();
+        });
+      });
   if (!queued) {
     phase_ = phase::head;
     send_error(503, "temporarily_unavailable", "too many password checks waiting; retry shortly");
