@@ -110,7 +110,9 @@ struct state_delta {
 }
 
 // The app_state of a push-pull. The asker sends its digests and, when they are not the
-// responder's, what it holds; the reply carries what the asker lacks (up to a byte budget).
+// responder's, what it holds (`have`, small states) or bucket digests (`buckets`, any size), plus
+// documents it knows the responder lacks (`docs`) and ones it wants (`want`); the reply carries
+// what the asker lacks and the versions of differing buckets (up to a byte budget).
 struct state_sync_app {
   1: i16 version,                    // never renumber
   2: i64 config_digest,              // never renumber
@@ -119,4 +121,13 @@ struct state_sync_app {
   5: optional list<doc_version> have,  // never renumber
   6: optional list<doc_entry> docs,    // never renumber
   7: bool complete,                  // never renumber; reply: false when the budget cut it short
+  // Bucketed anti-entropy (any state size; replicated_state.cc explains the exchange). An asker
+  // whose version list would not fit one message sends `buckets` instead of `have`; nodes that
+  // predate these fields ignore them (and answer as if the asker held nothing, within budget).
+  8: optional list<binary> buckets,      // never renumber; request: per family, 2^k 4-byte digests
+  9: optional list<doc_version> want,    // never renumber; request: documents asked for, with the
+                                         // asker's own version (version 0 and no origin: absent)
+  10: optional list<doc_version> versions,  // never renumber; reply: all versions of listed buckets
+  11: optional list<i32> listed,         // never renumber; reply: family << 20 | k << 16 | bucket
+  12: optional list<i64> sizes,          // never renumber; documents per family (tombstones too)
 }

@@ -1035,8 +1035,14 @@ void membership::on_state_reply(const state_sync& reply) {
     ++m.stats_.tcp_acks;  // UDP failed, TCP got through: alive
     m.finish_probe(true);
   }
-  if (m.app_ && reply.version == protocol_version && !reply.app_state.empty()) {
-    m.app_->on_sync_reply(reply.sender_id, reply.app_state);
+  if (m.app_ && reply.version == protocol_version && !reply.app_state.empty() &&
+      m.app_->on_sync_reply(reply.sender_id, reply.app_state) && !m.left_) {
+    auto it = m.members_.find(reply.sender_id);
+    if (it != m.members_.end() && !it->second.info.address.empty()) {
+      ++m.stats_.app_followups;
+      ++m.stats_.push_pulls;
+      m.env_.send_state(it->second.info.address, m.table(false));
+    }
   }
 }
 

@@ -82,6 +82,120 @@ std::string hex(uint64_t v) {
   return s;
 }
 
+// ---- bucketed anti-entropy ----
+//
+// A push-pull must fit one sealed message (max_encoded_size), whatever the state's size. Small
+// states still send every version they hold (`have`, one round trip, as before). Larger ones
+// hash every key into 2^k buckets (k from the documents count, at most max_bucket_bits) and send
+// a 4-byte digest per bucket. The responder answers, within max_sync_bytes:
+//   * the documents the asker asked for by name (`want`) that it holds in a newer version;
+//   * for each bucket whose digest differs: every document of the bucket when the asker's bucket
+//     is empty, else the versions of every entry of the bucket (`versions`, `listed`).
+// The asker merges the documents, compares each listed bucket entry by entry, and at once asks
+// again (a follow-up push-pull, see gossip_application::on_sync_reply) with `want` = what the
+// responder holds newer and `docs` = what the responder lacks. Each exchange is bounded; the
+// chain ends when the buckets agree. Bucket digests count tombstones too (unlike the summary),
+// so equal buckets mean equal entries and a deletion is never lost on the way.
+constexpr int max_bucket_bits = 11;  // 2,048 buckets: 8 KiB of digests per family
+constexpr size_t docs_per_bucket = 4;
+// A `have` list up to this many bytes goes as before; above it, buckets.
+constexpr size_t max_have_bytes = 16 * 1024;
+// Follow-up push-pulls per second (each is one bounded exchange): the chain's brake.
+constexpr uint32_t max_followups_per_second = 200;
+
+uint64_t key_hash(std::string_view key) {
+  static const unsigned char hash_key[crypto_shorthash_KEYBYTES] = {
+      'm', 'e', 'r', 'i', 'd', 'i', 'a', 'n', '-', 'b', 'u', 'c', 'k', 'e', 't', '1'};
+  unsigned char out[crypto_shorthash_BYTES];
+  crypto_shorthash(out, reinterpret_cast<const unsigned char*>(key.data()), key.size(), hash_key);
+  uint64_t h;
+  std::memcpy(&h, out, sizeof h);
+  return h;
+}
+
+uint32_t bucket_of(std::string_view key, int bits) {
+  return bits == 0 ? 0 : static_cast<uint32_t>(key_hash(key) >> (64 - bits));
+}
+
+// The bucket digest's share of one entry; tombstones count, marked apart from live entries.
+uint64_t bucket_share(const std::string& key, const lww_entry& e) {
+  uint64_t h = entry_hash(key, e);
+  return e.deleted ? h * 0x9e3779b97f4a7c15ULL + 1 : h;
+}
+
+int bits_for(size_t entries) {
+  int bits = 0;
+  while (bits < max_bucket_bits && (size_t{1} << bits) * docs_per_bucket < entries) ++bits;
+  return bits;
+}
+
+// One family's entries grouped by bucket, with a digest per bucket.
+struct bucketed {
+  int bits = 0;
+  std::vector<uint32_t> digest;
+  std::vector<std::vector<std::pair<const std::string*, const lww_entry*>>> entries;
+};
+
+bucketed bucketize(const lww_map& m, int bits) {
+  bucketed b;
+  b.bits = bits;
+  b.digest.assign(size_t{1} << bits, 0);
+  b.entries.resize(size_t{1} << bits);
+  std::vector<uint64_t> sums(size_t{1} << bits, 0);
+  for (const auto& [k, e] : m.entries()) {
+    uint32_t i = bucket_of(k, bits);
+    sums[i] += bucket_share(k, e);
+    b.entries[i].emplace_back(&k, &e);
+  }
+  for (size_t i = 0; i < sums.size(); ++i) b.digest[i] = static_cast<uint32_t>(sums[i]);
+  return b;
+}
+
+std::string pack_digests(const std::vector<uint32_t>& digests) {
+  std::string out;
+  out.reserve(digests.size() * 4);
+  for (uint32_t d : digests)
+    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(d >> (8 * i)));
+  return out;
+}
+
+// Unpacks 2^k digests; false unless the size is 4 * 2^k with k <= max_bucket_bits.
+bool unpack_digests(const std::string& in, int* bits, std::vector<uint32_t>* out) {
+  size_t n = in.size() / 4;
+  if (in.size() % 4 != 0 || n == 0 || (n & (n - 1)) != 0 || n > (size_t{1} << max_bucket_bits))
+    return false;
+  *bits = 0;
+  while ((size_t{1} << *bits) < n) ++*bits;
+  out->resize(n);
+  const auto* p = reinterpret_cast<const unsigned char*>(in.data());
+  for (size_t i = 0; i < n; ++i)
+    (*out)[i] = uint32_t{p[4 * i]} | (uint32_t{p[4 * i + 1]} << 8) |
+                (uint32_t{p[4 * i + 2]} << 16) | (uint32_t{p[4 * i + 3]} << 24);
+  return true;
+}
+
+// True when (version, origin) a orders after b: the LWW order on the stamp alone.
+bool newer_stamp(hlc_time av, const std::string& ao, hlc_time bv, const std::string& bo) {
+  return av > bv || (av == bv && ao > bo);
+}
+
+gen::doc_version version_of(doc_family f, const std::string& key, const lww_entry* e) {
+  gen::doc_version v;
+  v.__set_family(static_cast<int8_t>(f));
+  v.__set_key(key);
+  v.__set_version(e ? static_cast<int64_t>(e->version) : 0);
+  v.__set_origin(e ? e->origin : std::string());
+  return v;
+}
+
+size_t wire_size(const std::string& key, const lww_entry& e) {
+  return key.size() + e.origin.size() + e.value.size() + 24;
+}
+
+size_t wire_size(const gen::doc_version& v) {
+  return v.key.size() + v.origin.size() + 20;
+}
+
 // Counters in the store: key = the counter key (8 bytes big-endian, so scans are ordered);
 // value = a packed list of (node id, update), one per slot.
 std::string counter_store_key(uint64_t key) {
@@ -126,6 +240,12 @@ struct replicated_state::impl {
   std::string last_own_summary;
   millis last_own_change{0};
   bool want_pull = false;  // a notice named a newer document than the one held here
+  // Bucketed anti-entropy (see above): what the last reply showed, for the next request.
+  std::set<std::pair<doc_family, std::string>> sync_wants;   // the responder holds newer
+  std::set<std::pair<doc_family, std::string>> sync_pushes;  // the responder lacks
+  size_t peer_sizes[family_count] = {0, 0};  // documents per family in the last reply's sender
+  millis followup_window{0};
+  uint32_t followups_in_window = 0;
   state_stats stats;
 
   lww_map& map(doc_family f) { return maps[static_cast<size_t>(f)]; }
@@ -273,6 +393,167 @@ struct replicated_state::impl {
         return false;
     }
     return true;
+  }
+
+  void set_reply_header(gen::state_sync_app& reply) {
+    reply.__set_config_digest(static_cast<int64_t>(maps[0].digest()));
+    reply.__set_breaker_digest(static_cast<int64_t>(maps[1].digest()));
+    reply.__set_clock(static_cast<int64_t>(clock.now()));
+    std::vector<int64_t> sizes;
+    for (const auto& m : maps) sizes.push_back(static_cast<int64_t>(m.entries().size()));
+    reply.__set_sizes(std::move(sizes));
+  }
+
+  // Serves a request that lists every version the asker holds: the documents it lacks.
+  std::string serve_have(const gen::state_sync_app& req, gen::state_sync_app& reply) {
+    set_reply_header(reply);
+    bool same = static_cast<uint64_t>(req.config_digest) == maps[0].digest() &&
+                static_cast<uint64_t>(req.breaker_digest) == maps[1].digest();
+    if (same) return write_compact(reply);
+    std::map<std::pair<int8_t, std::string_view>, const gen::doc_version*> theirs;
+    for (const auto& v : req.have) theirs[{v.family, v.key}] = &v;
+    std::vector<gen::doc_entry> docs;
+    size_t bytes = 0;
+    for (size_t i = 0; i < family_count && reply.complete; ++i) {
+      for (const auto& [k, e] : maps[i].entries()) {
+        auto it = theirs.find({static_cast<int8_t>(i), k});
+        if (it != theirs.end() &&
+            !newer_stamp(e.version, e.origin, static_cast<hlc_time>(it->second->version),
+                         it->second->origin))
+          continue;
+        size_t size = wire_size(k, e);
+        if ((bytes + size > opt.max_sync_bytes && !docs.empty()) ||
+            docs.size() >= static_cast<size_t>(max_container_elements)) {
+          reply.__set_complete(false);
+          break;
+        }
+        bytes += size;
+        docs.push_back(to_gen(static_cast<doc_family>(i), k, e));
+      }
+    }
+    if (!docs.empty()) reply.__set_docs(std::move(docs));
+    return write_compact(reply);
+  }
+
+  // Serves a bucketed request (see the top of this file): merges what the asker handed over,
+  // then answers its wants and its differing buckets within max_sync_bytes.
+  std::string serve_buckets(const gen::state_sync_app& req, gen::state_sync_app& reply,
+                            bool* changed) {
+    for (const auto& g : req.docs) {
+      if (!valid_family(g.family)) {
+        ++stats.malformed;
+        continue;
+      }
+      ++stats.sync_docs_received;
+      if (merge_remote(static_cast<doc_family>(g.family), g.key, from_gen(g)))
+        changed[g.family] = true;
+    }
+    set_reply_header(reply);
+    size_t budget = opt.max_sync_bytes;
+    std::vector<gen::doc_entry> docs;
+    std::vector<gen::doc_version> versions;
+    std::vector<int32_t> listed;
+    std::set<std::pair<int8_t, std::string_view>> sent;
+    auto full = [&](size_t size) {
+      return (size > budget && !(docs.empty() && versions.empty())) ||
+             docs.size() >= static_cast<size_t>(max_container_elements) ||
+             versions.size() >= static_cast<size_t>(max_container_elements);
+    };
+    auto add_doc = [&](doc_family f, const std::string& k, const lww_entry& e) {
+      budget -= std::min(budget, wire_size(k, e));
+      docs.push_back(to_gen(f, k, e));
+      sent.emplace(static_cast<int8_t>(f), k);
+    };
+    for (const auto& w : req.want) {
+      if (!valid_family(w.family)) continue;
+      auto f = static_cast<doc_family>(w.family);
+      auto it = map(f).entries().find(w.key);
+      if (it == map(f).entries().end() || !newer_stamp(it->second.version, it->second.origin,
+                                                       static_cast<hlc_time>(w.version), w.origin))
+        continue;
+      if (full(wire_size(it->first, it->second))) {
+        reply.__set_complete(false);
+        break;
+      }
+      add_doc(f, it->first, it->second);
+    }
+    for (size_t i = 0; i < family_count && i < req.buckets.size() && reply.complete; ++i) {
+      auto f = static_cast<doc_family>(i);
+      int bits = 0;
+      std::vector<uint32_t> theirs;
+      if (!unpack_digests(req.buckets[i], &bits, &theirs)) {
+        ++stats.malformed;
+        continue;
+      }
+      bucketed mine = bucketize(map(f), bits);
+      for (size_t b = 0; b < theirs.size() && reply.complete; ++b) {
+        if (mine.digest[b] == theirs[b]) continue;
+        if (theirs[b] == 0) {
+          // The asker holds nothing here: every entry of the bucket is news to it.
+          for (const auto& [k, e] : mine.entries[b]) {
+            if (sent.count({static_cast<int8_t>(i), *k})) continue;
+            if (full(wire_size(*k, *e))) {
+              reply.__set_complete(false);
+              break;
+            }
+            add_doc(f, *k, *e);
+          }
+          continue;
+        }
+        size_t size = 0;
+        for (const auto& [k, e] : mine.entries[b]) size += k->size() + e->origin.size() + 20;
+        if (full(size) || versions.size() + mine.entries[b].size() >
+                              static_cast<size_t>(max_container_elements)) {
+          reply.__set_complete(false);
+          break;
+        }
+        budget -= std::min(budget, size + 5);
+        for (const auto& [k, e] : mine.entries[b]) versions.push_back(version_of(f, *k, e));
+        listed.push_back(static_cast<int32_t>((i << 20) | (static_cast<size_t>(bits) << 16) | b));
+      }
+    }
+    stats.sync_docs_sent += docs.size();
+    if (!docs.empty()) reply.__set_docs(std::move(docs));
+    if (!versions.empty()) reply.__set_versions(std::move(versions));
+    reply.__set_listed(std::move(listed));
+    return write_compact(reply);
+  }
+
+  // Compares the buckets a reply listed with this node's: what the responder holds newer goes
+  // to sync_wants, what it lacks to sync_pushes (both replaced, capped).
+  void compare_listed(const gen::state_sync_app& reply) {
+    sync_wants.clear();
+    sync_pushes.clear();
+    const auto cap = static_cast<size_t>(max_container_elements);
+    std::map<std::pair<int8_t, std::string_view>, const gen::doc_version*> theirs;
+    for (const auto& v : reply.versions) {
+      if (!valid_family(v.family)) continue;
+      theirs[{v.family, v.key}] = &v;
+      const lww_entry* e = map(static_cast<doc_family>(v.family)).find(v.key);
+      if ((!e || newer_stamp(static_cast<hlc_time>(v.version), v.origin, e->version, e->origin)) &&
+          sync_wants.size() < cap)
+        sync_wants.emplace(static_cast<doc_family>(v.family), v.key);
+    }
+    std::map<std::pair<size_t, int>, bucketed> cache;
+    for (int32_t l : reply.listed) {
+      auto u = static_cast<uint32_t>(l);
+      size_t f = u >> 20;
+      int bits = static_cast<int>((u >> 16) & 0xf);
+      uint32_t b = u & 0xffff;
+      if (f >= family_count || bits > max_bucket_bits || b >= (uint32_t{1} << bits)) {
+        ++stats.malformed;
+        continue;
+      }
+      auto it = cache.find({f, bits});
+      if (it == cache.end()) it = cache.emplace(std::pair{f, bits}, bucketize(maps[f], bits)).first;
+      for (const auto& [k, e] : it->second.entries[b]) {
+        auto t = theirs.find({static_cast<int8_t>(f), *k});
+        bool lacks = t == theirs.end() ||
+                     newer_stamp(e->version, e->origin, static_cast<hlc_time>(t->second->version),
+                                 t->second->origin);
+        if (lacks && sync_pushes.size() < cap) sync_pushes.emplace(static_cast<doc_family>(f), *k);
+      }
+    }
   }
 };
 
@@ -661,82 +942,100 @@ std::string replicated_state::sync_request() {
   s.__set_config_digest(static_cast<int64_t>(d.maps[0].digest()));
   s.__set_breaker_digest(static_cast<int64_t>(d.maps[1].digest()));
   s.__set_clock(static_cast<int64_t>(d.clock.now()));
-  std::vector<gen::doc_version> have;
-  for (size_t i = 0; i < family_count; ++i) {
-    for (const auto& [k, e] : d.maps[i].entries()) {
-      if (have.size() >= static_cast<size_t>(max_container_elements)) break;
-      gen::doc_version v;
-      v.__set_family(static_cast<int8_t>(i));
-      v.__set_key(k);
-      v.__set_version(static_cast<int64_t>(e.version));
-      v.__set_origin(e.origin);
-      have.push_back(std::move(v));
-    }
-  }
-  if (!have.empty()) s.__set_have(std::move(have));
   s.__set_complete(true);
+  std::vector<int64_t> sizes;
+  size_t have_bytes = 0;
+  for (size_t i = 0; i < family_count; ++i) {
+    sizes.push_back(static_cast<int64_t>(d.maps[i].entries().size()));
+    for (const auto& [k, e] : d.maps[i].entries()) have_bytes += k.size() + e.origin.size() + 20;
+  }
+  s.__set_sizes(std::move(sizes));
+  if (have_bytes <= max_have_bytes) {
+    // Small: every version this node holds, as nodes always did (one exact round trip).
+    std::vector<gen::doc_version> have;
+    for (size_t i = 0; i < family_count; ++i)
+      for (const auto& [k, e] : d.maps[i].entries())
+        have.push_back(version_of(static_cast<doc_family>(i), k, &e));
+    if (!have.empty()) s.__set_have(std::move(have));
+    return write_compact(s);
+  }
+  size_t budget = d.opt.max_sync_bytes;
+  std::vector<std::string> buckets;
+  for (size_t i = 0; i < family_count; ++i) {
+    int bits = bits_for(std::max(d.maps[i].entries().size(), d.peer_sizes[i]));
+    buckets.push_back(pack_digests(bucketize(d.maps[i], bits).digest));
+    budget -= std::min(budget, buckets.back().size());
+  }
+  s.__set_buckets(std::move(buckets));
+  // What the last reply showed: documents to ask for and documents to hand over.
+  std::vector<gen::doc_version> want;
+  for (const auto& [f, key] : d.sync_wants) {
+    auto v = version_of(f, key, d.map(f).find(key));
+    if (wire_size(v) > budget / 4 || want.size() >= static_cast<size_t>(max_container_elements))
+      break;
+    budget -= wire_size(v);
+    want.push_back(std::move(v));
+  }
+  std::vector<gen::doc_entry> docs;
+  for (const auto& [f, key] : d.sync_pushes) {
+    const lww_entry* e = d.map(f).find(key);
+    if (!e) continue;
+    if ((wire_size(key, *e) > budget && !docs.empty()) ||
+        docs.size() >= static_cast<size_t>(max_container_elements))
+      break;
+    budget -= std::min(budget, wire_size(key, *e));
+    docs.push_back(to_gen(f, key, *e));
+  }
+  d.stats.sync_docs_pushed += docs.size();
+  if (!want.empty()) s.__set_want(std::move(want));
+  if (!docs.empty()) s.__set_docs(std::move(docs));
   return write_compact(s);
 }
 
 std::string replicated_state::on_sync_request(const std::string& from,
                                               const std::string& app_state) {
   auto& d = *impl_;
-  std::lock_guard lock(d.mu);
-  gen::state_sync_app req;
-  if (read_compact(app_state, &req) != wire_error::none) {
-    ++d.stats.malformed;
-    return {};
-  }
-  ++d.stats.syncs_served;
-  if (!d.observe(req.clock, from)) return {};
-  gen::state_sync_app reply;
-  reply.__set_version(static_cast<int16_t>(protocol_version));
-  reply.__set_config_digest(static_cast<int64_t>(d.maps[0].digest()));
-  reply.__set_breaker_digest(static_cast<int64_t>(d.maps[1].digest()));
-  reply.__set_clock(static_cast<int64_t>(d.clock.now()));
-  reply.__set_complete(true);
-  bool same = static_cast<uint64_t>(req.config_digest) == d.maps[0].digest() &&
-              static_cast<uint64_t>(req.breaker_digest) == d.maps[1].digest();
-  if (same) return write_compact(reply);
-
-  std::map<std::pair<int8_t, std::string_view>, const gen::doc_version*> theirs;
-  for (const auto& v : req.have) theirs[{v.family, v.key}] = &v;
-  std::vector<gen::doc_entry> docs;
-  size_t bytes = 0;
-  for (size_t i = 0; i < family_count && reply.complete; ++i) {
-    for (const auto& [k, e] : d.maps[i].entries()) {
-      auto it = theirs.find({static_cast<int8_t>(i), k});
-      if (it != theirs.end()) {
-        lww_entry t;
-        t.version = static_cast<hlc_time>(it->second->version);
-        t.origin = it->second->origin;
-        if (e.version < t.version || (e.version == t.version && e.origin <= t.origin)) continue;
-      }
-      size_t size = k.size() + e.origin.size() + e.value.size() + 24;
-      if (bytes + size > d.opt.max_sync_bytes ||
-          docs.size() >= static_cast<size_t>(max_container_elements)) {
-        reply.__set_complete(false);
-        break;
-      }
-      bytes += size;
-      docs.push_back(to_gen(static_cast<doc_family>(i), k, e));
+  bool changed[family_count] = {false, false};
+  std::string out;
+  {
+    std::lock_guard lock(d.mu);
+    gen::state_sync_app req;
+    if (read_compact(app_state, &req) != wire_error::none) {
+      ++d.stats.malformed;
+      return {};
+    }
+    ++d.stats.syncs_served;
+    if (!d.observe(req.clock, from)) return {};
+    gen::state_sync_app reply;
+    reply.__set_version(static_cast<int16_t>(protocol_version));
+    reply.__set_complete(true);
+    if (req.__isset.buckets) {
+      out = d.serve_buckets(req, reply, changed);
+    } else {
+      reply.__set_config_digest(static_cast<int64_t>(d.maps[0].digest()));
+      reply.__set_breaker_digest(static_cast<int64_t>(d.maps[1].digest()));
+      reply.__set_clock(static_cast<int64_t>(d.clock.now()));
+      out = d.serve_have(req, reply);
     }
   }
-  if (!docs.empty()) reply.__set_docs(std::move(docs));
-  return write_compact(reply);
+  if (d.on_change)
+    for (size_t i = 0; i < family_count; ++i)
+      if (changed[i]) d.on_change(static_cast<doc_family>(i));
+  return out;
 }
 
-void replicated_state::on_sync_reply(const std::string& from, const std::string& app_state) {
+bool replicated_state::on_sync_reply(const std::string& from, const std::string& app_state) {
   auto& d = *impl_;
   bool changed[family_count] = {false, false};
+  bool again = false;
   {
     std::lock_guard lock(d.mu);
     gen::state_sync_app reply;
     if (read_compact(app_state, &reply) != wire_error::none) {
       ++d.stats.malformed;
-      return;
+      return false;
     }
-    if (!d.observe(reply.clock, from)) return;
+    if (!d.observe(reply.clock, from)) return false;
     for (const auto& g : reply.docs) {
       if (!valid_family(g.family)) {
         ++d.stats.malformed;
@@ -746,12 +1045,29 @@ void replicated_state::on_sync_reply(const std::string& from, const std::string&
       if (d.merge_remote(static_cast<doc_family>(g.family), g.key, from_gen(g)))
         changed[g.family] = true;
     }
-    // A reply cut short by its budget: ask again soon.
-    if (!reply.complete) d.want_pull = true;
+    for (size_t i = 0; i < family_count && i < reply.sizes.size(); ++i)
+      d.peer_sizes[i] = static_cast<size_t>(std::clamp<int64_t>(reply.sizes[i], 0, 1 << 30));
+    if (reply.__isset.listed) d.compare_listed(reply);
+    again = !reply.complete || !d.sync_wants.empty() || !d.sync_pushes.empty();
+    if (again) {
+      // The brake: a chain that runs too fast falls back to the summary-driven pace.
+      millis second(d.clock.wall_ms() / 1000);
+      if (second != d.followup_window) {
+        d.followup_window = second;
+        d.followups_in_window = 0;
+      }
+      if (++d.followups_in_window > max_followups_per_second) {
+        d.want_pull = true;
+        again = false;
+      } else {
+        ++d.stats.sync_followups;
+      }
+    }
   }
   if (d.on_change)
     for (size_t i = 0; i < family_count; ++i)
       if (changed[i]) d.on_change(static_cast<doc_family>(i));
+  return again;
 }
 
 }  // namespace meridian::cluster

@@ -422,6 +422,7 @@ nlohmann::json cluster_glue::health_json() const {
           {"regions", regions},
           {"config_version", st.version(cluster::doc_family::config)},
           {"config_digest", digest},
+          {"config_documents", stats.documents},
           {"converged", healthy && same_config},
           {"clock_skew_ms", stats.max_clock_skew_ms},
           {"local_health", impl_->gossip->local_health()},
@@ -482,6 +483,15 @@ std::string cluster_glue::metrics_text() const {
   counter("state_syncs_requested_total", "Anti-entropy push-pulls started on a digest mismatch.",
           ss.syncs_requested);
   counter("state_syncs_served_total", "Anti-entropy push-pulls served.", ss.syncs_served);
+  counter("state_sync_followups_total",
+          "Anti-entropy push-pulls chained at once because the last reply left work.",
+          ss.sync_followups);
+  counter("state_sync_docs_received_total", "Documents merged from push-pulls.",
+          ss.sync_docs_received);
+  counter("state_sync_docs_sent_total", "Documents sent in replies to bucketed push-pulls.",
+          ss.sync_docs_sent);
+  counter("state_sync_docs_pushed_total", "Documents handed over in this node's own push-pulls.",
+          ss.sync_docs_pushed);
   counter("state_clock_rejected_total",
           "Deltas or syncs refused because the sender's clock was too far ahead.",
           ss.clock_rejected);

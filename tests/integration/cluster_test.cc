@@ -3,10 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "meridian/cluster/keyring.h"
+#include "meridian/cluster/replicated_state.h"
+#include "meridian/storage/store.h"
 #include "process_support.h"
 
 namespace meridian::testing {
@@ -351,6 +355,134 @@ TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
         return true;
       },
       10s));
+}
+
+// Issue 15 (2): anti-entropy stopped for good once the state passed one message (64 KiB). Node 0
+// starts holding 10,000 routes that the others never saw (written to its store beforehand: a PUT
+// with 10,000 routes present takes about 3 s today, see docs/operations.md); they must pull all
+// of them. Then node 2 is stopped (SIGSTOP, at least MERIDIAN_PAUSE_S seconds, 10 by default:
+// long enough to be declared dead) while node 0 changes 3,000 of the routes (restarted over
+// its store, so only anti-entropy can spread them) and takes acknowledged admin writes: node 2
+// must hold exactly the same documents within 5 s of SIGCONT.
+TEST_F(cluster_config, ten_thousand_routes_converge_within_5s_after_a_node_paused_through_writes) {
+  constexpr int routes = 10'000;
+  const char* pause_env = std::getenv("MERIDIAN_PAUSE_S");
+  const auto pause = std::chrono::seconds(pause_env ? std::atoi(pause_env) : 10);
+  auto route = [](const std::string& name, const std::string& prefix) {
+    return R"({"name":")" + name + R"(","match":{"path_prefix":"/)" + prefix +
+           R"(","methods":["GET","POST"]},"upstream":"backend",)"
+           R"("request_headers":{"add":{"x-gateway":"meridian"}}})";
+  };
+  // Writes to node 0's store while node 0 is not running.
+  auto write_store = [&](const std::function<void(cluster::replicated_state&)>& writes) {
+    std::filesystem::create_directories(dir_.file("n0"));
+    std::string error;
+    auto store = storage::store::open(dir_.file("n0") + "/db", &error);
+    ASSERT_TRUE(store) << error;
+    auto unix_ms = [] {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+          .count();
+    };
+    cluster::replicated_state st(cluster::state_options{.self_id = "n0"}, unix_ms, store.get());
+    ASSERT_TRUE(st.load(&error)) << error;
+    writes(st);
+  };
+  std::string error;
+  write_store([&](cluster::replicated_state& st) {
+    st.put(cluster::doc_family::config, "upstreams/backend",
+           R"({"name":"backend","targets":[{"address":")" + backend_.address() + R"("}]})", &error);
+    for (int i = 0; i < routes; ++i) {
+      std::string name = "r" + std::to_string(i);
+      st.put(cluster::doc_family::config, "routes/" + name, route(name, name), &error, false);
+    }
+  });
+  // The documents count and digest node i reports, or {-1, ""}.
+  auto state_of_config = [&](int i) -> std::pair<int64_t, std::string> {
+    auto h = admin(i, "GET", "/cluster/health");
+    if (h.status != 200 || !h.body.contains("config_documents")) return {-1, ""};
+    return {h.body["config_documents"].get<int64_t>(), h.body["config_digest"].get<std::string>()};
+  };
+  auto all_hold = [&](int64_t documents) {
+    auto first = state_of_config(0);
+    if (first.first != documents) return false;
+    for (int i = 1; i < 3; ++i)
+      if (state_of_config(i) != first) return false;
+    return true;
+  };
+  auto t = std::chrono::steady_clock::now();
+  start_cluster(3);
+  ASSERT_TRUE(eventually([&] { return all_hold(routes + 1); }, 60s))
+      << "node 1 holds " << state_of_config(1).first << ", node 2 " << state_of_config(2).first;
+  std::printf("10,001 documents from node 0 to nodes 1 and 2 in %lld ms (start included)\n",
+              static_cast<long long>((std::chrono::steady_clock::now() - t) / 1ms));
+
+  ::kill(nodes_[2]->pid(), SIGSTOP);
+  auto paused_at = std::chrono::steady_clock::now();
+  struct resume_on_exit {
+    pid_t pid;
+    ~resume_on_exit() { ::kill(pid, SIGCONT); }
+  } resume{nodes_[2]->pid()};
+  ::kill(nodes_[0]->pid(), SIGTERM);
+  ASSERT_EQ(nodes_[0]->wait_exit(10s), 0);
+  // 2,000 routes replaced, 500 deleted, 500 new: none of them ever leaves as a delta.
+  write_store([&](cluster::replicated_state& st) {
+    for (int i = 0; i < 2'000; ++i) {
+      std::string name = "r" + std::to_string(i * 5);
+      st.put(cluster::doc_family::config, "routes/" + name, route(name, "v2/" + name), &error,
+             false);
+    }
+    for (int i = 0; i < 500; ++i)
+      st.remove(cluster::doc_family::config, "routes/r" + std::to_string(i * 5 + 1), &error);
+    for (int i = 0; i < 500; ++i) {
+      std::string name = "new" + std::to_string(i);
+      st.put(cluster::doc_family::config, "routes/" + name, route(name, name), &error, false);
+    }
+  });
+  start(0);
+  // Acknowledged writes through the admin API while node 2 is stopped.
+  auto put = admin(0, "PUT", "/config/routes/acked",
+                   R"({"match":{"path_prefix":"/acked"},"upstream":"backend"})");
+  ASSERT_EQ(put.status, 200) << put.body.dump();
+  ASSERT_EQ(admin(1, "DELETE", "/config/routes/r3").status, 200);
+  const int64_t expected = routes + 1 + 500 - 500 + 1 - 1;
+  ASSERT_TRUE(eventually(
+      [&] {
+        return state_of_config(0).first == expected && state_of_config(1) == state_of_config(0);
+      },
+      30s))
+      << "node 1 holds " << state_of_config(1).first << ", node 0 " << state_of_config(0).first;
+  while (std::chrono::steady_clock::now() - paused_at < pause) std::this_thread::sleep_for(100ms);
+  EXPECT_NE(state_of(0, "n2"), "alive") << "node 2 was stopped long enough to be declared failed";
+
+  ::kill(nodes_[2]->pid(), SIGCONT);
+  std::printf("node 2 stopped for %lld ms\n",
+              static_cast<long long>((std::chrono::steady_clock::now() - paused_at) / 1ms));
+  t = std::chrono::steady_clock::now();
+  bool converged = eventually([&] { return all_hold(expected); }, 30s);
+  auto took = std::chrono::steady_clock::now() - t;
+  std::printf("node 2 held all %lld documents %lld ms after SIGCONT\n",
+              static_cast<long long>(expected), static_cast<long long>(took / 1ms));
+  ASSERT_TRUE(converged) << "node 2 holds " << state_of_config(2).first << " of " << expected
+                         << "\n"
+                         << nodes_[2]->log();
+  EXPECT_LT(took, 5s);
+  // And its data plane serves exactly that, the acknowledged writes included.
+  ASSERT_TRUE(eventually(
+      [&] {
+        auto cfg = admin(2, "GET", "/config");
+        return cfg.status == 200 && cfg.body["routes"].size() == static_cast<size_t>(expected - 1);
+      },
+      30s));
+  auto cfg = admin(2, "GET", "/config");
+  std::map<std::string, std::string> prefix;
+  for (const auto& r : cfg.body["routes"])
+    prefix[r["name"].get<std::string>()] = r["match"]["path_prefix"].get<std::string>();
+  EXPECT_EQ(prefix["acked"], "/acked");
+  EXPECT_FALSE(prefix.count("r3"));
+  EXPECT_FALSE(prefix.count("r6"));
+  EXPECT_EQ(prefix["r10"], "/v2/r10");
+  EXPECT_EQ(prefix["new499"], "/new499");
 }
 
 TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing) {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <random>
 
+#include "meridian/cluster/wire.h"
 #include "meridian/sim/scenarios.h"
 #include "meridian/sim/simulator.h"
 #include "meridian/storage/store.h"
@@ -185,6 +186,74 @@ TEST(replicated_state, state_from_a_node_with_a_clock_far_ahead_is_refused_and_c
   EXPECT_FALSE(b.get(doc_family::config, "routes/r"));
   EXPECT_EQ(b.stats().clock_rejected, 1u);
   EXPECT_GE(b.stats().max_clock_skew_ms, 3'600'000);
+}
+
+// Runs push-pulls from `asker` to `responder` the way the membership does (a reply that left
+// work is followed by another at once) and returns how many exchanges it took; every message
+// must fit one sealed packet.
+int sync_until_done(replicated_state& asker, replicated_state& responder, size_t* largest) {
+  for (int n = 1; n <= 500; ++n) {
+    std::string request = asker.sync_request();
+    std::string reply = responder.on_sync_request("asker", request);
+    *largest = std::max({*largest, request.size(), reply.size()});
+    if (!asker.on_sync_reply("responder", reply)) return n;
+  }
+  return -1;
+}
+
+TEST(replicated_state, a_state_larger_than_one_message_syncs_both_ways_in_bounded_steps) {
+  int64_t wall = t0;
+  node_fixture a("a", &wall), b("b", &wall);
+  std::string error;
+  std::string body(250, 'v');
+  for (int i = 0; i < 10'000; ++i)
+    a.state.put(doc_family::config, "routes/r" + std::to_string(i), body, &error);
+  a.state.take_deltas(millis(1'000'000));  // b misses every delta
+  size_t largest = 0;
+  // b holds nothing: it pulls all 10,000 (about 3 MB) in steps that each fit a message.
+  int steps = sync_until_done(b.state, a.state, &largest);
+  EXPECT_GT(steps, 10);
+  EXPECT_EQ(b.state.digest(doc_family::config), a.state.digest(doc_family::config));
+  EXPECT_LE(largest, max_encoded_size - 8 * 1024);  // room left for the member table
+
+  // Both sides change: a overwrites and deletes, b adds; b's push-pulls carry b's writes to a.
+  for (int i = 0; i < 300; ++i)
+    a.state.put(doc_family::config, "routes/r" + std::to_string(i * 7), "new", &error);
+  for (int i = 0; i < 100; ++i)
+    a.state.remove(doc_family::config, "routes/r" + std::to_string(i * 11 + 1), &error);
+  for (int i = 0; i < 200; ++i)
+    b.state.put(doc_family::config, "routes/b" + std::to_string(i), "from b", &error);
+  b.state.put(doc_family::breakers, "users/10.0.0.1:80", "open", &error);
+  a.state.take_deltas(millis(1'000'000));
+  b.state.take_deltas(millis(1'000'000));
+  auto received_before = b.state.stats().sync_docs_received;
+  steps = sync_until_done(b.state, a.state, &largest);
+  EXPECT_GT(steps, 0);
+  EXPECT_LE(largest, max_encoded_size - 8 * 1024);
+  EXPECT_EQ(b.state.digest(doc_family::config), a.state.digest(doc_family::config));
+  EXPECT_EQ(b.state.digest(doc_family::breakers), a.state.digest(doc_family::breakers));
+  EXPECT_EQ(a.state.documents(doc_family::config, true),
+            b.state.documents(doc_family::config, true));
+  EXPECT_TRUE(b.state.get(doc_family::config, "routes/r12")->deleted);
+  EXPECT_EQ(a.state.get(doc_family::config, "routes/b7")->value, "from b");
+  // Only the differing buckets travelled, not the 10,000 documents again.
+  EXPECT_LT(b.state.stats().sync_docs_received - received_before, 2'500u);
+  EXPECT_GT(b.state.stats().sync_docs_pushed, 0u);
+  // Equal states: one exchange, nothing to do.
+  EXPECT_EQ(sync_until_done(b.state, a.state, &largest), 1);
+}
+
+TEST(replicated_state, a_request_listing_every_version_is_still_served_as_before) {
+  int64_t wall = t0;
+  node_fixture a("a", &wall), b("b", &wall);
+  std::string error;
+  for (int i = 0; i < 500; ++i)
+    a.state.put(doc_family::config, "routes/r" + std::to_string(i), std::string(200, 'x'), &error);
+  // b is small, so it sends `have` (what nodes before bucketed sync send): the replies come in
+  // budget-sized chunks, each followed up at once until b holds everything.
+  size_t largest = 0;
+  EXPECT_GT(sync_until_done(b.state, a.state, &largest), 1);
+  EXPECT_EQ(b.state.digest(doc_family::config), a.state.digest(doc_family::config));
 }
 
 TEST(replicated_state, malformed_payloads_and_sync_state_are_counted_and_change_nothing) {

@@ -103,8 +103,10 @@ class gossip_application {
   virtual std::string sync_request() = 0;
   // Serves a push-pull: merges the asker's app_state and returns the reply's.
   virtual std::string on_sync_request(const std::string& from, const std::string& app_state) = 0;
-  // Merges the app_state of a push-pull reply.
-  virtual void on_sync_reply(const std::string& from, const std::string& app_state) = 0;
+  // Merges the app_state of a push-pull reply. Returns true when the exchange left work (the
+  // reply was cut short by its budget, or showed documents to ask for or hand over): the
+  // membership then starts another push-pull with `from` at once.
+  virtual bool on_sync_reply(const std::string& from, const std::string& app_state) = 0;
 };
 
 struct membership_stats {
@@ -117,6 +119,7 @@ struct membership_stats {
   uint64_t push_pulls = 0;
   uint64_t members_refused = 0;  // new members refused because the table was full
   uint64_t app_syncs = 0;        // push-pulls started because application summaries differed
+  uint64_t app_followups = 0;    // push-pulls chained at once because a reply left work
   uint64_t tcp_probes = 0;       // TCP fallback probes (push-pulls with a probe's target)
   uint64_t tcp_acks = 0;         // probes answered only over TCP
 };

@@ -12,8 +12,10 @@
 //     first, within a per-round byte budget;
 //   * every packet carries a 16-byte summary (the two documents digests); a node that sees a
 //     different summary for a while, or hears of a document too large to piggyback, starts a
-//     push-pull with that member: it sends which versions it holds, the other sends back only
-//     what it lacks (digest-based anti-entropy, no full transfer);
+//     push-pull with that member: it sends which versions it holds (small states) or a digest
+//     per hash bucket of its keys (any size), the other sends back what it lacks and the
+//     versions of differing buckets, and the exchange repeats at once in bounded steps until
+//     the buckets agree (digest-based anti-entropy, never a full transfer in one message);
 //   * remote states are adopted only from nodes whose clocks are within max_clock_skew.
 //
 // Thread-safety: every public method may be called from any thread (one internal mutex). The
@@ -66,9 +68,12 @@ struct state_stats {
   uint64_t counter_updates_applied = 0;
   uint64_t syncs_requested = 0;  // push-pulls started because summaries differed
   uint64_t syncs_served = 0;
-  uint64_t sync_docs_received = 0;
-  uint64_t clock_rejected = 0;  // deltas or syncs refused: sender's clock too far ahead
-  uint64_t malformed = 0;       // undecodable deltas or sync state
+  uint64_t sync_docs_received = 0;  // documents merged from push-pulls (either direction)
+  uint64_t sync_docs_sent = 0;      // documents sent in replies to bucketed push-pulls
+  uint64_t sync_docs_pushed = 0;    // documents handed over in this node's own requests
+  uint64_t sync_followups = 0;      // push-pulls chained at once because a reply left work
+  uint64_t clock_rejected = 0;      // deltas or syncs refused: sender's clock too far ahead
+  uint64_t malformed = 0;           // undecodable deltas or sync state
   uint64_t tombstones_collected = 0;
   uint64_t persist_errors = 0;
   uint64_t counter_evictions = 0;
@@ -159,7 +164,7 @@ class replicated_state final : public gossip_application {
   void on_payload(const std::string& from, const std::string& payload) override;
   std::string sync_request() override;
   std::string on_sync_request(const std::string& from, const std::string& app_state) override;
-  void on_sync_reply(const std::string& from, const std::string& app_state) override;
+  bool on_sync_reply(const std::string& from, const std::string& app_state) override;
 
  private:
   struct impl;
