@@ -9,6 +9,8 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
+#include <cstring>
+#include <deque>
 #include <future>
 #include <map>
 #include <mutex>
@@ -27,7 +29,11 @@ using tcp = asio::ip::tcp;
 using error_code = boost::system::error_code;
 using steady = std::chrono::steady_clock;
 
-constexpr size_t max_stream_bytes = 4 * 1024 * 1024;  // one push-pull message, sealed
+// One push-pull message, sealed: open() refuses anything larger, so a longer length prefix is
+// refused before a byte of it is read (it used to allocate 4 MiB on the prefix alone).
+constexpr size_t max_frame_bytes = max_encoded_size + seal_overhead;
+// Frame bodies grow by at most this much ahead of the bytes that actually arrived.
+constexpr size_t read_chunk = 16 * 1024;
 constexpr auto stream_timeout = std::chrono::seconds(5);
 constexpr const char* incarnation_key = "membership/incarnation";
 
@@ -71,31 +77,54 @@ uint32_t get_u32(const unsigned char* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
 }
 
-// Closes a stream's socket if it is still open when its deadline passes.
+// Closes a stream's socket if it is still open when its deadline passes; calls on_expiry first.
 template <class Stream>
-void arm_deadline(const std::shared_ptr<Stream>& self) {
-  self->deadline.expires_after(stream_timeout);
+void arm_deadline(const std::shared_ptr<Stream>& self, steady::duration after = stream_timeout) {
+  self->deadline.expires_after(after);
   self->deadline.async_wait([self](const error_code& ec) {
     if (!ec) {
+      self->on_expiry();
       error_code ignored;
       self->socket.close(ignored);
     }
   });
 }
 
+template <class Stream, class Next>
+void read_body(const std::shared_ptr<Stream>& self, size_t expected, Next next) {
+  size_t have = self->body.size();
+  if (have == expected) return next(true);
+  size_t chunk = std::min(read_chunk, expected - have);
+  if (!self->reserve(chunk)) return next(false);
+  self->body.resize(have + chunk);
+  self->socket.async_read_some(
+      asio::buffer(self->body.data() + have, chunk),
+      [self, expected, have, next](const error_code& ec, size_t n) mutable {
+        if (ec) return next(false);
+        self->body.resize(have + n);
+        // Not sealed at all (another protocol, a port scan): no need to wait for the rest.
+        if (have < 4 && have + n >= 4 && std::memcmp(self->body.data(), "MRD1", 4) != 0)
+          return next(true);  // open() names it bad_magic
+        read_body(self, expected, next);
+      });
+}
+
 // Reads one frame (a 4-byte big-endian length, then that many bytes) into self->body and calls
-// next(true), or next(false) on an I/O error or a length of 0 or over max_stream_bytes.
+// next(true), or next(false) on an I/O error, a length under seal_overhead or over
+// max_frame_bytes, or when self->reserve refuses more memory. The body grows as bytes arrive.
 template <class Stream, class Next>
 void read_frame(const std::shared_ptr<Stream>& self, Next next) {
-  asio::async_read(
-      self->socket, asio::buffer(self->header), [self, next](const error_code& ec, size_t) mutable {
-        if (ec) return next(false);
-        uint32_t len = get_u32(self->header.data());
-        if (len == 0 || len > max_stream_bytes) return next(false);
-        self->body.resize(len);
-        asio::async_read(self->socket, asio::buffer(self->body),
-                         [self, next](const error_code& ec, size_t) mutable { next(!ec); });
-      });
+  asio::async_read(self->socket, asio::buffer(self->header),
+                   [self, next](const error_code& ec, size_t) mutable {
+                     if (ec) return next(false);
+                     uint32_t len = get_u32(self->header.data());
+                     if (len < seal_overhead || len > max_frame_bytes) {
+                       self->on_oversized();
+                       return next(false);
+                     }
+                     self->body.clear();
+                     read_body(self, len, next);
+                   });
 }
 
 }  // namespace
@@ -124,6 +153,11 @@ struct gossip_node::impl final : environment {
   udp::endpoint sender;
   uint16_t port = 0;
   uint64_t persisted_incarnation = 0;
+  // Inbound streams: open ones, and those still waiting for their first frame (oldest first).
+  size_t inbound_streams = 0;
+  size_t inbound_bytes = 0;
+  struct serve;
+  std::deque<std::weak_ptr<serve>> awaiting_frame;
   steady::time_point last_auth_log{};
   uint64_t auth_failures_since_log = 0;
   std::atomic<bool> running{false};
@@ -323,6 +357,10 @@ struct gossip_node::impl final : environment {
       error_code ignored;
       socket.close(ignored);
     }
+    // A reply to our own request: bounded by the frame limit and the stream deadline only.
+    bool reserve(size_t) { return true; }
+    void on_expiry() {}
+    void on_oversized() { d.counters.streams_oversized.fetch_add(1, std::memory_order_relaxed); }
     impl& d;
     tcp::socket socket;
     asio::steady_timer deadline;
@@ -332,22 +370,57 @@ struct gossip_node::impl final : environment {
     std::string body;
   };
 
-  // A push-pull exchange initiated by a peer: read its table, merge, answer with ours.
+  // A push-pull exchange initiated by a peer: read its table, merge, answer with ours. Counted
+  // in inbound_streams from construction to destruction; its buffer in inbound_bytes.
   struct serve : std::enable_shared_from_this<serve> {
-    serve(impl& owner, tcp::socket s) : d(owner), socket(std::move(s)), deadline(owner.ioc) {}
+    serve(impl& owner, tcp::socket s) : d(owner), socket(std::move(s)), deadline(owner.ioc) {
+      ++d.inbound_streams;
+      d.counters.streams_active.store(d.inbound_streams, std::memory_order_relaxed);
+    }
+    ~serve() { release(); }
+    // Gives back this stream's place and bytes (at destruction, or when it is dropped).
+    void release() {
+      if (!counted) return;
+      counted = false;
+      d.inbound_bytes -= reserved;
+      reserved = 0;
+      --d.inbound_streams;
+      d.counters.streams_active.store(d.inbound_streams, std::memory_order_relaxed);
+    }
     void run() {
       auto self = shared_from_this();
-      arm_deadline(self);
+      // The whole first frame within first_frame_timeout: a peer that only connects, or trickles
+      // a byte at a time, is gone quickly.
+      arm_deadline(self, d.opt.first_frame_timeout);
       read_frame(self, [self](bool ok) {
+        self->awaiting = false;
         if (!ok) return self->done();
         self->answer();
       });
     }
+    // Takes n more bytes of the all-streams budget; false (and counted) when it is spent.
+    bool reserve(size_t n) {
+      if (body.capacity() >= body.size() + n) return true;
+      if (!counted || d.inbound_bytes + n > d.opt.max_inbound_bytes) {
+        d.counters.streams_oversized.fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
+      d.inbound_bytes += n;
+      reserved += n;
+      return true;
+    }
+    void on_expiry() {
+      if (awaiting) d.counters.streams_timed_out.fetch_add(1, std::memory_order_relaxed);
+    }
+    void on_oversized() { d.counters.streams_oversized.fetch_add(1, std::memory_order_relaxed); }
     void answer() {
       error_code ec;
       state_sync request;
+      // An authentication failure ends the stream at once (done below), as does a bad frame.
       if (!d.open_state(body, describe(socket.remote_endpoint(ec)), &request)) return done();
+      std::string().swap(body);
       d.counters.push_pulls_in.fetch_add(1, std::memory_order_relaxed);
+      arm_deadline(shared_from_this());  // authenticated: the usual deadline for the answer
       auto reply = d.swim->on_state_request(request);
       d.reschedule();
       out = d.sealed_frame(reply);
@@ -366,12 +439,44 @@ struct gossip_node::impl final : environment {
     std::array<unsigned char, 4> header{};
     std::string body;
     std::string out;
+    size_t reserved = 0;
+    bool counted = true;
+    bool awaiting = true;  // no complete first frame yet
   };
+
+  // Makes room for one more inbound stream: drops the oldest one still waiting for its first
+  // frame when the cap is reached. Returns false when every open stream is past its first frame.
+  bool make_room() {
+    while (inbound_streams >= opt.max_inbound_streams && !awaiting_frame.empty()) {
+      auto victim = awaiting_frame.front().lock();
+      awaiting_frame.pop_front();
+      if (!victim || !victim->awaiting || !victim->socket.is_open()) continue;
+      counters.streams_refused.fetch_add(1, std::memory_order_relaxed);
+      error_code ignored;
+      victim->socket.close(ignored);  // its pending read fails; it is destroyed from there
+      victim->release();
+    }
+    return inbound_streams < opt.max_inbound_streams;
+  }
 
   void accept() {
     acceptor.async_accept([this](const error_code& ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted || !running) return;
-      if (!ec) std::make_shared<serve>(*this, std::move(s))->run();
+      if (!ec) {
+        if (make_room()) {
+          auto session = std::make_shared<serve>(*this, std::move(s));
+          // Forget closed entries so the queue stays about as long as the open streams.
+          while (!awaiting_frame.empty() && awaiting_frame.front().expired())
+            awaiting_frame.pop_front();
+          if (awaiting_frame.size() < 4 * opt.max_inbound_streams + 16)
+            awaiting_frame.push_back(session);
+          session->run();
+        } else {
+          counters.streams_refused.fetch_add(1, std::memory_order_relaxed);
+          error_code ignored;
+          s.close(ignored);
+        }
+      }
       accept();
     });
   }

@@ -472,6 +472,19 @@ std::string cluster_glue::metrics_text() const {
   counter("auth_failures_total", "Gossip packets dropped: not sealed with an installed key.",
           c.auth_failures.load());
   counter("malformed_total", "Authenticated gossip that could not be decoded.", c.malformed.load());
+  counter("streams_refused_total",
+          "Inbound push-pull streams dropped at the cap (the oldest without a frame goes first).",
+          c.streams_refused.load());
+  counter("streams_timed_out_total",
+          "Inbound push-pull streams closed for not sending their first frame in time.",
+          c.streams_timed_out.load());
+  counter("streams_oversized_total",
+          "Push-pull frames refused: announced over one message, or over the memory budget.",
+          c.streams_oversized.load());
+  out +=
+      "# HELP meridian_cluster_streams_active Inbound push-pull streams open.\n"
+      "# TYPE meridian_cluster_streams_active gauge\nmeridian_cluster_streams_active " +
+      std::to_string(c.streams_active.load()) + "\n";
   auto ss = impl_->state->stats();
   counter("state_deltas_sent_total", "Replicated-state deltas sent.", ss.deltas_sent);
   counter("state_deltas_received_total", "Replicated-state deltas received.", ss.deltas_received);

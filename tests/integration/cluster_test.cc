@@ -3,7 +3,13 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <algorithm>
+#include <atomic>
+
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -483,6 +489,119 @@ TEST_F(cluster_config, ten_thousand_routes_converge_within_5s_after_a_node_pause
   EXPECT_FALSE(prefix.count("r6"));
   EXPECT_EQ(prefix["r10"], "/v2/r10");
   EXPECT_EQ(prefix["new499"], "/new499");
+}
+
+// Issue 15 (4): a 4-byte length prefix alone made a node allocate 4 MiB; 1,000 such connections
+// took one to 3.8 GB. Now 1,000 keyless connections on the gossip port (half announce a 4 MiB
+// frame and send nothing more, half announce a legal one and trickle it a byte at a time;
+// reconnecting whenever dropped) leave the node within 100 MB of where it was, and it keeps
+// gossiping with its real peer: UDP deltas and a push-pull served on the attacked TCP port.
+TEST_F(cluster_config,
+       a_thousand_keyless_gossip_connections_cost_little_memory_and_peers_still_sync) {
+  const char* env = std::getenv("MERIDIAN_ATTACK_CONNECTIONS");
+  const int connections = env ? std::atoi(env) : 1000;
+  start_cluster(2);
+  auto rss_kib = [&](const char* field) {
+    std::ifstream in("/proc/" + std::to_string(nodes_[0]->pid()) + "/status");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind(field, 0) == 0) return std::stol(line.substr(std::strlen(field)));
+    return -1L;
+  };
+  const long before_kib = rss_kib("VmRSS:");
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> reconnects{0};
+  std::thread attacker([&] {
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>(ports_[0].gossip));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto open_one = [&](int i) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (fd < 0) return -1;
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+        ::close(fd);
+        return -1;
+      }
+      // 4 MiB announced, or a legal 60,000-byte frame that starts like a sealed one.
+      const unsigned char big[4] = {0x00, 0x40, 0x00, 0x00};
+      const unsigned char legal[8] = {0x00, 0x00, 0xea, 0x60, 'M', 'R', 'D', '1'};
+      if (i % 2 == 0)
+        ::send(fd, big, sizeof big, MSG_NOSIGNAL);
+      else
+        ::send(fd, legal, sizeof legal, MSG_NOSIGNAL);
+      return fd;
+    };
+    std::vector<int> fds(static_cast<size_t>(connections), -1);
+    for (int i = 0; i < connections && !stop; ++i) fds[static_cast<size_t>(i)] = open_one(i);
+    while (!stop) {
+      for (int i = 0; i < connections && !stop; ++i) {
+        int& fd = fds[static_cast<size_t>(i)];
+        char byte = 'x';
+        if (fd >= 0 && (i % 2 == 0 || ::send(fd, &byte, 1, MSG_NOSIGNAL | MSG_DONTWAIT) >= 0)) {
+          // Dropped by the node? Then reconnect and announce again.
+          char probe;
+          ssize_t n = ::recv(fd, &probe, 1, MSG_DONTWAIT);
+          if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        }
+        if (fd >= 0) ::close(fd);
+        fd = open_one(i);
+        reconnects.fetch_add(1);
+      }
+      std::this_thread::sleep_for(200ms);
+    }
+    for (int fd : fds)
+      if (fd >= 0) ::close(fd);
+  });
+  struct join_on_exit {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~join_on_exit() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } joiner{stop, attacker};
+
+  std::this_thread::sleep_for(3s);  // let the attack fill the node's streams first
+  // A change small enough for a datagram travels by UDP; an upstream too large for one is only
+  // announced, so node 1 must pull it from node 0 over the attacked TCP port.
+  ASSERT_EQ(admin(0, "PUT", "/config/upstreams/small", upstream_doc()).status, 200);
+  std::string targets;
+  for (int i = 0; i < 150; ++i)
+    targets += std::string(i ? "," : "") + R"({"address":"127.0.0.1:)" + std::to_string(20000 + i) +
+               R"(","region":"eu-west","weight":1})";
+  auto big = admin(0, "PUT", "/config/upstreams/large", R"({"targets":[)" + targets + "]}");
+  ASSERT_EQ(big.status, 200) << big.body.dump();
+  auto upstreams_on_1 = [&] {
+    auto cfg = admin(1, "GET", "/config");
+    return cfg.status == 200 ? cfg.body["upstreams"].size() : 0u;
+  };
+  ASSERT_TRUE(eventually([&] { return upstreams_on_1() == 2; }, 20s))
+      << "node 1 holds " << upstreams_on_1() << " of 2 upstreams\n"
+      << nodes_[1]->log();
+  std::this_thread::sleep_for(3s);  // the attack goes on, the peers stay friends
+  EXPECT_EQ(state_of(0, "n1"), "alive");
+  EXPECT_EQ(state_of(1, "n0"), "alive");
+
+  const long peak_kib = rss_kib("VmHWM:");
+  stop = true;
+  attacker.join();
+  httplib::Client c("127.0.0.1", ports_[0].admin);
+  auto text = c.Get("/metrics", {{"Authorization", "Bearer test-token-0123456789abcdef"}});
+  ASSERT_TRUE(text);
+  std::printf("%d connections (%llu reconnects): node RSS %ld MiB before, peak %ld MiB\n",
+              connections, static_cast<unsigned long long>(reconnects.load()), before_kib / 1024,
+              peak_kib / 1024);
+  EXPECT_LE(peak_kib - before_kib, 100 * 1024);
+  // Dropped at the cap (1,000 against 64: the oldest without a frame goes long before its
+  // 2 s first-frame deadline would) and refused from the 4 MiB length prefix.
+  for (const char* m :
+       {"meridian_cluster_streams_refused_total ", "meridian_cluster_streams_oversized_total "}) {
+    auto at = text->body.find("\n" + std::string(m));  // the sample, not its # HELP line
+    ASSERT_NE(at, std::string::npos) << m;
+    EXPECT_GT(std::stoull(text->body.substr(at + 1 + std::strlen(m))), 0u) << m;
+  }
 }
 
 TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing) {

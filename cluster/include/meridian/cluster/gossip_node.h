@@ -7,6 +7,7 @@
 // cluster gracefully (others see `left`, not `dead`). All public methods are thread-safe.
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
@@ -34,6 +35,14 @@ struct gossip_options {
   std::function<int64_t()> wall_ms;
   // Application state riding the gossip (replicated_state); must outlive the gossip_node.
   gossip_application* app = nullptr;
+  // Inbound push-pull streams (TCP), all bounded: at most this many at once (beyond it the
+  // oldest one still waiting for its first frame is dropped, else the new one); a peer must
+  // deliver its whole sealed frame within first_frame_timeout of connecting; frames over one
+  // sealed message (wire.h max_encoded_size + seal_overhead) are refused from the length prefix,
+  // and buffers grow only as bytes arrive, within max_inbound_bytes over all streams.
+  size_t max_inbound_streams = 64;
+  std::chrono::milliseconds first_frame_timeout{2000};
+  size_t max_inbound_bytes = 8 * 1024 * 1024;
 };
 
 // Counters of the transport, readable from any thread.
@@ -46,6 +55,10 @@ struct gossip_counters {
   std::atomic<uint64_t> malformed{0};      // authenticated but undecodable, or wrong version
   std::atomic<uint64_t> push_pulls_in{0};
   std::atomic<uint64_t> push_pulls_out{0};
+  std::atomic<uint64_t> streams_refused{0};    // inbound streams dropped at the stream cap
+  std::atomic<uint64_t> streams_timed_out{0};  // inbound streams without a frame in time
+  std::atomic<uint64_t> streams_oversized{0};  // frames announced over the limit, or over budget
+  std::atomic<uint64_t> streams_active{0};     // inbound streams open now (a gauge)
 };
 
 class gossip_node {
