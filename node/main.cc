@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
         return 1;
       }
       // The same checks `run` makes of the files the config names.
-      auto problems = meridian::node::check_external(*result.value);
+      std::vector<std::string> notes;
+      auto problems = meridian::node::check_external(*result.value, &notes);
+      for (const auto& n : notes) std::fprintf(stderr, "%s: note: %s\n", argv[2], n.c_str());
       for (const auto& p : problems) std::printf("%s: %s\n", argv[2], p.c_str());
       if (!problems.empty()) return 1;
       std::printf("ok\n");

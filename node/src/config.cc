@@ -29,12 +29,16 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string_view>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 
 namespace meridian::node {
 namespace {
@@ -1630,109 +1634,204 @@ std::optional<document_kind> document_kind_from_path(std::string_view segment) {
   return std::nullopt;
 }
 
-compose_result compose_config(const config& base, const std::vector<config_document>& docs,
-                              bool strict) {
-  compose_result out;
-  out.cfg = base;
-  out.cfg.routes.clear();
-  out.cfg.upstreams.clear();
-  out.cfg.consumers.clear();
-  std::vector<route_refs> refs;
-  std::vector<std::string> route_labels;
-  for (const auto& doc : docs) {
-    std::string label = std::string(document_kind_path(doc.kind)) + "/" + doc.name;
-    diagnostics d(label);
-    try {
-      YAML::Node root = YAML::Load(doc.body);
-      field f{root, "", line_of(root) != 0 ? line_of(root) : 1};
-      if (!root.IsMap()) {
-        expected(d, f, "a map");
-      } else {
-        switch (doc.kind) {
-          case document_kind::route: {
-            route_refs r;
-            route_config rc = parse_route(d, f, r);
-            if (d.empty() && rc.name != doc.name)
-              d.add(0, "name '" + rc.name + "' does not match the path");
-            if (d.empty()) {
-              out.cfg.routes.push_back(std::move(rc));
-              refs.push_back(r);
-              route_labels.push_back(label);
-            }
-            break;
+// One parsed document: what compose_config took from it, or its problems.
+struct cached_document {
+  std::string body;
+  document_kind kind = document_kind::route;
+  std::optional<route_config> route;
+  std::optional<upstream_config> upstream;
+  std::optional<consumer_config> consumer;
+  route_refs refs;
+  std::vector<std::string> errors;
+  uint64_t used = 0;  // the generation of the last compose that used it
+};
+
+struct document_cache::impl {
+  mutable std::mutex mutex;
+  std::unordered_map<std::string, cached_document> entries;
+  uint64_t generation = 0;
+};
+
+document_cache::document_cache() : impl_(std::make_unique<impl>()) {}
+document_cache::~document_cache() = default;
+size_t document_cache::size() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->entries.size();
+}
+
+namespace {
+
+// Parses one document into *out (its errors included). Never throws.
+void parse_document(const config_document& doc, const std::string& label, cached_document* out) {
+  diagnostics d(label);
+  out->body = doc.body;
+  out->kind = doc.kind;
+  try {
+    YAML::Node root = YAML::Load(doc.body);
+    field f{root, "", line_of(root) != 0 ? line_of(root) : 1};
+    if (!root.IsMap()) {
+      expected(d, f, "a map");
+    } else {
+      switch (doc.kind) {
+        case document_kind::route: {
+          route_refs r;
+          route_config rc = parse_route(d, f, r);
+          if (d.empty() && rc.name != doc.name)
+            d.add(0, "name '" + rc.name + "' does not match the path");
+          if (d.empty()) {
+            out->route = std::move(rc);
+            out->refs = r;
           }
-          case document_kind::upstream: {
-            upstream_config u = parse_upstream(d, f);
-            if (d.empty() && u.name != doc.name)
-              d.add(0, "name '" + u.name + "' does not match the path");
-            if (d.empty()) out.cfg.upstreams.push_back(std::move(u));
-            break;
-          }
-          case document_kind::consumer: {
-            consumer_config c = parse_consumer(d, f);
-            if (d.empty() && c.id != doc.name)
-              d.add(0, "id '" + c.id + "' does not match the path");
-            if (d.empty()) out.cfg.consumers.push_back(std::move(c));
-            break;
-          }
+          break;
+        }
+        case document_kind::upstream: {
+          upstream_config u = parse_upstream(d, f);
+          if (d.empty() && u.name != doc.name)
+            d.add(0, "name '" + u.name + "' does not match the path");
+          if (d.empty()) out->upstream = std::move(u);
+          break;
+        }
+        case document_kind::consumer: {
+          consumer_config c = parse_consumer(d, f);
+          if (d.empty() && c.id != doc.name) d.add(0, "id '" + c.id + "' does not match the path");
+          if (d.empty()) out->consumer = std::move(c);
+          break;
         }
       }
-    } catch (const YAML::Exception& e) {
-      d.add(line_of(e.mark), "invalid JSON: " + e.msg);
-    } catch (const std::exception& e) {
-      d.add(0, std::string("cannot parse: ") + e.what());
     }
-    for (const auto& e : d.take_sorted()) out.errors.push_back(e.to_string());
+  } catch (const YAML::Exception& e) {
+    d.add(line_of(e.mark), "invalid JSON: " + e.msg);
+  } catch (const std::exception& e) {
+    d.add(0, std::string("cannot parse: ") + e.what());
   }
+  for (const auto& e : d.take_sorted()) out->errors.push_back(e.to_string());
+}
+
+}  // namespace
+
+namespace {
+
+// compose_config and compose_errors: errors_only skips building the composed config (a copy of
+// every document), which validating a change does not need.
+compose_result compose(const config& base, const std::vector<config_document>& docs, bool strict,
+                       document_cache* cache, bool errors_only) {
+  compose_result out;
+  std::unique_lock<std::mutex> lock;
+  uint64_t generation = 0;
+  if (cache) {
+    lock = std::unique_lock(cache->internals().mutex);
+    generation = ++cache->internals().generation;
+  }
+  // Parsed documents, in order: cache entries, or parsed here without a cache.
+  std::deque<cached_document> fresh;
+  std::vector<std::pair<const cached_document*, std::string>> parsed;  // with its label
+  parsed.reserve(docs.size());
+  for (const auto& doc : docs) {
+    std::string label = std::string(document_kind_path(doc.kind)) + "/" + doc.name;
+    const cached_document* entry = nullptr;
+    if (cache) {
+      auto& entries = cache->internals().entries;
+      auto it = entries.find(label);
+      if (it == entries.end() || it->second.body != doc.body || it->second.kind != doc.kind) {
+        cached_document c;
+        parse_document(doc, label, &c);
+        it = entries.insert_or_assign(label, std::move(c)).first;
+      }
+      it->second.used = generation;
+      entry = &it->second;
+    } else {
+      parse_document(doc, label, &fresh.emplace_back());
+      entry = &fresh.back();
+    }
+    for (const auto& e : entry->errors) out.errors.push_back(e);
+    parsed.emplace_back(entry, std::move(label));
+  }
+
   // An upstream's failover names must exist; without strict, missing ones are dropped.
-  for (auto& u : out.cfg.upstreams) {
-    std::vector<std::string> kept_names;
-    for (const auto& name : u.failover) {
-      bool known = std::any_of(out.cfg.upstreams.begin(), out.cfg.upstreams.end(),
-                               [&](const upstream_config& o) { return o.name == name; });
-      if (known) {
-        kept_names.push_back(name);
-      } else {
-        out.errors.push_back("upstreams/" + u.name + ": failover upstream '" + name +
+  std::unordered_set<std::string_view> upstream_names;
+  for (const auto& [e, label] : parsed)
+    if (e->upstream) upstream_names.insert(e->upstream->name);
+  for (const auto& [e, label] : parsed) {
+    if (!e->upstream) continue;
+    for (const auto& name : e->upstream->failover) {
+      if (!upstream_names.count(name)) {
+        out.errors.push_back("upstreams/" + e->upstream->name + ": failover upstream '" + name +
                              "' is not defined");
       }
     }
-    u.failover = std::move(kept_names);
   }
   // References between documents: a route's upstream and jwt provider must exist. Without
   // strict, such a route is dropped (reported) and the rest stays.
-  std::vector<route_config> kept;
-  for (size_t i = 0; i < out.cfg.routes.size(); ++i) {
-    const route_config& r = out.cfg.routes[i];
+  std::vector<bool> keep(parsed.size(), true);
+  for (size_t i = 0; i < parsed.size(); ++i) {
+    if (!parsed[i].first->route) continue;
+    const route_config& r = *parsed[i].first->route;
     std::vector<std::string> problems;
-    bool upstream_known =
-        std::any_of(out.cfg.upstreams.begin(), out.cfg.upstreams.end(),
-                    [&](const upstream_config& u) { return u.name == r.upstream; });
-    if (!upstream_known) problems.push_back("upstream '" + r.upstream + "' is not defined");
+    if (!upstream_names.count(r.upstream))
+      problems.push_back("upstream '" + r.upstream + "' is not defined");
     if (r.auth && !r.auth->jwt.empty() &&
-        std::none_of(out.cfg.jwt.begin(), out.cfg.jwt.end(),
+        std::none_of(base.jwt.begin(), base.jwt.end(),
                      [&](const jwt_config& j) { return j.name == r.auth->jwt; })) {
       problems.push_back("jwt provider '" + r.auth->jwt + "' is not defined on this node");
     }
-    if (r.auth && out.cfg.jwt.empty() &&
+    if (r.auth && base.jwt.empty() &&
         std::find(r.auth->methods.begin(), r.auth->methods.end(), "jwt") != r.auth->methods.end()) {
       problems.push_back("auth uses jwt but this node has no jwt providers");
     }
-    if (r.auth && !out.cfg.oauth &&
+    if (r.auth && !base.oauth &&
         std::find(r.auth->methods.begin(), r.auth->methods.end(), "oauth") !=
             r.auth->methods.end()) {
       problems.push_back("auth uses oauth but this node has no oauth section");
     }
-    for (const auto& p : problems) out.errors.push_back(route_labels[i] + ": " + p);
-    if (problems.empty()) kept.push_back(r);
+    for (const auto& p : problems) out.errors.push_back(parsed[i].second + ": " + p);
+    keep[i] = problems.empty();
   }
-  out.cfg.routes = std::move(kept);
-  if (strict && !out.errors.empty()) {
+
+  if (!errors_only && !(strict && !out.errors.empty())) {
+    out.cfg = base;
+    out.cfg.routes.clear();
+    out.cfg.upstreams.clear();
+    out.cfg.consumers.clear();
+    out.cfg.routes.reserve(parsed.size());
+    for (size_t i = 0; i < parsed.size(); ++i) {
+      const cached_document& e = *parsed[i].first;
+      if (e.route && keep[i]) {
+        out.cfg.routes.push_back(*e.route);
+      } else if (e.upstream) {
+        upstream_config u = *e.upstream;
+        std::erase_if(u.failover, [&](const std::string& n) { return !upstream_names.count(n); });
+        out.cfg.upstreams.push_back(std::move(u));
+      } else if (e.consumer) {
+        out.cfg.consumers.push_back(*e.consumer);
+      }
+    }
+  } else if (!errors_only) {
+    out.cfg = base;
     out.cfg.routes.clear();
     out.cfg.upstreams.clear();
     out.cfg.consumers.clear();
   }
+  if (cache) {
+    // Forget documents no longer in use once they could be a good part of the cache.
+    auto& entries = cache->internals().entries;
+    if (entries.size() > 2 * docs.size() + 64) {
+      std::erase_if(entries, [&](const auto& e) { return e.second.used != generation; });
+    }
+  }
   return out;
+}
+
+}  // namespace
+
+compose_result compose_config(const config& base, const std::vector<config_document>& docs,
+                              bool strict, document_cache* cache) {
+  return compose(base, docs, strict, cache, /*errors_only=*/false);
+}
+
+std::vector<std::string> compose_errors(const config& base,
+                                        const std::vector<config_document>& docs,
+                                        document_cache* cache) {
+  return compose(base, docs, /*strict=*/false, cache, /*errors_only=*/true).errors;
 }
 
 config_result load_config(const std::string& path) {

@@ -571,7 +571,7 @@ struct node::impl {
     local_state->persist_counters();
   }
   std::string token;
-  uint64_t version = 0;
+  std::atomic<uint64_t> version{0};
   mutable std::mutex snap_mutex;
   std::shared_ptr<const snapshot> snap;
   std::unique_ptr<proxy_server> proxy;
@@ -581,14 +581,24 @@ struct node::impl {
 
   // Serialises building and installing snapshots (SIGHUP, admin writes, remote changes).
   std::mutex apply_mutex;
-  uint64_t installed_digest = 0;  // config digest of the installed snapshot
-  std::set<std::string> reported_problems;
+  std::mutex install_mutex;  // taken after apply_mutex when both are held
+  std::atomic<uint64_t> installs_started{0};
+  std::mutex installs_mutex;  // guards installs_done
+  std::condition_variable installs_cv;
+  uint64_t installs_done = 0;     // the newest install (by start order) that finished
+  uint64_t installed_digest = 0;  // config digest of the installed snapshot (install_mutex)
+  std::mutex reported_mutex;
+  std::set<std::string> reported_problems;  // under reported_mutex
   // Applies remote config changes off the gossip thread.
   std::thread applier;
   std::mutex applier_mutex;
   std::condition_variable applier_cv;
   bool config_dirty = false;
   bool applier_stop = false;
+  document_cache doc_cache;  // parsed cluster config documents, for compose_config
+  // The problems of the documents as of the last admin write, and the digest they belong to.
+  std::vector<std::string> last_errors;
+  uint64_t last_errors_digest = 0;
 
   std::shared_ptr<const snapshot> current() const {
     std::lock_guard lock(snap_mutex);
@@ -599,7 +609,8 @@ struct node::impl {
   // routes, upstreams and consumers when clustered. Problems are logged once each.
   config effective(const config& base) {
     if (!cluster) return base;
-    auto composed = compose_config(base, documents_of(cluster->state()), false);
+    auto composed = compose_config(base, documents_of(cluster->state()), false, &doc_cache);
+    std::lock_guard lock(reported_mutex);
     for (const auto& e : composed.errors) {
       if (reported_problems.insert(e).second)
         log()->warn("cluster config document left out: {}", e);
@@ -629,8 +640,24 @@ struct node::impl {
     return table;
   }
 
-  bool install(const config& base, std::string* error) {
+  // Builds and installs a snapshot of base; only_if_changed: unless the installed one already
+  // holds every cluster document. Any thread; installs are serialized by install_mutex.
+  bool install(const config& base, std::string* error, bool only_if_changed = false) {
+    std::lock_guard installing(install_mutex);
+    const uint64_t generation = ++installs_started;
+    struct mark_done {  // however this ends, writes before it began are now served (or failed)
+      impl& d;
+      uint64_t generation;
+      ~mark_done() {
+        {
+          std::lock_guard lock(d.installs_mutex);
+          d.installs_done = std::max(d.installs_done, generation);
+        }
+        d.installs_cv.notify_all();
+      }
+    } done{*this, generation};
     uint64_t digest = registers() ? registers()->digest(doc_family::config) : 0;
+    if (only_if_changed && digest == installed_digest) return true;
     config eff = effective(base);
     auto next = build_snapshot(eff, version + 1, cfg.node.workers, targets, metrics, error,
                                limiter.get(), key_table(eff), oauth.get());
@@ -654,14 +681,21 @@ struct node::impl {
     for (;;) {
       applier_cv.wait(lock, [&] { return config_dirty || applier_stop; });
       if (applier_stop) return;
+      // Changes that arrive while a snapshot is being built (a bulk load, a burst of gossip)
+      // are all taken by the next one.
       config_dirty = false;
       lock.unlock();
       {
-        std::lock_guard apply(apply_mutex);
-        if (registers()->digest(doc_family::config) != installed_digest) {
-          std::string error;
-          if (!install(cfg, &error)) log()->error("cluster config change not applied: {}", error);
+        // The base config under apply_mutex (a reload replaces it), the build outside it, so
+        // that admin writes are not held up by a snapshot being built.
+        config base;
+        {
+          std::lock_guard apply(apply_mutex);
+          base = cfg;
         }
+        std::string error;
+        if (!install(base, &error, /*only_if_changed=*/true))
+          log()->error("cluster config change not applied: {}", error);
       }
       lock.lock();
     }
@@ -928,7 +962,7 @@ struct node::impl {
       canonical = j.dump();
     }
 
-    std::lock_guard apply(apply_mutex);
+    std::unique_lock apply(apply_mutex);
     auto docs = documents_of(st);
     auto existing = std::find_if(docs.begin(), docs.end(), [&](const config_document& d) {
       return d.kind == dk && d.name == name;
@@ -938,7 +972,14 @@ struct node::impl {
     }
     // Refuse only the problems this change brings: documents merged from two nodes' concurrent
     // writes may already hold some, and they must not block every later fix.
-    auto before = compose_config(cfg, docs, false).errors;
+    // The problems the documents had before this change: known from the last write here when
+    // nothing arrived by gossip since (a compose costs a pass over every document).
+    std::vector<std::string> before;
+    if (st.digest(doc_family::config) == last_errors_digest) {
+      before = last_errors;
+    } else {
+      before = compose_errors(cfg, docs, &doc_cache);
+    }
     if (body) {
       if (existing != docs.end()) {
         existing->body = canonical;
@@ -948,7 +989,7 @@ struct node::impl {
     } else {
       docs.erase(existing);
     }
-    auto after = compose_config(cfg, docs, false).errors;
+    auto after = compose_errors(cfg, docs, &doc_cache);
     std::vector<std::string> introduced;
     std::set<std::string> old(before.begin(), before.end());
     for (const auto& e : after)
@@ -963,11 +1004,24 @@ struct node::impl {
     cluster::hlc_time v = body ? st.put(doc_family::config, key, canonical, &error)
                                : st.remove(doc_family::config, key, &error);
     if (!v) return error_reply(503, "storage_error", error);
+    last_errors = std::move(after);
+    last_errors_digest = st.digest(doc_family::config);
     cluster->flush();
-    // Serve it here before answering; the others get it by gossip.
-    std::string apply_error;
-    if (!install(cfg, &apply_error))
-      log()->error("config change {} stored but not applied here: {}", key, apply_error);
+    // Durable here. The applier installs it (changes arriving together become one snapshot);
+    // the answer waits until this node serves it, so that what a client just wrote it can use
+    // here at once (a consumer's keys, a route). The others get it by gossip.
+    const uint64_t after_write = installs_started.load() + 1;
+    {
+      std::lock_guard lock(applier_mutex);
+      config_dirty = true;
+    }
+    applier_cv.notify_one();
+    apply.unlock();
+    {
+      std::unique_lock lock(installs_mutex);
+      installs_cv.wait_for(lock, std::chrono::seconds(5),
+                           [&] { return installs_done >= after_write; });
+    }
     return {200, {{"version", v}}};
   }
 };
@@ -1002,7 +1056,7 @@ bool node::start(std::string* error) {
       d.cfg.admin.token_file.empty()
           ? (std::filesystem::path(d.cfg.node.data_dir) / "admin.token").string()
           : d.cfg.admin.token_file;
-  if (auto problems = check_external(d.cfg); !problems.empty()) {
+  if (auto problems = check_external(d.cfg, nullptr); !problems.empty()) {
     *error = problems.front();
     return false;
   }
@@ -1253,7 +1307,7 @@ void node::drain(duration timeout) {
   log()->info("stopped");
 }
 
-std::vector<std::string> check_external(const config& cfg) {
+std::vector<std::string> check_external(const config& cfg, std::vector<std::string>* notes) {
   std::vector<std::string> problems;
   const auto& admin_host = cfg.listen.admin.host;
   bool loopback =
@@ -1261,8 +1315,13 @@ std::vector<std::string> check_external(const config& cfg) {
   std::error_code ec;
   // Reachable from other machines, the admin API must have a token someone chose and placed:
   // never one made up at start (the lesson of gateways shipped with a default admin key).
-  if (!loopback &&
-      (cfg.admin.token_file.empty() || !std::filesystem::exists(cfg.admin.token_file, ec))) {
+  const bool token_file_missing =
+      !cfg.admin.token_file.empty() && !std::filesystem::exists(cfg.admin.token_file, ec);
+  if (!loopback && token_file_missing && notes) {
+    // validate on a build machine: the file is placed at deploy time; run will insist.
+    notes->push_back("admin.token_file " + cfg.admin.token_file +
+                     " does not exist here; the node will not start until it does");
+  } else if (!loopback && (cfg.admin.token_file.empty() || token_file_missing)) {
     problems.push_back("listen.admin " + cfg.listen.admin.to_string() +
                        " is not a loopback address: set admin.token_file to an existing file "
                        "holding the admin token (at least 16 characters) before exposing the "

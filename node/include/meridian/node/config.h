@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -378,7 +379,27 @@ struct compose_result {
 // Not strict: documents with problems are left out of cfg and reported, the rest is kept, so
 // that documents written concurrently on two nodes (a route whose upstream another node
 // deleted) cannot stop the data plane from applying the rest. Never throws.
+// Parsed documents kept between compose_config() calls, so that a change parses only the
+// documents it touched (parsing was most of the cost of a config change: a PUT took 372 ms at
+// 10,000 routes). Entries are keyed by kind/name and checked against the body. Thread-safe.
+class document_cache {
+ public:
+  document_cache();
+  ~document_cache();
+  size_t size() const;
+  struct impl;
+  impl& internals() { return *impl_; }  // for compose_config
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+// With cache, documents parsed by an earlier call with the same body are not parsed again.
 compose_result compose_config(const config& base, const std::vector<config_document>& docs,
-                              bool strict);
+                              bool strict, document_cache* cache = nullptr);
+// Returns the errors compose_config would report (not strict), without building the config.
+std::vector<std::string> compose_errors(const config& base,
+                                        const std::vector<config_document>& docs,
+                                        document_cache* cache = nullptr);
 
 }  // namespace meridian::node

@@ -58,8 +58,9 @@ int run_demo();
 
 // Checks what a config names outside itself, as `run` would at start: the admin token file (at
 // least 16 characters; required when the admin API listens beyond loopback). Returns every
-// problem as "FILE: message"; empty when the node could start. Used by `meridian validate`.
-std::vector<std::string> check_external(const config& cfg);
+// problem; empty when the node could start. With notes (`meridian validate`, which may run on
+// a build machine), files that do not exist yet are noted there instead of being problems.
+std::vector<std::string> check_external(const config& cfg, std::vector<std::string>* notes);
 
 // Configures the spdlog loggers ("node", "node.http", ...) at the given level.
 void setup_logging(const std::string& level);
