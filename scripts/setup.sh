@@ -15,6 +15,8 @@ packages=(
   curl iproute2 iptables nftables python3
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
+  # promtool (in prometheus) lints /metrics in the tests
+  prometheus
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind)

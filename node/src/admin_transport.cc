@@ -30,6 +30,8 @@ int64_t now_ms() {
       .count();
 }
 
+constexpr size_t max_linger_bytes = 1 << 20;
+
 thread_local bool close_requested = false;
 thread_local bool over_limit = false;  // the request read reached max_request_bytes
 
@@ -46,6 +48,11 @@ struct connection {
   int64_t deadline = 0;  // steady ms: the head must be complete by then
   uint64_t seq = 0;      // arrival order of this wait, for eviction
   size_t requests = 0;
+  // Closing with unread input would reset the connection and could destroy the response before
+  // the client read it: after refusing a request with its body unread, the gate reads and drops
+  // what still arrives until the client closes or the deadline (nginx's lingering_close).
+  bool lingering = false;
+  size_t drained = 0;  // bytes dropped while lingering: at most max_linger_bytes
 
   ~connection() {
     if (ssl) {
@@ -340,6 +347,18 @@ struct guarded_server::impl {
 
   // Gate thread: reads what arrived; returns false when the connection is finished with.
   bool service(connection& c) {
+    if (c.lingering) {
+      char sink[16384];
+      for (;;) {
+        ssize_t n = ::recv(c.fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0) {
+          c.drained += static_cast<size_t>(n);
+          if (c.drained > max_linger_bytes) return false;  // a body being pushed at us: reset
+          continue;
+        }
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+      }
+    }
     if (!c.handshake_done) {
       int r = SSL_do_handshake(c.ssl);
       if (r == 1) {
@@ -421,7 +440,7 @@ struct guarded_server::impl {
           release(std::move(c));
           continue;
         }
-        if (c->handshake_done && !c->in.empty() && c->head_complete()) {
+        if (!c->lingering && c->handshake_done && !c->in.empty() && c->head_complete()) {
           hand_to_worker(std::move(c));
           continue;
         }
@@ -432,7 +451,7 @@ struct guarded_server::impl {
           continue;
         }
         if (now >= c->deadline) {
-          if (!c->in.empty()) {
+          if (!c->in.empty() && !c->lingering) {
             send_best_effort(*c, refusal(408, "Request Timeout", "request_timeout",
                                          "the request head did not arrive in time"));
           }
@@ -506,7 +525,11 @@ struct guarded_server::impl {
       SSL* ssl = c->ssl;
       bool ok = server.process_request(stream, last, closed,
                                        [ssl](httplib::Request& req) { req.ssl = ssl; });
-      if (!ok || closed || last || stream.failed() || close_requested) {
+      if (stream.failed() || close_requested) {
+        linger(std::move(c));
+        return;
+      }
+      if (!ok || closed || last) {
         release(std::move(c));
         return;
       }
@@ -523,6 +546,35 @@ struct guarded_server::impl {
       return;
     }
     release(std::move(c));
+  }
+
+  // Worker: stops sending on c and gives it to the gate to drain briefly before closing.
+  void linger(std::unique_ptr<connection> c) {
+    if (c->ssl) {
+      SSL_shutdown(c->ssl);
+      SSL_free(c->ssl);
+      c->ssl = nullptr;
+    }
+    ::shutdown(c->fd, SHUT_WR);
+    c->lingering = true;
+    c->in.clear();
+    c->want_write = false;
+    c->handshake_done = true;
+    c->deadline = now_ms() + 2000;
+    bool queued = false;
+    {
+      std::lock_guard lock(mu);
+      if (!stopping) {
+        c->seq = next_seq++;
+        incoming.push_back(std::move(c));
+        queued = true;
+      }
+    }
+    if (queued) {
+      wake();
+    } else {
+      release(std::move(c));
+    }
   }
 
   bool load_tls(const std::string& cert, const std::string& key, const std::string& client_ca) {

@@ -445,12 +445,13 @@ std::string cluster_glue::metrics_text() const {
   auto rtts = impl_->gossip->region_rtt();
   if (!rtts.empty()) {
     out +=
-        "# HELP meridian_cluster_region_rtt_ms Measured round trip to each other region (EWMA of "
-        "direct probe acks); added to cross-region probe timeouts.\n"
-        "# TYPE meridian_cluster_region_rtt_ms gauge\n";
+        "# HELP meridian_cluster_region_rtt_seconds Measured round trip to each other region "
+        "(EWMA of direct probe acks); added to cross-region probe timeouts.\n"
+        "# TYPE meridian_cluster_region_rtt_seconds gauge\n";
     for (const auto& [region, ms] : rtts) {
-      out += "meridian_cluster_region_rtt_ms{region=\"" + region + "\"} " +
-             std::to_string(std::lround(ms)) + "\n";
+      char v[32];
+      std::snprintf(v, sizeof v, "%.4f", ms / 1000.0);
+      out += "meridian_cluster_region_rtt_seconds{region=\"" + region + "\"} " + v + "\n";
     }
   }
   auto st = impl_->gossip->stats();
@@ -489,9 +490,9 @@ std::string cluster_glue::metrics_text() const {
   counter("state_deltas_sent_total", "Replicated-state deltas sent.", ss.deltas_sent);
   counter("state_deltas_received_total", "Replicated-state deltas received.", ss.deltas_received);
   counter("state_docs_applied_total", "Remote document versions applied.", ss.docs_applied);
-  counter("state_counter_updates_sent_total", "Counter slot updates sent.",
+  counter("state_rate_limit_updates_sent_total", "Rate-limit count slot updates sent.",
           ss.counter_updates_sent);
-  counter("state_counter_updates_applied_total", "Remote counter slot updates applied.",
+  counter("state_rate_limit_updates_applied_total", "Remote rate-limit count slot updates applied.",
           ss.counter_updates_applied);
   counter("state_syncs_requested_total", "Anti-entropy push-pulls started on a digest mismatch.",
           ss.syncs_requested);
@@ -513,7 +514,7 @@ std::string cluster_glue::metrics_text() const {
           ss.persist_errors);
   counter("state_tombstones_collected_total", "Deleted documents forgotten after the grace.",
           ss.tombstones_collected);
-  counter("state_counter_evictions_total", "Counters evicted by the key cap.",
+  counter("state_rate_limit_key_evictions_total", "Rate-limit keys evicted by the key cap.",
           ss.counter_evictions);
   out +=
       "# HELP meridian_cluster_config_documents Live cluster config documents.\n"
@@ -524,9 +525,9 @@ std::string cluster_glue::metrics_text() const {
       "# TYPE meridian_cluster_counters gauge\nmeridian_cluster_counters " +
       std::to_string(ss.counters) + "\n";
   out +=
-      "# HELP meridian_cluster_clock_skew_ms Largest clock offset seen from a peer.\n"
-      "# TYPE meridian_cluster_clock_skew_ms gauge\nmeridian_cluster_clock_skew_ms " +
-      std::to_string(ss.max_clock_skew_ms) + "\n";
+      "# HELP meridian_cluster_clock_skew_seconds Largest clock offset seen from a peer.\n"
+      "# TYPE meridian_cluster_clock_skew_seconds gauge\nmeridian_cluster_clock_skew_seconds " +
+      std::to_string(static_cast<double>(ss.max_clock_skew_ms) / 1000.0) + "\n";
   out +=
       "# HELP meridian_cluster_local_health Lifeguard local health score (0 is healthy).\n"
       "# TYPE meridian_cluster_local_health gauge\nmeridian_cluster_local_health " +

@@ -494,10 +494,11 @@ std::string rate_limiter::metrics_text() const {
       std::to_string(d.used.load()) + "\n";
   if (d.state) {
     char lag[32];
-    std::snprintf(lag, sizeof lag, "%.1f", d.state->stats().counter_sync_lag_ms);
+    std::snprintf(lag, sizeof lag, "%.4f", d.state->stats().counter_sync_lag_ms / 1000.0);
     out +=
-        "# HELP meridian_ratelimit_sync_lag_ms Age of remote counts when they arrive (EWMA).\n"
-        "# TYPE meridian_ratelimit_sync_lag_ms gauge\nmeridian_ratelimit_sync_lag_ms " +
+        "# HELP meridian_ratelimit_sync_lag_seconds Age of remote counts when they arrive "
+        "(EWMA).\n"
+        "# TYPE meridian_ratelimit_sync_lag_seconds gauge\nmeridian_ratelimit_sync_lag_seconds " +
         std::string(lag) + "\n";
   }
   return out;

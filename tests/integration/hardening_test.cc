@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "jws_signer.h"
+#include "meridian/cluster/keyring.h"
 #include "test_support.h"
 
 namespace meridian::testing {
@@ -490,6 +491,35 @@ TEST(validate_command, makes_the_checks_run_makes_of_the_admin_token_file) {
   int rc = ::pclose(p);
   EXPECT_NE(WEXITSTATUS(rc), 0) << out;
   EXPECT_NE(out.find("at least 16 characters"), std::string::npos) << out;
+}
+
+// promtool (Debian's prometheus package) lints /metrics: base units (seconds, not _ms), no
+// type words in names, counters ending in _total, well-formed HELP and TYPE lines.
+TEST(metrics_lint, promtool_reports_nothing_on_a_clustered_node_with_traffic) {
+  ASSERT_EQ(std::system("command -v promtool >/dev/null"), 0) << "scripts/setup.sh installs it";
+  upstream up;
+  serve_echo(up);
+  temp_dir dir;
+  std::ofstream(dir.file("cluster.keys"))
+      << meridian::cluster::encode_key(meridian::cluster::generate_key()) << "\n";
+  running_node n("cluster: {bind: 127.0.0.1:" + std::to_string(unused_port()) +
+                 ", seeds: [], keyring_file: " + dir.file("cluster.keys") + "}\n" +
+                 "upstreams:\n  - name: u\n    targets: [" + up.address() +
+                 "]\nroutes:\n  - name: all\n    match: {path_prefix: /}\n    upstream: u\n"
+                 "    rate_limit: {limit: 100, window: 1m, key: ip}\n");
+  ASSERT_TRUE(n.ok());
+  for (int i = 0; i < 3; ++i) n.client().Get("/x");
+  const std::string text = n.metrics();
+  ASSERT_NE(text.find("meridian_cluster_"), std::string::npos);
+  std::ofstream(dir.file("metrics.txt")) << text;
+  std::string out;
+  FILE* p = ::popen(("promtool check metrics < " + dir.file("metrics.txt") + " 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  int rc = ::pclose(p);
+  EXPECT_EQ(WEXITSTATUS(rc), 0) << out;
+  EXPECT_EQ(out, "");
 }
 
 }  // namespace
