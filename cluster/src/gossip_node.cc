@@ -159,6 +159,8 @@ struct gossip_node::impl final : environment {
   struct serve;
   std::deque<std::weak_ptr<serve>> awaiting_frame;
   steady::time_point last_auth_log{};
+  steady::time_point started_at = steady::now();
+  steady::time_point last_alone_log{};
   uint64_t auth_failures_since_log = 0;
   std::atomic<bool> running{false};
 
@@ -491,8 +493,29 @@ struct gossip_node::impl final : environment {
     timer.async_wait([this](const error_code& ec) {
       if (ec || !running) return;
       swim->tick();
+      warn_if_alone();
       reschedule();
     });
+  }
+
+  // A node whose key no peer accepts hears nothing back: its join attempts are dropped by the
+  // seeds (which log the authentication failures on their side). Say so here too, at warn,
+  // every 30 s while no other member is known alive.
+  void warn_if_alone() {
+    if (opt.seeds.empty()) return;
+    auto t = steady::now();
+    if (t - started_at < std::chrono::seconds(10) || t - last_alone_log < std::chrono::seconds(30))
+      return;
+    for (const auto& m : swim->members()) {
+      if (m.info.id != opt.self.id && m.state == member_state::alive) return;
+    }
+    last_alone_log = t;
+    std::string seeds;
+    for (const auto& s : opt.seeds) seeds += (seeds.empty() ? "" : ", ") + s;
+    logger()->warn(
+        "not joined after {} s: no seed answered ({}); if they are running, they do not accept "
+        "this node's cluster key (check keyring_file: its first key must be installed on them)",
+        std::chrono::duration_cast<std::chrono::seconds>(t - started_at).count(), seeds);
   }
 
   // Runs f on the io thread and returns its result (or a default after a second).

@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -520,6 +523,37 @@ TEST(metrics_lint, promtool_reports_nothing_on_a_clustered_node_with_traffic) {
   int rc = ::pclose(p);
   EXPECT_EQ(WEXITSTATUS(rc), 0) << out;
   EXPECT_EQ(out, "");
+}
+
+// A node whose cluster key no peer accepts hears nothing back; it says so at warn (before,
+// it logged nothing about why it never joined).
+TEST(cluster_join, a_node_no_seed_answers_warns_that_its_key_may_not_be_accepted) {
+  auto sink = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(256);
+  auto swim = spdlog::get("cluster.swim");
+  if (!swim) {
+    swim = std::make_shared<spdlog::logger>("cluster.swim", sink);
+    spdlog::register_logger(swim);
+  } else {
+    swim->sinks().push_back(sink);
+  }
+  swim->set_level(spdlog::level::info);
+  temp_dir dir;
+  std::ofstream(dir.file("cluster.keys"))
+      << meridian::cluster::encode_key(meridian::cluster::generate_key()) << "\n";
+  running_node n("cluster: {bind: 127.0.0.1:" + std::to_string(unused_port()) +
+                 ", seeds: [127.0.0.1:" + std::to_string(unused_port()) +
+                 "], keyring_file: " + dir.file("cluster.keys") + "}\n");
+  ASSERT_TRUE(n.ok());
+  auto warned = [&] {
+    for (const auto& line : sink->last_formatted()) {
+      if (line.find("not joined after") != std::string::npos &&
+          line.find("keyring_file") != std::string::npos) {
+        return true;
+      }
+    }
+    return false;
+  };
+  EXPECT_TRUE(eventually(warned, std::chrono::seconds(20)));
 }
 
 }  // namespace
