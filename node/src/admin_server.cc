@@ -12,11 +12,13 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <string_view>
@@ -206,17 +208,28 @@ struct admin_server::impl {
   // Failed logins per client address: beyond max_failures in a minute the address gets 429
   // until the minute is over, so the token cannot be guessed at speed.
   static constexpr int max_failures = 10;
+  static constexpr size_t max_addresses = 10000;
   struct failures {
     std::chrono::steady_clock::time_point window_start;
     int count = 0;
   };
   std::mutex failures_mutex;
   std::map<std::string, failures> failed;
+  std::deque<std::string> arrival;  // the addresses in `failed`, oldest first
   // Returns true when addr is locked out; note=true counts one more failure.
   bool locked_out(const std::string& addr, bool note) {
     std::lock_guard lock(failures_mutex);
     auto now = std::chrono::steady_clock::now();
-    if (failed.size() > 10000) failed.clear();  // bounded: addresses come from the network
+    // Bounded (addresses come from the network) without forgetting everyone at once: clearing
+    // the table let an attacker rotating addresses reset its own count. At the cap the address
+    // that entered first makes room (O(1)).
+    if (!failed.count(addr)) {
+      while (failed.size() >= max_addresses && !arrival.empty()) {
+        failed.erase(arrival.front());
+        arrival.pop_front();
+      }
+      arrival.push_back(addr);
+    }
     auto& f = failed[addr];
     if (now - f.window_start > std::chrono::minutes(1)) f = failures{now, 0};
     if (note) ++f.count;
