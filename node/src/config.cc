@@ -17,6 +17,8 @@
 
 #include "meridian/node/config.h"
 
+#include "http_fields.h"
+
 #include <arpa/inet.h>
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
@@ -78,22 +80,15 @@ std::string to_upper(std::string_view s) {
   return out;
 }
 
-// Returns true for an RFC 9110 token: what a method or a header name may consist of.
+// A method or header name: an RFC 9110 token (one definition, shared with the data path).
 bool is_token(std::string_view s) {
-  if (s.empty()) return false;
-  constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
-  return std::all_of(s.begin(), s.end(), [&](char c) {
-    return is_alpha(c) || is_digit(c) || extra.find(c) != std::string_view::npos;
-  });
+  return valid_field_name(s);
 }
 
-// Returns true when s may be sent as a header value: no CR, LF, NUL or other control characters,
-// which would let a config smuggle extra headers into a request.
+// A value the config may have the gateway send as a header: no CR, LF, NUL or other control
+// characters, which would let a config smuggle extra headers into a request.
 bool is_header_value(std::string_view s) {
-  return std::none_of(s.begin(), s.end(), [](char c) {
-    auto u = static_cast<unsigned char>(c);
-    return (u < 0x20 && u != '\t') || u == 0x7f;
-  });
+  return valid_field_value(s);
 }
 
 }  // namespace
