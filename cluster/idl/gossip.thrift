@@ -52,6 +52,14 @@ struct nack {
   1: i64 seq,  // never renumber
 }
 
+// Replay protection (replay_guard.h): sender's wall clock (Unix ms), a random id of its process
+// life, and a per-life, per-channel sequence number. u64 values as i64, bit for bit.
+struct send_stamp {
+  1: i64 sent_ms,  // never renumber
+  2: i64 boot,     // never renumber
+  3: i64 seq,      // never renumber
+}
+
 // One UDP datagram. version stays field 1 so a reader can check it before anything else.
 // The lists are optional and left out when empty (most datagrams carry one or two of them):
 // absent reads as empty, so this is only a size saving, and membership's estimate_size counts on it.
@@ -66,6 +74,7 @@ struct packet {
   8: optional list<member_update> updates,     // never renumber
   9: optional list<binary> payloads,           // never renumber; opaque application messages
   10: optional binary summary,                 // never renumber; application state digest
+  11: optional send_stamp stamp,               // never renumber; absent: unstamped
 }
 
 // Push-pull anti-entropy over TCP. version stays field 1, as in packet.
@@ -75,6 +84,7 @@ struct state_sync {
   3: bool join,                       // never renumber
   4: list<member_update> members,     // never renumber
   5: binary app_state,                // never renumber; opaque application state
+  6: optional send_stamp stamp,       // never renumber; absent: unstamped
 }
 
 // ---- replicated state (replicated_state.h). These travel inside packet.payloads and

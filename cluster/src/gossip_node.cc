@@ -17,6 +17,7 @@
 #include <random>
 #include <thread>
 
+#include "meridian/cluster/replay_guard.h"
 #include "meridian/cluster/wire.h"
 #include "meridian/storage/store.h"
 
@@ -136,7 +137,12 @@ struct gossip_node::impl final : environment {
         udp_socket(ioc),
         acceptor(ioc),
         timer(ioc),
-        rng(std::random_device{}()) {}
+        rng(std::random_device{}()),
+        udp_guard(opt.replay_window),
+        tcp_guard(opt.replay_window) {
+    std::random_device rd;
+    while (boot_id == 0) boot_id = (uint64_t{rd()} << 32) | rd();
+  }
 
   gossip_options opt;
   storage::store* store;
@@ -162,6 +168,15 @@ struct gossip_node::impl final : environment {
   steady::time_point started_at = steady::now();
   steady::time_point last_alone_log{};
   uint64_t auth_failures_since_log = 0;
+  // Replay protection (replay_guard.h): this life's id, the sequence numbers sent so far on each
+  // channel, and what was received.
+  uint64_t boot_id = 0;
+  uint64_t udp_seq = 0;
+  uint64_t tcp_seq = 0;
+  replay_guard udp_guard;
+  replay_guard tcp_guard;
+  steady::time_point last_replay_log{};
+  uint64_t replays_since_log = 0;
   std::atomic<bool> running{false};
 
   // --- environment ---------------------------------------------------------------------------
@@ -201,7 +216,9 @@ struct gossip_node::impl final : environment {
   void send_packet(const std::string& address, const packet& p) override {
     auto ep = resolve(address);
     if (!ep) return;
-    auto sealed = seal(encode(p), opt.keys.front(), opt.label);
+    packet stamped = p;
+    stamped.stamp = {.sent_ms = wall_ms(), .boot = boot_id, .seq = ++udp_seq};
+    auto sealed = seal(encode(stamped), opt.keys.front(), opt.label);
     error_code ec;
     udp_socket.send_to(asio::buffer(sealed), *ep, 0, ec);
     if (!ec) {
@@ -299,13 +316,16 @@ struct gossip_node::impl final : environment {
       counters.malformed.fetch_add(1, std::memory_order_relaxed);
       return;
     }
+    if (!admit(udp_guard, p.sender_id, p.stamp, "datagram")) return;
     swim->on_packet(p);
     reschedule();
   }
 
   // Encodes, seals and frames a state_sync for a push-pull stream.
   std::string sealed_frame(const state_sync& s) {
-    auto sealed = seal(encode(s), opt.keys.front(), opt.label);
+    state_sync stamped = s;
+    stamped.stamp = {.sent_ms = wall_ms(), .boot = boot_id, .seq = ++tcp_seq};
+    auto sealed = seal(encode(stamped), opt.keys.front(), opt.label);
     std::string frame;
     put_u32(frame, static_cast<uint32_t>(sealed.size()));
     return frame + sealed;
@@ -322,7 +342,41 @@ struct gossip_node::impl final : environment {
       counters.malformed.fetch_add(1, std::memory_order_relaxed);
       return false;
     }
-    return true;
+    return admit(tcp_guard, out->sender_id, out->stamp, "push-pull frame");
+  }
+
+  // Replay protection for an authenticated, decoded message: false (counted, and logged at most
+  // every 10 s) when it is a replay, unstamped or outside the clock window.
+  bool admit(replay_guard& guard, const std::string& sender, const send_stamp& stamp,
+             const char* what) {
+    const int64_t now_ms = wall_ms();
+    const auto verdict = guard.check(sender, stamp, now_ms);
+    if (verdict == replay_verdict::fresh) return true;
+    const bool stale = verdict == replay_verdict::stale || verdict == replay_verdict::unstamped;
+    (stale ? counters.stale_refused : counters.replays_refused)
+        .fetch_add(1, std::memory_order_relaxed);
+    ++replays_since_log;
+    auto t = steady::now();
+    if (t - last_replay_log >= std::chrono::seconds(10)) {
+      std::string why = to_string(verdict);
+      if (verdict == replay_verdict::stale) {
+        why = fmt::format("stamped {:.1f} s from this node's clock, beyond the {} s window: "
+                          "a replay, or the clocks are not synchronised (NTP?)",
+                          static_cast<double>(stamp.sent_ms - now_ms) / 1000.0,
+                          guard.window().count() / 1000);
+      } else if (verdict == replay_verdict::unstamped) {
+        why = "unstamped: a replay of an older version's packet, or a peer older than this one";
+      } else if (verdict == replay_verdict::table_full) {
+        why = "too many senders within the window";
+      } else {
+        why += ": seen before (a replay)";
+      }
+      logger()->warn("refused {} gossip message(s); latest a {} from member {}: {}",
+                     replays_since_log, what, sender, why);
+      last_replay_log = t;
+      replays_since_log = 0;
+    }
+    return false;
   }
 
   static std::string describe(const tcp::endpoint& ep) {

@@ -36,6 +36,8 @@ size_t int_field(uint64_t v) {
 }
 constexpr size_t list_overhead = 3 + 5;    // field header + list header with a size varint
 constexpr size_t struct_overhead = 3 + 1;  // field header + stop
+// The transport stamps every message after it is built (send_stamp), so room is kept for one.
+constexpr size_t stamp_bound = struct_overhead + 3 * (3 + 10);
 
 size_t estimate_info(const member_info& m) {
   return struct_overhead + string_field(m.id) + string_field(m.address) + string_field(m.region) +
@@ -70,7 +72,8 @@ size_t estimate_size(const member_update& u) {
 }
 
 size_t estimate_size(const packet& p) {
-  size_t n = 1 + int_field(p.version) + string_field(p.sender_id) + string_field(p.sender_address);
+  size_t n = 1 + int_field(p.version) + string_field(p.sender_id) +
+             string_field(p.sender_address) + stamp_bound;
   if (!p.pings.empty()) n += list_overhead;
   for (const auto& x : p.pings) n += struct_overhead + int_field(x.seq) + string_field(x.target_id);
   if (!p.ping_reqs.empty()) n += list_overhead;
@@ -92,7 +95,7 @@ size_t estimate_size(const packet& p) {
 
 size_t estimate_size(const state_sync& s) {
   size_t n = 1 + int_field(s.version) + string_field(s.sender_id) + int_field(1) +
-             string_field(s.app_state) + list_overhead;
+             string_field(s.app_state) + list_overhead + stamp_bound;
   for (const auto& u : s.members) n += estimate_size(u);
   return n;
 }

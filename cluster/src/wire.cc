@@ -79,6 +79,20 @@ gen::nack to_gen(const nack_msg& m) {
   return g;
 }
 
+gen::send_stamp to_gen(const send_stamp& m) {
+  gen::send_stamp g;
+  g.__set_sent_ms(m.sent_ms);
+  g.__set_boot(static_cast<int64_t>(m.boot));
+  g.__set_seq(static_cast<int64_t>(m.seq));
+  return g;
+}
+
+send_stamp from_gen(const gen::send_stamp& g) {
+  return {.sent_ms = g.sent_ms,
+          .boot = static_cast<uint64_t>(g.boot),
+          .seq = static_cast<uint64_t>(g.seq)};
+}
+
 template <typename G, typename M>
 std::vector<G> to_gen_list(const std::vector<M>& in) {
   std::vector<G> out;
@@ -205,6 +219,7 @@ std::string encode(const packet& p) {
   if (!p.updates.empty()) g.__set_updates(to_gen_list<gen::member_update>(p.updates));
   if (!p.payloads.empty()) g.__set_payloads(p.payloads);
   if (!p.summary.empty()) g.__set_summary(p.summary);
+  if (p.stamp != send_stamp{}) g.__set_stamp(to_gen(p.stamp));
   return write_compact(g);
 }
 
@@ -215,6 +230,7 @@ std::string encode(const state_sync& s) {
   g.__set_join(s.join);
   g.__set_members(to_gen_list<gen::member_update>(s.members));
   g.__set_app_state(s.app_state);
+  if (s.stamp != send_stamp{}) g.__set_stamp(to_gen(s.stamp));
   return write_compact(g);
 }
 
@@ -232,6 +248,7 @@ wire_error decode(std::string_view bytes, packet* out) {
   }
   p.payloads = std::move(g.payloads);
   p.summary = std::move(g.summary);
+  if (g.__isset.stamp) p.stamp = from_gen(g.stamp);
   *out = std::move(p);
   return wire_error::none;
 }
@@ -245,6 +262,7 @@ wire_error decode(std::string_view bytes, state_sync* out) {
   s.join = g.join;
   if (!from_gen_list(g.members, &s.members)) return wire_error::malformed;
   s.app_state = std::move(g.app_state);
+  if (g.__isset.stamp) s.stamp = from_gen(g.stamp);
   *out = std::move(s);
   return wire_error::none;
 }

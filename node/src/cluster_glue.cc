@@ -286,6 +286,8 @@ std::unique_ptr<cluster_glue> cluster_glue::start(const config& cfg, std::string
   so.max_clock_skew_ms = std::chrono::duration_cast<cluster::millis>(cc.max_clock_skew).count();
   // Offsets are measured against this node's own clock, never the corrected one (no feedback).
   opt.wall_ms = raw_unix_now_ms;
+  // Replay protection holds members' clocks to the same bound as the hybrid clock does.
+  opt.replay_window = std::chrono::duration_cast<cluster::millis>(cc.max_clock_skew);
   glue->impl_->clock_correction = cc.clock_correction;
   cluster_clock_correction_ms.store(0, std::memory_order_relaxed);
   so.tombstone_grace_ms = std::chrono::duration_cast<cluster::millis>(cc.tombstone_grace).count();
@@ -473,6 +475,12 @@ std::string cluster_glue::metrics_text() const {
   counter("auth_failures_total", "Gossip packets dropped: not sealed with an installed key.",
           c.auth_failures.load());
   counter("malformed_total", "Authenticated gossip that could not be decoded.", c.malformed.load());
+  counter("replays_refused_total",
+          "Authenticated gossip refused as a replay (a sequence number seen before).",
+          c.replays_refused.load());
+  counter("stale_refused_total",
+          "Authenticated gossip refused: unstamped, or stamped outside the clock window.",
+          c.stale_refused.load());
   counter("streams_refused_total",
           "Inbound push-pull streams dropped at the cap (the oldest without a frame goes first).",
           c.streams_refused.load());

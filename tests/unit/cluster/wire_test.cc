@@ -212,6 +212,27 @@ TEST(wire, state_sync_encoding_matches_golden_bytes) {
   EXPECT_EQ(back, full_state_sync());
 }
 
+TEST(wire, send_stamps_encode_as_field_11_of_packet_and_6_of_state_sync) {
+  // packet: ... 8c (field 11, struct) 16 sent_ms 16 boot 16 seq 00 (end of stamp) 00. u64 boot
+  // travels bit for bit as i64 (the second case is negative on the wire).
+  packet p;
+  p.stamp = {.sent_ms = 1'800'000'000'000, .boot = 0x0123456789abcdefull, .seq = 1};
+  const char* packet_hex = "1402180018008c1680c0e285e36816deb7de9af1d9a2a30216020000";
+  state_sync s;
+  s.stamp = {.sent_ms = 1'800'000'000'000, .boot = 0xfedcba9876543210ull, .seq = 300};
+  const char* sync_hex = "1402180012190c18001c1680c0e285e36816dfb7de9af1d9a2a30216d8040000";
+  EXPECT_EQ(hex(encode(p)), packet_hex);
+  EXPECT_EQ(hex(encode(s)), sync_hex);
+  packet pb;
+  ASSERT_EQ(decode(unhex(packet_hex), &pb), wire_error::none);
+  EXPECT_EQ(pb, p);
+  state_sync sb;
+  ASSERT_EQ(decode(unhex(sync_hex), &sb), wire_error::none);
+  EXPECT_EQ(sb, s);
+  // Unstamped messages encode as before stamps existed (the golden cases above).
+  EXPECT_EQ(round_trip(packet{}).stamp, send_stamp{});
+}
+
 TEST(wire, idl_protocol_version_matches_messages_h) {
   // gossip.thrift's PROTOCOL_VERSION and messages.h's protocol_version must move together.
   auto idl = std::filesystem::path(__FILE__).parent_path() / "../../../cluster/idl/gossip.thrift";
@@ -402,11 +423,20 @@ TEST(wire, estimate_size_is_an_upper_bound_of_the_encoding) {
   big.updates.assign(50, sample_update());
   big.acks = {{std::numeric_limits<uint64_t>::max()}};
   big.payloads = {std::string(1000, 'p')};
+  // The transport stamps a message after the SWIM core sized it: the estimate of the unstamped
+  // message must cover the stamped encoding, with the largest stamp there is.
+  const send_stamp widest{.sent_ms = std::numeric_limits<int64_t>::min(),
+                          .boot = std::numeric_limits<uint64_t>::max(),
+                          .seq = uint64_t{1} << 63};
   for (const packet& p : {packet{}, full_packet(), big}) {
-    EXPECT_GE(estimate_size(p), encode(p).size());
+    packet stamped = p;
+    stamped.stamp = widest;
+    EXPECT_GE(estimate_size(p), encode(stamped).size());
   }
   for (const state_sync& s : {state_sync{}, full_state_sync()}) {
-    EXPECT_GE(estimate_size(s), encode(s).size());
+    state_sync stamped = s;
+    stamped.stamp = widest;
+    EXPECT_GE(estimate_size(s), encode(stamped).size());
   }
 }
 

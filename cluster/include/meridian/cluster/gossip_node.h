@@ -43,6 +43,10 @@ struct gossip_options {
   size_t max_inbound_streams = 64;
   std::chrono::milliseconds first_frame_timeout{2000};
   size_t max_inbound_bytes = 8 * 1024 * 1024;
+  // Replay protection (replay_guard.h): a message stamped further than this from the node's wall
+  // clock, either way, is refused, as is one whose sequence number was seen before. Members'
+  // clocks must agree within it.
+  std::chrono::milliseconds replay_window{30000};
 };
 
 // Counters of the transport, readable from any thread.
@@ -53,6 +57,8 @@ struct gossip_counters {
   std::atomic<uint64_t> bytes_out{0};
   std::atomic<uint64_t> auth_failures{0};  // sealed with a key we do not hold (or tampered)
   std::atomic<uint64_t> malformed{0};      // authenticated but undecodable, or wrong version
+  std::atomic<uint64_t> replays_refused{0};  // authenticated, but seen before (replay_guard.h)
+  std::atomic<uint64_t> stale_refused{0};    // authenticated, but unstamped or outside the window
   std::atomic<uint64_t> push_pulls_in{0};
   std::atomic<uint64_t> push_pulls_out{0};
   std::atomic<uint64_t> streams_refused{0};    // inbound streams dropped at the stream cap

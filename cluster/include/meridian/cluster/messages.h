@@ -70,6 +70,16 @@ struct nack_msg {
   bool operator==(const nack_msg&) const = default;
 };
 
+// When, in which process life and in what order a sender sent a message (replay_guard.h). The
+// transport (gossip_node) stamps every packet and state_sync it sends and refuses replays; all
+// zero: unstamped (the simulator and the SWIM core leave it so).
+struct send_stamp {
+  int64_t sent_ms = 0;  // sender's wall clock, Unix ms
+  uint64_t boot = 0;    // random per process start, never 0
+  uint64_t seq = 0;     // 1, 2, 3, ... per boot and channel (UDP and TCP count separately)
+  bool operator==(const send_stamp&) const = default;
+};
+
 // One datagram: the sender, any control messages, and piggybacked member updates. `payloads`
 // carries opaque application messages (replicated state deltas) that ride the same packets.
 struct packet {
@@ -83,6 +93,7 @@ struct packet {
   std::vector<member_update> updates;
   std::vector<std::string> payloads;
   std::string summary;  // the sender's application summary (gossip_application), may be empty
+  send_stamp stamp;
   bool operator==(const packet&) const = default;
 };
 
@@ -94,6 +105,7 @@ struct state_sync {
   bool join = false;
   std::vector<member_update> members;
   std::string app_state;
+  send_stamp stamp;
   bool operator==(const state_sync&) const = default;
 };
 
