@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <unordered_set>
 
 namespace meridian::cluster {
 namespace {
@@ -107,7 +108,35 @@ size_t lww_map::collect_tombstones(hlc_time before) {
 
 // ---- window_counters ----
 
-window_counters::window_counters(size_t max_keys) : max_keys_(std::max<size_t>(max_keys, 1)) {}
+window_counters::window_counters(size_t max_keys, size_t max_cold_backlog)
+    : max_keys_(std::max<size_t>(max_keys, 1)),
+      max_cold_backlog_(std::max<size_t>(max_cold_backlog, 1)) {}
+
+void window_counters::erase(std::unordered_map<uint64_t, cell>::iterator it) {
+  if (it->second.queued) --queued_[it->second.queued - 1];
+  cells_.erase(it);
+}
+
+void window_counters::enqueue(uint64_t key, cell& c, queue_level level) {
+  if (c.queued > level) return;  // already waiting at this level or above (queued is 1 + level)
+  if (c.queued) --queued_[c.queued - 1];
+  c.queued = static_cast<uint8_t>(level + 1);
+  ++queued_[level];
+  queues_[level].push_back(key);
+  // Bounded backlog of one-off keys: the oldest one waiting gives way.
+  while (queued_[cold] > max_cold_backlog_ && !queues_[cold].empty()) {
+    uint64_t old = queues_[cold].front();
+    queues_[cold].pop_front();
+    auto it = cells_.find(old);
+    if (it == cells_.end() || it->second.queued != cold + 1) continue;  // stale entry
+    it->second.queued = 0;  // `changes` stays: its next change makes it hot
+    --queued_[cold];
+    ++dropped_;
+  }
+  // Keys that moved up, were taken or are gone leave entries behind; keep the queues bounded.
+  if (queues_[0].size() + queues_[1].size() + queues_[2].size() > 2 * max_keys_ + 1024)
+    compact_queues();
+}
 
 uint16_t window_counters::node_index(std::string_view id) {
   auto it = node_index_.find(std::string(id));
@@ -186,12 +215,12 @@ void window_counters::evict_one() {
       clock_.push_back(key);
       continue;
     }
-    cells_.erase(it);
+    erase(it);
     ++evictions_;
     return;
   }
   if (!cells_.empty()) {
-    cells_.erase(cells_.begin());
+    erase(cells_.begin());
     ++evictions_;
   }
 }
@@ -202,13 +231,17 @@ void window_counters::compact_queues() {
   for (uint64_t k : clock_)
     if (cells_.count(k)) live.push_back(k);
   clock_.swap(live);
-  for (auto* v : {&dirty_, &urgent_}) {
-    std::vector<uint64_t> keep;
-    for (uint64_t k : *v) {
-      auto it = cells_.find(k);
-      if (it != cells_.end() && it->second.dirty) keep.push_back(k);
+  for (uint8_t level = 0; level < 3; ++level) {
+    // A key waits in one queue at most, once: keep its newest entry there (an older one of the
+    // same key is left from before it moved up and was taken).
+    std::unordered_set<uint64_t> kept;
+    std::deque<uint64_t> keep;
+    for (auto k = queues_[level].rbegin(); k != queues_[level].rend(); ++k) {
+      auto it = cells_.find(*k);
+      if (it != cells_.end() && it->second.queued == level + 1 && kept.insert(*k).second)
+        keep.push_front(*k);
     }
-    v->swap(keep);
+    queues_[level].swap(keep);
   }
 }
 
@@ -242,11 +275,9 @@ uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window,
   value = n > std::numeric_limits<uint32_t>::max() - value ? std::numeric_limits<uint32_t>::max()
                                                            : value + n;
   set_max(s, 0, value);
-  if (replicate && !c->dirty) {
-    c->dirty = true;
-    (urgent ? urgent_ : dirty_).push_back(key);
-    // Evicted keys leave stale entries behind; keep the lists bounded by the table.
-    if (dirty_.size() + urgent_.size() > 2 * max_keys_ + 1024) compact_queues();
+  if (replicate) {
+    if (c->changes < std::numeric_limits<uint16_t>::max()) ++c->changes;
+    enqueue(key, *c, urgent ? queue_level::urgent : c->changes >= 2 ? queue_level::hot : cold);
   }
   return value;
 }
@@ -289,14 +320,17 @@ void window_counters::for_each(
 
 std::vector<counter_update> window_counters::take_dirty(size_t max) {
   std::vector<counter_update> out;
-  auto drain = [&](std::vector<uint64_t>& from) {
+  auto drain = [&](uint8_t level) {
+    auto& from = queues_[level];
     while (!from.empty() && out.size() < max) {
-      uint64_t key = from.back();
-      from.pop_back();
+      uint64_t key = from.front();
+      from.pop_front();
       auto it = cells_.find(key);
-      if (it == cells_.end() || !it->second.dirty) continue;
+      if (it == cells_.end() || it->second.queued != level + 1) continue;  // stale entry
       cell& c = it->second;
-      c.dirty = false;
+      c.queued = 0;
+      c.changes = 0;
+      --queued_[level];
       uint32_t own = get(c.cur, 0);
       if (own) out.push_back(counter_update{key, c.window_ms, c.window, own});
       uint32_t own_prev = get(c.prev, 0);
@@ -304,8 +338,9 @@ std::vector<counter_update> window_counters::take_dirty(size_t max) {
         out.push_back(counter_update{key, c.window_ms, c.window - 1, own_prev});
     }
   };
-  drain(urgent_);
-  drain(dirty_);
+  drain(urgent);
+  drain(hot);
+  drain(cold);
   return out;
 }
 
@@ -317,6 +352,7 @@ size_t window_counters::expire(int64_t now_ms) {
     // The current window ends at (window + 1) * window_ms; it stops mattering one window later.
     int64_t useless_after = (static_cast<int64_t>(c.window) + 2) * c.window_ms;
     if (since_epoch >= useless_after) {
+      if (it->second.queued) --queued_[it->second.queued - 1];
       it = cells_.erase(it);
       ++n;
     } else {

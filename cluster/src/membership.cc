@@ -778,8 +778,21 @@ struct membership::impl {
     if (joining_ && !left_ && now >= next_join_) join_attempt(now);
   }
 
+  // Payloads queued and not yet sent once.
+  size_t fresh_payloads() const {
+    size_t n = 0;
+    for (auto it = queue_.begin(); it != queue_.end() && it->first.first == 0; ++it)
+      n += it->second.is_payload;
+    return n;
+  }
+
   void pull_app() {
-    for (auto& d : app_->take_deltas(env_.now())) {
+    // A gossip round sends about gossip_nodes packets, each with room for about one payload:
+    // beyond that, new payloads would only wait in the queue (newest first, so the older wait
+    // longest) and go stale there.
+    const size_t fresh = fresh_payloads();
+    const size_t room = fresh < cfg_.gossip_nodes ? cfg_.gossip_nodes - fresh : 0;
+    for (auto& d : app_->take_deltas(env_.now(), room)) {
       remember_payload(d);
       enqueue_payload(std::move(d));
     }

@@ -356,7 +356,7 @@ struct replicated_state::impl {
   void take_counter_deltas(std::vector<std::string>& out, size_t max_payloads) {
     // Every update is at most 8 + 5 + 5 + 5 bytes; fill payloads to the budget.
     const size_t per_payload = std::max<size_t>((opt.max_payload_bytes - 64) / 23, 1);
-    while (out.size() < max_payloads && counters.dirty() > 0) {
+    for (size_t taken = 0; taken < max_payloads && counters.dirty() > 0; ++taken) {
       auto updates = counters.take_dirty(per_payload);
       if (updates.empty()) break;
       stats.counter_updates_sent += updates.size();
@@ -821,6 +821,8 @@ state_stats replicated_state::stats() const {
   s.documents = impl_->maps[0].live_size();
   s.counters = impl_->counters.size();
   s.counter_evictions = impl_->counters.evictions();
+  s.counter_updates_dropped = impl_->counters.dropped();
+  s.counter_backlog = impl_->counters.dirty();
   return s;
 }
 
@@ -852,7 +854,7 @@ bool replicated_state::on_summary(const std::string& from, const std::string& su
   return true;
 }
 
-std::vector<std::string> replicated_state::take_deltas(millis now) {
+std::vector<std::string> replicated_state::take_deltas(millis now, size_t room) {
   auto& d = *impl_;
   std::function<void()> hook;
   {
@@ -865,7 +867,7 @@ std::vector<std::string> replicated_state::take_deltas(millis now) {
   if (!d.pending_docs.empty()) d.take_doc_deltas(out);
   if (now >= d.next_counter_flush) {
     d.next_counter_flush = now + d.opt.counter_sync_interval;
-    d.take_counter_deltas(out, d.opt.max_payloads_per_round);
+    d.take_counter_deltas(out, std::min(room, d.opt.max_payloads_per_round));
   }
   return out;
 }

@@ -524,6 +524,15 @@ std::string cluster_glue::metrics_text() const {
           ss.tombstones_collected);
   counter("state_rate_limit_key_evictions_total", "Rate-limit keys evicted by the key cap.",
           ss.counter_evictions);
+  counter("state_rate_limit_updates_dropped_total",
+          "Rate-limit keys changed once that left the bounded send backlog unsent (busy and "
+          "near-limit keys go first and are never dropped).",
+          ss.counter_updates_dropped);
+  out +=
+      "# HELP meridian_cluster_state_rate_limit_backlog Rate-limit keys waiting to be sent.\n"
+      "# TYPE meridian_cluster_state_rate_limit_backlog gauge\n"
+      "meridian_cluster_state_rate_limit_backlog " +
+      std::to_string(ss.counter_backlog) + "\n";
   out +=
       "# HELP meridian_cluster_config_documents Live cluster config documents.\n"
       "# TYPE meridian_cluster_config_documents gauge\nmeridian_cluster_config_documents " +

@@ -178,6 +178,64 @@ TEST(crdt, dirty_counters_are_taken_once_urgent_first) {
   EXPECT_TRUE(c.take_dirty(10).empty());
 }
 
+TEST(crdt, a_busy_key_is_taken_before_a_churn_of_one_off_keys) {
+  // Issue 15 (9): 2 M distinct keys on one node starved the one key two nodes were both
+  // limiting; it sat behind the churn until the others had admitted it twice over.
+  window_counters c(1'000'000);
+  c.node_index("self");
+  const uint64_t busy = 0xB0B;
+  c.add(busy, 1000, 5, 1);  // first seen as a one-off, before the churn
+  for (uint64_t k = 1; k <= 200'000; ++k) {
+    c.add(k * 0x9E3779B97F4A7C15ull, 1000, 5, 1);
+    if (k % 1000 == 0) c.add(busy, 1000, 5, 1);
+  }
+  auto first = c.take_dirty(1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0], (counter_update{busy, 1000, 5, 201}));
+  // Taken, it starts over as a one-off; its second change makes it hot again.
+  c.add(busy, 1000, 5, 1);
+  c.add(3, 1000, 5, 1);
+  c.add(busy, 1000, 5, 1);
+  first = c.take_dirty(1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].key, busy);
+}
+
+TEST(crdt, the_backlog_of_one_off_keys_is_bounded_and_what_leaves_it_is_counted) {
+  window_counters c(1'000'000, /*max_cold_backlog=*/1000);
+  c.node_index("self");
+  for (uint64_t k = 1; k <= 5000; ++k) c.add(k, 1000, 5, 1);
+  EXPECT_EQ(c.dirty(), 1000u);
+  EXPECT_EQ(c.dropped(), 4000u);
+  EXPECT_EQ(c.size(), 5000u) << "the counts stay; only their place in the queue goes";
+  // The newest ones wait, oldest first; a dropped key's next change queues it as hot.
+  c.add(1, 1000, 5, 1);
+  auto taken = c.take_dirty(2);
+  ASSERT_EQ(taken.size(), 2u);
+  EXPECT_EQ(taken[0], (counter_update{1, 1000, 5, 2}));
+  EXPECT_EQ(taken[1].key, 4001u);
+  EXPECT_EQ(c.take_dirty(SIZE_MAX).size(), 999u);
+  EXPECT_EQ(c.dirty(), 0u);
+}
+
+TEST(crdt, a_key_moves_up_as_it_becomes_hot_or_urgent_and_is_taken_once) {
+  window_counters c(100);
+  c.node_index("self");
+  c.add(1, 1000, 5, 1);        // cold
+  c.add(2, 1000, 5, 1);        // cold
+  c.add(3, 1000, 5, 1);        // cold
+  c.add(2, 1000, 5, 1);        // hot
+  c.add(3, 1000, 5, 1, true);  // urgent
+  EXPECT_EQ(c.dirty(), 3u);
+  auto taken = c.take_dirty(10);
+  ASSERT_EQ(taken.size(), 3u);
+  EXPECT_EQ(taken[0].key, 3u);
+  EXPECT_EQ(taken[1].key, 2u);
+  EXPECT_EQ(taken[2].key, 1u);
+  EXPECT_TRUE(c.take_dirty(10).empty());
+  EXPECT_EQ(c.dirty(), 0u);
+}
+
 TEST(crdt, a_counter_update_costs_at_most_24_bytes_on_the_wire_and_round_trips) {
   // A realistic worst case: a random 64-bit key, a one-day window, a window index in 2093,
   // a count of four billion.

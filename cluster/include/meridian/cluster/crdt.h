@@ -87,7 +87,10 @@ class window_counters {
  public:
   // max_keys caps the number of counters held: beyond it the least recently active ones (by the
   // CLOCK approximation of LRU) are evicted, so a flood of distinct keys cannot exhaust memory.
-  explicit window_counters(size_t max_keys);
+  // max_cold_backlog bounds the keys waiting to be sent that changed only once since they were
+  // last taken (take_dirty): beyond it the oldest such key leaves the queue (counted in
+  // dropped(); its next change queues it again).
+  explicit window_counters(size_t max_keys, size_t max_cold_backlog = 16384);
 
   // Returns the small index this node uses for a node id (index 0 is the local node, interned
   // first by the owner). Returns UINT16_MAX when 65,535 nodes are already known.
@@ -117,10 +120,14 @@ class window_counters {
   // Calls f(node index, update) for every slot held (both windows of every key).
   void for_each(const std::function<void(uint16_t, const counter_update&)>& f) const;
 
-  // Takes up to max keys whose local slot changed since they were last taken, urgent first, as
-  // the local node's current slot values.
+  // Takes up to max keys whose local slot changed since they were last taken, as the local
+  // node's current slot values, by activity: urgent keys (near their limit) first, then hot ones
+  // (changed at least twice since last taken), then the rest, each oldest first. A key moves up
+  // as it becomes urgent or hot, so a busy key is never stuck behind a churn of one-off keys.
   std::vector<counter_update> take_dirty(size_t max);
-  size_t dirty() const { return dirty_.size() + urgent_.size(); }
+  size_t dirty() const { return queued_[0] + queued_[1] + queued_[2]; }
+  // Keys that left the cold queue at max_cold_backlog without being sent.
+  uint64_t dropped() const { return dropped_; }
 
   // Drops counters whose newest window ended more than one window before now_ms (Unix ms), so
   // neither it nor a sliding window's "previous" needs it. Returns how many were dropped.
@@ -138,10 +145,12 @@ class window_counters {
   struct cell {
     uint32_t window_ms = 0;
     uint32_t window = 0;  // index of `cur`; `prev` is window - 1
-    bool dirty = false;
+    uint8_t queued = 0;       // 0: not waiting to be sent; else 1 + the queue it waits in
     bool referenced = false;  // touched since the eviction hand last passed (CLOCK)
+    uint16_t changes = 0;     // local changes since last taken (saturating)
     slots cur, prev;
   };
+  enum queue_level : uint8_t { cold = 0, hot = 1, urgent = 2 };
   cell* find_or_insert(uint64_t key, uint32_t window_ms);
   static bool set_max(slots& s, uint16_t node, uint32_t count);
   static uint32_t get(const slots& s, uint16_t node);
@@ -149,10 +158,17 @@ class window_counters {
   // older than c's previous window.
   static bool advance(cell& c, uint32_t window);
   void evict_one();
+  void erase(std::unordered_map<uint64_t, cell>::iterator it);
+  void enqueue(uint64_t key, cell& c, queue_level level);
 
   size_t max_keys_;
+  size_t max_cold_backlog_;
   std::unordered_map<uint64_t, cell> cells_;
-  std::vector<uint64_t> dirty_, urgent_;
+  // Keys waiting to be sent, per level, oldest first. A key that moved up leaves a stale entry
+  // behind (skipped: its cell's `queued` names another level); queued_ counts the live ones.
+  std::deque<uint64_t> queues_[3];
+  size_t queued_[3] = {0, 0, 0};
+  uint64_t dropped_ = 0;
   std::vector<std::string> nodes_;
   std::unordered_map<std::string, uint16_t> node_index_;
   uint64_t evictions_ = 0;

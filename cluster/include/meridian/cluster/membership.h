@@ -95,8 +95,11 @@ class gossip_application {
   // A packet from member `from` carried its summary. Returns true when this node should start a
   // push-pull with that member now (the states differ, and deltas have not fixed it).
   virtual bool on_summary(const std::string& from, const std::string& summary, millis now) = 0;
-  // Returns delta payloads to piggyback from now on (called every app_delta_interval).
-  virtual std::vector<std::string> take_deltas(millis now) = 0;
+  // Returns delta payloads to piggyback from now on (called every app_delta_interval). room is
+  // how many more payloads the gossip can carry before the next call without queueing them
+  // behind one another; payloads that can wait (counters, which coalesce) should stay within
+  // it, so a backlog waits in the application, where it can be prioritised, not in the queue.
+  virtual std::vector<std::string> take_deltas(millis now, size_t room) = 0;
   // A payload (another node's delta, first time seen) arrived.
   virtual void on_payload(const std::string& from, const std::string& payload) = 0;
   // Returns the app_state of a push-pull this node starts.

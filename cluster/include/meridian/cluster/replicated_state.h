@@ -77,6 +77,8 @@ struct state_stats {
   uint64_t tombstones_collected = 0;
   uint64_t persist_errors = 0;
   uint64_t counter_evictions = 0;
+  uint64_t counter_updates_dropped = 0;  // one-off keys that left the send backlog unsent
+  size_t counter_backlog = 0;            // keys waiting to be sent
   int64_t max_clock_skew_ms = 0;
   double counter_sync_lag_ms = 0;  // EWMA: a remote count's age when it arrives here
   size_t documents = 0;            // live config documents
@@ -160,7 +162,10 @@ class replicated_state final : public gossip_application {
   // ---- gossip_application ----
   std::string summary() override;
   bool on_summary(const std::string& from, const std::string& summary, millis now) override;
-  std::vector<std::string> take_deltas(millis now) override;
+  // Documents always; counters up to min(room, max_payloads_per_round) payloads, by activity
+  // (window_counters::take_dirty).
+  std::vector<std::string> take_deltas(millis now, size_t room) override;
+  std::vector<std::string> take_deltas(millis now) { return take_deltas(now, SIZE_MAX); }
   void on_payload(const std::string& from, const std::string& payload) override;
   std::string sync_request() override;
   std::string on_sync_request(const std::string& from, const std::string& app_state) override;
