@@ -56,7 +56,11 @@ def main():
     ap.add_argument("--out", default=os.path.join(root, "build", "chaos"))
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--cleanup", action="store_true")
+    ap.add_argument("--memory-mib", type=int, default=cx.MEMORY_MIB,
+                    help="the memory-bounded invariant's RSS bound per node (default %(default)s;"
+                         " an ASan build's shadow memory and quarantine need several times it)")
     args = ap.parse_args()
+    cx.MEMORY_MIB = args.memory_mib
     if args.list:
         for name in sc.SCENARIOS:
             log(f"{name}{'  (short)' if name in sc.SHORT else ''}")

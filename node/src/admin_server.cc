@@ -205,35 +205,61 @@ struct admin_server::impl {
   const std::string node_id;
   const std::string token;
 
-  // Failed logins per client address: beyond max_failures in a minute the address gets 429
-  // until the minute is over, so the token cannot be guessed at speed.
-  static constexpr int max_failures = 10;
+  // Failed logins per client address, with a growing delay rather than a lockout: the first
+  // free_failures cost nothing; after that, the k-th further failure makes the address wait
+  // 2^(k-1) s (at most max_delay) before its next attempt is even looked at (429 and
+  // Retry-After), so guessing slows exponentially while a mistyped token costs a few seconds.
+  // A success clears the address; a quiet hour forgives it.
+  static constexpr int free_failures = 5;
+  static constexpr std::chrono::seconds max_delay{900};
+  static constexpr std::chrono::hours forgive_after{1};
   static constexpr size_t max_addresses = 10000;
   struct failures {
-    std::chrono::steady_clock::time_point window_start;
+    std::chrono::steady_clock::time_point last;
     int count = 0;
   };
   std::mutex failures_mutex;
   std::map<std::string, failures> failed;
-  std::deque<std::string> arrival;  // the addresses in `failed`, oldest first
-  // Returns true when addr is locked out; note=true counts one more failure.
-  bool locked_out(const std::string& addr, bool note) {
+  std::deque<std::string> arrival;  // the addresses in `failed`, oldest first (may repeat)
+
+  static std::chrono::seconds delay_after(int count) {
+    if (count <= free_failures) return std::chrono::seconds(0);
+    const int k = count - free_failures;  // 1, 2, ...
+    return k > 10 ? max_delay : std::min(max_delay, std::chrono::seconds(int64_t{1} << (k - 1)));
+  }
+  // How long addr must still wait before its next attempt (zero: it may try now).
+  std::chrono::milliseconds wait_of(const std::string& addr) {
+    std::lock_guard lock(failures_mutex);
+    auto it = failed.find(addr);
+    if (it == failed.end()) return std::chrono::milliseconds(0);
+    auto ready = it->second.last + delay_after(it->second.count);
+    auto now = std::chrono::steady_clock::now();
+    if (ready <= now) return std::chrono::milliseconds(0);
+    return std::chrono::ceil<std::chrono::milliseconds>(ready - now);
+  }
+  void note_failure(const std::string& addr) {
     std::lock_guard lock(failures_mutex);
     auto now = std::chrono::steady_clock::now();
     // Bounded (addresses come from the network) without forgetting everyone at once: clearing
     // the table let an attacker rotating addresses reset its own count. At the cap the address
-    // that entered first makes room (O(1)).
-    if (!failed.count(addr)) {
+    // that entered first makes room.
+    auto it = failed.find(addr);
+    if (it == failed.end()) {
       while (failed.size() >= max_addresses && !arrival.empty()) {
         failed.erase(arrival.front());
         arrival.pop_front();
       }
       arrival.push_back(addr);
+      it = failed.emplace(addr, failures{}).first;
     }
-    auto& f = failed[addr];
-    if (now - f.window_start > std::chrono::minutes(1)) f = failures{now, 0};
-    if (note) ++f.count;
-    return f.count > max_failures;
+    auto& f = it->second;
+    if (f.count > 0 && now - f.last > forgive_after) f.count = 0;
+    f.last = now;
+    if (f.count < 1000) ++f.count;
+  }
+  void note_success(const std::string& addr) {
+    std::lock_guard lock(failures_mutex);
+    failed.erase(addr);  // its entry in `arrival` goes when the hand reaches it
   }
   const admin_handlers handlers;
   std::vector<endpoint> endpoints;
@@ -406,17 +432,20 @@ bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& r
     return false;
   };
   if (resolve(req).needs_token) {
-    if (locked_out(req.remote_addr, false)) {
-      res.set_header("Retry-After", "60");
+    if (auto wait = wait_of(req.remote_addr); wait.count() > 0) {
+      const auto seconds = (wait.count() + 999) / 1000;
+      res.set_header("Retry-After", std::to_string(seconds));
       return refuse(429, "too_many_failures",
-                    "too many failed admin logins from this address; retry in a minute");
+                    "too many failed admin logins from this address; retry in " +
+                        std::to_string(seconds) + " s (the wait doubles with each failure)");
     }
     if (!authorized(req)) {
-      locked_out(req.remote_addr, true);
+      note_failure(req.remote_addr);
       admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
       res.set_header("WWW-Authenticate", "Bearer");
       return refuse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
     }
+    note_success(req.remote_addr);
   }
   if (req.has_header("Content-Length")) {
     const std::string cl = req.get_header_value("Content-Length");

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "jws_signer.h"
@@ -340,6 +341,63 @@ TEST(admin_hostile, deeply_nested_json_is_refused_and_the_node_keeps_serving) {
   auto proxied = n.client().Get("/still-here");
   ASSERT_TRUE(proxied);
   EXPECT_EQ(proxied->status, 200);
+}
+
+// Issue 15 (11): the admin lockout was a hard 60 s per address. Now each failure beyond five
+// doubles the wait before the address's next attempt is even looked at; other addresses are
+// never affected, and a success clears the address.
+TEST(admin_hostile, failed_logins_slow_one_address_down_exponentially_and_no_other) {
+  running_node n("");
+  ASSERT_TRUE(n.ok());
+  const std::string good = n.get().admin_token();
+  struct answer {
+    int status;
+    std::string retry_after;
+  };
+  auto attempt = [&](const char* from, const std::string& token) {
+    raw_client c(n.admin_port(), from);
+    c.send("GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n\r\n");
+    auto r = c.read_response();
+    std::string retry;
+    auto at = r.find("Retry-After: ");
+    if (at != std::string::npos) retry = r.substr(at + 13, r.find("\r\n", at) - at - 13);
+    return answer{status_of(r), retry};
+  };
+  const std::string bad = std::string(good.size(), 'x');
+  for (int i = 1; i <= 6; ++i) EXPECT_EQ(attempt("127.0.0.3", bad).status, 401) << i;
+  // Six failures: one second before the next attempt counts, even one with the right token.
+  auto held = attempt("127.0.0.3", good);
+  EXPECT_EQ(held.status, 429);
+  EXPECT_EQ(held.retry_after, "1");
+  EXPECT_EQ(attempt("127.0.0.4", good).status, 200) << "another address is not held";
+  // Once the second is over, a seventh failure: two seconds now.
+  auto ready = [&] {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline) {
+      raw_client probe(n.admin_port(), "127.0.0.3");
+      probe.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n");  // no token: never held
+      EXPECT_EQ(status_of(probe.read_response()), 200);
+      auto a = attempt("127.0.0.3", "");  // no token at all: 401 once free, 429 while held
+      if (a.status != 429) return a.status;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return 0;
+  };
+  EXPECT_EQ(ready(), 401);  // that was the seventh failure
+  held = attempt("127.0.0.3", bad);
+  EXPECT_EQ(held.status, 429);
+  EXPECT_EQ(held.retry_after, "2");
+  EXPECT_EQ(ready(), 401);  // the eighth: four seconds
+  EXPECT_EQ(attempt("127.0.0.3", good).retry_after, "4");
+  // The right token once the wait is over clears the address: a failure is free again.
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline &&
+         (status = attempt("127.0.0.3", good).status) == 429)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(attempt("127.0.0.3", bad).status, 401);
+  EXPECT_EQ(attempt("127.0.0.3", good).status, 200);
 }
 
 // Opens `count` connections that each send the start of a head and then stall.

@@ -101,8 +101,15 @@ class upstream {
 // A blocking TCP client that sends exact bytes and reads with a deadline.
 class raw_client {
  public:
-  explicit raw_client(int port) {
+  // from: the loopback address to connect from (127.0.0.0/8), e.g. "127.0.0.2"; default any.
+  explicit raw_client(int port, const char* from = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (from) {
+      sockaddr_in local{};
+      local.sin_family = AF_INET;
+      ::inet_pton(AF_INET, from, &local.sin_addr);
+      ::bind(fd_, reinterpret_cast<sockaddr*>(&local), sizeof local);
+    }
     sockaddr_in sa{};
     sa.sin_family = AF_INET;
     sa.sin_port = htons(static_cast<uint16_t>(port));
