@@ -6,7 +6,14 @@ one at a time, each through a different node's admin API, and times how long unt
 node's proxy serves the new route. Prints one JSON line with the percentiles.
 
   bench/config_propagation.py [--nodes 5] [--puts 100] [--bin build/bin/meridian]
+
+With --bulk N it instead loads N routes through the admin APIs with --clients concurrent
+clients (keep-alive connections, spread over the nodes) and prints how long the PUTs took and
+how long after the last one every node's data plane served all N (issue 15: 10,000 in 30 s).
+
+  bench/config_propagation.py --nodes 3 --bulk 10000 --clients 8
 """
+import http.client
 import argparse
 import http.server
 import json
@@ -68,6 +75,8 @@ def main():
     ap.add_argument("--nodes", type=int, default=5)
     ap.add_argument("--puts", type=int, default=100)
     ap.add_argument("--bin", default="build/bin/meridian")
+    ap.add_argument("--bulk", type=int, default=0)
+    ap.add_argument("--clients", type=int, default=8)
     a = ap.parse_args()
 
     backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
@@ -111,6 +120,9 @@ def main():
                   for p in ports):
             time.sleep(0.05)
 
+        if a.bulk:
+            bulk_load(a, ports)
+            return
         took = []
         for i in range(a.puts):
             writer = ports[i % a.nodes][1]
@@ -142,6 +154,56 @@ def main():
                 p.kill()
         backend.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bulk_load(a, ports):
+    failures = []
+
+    def client(c):
+        admin = ports[c % len(ports)][1]
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
+        for i in range(c, a.bulk, a.clients):
+            route = json.dumps({"match": {"path_prefix": f"/b{i}"}, "upstream": "backend",
+                                "request_headers": {"add": {"x-gateway": "meridian"}}})
+            for attempt in range(3):
+                try:
+                    conn.request("PUT", f"/config/routes/b{i}", route,
+                                 {"Authorization": f"Bearer {TOKEN}"})
+                    r = conn.getresponse()
+                    r.read()
+                    if r.status != 200:
+                        failures.append((i, r.status))
+                    break
+                except (OSError, http.client.HTTPException):
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
+            else:
+                failures.append((i, 0))
+        conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(a.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    put_s = time.monotonic() - t0
+    if failures:
+        sys.exit(f"{len(failures)} PUTs failed, e.g. {failures[:5]}")
+    t1 = time.monotonic()
+    pending = {p[1] for p in ports}
+    while pending and time.monotonic() - t1 < 120:
+        for admin in list(pending):
+            st, body = request(admin, "GET", "/config", timeout=30)
+            if st == 200 and len(json.loads(body)["routes"]) == a.bulk:
+                pending.discard(admin)
+        if pending:
+            time.sleep(0.05)
+    if pending:
+        sys.exit("not every node served every route 120 s after the last PUT")
+    print(json.dumps({"nodes": a.nodes, "routes": a.bulk, "clients": a.clients,
+                      "puts_s": round(put_s, 2), "puts_per_s": round(a.bulk / put_s),
+                      "served_everywhere_after_last_put_s": round(time.monotonic() - t1, 2)}))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #include "admin_server.h"
 
 #include "admin_transport.h"
+#include "failure_delay.h"
 #include "json_depth.h"
 
 #include <httplib.h>
@@ -205,61 +206,26 @@ struct admin_server::impl {
   const std::string node_id;
   const std::string token;
 
-  // Failed logins per client address, with a growing delay rather than a lockout: the first
-  // free_failures cost nothing; after that, the k-th further failure makes the address wait
-  // 2^(k-1) s (at most max_delay) before its next attempt is even looked at (429 and
-  // Retry-After), so guessing slows exponentially while a mistyped token costs a few seconds.
-  // A success clears the address; a quiet hour forgives it.
-  static constexpr int free_failures = 5;
-  static constexpr std::chrono::seconds max_delay{900};
-  static constexpr std::chrono::hours forgive_after{1};
-  static constexpr size_t max_addresses = 10000;
-  struct failures {
-    std::chrono::steady_clock::time_point last;
-    int count = 0;
-  };
+  // Failed logins per client address: a growing delay rather than a lockout (failure_delay.h:
+  // five free, then 1 s, 2 s, 4 s ... before the address's next attempt is looked at).
   std::mutex failures_mutex;
-  std::map<std::string, failures> failed;
-  std::deque<std::string> arrival;  // the addresses in `failed`, oldest first (may repeat)
-
-  static std::chrono::seconds delay_after(int count) {
-    if (count <= free_failures) return std::chrono::seconds(0);
-    const int k = count - free_failures;  // 1, 2, ...
-    return k > 10 ? max_delay : std::min(max_delay, std::chrono::seconds(int64_t{1} << (k - 1)));
+  failure_delay failed{5, 10000};
+  static int64_t steady_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
-  // How long addr must still wait before its next attempt (zero: it may try now).
-  std::chrono::milliseconds wait_of(const std::string& addr) {
+  int64_t wait_of(const std::string& addr) {
     std::lock_guard lock(failures_mutex);
-    auto it = failed.find(addr);
-    if (it == failed.end()) return std::chrono::milliseconds(0);
-    auto ready = it->second.last + delay_after(it->second.count);
-    auto now = std::chrono::steady_clock::now();
-    if (ready <= now) return std::chrono::milliseconds(0);
-    return std::chrono::ceil<std::chrono::milliseconds>(ready - now);
+    return failed.wait_ms(addr, steady_ms());
   }
   void note_failure(const std::string& addr) {
     std::lock_guard lock(failures_mutex);
-    auto now = std::chrono::steady_clock::now();
-    // Bounded (addresses come from the network) without forgetting everyone at once: clearing
-    // the table let an attacker rotating addresses reset its own count. At the cap the address
-    // that entered first makes room.
-    auto it = failed.find(addr);
-    if (it == failed.end()) {
-      while (failed.size() >= max_addresses && !arrival.empty()) {
-        failed.erase(arrival.front());
-        arrival.pop_front();
-      }
-      arrival.push_back(addr);
-      it = failed.emplace(addr, failures{}).first;
-    }
-    auto& f = it->second;
-    if (f.count > 0 && now - f.last > forgive_after) f.count = 0;
-    f.last = now;
-    if (f.count < 1000) ++f.count;
+    failed.failed(addr, steady_ms());
   }
   void note_success(const std::string& addr) {
     std::lock_guard lock(failures_mutex);
-    failed.erase(addr);  // its entry in `arrival` goes when the hand reaches it
+    failed.succeeded(addr);
   }
   const admin_handlers handlers;
   std::vector<endpoint> endpoints;
@@ -432,8 +398,8 @@ bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& r
     return false;
   };
   if (resolve(req).needs_token) {
-    if (auto wait = wait_of(req.remote_addr); wait.count() > 0) {
-      const auto seconds = (wait.count() + 999) / 1000;
+    if (auto wait = wait_of(req.remote_addr); wait > 0) {
+      const auto seconds = failure_delay::retry_after_s(wait);
       res.set_header("Retry-After", std::to_string(seconds));
       return refuse(429, "too_many_failures",
                     "too many failed admin logins from this address; retry in " +

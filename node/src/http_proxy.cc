@@ -34,6 +34,7 @@
 #include <thread>
 
 #include "byte_buffer.h"
+#include "failure_delay.h"
 #include "http_fields.h"
 #include "oauth.h"
 #include "tls.h"
@@ -378,6 +379,9 @@ class worker {
   uint32_t max_connections = 20000;
   uint64_t rng;
   int64_t now = now_ms();  // coarse clock, refreshed by the sweep
+  // Client addresses that presented wrong API keys: ten free, then a doubling wait before the
+  // next key from them is looked at (failure_delay.h). Per worker, so no lock.
+  failure_delay api_key_failures{10, 10000};
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -480,7 +484,8 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Runs the route's auth methods (any one suffices) and its group ACL; false with a 401 or
   // 403 prepared. On success the consumer's identity headers are queued for the upstream.
   bool authenticate();
-  bool authenticate_api_key(std::string_view query);
+  // *presented: a key came with the request (so a wrong one counts against the address).
+  bool authenticate_api_key(std::string_view query, bool* presented);
   // Checks the verified token against the route's scopes and claims; sets
   // auth_failure_message_ when it falls short.
   bool token_meets(const auth_config& auth);
@@ -1410,7 +1415,7 @@ bool client_session::authenticate_jwt() {
   return true;
 }
 
-bool client_session::authenticate_api_key(std::string_view query) {
+bool client_session::authenticate_api_key(std::string_view query, bool* presented_any) {
   std::string_view presented;
   for (auto& f : fields_) {
     if (iequals(f.name, "x-api-key")) {
@@ -1433,6 +1438,7 @@ bool client_session::authenticate_api_key(std::string_view query) {
       pos = amp + 1;
     }
   }
+  *presented_any = !presented.empty();
   std::string_view key_id, secret;
   if (presented.empty() || !snap_->api_keys || !split_api_key(presented, &key_id, &secret))
     return false;
@@ -1456,8 +1462,28 @@ bool client_session::authenticate() {
   std::string_view query = qpos == std::string_view::npos
                                ? std::string_view()
                                : std::string_view(req_target_).substr(qpos + 1);
-  bool ok = route_->auth_api_key && authenticate_api_key(query);
+  // An address that keeps presenting wrong keys waits, growing with each failure, before its
+  // next key is even looked at (other credentials are not held).
+  bool presented = false;
+  int64_t held_ms = 0;
+  bool key_ok = false;
+  if (route_->auth_api_key) {
+    held_ms = w_.api_key_failures.wait_ms(client_ip_, w_.now);
+    if (held_ms == 0) key_ok = authenticate_api_key(query, &presented);
+  }
+  // A wrong key counts even when a token then authenticates the request.
+  if (presented && !key_ok) w_.api_key_failures.failed(client_ip_, w_.now);
+  if (key_ok) w_.api_key_failures.succeeded(client_ip_);
+  bool ok = key_ok;
   if (!ok && !route_->jwt_providers.empty()) ok = authenticate_jwt();
+  if (!ok && held_ms > 0 && !local_status_) {
+    local_status_ = 429;
+    local_code_ = "too_many_failures";
+    local_message_ = "too many invalid API keys from this address; retry later";
+    rate_limit_headers_ =
+        "Retry-After: " + std::to_string(failure_delay::retry_after_s(held_ms)) + "\r\n";
+    return false;
+  }
   if (!ok) {
     if (!local_status_) {  // no JWT verdict to report: the key was missing or wrong
       local_status_ = 401;

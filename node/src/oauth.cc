@@ -362,20 +362,72 @@ std::optional<json> oauth_authority::open_sealed(std::string_view prefix,
   return std::nullopt;
 }
 
+std::optional<int64_t> oauth_authority::recent_times::get(const std::string& key) const {
+  auto it = times_.find(key);
+  if (it == times_.end()) return std::nullopt;
+  return it->second.first;
+}
+
+void oauth_authority::recent_times::set(const std::string& key, int64_t ms) {
+  times_[key] = {ms, ++generation_};
+  order_.emplace_back(key, generation_);
+  while (times_.size() > cap_ || order_.size() > 2 * cap_) {
+    auto [k, g] = std::move(order_.front());
+    order_.pop_front();
+    auto it = times_.find(k);
+    if (it != times_.end() && it->second.second == g) times_.erase(it);  // else set again later
+  }
+}
+
+int64_t oauth_authority::throttle_wait_ms(const std::string& key, uint64_t count, uint64_t free,
+                                          int64_t now_ms) const {
+  if (count < free) return 0;
+  const uint64_t beyond = count - free;  // 0 for the first delayed attempt: 1 s
+  const int64_t delay = beyond >= 20 ? max_login_delay_ms
+                                     : std::min<int64_t>(1000LL << beyond, max_login_delay_ms);
+  // The failures may have happened on other nodes (the counts are cluster-wide): then this
+  // node starts the delay when it first sees them.
+  std::lock_guard lock(throttle_mu_);
+  auto last = last_failure_.get(key);
+  if (!last) {
+    last_failure_.set(key, now_ms);
+    last = now_ms;
+  }
+  return std::max<int64_t>(0, *last + delay - now_ms);
+}
+
 bool oauth_authority::check_password(const std::string& user, const std::string& password,
                                      const std::string& address, int64_t now_ms, std::string* why,
                                      int64_t* updated_ms) const {
-  // Two throttles: failures of this user from this address (a guesser locks only itself out),
-  // and of this user from anywhere, with a higher ceiling (a guesser with many addresses).
+  // Two throttles, both growing delays rather than lockouts: failures of this user from this
+  // address (a guesser slows only itself down), and of this user from anywhere, with a higher
+  // free allowance (a guesser with many addresses), which does not hold an address the user
+  // logged in from recently. The counts are cluster-wide; a held attempt is not checked and
+  // counts nothing.
   const std::string pair = user + '\n' + address;
   auto failures_of = [&](const std::string& key, bool add) -> uint64_t {
     return login_failures ? login_failures(key, now_ms, add) : 0;
   };
-  const bool pair_locked = failures_of(pair, false) >= max_login_failures;
-  if (pair_locked || failures_of(user, false) >= max_user_failures) {
-    *why = std::string("too many failed attempts for this user") +
-           (pair_locked ? " from this address" : "") + "; retry in a minute or two";
+  auto retry_text = [](int64_t wait_ms) {
+    return "; retry in " + std::to_string((wait_ms + 999) / 1000) + " s";
+  };
+  if (int64_t wait = throttle_wait_ms(pair, failures_of(pair, false), max_login_failures, now_ms);
+      wait > 0) {
+    *why = "too many failed attempts for this user from this address" + retry_text(wait);
     return false;
+  }
+  bool known = false;
+  {
+    std::lock_guard lock(throttle_mu_);
+    auto at = logged_in_.get(pair);
+    known = at && now_ms - *at < known_address_ms;
+  }
+  if (!known) {
+    if (int64_t wait = throttle_wait_ms(user, failures_of(user, false), max_user_failures, now_ms);
+        wait > 0) {
+      *why = "too many failed attempts for this user" + retry_text(wait);
+      return false;
+    }
   }
   // An unknown user costs as much as a wrong password, so timing does not tell users apart.
   static const std::string dummy = hash_password("meridian: no such user");
@@ -386,9 +438,18 @@ bool oauth_authority::check_password(const std::string& user, const std::string&
     ok = crypto_pwhash_str_verify(h.c_str(), password.data(), password.size()) == 0 && record;
   }
   *updated_ms = ok ? record->updated_ms : 0;
-  if (ok) return true;
+  if (ok) {
+    std::lock_guard lock(throttle_mu_);
+    logged_in_.set(pair, now_ms);
+    return true;
+  }
   failures_of(pair, true);
   failures_of(user, true);
+  {
+    std::lock_guard lock(throttle_mu_);
+    last_failure_.set(pair, now_ms);
+    last_failure_.set(user, now_ms);
+  }
   *why = "wrong username or password";
   return false;
 }

@@ -126,8 +126,13 @@ class oauth_authority {
   // one, cluster-wide (node.cc: a replicated counter), after adding one when add. Unset: no
   // throttling.
   std::function<uint64_t(const std::string& key, int64_t now_ms, bool add)> login_failures;
+  // Failures free of delay; each one beyond doubles the wait before the next attempt (1 s, 2 s,
+  // 4 s, ... up to 15 min). The per-user delay does not hold an address that logged in as that
+  // user in the last 30 days, so guesses from elsewhere cannot lock the user out.
   static constexpr uint64_t max_login_failures = 5;  // per user and client address
   static constexpr uint64_t max_user_failures = 20;  // per user, from all addresses together
+  static constexpr int64_t max_login_delay_ms = 15 * 60'000;
+  static constexpr int64_t known_address_ms = 30LL * 24 * 3600 * 1000;
 
   // How long a grant's revocation must be kept: its refresh and access tokens live this long.
   static int64_t grant_lifetime_s(const oauth_config& cfg);
@@ -149,7 +154,7 @@ class oauth_authority {
   // Signed codes and refresh tokens: prefix + base64url(payload JSON) + "." + base64url(sig).
   std::string seal(std::string_view prefix, const nlohmann::json& payload) const;
   std::optional<nlohmann::json> open_sealed(std::string_view prefix, std::string_view token) const;
-  // A consumer's password check, throttled per user (5 failures a minute).
+  // A consumer's password check, throttled by growing delays per user and address and per user.
   bool check_password(const std::string& user, const std::string& password,
                       const std::string& address, int64_t now_ms, std::string* why,
                       int64_t* updated_ms) const;
@@ -174,6 +179,31 @@ class oauth_authority {
   };
   mutable std::mutex address_mu_;
   mutable std::unordered_map<std::string, failures> password_checks_;  // per address, a minute
+
+  // Node-local memory of the login throttle (check_password): when this node last saw a failure
+  // under a throttle key (user, or user and address), and when a (user, address) pair last
+  // logged in. Bounded: the entry set longest ago makes room.
+  class recent_times {
+   public:
+    explicit recent_times(size_t cap) : cap_(cap) {}
+    std::optional<int64_t> get(const std::string& key) const;
+    void set(const std::string& key, int64_t ms);
+    void erase(const std::string& key) { times_.erase(key); }
+
+   private:
+    size_t cap_;
+    uint64_t generation_ = 0;
+    std::unordered_map<std::string, std::pair<int64_t, uint64_t>> times_;  // ms, generation
+    std::deque<std::pair<std::string, uint64_t>> order_;                   // oldest first
+  };
+  mutable std::mutex throttle_mu_;
+  mutable recent_times last_failure_{20'000};
+  mutable recent_times logged_in_{20'000};
+  // How long the throttle key with `count` failures (cluster-wide, this minute and the last) must
+  // still wait, from its last failure here, before its next attempt is checked: nothing below
+  // `free`, then 1 s, doubling with each failure up to 15 minutes.
+  int64_t throttle_wait_ms(const std::string& key, uint64_t count, uint64_t free,
+                           int64_t now_ms) const;
 
   mutable std::mutex slow_mu_;
   mutable std::condition_variable slow_cv_;

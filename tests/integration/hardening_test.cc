@@ -36,6 +36,14 @@ std::string catch_all(const std::string& address) {
          "]\nroutes:\n  - name: all\n    match: {path_prefix: /}\n    upstream: u\n";
 }
 
+// The value of header `name` (exact case) in a response read by raw_client, or "".
+std::string header_of(const std::string& response, const std::string& name) {
+  auto at = response.find("\r\n" + name + ": ");
+  if (at == std::string::npos) return "";
+  at += name.size() + 4;
+  return response.substr(at, response.find("\r\n", at) - at);
+}
+
 // The body of a response read by raw_client::read_response.
 std::string body_of(const std::string& response) {
   auto end = response.find("\r\n\r\n");
@@ -358,10 +366,7 @@ TEST(admin_hostile, failed_logins_slow_one_address_down_exponentially_and_no_oth
     raw_client c(n.admin_port(), from);
     c.send("GET /config HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + "\r\n\r\n");
     auto r = c.read_response();
-    std::string retry;
-    auto at = r.find("Retry-After: ");
-    if (at != std::string::npos) retry = r.substr(at + 13, r.find("\r\n", at) - at - 13);
-    return answer{status_of(r), retry};
+    return answer{status_of(r), header_of(r, "Retry-After")};
   };
   const std::string bad = std::string(good.size(), 'x');
   for (int i = 1; i <= 6; ++i) EXPECT_EQ(attempt("127.0.0.3", bad).status, 401) << i;
@@ -398,6 +403,54 @@ TEST(admin_hostile, failed_logins_slow_one_address_down_exponentially_and_no_oth
   EXPECT_EQ(status, 200);
   EXPECT_EQ(attempt("127.0.0.3", bad).status, 401);
   EXPECT_EQ(attempt("127.0.0.3", good).status, 200);
+}
+
+// Issue 15 (11): bad X-API-Key values were not throttled at all. Ten wrong keys from one
+// address are free; then each doubles the wait before that address's next key is looked at
+// (429 too_many_failures with Retry-After); other addresses are never held.
+TEST(api_key_guessing, wrong_keys_slow_one_address_down_and_no_other) {
+  upstream up;
+  serve_echo(up);
+  running_node n("upstreams:\n  - name: u\n    targets: [" + up.address() +
+                 "]\nconsumers:\n  - {id: acme}\nroutes:\n  - name: keyed\n"
+                 "    match: {path_prefix: /keyed}\n    upstream: u\n    auth: {methods: [api_key]}\n");
+  ASSERT_TRUE(n.ok());
+  httplib::Client admin("127.0.0.1", n.admin_port());
+  auto issued = admin.Post("/config/consumers/acme/keys",
+                           {{"Authorization", "Bearer " + n.get().admin_token()}}, "",
+                           "application/json");
+  ASSERT_TRUE(issued);
+  ASSERT_EQ(issued->status, 201) << issued->body;
+  const std::string good = nlohmann::json::parse(issued->body)["key"];
+  const std::string bad = good.substr(0, good.size() - 1) + (good.back() == 'A' ? "B" : "A");
+  struct answer {
+    int status;
+    std::string retry_after, body;
+  };
+  auto keyed = [&](const char* from, const std::string& key) {
+    raw_client c(n.port(), from);
+    c.send("GET /keyed/x HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key + "\r\n\r\n");
+    auto r = c.read_response();
+    return answer{status_of(r), header_of(r, "Retry-After"), body_of(r)};
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (keyed("127.0.0.5", good).status != 200 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the key reaches the proxy
+  for (int i = 1; i <= 11; ++i) EXPECT_EQ(keyed("127.0.0.5", bad).status, 401) << i;
+  auto held = keyed("127.0.0.5", good);
+  EXPECT_EQ(held.status, 429) << held.body;
+  EXPECT_EQ(held.retry_after, "1");
+  EXPECT_NE(held.body.find("too_many_failures"), std::string::npos) << held.body;
+  EXPECT_EQ(keyed("127.0.0.6", good).status, 200) << "another address is not held";
+  // Once the wait is over the right key passes and clears the address.
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  int status = 0;
+  while ((status = keyed("127.0.0.5", good).status) == 429 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(keyed("127.0.0.5", bad).status, 401);
+  EXPECT_EQ(keyed("127.0.0.5", good).status, 200) << "one failure after a success is free";
 }
 
 // Opens `count` connections that each send the start of a head and then stall.

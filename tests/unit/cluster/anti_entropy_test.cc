@@ -12,6 +12,7 @@
 #include "meridian/cluster/gossip_node.h"
 #include "meridian/cluster/keyring.h"
 #include "meridian/cluster/replicated_state.h"
+#include "sanitized.h"
 
 namespace meridian::cluster {
 namespace {
@@ -105,7 +106,7 @@ TEST(anti_entropy, ten_thousand_documents_reach_every_node_and_survive_a_healed_
   }
   ASSERT_TRUE(eventually([&] { return peers[1]->alive() == 3 && peers[2]->alive() == 3; }, 10s));
   auto t = steady::now();
-  ASSERT_TRUE(eventually([&] { return same_digests(peers); }, 20s))
+  ASSERT_TRUE(eventually([&] { return same_digests(peers); }, 20s * testing::slowdown))
       << "b holds " << peers[1]->state.stats().documents << ", c holds "
       << peers[2]->state.stats().documents << " of 10000";
   std::printf("10,000 documents from one node to two: %lld ms\n",
@@ -125,7 +126,7 @@ TEST(anti_entropy, ten_thousand_documents_reach_every_node_and_survive_a_healed_
   for (auto& p : peers) p->gossip->flush_application();
   ASSERT_TRUE(eventually(
       [&] { return peers[2]->alive() == 1 && peers[0]->alive() == 2 && peers[1]->alive() == 2; },
-      20s));
+      20s * testing::slowdown));
   ASSERT_TRUE(eventually(
       [&] {
         return peers[0]->state.digest(doc_family::config) ==
@@ -136,7 +137,7 @@ TEST(anti_entropy, ten_thousand_documents_reach_every_node_and_survive_a_healed_
 
   peers[2]->gossip->set_keys({key});
   t = steady::now();
-  bool converged = eventually([&] { return same_digests(peers); }, 5s);
+  bool converged = eventually([&] { return same_digests(peers); }, 5s * testing::slowdown);
   auto took = steady::now() - t;
   std::printf("3,000 changes after the partition healed: %lld ms\n",
               static_cast<long long>(took / 1ms));

@@ -278,22 +278,36 @@ TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing
                     "")
                 .status,
             401);
-  // Five failures in a minute from one address lock the user out there for the rest of it,
-  // right password or not; the user still logs in from elsewhere.
+  // Five failures from one address are free; then that address waits before its next attempt
+  // is even checked, right password or not: 1 s, then 2 s, 4 s (doubling with each failure).
+  // The user still logs in from elsewhere at once.
   const std::string right = "grant_type=password&username=alice&password=correct+horse+battery";
   for (int i = 0; i < 4; ++i)
     f.token("grant_type=password&username=alice&password=wrong" + std::to_string(i), f.auth());
-  auto locked = f.token(right, f.auth());
-  EXPECT_EQ(error_of(locked), "invalid_grant");
-  EXPECT_NE(locked.body.find("too many failed attempts for this user from this address"),
+  auto held = f.token(right, f.auth());
+  EXPECT_EQ(error_of(held), "invalid_grant");
+  EXPECT_NE(held.body.find("too many failed attempts for this user from this address; retry in 1 s"),
             std::string::npos)
-      << locked.body;
+      << held.body;
+  f.now_ms += 1000;  // the second is over: a sixth failure, then two seconds
+  EXPECT_NE(f.token("grant_type=password&username=alice&password=wrong6", f.auth())
+                .body.find("wrong username or password"),
+            std::string::npos);
+  EXPECT_NE(f.token(right, f.auth()).body.find("retry in 2 s"), std::string::npos);
+  f.now_ms += 1999;
+  EXPECT_NE(f.token(right, f.auth()).body.find("retry in 1 s"), std::string::npos);
+  f.now_ms += 1;
+  f.token("grant_type=password&username=alice&password=wrong7", f.auth());
+  EXPECT_NE(f.token(right, f.auth()).body.find("retry in 4 s"), std::string::npos);
+  const std::string held_address = f.address;
   f.address = "198.51.100.9";
   EXPECT_EQ(f.token(right, f.auth()).status, 200);
   f.now_ms += 121'000;  // failures count this minute and the last
   f.address = "192.0.2.1";
   EXPECT_EQ(f.token(right, f.auth()).status, 200);
-  // Twenty failures from many addresses lock the user everywhere.
+  f.address = held_address;
+  EXPECT_EQ(f.token(right, f.auth()).status, 200);
+  // Twenty failures from many addresses slow every new address down the same way...
   for (int i = 0; i < 20; ++i) {
     f.address = "203.0.113." + std::to_string(i);
     f.token("grant_type=password&username=alice&password=guess" + std::to_string(i), f.auth());
@@ -301,8 +315,17 @@ TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing
   f.address = "198.51.100.200";
   auto everywhere = f.token(right, f.auth());
   EXPECT_EQ(error_of(everywhere), "invalid_grant");
-  EXPECT_NE(everywhere.body.find("too many failed attempts for this user;"), std::string::npos)
+  EXPECT_NE(everywhere.body.find("too many failed attempts for this user; retry in 1 s"),
+            std::string::npos)
       << everywhere.body;
+  // ... but not the addresses alice logged in from: guesses cannot lock her out.
+  for (const char* known : {"198.51.100.9", "192.0.2.1"}) {
+    f.address = known;
+    EXPECT_EQ(f.token(right, f.auth()).status, 200) << known;
+  }
+  f.address = "198.51.100.200";
+  f.now_ms += 1000;
+  EXPECT_EQ(f.token(right, f.auth()).status, 200) << "a new address once the wait is over";
 }
 
 TEST(oauth, refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_grant) {
