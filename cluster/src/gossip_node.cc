@@ -167,6 +167,7 @@ struct gossip_node::impl final : environment {
   steady::time_point last_auth_log{};
   steady::time_point started_at = steady::now();
   steady::time_point last_alone_log{};
+  bool seen_peer_alive = false;  // warn_if_alone: joined at least once
   uint64_t auth_failures_since_log = 0;
   // Replay protection (replay_guard.h): this life's id, the sequence numbers sent so far on each
   // channel, and what was received.
@@ -554,15 +555,19 @@ struct gossip_node::impl final : environment {
 
   // A node whose key no peer accepts hears nothing back: its join attempts are dropped by the
   // seeds (which log the authentication failures on their side). Say so here too, at warn,
-  // every 30 s while no other member is known alive.
+  // every 30 s while no other member has ever been seen alive (once one has, losing them all is
+  // a partition or their failure, which the member state changes already report).
   void warn_if_alone() {
-    if (opt.seeds.empty()) return;
+    if (opt.seeds.empty() || seen_peer_alive) return;
+    for (const auto& m : swim->members()) {
+      if (m.info.id != opt.self.id && m.state == member_state::alive) {
+        seen_peer_alive = true;
+        return;
+      }
+    }
     auto t = steady::now();
     if (t - started_at < std::chrono::seconds(10) || t - last_alone_log < std::chrono::seconds(30))
       return;
-    for (const auto& m : swim->members()) {
-      if (m.info.id != opt.self.id && m.state == member_state::alive) return;
-    }
     last_alone_log = t;
     std::string seeds;
     for (const auto& s : opt.seeds) seeds += (seeds.empty() ? "" : ", ") + s;

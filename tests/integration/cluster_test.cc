@@ -640,6 +640,29 @@ TEST_F(cluster_config, invalid_documents_are_refused_with_400_and_change_nothing
   ASSERT_TRUE(eventually([&] { return proxy_status(1, "/r") == 200; }, 5s));
   r = admin(1, "DELETE", "/config/upstreams/backend");
   EXPECT_EQ(r.status, 400) << r.body.dump();
+  // The checks a put brings with it: an upstream's failover upstreams must exist, a route may
+  // not ask for jwt on a node without providers; replacing a valid route with an orphan is
+  // refused, and re-putting the same valid route is fine.
+  r = admin(0, "PUT", "/config/upstreams/f",
+            R"({"targets":[{"address":"127.0.0.1:1"}],"failover":["missing"]})");
+  EXPECT_EQ(r.status, 400) << r.body.dump();
+  EXPECT_NE(r.body.dump().find("failover upstream 'missing' is not defined"), std::string::npos)
+      << r.body.dump();
+  EXPECT_EQ(admin(0, "PUT", "/config/upstreams/f",
+                  R"({"targets":[{"address":"127.0.0.1:1"}],"failover":["backend"]})")
+                .status,
+            200);
+  r = admin(0, "PUT", "/config/routes/j",
+            R"({"match":{"path_prefix":"/j"},"upstream":"backend","auth":{"methods":["jwt"]}})");
+  EXPECT_EQ(r.status, 400) << r.body.dump();
+  EXPECT_NE(r.body.dump().find("no jwt providers"), std::string::npos) << r.body.dump();
+  r = admin(0, "PUT", "/config/routes/r", R"({"match":{"path_prefix":"/r"},"upstream":"gone"})");
+  EXPECT_EQ(r.status, 400) << r.body.dump();
+  EXPECT_NE(r.body.dump().find("upstream 'gone' is not defined"), std::string::npos);
+  EXPECT_EQ(
+      admin(0, "PUT", "/config/routes/r", R"({"match":{"path_prefix":"/r"},"upstream":"backend"})")
+          .status,
+      200);
   // Workers take a new snapshot on their next sweep (50 ms).
   EXPECT_TRUE(eventually([&] { return proxy_status(0, "/r") == 200; }, 2s));
   EXPECT_EQ(admin(0, "GET", "/health").status, 200);  // still serving
