@@ -996,15 +996,7 @@ struct node::impl {
         std::vector<std::string> before;
         if (exists) before = compose_errors(cfg, with_references(current->value), nullptr);
         auto after = compose_errors(cfg, with_references(canonical), nullptr);
-        std::set<std::string> old(before.begin(), before.end());
-        std::vector<std::string> introduced;
-        for (const auto& e : after)
-          if (!old.count(e)) introduced.push_back(e);
-        if (!introduced.empty()) {
-          admin_reply r = error_reply(400, "invalid_config", introduced.front());
-          r.body["errors"] = introduced;
-          return r;
-        }
+        if (auto refused = refuse_introduced(before, after)) return *refused;
       }
       std::string error;
       cluster::hlc_time v = body ? st.put(doc_family::config, key, canonical, &error)
@@ -1040,15 +1032,7 @@ struct node::impl {
       docs.erase(existing);
     }
     auto after = compose_errors(cfg, docs, &doc_cache);
-    std::vector<std::string> introduced;
-    std::set<std::string> old(before.begin(), before.end());
-    for (const auto& e : after)
-      if (!old.count(e)) introduced.push_back(e);
-    if (!introduced.empty()) {
-      admin_reply r = error_reply(400, "invalid_config", introduced.front());
-      r.body["errors"] = introduced;
-      return r;
-    }
+    if (auto refused = refuse_introduced(before, after)) return *refused;
 
     std::string error;
     cluster::hlc_time v = body ? st.put(doc_family::config, key, canonical, &error)
@@ -1057,6 +1041,19 @@ struct node::impl {
     last_errors = std::move(after);
     last_errors_digest = st.digest(doc_family::config);
     return served_here(v, std::move(apply));
+  }
+
+  // The 400 for the problems a change brings (in after, not in before), or nothing.
+  static std::optional<admin_reply> refuse_introduced(const std::vector<std::string>& before,
+                                                      const std::vector<std::string>& after) {
+    std::set<std::string> old(before.begin(), before.end());
+    std::vector<std::string> introduced;
+    for (const auto& e : after)
+      if (!old.count(e)) introduced.push_back(e);
+    if (introduced.empty()) return std::nullopt;
+    admin_reply r = error_reply(400, "invalid_config", introduced.front());
+    r.body["errors"] = introduced;
+    return r;
   }
 
   // After a config write (durable here, apply_mutex held): hands it to the gossip and the
