@@ -130,7 +130,16 @@ TEST_F(cluster_processes, five_nodes_join_detect_a_kill_and_see_the_restart) {
   };
   // The bound is 3 s (measured in docs/benchmarks.md); generous here, where ctest runs
   // other multi-process clusters in parallel on two cores.
-  ASSERT_TRUE(eventually(joined, 10s)) << nodes_[0]->log();
+  ASSERT_TRUE(eventually(joined, 10s)) << [&] {
+    std::string who;  // which node lacks whom, when it fails
+    for (int i = 0; i < count; ++i) {
+      who += "node " + std::to_string(i) + " sees " + std::to_string(alive_count(i)) + " alive:";
+      for (const auto& m : members_of(i))
+        who += " " + m["id"].get<std::string>() + "=" + m["state"].get<std::string>();
+      who += "\n";
+    }
+    return who + nodes_[0]->log();
+  }();
 
   uint64_t before = 0;
   ASSERT_EQ(state_of(0, "n4", &before), "alive");
