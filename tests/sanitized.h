@@ -8,8 +8,8 @@ namespace meridian::testing {
 
 #ifdef MERIDIAN_SANITIZED
 inline constexpr bool sanitized = true;
-inline constexpr int slowdown = 6;          // deadlines that measure speed
-inline constexpr int memory_overhead = 4;   // bounds on RSS growth
+inline constexpr int slowdown = 6;         // deadlines that measure speed
+inline constexpr int memory_overhead = 4;  // bounds on RSS growth
 #else
 inline constexpr bool sanitized = false;
 inline constexpr int slowdown = 1;

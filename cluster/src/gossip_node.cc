@@ -361,10 +361,10 @@ struct gossip_node::impl final : environment {
     if (t - last_replay_log >= std::chrono::seconds(10)) {
       std::string why = to_string(verdict);
       if (verdict == replay_verdict::stale) {
-        why = fmt::format("stamped {:.1f} s from this node's clock, beyond the {} s window: "
-                          "a replay, or the clocks are not synchronised (NTP?)",
-                          static_cast<double>(stamp.sent_ms - now_ms) / 1000.0,
-                          guard.window().count() / 1000);
+        why = fmt::format(
+            "stamped {:.1f} s from this node's clock, beyond the {} s window: "
+            "a replay, or the clocks are not synchronised (NTP?)",
+            static_cast<double>(stamp.sent_ms - now_ms) / 1000.0, guard.window().count() / 1000);
       } else if (verdict == replay_verdict::unstamped) {
         why = "unstamped: a replay of an older version's packet, or a peer older than this one";
       } else if (verdict == replay_verdict::table_full) {

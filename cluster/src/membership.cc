@@ -72,8 +72,8 @@ size_t estimate_size(const member_update& u) {
 }
 
 size_t estimate_size(const packet& p) {
-  size_t n = 1 + int_field(p.version) + string_field(p.sender_id) +
-             string_field(p.sender_address) + stamp_bound;
+  size_t n = 1 + int_field(p.version) + string_field(p.sender_id) + string_field(p.sender_address) +
+             stamp_bound;
   if (!p.pings.empty()) n += list_overhead;
   for (const auto& x : p.pings) n += struct_overhead + int_field(x.seq) + string_field(x.target_id);
   if (!p.ping_reqs.empty()) n += list_overhead;

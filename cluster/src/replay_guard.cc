@@ -62,8 +62,7 @@ void replay_guard::purge(int64_t now_ms) {
   std::erase_if(entries_, [horizon](const auto& kv) { return kv.second.newest_ms < horizon; });
 }
 
-replay_verdict replay_guard::check(const std::string& sender, const send_stamp& s,
-                                   int64_t now_ms) {
+replay_verdict replay_guard::check(const std::string& sender, const send_stamp& s, int64_t now_ms) {
   if (s.sent_ms == 0 || s.boot == 0 || s.seq == 0) return replay_verdict::unstamped;
   const int64_t skew = s.sent_ms > now_ms ? s.sent_ms - now_ms : now_ms - s.sent_ms;
   if (skew > window_.count()) return replay_verdict::stale;

@@ -38,7 +38,9 @@ class failure_delay {
     return ready > now_ms ? ready - now_ms : 0;
   }
   // Seconds to announce in Retry-After for a wait (rounded up, at least 1).
-  static int64_t retry_after_s(int64_t wait_ms) { return wait_ms <= 0 ? 1 : (wait_ms + 999) / 1000; }
+  static int64_t retry_after_s(int64_t wait_ms) {
+    return wait_ms <= 0 ? 1 : (wait_ms + 999) / 1000;
+  }
 
   void failed(std::string_view key, int64_t now_ms) {
     auto it = entries_.find(std::string(key));

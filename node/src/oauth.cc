@@ -383,8 +383,8 @@ int64_t oauth_authority::throttle_wait_ms(const std::string& key, uint64_t count
                                           int64_t now_ms) const {
   if (count < free) return 0;
   const uint64_t beyond = count - free;  // 0 for the first delayed attempt: 1 s
-  const int64_t delay = beyond >= 20 ? max_login_delay_ms
-                                     : std::min<int64_t>(1000LL << beyond, max_login_delay_ms);
+  const int64_t delay =
+      beyond >= 20 ? max_login_delay_ms : std::min<int64_t>(1000LL << beyond, max_login_delay_ms);
   // The failures may have happened on other nodes (the counts are cluster-wide): then this
   // node starts the delay when it first sees them.
   std::lock_guard lock(throttle_mu_);

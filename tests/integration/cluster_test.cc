@@ -1321,7 +1321,8 @@ TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_e
         return r.status == 200;
       },
       15s))
-      << progress(1).dump() << "\n" << nodes_[1]->log();
+      << progress(1).dump() << "\n"
+      << nodes_[1]->log();
   ASSERT_TRUE(eventually([&] { return on_all(0, new_fp, "primary_on"); }, 15s))
       << progress(0).dump();
   // Remove, from node 2 (409 in_use while it knows a node still sealing with the old key): the

@@ -411,14 +411,15 @@ TEST(admin_hostile, failed_logins_slow_one_address_down_exponentially_and_no_oth
 TEST(api_key_guessing, wrong_keys_slow_one_address_down_and_no_other) {
   upstream up;
   serve_echo(up);
-  running_node n("upstreams:\n  - name: u\n    targets: [" + up.address() +
-                 "]\nconsumers:\n  - {id: acme}\nroutes:\n  - name: keyed\n"
-                 "    match: {path_prefix: /keyed}\n    upstream: u\n    auth: {methods: [api_key]}\n");
+  running_node n(
+      "upstreams:\n  - name: u\n    targets: [" + up.address() +
+      "]\nconsumers:\n  - {id: acme}\nroutes:\n  - name: keyed\n"
+      "    match: {path_prefix: /keyed}\n    upstream: u\n    auth: {methods: [api_key]}\n");
   ASSERT_TRUE(n.ok());
   httplib::Client admin("127.0.0.1", n.admin_port());
-  auto issued = admin.Post("/config/consumers/acme/keys",
-                           {{"Authorization", "Bearer " + n.get().admin_token()}}, "",
-                           "application/json");
+  auto issued =
+      admin.Post("/config/consumers/acme/keys",
+                 {{"Authorization", "Bearer " + n.get().admin_token()}}, "", "application/json");
   ASSERT_TRUE(issued);
   ASSERT_EQ(issued->status, 201) << issued->body;
   const std::string good = nlohmann::json::parse(issued->body)["key"];

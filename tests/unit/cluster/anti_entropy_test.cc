@@ -151,7 +151,8 @@ TEST(anti_entropy, ten_thousand_documents_reach_every_node_and_survive_a_healed_
   EXPECT_EQ(peers[0]->state.stats().documents, static_cast<size_t>(n));
   for (size_t i = 1; i < peers.size(); ++i) EXPECT_TRUE(everything(peers[i]->state) == reference);
   EXPECT_EQ(peers[2]->state.get(doc_family::config, "routes/r7")->value, route_body(7, 2));
-  EXPECT_TRUE(peers[2]->state.get(doc_family::config, "routes/r" + std::to_string(n / 5 + 10))->deleted);
+  EXPECT_TRUE(
+      peers[2]->state.get(doc_family::config, "routes/r" + std::to_string(n / 5 + 10))->deleted);
   EXPECT_EQ(peers[2]->state.get(doc_family::config, "routes/r" + std::to_string(n + 10))->value,
             route_body(n + 10, 1));
   for (auto& p : peers) p->gossip->stop(false);

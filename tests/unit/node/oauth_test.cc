@@ -286,8 +286,9 @@ TEST(oauth, password_grant_checks_the_users_argon2id_hash_and_throttles_guessing
     f.token("grant_type=password&username=alice&password=wrong" + std::to_string(i), f.auth());
   auto held = f.token(right, f.auth());
   EXPECT_EQ(error_of(held), "invalid_grant");
-  EXPECT_NE(held.body.find("too many failed attempts for this user from this address; retry in 1 s"),
-            std::string::npos)
+  EXPECT_NE(
+      held.body.find("too many failed attempts for this user from this address; retry in 1 s"),
+      std::string::npos)
       << held.body;
   f.now_ms += 1000;  // the second is over: a sixth failure, then two seconds
   EXPECT_NE(f.token("grant_type=password&username=alice&password=wrong6", f.auth())

@@ -378,7 +378,9 @@ TEST(rate_limiter_sim, a_churn_of_distinct_keys_does_not_starve_a_busy_global_ke
   std::map<int64_t, uint64_t> admitted;
   const millis start = window, until = window * 7;
   c.offer(
-      start, until, 0.3, [](int n) { return n == 0 ? 0.6 : n == 1 ? 0.3 : 0.1; }, specs,
+      start, until, 0.3, [](int n) { return n == 0   ? 0.6
+                                            : n == 1 ? 0.3
+                                                     : 0.1; }, specs,
       [&](int) { ++admitted[c.window_of(c.wall(), window)]; });
   uint64_t ip = 0;
   for (int node : {0, 1}) {

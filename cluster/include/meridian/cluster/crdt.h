@@ -144,7 +144,7 @@ class window_counters {
   using slots = boost::container::small_vector<slot, 3>;
   struct cell {
     uint32_t window_ms = 0;
-    uint32_t window = 0;  // index of `cur`; `prev` is window - 1
+    uint32_t window = 0;      // index of `cur`; `prev` is window - 1
     uint8_t queued = 0;       // 0: not waiting to be sent; else 1 + the queue it waits in
     bool referenced = false;  // touched since the eviction hand last passed (CLOCK)
     uint16_t changes = 0;     // local changes since last taken (saturating)

@@ -55,8 +55,8 @@ struct gossip_counters {
   std::atomic<uint64_t> packets_out{0};
   std::atomic<uint64_t> bytes_in{0};
   std::atomic<uint64_t> bytes_out{0};
-  std::atomic<uint64_t> auth_failures{0};  // sealed with a key we do not hold (or tampered)
-  std::atomic<uint64_t> malformed{0};      // authenticated but undecodable, or wrong version
+  std::atomic<uint64_t> auth_failures{0};    // sealed with a key we do not hold (or tampered)
+  std::atomic<uint64_t> malformed{0};        // authenticated but undecodable, or wrong version
   std::atomic<uint64_t> replays_refused{0};  // authenticated, but seen before (replay_guard.h)
   std::atomic<uint64_t> stale_refused{0};    // authenticated, but unstamped or outside the window
   std::atomic<uint64_t> push_pulls_in{0};

@@ -53,8 +53,8 @@ class replay_guard {
 
  private:
   struct entry {
-    uint64_t highest = 0;  // newest sequence number seen
-    int64_t newest_ms = 0;  // newest sent_ms seen
+    uint64_t highest = 0;                          // newest sequence number seen
+    int64_t newest_ms = 0;                         // newest sent_ms seen
     std::array<uint64_t, seq_window / 64> seen{};  // bit i: highest - i seen
   };
   void purge(int64_t now_ms);
