@@ -96,7 +96,7 @@ def main():
                 f"node: {{id: n{i}, region: {regions[i % 3]}, data_dir: {tmp}/n{i}}}\n"
                 f"listen: {{proxy: 127.0.0.1:{proxy}, admin: 127.0.0.1:{admin}}}\n"
                 f"admin: {{token_file: {tmp}/admin.token}}\n"
-                f"log: {{level: warn}}\n"
+                f"log: {{level: {os.environ.get('BENCH_LOG', 'warn')}}}\n"
                 f"cluster: {{bind: 127.0.0.1:{gossip}, seeds: [{seeds}], "
                 f"keyring_file: {tmp}/cluster.keys}}\n")
             log = open(os.path.join(tmp, f"n{i}.log"), "w")
@@ -153,7 +153,8 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         backend.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if os.environ.get('BENCH_KEEP'): print('kept', tmp)
+        else: shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bulk_load(a, ports):
