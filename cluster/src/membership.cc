@@ -62,6 +62,7 @@ constexpr size_t max_relays = 1024;           // ping-reqs served at once
 constexpr size_t max_queued_payloads = 1024;  // application payloads waiting to be piggybacked
 constexpr size_t seen_payloads_cap = 4096;    // dedup memory for received payloads
 constexpr millis join_backoff_start{1000};
+constexpr millis join_steady_period{30000};
 constexpr size_t max_corrections = 8;  // newer claims sent back to one packet's sender
 
 }  // namespace
@@ -707,11 +708,16 @@ struct membership::impl {
     for (const auto& id : gone) remove_member(id);
   }
 
+  // Every second during the first join_steady_period of joining: nodes started together (a
+  // deploy of every region at once, seeds slow to open their ports) find each other as soon as a
+  // seed listens. After that, doubling up to join_retry_max: a seed down for long is not
+  // hammered.
   void join_attempt(millis now) {
     for (const auto& s : seeds_) env_.send_state(s, table(true));
     ++stats_.push_pulls;
     next_join_ = now + join_backoff_;
-    join_backoff_ = std::min(join_backoff_ * 2, cfg_.join_retry_max);
+    if (now - joining_since_ >= join_steady_period)
+      join_backoff_ = std::min(join_backoff_ * 2, cfg_.join_retry_max);
   }
 
   void tick() {
@@ -949,6 +955,7 @@ struct membership::impl {
   std::vector<std::string> seeds_;
   bool joining_ = false;
   millis next_join_{0};
+  millis joining_since_{0};
   millis join_backoff_{join_backoff_start};
   bool left_ = false;
   uint32_t health_ = 0;
@@ -979,6 +986,7 @@ void membership::join(std::vector<std::string> seeds) {
     if (!s.empty() && s != m.self_.info.address) m.seeds_.push_back(std::move(s));
   if (m.seeds_.empty() || m.left_) return;  // a lone node serves on its own
   m.joining_ = true;
+  m.joining_since_ = m.env_.now();
   m.join_backoff_ = join_backoff_start;
   m.join_attempt(m.env_.now());
 }
