@@ -587,6 +587,13 @@ struct node::impl {
   std::condition_variable installs_cv;
   uint64_t installs_done = 0;     // the newest install (by start order) that finished
   uint64_t installed_digest = 0;  // config digest of the installed snapshot (install_mutex)
+  // Snapshots install() replaced, kept until nothing else holds them, so that the last reference
+  // is dropped here and not on a worker: freeing a snapshot of 10,000 routes takes milliseconds
+  // that a worker would stall for. Under install_mutex; install() and the applier reap them.
+  std::vector<std::shared_ptr<const snapshot>> retired;
+  void reap_retired() {
+    std::erase_if(retired, [](const auto& s) { return s.use_count() == 1; });
+  }
   std::mutex reported_mutex;
   std::set<std::string> reported_problems;  // under reported_mutex
   // Applies remote config changes off the gossip thread.
@@ -669,13 +676,16 @@ struct node::impl {
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
     ++version;
+    std::shared_ptr<const snapshot> previous;
     {
       std::lock_guard lock(snap_mutex);
-      snap = next;
+      previous = std::exchange(snap, next);
     }
     installed_digest = digest;
     if (proxy) proxy->update(next);
     if (health) health->update(next);
+    if (previous) retired.push_back(std::move(previous));
+    reap_retired();
     auto ms = [](auto from, auto to) {
       return std::chrono::duration<double, std::milli>(to - from).count();
     };
@@ -690,7 +700,16 @@ struct node::impl {
     std::unique_lock lock(applier_mutex);
     steady_clock::time_point rested;  // when the next build may start
     for (;;) {
-      applier_cv.wait(lock, [&] { return config_dirty || applier_stop; });
+      if (!applier_cv.wait_for(lock, std::chrono::seconds(1),
+                               [&] { return config_dirty || applier_stop; })) {
+        lock.unlock();
+        {
+          std::lock_guard installing(install_mutex);
+          reap_retired();
+        }
+        lock.lock();
+        continue;
+      }
       // A build is linear in the number of documents, so back-to-back builds during a bulk load
       // or a burst of gossip would spend a core on rebuilding: after a build that took T, the
       // next starts T after it ended at the earliest (half a core at most), and takes every
