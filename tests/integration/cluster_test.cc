@@ -54,25 +54,28 @@ class cluster_processes : public ::testing::Test {
 
   // Starts node i and waits until its admin API answers. Ports are picked free but may be taken
   // by a parallel test before the child binds them: then the child exits, and node i gets new
-  // ports and another try.
+  // ports and another try. A child that is still starting is waited for (loading 10,000
+  // documents under the sanitizers on a loaded machine takes more than 3 s).
   void start(int i, const std::string& keyring = "") {
     auto path = dir_.file("n" + std::to_string(i) + ".yaml");
     for (int attempt = 0; attempt < 4; ++attempt) {
       write_file(path, config_for(i, keyring.empty() ? dir_.file("cluster.keys") : keyring));
       nodes_[i] = std::make_unique<child_node>(path, dir_.file("n" + std::to_string(i) + ".log"));
-      bool up = eventually(
+      bool up = false;
+      eventually(
           [&] {
             httplib::Client c("127.0.0.1", ports_[i].admin);
             auto res = c.Get("/health");
-            return res && res->status == 200 &&
-                   res->body.find("\"n" + std::to_string(i) + "\"") != std::string::npos;
+            up = res && res->status == 200 &&
+                 res->body.find("\"n" + std::to_string(i) + "\"") != std::string::npos;
+            return up || !nodes_[i]->running();
           },
-          3s);
+          30s * testing::slowdown);
       if (up) return;
-      nodes_[i].reset();  // kills it if it is somehow still running
+      if (nodes_[i]->running()) break;  // neither up nor gone: no other ports will help
       ports_[i] = {unused_port(), unused_port(), unused_port()};
     }
-    FAIL() << "node " << i << " did not start";
+    FAIL() << "node " << i << " did not start:\n" << nodes_[i]->log();
   }
 
   // The member table node i reports, or an empty array when it does not answer.
@@ -284,7 +287,10 @@ class cluster_config : public cluster_processes {
   }
 
   void start_cluster(int n) {
-    for (int i = 0; i < n; ++i) start(i);
+    for (int i = 0; i < n; ++i) {
+      start(i);
+      if (HasFatalFailure()) return;
+    }
     ASSERT_TRUE(eventually(
         [&] {
           for (int i = 0; i < n; ++i)

@@ -57,6 +57,12 @@ class child_node {
     }
   }
   pid_t pid() const { return pid_; }
+  // Returns false once the process has exited (reaping it).
+  bool running() {
+    if (exited_) return false;
+    if (::waitpid(pid_, nullptr, WNOHANG) == pid_) exited_ = true;
+    return !exited_;
+  }
   std::string log() const {
     std::ifstream in(log_);
     std::stringstream ss;
