@@ -182,10 +182,15 @@ std::string metrics_registry::render_prometheus() const {
   // new routes and targets, which is rare.
   std::lock_guard lock(mutex_);
   exposition out;
+  // Routes by name, so that the exposition is in a stable order.
+  std::vector<std::pair<std::string_view, const route_metrics*>> by_name;
+  by_name.reserve(routes_.size());
+  for (const auto& [name, route] : routes_) by_name.emplace_back(name, route.get());
+  std::sort(by_name.begin(), by_name.end());
 
   out.family("meridian_http_requests_total", "counter",
              "Requests answered through a route, by status code or class.");
-  for (const auto& [name, route] : routes_) {
+  for (const auto& [name, route] : by_name) {
     for (size_t slot = 0; slot < std::tuple_size_v<decltype(route_stats::status)>; ++slot) {
       uint64_t total = 0;
       for (const auto& stats : route->per_worker) total += stats.status[slot].get();
@@ -197,7 +202,7 @@ std::string metrics_registry::render_prometheus() const {
 
   out.family("meridian_http_request_duration_seconds", "histogram",
              "Time from the request head to the end of the response, by route.");
-  for (const auto& [name, route] : routes_) {
+  for (const auto& [name, route] : by_name) {
     // The count is taken from the same bucket snapshot so that +Inf and _count always agree.
     std::array<uint64_t, latency_bounds_us.size() + 1> buckets{};
     uint64_t sum_us = 0;
@@ -220,7 +225,7 @@ std::string metrics_registry::render_prometheus() const {
 
   out.family("meridian_http_request_bytes_total", "counter",
              "Request body bytes received from clients, by route.");
-  for (const auto& [name, route] : routes_) {
+  for (const auto& [name, route] : by_name) {
     uint64_t total = 0;
     for (const auto& stats : route->per_worker) total += stats.request_bytes.get();
     out.sample("meridian_http_request_bytes_total", {{"route", name}}, total);
@@ -228,7 +233,7 @@ std::string metrics_registry::render_prometheus() const {
 
   out.family("meridian_http_response_bytes_total", "counter",
              "Response body bytes sent to clients, by route.");
-  for (const auto& [name, route] : routes_) {
+  for (const auto& [name, route] : by_name) {
     uint64_t total = 0;
     for (const auto& stats : route->per_worker) total += stats.response_bytes.get();
     out.sample("meridian_http_response_bytes_total", {{"route", name}}, total);

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <string>
 #include <vector>
 
@@ -118,7 +119,7 @@ class metrics_registry {
  private:
   std::vector<std::unique_ptr<worker_stats>> workers_;
   mutable std::mutex mutex_;
-  std::map<std::string, std::unique_ptr<route_metrics>> routes_;
+  std::unordered_map<std::string, std::unique_ptr<route_metrics>> routes_;  // by name
   std::map<std::string, std::unique_ptr<target_metrics>> targets_;
 };
 

@@ -31,6 +31,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -215,11 +216,12 @@ class prefix_index {
     int32_t deepest_prefix_node = -1;  // longest key that is a prefix and has prefix routes
   };
 
-  // Builds the tree. `keys` is sorted bytewise (std::map<std::string> order).
-  void build(const std::map<std::string, key_lists>& keys) {
+  // Builds the tree of keys (views that need to live only through the call).
+  void build(const std::unordered_map<std::string_view, key_lists>& keys) {
     std::vector<std::pair<std::string_view, const key_lists*>> sorted;
     sorted.reserve(keys.size());
     for (const auto& [key, lists] : keys) sorted.emplace_back(key, &lists);
+    std::sort(sorted.begin(), sorted.end());  // bytewise: string_view compares as unsigned char
     nodes_.clear();
     first_byte_.clear();
     labels_.clear();
@@ -418,14 +420,24 @@ class compiled_router final : public router {
       compiled.push_back(std::move(cr));
     }
 
-    std::sort(compiled.begin(), compiled.end(),
-              [](const compiled_route& a, const compiled_route& b) {
-                if (a.conditions != b.conditions) return a.conditions > b.conditions;
-                return a.index < b.index;
-              });
+    // More conditions first, then config order: a stable sort by conditions alone. Positions
+    // are sorted, not the (large) compiled routes themselves, which are then moved once.
+    std::vector<uint32_t> order(compiled.size());
+    for (uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
+      return compiled[a].conditions > compiled[b].conditions;
+    });
+    {
+      std::vector<compiled_route> sorted;
+      sorted.reserve(compiled.size());
+      for (uint32_t i : order) sorted.push_back(std::move(compiled[i]));
+      compiled = std::move(sorted);
+    }
 
-    std::map<std::string, prefix_index::key_lists> path_keys;
-    std::map<std::string, prefix_index::key_lists> regex_keys;
+    // Keys are views into routes and compiled, which outlive the index builds below.
+    std::unordered_map<std::string_view, prefix_index::key_lists> path_keys;
+    std::unordered_map<std::string_view, prefix_index::key_lists> regex_keys;
+    path_keys.reserve(compiled.size());
     for (uint32_t slot = 0; slot < compiled.size(); ++slot) {
       const compiled_route& cr = compiled[slot];
       const match_config& m = routes[static_cast<size_t>(cr.index)].match;
@@ -445,9 +457,9 @@ class compiled_router final : public router {
           break;
       }
     }
-    out->routes_ = std::move(compiled);
     out->paths_.build(path_keys);
     out->regex_literals_.build(regex_keys);
+    out->routes_ = std::move(compiled);
     return out;
   }
 
