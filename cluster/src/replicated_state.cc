@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
-#include <optional>
 #include <set>
 #include <tuple>
 #include <unordered_map>
@@ -236,7 +235,6 @@ struct replicated_state::impl {
     std::string summary;
     millis heard{0};
     millis last_sync{-1000000};
-    std::optional<millis> differs_since;  // since when its summaries differ from this node's
   };
   std::unordered_map<std::string, peer_view> peers;
   std::string last_own_summary;
@@ -845,17 +843,10 @@ bool replicated_state::on_summary(const std::string& from, const std::string& su
     d.last_own_summary = mine;
     d.last_own_change = now;
   }
+  if (summary == mine) return false;
+  // Deltas are still arriving: give them a moment before paying for a push-pull.
+  if (!d.want_pull && now - d.last_own_change < d.opt.sync_grace) return false;
   auto& p = d.peers[from];
-  if (summary == mine) {
-    p.differs_since.reset();
-    return false;
-  }
-  if (!p.differs_since) p.differs_since = now;
-  // Deltas are still arriving: give them a moment before paying for a push-pull — but not
-  // forever, as under a stream of writes here the state never stays quiet for the grace.
-  if (!d.want_pull && now - d.last_own_change < d.opt.sync_grace &&
-      now - *p.differs_since < d.opt.max_sync_delay)
-    return false;
   if (now - p.last_sync < d.opt.min_sync_interval) return false;
   p.last_sync = now;
   d.want_pull = false;

@@ -1318,7 +1318,9 @@ TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_e
   r = admin(1, "DELETE", "/cluster/keys/" + old_fp);
   EXPECT_EQ(r.status, 409) << "the primary cannot be removed: " << r.body.dump();
   // Use, from node 1 (409 not_installed_everywhere until node 1 has heard from every node):
-  // every node seals with the new key.
+  // every node seals with the new key. Tried at an operator's pace: every try is an audit entry
+  // gossiped to every node, and a hundred a second (the default pace) once held node 2's
+  // keyring register back from node 1 until the 30 s push-pull.
   ASSERT_TRUE(eventually(
       [&] {
         r = admin(1, "PUT", "/cluster/keys/" + new_fp + "/primary");
@@ -1326,7 +1328,7 @@ TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_e
             << r.body.dump();
         return r.status == 200;
       },
-      15s))
+      15s, 200ms))
       << progress(1).dump() << "\n"
       << [&] {
            std::string out;
@@ -1352,7 +1354,7 @@ TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_e
         EXPECT_TRUE(r.status == 200 || r.body["error"] == "in_use") << r.body.dump();
         return r.status == 200;
       },
-      15s));
+      15s, 200ms));
   ASSERT_TRUE(eventually(
       [&] {
         auto v = progress(0);

@@ -45,11 +45,14 @@ class temp_dir {
 };
 
 // Polls cond every 10 ms until it holds or the deadline passes; returns its last value.
-inline bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = 5s) {
+// every: the pause between tries (for conditions whose check writes, such as an admin call
+// that lands in the audit trail).
+inline bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = 5s,
+                       std::chrono::milliseconds every = 10ms) {
   auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     if (cond()) return true;
-    std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(every);
   }
   return cond();
 }

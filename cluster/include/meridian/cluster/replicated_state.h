@@ -55,7 +55,6 @@ struct state_options {
   size_t max_document_bytes = 32 * 1024;
   size_t max_sync_bytes = 48 * 1024;  // documents in one push-pull reply
   millis sync_grace{300};          // local state quiet this long before a differing summary syncs
-  millis max_sync_delay{2000};     // ... unless the summaries have differed this long already
   millis min_sync_interval{1000};  // per peer, for summary-triggered push-pulls
   millis summary_fresh{15000};     // a peer's summary counts towards `converged` this long
   int64_t tombstone_grace_ms = 24LL * 3600 * 1000;
