@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 
 #include <filesystem>
@@ -42,6 +43,9 @@ class child_node {
   child_node(const std::string& config_path, const std::string& log_path) : log_(log_path) {
     pid_ = ::fork();
     if (pid_ == 0) {
+      // Dies with the test: a test binary that crashes must not leave nodes running (orphans of
+      // a crashed run kept gossiping and skewed every later benchmark on the machine).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       ::dup2(fd, 2);
       ::dup2(fd, 1);
