@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build run test test-asan bench format clean package fuzz chaos chaos-short
+.PHONY: all setup configure build run test test-asan test-tsan bench format clean package fuzz chaos chaos-short
 
 all: build
 
@@ -31,6 +31,11 @@ package: configure
 test-asan:
 	@$(MAKE) --no-print-directory test BUILD_DIR=build-asan BUILD_TYPE=Debug \
 		CMAKE_FLAGS="-DMERIDIAN_SANITIZE=ON -DMERIDIAN_BENCH=OFF"
+
+# ThreadSanitizer over the same tests (RelWithDebInfo: TSan's slowdown is large enough).
+test-tsan:
+	@$(MAKE) --no-print-directory test BUILD_DIR=build-tsan BUILD_TYPE=RelWithDebInfo \
+		CMAKE_FLAGS="-DMERIDIAN_TSAN=ON -DMERIDIAN_BENCH=OFF"
 
 bench: build
 	@MERIDIAN_BENCH=1 scripts/setup.sh
