@@ -37,10 +37,10 @@ std::vector<config_document> documents() {
                   R"({"name":"backend","targets":[{"address":"127.0.0.1:9"}]})"});
   for (int i = 0; i < route_count; ++i) {
     std::string name = "b" + std::to_string(i);
-    docs.push_back({document_kind::route, name,
-                    R"({"match":{"path_prefix":"/b)" + std::to_string(i) +
-                        R"("},"name":")" + name +
-                        R"(","request_headers":{"add":{"x-gateway":"meridian"}},"upstream":"backend"})"});
+    docs.push_back(
+        {document_kind::route, name,
+         R"({"match":{"path_prefix":"/b)" + std::to_string(i) + R"("},"name":")" + name +
+             R"(","request_headers":{"add":{"x-gateway":"meridian"}},"upstream":"backend"})"});
   }
   return docs;
 }

@@ -689,10 +689,11 @@ struct node::impl {
     auto ms = [](auto from, auto to) {
       return std::chrono::duration<double, std::milli>(to - from).count();
     };
-    log()->info("config version {} applied: {} routes, {} upstreams in {:.1f} ms (compose {:.1f}, "
-                "snapshot {:.1f})",
-                next->version, next->routes.size(), next->upstreams.size(),
-                ms(start, steady_clock::now()), ms(start, composed), ms(keyed, built));
+    log()->info(
+        "config version {} applied: {} routes, {} upstreams in {:.1f} ms (compose {:.1f}, "
+        "snapshot {:.1f})",
+        next->version, next->routes.size(), next->upstreams.size(), ms(start, steady_clock::now()),
+        ms(start, composed), ms(keyed, built));
     return true;
   }
 

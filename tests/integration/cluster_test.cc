@@ -1330,19 +1330,20 @@ TEST_F(cluster_config, keys_rotate_through_the_admin_api_install_use_remove_on_e
       },
       15s, 200ms))
       << progress(1).dump() << "\n"
-      << [&] {
-           std::string out;
-           for (int i : {1, 2}) {
-             httplib::Client c("127.0.0.1", ports_[i].admin);
-             auto res = c.Get("/metrics", {{"Authorization", "Bearer test-token-0123456789abcdef"}});
-             if (!res) continue;
-             std::istringstream in(res->body);
-             for (std::string line; std::getline(in, line);)
-               if (line.rfind("meridian_cluster_", 0) == 0 || line.rfind("meridian_state_", 0) == 0)
-                 out += "n" + std::to_string(i) + " " + line + "\n";
-           }
-           return out;
-         }()
+      <<
+      [&] {
+        std::string out;
+        for (int i : {1, 2}) {
+          httplib::Client c("127.0.0.1", ports_[i].admin);
+          auto res = c.Get("/metrics", {{"Authorization", "Bearer test-token-0123456789abcdef"}});
+          if (!res) continue;
+          std::istringstream in(res->body);
+          for (std::string line; std::getline(in, line);)
+            if (line.rfind("meridian_cluster_", 0) == 0 || line.rfind("meridian_state_", 0) == 0)
+              out += "n" + std::to_string(i) + " " + line + "\n";
+        }
+        return out;
+      }()
       << nodes_[1]->log();
   ASSERT_TRUE(eventually([&] { return on_all(0, new_fp, "primary_on"); }, 15s))
       << progress(0).dump();
