@@ -24,16 +24,16 @@ std::shared_ptr<spdlog::logger> logger() {
 // One probe of one target: connect, send the request, read the status line, with a deadline.
 class probe : public std::enable_shared_from_this<probe> {
  public:
-  probe(asio::io_context& ioc, std::shared_ptr<target_state> target, const health_check_config& cfg,
+  probe(asio::io_context& ioc, const upstream_target* target, const health_check_config& cfg,
         std::function<void(bool, std::string)> done)
-      : socket_(ioc), timer_(ioc), target_(std::move(target)), cfg_(cfg), done_(std::move(done)) {}
+      : socket_(ioc), timer_(ioc), target_(target), cfg_(cfg), done_(std::move(done)) {}
 
   void run() {
     timer_.expires_after(cfg_.timeout);
     timer_.async_wait([self = shared_from_this()](const error_code& ec) {
       if (!ec) self->finish(false, "timed out");
     });
-    request_ = "GET " + cfg_.path + " HTTP/1.1\r\nHost: " + target_->addr.to_string() +
+    request_ = "GET " + cfg_.path + " HTTP/1.1\r\nHost: " + target_->state->addr.to_string() +
                "\r\nUser-Agent: meridian-health-check\r\nConnection: close\r\n\r\n";
     socket_.async_connect(target_->endpoint, [self = shared_from_this()](const error_code& ec) {
       if (ec) return self->finish(false, "connect: " + ec.message());
@@ -87,7 +87,7 @@ class probe : public std::enable_shared_from_this<probe> {
 
   tcp::socket socket_;
   asio::steady_timer timer_;
-  std::shared_ptr<target_state> target_;
+  const upstream_target* target_;  // in the snapshot that done_ keeps alive
   health_check_config cfg_;
   std::function<void(bool, std::string)> done_;
   std::string request_;
@@ -106,16 +106,16 @@ struct health_checker::impl {
   std::vector<std::unique_ptr<asio::steady_timer>> timers;
   std::shared_ptr<const snapshot> snap;
 
-  void schedule(uint64_t gen, asio::steady_timer* timer, std::shared_ptr<target_state> target,
+  void schedule(uint64_t gen, asio::steady_timer* timer, const upstream_target* target,
                 const health_check_config* cfg, duration delay) {
     timer->expires_after(delay);
     timer->async_wait([this, gen, timer, target, cfg](const error_code& ec) {
       if (ec || gen != generation) return;
-      auto keep = snap;  // cfg points into it
+      auto keep = snap;  // cfg and target point into it
       std::make_shared<probe>(ioc, target, *cfg,
                               [this, gen, timer, target, cfg, keep](bool ok, std::string detail) {
                                 if (gen != generation) return;
-                                record(*target, *cfg, ok, detail, *keep);
+                                record(*target->state, *cfg, ok, detail, *keep);
                                 schedule(gen, timer, target, cfg, cfg->interval);
                               })
           ->run();
@@ -181,19 +181,19 @@ void health_checker::update(std::shared_ptr<const snapshot> snap) {
       if (!hc.enabled) {
         // Without active checks a target is never held down by an old verdict.
         for (auto& t : up->targets) {
-          t->healthy.store(true);
-          if (t->metrics) t->metrics->healthy.store(1);
+          t.state->healthy.store(true);
+          if (t.state->metrics) t.state->metrics->healthy.store(1);
         }
         continue;
       }
       size_t i = 0;
       for (auto& t : up->targets) {
-        if (!t->resolved) continue;
+        if (!t.resolved) continue;
         d.timers.push_back(std::make_unique<asio::steady_timer>(d.ioc));
         // Spread first probes over the interval so targets are not probed in lockstep.
         auto delay = hc.interval * static_cast<int64_t>(i++) /
                      static_cast<int64_t>(std::max<size_t>(1, up->targets.size()));
-        d.schedule(d.generation, d.timers.back().get(), t, &hc,
+        d.schedule(d.generation, d.timers.back().get(), &t, &hc,
                    std::chrono::duration_cast<duration>(delay));
       }
     }

@@ -571,6 +571,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;
   target_state* target_ = nullptr;
+  const upstream_target* picked_ = nullptr;  // target_ as snap_ configures it (its endpoint)
   byte_buffer up_out_;
   bool writing_upstream_ = false;
   std::optional<response_parser<client_session>> resp_parser_;
@@ -1032,6 +1033,7 @@ void client_session::begin_request() {
   auth_headers_.clear();
   strip_authorization_ = false;
   target_ = nullptr;
+  picked_ = nullptr;
   status_ = 0;
   resp_head_sent_ = resp_chunked_out_ = resp_paused_ = resp_malformed_ = false;
   upstream_keep_alive_ = true;
@@ -1977,7 +1979,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   } else {
     // Without the client's Host, name the first target (like nginx's $proxy_host).
     up_out_.append(up.targets.empty() ? std::string_view("localhost")
-                                      : std::string_view(up.targets[0]->addr.to_string()));
+                                      : std::string_view(up.targets[0].state->addr.to_string()));
   }
   up_out_.append("\r\nX-Forwarded-For: ");
   if (has_xff) {
@@ -2092,11 +2094,15 @@ void client_session::dispatch() {
   int64_t now = w_.now;
   if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
   const int64_t wall = unix_now_ms();
-  target_ = pick_target(up, w_.index, hash_key_, exclude_, now, wall);
+  auto pick = [&](const upstream_runtime& from, const target_state* exclude) {
+    picked_ = pick_target(from, w_.index, hash_key_, exclude, now, wall);
+    return picked_ ? picked_->state.get() : nullptr;
+  };
+  target_ = pick(up, exclude_);
   if (!target_ && !exclude_) {
     // Nothing usable here: the upstream's failover chain, in order.
     for (const upstream_runtime* next : up.failover_chain) {
-      target_ = pick_target(*next, w_.index, hash_key_, nullptr, now, wall);
+      target_ = pick(*next, nullptr);
       if (target_) {
         up.failovers.fetch_add(1, std::memory_order_relaxed);
         upstream_ = next;
@@ -2109,7 +2115,7 @@ void client_session::dispatch() {
   if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
                                                target_->may_probe.load(), &probe_)) {
     // Another worker took this half-open period's probe: choose again without this target.
-    target_ = pick_target(chosen, w_.index, hash_key_, target_, now, wall);
+    target_ = pick(chosen, target_);
     if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
                                                  target_->may_probe.load(), &probe_)) {
       target_ = nullptr;
@@ -2154,13 +2160,13 @@ void client_session::connect_upstream() {
   up_->owner = shared_from_this();
   w_.stats.upstream_connections_opened.add();
   error_code ec;
-  up_->socket.open(target_->endpoint.protocol(), ec);
+  up_->socket.open(picked_->endpoint.protocol(), ec);
   if (ec) {
     upstream_failed(failure::connect);
     return;
   }
   up_->open = true;
-  up_->socket.async_connect(target_->endpoint,
+  up_->socket.async_connect(picked_->endpoint,
                             [self = shared_from_this(), conn = up_](const error_code& ec) {
                               if (self->up_ != conn || self->phase_ == phase::closed) return;
                               self->on_connected(ec);

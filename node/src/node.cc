@@ -496,7 +496,8 @@ struct node::impl {
     const std::string& self = cluster->self_id();
     for (const auto& up : snap.upstreams) {
       const auto& cb = up->cfg->circuit_breaker;
-      for (const auto& t : up->targets) {
+      for (const auto& target : up->targets) {
+        target_state* t = target.state.get();
         if (!cb.enabled || cb.scope == "local") {
           t->may_probe = true;
           continue;
@@ -769,11 +770,12 @@ struct node::impl {
     auto list = nlohmann::json::array();
     for (const auto& up : snap->upstreams) {
       if (!up->cfg->circuit_breaker.enabled) continue;
-      for (const auto& t : up->targets) {
+      for (const auto& target : up->targets) {
+        const target_state* t = target.state.get();
         auto v = t->breaker.view();
         nlohmann::json b = {{"upstream", up->cfg->name},
                             {"target", t->addr.to_string()},
-                            {"region", t->region},
+                            {"region", target.region},
                             {"state", to_string(v.state)},
                             {"since", v.since_ms},
                             {"origin", v.origin},
@@ -802,8 +804,8 @@ struct node::impl {
       if (!up->cfg->circuit_breaker.enabled) continue;
       for (const auto& t : up->targets) {
         out += "meridian_breaker_state{upstream=\"" + up->cfg->name + "\",target=\"" +
-               t->addr.to_string() + "\"} " +
-               std::to_string(static_cast<int>(t->breaker.view().state)) + "\n";
+               t.state->addr.to_string() + "\"} " +
+               std::to_string(static_cast<int>(t.state->breaker.view().state)) + "\n";
       }
     }
     out += failovers;

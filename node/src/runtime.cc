@@ -37,23 +37,23 @@ std::string lower(std::string s) {
 }
 
 // Interleaves target indices so that each appears weight times, spread out (smooth WRR).
-std::vector<uint32_t> smooth_wrr(const std::vector<std::shared_ptr<target_state>>& targets) {
+std::vector<uint32_t> smooth_wrr(const std::vector<upstream_target>& targets) {
   std::vector<uint32_t> seq;
   uint64_t total = 0;
-  for (auto& t : targets) total += t->weight;
+  for (auto& t : targets) total += t.weight;
   if (total == 0) return seq;
   // Cap the sequence length; weights are reduced by their gcd first.
   uint64_t g = 0;
-  for (auto& t : targets) g = std::gcd(g, static_cast<uint64_t>(t->weight));
+  for (auto& t : targets) g = std::gcd(g, static_cast<uint64_t>(t.weight));
   total /= g;
   total = std::min<uint64_t>(total, 10000);
   std::vector<int64_t> current(targets.size(), 0);
   int64_t sum = 0;
-  for (auto& t : targets) sum += t->weight / g;
+  for (auto& t : targets) sum += t.weight / g;
   for (uint64_t i = 0; i < total; ++i) {
     size_t best = 0;
     for (size_t j = 0; j < targets.size(); ++j) {
-      current[j] += targets[j]->weight / g;
+      current[j] += targets[j].weight / g;
       if (current[j] > current[best]) best = j;
     }
     current[best] -= sum;
@@ -226,36 +226,36 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     up->budget.min_per_s = uc.retries.budget_min_per_s;
     if (uc.hash_on.rfind("header:", 0) == 0) up->hash_header = lower(uc.hash_on.substr(7));
     for (const auto& tc : uc.targets) {
-      auto t = targets.get(uc.name, tc.addr);
-      t->region = tc.region;
-      t->zone = tc.zone;
-      t->weight = tc.weight;
-      t->local_tier = tc.region.empty() || tc.region == snap->cfg.node.region;
+      upstream_target t;
+      t.state = targets.get(uc.name, tc.addr);
+      t.region = tc.region;
+      t.zone = tc.zone;
+      t.weight = tc.weight;
+      t.local_tier = tc.region.empty() || tc.region == snap->cfg.node.region;
       boost::system::error_code ec;
       auto results = resolver.resolve(tc.addr.host, std::to_string(tc.addr.port),
                                       boost::asio::ip::tcp::resolver::numeric_service, ec);
       if (!ec && !results.empty()) {
-        t->endpoint = results.begin()->endpoint();
-        t->resolved = true;
+        t.endpoint = results.begin()->endpoint();
+        t.resolved = true;
       } else {
-        t->resolved = false;
         snap->warnings.push_back("upstream " + uc.name + ": cannot resolve " + tc.addr.to_string() +
                                  ": " + ec.message());
       }
       up->targets.push_back(std::move(t));
     }
     up->has_local_tier = std::any_of(up->targets.begin(), up->targets.end(),
-                                     [](const auto& t) { return t->local_tier.load(); });
+                                     [](const auto& t) { return t.local_tier; });
     for (const auto& t : up->targets) {
-      if (t->local_tier.load()) continue;
-      if (std::find(up->remote_regions.begin(), up->remote_regions.end(), t->region) ==
+      if (t.local_tier) continue;
+      if (std::find(up->remote_regions.begin(), up->remote_regions.end(), t.region) ==
           up->remote_regions.end())
-        up->remote_regions.push_back(t->region);
+        up->remote_regions.push_back(t.region);
     }
     up->wrr_sequence = smooth_wrr(up->targets);
     for (uint32_t i = 0; i < up->targets.size(); ++i) {
-      auto key = up->targets[i]->addr.to_string();
-      for (uint32_t v = 0; v < 100 * up->targets[i]->weight && v < 10000; ++v) {
+      auto key = up->targets[i].state->addr.to_string();
+      for (uint32_t v = 0; v < 100 * up->targets[i].weight && v < 10000; ++v) {
         up->hash_ring.emplace_back(hash_bytes(key + "#" + std::to_string(v)), i);
       }
     }
@@ -371,34 +371,36 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
 }
 
 namespace {
-target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                           const target_state* exclude, int64_t now, int64_t wall_now, int tier,
-                           const std::string* region = nullptr);
+const upstream_target* pick_in_tier(const upstream_runtime& up, unsigned worker,
+                                    std::string_view hash_key, const target_state* exclude,
+                                    int64_t now, int64_t wall_now, int tier,
+                                    const std::string* region = nullptr);
 
 // Every target is down, ejected or behind an open breaker. Passive ejection never takes out the
 // last healthy targets (like Envoy's max_ejection_percent): fall back to those that pass active
 // health checks and whose breaker lets them through, this region's first.
-target_state* pick_ejected(const upstream_runtime& up, unsigned worker, const target_state* exclude,
-                           int64_t wall_now) {
+const upstream_target* pick_ejected(const upstream_runtime& up, unsigned worker,
+                                    const target_state* exclude, int64_t wall_now) {
   const size_t n = up.targets.size();
   auto& cursor = up.cursors[worker % up.cursors.size()];
   for (int tier : {1, 0}) {
     for (size_t i = 0; i < n; ++i) {
-      auto* t = up.targets[(cursor.next++) % n].get();
-      if (up.has_local_tier && t->local_tier.load(std::memory_order_relaxed) != (tier == 1))
-        continue;
-      if (t != exclude && t->resolved && t->healthy.load(std::memory_order_relaxed) &&
-          t->breaker.allow(wall_now, up.cfg->circuit_breaker,
-                           t->may_probe.load(std::memory_order_relaxed)))
-        return t;
+      const auto& t = up.targets[(cursor.next++) % n];
+      if (up.has_local_tier && t.local_tier != (tier == 1)) continue;
+      const target_state& s = *t.state;
+      if (&s != exclude && t.resolved && s.healthy.load(std::memory_order_relaxed) &&
+          s.breaker.allow(wall_now, up.cfg->circuit_breaker,
+                          s.may_probe.load(std::memory_order_relaxed)))
+        return &t;
     }
   }
   return nullptr;
 }
 }  // namespace
 
-target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                          const target_state* exclude, int64_t now, int64_t wall_now) {
+const upstream_target* pick_target(const upstream_runtime& up, unsigned worker,
+                                   std::string_view hash_key, const target_state* exclude,
+                                   int64_t now, int64_t wall_now) {
   if (up.targets.empty()) return nullptr;
   if (!up.has_local_tier) {
     if (auto* t = pick_in_tier(up, worker, hash_key, exclude, now, wall_now, -1)) return t;
@@ -417,15 +419,17 @@ target_state* pick_target(const upstream_runtime& up, unsigned worker, std::stri
 
 namespace {
 // tier 1: this region's targets only; 0: the others only; -1: any.
-target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                           const target_state* exclude, int64_t now, int64_t wall_now, int tier,
-                           const std::string* region) {
+const upstream_target* pick_in_tier(const upstream_runtime& up, unsigned worker,
+                                    std::string_view hash_key, const target_state* exclude,
+                                    int64_t now, int64_t wall_now, int tier,
+                                    const std::string* region) {
   const auto& cb = up.cfg->circuit_breaker;
-  auto usable = [&](const target_state* t) {
-    if (tier >= 0 && t->local_tier.load(std::memory_order_relaxed) != (tier == 1)) return false;
-    if (region && t->region != *region) return false;
-    return t != exclude && t->resolved && t->available(now) &&
-           t->breaker.allow(wall_now, cb, t->may_probe.load(std::memory_order_relaxed));
+  auto usable = [&](const upstream_target& t) {
+    if (tier >= 0 && t.local_tier != (tier == 1)) return false;
+    if (region && t.region != *region) return false;
+    const target_state& s = *t.state;
+    return &s != exclude && t.resolved && s.available(now) &&
+           s.breaker.allow(wall_now, cb, s.may_probe.load(std::memory_order_relaxed));
   };
   auto& cursor = up.cursors[worker % up.cursors.size()];
   switch (up.cfg->balance) {
@@ -435,9 +439,9 @@ target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::str
       const size_t m = up.wrr_sequence.size();
       uint64_t at = cursor.next;
       for (size_t i = 0; i < m; ++i) {
-        auto* t = up.targets[up.wrr_sequence[at++ % m]].get();
+        const auto& t = up.targets[up.wrr_sequence[at++ % m]];
         if (!exclude) cursor.next = at;
-        if (usable(t)) return t;
+        if (usable(t)) return &t;
       }
       break;
     }
@@ -449,22 +453,22 @@ target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::str
       };
       // Weighted random choice; for least_request, the better of two such choices.
       uint64_t total = 0;
-      for (auto& t : up.targets) total += usable(t.get()) ? t->weight : 0;
+      for (const auto& t : up.targets) total += usable(t) ? t.weight : 0;
       if (total == 0) break;
       auto choose = [&] {
         uint64_t r = next_random() % total;
-        for (auto& t : up.targets) {
-          if (!usable(t.get())) continue;
-          if (r < t->weight) return t.get();
-          r -= t->weight;
+        for (const auto& t : up.targets) {
+          if (!usable(t)) continue;
+          if (r < t.weight) return &t;
+          r -= t.weight;
         }
-        return up.targets.back().get();
+        return &up.targets.back();
       };
       auto* a = choose();
       if (up.cfg->balance == balance_policy::random) return a;
       auto* b = choose();
-      auto load = [](target_state* t) {
-        return t->metrics->active_requests.load(std::memory_order_relaxed) * 1000 /
+      auto load = [](const upstream_target* t) {
+        return t->state->metrics->active_requests.load(std::memory_order_relaxed) * 1000 /
                std::max<uint32_t>(1, t->weight);
       };
       return load(b) < load(a) ? b : a;
@@ -475,8 +479,8 @@ target_state* pick_in_tier(const upstream_runtime& up, unsigned worker, std::str
                                  std::make_pair(h, uint32_t{0}));
       for (size_t i = 0; i < up.hash_ring.size(); ++i, ++it) {
         if (it == up.hash_ring.end()) it = up.hash_ring.begin();
-        auto* t = up.targets[it->second].get();
-        if (usable(t)) return t;
+        const auto& t = up.targets[it->second];
+        if (usable(t)) return &t;
       }
       break;
     }

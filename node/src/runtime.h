@@ -57,16 +57,14 @@ inline int64_t unix_now_ms() {
   return raw_unix_now_ms() + cluster_clock_correction_ms.load(std::memory_order_relaxed);
 }
 
-// One upstream target's shared state. Written by workers (passive health) and the health
-// checker (active health); read by every worker when balancing.
+// One upstream target's state that outlives snapshots: health, ejection, breaker, gauges.
+// Written by workers (passive health), the health checker (active health) and the breaker
+// publisher; read by every worker when balancing. What the config says of a target (region,
+// weight, resolved endpoint) is per snapshot, in upstream_target: a reload must not write
+// memory that workers of the previous snapshot read.
 struct target_state {
   std::string upstream;
   address addr;
-  std::string region;
-  std::string zone;
-  uint32_t weight = 1;
-  boost::asio::ip::tcp::endpoint endpoint;  // resolved when the snapshot was built
-  bool resolved = false;
   size_t id = 0;  // dense index, unique per registry, for per-worker pool arrays
 
   std::atomic<bool> healthy{true};           // active health checks' verdict
@@ -76,14 +74,24 @@ struct target_state {
   target_metrics* metrics = nullptr;
   std::string key;  // "upstream/host:port": the breaker's name in the replicated state
   circuit_breaker breaker;
-  std::atomic<bool> local_tier{true};  // in this node's region (or in none): tried first
-  std::atomic<bool> may_probe{true};   // this node sends the half-open probes (owner)
+  std::atomic<bool> may_probe{true};  // this node sends the half-open probes (owner)
 
   // Returns true when the balancer may send to this target now.
   bool available(int64_t now) const {
     return healthy.load(std::memory_order_relaxed) &&
            ejected_until_ms.load(std::memory_order_relaxed) <= now;
   }
+};
+
+// A target as one snapshot configures it; immutable once the snapshot is built.
+struct upstream_target {
+  std::shared_ptr<target_state> state;
+  std::string region;
+  std::string zone;
+  uint32_t weight = 1;
+  boost::asio::ip::tcp::endpoint endpoint;  // resolved when the snapshot was built
+  bool resolved = false;
+  bool local_tier = true;  // in this node's region (or in none): tried first
 };
 
 // Keeps target_state objects across reloads, keyed by upstream name and address.
@@ -133,7 +141,7 @@ struct retry_budget {
 
 struct upstream_runtime {
   const upstream_config* cfg = nullptr;
-  std::vector<std::shared_ptr<target_state>> targets;
+  std::vector<upstream_target> targets;
   std::vector<uint32_t> wrr_sequence;                    // target indices interleaved by weight
   std::vector<std::pair<uint64_t, uint32_t>> hash_ring;  // (point, target index), sorted
   std::string hash_header;  // consistent_hash on a header; empty: client ip
@@ -221,7 +229,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
 // Returns nullptr when none is available. `exclude` (may be null) is a target to avoid (the one
 // that just failed). hash_key is the consistent-hash input; now is steady ms, wall_now Unix ms
 // (breakers). Called on worker `worker` only.
-target_state* pick_target(const upstream_runtime& up, unsigned worker, std::string_view hash_key,
-                          const target_state* exclude, int64_t now, int64_t wall_now);
+const upstream_target* pick_target(const upstream_runtime& up, unsigned worker,
+                                   std::string_view hash_key, const target_state* exclude,
+                                   int64_t now, int64_t wall_now);
 
 }  // namespace meridian::node
