@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 #include <set>
@@ -216,6 +217,11 @@ struct replicated_state::impl {
   }
 
   state_options opt;
+  // Lock order: persist_mu, then mu. mu guards the maps, counters and everything below; it is
+  // never held across a store write, so the data path (count) and readers never wait for a
+  // disk. persist_mu orders store writes (each key's newest version is written last); only
+  // writers take it: local puts, the gossip handlers' flushes, counter persistence, GC.
+  std::mutex persist_mu;
   mutable std::mutex mu;
   hybrid_clock clock;
   storage::store* store;
@@ -229,7 +235,9 @@ struct replicated_state::impl {
   std::vector<std::pair<doc_family, std::string>> pending_docs;
   std::set<std::pair<doc_family, std::string>> pending_index;
   millis next_counter_flush{0};
-  std::unordered_set<uint64_t> unpersisted;  // counters changed since persist_counters
+  std::unordered_set<uint64_t> unpersisted;            // counters changed since persist_counters
+  std::set<std::pair<doc_family, std::string>> dirty;  // merged from peers, not yet stored
+  std::atomic<uint64_t> persist_errors{0};
 
   struct peer_view {
     std::string summary;
@@ -260,26 +268,60 @@ struct replicated_state::impl {
   }
 
   // Persists one document version. sync: wait for the disk (acknowledged local writes).
+  // Called holding persist_mu and not mu.
   bool persist(doc_family f, const std::string& key, const lww_entry& e, bool sync,
                std::string* error) {
     if (!store) return true;
     auto st = store->put(store_family(f), key, write_compact(to_gen(f, key, e)),
                          storage::write_options{sync});
     if (st.is_ok()) return true;
-    ++stats.persist_errors;
+    persist_errors.fetch_add(1, std::memory_order_relaxed);
     if (error) *error = "store: " + st.message();
     logger()->error("cannot persist {}: {}", key, st.message());
     return false;
   }
 
-  // Merges a remote version; returns true when it changed the map.
+  // Writes the current version of every document merged from peers since the last flush (not
+  // synced: a peer still holds them). Called holding persist_mu and not mu.
+  void flush_dirty_held() {
+    std::vector<storage::write_op> ops;
+    {
+      std::lock_guard lock(mu);
+      if (dirty.empty()) return;
+      ops.reserve(dirty.size());
+      for (const auto& [f, key] : dirty) {
+        const lww_entry* e = map(f).find(key);
+        std::optional<std::string> value;
+        if (e) value = write_compact(to_gen(f, key, *e));
+        ops.push_back({store_family(f), key, std::move(value)});
+      }
+      dirty.clear();
+    }
+    auto st = store->write(ops);
+    if (!st.is_ok()) {
+      persist_errors.fetch_add(1, std::memory_order_relaxed);
+      logger()->error("cannot persist {} documents from peers: {}", ops.size(), st.message());
+    }
+  }
+
+  // Stores what the gossip handlers merged. Called without either lock.
+  void flush_dirty() {
+    if (!store) return;
+    std::lock_guard order(persist_mu);
+    flush_dirty_held();
+  }
+
+  // Merges a remote version; returns true when it changed the map. Under mu; flush_dirty
+  // stores it once mu is released.
   bool merge_remote(doc_family f, const std::string& key, const lww_entry& e) {
     if (!map(f).merge(key, e)) return false;
     ++stats.docs_applied;
-    persist(f, key, e, false, nullptr);
+    if (store) dirty.emplace(f, key);
     return true;
   }
 
+  // Writes a local version: stamped under mu, persisted holding persist_mu only, then merged
+  // (a failed write leaves nothing behind). Called without either lock.
   hlc_time write(doc_family f, const std::string& key, lww_entry e, std::string* error,
                  bool sync = true) {
     if (key.empty() || key.size() > 1024) {
@@ -291,11 +333,19 @@ struct replicated_state::impl {
                std::to_string(opt.max_document_bytes);
       return 0;
     }
-    e.version = clock.now();
-    e.origin = opt.self_id;
+    std::lock_guard order(persist_mu);
+    {
+      std::lock_guard lock(mu);
+      e.version = clock.now();
+      e.origin = opt.self_id;
+    }
     if (!persist(f, key, e, sync, error)) return 0;
-    map(f).merge(key, e);
-    if (pending_index.emplace(f, key).second) pending_docs.emplace_back(f, key);
+    {
+      std::lock_guard lock(mu);
+      map(f).merge(key, e);
+      if (pending_index.emplace(f, key).second) pending_docs.emplace_back(f, key);
+    }
+    if (store) flush_dirty_held();
     return e.version;
   }
 
@@ -626,25 +676,17 @@ bool replicated_state::load(std::string* error) {
 
 hlc_time replicated_state::put(doc_family f, const std::string& key, std::string value,
                                std::string* error, bool sync) {
-  hlc_time v;
-  {
-    std::lock_guard lock(impl_->mu);
-    lww_entry e;
-    e.value = std::move(value);
-    v = impl_->write(f, key, std::move(e), error, sync);
-  }
+  lww_entry e;
+  e.value = std::move(value);
+  hlc_time v = impl_->write(f, key, std::move(e), error, sync);
   if (v && impl_->on_change) impl_->on_change(f);
   return v;
 }
 
 hlc_time replicated_state::remove(doc_family f, const std::string& key, std::string* error) {
-  hlc_time v;
-  {
-    std::lock_guard lock(impl_->mu);
-    lww_entry e;
-    e.deleted = true;
-    v = impl_->write(f, key, std::move(e), error);
-  }
+  lww_entry e;
+  e.deleted = true;
+  hlc_time v = impl_->write(f, key, std::move(e), error);
   if (v && impl_->on_change) impl_->on_change(f);
   return v;
 }
@@ -652,9 +694,12 @@ hlc_time replicated_state::remove(doc_family f, const std::string& key, std::str
 void replicated_state::seed(doc_family f, const std::string& key, std::string value) {
   bool changed = false;
   {
-    std::lock_guard lock(impl_->mu);
     auto& d = *impl_;
-    if (d.map(f).find(key)) return;
+    std::lock_guard order(d.persist_mu);
+    {
+      std::lock_guard lock(d.mu);
+      if (d.map(f).find(key)) return;
+    }
     lww_entry e;
     e.version = 0;
     unsigned char h[16];
@@ -664,7 +709,10 @@ void replicated_state::seed(doc_family f, const std::string& key, std::string va
     std::memcpy(&x, h, sizeof x);
     e.origin = "seed:" + hex(x);
     e.value = std::move(value);
-    if (d.persist(f, key, e, true, nullptr)) changed = d.map(f).merge(key, e);
+    if (d.persist(f, key, e, true, nullptr)) {
+      std::lock_guard lock(d.mu);
+      changed = d.map(f).merge(key, e);
+    }
   }
   if (changed && impl_->on_change) impl_->on_change(f);
 }
@@ -754,7 +802,8 @@ std::map<std::string, uint64_t> replicated_state::counter_by_node(uint64_t key,
 
 void replicated_state::persist_counters() {
   auto& d = *impl_;
-  std::lock_guard lock(d.mu);
+  std::lock_guard order(d.persist_mu);
+  std::unique_lock lock(d.mu);
   d.counters.expire(d.clock.wall_ms());
   if (!d.store || d.unpersisted.empty()) return;
   // Group the slots of the changed keys: one store entry per key.
@@ -782,9 +831,10 @@ void replicated_state::persist_counters() {
     }
   }
   d.unpersisted.clear();
+  lock.unlock();
   auto st = d.store->write(ops);
   if (!st.is_ok()) {
-    ++d.stats.persist_errors;
+    d.persist_errors.fetch_add(1, std::memory_order_relaxed);
     logger()->error("cannot persist counters: {}", st.message());
   }
 }
@@ -796,28 +846,33 @@ bool replicated_state::converged(const std::vector<std::string>& peers, millis n
 
 void replicated_state::collect_garbage(const std::vector<std::string>& peers, millis now) {
   auto& d = *impl_;
-  std::lock_guard lock(d.mu);
-  if (!d.converged_locked(peers, now)) return;
-  hlc_time before = hlc_from_unix_ms(d.clock.wall_ms() - d.opt.tombstone_grace_ms);
-  for (size_t i = 0; i < family_count; ++i) {
-    std::vector<std::string> gone;
-    for (const auto& [k, e] : d.maps[i].entries())
-      if (e.deleted && e.version < before) gone.push_back(k);
-    if (gone.empty()) continue;
-    d.maps[i].collect_tombstones(before);
-    d.stats.tombstones_collected += gone.size();
-    if (!d.store) continue;
-    std::vector<storage::write_op> ops;
-    for (auto& k : gone)
-      ops.push_back({store_family(static_cast<doc_family>(i)), std::move(k), std::nullopt});
-    if (!d.store->write(ops).is_ok()) ++d.stats.persist_errors;
+  std::lock_guard order(d.persist_mu);  // no write of these keys may land between
+  std::vector<storage::write_op> ops;
+  {
+    std::lock_guard lock(d.mu);
+    if (!d.converged_locked(peers, now)) return;
+    hlc_time before = hlc_from_unix_ms(d.clock.wall_ms() - d.opt.tombstone_grace_ms);
+    for (size_t i = 0; i < family_count; ++i) {
+      std::vector<std::string> gone;
+      for (const auto& [k, e] : d.maps[i].entries())
+        if (e.deleted && e.version < before) gone.push_back(k);
+      if (gone.empty()) continue;
+      d.maps[i].collect_tombstones(before);
+      d.stats.tombstones_collected += gone.size();
+      if (!d.store) continue;
+      for (auto& k : gone)
+        ops.push_back({store_family(static_cast<doc_family>(i)), std::move(k), std::nullopt});
+    }
   }
+  if (!ops.empty() && !d.store->write(ops).is_ok())
+    d.persist_errors.fetch_add(1, std::memory_order_relaxed);
 }
 
 state_stats replicated_state::stats() const {
   std::lock_guard lock(impl_->mu);
   state_stats s = impl_->stats;
   s.max_clock_skew_ms = impl_->clock.max_observed_skew_ms();
+  s.persist_errors = impl_->persist_errors.load(std::memory_order_relaxed);
   s.documents = impl_->maps[0].live_size();
   s.counters = impl_->counters.size();
   s.counter_evictions = impl_->counters.evictions();
@@ -929,6 +984,7 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
     }
     observer = d.counter_observer;
   }
+  d.flush_dirty();
   if (observer)
     for (const auto& [key, window, others] : counter_changes) observer(key, window, others);
   if (d.on_change)
@@ -1020,6 +1076,7 @@ std::string replicated_state::on_sync_request(const std::string& from,
       out = d.serve_have(req, reply);
     }
   }
+  d.flush_dirty();
   if (d.on_change)
     for (size_t i = 0; i < family_count; ++i)
       if (changed[i]) d.on_change(static_cast<doc_family>(i));
@@ -1066,6 +1123,7 @@ bool replicated_state::on_sync_reply(const std::string& from, const std::string&
       }
     }
   }
+  d.flush_dirty();
   if (d.on_change)
     for (size_t i = 0; i < family_count; ++i)
       if (changed[i]) d.on_change(static_cast<doc_family>(i));

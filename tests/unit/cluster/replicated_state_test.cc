@@ -5,7 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <condition_variable>
 #include <filesystem>
+#include <future>
+#include <mutex>
 #include <random>
 
 #include "meridian/cluster/wire.h"
@@ -307,6 +310,150 @@ TEST(replicated_state, counters_are_written_behind_and_restored_at_start) {
   ASSERT_TRUE(a.load(&error)) << error;
   EXPECT_EQ(a.counter_sum(42, window), 7u);
   EXPECT_EQ(a.count(42, 60'000, window, 1), 4u);  // this node's own slot continues
+}
+
+// A real store whose writes can be held at a gate (a slow disk) or made to fail (a full one).
+class gated_store : public storage::store {
+ public:
+  explicit gated_store(storage::store& inner) : inner_(inner) {}
+  void close_gate() {
+    std::lock_guard lock(mu_);
+    closed_ = true;
+  }
+  void open_gate() {
+    {
+      std::lock_guard lock(mu_);
+      closed_ = false;
+    }
+    cv_.notify_all();
+  }
+  // Waits (up to 10 s) until a write is held at the closed gate.
+  bool wait_held() {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return held_ > 0; });
+  }
+  std::atomic<bool> fail{false};
+
+  storage::status get(storage::family f, std::string_view key, std::string* value) override {
+    return inner_.get(f, key, value);
+  }
+  storage::status put(storage::family f, std::string_view key, std::string_view value,
+                      storage::write_options options) override {
+    if (!pass()) return storage::status::error("disk full");
+    return inner_.put(f, key, value, options);
+  }
+  storage::status remove(storage::family f, std::string_view key,
+                         storage::write_options options) override {
+    if (!pass()) return storage::status::error("disk full");
+    return inner_.remove(f, key, options);
+  }
+  storage::status write(const std::vector<storage::write_op>& ops,
+                        storage::write_options options) override {
+    if (!pass()) return storage::status::error("disk full");
+    return inner_.write(ops, options);
+  }
+  storage::status scan(
+      storage::family f, std::string_view prefix,
+      const std::function<bool(std::string_view, std::string_view)>& visit) override {
+    return inner_.scan(f, prefix, visit);
+  }
+  storage::status checkpoint(const std::string& dir) override { return inner_.checkpoint(dir); }
+
+ private:
+  bool pass() {
+    std::unique_lock lock(mu_);
+    ++held_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return !closed_; });
+    --held_;
+    return !fail.load();
+  }
+  storage::store& inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool closed_ = false;
+  int held_ = 0;
+};
+
+TEST(replicated_state, a_slow_disk_write_holds_up_neither_counting_nor_reads) {
+  temp_dir dir;
+  int64_t wall = t0;
+  std::string error;
+  auto real = storage::store::open(dir.str(), &error);
+  ASSERT_TRUE(real) << error;
+  gated_store store(*real);
+  replicated_state s(
+      state_options{.self_id = "a"}, [&] { return wall; }, &store);
+  ASSERT_GT(s.put(doc_family::config, "routes/a", "A", &error), 0u) << error;
+  store.close_gate();
+  auto writer = std::async(std::launch::async, [&] {
+    std::string e;
+    return s.put(doc_family::config, "routes/b", "B", &e);
+  });
+  ASSERT_TRUE(store.wait_held());
+  // The data path and readers go on while the write waits for the disk.
+  auto reader = std::async(std::launch::async, [&] {
+    uint32_t window = static_cast<uint32_t>((t0 - hlc_epoch_unix_ms) / 60'000);
+    uint32_t n = s.count(7, 60'000, window, 2);
+    return n == 2 && s.get(doc_family::config, "routes/a")->value == "A" &&
+           !s.get(doc_family::config, "routes/b") && s.stats().documents == 1;
+  });
+  bool ran = reader.wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+  store.open_gate();
+  ASSERT_TRUE(ran) << "count or get waited for the disk";
+  EXPECT_TRUE(reader.get());
+  EXPECT_GT(writer.get(), 0u);
+  EXPECT_EQ(s.get(doc_family::config, "routes/b")->value, "B");
+}
+
+TEST(replicated_state, a_failed_disk_write_is_refused_with_the_reason_and_leaves_nothing) {
+  temp_dir dir;
+  int64_t wall = t0;
+  std::string error;
+  auto real = storage::store::open(dir.str(), &error);
+  ASSERT_TRUE(real) << error;
+  gated_store store(*real);
+  replicated_state s(
+      state_options{.self_id = "a"}, [&] { return wall; }, &store);
+  store.fail = true;
+  EXPECT_EQ(s.put(doc_family::config, "routes/a", "A", &error), 0u);
+  EXPECT_EQ(error, "store: disk full");
+  EXPECT_FALSE(s.get(doc_family::config, "routes/a"));
+  EXPECT_TRUE(s.take_deltas(millis(1'000'000)).empty());
+  EXPECT_EQ(s.stats().persist_errors, 1u);
+  store.fail = false;
+  EXPECT_GT(s.put(doc_family::config, "routes/a", "A", &error), 0u) << error;
+}
+
+TEST(replicated_state, documents_merged_from_peers_are_stored_newest_last_and_survive_reopening) {
+  temp_dir dir;
+  int64_t wall = t0;
+  std::string error;
+  node_fixture a("a", &wall);
+  a.state.put(doc_family::config, "routes/x", "X1", &error);
+  a.state.put(doc_family::config, "routes/gone", "G", &error);
+  {
+    auto store = storage::store::open(dir.str(), &error);
+    ASSERT_TRUE(store) << error;
+    replicated_state b(
+        state_options{.self_id = "b"}, [&] { return wall; }, store.get());
+    deliver(a.state, {&b});
+    ++wall;
+    a.state.put(doc_family::config, "routes/x", "X2", &error);
+    a.state.remove(doc_family::config, "routes/gone", &error);
+    auto pending = a.state.take_deltas(millis(1'000'000));
+    // Delivered newest first: the older version must not overwrite the stored newer one.
+    for (auto it = pending.rbegin(); it != pending.rend(); ++it) b.on_payload("a", *it);
+    for (const auto& d : pending) b.on_payload("a", d);
+  }
+  auto store = storage::store::open(dir.str(), &error);
+  ASSERT_TRUE(store) << error;
+  replicated_state b(
+      state_options{.self_id = "b"}, [&] { return wall; }, store.get());
+  ASSERT_TRUE(b.load(&error)) << error;
+  EXPECT_EQ(b.get(doc_family::config, "routes/x")->value, "X2");
+  EXPECT_TRUE(b.get(doc_family::config, "routes/gone")->deleted);
+  EXPECT_EQ(b.digest(doc_family::config), a.state.digest(doc_family::config));
 }
 
 TEST(replicated_state, converged_needs_a_fresh_equal_summary_from_every_peer) {
