@@ -11,9 +11,9 @@
 
 #include <benchmark/benchmark.h>
 
-#include "meridian/node/config.h"
-#include "metrics.h"
-#include "runtime.h"
+#include "meridian/common/metrics.h"
+#include "meridian/config/config.h"
+#include "meridian/proxy/snapshot.h"
 
 namespace {
 

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-#include "jwt.h"
+#include "meridian/auth/jwt.h"
 
 namespace {
 

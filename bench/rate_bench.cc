@@ -14,7 +14,7 @@
 
 #include "meridian/cluster/hlc.h"
 #include "meridian/cluster/replicated_state.h"
-#include "rate_limiter.h"
+#include "meridian/traffic/rate_limiter.h"
 
 namespace {
 

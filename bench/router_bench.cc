@@ -17,8 +17,8 @@
 
 #include <benchmark/benchmark.h>
 
-#include "meridian/node/config.h"
-#include "meridian/node/router.h"
+#include "meridian/config/config.h"
+#include "meridian/traffic/router.h"
 
 namespace {
 

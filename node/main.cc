@@ -6,7 +6,7 @@
 
 #include "meridian/build_info.h"
 #include "meridian/cluster/keyring.h"
-#include "meridian/node/config.h"
+#include "meridian/config/config.h"
 #include "meridian/node/node.h"
 
 namespace {

@@ -304,6 +304,24 @@ struct replicated_state::impl {
     }
   }
 
+  // Calls the change handler for each family flagged in changed. Called without mu (the
+  // handler may read the state); the handler is copied under it, as set_change_handler may run.
+  void notify(const bool* changed) {
+    std::function<void(doc_family)> handler;
+    {
+      std::lock_guard lock(mu);
+      handler = on_change;
+    }
+    if (!handler) return;
+    for (size_t i = 0; i < family_count; ++i)
+      if (changed[i]) handler(static_cast<doc_family>(i));
+  }
+  void notify(doc_family f) {
+    bool changed[family_count] = {};
+    changed[static_cast<size_t>(f)] = true;
+    notify(changed);
+  }
+
   // Stores what the gossip handlers merged. Called without either lock.
   void flush_dirty() {
     if (!store) return;
@@ -679,7 +697,7 @@ hlc_time replicated_state::put(doc_family f, const std::string& key, std::string
   lww_entry e;
   e.value = std::move(value);
   hlc_time v = impl_->write(f, key, std::move(e), error, sync);
-  if (v && impl_->on_change) impl_->on_change(f);
+  if (v) impl_->notify(f);
   return v;
 }
 
@@ -687,7 +705,7 @@ hlc_time replicated_state::remove(doc_family f, const std::string& key, std::str
   lww_entry e;
   e.deleted = true;
   hlc_time v = impl_->write(f, key, std::move(e), error);
-  if (v && impl_->on_change) impl_->on_change(f);
+  if (v) impl_->notify(f);
   return v;
 }
 
@@ -714,7 +732,7 @@ void replicated_state::seed(doc_family f, const std::string& key, std::string va
       changed = d.map(f).merge(key, e);
     }
   }
-  if (changed && impl_->on_change) impl_->on_change(f);
+  if (changed) impl_->notify(f);
 }
 
 std::optional<lww_entry> replicated_state::get(doc_family f, const std::string& key) const {
@@ -987,9 +1005,7 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
   d.flush_dirty();
   if (observer)
     for (const auto& [key, window, others] : counter_changes) observer(key, window, others);
-  if (d.on_change)
-    for (size_t i = 0; i < family_count; ++i)
-      if (changed[i]) d.on_change(static_cast<doc_family>(i));
+  d.notify(changed);
 }
 
 std::string replicated_state::sync_request() {
@@ -1077,9 +1093,7 @@ std::string replicated_state::on_sync_request(const std::string& from,
     }
   }
   d.flush_dirty();
-  if (d.on_change)
-    for (size_t i = 0; i < family_count; ++i)
-      if (changed[i]) d.on_change(static_cast<doc_family>(i));
+  d.notify(changed);
   return out;
 }
 
@@ -1124,9 +1138,7 @@ bool replicated_state::on_sync_reply(const std::string& from, const std::string&
     }
   }
   d.flush_dirty();
-  if (d.on_change)
-    for (size_t i = 0; i < family_count; ++i)
-      if (changed[i]) d.on_change(static_cast<doc_family>(i));
+  d.notify(changed);
   return again;
 }
 

@@ -2,7 +2,6 @@
 // Three nodes, one per region (eu-west, us-east, ap-south), joined into one cluster over
 // encrypted gossip, each proxying to the same demo upstream.
 
-#include <httplib.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -11,43 +10,11 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "meridian/admin/echo_server.h"
 #include "meridian/cluster/keyring.h"
 #include "meridian/node/node.h"
 
 namespace meridian::node {
-namespace {
-
-// The demo upstream: answers every GET with a JSON description of what it received.
-class demo_upstream {
- public:
-  bool start(std::string* error) {
-    server_.Get(".*", [](const httplib::Request& req, httplib::Response& res) {
-      nlohmann::json headers;
-      for (const auto& [k, v] : req.headers) headers[k] = v;
-      nlohmann::json body{{"service", "demo"}, {"path", req.path}, {"headers", headers}};
-      res.set_content(body.dump(2) + "\n", "application/json");
-    });
-    port_ = server_.bind_to_any_port("127.0.0.1");
-    if (port_ <= 0) {
-      *error = "demo upstream: cannot bind a port";
-      return false;
-    }
-    thread_ = std::thread([this] { server_.listen_after_bind(); });
-    return true;
-  }
-  ~demo_upstream() {
-    server_.stop();
-    if (thread_.joinable()) thread_.join();
-  }
-  int port() const { return port_; }
-
- private:
-  httplib::Server server_;
-  std::thread thread_;
-  int port_ = 0;
-};
-
-}  // namespace
 
 int run_demo() {
   sigset_t set;
@@ -59,7 +26,7 @@ int run_demo() {
   setup_logging("warn");
 
   std::string error;
-  demo_upstream upstream;
+  echo_server upstream;
   if (!upstream.start(&error)) {
     std::fprintf(stderr, "meridian demo: %s\n", error.c_str());
     return 1;

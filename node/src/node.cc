@@ -21,17 +21,17 @@
 #include <thread>
 #include <unordered_set>
 
-#include "admin_server.h"
-#include "api_keys.h"
-#include "cluster_glue.h"
-#include "config_json.h"
-#include "health_checker.h"
-#include "http_proxy.h"
+#include "meridian/admin/admin_server.h"
+#include "meridian/auth/api_keys.h"
+#include "meridian/auth/oauth.h"
+#include "meridian/cluster_bridge/cluster_bridge.h"
+#include "meridian/common/periodic_thread.h"
+#include "meridian/config/config_json.h"
+#include "meridian/proxy/health_checker.h"
+#include "meridian/proxy/http_proxy.h"
+#include "meridian/proxy/snapshot.h"
 #include "meridian/storage/store.h"
-#include "oauth.h"
-#include "periodic_thread.h"
-#include "rate_limiter.h"
-#include "runtime.h"
+#include "meridian/traffic/rate_limiter.h"
 
 namespace meridian::node {
 namespace {
@@ -578,7 +578,7 @@ struct node::impl {
   std::unique_ptr<proxy_server> proxy;
   std::unique_ptr<admin_server> admin;
   std::unique_ptr<health_checker> health;
-  std::unique_ptr<cluster_glue> cluster;  // null without a `cluster` section
+  std::unique_ptr<cluster_bridge> cluster;  // null without a `cluster` section
 
   // Serialises building and installing snapshots (SIGHUP, admin writes, remote changes).
   std::mutex apply_mutex;
@@ -1154,7 +1154,7 @@ bool node::start(std::string* error) {
   if (!load_or_create_token(token_file, &d.token, error)) return false;
 
   if (d.cfg.cluster) {
-    d.cluster = cluster_glue::start(d.cfg, error);
+    d.cluster = cluster_bridge::start(d.cfg, error);
     if (!d.cluster) return false;
     d.seed_from_file();
   }

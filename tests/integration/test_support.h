@@ -19,7 +19,7 @@
 #include <string>
 #include <thread>
 
-#include "meridian/node/config.h"
+#include "meridian/config/config.h"
 #include "meridian/node/node.h"
 
 namespace meridian::testing {

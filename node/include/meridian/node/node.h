@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "meridian/node/config.h"
+#include "meridian/config/config.h"
 
 namespace meridian::node {
 

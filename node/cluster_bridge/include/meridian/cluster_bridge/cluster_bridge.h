@@ -1,0 +1,73 @@
+#pragma once
+// The node's side of the cluster: opens the store, loads the keyring, runs the gossip member
+// and answers the admin API's cluster endpoints. Absent when the config has no `cluster`.
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "meridian/cluster/replicated_state.h"
+#include "meridian/config/config.h"
+
+namespace meridian::node {
+
+class cluster_bridge {
+ public:
+  // Opens <data_dir>/db, reads the keyring and starts gossiping. Returns nullptr and sets *error
+  // when any of that fails.
+  static std::unique_ptr<cluster_bridge> start(const config& cfg, std::string* error);
+  ~cluster_bridge();
+
+  nlohmann::json members_json() const;  // GET /cluster/members
+  nlohmann::json health_json() const;   // GET /cluster/health
+  // GET /cluster/keys: every live node's keyring (fingerprints, primary) and, per key, on how
+  // many live nodes it is installed and primary: the progress of a key rotation.
+  nlohmann::json keys_json() const;
+
+  // The replicated state (config documents, breaker states, counters), loaded from the store.
+  cluster::replicated_state& state();
+  // Returns true until mark_seeded(): the config file's documents seed the cluster config once,
+  // at the node's first start.
+  bool needs_seed() const;
+  void mark_seeded();
+  // Sends local writes out on the next gossip round (call after a put or remove).
+  void flush();
+  // The members that are alive, this node included: (id, region).
+  std::vector<std::pair<std::string, std::string>> live_members() const;
+  const std::string& self_id() const;
+  // Called about once a second with (members, unreachable members) of the cluster and of this
+  // node's region (left members not counted; unreachable = suspect or dead).
+  void set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener);
+  // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
+  std::string metrics_text() const;
+  uint16_t gossip_port() const;
+  // Re-reads the keyring file and hands the keys to the gossip layer (config reload). Returns
+  // false and sets *error when the file is unusable; the old keys then stay in force.
+  bool reload_keys(const std::string& keyring_file, std::string* error);
+
+  // Key rotation through the admin API, in three steps an operator takes one after the other,
+  // watching keys_json() between them: install a key (base64), make it primary (only once every
+  // live node holds it), remove the old one (only once no live node uses it as primary). Each
+  // step writes the cluster's desired keyring, a replicated register; every node applies it
+  // (apply_desired_keyring): gossip keys, its keyring file (rewritten atomically, so a restart
+  // keeps them) and its published keyring. Returns (HTTP status, JSON body).
+  std::pair<int, nlohmann::json> install_key(const std::string& base64_key);
+  std::pair<int, nlohmann::json> use_key(const std::string& fingerprint);
+  std::pair<int, nlohmann::json> remove_key(const std::string& fingerprint);
+  // Marks the desired keyring for applying (within a second, on the maintenance thread) when it
+  // changed since this node last applied it. Called from the replicated state's change handler
+  // (breakers family); never blocks.
+  void apply_desired_keyring();
+  // Leaves the cluster gracefully (others see `left`). Idempotent.
+  void leave();
+
+ private:
+  cluster_bridge();
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::node

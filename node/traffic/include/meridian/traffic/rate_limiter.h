@@ -1,0 +1,133 @@
+#pragma once
+// Cluster-wide rate limiting, decided locally: no network call on the request path.
+//
+// Every limit of every route counts per key (consumer, ip, route, header value or global) in
+// windows of the limit's length. This node's admissions go into a local table (check) and, with
+// scope global or region, into the replicated window-slot counters (flush, every sync_interval,
+// keys near their limit first); the other nodes' counts come back from the replicated state
+// (on_remote). A decision adds what this node knows:
+//
+//   sliding_window  previous window weighted by how much of it still overlaps + current window
+//   fixed_window    current window
+//   token_bucket    rate limit/window with capacity `burst` (default limit): a sliding window of
+//                   burst requests over window*burst/limit (GCRA's steady state)
+//   leaky_bucket    the same with capacity `burst` default 1: requests evenly spaced, excess
+//                   rejected (no queueing)
+//
+// Accuracy beyond "sum what you know": each node leases itself a share of the remaining quota
+// in proportion to its share of the recent admissions, renewed every lease period or when a
+// remote count arrives; a node that used its lease waits for fresher counts. So nodes that
+// each see a stale view cannot all spend the same remainder (docs/architecture.md has the bound).
+//
+// Under partition (set_view: members of the limit's scope unreachable) each limit follows its
+// `on_partition`: local_share (the reachable nodes' share of the limit), fail_open or
+// fail_closed.
+//
+// Thread-safety: check() from any worker concurrently (per-bucket spin locks in a fixed-size,
+// set-associative table: lookups touch one bucket, a full bucket evicts its least recently used
+// entry, memory is bounded by max_keys); flush() and on_remote() from the gossip thread.
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "meridian/config/config.h"
+
+namespace meridian::cluster {
+class replicated_state;
+}
+
+namespace meridian::node {
+
+// One limit of one route, compiled once per config (string settings turned into numbers).
+struct limit_spec {
+  enum class scope_kind : uint8_t { local, region, global };
+  enum class partition_policy : uint8_t { local_share, fail_open, fail_closed };
+  enum class key_kind : uint8_t { consumer, ip, route, global, header };
+  uint64_t seed = 0;       // hash of route, limit index, algorithm, window and scope
+  uint64_t limit = 0;      // what the algorithm counts to (burst for the buckets)
+  uint64_t window_ms = 1;  // the window it counts in
+  bool sliding = true;
+  uint64_t max_delay_ms = 0;  // > 0: admit with a delay instead of refusing, up to this long
+  scope_kind scope = scope_kind::global;
+  partition_policy on_partition = partition_policy::local_share;
+  key_kind key = key_kind::consumer;
+  std::string header;  // key_kind::header: the lower-cased header name
+};
+
+struct limit_decision {
+  bool allowed = true;
+  uint64_t limit = 0;
+  uint64_t remaining = 0;
+  uint64_t reset_s = 0;        // seconds until the current window ends
+  uint64_t retry_after_s = 0;  // when rejected
+  uint64_t delay_ms = 0;       // when admitted on condition of waiting this long (max_delay)
+};
+
+// Per-route decision counters, read by the metrics endpoint.
+struct rate_limit_stats {
+  std::atomic<uint64_t> allowed{0};
+  std::atomic<uint64_t> rejected{0};
+  std::atomic<uint64_t> overshoot{0};  // admissions found beyond the limit once remote counts came
+};
+
+class rate_limiter {
+ public:
+  struct options {
+    std::string node_id{};
+    std::string region{};
+    size_t max_keys = 1 << 20;  // entries in the local table (LRU within a bucket beyond)
+    int64_t lease_ms = 250;     // how long a share of the remaining quota is good for; 0: no leases
+    bool clustered = true;      // false: the state only persists counts (a node without a cluster)
+  };
+  // state may be null: limits are then per node whatever their scope.
+  rate_limiter(options o, cluster::replicated_state* state);
+  ~rate_limiter();
+  rate_limiter(const rate_limiter&) = delete;
+  rate_limiter& operator=(const rate_limiter&) = delete;
+
+  // Compiles limit number `index` of route.
+  limit_spec compile(const std::string& route, size_t index, const rate_limit_config& cfg) const;
+  // Returns the counter key of a limit for key_value: the same on every node and across
+  // restarts (region-scoped limits include the region, local ones the node id).
+  static uint64_t key_of(const limit_spec& spec, std::string_view key_value);
+
+  // Decides one request against one limit at Unix ms now. With commit, an admitted request is
+  // counted; without, nothing changes (several limits: check all, then commit all).
+  limit_decision check(uint64_t key, const limit_spec& spec, int64_t now_ms, bool commit,
+                       unsigned worker = 0);
+
+  // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
+  void flush();
+  // A remote count changed: others = the other nodes' total for key in window.
+  void on_remote(uint64_t key, uint32_t window, uint64_t others);
+
+  // The cluster as the limiter should see it: members per scope and how many are unreachable.
+  void set_view(size_t global_total, size_t global_unreachable, size_t region_total,
+                size_t region_unreachable);
+
+  // The cluster-wide view of one key: count in the current window and per node.
+  struct key_view {
+    uint64_t limit = 0;
+    uint64_t window_ms = 0;
+    uint64_t count = 0;
+    std::map<std::string, uint64_t> by_node;
+  };
+  key_view view(uint64_t key, const limit_spec& spec, int64_t now_ms);
+
+  rate_limit_stats& stats_for(const std::string& route);
+  // Prometheus lines: decisions by route and result, overshoot, sync lag, table size.
+  std::string metrics_text() const;
+  size_t size() const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace meridian::node
