@@ -14,6 +14,7 @@
 #include "meridian/proxy/http_proxy.h"
 
 #include "endpoint.h"
+#include "http1_head.h"
 
 #include <spdlog/spdlog.h>
 
@@ -62,64 +63,6 @@ constexpr auto sweep_interval = std::chrono::milliseconds(50);
 class worker;
 class client_session;
 
-bool iequals(std::string_view a, std::string_view b) {
-  return beast::iequals(a, b);
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-bool is_hop_by_hop(http::field f) {
-  switch (f) {
-    case http::field::connection:
-    case http::field::keep_alive:
-    case http::field::proxy_connection:
-    case http::field::te:
-    case http::field::trailer:
-    case http::field::transfer_encoding:
-    case http::field::upgrade:
-      return true;
-    default:
-      return false;
-  }
-}
-
-constexpr size_t max_connection_tokens = 8;
-
-// Collects the field names listed in Connection headers (other than close and keep-alive):
-// they are hop-by-hop too (RFC 9110 §7.6.1). Returns how many were stored in out.
-template <class Fields>
-size_t collect_connection_tokens(const Fields& fields,
-                                 std::string_view (&out)[max_connection_tokens]) {
-  size_t n = 0;
-  for (auto& f : fields) {
-    if (f.f != http::field::connection) continue;
-    std::string_view v = f.value;
-    while (!v.empty() && n < max_connection_tokens) {
-      auto comma = v.find(',');
-      auto tok = trim(v.substr(0, comma));
-      if (!tok.empty() && !iequals(tok, "close") && !iequals(tok, "keep-alive")) out[n++] = tok;
-      v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
-    }
-  }
-  return n;
-}
-
-// A request id is kept when it is 1..128 characters of [A-Za-z0-9._:-].
-bool valid_request_id(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  for (char c : id) {
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.' ||
-          c == ':')) {
-      return false;
-    }
-  }
-  return true;
-}
-
 void append_json_string(byte_buffer& out, std::string_view s) {
   out.append('"');
   for (char c : s) {
@@ -150,37 +93,6 @@ void append_json_string(byte_buffer& out, std::string_view s) {
     }
   }
   out.append('"');
-}
-
-const char* reason_for(int status) {
-  switch (status) {
-    case 400:
-      return "Bad Request";
-    case 404:
-      return "Not Found";
-    case 408:
-      return "Request Timeout";
-    case 413:
-      return "Content Too Large";
-    case 414:
-      return "URI Too Long";
-    case 431:
-      return "Request Header Fields Too Large";
-    case 500:
-      return "Internal Server Error";
-    case 501:
-      return "Not Implemented";
-    case 502:
-      return "Bad Gateway";
-    case 503:
-      return "Service Unavailable";
-    case 504:
-      return "Gateway Timeout";
-    case 505:
-      return "HTTP Version Not Supported";
-    default:
-      return "Error";
-  }
 }
 
 // Returns true when `v`, a view into `in`, is followed by optional whitespace and CRLF: the
@@ -441,11 +353,6 @@ class client_session : public std::enable_shared_from_this<client_session> {
     closed
   };
   enum class failure { connect, connect_timeout, reset, timeout, malformed };
-  struct field_view {
-    http::field f;
-    std::string_view name;
-    std::string_view value;
-  };
 
   void start_client_read();
   void on_client_read(const error_code& ec, size_t n, bool inline_buffer);
@@ -1862,152 +1769,35 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     }
   }
 
-  // Build the upstream request head.
-  up_out_.clear();
-  up_out_.append(method_);
-  up_out_.append(' ');
-  std::string rewritten;
-  std::string_view out_path = path;
-  if (!rc.strip_prefix.empty() && out_path.substr(0, rc.strip_prefix.size()) == rc.strip_prefix) {
-    out_path.remove_prefix(rc.strip_prefix.size());
-    if (out_path.empty() || out_path.front() != '/') {
-      rewritten.reserve(out_path.size() + 1);
-      rewritten = "/";
-      rewritten.append(out_path);
-      out_path = rewritten;
-    }
-  }
-  if (route_->rewrite) {
-    // Boost.Regex reports runaway matches as exceptions; a failed rewrite leaves the path as is.
-    try {
-      rewritten = boost::regex_replace(std::string(out_path), *route_->rewrite,
-                                       rc.rewrite->replacement, boost::format_first_only);
-      out_path = rewritten;
-    } catch (const std::exception&) {
-    }
-  }
-  up_out_.append(out_path);
-  const auto& qt = rc.query;
-  if (qt.add.empty() && qt.remove.empty() && qt.rename.empty()) {
-    if (qpos != std::string_view::npos) {
-      up_out_.append('?');
-      up_out_.append(query);
-    }
-  } else {
-    bool first = true;
-    auto emit = [&](std::string_view k, std::string_view v, bool has_value) {
-      up_out_.append(first ? '?' : '&');
-      first = false;
-      up_out_.append(k);
-      if (has_value) {
-        up_out_.append('=');
-        up_out_.append(v);
-      }
-    };
-    std::string_view q = query;
-    while (!q.empty()) {
-      auto amp = q.find('&');
-      auto pair = q.substr(0, amp);
-      q = amp == std::string_view::npos ? std::string_view() : q.substr(amp + 1);
-      if (pair.empty()) continue;
-      auto eq = pair.find('=');
-      auto key = pair.substr(0, eq);
-      auto val = eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
-      bool removed = false;
-      for (auto& r : qt.remove) removed |= (r == key);
-      if (removed) continue;
-      for (auto& [from, to] : qt.rename) {
-        if (from == key) {
-          key = to;
-          break;
-        }
-      }
-      emit(key, val, eq != std::string_view::npos);
-    }
-    for (auto& [k, v] : qt.add) emit(k, v, true);
-  }
-  up_out_.append(" HTTP/1.1\r\n");
-
-  // Connection tokens name further hop-by-hop fields.
-  std::string_view connection_tokens[max_connection_tokens];
-  size_t ntokens = collect_connection_tokens(fields_, connection_tokens);
-  std::string_view xff, via;
-  bool has_xff = false, has_via = false;
-  for (auto& f : fields_) {
-    if (is_hop_by_hop(f.f)) continue;
-    if (f.f == http::field::host || f.f == http::field::proxy_authorization) continue;
-    if (f.f == http::field::authorization && strip_authorization_) continue;
-    if (f.f == http::field::via) {
-      if (has_via) {
-        // Several Via fields: pass the earlier ones on, fold ours into the last.
-        up_out_.append("Via: ");
-        up_out_.append(via);
-        up_out_.append("\r\n");
-      }
-      via = f.value;
-      has_via = true;
-      continue;
-    }
-    if (f.f == http::field::unknown) {
-      if (iequals(f.name, "x-forwarded-for")) {
-        if (has_xff) {
-          up_out_.append("X-Forwarded-For: ");
-          up_out_.append(xff);
-          up_out_.append("\r\n");
-        }
-        xff = f.value;
-        has_xff = true;
-        continue;
-      }
-      if (iequals(f.name, "x-request-id") || iequals(f.name, "x-forwarded-proto") ||
-          iequals(f.name, "x-forwarded-host")) {
-        continue;
-      }
-    }
-    bool drop = false;
-    for (size_t i = 0; i < ntokens && !drop; ++i) drop = iequals(f.name, connection_tokens[i]);
-    for (size_t i = 0; i < route_->request_drop.size() && !drop; ++i) {
-      drop = iequals(f.name, route_->request_drop[i]);
-    }
-    if (drop) continue;
-    up_out_.append(f.name);
-    up_out_.append(": ");
-    up_out_.append(f.value);
-    up_out_.append("\r\n");
-  }
-  up_out_.append("Host: ");
+  // The upstream request head.
+  std::string rewritten, default_host;
+  upstream_head h;
+  h.method = method_;
+  h.path = upstream_path(path, rc, route_->rewrite ? &*route_->rewrite : nullptr, &rewritten);
+  h.query = query;
+  h.has_query = qpos != std::string_view::npos;
+  h.query_rules = &rc.query;
+  h.fields = fields_;
+  h.drop = route_->request_drop;
+  h.strip_authorization = strip_authorization_;
   if (route_->preserve_host && !host.empty()) {
-    up_out_.append(host);
+    h.host = host;
   } else {
     // Without the client's Host, name the first target (like nginx's $proxy_host).
-    up_out_.append(up.targets.empty() ? std::string_view("localhost")
-                                      : std::string_view(up.targets[0].state->addr.to_string()));
+    default_host = up.targets.empty() ? "localhost" : up.targets[0].state->addr.to_string();
+    h.host = default_host;
   }
-  up_out_.append("\r\nX-Forwarded-For: ");
-  if (has_xff) {
-    up_out_.append(xff);
-    up_out_.append(", ");
-  }
-  up_out_.append(std::string_view(client_ip_));
-  up_out_.append(tls_ ? std::string_view("\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Host: ")
-                      : std::string_view("\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: "));
-  up_out_.append(host);
-  up_out_.append("\r\nVia: ");
-  if (has_via) {
-    up_out_.append(via);
-    up_out_.append(", ");
-  }
-  up_out_.append(version_ == 10 ? "1.0 meridian\r\nX-Request-Id: "
-                                : "1.1 meridian\r\nX-Request-Id: ");
-  up_out_.append(request_id_);
-  up_out_.append("\r\n");
-  for (auto& [k, v] : rc.request_headers.set) append_field(up_out_, k, v);
-  for (auto& [k, v] : rc.request_headers.add) append_field(up_out_, k, v);
-  for (auto& [k, v] : auth_headers_) {
-    if (!append_field(up_out_, k, v)) w_.stats.bad_requests.add();  // checked by auth: never
-  }
-  if (req_chunked_) up_out_.append("Transfer-Encoding: chunked\r\n");
-  up_out_.append("\r\n");
+  h.forwarded_host = host;
+  h.client_ip = client_ip_;
+  h.tls = tls_ != nullptr;
+  h.version = version_;
+  h.request_id = request_id_;
+  h.set = rc.request_headers.set;
+  h.add = rc.request_headers.add;
+  h.identity = auth_headers_;
+  h.chunked = req_chunked_;
+  up_out_.clear();
+  if (write_upstream_head(h, up_out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
 
   if (!req_has_body_) retry_head_.assign(up_out_.data(), up_out_.size());
   // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
@@ -2515,59 +2305,36 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
       return;
     }
   }
-  out_.append("HTTP/1.1 ");
-  out_.append_decimal(static_cast<uint64_t>(status_));
-  out_.append(' ');
-  out_.append(reason_.empty() ? std::string_view(reason_for(status_)) : reason_);
-  out_.append("\r\n");
-  std::string_view connection_tokens[max_connection_tokens];
-  size_t ntokens = collect_connection_tokens(resp_fields_, connection_tokens);
-  bool has_request_id = false;
-  for (auto& f : resp_fields_) {
-    if (is_hop_by_hop(f.f)) continue;
-    bool drop = false;
-    for (size_t i = 0; i < ntokens && !drop; ++i) drop = iequals(f.name, connection_tokens[i]);
-    for (size_t i = 0; i < route_->response_drop.size() && !drop; ++i) {
-      drop = iequals(f.name, route_->response_drop[i]);
-    }
-    if (drop) continue;
-    if (f.f == http::field::unknown && iequals(f.name, "x-request-id")) has_request_id = true;
-    out_.append(f.name);
-    out_.append(": ");
-    out_.append(f.value);
-    out_.append("\r\n");
-  }
   const auto& rc = *route_->cfg;
-  for (auto& [k, v] : rc.response_headers.set) append_field(out_, k, v);
-  for (auto& [k, v] : rc.response_headers.add) append_field(out_, k, v);
+  response_head h;
+  h.status = status_;
+  h.reason = reason_;
+  h.fields = resp_fields_;
+  h.drop = route_->response_drop;
+  h.set = rc.response_headers.set;
+  h.add = rc.response_headers.add;
+  h.informational = informational;
   if (!informational) {
-    out_.append(rate_limit_headers_);
-    if (!has_request_id) {
-      out_.append("X-Request-Id: ");
-      out_.append(request_id_);
-      out_.append("\r\n");
-    }
+    h.rate_limit_lines = rate_limit_headers_;
+    h.request_id = request_id_;
     bool no_body = status_ == 204 || status_ == 304 || verb_ == http::verb::head;
     if (!no_body && (parser.chunked() || !parser.content_length())) {
       if (version_ == 11) {
         resp_chunked_out_ = true;
-        out_.append("Transfer-Encoding: chunked\r\n");
       } else {
         close_after_response_ = true;  // an HTTP/1.0 client reads to the end of the connection
       }
     }
+    h.chunked = resp_chunked_out_;
     upstream_keep_alive_ = parser.keep_alive();
-    if (!req_done_) close_after_response_ = true;
-    if (close_after_response_ || w_.draining) {
-      close_after_response_ = true;
-      out_.append("Connection: close\r\n");
-    } else if (version_ == 10) {
-      out_.append("Connection: keep-alive\r\n");
-    }
+    if (!req_done_ || w_.draining) close_after_response_ = true;
+    h.connection = close_after_response_ ? response_head::connection::close
+                   : version_ == 10      ? response_head::connection::keep_alive
+                                         : response_head::connection::as_is;
     resp_head_sent_ = true;
     if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status_)].add();
   }
-  out_.append("\r\n");
+  write_response_head(h, out_);
 }
 
 void client_session::on_response_body(std::string_view body, error_code& ec) {
