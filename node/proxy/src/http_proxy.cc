@@ -13,7 +13,9 @@
 
 #include "meridian/proxy/http_proxy.h"
 
+#include "chain.h"
 #include "endpoint.h"
+#include "exchange.h"
 #include "http1_head.h"
 
 #include <spdlog/spdlog.h>
@@ -387,20 +389,18 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void record_done();
   void log_access();
   void make_request_id();
-  // Checks the route's JWT providers against the request's bearer token. On failure sets up a
-  // 401 answer and returns false; on success records the claim headers to forward.
-  bool authenticate_jwt();
-  // Runs the route's auth methods (any one suffices) and its group ACL; false with a 401 or
-  // 403 prepared. On success the consumer's identity headers are queued for the upstream.
-  bool authenticate();
-  // *presented: a key came with the request (so a wrong one counts against the address).
-  bool authenticate_api_key(std::string_view query, bool* presented);
-  // Checks the verified token against the route's scopes and claims; sets
-  // auth_failure_message_ when it falls short.
-  bool token_meets(const auth_config& auth);
-  // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
-  bool check_rate_limits();
-  // Holds the request for delay_ms_ (a rate limit's max_delay), then dispatches it.
+
+  // Routes the request (a 404 when nothing matches) and runs its stages. In the header callback.
+  void start_exchange();
+  // Runs the route's request-head stages from position `from`; on `next` writes the upstream
+  // request head (write_upstream_request), on `pause` remembers where to resume.
+  verdict run_stages(size_t from);
+  // Writes the upstream request head into up_out_ (and keeps a copy for retries).
+  void write_upstream_request();
+  // Sends the local answer a step prepared (ex_.local_status, code, message).
+  void answer_local();
+  // Holds the request for ex_.delay_ms (a rate limit's max_delay), then runs the stages after
+  // the one that paused and dispatches it.
   void start_delay();
   bool request_replayable() const;
 
@@ -424,78 +424,24 @@ class client_session : public std::enable_shared_from_this<client_session> {
   byte_buffer out_;
   std::optional<request_parser<client_session>> req_parser_;
 
-  // The request being proxied.
+  // The request being proxied: its codec state here, the rest in ex_.
+  exchange ex_;
   std::vector<field_view> fields_;
   std::vector<header_view> header_views_;  // the router's view of fields_, reused
-  http::verb verb_ = http::verb::unknown;
-  std::string_view method_;
-  std::string_view req_target_;
-  int version_ = 11;
-  int content_length_count_ = 0;
-  int transfer_encoding_count_ = 0;
-  int host_count_ = 0;
-  std::string_view host_;
-  bool req_chunked_ = false;
-  bool req_has_body_ = false;
-  bool req_done_ = false;
-  bool body_started_ = false;
-  uint64_t req_body_bytes_ = 0;
-  const route_runtime* route_ = nullptr;
-  const upstream_runtime* upstream_ = nullptr;  // the route's, or one of its failover chain
-  std::string request_id_;
-  std::string hash_key_;
-  std::string retry_head_;
-  std::string normalized_path_;  // the request's path after normalization, when it changed
-  std::string access_path_;
-  std::string access_method_;
-  steady_clock::time_point started_;
-  uint32_t attempts_ = 0;
-  bool reused_connection_ = false;
-  bool counted_active_ = false;
-  bool retry_now_ = false;
-  const target_state* exclude_ = nullptr;
-  int local_status_ = 0;
-  std::string www_authenticate_;    // for a 401 answer
-  std::string rate_limit_headers_;  // "RateLimit-...: v\r\n" lines for the answer, or empty
-  std::string consumer_;            // the authenticated consumer (JWT sub), or empty
-  uint64_t delay_ms_ = 0;           // a rate limit's max_delay: wait this long, then dispatch
-  bool probe_ = false;              // this attempt is a half-open breaker probe
-  std::unique_ptr<asio::steady_timer> delay_timer_;                // created on the first delay
-  std::vector<std::pair<std::string, std::string>> auth_headers_;  // verified claims to forward
-  bool strip_authorization_ = false;
-  const char* local_code_ = "";
-  const char* local_message_ = "";
-  std::string auth_failure_message_;                // owns local_message_ for token failures
-  std::shared_ptr<const jwt_result> verified_jwt_;  // the request's verified token, if any
-  // A request to one of the OAuth endpoints (answered here, body read into oauth_body_).
+  std::unique_ptr<asio::steady_timer> delay_timer_;
+  size_t resume_at_ =
+      0;  // the stage after the one that paused                // created on the first delay
+  // A request to one of the OAuth endpoints (answered here, body read into ex_.oauth_body).
   size_t head_scanned_ = 0;  // bytes of in_ already searched for the end of the head
-  bool oauth_endpoint_ = false;
-  oauth_authority::endpoint oauth_kind_ = oauth_authority::endpoint::token;
-  std::string oauth_authorization_;
-  std::string oauth_body_;
-  std::string oauth_query_;
-  bool oauth_get_ = false;
   static constexpr size_t max_oauth_body = 16 * 1024;
 
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;
-  target_state* target_ = nullptr;
-  const upstream_target* picked_ = nullptr;  // target_ as snap_ configures it (its endpoint)
   byte_buffer up_out_;
   bool writing_upstream_ = false;
   std::optional<response_parser<client_session>> resp_parser_;
   std::vector<field_view> resp_fields_;
-  int status_ = 0;
-  std::string_view reason_;
-  int resp_version_ = 11;
-  bool resp_head_sent_ = false;
-  bool resp_malformed_ = false;
-  int resp_content_length_count_ = 0;
-  int resp_transfer_encoding_count_ = 0;
-  bool resp_chunked_out_ = false;  // we chunk the body towards the client
-  bool resp_paused_ = false;       // client output above high water
-  bool upstream_keep_alive_ = true;
-  uint64_t resp_bytes_ = 0;
+  bool resp_paused_ = false;  // client output above high water
 };
 
 // --- upstream_conn ---------------------------------------------------------------------------
@@ -823,7 +769,7 @@ void client_session::check_deadline(int64_t now) {
       upstream_failed(failure::connect_timeout);
       break;
     case phase::proxying:
-      if (!resp_head_sent_) {
+      if (!ex_.response_head_sent) {
         upstream_failed(failure::timeout);
       } else {
         // A stalled stream in either direction.
@@ -894,7 +840,7 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
   if (ec) {
     // EOF or reset. Between requests: just close. Mid-request: the client gave up.
     if (phase_ == phase::idle || phase_ == phase::head || phase_ == phase::connecting ||
-        (phase_ == phase::proxying && !req_done_)) {
+        (phase_ == phase::proxying && !ex_.request_done)) {
       close();
       return;
     }
@@ -916,37 +862,10 @@ void client_session::begin_request() {
   req_parser_->body_limit(boost::none);
   req_parser_->eager(false);
   fields_.clear();
-  access_method_.clear();
-  access_path_.clear();
-  verb_ = http::verb::unknown;
-  method_ = req_target_ = host_ = {};
-  version_ = 11;
-  content_length_count_ = transfer_encoding_count_ = host_count_ = 0;
-  req_chunked_ = req_has_body_ = req_done_ = body_started_ = false;
-  req_body_bytes_ = 0;
-  route_ = nullptr;
-  request_id_.clear();
-  attempts_ = 0;
-  reused_connection_ = false;
-  counted_active_ = retry_now_ = false;
-  exclude_ = nullptr;
-  local_status_ = 0;
-  www_authenticate_.clear();
-  rate_limit_headers_.clear();
-  consumer_.clear();
-  verified_jwt_.reset();
-  oauth_endpoint_ = false;
-  oauth_body_.clear();
+  resp_fields_.clear();
   head_scanned_ = 0;
-  delay_ms_ = 0;
-  auth_headers_.clear();
-  strip_authorization_ = false;
-  target_ = nullptr;
-  picked_ = nullptr;
-  status_ = 0;
-  resp_head_sent_ = resp_chunked_out_ = resp_paused_ = resp_malformed_ = false;
-  upstream_keep_alive_ = true;
-  resp_bytes_ = 0;
+  resp_paused_ = false;
+  ex_ = exchange{};
 }
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
@@ -973,7 +892,7 @@ void client_session::process_input() {
         // If the config changed since the last request, pick up the new snapshot now.
         if (snap_ != w_.snap) snap_ = w_.snap;
         phase_ = phase::head;
-        started_ = steady_clock::now();
+        ex_.started = steady_clock::now();
         deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
       }
       // The parser sees the head only once it is complete. Beast parses a partial head field by
@@ -1034,24 +953,20 @@ void client_session::process_input() {
       in_.consume(used);
       head_scanned_ = 0;
       if (!req_parser_->is_header_done()) continue;
-      if (req_parser_->is_done()) req_done_ = true;
-      if (local_status_) {
-        // Answered by the gateway itself; a body it did not read means the connection ends.
-        int status = local_status_;
-        local_status_ = 0;
-        if (!req_done_) close_after_response_ = true;
-        send_error(status, local_code_, local_message_);
+      if (req_parser_->is_done()) ex_.request_done = true;
+      if (ex_.local_status) {
+        answer_local();
         continue;
       }
-      if (oauth_endpoint_) {
-        if (req_done_) {
+      if (ex_.oauth_endpoint) {
+        if (ex_.request_done) {
           answer_oauth();
         } else {
           phase_ = phase::local_body;
         }
         continue;
       }
-      if (delay_ms_) {
+      if (ex_.delay_ms) {
         start_delay();
         return;
       }
@@ -1085,11 +1000,11 @@ void client_session::process_input() {
         return;
       }
       in_.consume(used);
-      if (req_parser_->is_done()) req_done_ = true;
-      if (req_done_) answer_oauth();
+      if (req_parser_->is_done()) ex_.request_done = true;
+      if (ex_.request_done) answer_oauth();
       continue;
     }
-    if (phase_ == phase::proxying && body_started_ && !req_done_) {
+    if (phase_ == phase::proxying && ex_.body_started && !ex_.request_done) {
       if (in_.empty()) {
         flush_upstream();
         if (up_out_.size() < high_water) start_client_read();
@@ -1118,7 +1033,7 @@ void client_session::process_input() {
       if (ec) {
         w_.stats.bad_requests.add();
         close_after_response_ = true;
-        if (!resp_head_sent_) {
+        if (!ex_.response_head_sent) {
           release_upstream(false);
           send_error(400, "bad_request", "malformed request body: " + ec.message());
         } else {
@@ -1146,14 +1061,14 @@ void client_session::reject(int status, std::string_view code, std::string_view 
 
 void client_session::on_request_line(http::verb v, std::string_view method, std::string_view target,
                                      int version, error_code& ec) {
-  verb_ = v;
-  method_ = method;
-  req_target_ = target;
-  version_ = version;
+  ex_.verb = v;
+  ex_.method = method;
+  ex_.request_target = target;
+  ex_.version = version;
   if (w_.access_log) {
     // Known from here on, so that refused requests are logged with them too.
-    access_method_.assign(method);
-    access_path_.assign(target.substr(0, std::min<size_t>(target.size(), 2048)));
+    ex_.access_method.assign(method);
+    ex_.access_path.assign(target.substr(0, std::min<size_t>(target.size(), 2048)));
   }
   if (target.size() > snap_->cfg.limits.max_url_bytes) {
     return reject(414, "uri_too_long", "request target exceeds the limit", ec);
@@ -1192,7 +1107,7 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
   }
   switch (f) {
     case http::field::content_length:
-      if (++content_length_count_ > 1) {
+      if (++ex_.content_length_count > 1) {
         return reject(400, "bad_request", "more than one Content-Length", ec);
       }
       if (value.empty() || value.size() > 18 ||
@@ -1201,10 +1116,10 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
       }
       break;
     case http::field::transfer_encoding:
-      if (++transfer_encoding_count_ > 1) {
+      if (++ex_.transfer_encoding_count > 1) {
         return reject(400, "bad_request", "more than one Transfer-Encoding", ec);
       }
-      if (version_ == 10) {
+      if (ex_.version == 10) {
         return reject(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request", ec);
       }
       if (!iequals(trim(value), "chunked")) {
@@ -1212,8 +1127,8 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
       }
       break;
     case http::field::host:
-      ++host_count_;
-      host_ = value;
+      ++ex_.host_count;
+      ex_.host = value;
       break;
     default:
       break;
@@ -1228,7 +1143,7 @@ void client_session::make_request_id() {
   for (auto& f : fields_) {
     if (f.f == http::field::unknown && iequals(f.name, "x-request-id") &&
         valid_request_id(f.value)) {
-      request_id_.assign(f.value);
+      ex_.request_id.assign(f.value);
       return;
     }
   }
@@ -1246,230 +1161,39 @@ void client_session::make_request_id() {
     *out++ = hex[byte >> 4];
     *out++ = hex[byte & 0xf];
   }
-  request_id_.assign(buf, 36);
-}
-
-bool client_session::authenticate_jwt() {
-  std::string_view token;
-  for (auto& f : fields_) {
-    if (f.f != http::field::authorization) continue;
-    auto v = trim(f.value);
-    if (v.size() > 7 && iequals(v.substr(0, 7), "bearer ")) token = trim(v.substr(7));
-    break;
-  }
-  local_status_ = 401;
-  if (token.empty()) {
-    local_code_ = "unauthorized";
-    local_message_ = "this route requires a bearer token";
-    www_authenticate_ = "Bearer realm=\"meridian\"";
-    return false;
-  }
-  std::shared_ptr<const jwt_result> verified;
-  const jwt_provider* verified_by = nullptr;
-  auto now = std::chrono::system_clock::now();
-  for (const auto* p : route_->jwt_providers) {
-    verified_by = p;
-    auto keys = p->authority ? p->authority->keys() : p->keys.load();
-    verified = p->cache.verify(token, keys, p->rules, now);
-    if (verified->ok && p->authority && p->authority->token_revoked(verified->claims)) {
-      static const auto revoked = std::make_shared<const jwt_result>(
-          jwt_result{false, "revoked", "token has been revoked", {}});
-      verified = revoked;
-    }
-    if (verified->ok) break;
-    // A kid these keys lack: maybe the issuer rotated. Ask the refresher (jwks_url only).
-    if (verified->error == "unknown_kid" && !p->authority && !p->cfg->jwks_url.empty())
-      const_cast<jwt_provider*>(p)->refresh_wanted.store(true, std::memory_order_relaxed);
-  }
-  if (!verified || !verified->ok) {
-    local_code_ = "invalid_token";
-    auth_failure_message_ = !verified                   ? std::string("no key set verifies tokens")
-                            : verified->message.empty() ? verified->error
-                                                        : verified->message;
-    local_message_ = auth_failure_message_.c_str();
-    www_authenticate_ = "Bearer realm=\"meridian\", error=\"invalid_token\"";
-    return false;
-  }
-  local_status_ = 0;
-  verified_jwt_ = verified;
-  const auto& claims = verified->claims;
-  // Claims become header values (the consumer id, claims_to_headers): a signed token may still
-  // carry CR, LF or NUL in them, which would inject headers or a request. Refuse such a token.
-  auto unforwardable = [&](const std::string& claim) {
-    local_status_ = 401;
-    local_code_ = "invalid_token";
-    auth_failure_message_ = "claim '" + claim + "' holds characters a header cannot carry";
-    local_message_ = auth_failure_message_.c_str();
-    www_authenticate_ = "Bearer realm=\"meridian\", error=\"invalid_token\"";
-    verified_jwt_.reset();
-    return false;
-  };
-  const std::string& consumer_claim = verified_by->cfg->consumer_claim;
-  if (auto c = claims.find(consumer_claim); c != claims.end() && c->is_string()) {
-    consumer_ = c->get<std::string>();
-    if (!valid_field_value(consumer_)) {
-      consumer_.clear();
-      return unforwardable(consumer_claim);
-    }
-  }
-  for (const auto& [claim, header] : route_->cfg->auth->claims_to_headers) {
-    auto it = claims.find(claim);
-    if (it == claims.end() || it->is_null()) continue;
-    std::string value = it->is_string()
-                            ? it->get<std::string>()
-                            : it->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (!valid_field_value(value)) return unforwardable(claim);
-    auth_headers_.emplace_back(header, std::move(value));
-  }
-  // Credentials end at the gateway, unless the route passes them on.
-  strip_authorization_ = route_->cfg->auth->strip_credentials;
-  return true;
-}
-
-bool client_session::authenticate_api_key(std::string_view query, bool* presented_any) {
-  std::string_view presented;
-  for (auto& f : fields_) {
-    if (iequals(f.name, "x-api-key")) {
-      presented = trim(f.value);
-      break;
-    }
-  }
-  if (presented.empty() && route_->cfg->auth->query_key) {
-    // ?apikey=... (only when the route allows it: query strings end up in logs)
-    size_t pos = 0;
-    while (pos <= query.size()) {
-      size_t amp = query.find('&', pos);
-      std::string_view part =
-          query.substr(pos, amp == std::string_view::npos ? query.npos : amp - pos);
-      if (part.substr(0, 7) == "apikey=") {
-        presented = part.substr(7);
-        break;
-      }
-      if (amp == std::string_view::npos) break;
-      pos = amp + 1;
-    }
-  }
-  *presented_any = !presented.empty();
-  std::string_view key_id, secret;
-  if (presented.empty() || !snap_->api_keys || !split_api_key(presented, &key_id, &secret))
-    return false;
-  auto it = snap_->api_keys->find(std::string(key_id));
-  if (it == snap_->api_keys->end()) return false;
-  const auto& rec = it->second;
-  int64_t wall = unix_now_ms();
-  if (rec.expires_ms && wall >= rec.expires_ms) return false;
-  if (!verify_api_key(rec, secret)) return false;
-  consumer_ = rec.consumer;
-  if (rec.usage) {
-    rec.usage->requests.fetch_add(1, std::memory_order_relaxed);
-    rec.usage->last_used_ms.store(wall, std::memory_order_relaxed);
-  }
-  return true;
-}
-
-bool client_session::authenticate() {
-  const auto& auth = *route_->cfg->auth;
-  auto qpos = req_target_.find('?');
-  std::string_view query = qpos == std::string_view::npos
-                               ? std::string_view()
-                               : std::string_view(req_target_).substr(qpos + 1);
-  // An address that keeps presenting wrong keys waits, growing with each failure, before its
-  // next key is even looked at (other credentials are not held).
-  bool presented = false;
-  int64_t held_ms = 0;
-  bool key_ok = false;
-  if (route_->auth_api_key) {
-    held_ms = w_.api_key_failures.wait_ms(client_ip_, w_.now);
-    if (held_ms == 0) key_ok = authenticate_api_key(query, &presented);
-  }
-  // A wrong key counts even when a token then authenticates the request.
-  if (presented && !key_ok) w_.api_key_failures.failed(client_ip_, w_.now);
-  if (key_ok) w_.api_key_failures.succeeded(client_ip_);
-  bool ok = key_ok;
-  if (!ok && !route_->jwt_providers.empty()) ok = authenticate_jwt();
-  if (!ok && held_ms > 0 && !local_status_) {
-    local_status_ = 429;
-    local_code_ = "too_many_failures";
-    local_message_ = "too many invalid API keys from this address; retry later";
-    rate_limit_headers_ =
-        "Retry-After: " + std::to_string(failure_delay::retry_after_s(held_ms)) + "\r\n";
-    return false;
-  }
-  if (!ok) {
-    if (!local_status_) {  // no JWT verdict to report: the key was missing or wrong
-      local_status_ = 401;
-      local_code_ = "unauthorized";
-      local_message_ = "a valid API key is required (X-API-Key)";
-      www_authenticate_ = "ApiKey realm=\"meridian\"";
-    }
-    return false;
-  }
-  local_status_ = 0;
-  // Group ACL: 403 (known consumer, not allowed), not 401.
-  const std::vector<std::string>* groups = nullptr;
-  if (auto g = snap_->consumer_groups.find(consumer_); g != snap_->consumer_groups.end())
-    groups = &g->second;
-  if (!auth.groups.empty()) {
-    bool member = false;
-    if (groups)
-      for (const auto& want : auth.groups)
-        member = member || std::find(groups->begin(), groups->end(), want) != groups->end();
-    if (!member) {
-      local_status_ = 403;
-      local_code_ = "forbidden";
-      local_message_ = "this consumer's groups may not use this route";
-      return false;
-    }
-  }
-  if ((!auth.scopes.empty() || !auth.claims.empty()) && !token_meets(auth)) {
-    local_status_ = 403;
-    local_code_ = "forbidden";
-    local_message_ = auth_failure_message_.c_str();
-    return false;
-  }
-  if (!consumer_.empty()) {
-    bool mapped = false;  // claims_to_headers may already carry it
-    for (const auto& [k, v] : auth_headers_) mapped = mapped || iequals(k, "x-consumer-id");
-    if (!mapped) auth_headers_.emplace_back("X-Consumer-Id", consumer_);
-    if (groups && !groups->empty()) {
-      std::string list;
-      for (const auto& g : *groups) list += (list.empty() ? "" : ",") + g;
-      auth_headers_.emplace_back("X-Consumer-Groups", std::move(list));
-    }
-  }
-  return true;
+  ex_.request_id.assign(buf, 36);
 }
 
 bool client_session::match_oauth_endpoint(std::string_view path, std::string_view query) {
   if (!snap_->oauth || !snap_->cfg.oauth) return false;
   const auto& o = *snap_->cfg.oauth;
   if (path == o.token_path) {
-    oauth_kind_ = oauth_authority::endpoint::token;
+    ex_.oauth_kind = oauth_authority::endpoint::token;
   } else if (path == o.introspect_path) {
-    oauth_kind_ = oauth_authority::endpoint::introspect;
+    ex_.oauth_kind = oauth_authority::endpoint::introspect;
   } else if (path == o.revoke_path) {
-    oauth_kind_ = oauth_authority::endpoint::revoke;
+    ex_.oauth_kind = oauth_authority::endpoint::revoke;
   } else if (path == o.authorize_path) {
-    oauth_kind_ = oauth_authority::endpoint::authorize;
+    ex_.oauth_kind = oauth_authority::endpoint::authorize;
   } else {
     return false;
   }
-  oauth_get_ = oauth_kind_ == oauth_authority::endpoint::authorize &&
-               (verb_ == http::verb::get || verb_ == http::verb::head);
-  if (verb_ != http::verb::post && !oauth_get_) {
-    local_status_ = 405;
-    local_code_ = "method_not_allowed";
-    local_message_ = oauth_kind_ == oauth_authority::endpoint::authorize
-                         ? "the authorization endpoint takes GET or POST"
-                         : "OAuth endpoints take POST";
+  ex_.oauth_get = ex_.oauth_kind == oauth_authority::endpoint::authorize &&
+                  (ex_.verb == http::verb::get || ex_.verb == http::verb::head);
+  if (ex_.verb != http::verb::post && !ex_.oauth_get) {
+    ex_.local_status = 405;
+    ex_.local_code = "method_not_allowed";
+    ex_.local_message = ex_.oauth_kind == oauth_authority::endpoint::authorize
+                            ? "the authorization endpoint takes GET or POST"
+                            : "OAuth endpoints take POST";
     return true;
   }
-  oauth_endpoint_ = true;
-  oauth_query_.assign(query);
-  oauth_authorization_.clear();
+  ex_.oauth_endpoint = true;
+  ex_.oauth_query.assign(query);
+  ex_.oauth_authorization.clear();
   for (auto& f : fields_) {
     if (f.f == http::field::authorization) {
-      oauth_authorization_.assign(trim(f.value));
+      ex_.oauth_authorization.assign(trim(f.value));
       break;
     }
   }
@@ -1478,14 +1202,14 @@ bool client_session::match_oauth_endpoint(std::string_view path, std::string_vie
 
 void client_session::answer_oauth() {
   oauth_authority::request req;
-  req.kind = oauth_kind_;
-  req.post = !oauth_get_;
-  req.authorization = std::move(oauth_authorization_);
-  req.query = std::move(oauth_query_);
-  req.body = std::move(oauth_body_);
-  oauth_body_.clear();
-  oauth_query_.clear();
-  oauth_authorization_.clear();
+  req.kind = ex_.oauth_kind;
+  req.post = !ex_.oauth_get;
+  req.authorization = std::move(ex_.oauth_authorization);
+  req.query = std::move(ex_.oauth_query);
+  req.body = std::move(ex_.oauth_body);
+  ex_.oauth_body.clear();
+  ex_.oauth_query.clear();
+  ex_.oauth_authorization.clear();
   oauth_authority::context ctx{&*snap_->cfg.oauth, snap_->api_keys.get(), &snap_->cfg.consumers,
                                unix_now_ms(), client_ip_};
   if (!oauth_authority::slow(req)) {
@@ -1542,159 +1266,52 @@ void client_session::answer_oauth() {
   }
 }
 
-namespace {
-
-// True when a scope list ("scope": "a b c" or "scp": ["a", "b"] / "a b") holds want.
-bool has_scope(const nlohmann::json& claims, std::string_view want) {
-  for (const char* name : {"scope", "scp"}) {
-    auto it = claims.find(name);
-    if (it == claims.end()) continue;
-    if (it->is_array()) {
-      for (const auto& s : *it)
-        if (s.is_string() && s.get_ref<const std::string&>() == want) return true;
-    } else if (it->is_string()) {
-      std::string_view list = it->get_ref<const std::string&>();
-      while (!list.empty()) {
-        size_t sp = list.find(' ');
-        if (list.substr(0, sp) == want) return true;
-        if (sp == std::string_view::npos) break;
-        list.remove_prefix(sp + 1);
-      }
-    }
-  }
-  return false;
-}
-
-// True when claim equals want (a string; numbers and booleans by their JSON text) or, for an
-// array claim, contains it.
-bool claim_matches(const nlohmann::json& claims, const std::string& name, const std::string& want) {
-  auto it = claims.find(name);
-  if (it == claims.end()) return false;
-  auto one = [&](const nlohmann::json& v) {
-    return v.is_string() ? v.get_ref<const std::string&>() == want : v.dump() == want;
-  };
-  if (!it->is_array()) return one(*it);
-  for (const auto& v : *it)
-    if (one(v)) return true;
-  return false;
-}
-
-}  // namespace
-
-bool client_session::token_meets(const auth_config& auth) {
-  if (!verified_jwt_) {
-    auth_failure_message_ = "this route needs a token with the required scopes or claims";
-    return false;
-  }
-  const auto& claims = verified_jwt_->claims;
-  for (const auto& want : auth.scopes) {
-    if (!has_scope(claims, want)) {
-      auth_failure_message_ = "token lacks scope " + want;
-      return false;
-    }
-  }
-  for (const auto& [name, want] : auth.claims) {
-    if (!claim_matches(claims, name, want)) {
-      auth_failure_message_ = "token claim " + name + " is not " + want;
-      return false;
-    }
-  }
-  return true;
-}
-
-bool client_session::check_rate_limits() {
-  auto& limiter = *snap_->limiter;
-  int64_t now = unix_now_ms();
-  // The counted value of each limit's key. consumer: the authenticated consumer, else the
-  // client address (so anonymous clients are still limited one by one).
-  auto key_value = [&](const limit_spec& spec) -> std::string_view {
-    switch (spec.key) {
-      case limit_spec::key_kind::ip:
-        return client_ip_;
-      case limit_spec::key_kind::consumer:
-        return consumer_.empty() ? std::string_view(client_ip_) : std::string_view(consumer_);
-      case limit_spec::key_kind::route:
-      case limit_spec::key_kind::global:
-        return {};
-      case limit_spec::key_kind::header:
-        for (auto& f : fields_)
-          if (iequals(f.name, spec.header)) return f.value;
-        return {};
-    }
-    return {};
-  };
-  // With several limits, check them all first and count only when all admit: a refused request
-  // counts nowhere. One limit needs no first pass (check() counts admissions only).
-  const auto& limits = route_->limits;
-  uint64_t keys[max_rate_limits_per_route];
-  size_t n = std::min<size_t>(limits.size(), max_rate_limits_per_route);
-  limit_decision tightest;
-  bool allowed = true;
-  for (size_t i = 0; i < n; ++i) keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
-  for (size_t i = 0; i < n && n > 1; ++i) {
-    auto d = limiter.check(keys[i], limits[i], now, false, w_.index);
-    if (!d.allowed) {
-      allowed = false;
-      tightest = d;
-      break;
-    }
-  }
-  if (allowed) {
-    for (size_t i = 0; i < n; ++i) {
-      auto d = limiter.check(keys[i], limits[i], now, true, w_.index);
-      if (!d.allowed) {  // another request took the last one meanwhile
-        allowed = false;
-        tightest = d;
-        break;
-      }
-      delay_ms_ = std::max(delay_ms_, d.delay_ms);
-      if (i == 0 || d.remaining < tightest.remaining) tightest = d;
-    }
-  }
-  rate_limit_headers_ = "RateLimit-Limit: " + std::to_string(tightest.limit) +
-                        "\r\nRateLimit-Remaining: " + std::to_string(tightest.remaining) +
-                        "\r\nRateLimit-Reset: " + std::to_string(tightest.reset_s) + "\r\n";
-  if (route_->limit_stats) {
-    (allowed ? route_->limit_stats->allowed : route_->limit_stats->rejected)
-        .fetch_add(1, std::memory_order_relaxed);
-  }
-  if (allowed) return true;
-  delay_ms_ = 0;
-  rate_limit_headers_ += "Retry-After: " + std::to_string(tightest.retry_after_s) + "\r\n";
-  local_status_ = 429;
-  local_code_ = "rate_limited";
-  local_message_ = "rate limit exceeded; retry later";
-  return false;
+void client_session::answer_local() {
+  // Answered by the gateway itself; a body it did not read means the connection ends.
+  int status = ex_.local_status;
+  ex_.local_status = 0;
+  if (!ex_.request_done) close_after_response_ = true;
+  send_error(status, ex_.local_code, ex_.local_message);
 }
 
 void client_session::start_delay() {
   phase_ = phase::delayed;
-  deadline_ = w_.now + static_cast<int64_t>(delay_ms_) + 5000;
+  deadline_ = w_.now + static_cast<int64_t>(ex_.delay_ms) + 5000;
   if (!delay_timer_) delay_timer_ = std::make_unique<asio::steady_timer>(w_.ioc);
-  delay_timer_->expires_after(std::chrono::milliseconds(delay_ms_));
-  delay_ms_ = 0;
+  delay_timer_->expires_after(std::chrono::milliseconds(ex_.delay_ms));
+  ex_.delay_ms = 0;
   delay_timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->phase_ != phase::delayed) return;
     self->phase_ = phase::head;
-    self->dispatch();
+    switch (self->run_stages(self->resume_at_)) {
+      case verdict::next:
+        self->dispatch();
+        break;
+      case verdict::respond:
+        self->answer_local();
+        break;
+      case verdict::pause:
+        self->start_delay();
+        return;
+    }
     self->process_input();
   });
 }
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
   make_request_id();
-  if (version_ == 11 && host_count_ != 1) {
-    return reject(400, "bad_request", host_count_ ? "more than one Host" : "missing Host", ec);
+  if (ex_.version == 11 && ex_.host_count != 1) {
+    return reject(400, "bad_request", ex_.host_count ? "more than one Host" : "missing Host", ec);
   }
-  if (host_count_ > 1) return reject(400, "bad_request", "more than one Host", ec);
-  if (!valid_host(host_)) return reject(400, "bad_request", "invalid Host", ec);
-  req_chunked_ = parser.chunked();
+  if (ex_.host_count > 1) return reject(400, "bad_request", "more than one Host", ec);
+  if (!valid_host(ex_.host)) return reject(400, "bad_request", "invalid Host", ec);
+  ex_.chunked = parser.chunked();
   auto cl = parser.content_length();
-  req_has_body_ = req_chunked_ || (cl && *cl > 0);
+  ex_.has_body = ex_.chunked || (cl && *cl > 0);
 
   // Split the target into path and query; accept absolute-form (RFC 9112 §3.2.2).
-  std::string_view target = req_target_;
-  std::string_view host = host_;
+  std::string_view target = ex_.request_target;
+  std::string_view host = ex_.host;
   if (target.size() > 7 &&
       (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
     auto rest = target.substr(target.find("://") + 3);
@@ -1703,7 +1320,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
   }
   if (target.empty() || target.front() != '/') {
-    if (!(verb_ == http::verb::options && target == "*")) {
+    if (!(ex_.verb == http::verb::options && target == "*")) {
       return reject(400, "bad_request", "request target must be origin-form", ec);
     }
   }
@@ -1714,9 +1331,9 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   // Route on, and forward, the normalized path: /pub/../priv must not reach /priv's upstream
   // past /priv's auth (RFC 3986 section 6).
   if (!path.empty() && path.front() == '/' && !path_is_normal(path, snap_->paths)) {
-    path_status st = normalize_path(path, snap_->paths, &normalized_path_);
+    path_status st = normalize_path(path, snap_->paths, &ex_.normalized_path);
     if (st != path_status::ok) return reject(400, "bad_request", to_string(st), ec);
-    path = normalized_path_;
+    path = ex_.normalized_path;
   }
   std::string_view host_only = host;
   if (!host_only.empty() && host_only.front() == '[') {
@@ -1726,80 +1343,89 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
     host_only = host_only.substr(0, colon);
   }
 
+  ex_.fields = fields_;
+  ex_.authority = host;
+  ex_.host_only = host_only;
+  ex_.path = path;
+  ex_.query = query;
+  ex_.has_query = qpos != std::string_view::npos;
+  if (cl) ex_.content_length = *cl;
   if (!parser.keep_alive()) close_after_response_ = true;
   if (match_oauth_endpoint(path, query)) return;
+  start_exchange();
+}
 
+// --- the exchange: route, stages, upstream head ----------------------------------------------
+
+void client_session::start_exchange() {
   header_views_.clear();
   for (auto& f : fields_) header_views_.push_back({f.name, f.value});
-  request_view rv{method_, host_only, path, query, std::span<const header_view>(header_views_)};
+  request_view rv{ex_.method, ex_.host_only, ex_.path, ex_.query,
+                  std::span<const header_view>(header_views_)};
   int route_index = snap_->routes_index->match(rv);
   if (route_index < 0) {
     w_.stats.no_route.add();
-    local_status_ = 404;
-    local_code_ = "not_found";
-    local_message_ = "no route matches this request";
+    ex_.local_status = 404;
+    ex_.local_code = "not_found";
+    ex_.local_message = "no route matches this request";
     return;
   }
-  route_ = &snap_->routes[route_index];
-  upstream_ = route_->upstream;
-  const auto& rc = *route_->cfg;
-  if (route_->max_body_bytes && cl && *cl > route_->max_body_bytes) {
-    w_.stats.bad_requests.add();
-    local_status_ = 413;
-    local_code_ = "payload_too_large";
-    local_message_ = "request body exceeds the route's limit";
-    return;
-  }
-  if (rc.auth && !authenticate()) return;
-  if (!rc.rate_limits.empty() && snap_->limiter && !check_rate_limits()) return;
+  ex_.route = &snap_->routes[route_index];
+  ex_.upstream = ex_.route->upstream;
+  run_stages(0);
+}
 
-  // Consistent-hash key.
-  const auto& up = *upstream_;
+verdict client_session::run_stages(size_t from) {
+  stage_context ctx{*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, client_ip_};
+  size_t at = 0;
+  verdict v = ex_.route->stages->run_request_head(ex_, ctx, from, &at);
+  if (v == verdict::pause) resume_at_ = at + 1;
+  if (v == verdict::next) write_upstream_request();
+  return v;
+}
+
+void client_session::write_upstream_request() {
+  const auto& up = *ex_.upstream;
   if (up.cfg->balance == balance_policy::consistent_hash) {
-    hash_key_.clear();
+    ex_.hash_key.clear();
     if (!up.hash_header.empty()) {
       for (auto& f : fields_) {
         if (iequals(f.name, up.hash_header)) {
-          hash_key_.assign(f.value);
+          ex_.hash_key.assign(f.value);
           break;
         }
       }
     } else {
-      hash_key_.assign(client_ip_);
+      ex_.hash_key.assign(client_ip_);
     }
   }
-
-  // The upstream request head.
-  std::string rewritten, default_host;
+  std::string default_host;
   upstream_head h;
-  h.method = method_;
-  h.path = upstream_path(path, rc, route_->rewrite ? &*route_->rewrite : nullptr, &rewritten);
-  h.query = query;
-  h.has_query = qpos != std::string_view::npos;
-  h.query_rules = &rc.query;
+  h.method = ex_.method;
+  h.path = ex_.path;
+  h.query = ex_.query;
+  h.has_query = ex_.has_query;
   h.fields = fields_;
-  h.drop = route_->request_drop;
-  h.strip_authorization = strip_authorization_;
-  if (route_->preserve_host && !host.empty()) {
-    h.host = host;
+  h.drop = ex_.route->request_drop;
+  h.strip_authorization = ex_.strip_authorization;
+  if (ex_.route->preserve_host && !ex_.authority.empty()) {
+    h.host = ex_.authority;
   } else {
     // Without the client's Host, name the first target (like nginx's $proxy_host).
     default_host = up.targets.empty() ? "localhost" : up.targets[0].state->addr.to_string();
     h.host = default_host;
   }
-  h.forwarded_host = host;
+  h.forwarded_host = ex_.authority;
   h.client_ip = client_ip_;
   h.tls = tls_ != nullptr;
-  h.version = version_;
-  h.request_id = request_id_;
-  h.set = rc.request_headers.set;
-  h.add = rc.request_headers.add;
-  h.identity = auth_headers_;
-  h.chunked = req_chunked_;
+  h.version = ex_.version;
+  h.request_id = ex_.request_id;
+  h.identity = ex_.identity_headers;
+  h.chunked = ex_.chunked;
+  ex_.route->stages->run_upstream_head(ex_, h);
   up_out_.clear();
   if (write_upstream_head(h, up_out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
-
-  if (!req_has_body_) retry_head_.assign(up_out_.data(), up_out_.size());
+  if (!ex_.has_body) ex_.retry_head.assign(up_out_.data(), up_out_.size());
   // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
   req_parser_->eager(true);
 }
@@ -1807,7 +1433,7 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
 void client_session::on_request_body_limit(error_code& ec) {
   w_.stats.bad_requests.add();
   close_after_response_ = true;
-  if (!resp_head_sent_) {
+  if (!ex_.response_head_sent) {
     release_upstream(false);
     send_error(413, "payload_too_large", "request body exceeds the route's limit");
   } else {
@@ -1817,23 +1443,24 @@ void client_session::on_request_body_limit(error_code& ec) {
 }
 
 void client_session::on_request_body(std::string_view body, error_code& ec) {
-  req_body_bytes_ += body.size();
-  if (oauth_endpoint_) {
-    if (oauth_body_.size() + body.size() > max_oauth_body) {
+  if (ex_.oauth_endpoint) {
+    if (ex_.oauth_body.size() + body.size() > max_oauth_body) {
       w_.stats.bad_requests.add();
       close_after_response_ = true;
       send_error(413, "payload_too_large", "OAuth request bodies are limited to 16 KiB");
       ec = http::error::body_limit;
       return;
     }
-    oauth_body_.append(body);
+    ex_.oauth_body.append(body);
     return;
   }
-  if (route_->max_body_bytes && req_body_bytes_ > route_->max_body_bytes) {
+  if (ex_.route->stages->reads_request_body() &&
+      ex_.route->stages->run_request_body(ex_, body.size(), false) != verdict::next) {
     on_request_body_limit(ec);
     return;
   }
-  if (req_chunked_) {
+  ex_.body_bytes += body.size();
+  if (ex_.chunked) {
     // Each piece becomes its own chunk: framing is ours, never the client's bytes.
     if (body.empty()) return;
     up_out_.append_hex(body.size());
@@ -1846,17 +1473,17 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
 }
 
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
-  if (oauth_endpoint_) return;  // on_request_body caps it
+  if (ex_.oauth_endpoint) return;  // on_request_body caps it
   // The declared size is known before the data: refuse at once rather than after forwarding.
-  if (route_->max_body_bytes &&
-      size > route_->max_body_bytes - std::min(req_body_bytes_, route_->max_body_bytes)) {
+  if (ex_.route->stages->reads_request_body() &&
+      ex_.route->stages->run_request_body(ex_, size, true) != verdict::next) {
     on_request_body_limit(ec);
   }
 }
 
 void client_session::on_request_finish(error_code& ec) {
-  if (req_chunked_ && !oauth_endpoint_) up_out_.append("0\r\n\r\n");
-  req_done_ = true;
+  if (ex_.chunked && !ex_.oauth_endpoint) up_out_.append("0\r\n\r\n");
+  ex_.request_done = true;
 }
 
 // --- dispatching to an upstream --------------------------------------------------------------
@@ -1876,54 +1503,54 @@ bool is_idempotent(http::verb v) {
 }
 
 bool client_session::request_replayable() const {
-  // A request without a body can be sent again from retry_head_; one with a body only while none
+  // A request without a body can be sent again from ex_.retry_head; one with a body only while none
   // of it has been taken from the client buffer.
-  return !req_has_body_ || !body_started_;
+  return !ex_.has_body || !ex_.body_started;
 }
 
 void client_session::dispatch() {
-  auto& up = *upstream_;
+  auto& up = *ex_.upstream;
   int64_t now = w_.now;
-  if (attempts_ == 0 && !exclude_) up.budget.on_request(now);
+  if (ex_.attempts == 0 && !ex_.exclude) up.budget.on_request(now);
   const int64_t wall = unix_now_ms();
   auto pick = [&](const upstream_runtime& from, const target_state* exclude) {
-    picked_ = pick_target(from, w_.index, hash_key_, exclude, now, wall);
-    return picked_ ? picked_->state.get() : nullptr;
+    ex_.picked = pick_target(from, w_.index, ex_.hash_key, exclude, now, wall);
+    return ex_.picked ? ex_.picked->state.get() : nullptr;
   };
-  target_ = pick(up, exclude_);
-  if (!target_ && !exclude_) {
+  ex_.target = pick(up, ex_.exclude);
+  if (!ex_.target && !ex_.exclude) {
     // Nothing usable here: the upstream's failover chain, in order.
     for (const upstream_runtime* next : up.failover_chain) {
-      target_ = pick(*next, nullptr);
-      if (target_) {
+      ex_.target = pick(*next, nullptr);
+      if (ex_.target) {
         up.failovers.fetch_add(1, std::memory_order_relaxed);
-        upstream_ = next;
+        ex_.upstream = next;
         break;
       }
     }
   }
-  const auto& chosen = *upstream_;  // `up`, or the failover upstream that has a target
-  probe_ = false;
-  if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
-                                               target_->may_probe.load(), &probe_)) {
+  const auto& chosen = *ex_.upstream;  // `up`, or the failover upstream that has a target
+  ex_.probe = false;
+  if (ex_.target && !ex_.target->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
+                                                     ex_.target->may_probe.load(), &ex_.probe)) {
     // Another worker took this half-open period's probe: choose again without this target.
-    target_ = pick(chosen, target_);
-    if (target_ && !target_->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
-                                                 target_->may_probe.load(), &probe_)) {
-      target_ = nullptr;
+    ex_.target = pick(chosen, ex_.target);
+    if (ex_.target && !ex_.target->breaker.on_dispatch(wall, chosen.cfg->circuit_breaker,
+                                                       ex_.target->may_probe.load(), &ex_.probe)) {
+      ex_.target = nullptr;
     }
   }
-  if (!target_) {
-    if (!req_done_) close_after_response_ = true;
+  if (!ex_.target) {
+    if (!ex_.request_done) close_after_response_ = true;
     send_error(503, "no_healthy_upstream", "no healthy target in upstream " + chosen.cfg->name);
     return;
   }
-  target_->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
-  target_->metrics->requests.fetch_add(1, std::memory_order_relaxed);
-  counted_active_ = true;
-  up_ = w_.take_idle(target_);
+  ex_.target->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
+  ex_.target->metrics->requests.fetch_add(1, std::memory_order_relaxed);
+  ex_.counted_active = true;
+  up_ = w_.take_idle(ex_.target);
   if (up_) {
-    reused_connection_ = true;
+    ex_.reused_connection = true;
     w_.stats.upstream_connections_reused.add();
     up_->owner = shared_from_this();
     phase_ = phase::proxying;
@@ -1931,13 +1558,14 @@ void client_session::dispatch() {
     send_upstream();
     return;
   }
-  reused_connection_ = false;
+  ex_.reused_connection = false;
   uint32_t cap = chosen.cfg->pool.max_connections_per_target;
-  if (cap && target_->id < w_.open_by_target.size() && w_.open_by_target[target_->id] >= cap) {
+  if (cap && ex_.target->id < w_.open_by_target.size() &&
+      w_.open_by_target[ex_.target->id] >= cap) {
     // Like Envoy's max_connections breaker: overflow is refused rather than queued.
     w_.stats.upstream_overflows.add();
     release_upstream(false);
-    if (!req_done_) close_after_response_ = true;
+    if (!ex_.request_done) close_after_response_ = true;
     send_error(503, "upstream_overloaded",
                "connection limit reached for upstream " + chosen.cfg->name);
     return;
@@ -1947,12 +1575,12 @@ void client_session::dispatch() {
 
 void client_session::connect_upstream() {
   phase_ = phase::connecting;
-  deadline_ = w_.now + upstream_->cfg->timeouts.connect.count();
-  up_ = std::make_shared<upstream_conn>(w_, target_);
+  deadline_ = w_.now + ex_.upstream->cfg->timeouts.connect.count();
+  up_ = std::make_shared<upstream_conn>(w_, ex_.target);
   up_->owner = shared_from_this();
   w_.stats.upstream_connections_opened.add();
   error_code ec;
-  const tcp::endpoint endpoint = to_endpoint(picked_->endpoint);
+  const tcp::endpoint endpoint = to_endpoint(ex_.picked->endpoint);
   up_->socket.open(endpoint.protocol(), ec);
   if (ec) {
     upstream_failed(failure::connect);
@@ -1975,17 +1603,17 @@ void client_session::on_connected(const error_code& ec) {
   up_->socket.set_option(tcp::no_delay(true), ignored);
   up_->socket.non_blocking(true, ignored);
   phase_ = phase::proxying;
-  deadline_ = w_.now + upstream_->cfg->timeouts.request.count();
+  deadline_ = w_.now + ex_.upstream->cfg->timeouts.request.count();
   send_upstream();
-  if (body_started_) process_input();
+  if (ex_.body_started) process_input();
 }
 
 void client_session::send_upstream() {
-  if (req_has_body_) body_started_ = true;
+  if (ex_.has_body) ex_.body_started = true;
   // A body still to be parsed from in_ is checked against the route's limit before anything is
   // sent: process_input flushes the head together with it. A body the head's parse already took
-  // whole (req_done_) is in up_out_ now, and whatever follows it in in_ is the next request.
-  if (!req_has_body_ || req_done_ || in_.empty()) flush_upstream();
+  // whole (ex_.request_done) is in up_out_ now, and whatever follows it in in_ is the next request.
+  if (!ex_.has_body || ex_.request_done || in_.empty()) flush_upstream();
   up_->start_read();
 }
 
@@ -2002,13 +1630,13 @@ void client_session::flush_upstream() {
           return;
         }
         self->up_out_.consume(n);
-        if (!self->resp_head_sent_) {
+        if (!self->ex_.response_head_sent) {
           // The request timeout runs from the last byte written, not from the first.
-          self->deadline_ = self->w_.now + self->upstream_->cfg->timeouts.request.count();
+          self->deadline_ = self->w_.now + self->ex_.upstream->cfg->timeouts.request.count();
         }
         if (!self->up_out_.empty()) {
           self->flush_upstream();
-        } else if (self->body_started_ && !self->req_done_) {
+        } else if (self->ex_.body_started && !self->ex_.request_done) {
           self->process_input();  // room again for request body
         }
       });
@@ -2023,7 +1651,7 @@ void client_session::on_upstream_data(const error_code& ec) {
       // A response delimited by the end of the connection.
       error_code pec;
       resp_parser_->put_eof(pec);
-      upstream_keep_alive_ = false;
+      ex_.upstream_keep_alive = false;
       if (!pec) {
         flush_client();
         finish_exchange();
@@ -2046,7 +1674,7 @@ void client_session::parse_upstream() {
       resp_parser_->header_limit(64 * 1024);
       resp_parser_->body_limit(boost::none);
       resp_parser_->eager(true);
-      if (verb_ == http::verb::head) resp_parser_->skip(true);
+      if (ex_.verb == http::verb::head) resp_parser_->skip(true);
     }
     if (out_.size() >= high_water) {
       resp_paused_ = true;
@@ -2055,8 +1683,8 @@ void client_session::parse_upstream() {
     error_code ec;
     size_t used = resp_parser_->put(asio::buffer(conn->in.data(), conn->in.size()), ec);
     if (phase_ == phase::closed || up_ != conn) return;
-    if (retry_now_) {
-      retry_now_ = false;
+    if (ex_.retry_now) {
+      ex_.retry_now = false;
       upstream_failed(failure::reset);
       return;
     }
@@ -2067,13 +1695,13 @@ void client_session::parse_upstream() {
     }
     if (ec) {
       // Whatever the upstream said before the bytes went wrong is not passed on as its answer.
-      if (!resp_head_sent_) status_ = 0;
+      if (!ex_.response_head_sent) ex_.status = 0;
       upstream_failed(failure::malformed);
       return;
     }
     conn->in.consume(used);
     if (resp_parser_->is_done()) {
-      if (status_ / 100 == 1) {
+      if (ex_.status / 100 == 1) {
         resp_parser_.reset();  // an interim response; the final one follows
         continue;
       }
@@ -2082,56 +1710,57 @@ void client_session::parse_upstream() {
       return;
     }
   }
-  if (resp_head_sent_) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  if (ex_.response_head_sent) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
   flush_client();
 }
 
 void client_session::record_breaker(bool success) {
-  if (!target_) return;
-  const auto& cb = upstream_->cfg->circuit_breaker;
+  if (!ex_.target) return;
+  const auto& cb = ex_.upstream->cfg->circuit_breaker;
   if (!cb.enabled) return;
   int64_t wall = unix_now_ms();
-  bool was_probe = probe_;
-  probe_ = false;
-  if (target_->breaker.record(success, was_probe, wall, cb, snap_->cfg.node.id)) {
-    auto v = target_->breaker.view();
+  bool was_probe = ex_.probe;
+  ex_.probe = false;
+  if (ex_.target->breaker.record(success, was_probe, wall, cb, snap_->cfg.node.id)) {
+    auto v = ex_.target->breaker.view();
     snap_->registry->count_transition();
     if (auto l = spdlog::get("node.http"))
-      l->warn("breaker of upstream {} target {} is now {}", target_->upstream,
-              target_->addr.to_string(), to_string(v.state));
-    if (cb.scope != "local") snap_->registry->queue_publish(target_->key);
+      l->warn("breaker of upstream {} target {} is now {}", ex_.target->upstream,
+              ex_.target->addr.to_string(), to_string(v.state));
+    if (cb.scope != "local") snap_->registry->queue_publish(ex_.target->key);
   }
 }
 
 void client_session::count_target_failure() {
-  if (!target_) return;
+  if (!ex_.target) return;
   record_breaker(false);
-  target_->metrics->failures.fetch_add(1, std::memory_order_relaxed);
-  const auto& outlier = upstream_->cfg->outlier;
-  uint32_t n = target_->consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
+  ex_.target->metrics->failures.fetch_add(1, std::memory_order_relaxed);
+  const auto& outlier = ex_.upstream->cfg->outlier;
+  uint32_t n = ex_.target->consecutive_failures.fetch_add(1, std::memory_order_relaxed) + 1;
   if (outlier.consecutive_failures && n >= outlier.consecutive_failures) {
-    target_->consecutive_failures.store(0, std::memory_order_relaxed);
-    target_->ejected_until_ms.store(now_ms() + outlier.eject_for.count(),
-                                    std::memory_order_relaxed);
+    ex_.target->consecutive_failures.store(0, std::memory_order_relaxed);
+    ex_.target->ejected_until_ms.store(now_ms() + outlier.eject_for.count(),
+                                       std::memory_order_relaxed);
     w_.stats.ejections.add();
     spdlog::get("node.http")
         ? spdlog::get("node.http")
-              ->warn("upstream {} target {} ejected for {} ms after {} failures", target_->upstream,
-                     target_->addr.to_string(), outlier.eject_for.count(), n)
+              ->warn("upstream {} target {} ejected for {} ms after {} failures",
+                     ex_.target->upstream, ex_.target->addr.to_string(), outlier.eject_for.count(),
+                     n)
         : void();
     // An ejection is an observation the other nodes should share: it opens the target's breaker
     // (published with the breaker's scope), or else the ejection would stop the traffic that
     // would have tripped the breaker and only this node would avoid the target.
-    const auto& cb = upstream_->cfg->circuit_breaker;
-    if (target_->breaker.force(false, unix_now_ms(), cb, snap_->cfg.node.id)) {
+    const auto& cb = ex_.upstream->cfg->circuit_breaker;
+    if (ex_.target->breaker.force(false, unix_now_ms(), cb, snap_->cfg.node.id)) {
       snap_->registry->count_transition();
-      if (cb.scope != "local") snap_->registry->queue_publish(target_->key);
+      if (cb.scope != "local") snap_->registry->queue_publish(ex_.target->key);
     }
   }
 }
 
 void client_session::upstream_failed(failure why) {
-  const auto& cfg = *upstream_->cfg;
+  const auto& cfg = *ex_.upstream->cfg;
   switch (why) {
     case failure::connect:
       w_.stats.upstream_connect_failures.add();
@@ -2149,45 +1778,45 @@ void client_session::upstream_failed(failure why) {
   }
   bool got_response_bytes = resp_parser_ && resp_parser_->got_some();
   bool stale_pooled =
-      why == failure::reset && reused_connection_ && !got_response_bytes && status_ == 0;
-  if (!stale_pooled && status_ == 0) count_target_failure();
+      why == failure::reset && ex_.reused_connection && !got_response_bytes && ex_.status == 0;
+  if (!stale_pooled && ex_.status == 0) count_target_failure();
   release_upstream(false);
-  if (resp_head_sent_) {
+  if (ex_.response_head_sent) {
     close();  // the response is cut short; the client sees the connection end
     return;
   }
   bool connect_failure = why == failure::connect || why == failure::connect_timeout;
   bool retryable_kind = (connect_failure && cfg.retries.on_connect_failure) ||
                         (why == failure::timeout && cfg.retries.on_timeout) ||
-                        (why == failure::reset && status_ != 0);  // retry-on-status
-  bool may_replay = request_replayable() && (connect_failure || is_idempotent(verb_));
+                        (why == failure::reset && ex_.status != 0);  // retry-on-status
+  bool may_replay = request_replayable() && (connect_failure || is_idempotent(ex_.verb));
   bool retry = false;
-  if (may_replay && stale_pooled && attempts_ == 0) {
+  if (may_replay && stale_pooled && ex_.attempts == 0) {
     retry = true;  // a pooled connection the target had closed: not the target's fault
-  } else if (may_replay && retryable_kind && attempts_ < cfg.retries.attempts) {
-    if (upstream_->budget.try_retry(w_.now)) {
+  } else if (may_replay && retryable_kind && ex_.attempts < cfg.retries.attempts) {
+    if (ex_.upstream->budget.try_retry(w_.now)) {
       retry = true;
     } else {
       w_.stats.retries_budget_exhausted.add();
     }
   }
   if (retry) {
-    ++attempts_;
+    ++ex_.attempts;
     w_.stats.retries.add();
-    if (!stale_pooled) exclude_ = target_;
-    if (!req_has_body_) {
+    if (!stale_pooled) ex_.exclude = ex_.target;
+    if (!ex_.has_body) {
       up_out_.clear();
-      up_out_.append(retry_head_);
+      up_out_.append(ex_.retry_head);
     }
-    status_ = 0;
+    ex_.status = 0;
     resp_fields_.clear();
     dispatch();
     return;
   }
-  if (!req_done_) close_after_response_ = true;
-  if (status_ != 0) {
+  if (!ex_.request_done) close_after_response_ = true;
+  if (ex_.status != 0) {
     // Retries on status exhausted: pass the last status on as our own error.
-    send_error(status_, "upstream_error", "upstream answered " + std::to_string(status_));
+    send_error(ex_.status, "upstream_error", "upstream answered " + std::to_string(ex_.status));
   } else if (connect_failure) {
     send_error(why == failure::connect ? 502 : 504,
                why == failure::connect ? "upstream_unavailable" : "upstream_timeout",
@@ -2204,9 +1833,9 @@ void client_session::upstream_failed(failure why) {
 }
 
 void client_session::release_upstream(bool reuse) {
-  if (counted_active_ && target_) {
-    target_->metrics->active_requests.fetch_sub(1, std::memory_order_relaxed);
-    counted_active_ = false;
+  if (ex_.counted_active && ex_.target) {
+    ex_.target->metrics->active_requests.fetch_sub(1, std::memory_order_relaxed);
+    ex_.counted_active = false;
   }
   resp_parser_.reset();
   writing_upstream_ = false;
@@ -2214,8 +1843,8 @@ void client_session::release_upstream(bool reuse) {
   auto conn = std::move(up_);
   up_.reset();
   conn->owner.reset();
-  if (reuse && conn->open && route_) {
-    w_.give_back(std::move(conn), *upstream_->cfg);
+  if (reuse && conn->open && ex_.route) {
+    w_.give_back(std::move(conn), *ex_.upstream->cfg);
   } else {
     conn->close();
   }
@@ -2225,14 +1854,14 @@ void client_session::release_upstream(bool reuse) {
 
 void client_session::on_response_line(int status, std::string_view reason, int version,
                                       error_code& ec) {
-  status_ = status;
-  reason_ = reason;
-  resp_version_ = version;
+  ex_.status = status;
+  ex_.reason = reason;
+  ex_.response_version = version;
   resp_fields_.clear();
-  resp_content_length_count_ = resp_transfer_encoding_count_ = 0;
+  ex_.response_content_length_count = ex_.response_transfer_encoding_count = 0;
   if (!valid_field_value(reason) || (version != 10 && version != 11) ||
       (!reason.empty() && !ends_line(reason, up_->in))) {
-    resp_malformed_ = true;
+    ex_.response_malformed = true;
     ec = http::error::bad_value;
   }
 }
@@ -2242,7 +1871,7 @@ void client_session::on_response_field(http::field f, std::string_view name, std
   // What a client would misread must not pass: a response a smuggling-prone peer could frame
   // differently from us is refused as a whole (502), and its connection is not reused.
   auto malformed = [&] {
-    resp_malformed_ = true;
+    ex_.response_malformed = true;
     ec = http::error::bad_value;
   };
   if (resp_fields_.size() >= max_fields) {
@@ -2255,13 +1884,13 @@ void client_session::on_response_field(http::field f, std::string_view name, std
   if (!value.empty() && !ends_line(value, up_->in)) return malformed();
   switch (f) {
     case http::field::content_length:
-      if (++resp_content_length_count_ > 1 || value.empty() || value.size() > 18 ||
+      if (++ex_.response_content_length_count > 1 || value.empty() || value.size() > 18 ||
           value.find_first_not_of("0123456789") != std::string_view::npos) {
         return malformed();
       }
       break;
     case http::field::transfer_encoding:
-      if (++resp_transfer_encoding_count_ > 1 || !iequals(trim(value), "chunked")) {
+      if (++ex_.response_transfer_encoding_count > 1 || !iequals(trim(value), "chunked")) {
         return malformed();
       }
       break;
@@ -2272,74 +1901,72 @@ void client_session::on_response_field(http::field f, std::string_view name, std
 }
 
 void client_session::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
-  bool informational = status_ / 100 == 1;
+  bool informational = ex_.status / 100 == 1;
   // A 101 nobody asked for (we never forward Upgrade), framing fields on a response that has no
   // body (RFC 9110 sections 8.6 and 6.4.1), or both Content-Length and Transfer-Encoding
   // (RFC 9112 section 6.3): the upstream is broken or hostile.
-  bool bodyless = informational || status_ == 204;
-  if (status_ == 101 || (resp_content_length_count_ && resp_transfer_encoding_count_) ||
-      (bodyless && (resp_transfer_encoding_count_ ||
+  bool bodyless = informational || ex_.status == 204;
+  if (ex_.status == 101 ||
+      (ex_.response_content_length_count && ex_.response_transfer_encoding_count) ||
+      (bodyless && (ex_.response_transfer_encoding_count ||
                     (parser.content_length() && *parser.content_length() != 0)))) {
-    resp_malformed_ = true;
+    ex_.response_malformed = true;
     ec = http::error::bad_value;
     return;
   }
-  const auto& cfg = *upstream_->cfg;
+  const auto& cfg = *ex_.upstream->cfg;
   if (!informational) {
     bool retry_status = false;
-    for (int s : cfg.retries.on_status) retry_status |= (s == status_);
-    if (status_ >= 500) {
+    for (int s : cfg.retries.on_status) retry_status |= (s == ex_.status);
+    if (ex_.status >= 500) {
       count_target_failure();
-    } else if (target_) {
-      target_->consecutive_failures.store(0, std::memory_order_relaxed);
+    } else if (ex_.target) {
+      ex_.target->consecutive_failures.store(0, std::memory_order_relaxed);
       // A slow answer counts against the breaker (slow_call) though the client still gets it.
-      const auto& cb = upstream_->cfg->circuit_breaker;
+      const auto& cb = ex_.upstream->cfg->circuit_breaker;
       bool slow = cb.slow_call.count() > 0 &&
-                  steady_clock::now() - started_ > std::chrono::milliseconds(cb.slow_call);
+                  steady_clock::now() - ex_.started > std::chrono::milliseconds(cb.slow_call);
       record_breaker(!slow);
     }
-    if (retry_status && attempts_ < cfg.retries.attempts && request_replayable() &&
-        is_idempotent(verb_)) {
-      retry_now_ = true;
+    if (retry_status && ex_.attempts < cfg.retries.attempts && request_replayable() &&
+        is_idempotent(ex_.verb)) {
+      ex_.retry_now = true;
       ec = http::error::bad_value;
       return;
     }
   }
-  const auto& rc = *route_->cfg;
   response_head h;
-  h.status = status_;
-  h.reason = reason_;
+  h.status = ex_.status;
+  h.reason = ex_.reason;
   h.fields = resp_fields_;
-  h.drop = route_->response_drop;
-  h.set = rc.response_headers.set;
-  h.add = rc.response_headers.add;
   h.informational = informational;
   if (!informational) {
-    h.rate_limit_lines = rate_limit_headers_;
-    h.request_id = request_id_;
-    bool no_body = status_ == 204 || status_ == 304 || verb_ == http::verb::head;
+    h.rate_limit_lines = ex_.rate_limit_headers;
+    h.request_id = ex_.request_id;
+    bool no_body = ex_.status == 204 || ex_.status == 304 || ex_.verb == http::verb::head;
     if (!no_body && (parser.chunked() || !parser.content_length())) {
-      if (version_ == 11) {
-        resp_chunked_out_ = true;
+      if (ex_.version == 11) {
+        ex_.response_chunked = true;
       } else {
         close_after_response_ = true;  // an HTTP/1.0 client reads to the end of the connection
       }
     }
-    h.chunked = resp_chunked_out_;
-    upstream_keep_alive_ = parser.keep_alive();
-    if (!req_done_ || w_.draining) close_after_response_ = true;
+    h.chunked = ex_.response_chunked;
+    ex_.upstream_keep_alive = parser.keep_alive();
+    if (!ex_.request_done || w_.draining) close_after_response_ = true;
     h.connection = close_after_response_ ? response_head::connection::close
-                   : version_ == 10      ? response_head::connection::keep_alive
+                   : ex_.version == 10   ? response_head::connection::keep_alive
                                          : response_head::connection::as_is;
-    resp_head_sent_ = true;
-    if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status_)].add();
+    ex_.response_head_sent = true;
+    if (ex_.route) ex_.route->metrics->per_worker[w_.index].status[status_slot(ex_.status)].add();
   }
+  ex_.route->stages->run_response_head(ex_, h);
   write_response_head(h, out_);
 }
 
 void client_session::on_response_body(std::string_view body, error_code& ec) {
-  resp_bytes_ += body.size();
-  if (resp_chunked_out_) {
+  ex_.response_bytes += body.size();
+  if (ex_.response_chunked) {
     if (body.empty()) return;
     out_.append_hex(body.size());
     out_.append("\r\n");
@@ -2353,25 +1980,25 @@ void client_session::on_response_body(std::string_view body, error_code& ec) {
 void client_session::on_response_chunk_header(uint64_t, error_code&) {}
 
 void client_session::on_response_finish(error_code& ec) {
-  if (status_ / 100 == 1) return;
-  if (resp_chunked_out_) out_.append("0\r\n\r\n");
+  if (ex_.status / 100 == 1) return;
+  if (ex_.response_chunked) out_.append("0\r\n\r\n");
 }
 
 // --- finishing an exchange -------------------------------------------------------------------
 
 void client_session::record_done() {
   auto elapsed =
-      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_);
+      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started);
   w_.stats.requests_total.add();
-  if (route_) {
-    auto& st = route_->metrics->per_worker[w_.index];
+  if (ex_.route) {
+    auto& st = ex_.route->metrics->per_worker[w_.index];
     size_t b = 0;
     uint64_t us = static_cast<uint64_t>(elapsed.count());
     while (b < latency_bounds_us.size() && us > latency_bounds_us[b]) ++b;
     st.latency[b].add();
     st.latency_sum_us.add(us);
-    st.request_bytes.add(req_body_bytes_);
-    st.response_bytes.add(resp_bytes_);
+    st.request_bytes.add(ex_.body_bytes);
+    st.response_bytes.add(ex_.response_bytes);
   }
   if (w_.access_log) log_access();
 }
@@ -2379,28 +2006,28 @@ void client_session::record_done() {
 void client_session::log_access() {
   byte_buffer line;
   line.append("{\"request_id\":");
-  append_json_string(line, request_id_);
+  append_json_string(line, ex_.request_id);
   line.append(",\"client\":");
   append_json_string(line, client_ip_);
   line.append(",\"method\":");
-  append_json_string(line, access_method_);
+  append_json_string(line, ex_.access_method);
   line.append(",\"path\":");
-  append_json_string(line, access_path_);
+  append_json_string(line, ex_.access_path);
   line.append(",\"status\":");
-  line.append_decimal(static_cast<uint64_t>(status_));
+  line.append_decimal(static_cast<uint64_t>(ex_.status));
   line.append(",\"route\":");
-  append_json_string(line, route_ ? std::string_view(route_->cfg->name) : std::string_view());
+  append_json_string(line, ex_.route ? std::string_view(ex_.route->cfg->name) : std::string_view());
   line.append(",\"upstream\":");
-  append_json_string(line, target_ ? target_->addr.to_string() : std::string());
+  append_json_string(line, ex_.target ? ex_.target->addr.to_string() : std::string());
   line.append(",\"attempts\":");
-  line.append_decimal(attempts_ + 1);
+  line.append_decimal(ex_.attempts + 1);
   line.append(",\"request_bytes\":");
-  line.append_decimal(req_body_bytes_);
+  line.append_decimal(ex_.body_bytes);
   line.append(",\"response_bytes\":");
-  line.append_decimal(resp_bytes_);
+  line.append_decimal(ex_.response_bytes);
   line.append(",\"duration_ms\":");
-  auto us =
-      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - started_).count();
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started)
+                .count();
   char tmp[32];
   int n = std::snprintf(tmp, sizeof tmp, "%.3f", static_cast<double>(us) / 1000.0);
   line.append(tmp, static_cast<size_t>(n));
@@ -2412,10 +2039,10 @@ void client_session::finish_exchange() {
   record_done();
   // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
   // messages differently from us: never reuse that connection.
-  bool reuse = upstream_keep_alive_ && req_done_ && up_out_.empty() && !writing_upstream_ &&
-               (!up_ || up_->in.empty());
+  bool reuse = ex_.upstream_keep_alive && ex_.request_done && up_out_.empty() &&
+               !writing_upstream_ && (!up_ || up_->in.empty());
   release_upstream(reuse);
-  if (!req_done_) close_after_response_ = true;
+  if (!ex_.request_done) close_after_response_ = true;
   if (close_after_response_) {
     phase_ = phase::closing;
     deadline_ = w_.now + 5000;
@@ -2434,15 +2061,15 @@ void client_session::finish_exchange() {
 
 void client_session::send_error(int status, std::string_view code, std::string_view message) {
   if (phase_ == phase::closed) return;
-  if (resp_head_sent_) {
+  if (ex_.response_head_sent) {
     close();
     return;
   }
-  if (request_id_.empty()) make_request_id();
+  if (ex_.request_id.empty()) make_request_id();
   // A route's fallback answers in place of the gateway's own upstream errors.
   const fallback_config* fallback =
-      route_ && route_->cfg->fallback && (status == 502 || status == 503 || status == 504)
-          ? &*route_->cfg->fallback
+      ex_.route && ex_.route->cfg->fallback && (status == 502 || status == 503 || status == 504)
+          ? &*ex_.route->cfg->fallback
           : nullptr;
   if (fallback) {
     w_.stats.fallbacks.add();
@@ -2455,7 +2082,7 @@ void client_session::send_error(int status, std::string_view code, std::string_v
   body.append(",\"message\":");
   append_json_string(body, message);
   body.append(",\"request_id\":");
-  append_json_string(body, request_id_);
+  append_json_string(body, ex_.request_id);
   body.append("}\n");
   send_local(status, "application/json", body.view(), {});
 }
@@ -2463,12 +2090,12 @@ void client_session::send_error(int status, std::string_view code, std::string_v
 void client_session::send_local(int status, std::string_view content_type, std::string_view body,
                                 std::span<const std::pair<std::string, std::string>> headers) {
   if (phase_ == phase::closed) return;
-  if (resp_head_sent_) {
+  if (ex_.response_head_sent) {
     close();
     return;
   }
-  if (request_id_.empty()) make_request_id();
-  status_ = status;
+  if (ex_.request_id.empty()) make_request_id();
+  ex_.status = status;
   out_.append("HTTP/1.1 ");
   out_.append_decimal(static_cast<uint64_t>(status));
   out_.append(' ');
@@ -2478,31 +2105,32 @@ void client_session::send_local(int status, std::string_view content_type, std::
   out_.append("\r\nContent-Length: ");
   out_.append_decimal(body.size());
   out_.append("\r\nX-Request-Id: ");
-  out_.append(request_id_);
+  out_.append(ex_.request_id);
   for (const auto& [k, v] : headers) {
     out_.append("\r\n");
     out_.append(k);
     out_.append(": ");
     out_.append(v);
   }
-  if (status == 401 && !www_authenticate_.empty()) {
+  if (status == 401 && !ex_.www_authenticate.empty()) {
     out_.append("\r\nWWW-Authenticate: ");
-    out_.append(www_authenticate_);
+    out_.append(ex_.www_authenticate);
   }
-  if (!rate_limit_headers_.empty()) {
+  if (!ex_.rate_limit_headers.empty()) {
     out_.append("\r\n");
-    out_.append(std::string_view(rate_limit_headers_).substr(0, rate_limit_headers_.size() - 2));
+    out_.append(
+        std::string_view(ex_.rate_limit_headers).substr(0, ex_.rate_limit_headers.size() - 2));
   }
-  if (!req_done_) close_after_response_ = true;
+  if (!ex_.request_done) close_after_response_ = true;
   if (close_after_response_ || w_.draining) {
     close_after_response_ = true;
     out_.append("\r\nConnection: close");
   }
   out_.append("\r\n\r\n");
-  if (verb_ != http::verb::head) out_.append(body);
-  if (route_) route_->metrics->per_worker[w_.index].status[status_slot(status)].add();
-  resp_head_sent_ = true;
-  if (started_ == steady_clock::time_point()) started_ = steady_clock::now();
+  if (ex_.verb != http::verb::head) out_.append(body);
+  if (ex_.route) ex_.route->metrics->per_worker[w_.index].status[status_slot(status)].add();
+  ex_.response_head_sent = true;
+  if (ex_.started == steady_clock::time_point()) ex_.started = steady_clock::now();
   record_done();
   release_upstream(false);
   if (close_after_response_) {

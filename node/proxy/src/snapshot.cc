@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "chain.h"
 #include "http_get.h"
 #include "meridian/proxy/tls.h"
 
@@ -188,6 +189,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     }
     snap->routes.push_back(std::move(rt));
   }
+  for (auto& rt : snap->routes) rt.stages = build_chain(rt, *snap);
   return snap;
 }
 

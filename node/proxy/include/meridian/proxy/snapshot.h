@@ -50,6 +50,8 @@ struct jwt_provider {
 // keys stay).
 bool refresh_jwks(jwt_provider& p, std::string* error);
 
+class chain;  // the route's stages (chain.h, private to this part)
+
 struct route_runtime {
   const route_config* cfg = nullptr;
   upstream_runtime* upstream = nullptr;
@@ -65,6 +67,7 @@ struct route_runtime {
   rate_limit_stats* limit_stats = nullptr;  // set when the route has limits and a limiter
   std::vector<limit_spec> limits;           // the route's rate limits, compiled
   bool auth_api_key = false;                // auth methods include api_key
+  std::shared_ptr<const chain> stages;      // built by build_chain once the routes are compiled
 };
 
 struct snapshot {

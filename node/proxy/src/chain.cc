@@ -1,0 +1,67 @@
+#include "chain.h"
+
+namespace meridian::node {
+
+void chain::add(std::unique_ptr<stage> s) {
+  if (s->hooks() & stage::request_head) request_head_.push_back(s.get());
+  if (s->hooks() & stage::request_body) request_body_.push_back(s.get());
+  if (s->hooks() & stage::upstream_head_hook) upstream_head_.push_back(s.get());
+  if (s->hooks() & stage::response_head_hook) response_head_.push_back(s.get());
+  stages_.push_back(std::move(s));
+}
+
+verdict chain::run_request_head(exchange& ex, stage_context& ctx, size_t from, size_t* at) const {
+  for (size_t i = from; i < request_head_.size(); ++i) {
+    verdict v = request_head_[i]->on_request_head(ex, ctx);
+    if (v != verdict::next) {
+      *at = i;
+      return v;
+    }
+  }
+  *at = request_head_.size();
+  return verdict::next;
+}
+
+verdict chain::run_request_body(exchange& ex, uint64_t size, bool announced) const {
+  for (const stage* s : request_body_) {
+    verdict v = s->on_request_body(ex, size, announced);
+    if (v != verdict::next) return v;
+  }
+  return verdict::next;
+}
+
+// The stages (one file each in stages/).
+std::unique_ptr<stage> make_request_size(uint64_t limit);
+std::unique_ptr<stage> make_authenticate();
+std::unique_ptr<stage> make_rate_limit();
+std::unique_ptr<stage> make_request_transform();
+std::unique_ptr<stage> make_response_transform();
+
+namespace {
+bool has_request_transforms(const route_runtime& r) {
+  const route_config& c = *r.cfg;
+  return r.rewrite || !c.strip_prefix.empty() || !c.query.add.empty() || !c.query.remove.empty() ||
+         !c.query.rename.empty() || !c.request_headers.set.empty() ||
+         !c.request_headers.add.empty();
+}
+bool has_response_transforms(const route_runtime& r) {
+  const route_config& c = *r.cfg;
+  return !r.response_drop.empty() || !c.response_headers.add.empty();
+}
+}  // namespace
+
+// A request passes the listener's steps first (OAuth endpoints, then the route match: see
+// client_session::start_exchange), then these stages in this order, then dispatch (balancing,
+// breakers, retries, failover, fallbacks: client_session::dispatch). The response passes the
+// response-head stages on its way back.
+std::unique_ptr<const chain> build_chain(const route_runtime& route, const snapshot& snap) {
+  auto c = std::make_unique<chain>();
+  if (route.max_body_bytes) c->add(make_request_size(route.max_body_bytes));
+  if (route.cfg->auth) c->add(make_authenticate());
+  if (!route.limits.empty() && snap.limiter) c->add(make_rate_limit());
+  if (has_request_transforms(route)) c->add(make_request_transform());
+  if (has_response_transforms(route)) c->add(make_response_transform());
+  return c;
+}
+
+}  // namespace meridian::node

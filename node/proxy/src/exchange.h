@@ -1,0 +1,105 @@
+#pragma once
+// One request and its answer, as the proxy handles it: the request head (views into the
+// connection's receive buffer), what the stages decided (route, consumer, identity headers,
+// rate-limit lines, a local answer), the upstream attempt and the response head facts.
+//
+// A session holds one exchange and starts each request with `ex = exchange{}`: nothing of a
+// request survives into the next. (Strings keep their capacity across that assignment, so a
+// keep-alive connection does not allocate again for its next request id.) Touched only on the
+// session's worker thread.
+
+#include <boost/beast/http/verb.hpp>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "http1_head.h"
+#include "meridian/auth/oauth.h"
+#include "meridian/proxy/snapshot.h"
+
+namespace meridian::node {
+
+struct exchange {
+  // --- the request head, as parsed (views into the receive buffer while the head is handled)
+  http::verb verb = http::verb::unknown;
+  std::string_view method;
+  std::string_view request_target;
+  int version = 11;
+  std::span<const field_view> fields;
+  std::string_view host;        // the Host field
+  std::string_view path;        // normalized (RFC 3986 section 6), without the query
+  std::string_view query;       // after '?', without it
+  bool has_query = false;       // the target had a '?'
+  std::string_view authority;   // Host, or the absolute-form target's authority
+  std::string_view host_only;   // authority without the port
+  std::string normalized_path;  // owns path when normalization changed it
+  int content_length_count = 0;
+  int transfer_encoding_count = 0;
+  int host_count = 0;
+  std::optional<uint64_t> content_length;
+  bool chunked = false;
+  bool has_body = false;
+  bool request_done = false;  // the whole request (body included) has been read
+  bool body_started = false;  // body bytes have been taken from the receive buffer
+  uint64_t body_bytes = 0;
+  std::chrono::steady_clock::time_point started;
+  std::string request_id;
+  std::string access_method;  // kept for the access log once the head is gone
+  std::string access_path;
+
+  // --- what the stages decided
+  const route_runtime* route = nullptr;
+  const upstream_runtime* upstream = nullptr;  // the route's, or one of its failover chain
+  std::string consumer;                        // the authenticated consumer, or empty
+  std::shared_ptr<const jwt_result> verified_jwt;
+  std::vector<std::pair<std::string, std::string>> identity_headers;  // verified claims to forward
+  bool strip_authorization = false;  // the gateway consumed the Authorization credentials
+  std::string rate_limit_headers;    // "RateLimit-...: v\r\n" lines for the answer, or empty
+  uint64_t delay_ms = 0;             // a rate limit's max_delay: hold the request this long
+  std::string hash_key;              // the consistent-hash input
+  std::string upstream_path;         // owns the upstream path when a transform changed it
+  // A local answer (a stage responded): status, code and message of the JSON error body.
+  int local_status = 0;
+  const char* local_code = "";
+  const char* local_message = "";
+  std::string local_message_storage;  // owns local_message when it is built per request
+  std::string www_authenticate;       // for a 401 answer
+  // A request to one of the OAuth endpoints (answered here; its body is read into oauth_body).
+  bool oauth_endpoint = false;
+  oauth_authority::endpoint oauth_kind = oauth_authority::endpoint::token;
+  std::string oauth_authorization;
+  std::string oauth_body;
+  std::string oauth_query;
+  bool oauth_get = false;
+
+  // --- the upstream attempt
+  std::string retry_head;  // the request head again, for a retry of a bodiless request
+  uint32_t attempts = 0;
+  bool reused_connection = false;
+  bool counted_active = false;
+  bool retry_now = false;
+  bool probe = false;  // this attempt is a half-open breaker probe
+  const target_state* exclude = nullptr;
+  target_state* target = nullptr;
+  const upstream_target* picked = nullptr;  // target as the snapshot configures it (endpoint)
+
+  // --- the response head
+  int status = 0;
+  std::string_view reason;
+  int response_version = 11;
+  int response_content_length_count = 0;
+  int response_transfer_encoding_count = 0;
+  bool response_head_sent = false;
+  bool response_malformed = false;
+  bool response_chunked = false;  // the gateway chunks the body towards the client
+  bool upstream_keep_alive = true;
+  uint64_t response_bytes = 0;
+};
+
+}  // namespace meridian::node

@@ -1,0 +1,95 @@
+// Stage: the route's rate limits (rate_limits), counted across the cluster by the node's
+// limiter. Answers 429 with Retry-After when one refuses; every answer carries the tightest
+// limit's RateLimit-* lines; a limit with max_delay holds the request (pause) instead of
+// refusing it while the delay fits.
+#include <algorithm>
+#include <string>
+
+#include "meridian/traffic/rate_limiter.h"
+#include "stage.h"
+
+namespace meridian::node {
+namespace {
+
+// Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
+bool check_rate_limits(exchange& ex, stage_context& ctx) {
+  auto& limiter = *ctx.snap.limiter;
+  int64_t now = unix_now_ms();
+  // The counted value of each limit's key. consumer: the authenticated consumer, else the
+  // client address (so anonymous clients are still limited one by one).
+  auto key_value = [&](const limit_spec& spec) -> std::string_view {
+    switch (spec.key) {
+      case limit_spec::key_kind::ip:
+        return ctx.client_ip;
+      case limit_spec::key_kind::consumer:
+        return ex.consumer.empty() ? ctx.client_ip : std::string_view(ex.consumer);
+      case limit_spec::key_kind::route:
+      case limit_spec::key_kind::global:
+        return {};
+      case limit_spec::key_kind::header:
+        for (auto& f : ex.fields)
+          if (iequals(f.name, spec.header)) return f.value;
+        return {};
+    }
+    return {};
+  };
+  // With several limits, check them all first and count only when all admit: a refused request
+  // counts nowhere. One limit needs no first pass (check() counts admissions only).
+  const auto& limits = ex.route->limits;
+  uint64_t keys[max_rate_limits_per_route];
+  size_t n = std::min<size_t>(limits.size(), max_rate_limits_per_route);
+  limit_decision tightest;
+  bool allowed = true;
+  for (size_t i = 0; i < n; ++i) keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
+  for (size_t i = 0; i < n && n > 1; ++i) {
+    auto d = limiter.check(keys[i], limits[i], now, false, ctx.worker);
+    if (!d.allowed) {
+      allowed = false;
+      tightest = d;
+      break;
+    }
+  }
+  if (allowed) {
+    for (size_t i = 0; i < n; ++i) {
+      auto d = limiter.check(keys[i], limits[i], now, true, ctx.worker);
+      if (!d.allowed) {  // another request took the last one meanwhile
+        allowed = false;
+        tightest = d;
+        break;
+      }
+      ex.delay_ms = std::max(ex.delay_ms, d.delay_ms);
+      if (i == 0 || d.remaining < tightest.remaining) tightest = d;
+    }
+  }
+  ex.rate_limit_headers = "RateLimit-Limit: " + std::to_string(tightest.limit) +
+                          "\r\nRateLimit-Remaining: " + std::to_string(tightest.remaining) +
+                          "\r\nRateLimit-Reset: " + std::to_string(tightest.reset_s) + "\r\n";
+  if (ex.route->limit_stats) {
+    (allowed ? ex.route->limit_stats->allowed : ex.route->limit_stats->rejected)
+        .fetch_add(1, std::memory_order_relaxed);
+  }
+  if (allowed) return true;
+  ex.delay_ms = 0;
+  ex.rate_limit_headers += "Retry-After: " + std::to_string(tightest.retry_after_s) + "\r\n";
+  ex.local_status = 429;
+  ex.local_code = "rate_limited";
+  ex.local_message = "rate limit exceeded; retry later";
+  return false;
+}
+
+class rate_limit_stage final : public stage {
+ public:
+  rate_limit_stage() : stage(request_head) {}
+  verdict on_request_head(exchange& ex, stage_context& ctx) const override {
+    if (!check_rate_limits(ex, ctx)) return verdict::respond;
+    return ex.delay_ms ? verdict::pause : verdict::next;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<stage> make_rate_limit() {
+  return std::make_unique<rate_limit_stage>();
+}
+
+}  // namespace meridian::node
