@@ -174,5 +174,30 @@ TEST_F(ratelimit, a_leaky_bucket_with_max_delay_spaces_requests_instead_of_refus
   EXPECT_GE(refused, 3);
 }
 
+// A paused exchange resumes at the stage after the one that paused: the request held by
+// max_delay still has its path and headers transformed on the way to the upstream.
+TEST_F(ratelimit, a_request_held_by_max_delay_still_passes_the_stages_after_the_limit) {
+  upstream echo;
+  echo.server().Get(".*", [](const httplib::Request& req, httplib::Response& res) {
+    res.set_content(req.path + " " + req.get_header_value("X-Env"), "text/plain");
+  });
+  echo.start();
+  running_node n("upstreams:\n  - name: u\n    targets: [{address: " + echo.address() +
+                 "}]\nroutes:\n  - name: r\n    match: {path_prefix: /api}\n    upstream: u\n"
+                 "    strip_prefix: /api\n    request_headers: {set: {X-Env: prod}}\n"
+                 "    rate_limit: {limit: 10, window: 1s, key: global, algorithm: leaky_bucket, "
+                 "max_delay: 500ms}\n");
+  ASSERT_TRUE(n.ok());
+  auto c = n.client();
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    auto res = c.Get("/api/users", {{"X-Env", "client"}});
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << i;
+    EXPECT_EQ(res->body, "/users prod") << i;
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 150ms);  // two were held
+}
+
 }  // namespace
 }  // namespace meridian::testing
