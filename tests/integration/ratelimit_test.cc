@@ -190,13 +190,15 @@ TEST_F(ratelimit, a_request_held_by_max_delay_still_passes_the_stages_after_the_
   ASSERT_TRUE(n.ok());
   auto c = n.client();
   auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 6; ++i) {
     auto res = c.Get("/api/users", {{"X-Env", "client"}});
     ASSERT_TRUE(res);
     EXPECT_EQ(res->status, 200) << i;
     EXPECT_EQ(res->body, "/users prod") << i;
   }
-  EXPECT_GE(std::chrono::steady_clock::now() - start, 150ms);  // two were held
+  // Held, as in the test above (which sees five gaps of about 100 ms); the bound is lower so
+  // that it only tells held from not held.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 300ms);
 }
 
 }  // namespace

@@ -1,0 +1,453 @@
+#pragma once
+// The forwarding path (private to the proxy part). The classes are defined here and their
+// members in worker.cc, session.cc, session_request.cc and session_upstream.cc.
+//
+// The forwarding path. Shaped by what was measured (PERFORMANCE.md): no http::message, no
+// serializer, no tcp_stream. Requests and responses are parsed by basic_parser subclasses whose
+// callbacks write the outgoing head straight into a per-connection output buffer; sockets are
+// plain and non-blocking; one coarse sweep timer per worker enforces every deadline.
+//
+// Threading: everything in this file except proxy_server's public methods runs on one worker's
+// thread. A client_session and the upstream_conns it uses belong to one worker.
+//
+// Reading: async_read_some, whose speculative read Asio skips after a short read (the socket
+// is known to be drained, so it waits for the next epoll edge): one recv per arrival and no
+// epoll_ctl per wait. An idle client connection reads into a small inline buffer, so idle
+// keep-alive connections hold no heap buffer.
+
+#include "meridian/proxy/http_proxy.h"
+
+#include "chain.h"
+#include "endpoint.h"
+#include "exchange.h"
+#include "http1_head.h"
+
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/ssl/stream.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/string.hpp>
+#include <boost/beast/http/basic_parser.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/http/verb.hpp>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <thread>
+
+#include "meridian/auth/oauth.h"
+#include "meridian/common/byte_buffer.h"
+#include "meridian/common/failure_delay.h"
+#include "meridian/common/http_fields.h"
+#include "meridian/proxy/tls.h"
+
+namespace meridian::node {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = asio::ip::tcp;
+using error_code = boost::system::error_code;
+using executor = asio::io_context::executor_type;
+using socket_t = asio::basic_stream_socket<tcp, executor>;
+using acceptor_t = asio::basic_socket_acceptor<tcp, executor>;
+using timer_t = asio::basic_waitable_timer<steady_clock, asio::wait_traits<steady_clock>, executor>;
+
+constexpr size_t read_chunk = 16 * 1024;
+constexpr size_t high_water = 64 * 1024;  // stop producing into an output buffer above this
+constexpr size_t max_fields = 256;
+constexpr auto sweep_interval = std::chrono::milliseconds(50);
+
+class worker;
+class client_session;
+
+inline void append_json_string(byte_buffer& out, std::string_view s) {
+  out.append('"');
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out.append("\\\"");
+        break;
+      case '\\':
+        out.append("\\\\");
+        break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\r':
+        out.append("\\r");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char tmp[8];
+          std::snprintf(tmp, sizeof tmp, "\\u%04x", c);
+          out.append(tmp);
+        } else {
+          out.append(c);
+        }
+    }
+  }
+  out.append('"');
+}
+
+// Returns true when `v`, a view into `in`, is followed by optional whitespace and CRLF: the
+// line it ends was neither folded (the parser would have copied it elsewhere) nor ended by a
+// bare LF.
+inline bool ends_line(std::string_view v, const byte_buffer& in) {
+  const char* end = v.data() + v.size();
+  const char* limit = in.data() + in.size();
+  if (v.data() < in.data() || end > limit) return false;
+  while (end < limit && (*end == ' ' || *end == '\t')) ++end;
+  return end + 1 < limit && end[0] == '\r' && end[1] == '\n';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsers: thin basic_parser subclasses that forward every callback to their owner.
+
+template <class Owner>
+class request_parser final : public http::basic_parser<true> {
+ public:
+  explicit request_parser(Owner& owner) : owner_(owner) {}
+
+ private:
+  void on_request_impl(http::verb v, beast::string_view method, beast::string_view target,
+                       int version, error_code& ec) override {
+    owner_.on_request_line(v, method, target, version, ec);
+  }
+  void on_response_impl(int, beast::string_view, int, error_code&) override {}
+  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
+                     error_code& ec) override {
+    owner_.on_request_field(f, name, value, ec);
+  }
+  void on_header_impl(error_code& ec) override { owner_.on_request_header(*this, ec); }
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
+    owner_.on_request_body(body, ec);
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
+    owner_.on_request_chunk_header(size, ec);
+  }
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
+    owner_.on_request_body(body, ec);
+    return body.size();
+  }
+  void on_finish_impl(error_code& ec) override { owner_.on_request_finish(ec); }
+
+  Owner& owner_;
+};
+
+template <class Owner>
+class response_parser final : public http::basic_parser<false> {
+ public:
+  explicit response_parser(Owner& owner) : owner_(owner) {}
+
+ private:
+  void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
+                       error_code&) override {}
+  void on_response_impl(int status, beast::string_view reason, int version,
+                        error_code& ec) override {
+    owner_.on_response_line(status, reason, version, ec);
+  }
+  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
+                     error_code& ec) override {
+    owner_.on_response_field(f, name, value, ec);
+  }
+  void on_header_impl(error_code& ec) override { owner_.on_response_header(*this, ec); }
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
+    owner_.on_response_body(body, ec);
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
+    owner_.on_response_chunk_header(size, ec);
+  }
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
+    owner_.on_response_body(body, ec);
+    return body.size();
+  }
+  void on_finish_impl(error_code& ec) override { owner_.on_response_finish(ec); }
+
+  Owner& owner_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// upstream_conn: one connection to a target. Owned by a worker's pool while idle, by a client
+// session while a request uses it.
+
+class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
+ public:
+  upstream_conn(worker& w, target_state* target);
+  ~upstream_conn();
+
+  // Keeps one read outstanding into `in`; its result goes to the owner (or, while pooled, closes
+  // the connection: a pooled connection has nothing to say).
+  void start_read();
+  void close();
+
+  worker& w;
+  target_state* target;
+  socket_t socket;
+  byte_buffer in;
+  // The session using this connection; kept alive by it while a request is in flight.
+  std::shared_ptr<client_session> owner;
+  bool reading = false;
+  bool open = false;
+  bool pooled = false;
+  int64_t idle_since_ms = 0;
+  int64_t idle_limit_ms = 60000;
+
+ private:
+  void on_read(const error_code& ec, size_t n);
+};
+
+// ---------------------------------------------------------------------------------------------
+// worker: one thread, one io_context, one listener; owns its sessions and upstream pools.
+
+class worker {
+ public:
+  worker(unsigned index, metrics_registry& metrics, std::atomic<int64_t>& connections,
+         spdlog::logger* access_log)
+      : index(index),
+        ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE),
+        acceptor(ioc.get_executor()),
+        tls_acceptor(ioc.get_executor()),
+        sweep(ioc.get_executor()),
+        accept_retry(ioc.get_executor()),
+        tls_accept_retry(ioc.get_executor()),
+        stats(metrics.worker(index)),
+        connections(connections),
+        access_log(access_log) {
+    rng = 0x9e3779b97f4a7c15ULL * (index + 1) ^ static_cast<uint64_t>(now_ms());
+  }
+
+  // Accepts connections on a (the plain listener, or the TLS one with tls set) forever.
+  void start_accept(acceptor_t& a, bool tls);
+  void start_sweep();
+  void on_sweep();
+  void begin_drain();
+  void shut_down();
+  // Takes what other threads left in the mailbox (new snapshot, drain, stop). On this thread.
+  void read_mail();
+
+  // The only way other threads talk to a worker: its io_context runs without locks
+  // (BOOST_ASIO_CONCURRENCY_HINT_UNSAFE), so they may not post to it. The sweep timer reads the
+  // mailbox, so a message takes effect within one sweep interval.
+  struct mailbox {
+    std::mutex mutex;
+    std::shared_ptr<const snapshot> snap;
+    bool drain = false;
+    bool stop = false;
+    std::vector<std::function<void()>> jobs;  // run on the worker (e.g. an OAuth answer)
+    std::atomic<bool> pending{false};
+  } mail;
+  // Any thread: leaves fn in the mailbox; the worker runs it (and destroys it) on its thread.
+  void deliver(std::function<void()> fn) {
+    std::lock_guard lock(mail.mutex);
+    mail.jobs.push_back(std::move(fn));
+    mail.pending.store(true, std::memory_order_release);
+  }
+  bool stopping = false;
+
+  void add_session(client_session* s);
+  // Returns owning references to every session, for loops that may close (and so remove) them.
+  std::vector<std::shared_ptr<client_session>> owned_sessions();
+  void remove_session(client_session* s);
+
+  // Returns a pooled connection to target, or nullptr.
+  std::shared_ptr<upstream_conn> take_idle(target_state* t);
+  // Keeps conn for reuse if the pool has room; closes it otherwise.
+  void give_back(std::shared_ptr<upstream_conn> conn, const upstream_config& cfg);
+  void forget_idle(upstream_conn* conn);
+
+  uint64_t next_random() {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+  }
+
+  unsigned index;
+  // Declared before ioc so that they outlive it: destroying ioc destroys pending handlers, which
+  // may own the last reference to sessions and connections that update these on destruction.
+  std::vector<client_session*> sessions;
+  std::vector<uint32_t> open_by_target;  // this worker's open upstream connections, by target id
+  asio::io_context ioc;
+  acceptor_t acceptor;
+  acceptor_t tls_acceptor;  // open when the config has a tls section
+  timer_t sweep;
+  timer_t accept_retry;
+  timer_t tls_accept_retry;
+  worker_stats& stats;
+  std::atomic<int64_t>& connections;
+  spdlog::logger* access_log;
+  std::shared_ptr<const snapshot> snap;
+  std::vector<std::vector<std::shared_ptr<upstream_conn>>> idle;  // by target id
+  std::atomic<int64_t> open_sessions{0};
+  bool draining = false;
+  uint32_t max_connections = 20000;
+  uint64_t rng;
+  int64_t now = now_ms();  // coarse clock, refreshed by the sweep
+  // Client addresses that presented wrong API keys: ten free, then a doubling wait before the
+  // next key from them is looked at (failure_delay.h). Per worker, so no lock.
+  failure_delay api_key_failures{10, 10000};
+};
+
+// ---------------------------------------------------------------------------------------------
+// client_session: one client connection; proxies its requests one after another.
+
+class client_session : public std::enable_shared_from_this<client_session> {
+ public:
+  client_session(worker& w, socket_t socket, bool tls = false);
+  ~client_session();
+
+  void start();
+  // Closes the connection at once, abandoning any exchange in progress.
+  void close();
+  // Called by the sweep timer; closes or answers the session when a deadline passed.
+  void check_deadline(int64_t now);
+  // Closes the session if it is between requests (drain).
+  void close_if_idle();
+
+  // Request parser callbacks.
+  void on_request_line(http::verb v, std::string_view method, std::string_view target, int version,
+                       error_code& ec);
+  void on_request_field(http::field f, std::string_view name, std::string_view value,
+                        error_code& ec);
+  void on_request_header(http::basic_parser<true>& parser, error_code& ec);
+  void on_request_body(std::string_view body, error_code& ec);
+  void on_request_chunk_header(uint64_t size, error_code& ec);
+  void on_request_finish(error_code& ec);
+  void on_request_body_limit(error_code& ec);
+
+  // Response parser callbacks.
+  void on_response_line(int status, std::string_view reason, int version, error_code& ec);
+  void on_response_field(http::field f, std::string_view name, std::string_view value,
+                         error_code& ec);
+  void on_response_header(http::basic_parser<false>& parser, error_code& ec);
+  void on_response_body(std::string_view body, error_code& ec);
+  void on_response_chunk_header(uint64_t size, error_code& ec);
+  void on_response_finish(error_code& ec);
+
+  // Called by upstream_conn when a read completed (bytes are in its buffer) or failed.
+  void on_upstream_data(const error_code& ec);
+
+  size_t index_in_worker = 0;
+
+ private:
+  enum class phase {
+    idle,
+    head,
+    local_body,  // reading the body of a request the gateway answers itself (OAuth)
+    local_wait,  // waiting for that answer from another thread (an OAuth password check)
+    delayed,
+    connecting,
+    proxying,
+    closing,
+    lingering,
+    closed
+  };
+  enum class failure { connect, connect_timeout, reset, timeout, malformed };
+
+  void start_client_read();
+  void on_client_read(const error_code& ec, size_t n, bool inline_buffer);
+  void linger();
+  void process_input();
+  bool read_head();
+  bool read_local_body();
+  bool forward_body();
+  void begin_request();
+  void dispatch();
+  void connect_upstream();
+  void on_connected(const error_code& ec);
+  void send_upstream();
+  void flush_upstream();
+  void parse_upstream();
+  void upstream_failed(failure why);
+  void finish_exchange();
+  void flush_client();
+  void on_client_written(const error_code& ec, size_t n);
+  void resume_upstream();
+  void count_target_failure();
+  // Feeds the target's circuit breaker; queues a transition for publishing.
+  void record_breaker(bool success);
+  void send_error(int status, std::string_view code, std::string_view message);
+  // True once in_ holds the blank line that ends a request head (scans only new bytes).
+  bool head_complete();
+  // Answers the request with a response the gateway made (status, body, extra headers).
+  void send_local(int status, std::string_view content_type, std::string_view body,
+                  std::span<const std::pair<std::string, std::string>> headers);
+  // Recognizes the OAuth endpoints (before routing); true when this request is one.
+  bool match_oauth_endpoint(std::string_view path, std::string_view query);
+  void answer_oauth();
+  void reject(int status, std::string_view code, std::string_view message, error_code& ec);
+  void release_upstream(bool reuse);
+  void record_done();
+  void log_access();
+  void make_request_id();
+
+  // Routes the request (a 404 when nothing matches) and runs its stages. In the header callback.
+  void start_exchange();
+  // Runs the route's request-head stages from position `from`; on `next` writes the upstream
+  // request head (write_upstream_request), on `pause` remembers where to resume.
+  verdict run_stages(size_t from);
+  // Writes the upstream request head into up_out_ (and keeps a copy for retries).
+  void write_upstream_request();
+  // Sends the local answer a step prepared (ex_.local_status, code, message).
+  void answer_local();
+  // Holds the request for ex_.delay_ms (a rate limit's max_delay), then runs the stages after
+  // the one that paused and dispatches it.
+  void start_delay();
+  bool request_replayable() const;
+
+  worker& w_;
+  socket_t socket_;
+  // Set on the TLS listener: reads and writes go through it; the handshake comes first.
+  std::shared_ptr<const tls_store> tls_store_;  // the certificates this connection started with
+  std::unique_ptr<asio::ssl::stream<socket_t&>> tls_;
+  std::shared_ptr<const snapshot> snap_;
+  phase phase_ = phase::idle;
+  int64_t deadline_ = 0;
+  bool reading_client_ = false;   // a read is outstanding
+  bool reading_into_in_ = false;  // ... into in_'s tail: in_ must not change until it completes
+  char idle_buf_[512];            // idle connections read here and hold no heap buffer
+  char client_ip_[48] = {};       // for X-Forwarded-For, looked up once per connection
+  bool client_eof_ = false;
+  bool writing_client_ = false;
+  bool close_after_response_ = false;
+
+  byte_buffer in_;
+  byte_buffer out_;
+  std::optional<request_parser<client_session>> req_parser_;
+
+  // The request being proxied: its codec state here, the rest in ex_.
+  exchange ex_;
+  std::vector<field_view> fields_;
+  std::vector<header_view> header_views_;  // the router's view of fields_, reused
+  std::unique_ptr<asio::steady_timer> delay_timer_;
+  size_t resume_at_ =
+      0;  // the stage after the one that paused                // created on the first delay
+  // A request to one of the OAuth endpoints (answered here, body read into ex_.oauth_body).
+  size_t head_scanned_ = 0;  // bytes of in_ already searched for the end of the head
+  static constexpr size_t max_oauth_body = 16 * 1024;
+
+  // The upstream exchange.
+  std::shared_ptr<upstream_conn> up_;
+  byte_buffer up_out_;
+  bool writing_upstream_ = false;
+  std::optional<response_parser<client_session>> resp_parser_;
+  std::vector<field_view> resp_fields_;
+  bool resp_paused_ = false;  // client output above high water
+};
+
+}  // namespace meridian::node

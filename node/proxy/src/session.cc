@@ -1,0 +1,610 @@
+// client_session: accepting, reading, the input loop, finishing an exchange, writing to
+// the client.
+#include "proxy_internal.h"
+
+namespace meridian::node {
+
+// --- client_session: lifecycle and reading --------------------------------------------------
+
+client_session::client_session(worker& w, socket_t socket, bool tls)
+    : w_(w), socket_(std::move(socket)), snap_(w.snap) {
+  if (tls && snap_->tls) {
+    tls_store_ = snap_->tls;
+    tls_ = std::make_unique<asio::ssl::stream<socket_t&>>(socket_, tls_store_->default_context());
+  }
+  w_.connections.fetch_add(1, std::memory_order_relaxed);
+  w_.stats.connections_accepted.add();
+  w_.stats.connections_active.fetch_add(1, std::memory_order_relaxed);
+  fields_.reserve(32);
+  resp_fields_.reserve(32);
+}
+
+client_session::~client_session() {
+  w_.remove_session(this);
+  w_.connections.fetch_sub(1, std::memory_order_relaxed);
+  w_.stats.connections_active.fetch_sub(1, std::memory_order_relaxed);
+}
+
+void client_session::start() {
+  error_code ec;
+  socket_.set_option(tcp::no_delay(true), ec);
+  socket_.non_blocking(true, ec);
+  if (ec) return;
+  w_.add_session(this);
+  auto peer = socket_.remote_endpoint(ec);
+  if (!ec) {
+    auto text = peer.address().to_string(ec);
+    if (!ec) std::snprintf(client_ip_, sizeof client_ip_, "%s", text.c_str());
+  }
+  phase_ = phase::idle;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  begin_request();
+  if (tls_) {
+    // The handshake must finish within the head timeout (the sweep closes idle sessions).
+    deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
+    tls_->async_handshake(
+        asio::ssl::stream_base::server, [self = shared_from_this()](const error_code& ec) {
+          if (self->phase_ == phase::closed) return;
+          if (ec) {
+            self->w_.stats.tls_handshake_failures.add();
+            self->close();
+            return;
+          }
+          self->deadline_ = self->w_.now + self->snap_->cfg.limits.idle_timeout.count();
+          self->start_client_read();
+        });
+    return;
+  }
+  start_client_read();
+}
+
+void client_session::close() {
+  if (phase_ == phase::closed) return;
+  phase_ = phase::closed;
+  release_upstream(false);
+  w_.remove_session(this);
+  error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_both, ignored);
+  socket_.close(ignored);
+  req_parser_.reset();
+  resp_parser_.reset();
+  if (delay_timer_) delay_timer_->cancel();
+}
+
+void client_session::close_if_idle() {
+  if (phase_ == phase::idle && in_.empty() && out_.empty() && !writing_client_) {
+    close();
+  } else {
+    close_after_response_ = true;
+  }
+}
+
+void client_session::check_deadline(int64_t now) {
+  if (phase_ == phase::closed || now < deadline_) return;
+  switch (phase_) {
+    case phase::idle:
+      w_.stats.idle_timeouts.add();
+      close();
+      break;
+    case phase::head:
+    case phase::local_body:  // a body the gateway reads itself: within the head's deadline
+      w_.stats.header_timeouts.add();
+      close_after_response_ = true;
+      send_error(408, "request_timeout", "the request did not arrive in time");
+      break;
+    case phase::delayed:     // the timer fires long before; a stuck one ends the connection
+    case phase::local_wait:  // likewise the password thread
+      close();
+      break;
+    case phase::connecting:
+      upstream_failed(failure::connect_timeout);
+      break;
+    case phase::proxying:
+      if (!ex_.response_head_sent) {
+        upstream_failed(failure::timeout);
+      } else {
+        // A stalled stream in either direction.
+        w_.stats.idle_timeouts.add();
+        close();
+      }
+      break;
+    case phase::closing:
+    case phase::lingering:
+    case phase::closed:
+      close();
+      break;
+  }
+}
+
+// Closes gracefully after a final response: stop sending, then read and drop what the client
+// still sends for a short while, so that closing with unread input does not reset the connection
+// and destroy the response before the client read it (nginx's lingering_close).
+void client_session::linger() {
+  phase_ = phase::lingering;
+  deadline_ = w_.now + 2000;
+  release_upstream(false);
+  error_code ignored;
+  socket_.shutdown(tcp::socket::shutdown_send, ignored);
+  if (!reading_into_in_) {
+    in_.clear();
+    in_.release_if_empty();
+  }
+  start_client_read();
+}
+
+// Starts a read from the client unless one is outstanding. Idle connections read into the inline
+// buffer; a request in progress reads into in_'s tail.
+void client_session::start_client_read() {
+  if (reading_client_ || client_eof_ || phase_ == phase::closed) return;
+  bool use_inline = phase_ == phase::lingering || (phase_ == phase::idle && in_.empty());
+  // While a head is incomplete the buffer may grow up to the header limit (plus one chunk).
+  if (!use_inline && (phase_ == phase::idle || phase_ == phase::head) &&
+      in_.size() > snap_->cfg.limits.max_header_bytes + snap_->cfg.limits.max_url_bytes) {
+    return;  // the parser has already answered 431
+  }
+  reading_client_ = true;
+  reading_into_in_ = !use_inline;
+  asio::mutable_buffer buf =
+      use_inline ? asio::buffer(idle_buf_) : asio::buffer(in_.prepare(read_chunk), in_.tail_size());
+  auto done = [self = shared_from_this(), use_inline](const error_code& ec, size_t n) {
+    self->on_client_read(ec, n, use_inline);
+  };
+  if (tls_) {
+    tls_->async_read_some(buf, std::move(done));
+  } else {
+    socket_.async_read_some(buf, std::move(done));
+  }
+}
+
+void client_session::on_client_read(const error_code& ec, size_t n, bool inline_buffer) {
+  reading_client_ = false;
+  reading_into_in_ = false;
+  if (phase_ == phase::closed) return;
+  if (phase_ == phase::lingering) {
+    if (ec) {
+      close();
+    } else {
+      start_client_read();  // drop what arrives until the client closes or the deadline
+    }
+    return;
+  }
+  if (ec) {
+    // EOF or reset. Between requests: just close. Mid-request: the client gave up.
+    if (phase_ == phase::idle || phase_ == phase::head || phase_ == phase::connecting ||
+        (phase_ == phase::proxying && !ex_.request_done)) {
+      close();
+      return;
+    }
+    client_eof_ = true;
+    close_after_response_ = true;
+    return;
+  }
+  if (inline_buffer) {
+    in_.append(idle_buf_, n);
+  } else {
+    in_.commit(n);
+  }
+  process_input();
+}
+
+void client_session::begin_request() {
+  req_parser_.emplace(*this);
+  req_parser_->header_limit(static_cast<uint32_t>(snap_->cfg.limits.max_header_bytes));
+  req_parser_->body_limit(boost::none);
+  req_parser_->eager(false);
+  fields_.clear();
+  resp_fields_.clear();
+  head_scanned_ = 0;
+  resp_paused_ = false;
+  ex_ = exchange{};
+}
+
+// Feeds buffered client bytes to the request parser as far as the current phase allows.
+bool client_session::head_complete() {
+  std::string_view buffered(in_.data(), in_.size());
+  size_t from = head_scanned_ > 3 ? head_scanned_ - 3 : 0;
+  head_scanned_ = buffered.size();
+  return buffered.find("\r\n\r\n", from) != std::string_view::npos ||
+         buffered.find("\n\n", from) != std::string_view::npos;
+}
+
+// Reads and handles the next request head (idle or head phase). Returns true to go on with
+// the input loop, false when waiting (for bytes, the upstream, or a timer) or closing.
+bool client_session::read_head() {
+  if (in_.empty()) {
+    in_.release_if_empty();
+    start_client_read();
+    return false;
+  }
+  if (phase_ == phase::idle) {
+    // If the config changed since the last request, pick up the new snapshot now.
+    if (snap_ != w_.snap) snap_ = w_.snap;
+    phase_ = phase::head;
+    ex_.started = steady_clock::now();
+    deadline_ = w_.now + snap_->cfg.limits.header_timeout.count();
+  }
+  // The parser sees the head only once it is complete. Beast parses a partial head field by
+  // field and expects the consumed bytes gone on the next call, but the views it handed out
+  // (target, Host, every field) point into in_, which may move when it grows: so wait for
+  // the blank line that ends the head, then parse it in one call.
+  // RFC 9112 section 2.2: ignore empty lines before the request line (some clients send a
+  // CRLF after a POST body). Beast would refuse them as a bad method.
+  if (head_scanned_ == 0) {
+    size_t blank = 0;
+    while (blank < in_.size() && (in_.data()[blank] == '\r' || in_.data()[blank] == '\n')) ++blank;
+    if (blank > 0) {
+      in_.consume(blank);
+      if (in_.empty()) {
+        start_client_read();
+        return false;
+      }
+    }
+  }
+  bool complete = head_complete();
+  error_code ec;
+  size_t used = 0;
+  if (complete) {
+    used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+    if (phase_ == phase::closing || phase_ == phase::closed)
+      return false;  // answered by a callback
+    // The head is parsed and the parser went on into the body (eager from the header
+    // callback) until it needed more: a chunk-size line cut by the read. The head is done.
+    if (ec == http::error::need_more && req_parser_->is_header_done()) ec = {};
+    // Only empty lines before the request line can be consumed without a head.
+    if (ec == http::error::need_more) {
+      in_.consume(used);
+      head_scanned_ = 0;
+    }
+  }
+  if (!complete || ec == http::error::need_more) {
+    if (in_.size() >= snap_->cfg.limits.max_header_bytes) {
+      close_after_response_ = true;
+      w_.stats.bad_requests.add();
+      send_error(431, "headers_too_large", "request header block exceeds the limit");
+      return false;
+    }
+    start_client_read();
+    return false;
+  }
+  if (ec) {
+    close_after_response_ = true;
+    w_.stats.bad_requests.add();
+    if (ec == http::error::header_limit) {
+      send_error(431, "headers_too_large", "request header block exceeds the limit");
+    } else if (ec == http::error::bad_transfer_encoding) {
+      send_error(400, "bad_request", "invalid Transfer-Encoding");
+    } else {
+      send_error(400, "bad_request", ec.message());
+    }
+    return false;
+  }
+  in_.consume(used);
+  head_scanned_ = 0;
+  if (!req_parser_->is_header_done()) return true;
+  if (req_parser_->is_done()) ex_.request_done = true;
+  if (ex_.local_status) {
+    answer_local();
+    return true;
+  }
+  if (ex_.oauth_endpoint) {
+    if (ex_.request_done) {
+      answer_oauth();
+    } else {
+      phase_ = phase::local_body;
+    }
+    return true;
+  }
+  if (ex_.delay_ms) {
+    start_delay();
+    return false;
+  }
+  dispatch();
+  return true;
+}
+
+// Reads the body of a request the gateway answers itself (OAuth). As read_head.
+bool client_session::read_local_body() {
+  if (in_.empty()) {
+    start_client_read();
+    return false;
+  }
+  error_code ec;
+  size_t used = req_parser_->put(asio::buffer(in_.data(), in_.size()), ec);
+  if (phase_ == phase::closing || phase_ == phase::closed) return false;
+  if (ec == http::error::need_more) {
+    in_.consume(used);
+    if (used == 0) {
+      if (in_.size() > max_oauth_body) {
+        send_error(400, "bad_request", "malformed chunked body");
+        return false;
+      }
+      start_client_read();
+      return false;
+    }
+    return true;
+  }
+  if (ec) {
+    w_.stats.bad_requests.add();
+    close_after_response_ = true;
+    send_error(400, "bad_request", "malformed request body: " + ec.message());
+    return false;
+  }
+  in_.consume(used);
+  if (req_parser_->is_done()) ex_.request_done = true;
+  if (ex_.request_done) answer_oauth();
+  return true;
+}
+
+// Forwards request body bytes from in_ to the upstream as far as up_out_ has room. As
+// read_head.
+bool client_session::forward_body() {
+  if (in_.empty()) {
+    flush_upstream();
+    if (up_out_.size() < high_water) start_client_read();
+    return false;
+  }
+  if (up_out_.size() >= high_water) return false;  // resumed when the upstream write drains
+  size_t room = high_water - up_out_.size();
+  size_t n = std::min(room, in_.size());
+  error_code ec;
+  size_t used = req_parser_->put(asio::buffer(in_.data(), n), ec);
+  if (phase_ == phase::closing || phase_ == phase::closed) return false;
+  if (ec == http::error::need_more) {
+    in_.consume(used);
+    if (used == 0) {
+      if (in_.size() >= high_water) {  // a chunk header longer than any sane one
+        send_error(400, "bad_request", "malformed chunked body");
+        return false;
+      }
+      flush_upstream();
+      start_client_read();
+      return false;
+    }
+    flush_upstream();
+    return true;
+  }
+  if (ec) {
+    w_.stats.bad_requests.add();
+    close_after_response_ = true;
+    if (!ex_.response_head_sent) {
+      release_upstream(false);
+      send_error(400, "bad_request", "malformed request body: " + ec.message());
+    } else {
+      close();
+    }
+    return false;
+  }
+  in_.consume(used);
+  flush_upstream();
+  return true;
+}
+
+void client_session::process_input() {
+  if (reading_into_in_) return;  // resumed when the read completes
+  while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
+    // Resumed by the delay timer, or by the OAuth answer.
+    if (phase_ == phase::delayed || phase_ == phase::local_wait) return;
+    if (phase_ == phase::idle || phase_ == phase::head) {
+      if (read_head()) continue;
+      return;
+    }
+    if (phase_ == phase::local_body) {
+      if (read_local_body()) continue;
+      return;
+    }
+    if (phase_ == phase::proxying && ex_.body_started && !ex_.request_done) {
+      if (forward_body()) continue;
+      return;
+    }
+    return;  // waiting for the upstream; pipelined bytes stay in in_
+  }
+}
+
+// --- finishing an exchange -------------------------------------------------------------------
+
+void client_session::record_done() {
+  auto elapsed =
+      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started);
+  w_.stats.requests_total.add();
+  if (ex_.route) {
+    auto& st = ex_.route->metrics->per_worker[w_.index];
+    size_t b = 0;
+    uint64_t us = static_cast<uint64_t>(elapsed.count());
+    while (b < latency_bounds_us.size() && us > latency_bounds_us[b]) ++b;
+    st.latency[b].add();
+    st.latency_sum_us.add(us);
+    st.request_bytes.add(ex_.body_bytes);
+    st.response_bytes.add(ex_.response_bytes);
+  }
+  if (w_.access_log) log_access();
+}
+
+void client_session::log_access() {
+  byte_buffer line;
+  line.append("{\"request_id\":");
+  append_json_string(line, ex_.request_id);
+  line.append(",\"client\":");
+  append_json_string(line, client_ip_);
+  line.append(",\"method\":");
+  append_json_string(line, ex_.access_method);
+  line.append(",\"path\":");
+  append_json_string(line, ex_.access_path);
+  line.append(",\"status\":");
+  line.append_decimal(static_cast<uint64_t>(ex_.status));
+  line.append(",\"route\":");
+  append_json_string(line, ex_.route ? std::string_view(ex_.route->cfg->name) : std::string_view());
+  line.append(",\"upstream\":");
+  append_json_string(line, ex_.target ? ex_.target->addr.to_string() : std::string());
+  line.append(",\"attempts\":");
+  line.append_decimal(ex_.attempts + 1);
+  line.append(",\"request_bytes\":");
+  line.append_decimal(ex_.body_bytes);
+  line.append(",\"response_bytes\":");
+  line.append_decimal(ex_.response_bytes);
+  line.append(",\"duration_ms\":");
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started)
+                .count();
+  char tmp[32];
+  int n = std::snprintf(tmp, sizeof tmp, "%.3f", static_cast<double>(us) / 1000.0);
+  line.append(tmp, static_cast<size_t>(n));
+  line.append('}');
+  w_.access_log->info(std::string_view(line.data(), line.size()));
+}
+
+void client_session::finish_exchange() {
+  record_done();
+  // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
+  // messages differently from us: never reuse that connection.
+  bool reuse = ex_.upstream_keep_alive && ex_.request_done && up_out_.empty() &&
+               !writing_upstream_ && (!up_ || up_->in.empty());
+  release_upstream(reuse);
+  if (!ex_.request_done) close_after_response_ = true;
+  if (close_after_response_) {
+    phase_ = phase::closing;
+    deadline_ = w_.now + 5000;
+    flush_client();
+    if (!writing_client_ && out_.empty()) linger();
+    return;
+  }
+  begin_request();
+  phase_ = phase::idle;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  flush_client();
+  process_input();
+}
+
+// --- writing to the client -------------------------------------------------------------------
+
+void client_session::send_error(int status, std::string_view code, std::string_view message) {
+  if (phase_ == phase::closed) return;
+  if (ex_.response_head_sent) {
+    close();
+    return;
+  }
+  if (ex_.request_id.empty()) make_request_id();
+  // A route's fallback answers in place of the gateway's own upstream errors.
+  const fallback_config* fallback =
+      ex_.route && ex_.route->cfg->fallback && (status == 502 || status == 503 || status == 504)
+          ? &*ex_.route->cfg->fallback
+          : nullptr;
+  if (fallback) {
+    w_.stats.fallbacks.add();
+    send_local(fallback->status, fallback->content_type, fallback->body, fallback->headers);
+    return;
+  }
+  byte_buffer body;
+  body.append("{\"error\":");
+  append_json_string(body, code);
+  body.append(",\"message\":");
+  append_json_string(body, message);
+  body.append(",\"request_id\":");
+  append_json_string(body, ex_.request_id);
+  body.append("}\n");
+  send_local(status, "application/json", body.view(), {});
+}
+
+void client_session::send_local(int status, std::string_view content_type, std::string_view body,
+                                std::span<const std::pair<std::string, std::string>> headers) {
+  if (phase_ == phase::closed) return;
+  if (ex_.response_head_sent) {
+    close();
+    return;
+  }
+  if (ex_.request_id.empty()) make_request_id();
+  ex_.status = status;
+  out_.append("HTTP/1.1 ");
+  out_.append_decimal(static_cast<uint64_t>(status));
+  out_.append(' ');
+  out_.append(reason_for(status));
+  out_.append("\r\nContent-Type: ");
+  out_.append(content_type);
+  out_.append("\r\nContent-Length: ");
+  out_.append_decimal(body.size());
+  out_.append("\r\nX-Request-Id: ");
+  out_.append(ex_.request_id);
+  for (const auto& [k, v] : headers) {
+    out_.append("\r\n");
+    out_.append(k);
+    out_.append(": ");
+    out_.append(v);
+  }
+  if (status == 401 && !ex_.www_authenticate.empty()) {
+    out_.append("\r\nWWW-Authenticate: ");
+    out_.append(ex_.www_authenticate);
+  }
+  if (!ex_.rate_limit_headers.empty()) {
+    out_.append("\r\n");
+    out_.append(
+        std::string_view(ex_.rate_limit_headers).substr(0, ex_.rate_limit_headers.size() - 2));
+  }
+  if (!ex_.request_done) close_after_response_ = true;
+  if (close_after_response_ || w_.draining) {
+    close_after_response_ = true;
+    out_.append("\r\nConnection: close");
+  }
+  out_.append("\r\n\r\n");
+  if (ex_.verb != http::verb::head) out_.append(body);
+  if (ex_.route) ex_.route->metrics->per_worker[w_.index].status[status_slot(status)].add();
+  ex_.response_head_sent = true;
+  if (ex_.started == steady_clock::time_point()) ex_.started = steady_clock::now();
+  record_done();
+  release_upstream(false);
+  if (close_after_response_) {
+    phase_ = phase::closing;
+    deadline_ = w_.now + 5000;
+  } else {
+    begin_request();
+    phase_ = phase::idle;
+    deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  }
+  flush_client();
+}
+
+void client_session::flush_client() {
+  if (writing_client_ || out_.empty() || phase_ == phase::closed) return;
+  writing_client_ = true;
+  auto done = [self = shared_from_this()](const error_code& ec, size_t n) {
+    self->on_client_written(ec, n);
+  };
+  if (tls_) {
+    tls_->async_write_some(asio::buffer(out_.data(), out_.size()), std::move(done));
+  } else {
+    socket_.async_write_some(asio::buffer(out_.data(), out_.size()), std::move(done));
+  }
+}
+
+void client_session::on_client_written(const error_code& ec, size_t n) {
+  writing_client_ = false;
+  if (phase_ == phase::closed) return;
+  if (ec) {
+    close();
+    return;
+  }
+  out_.consume(n);
+  if (phase_ == phase::proxying) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  if (!out_.empty()) {
+    flush_client();
+  } else if (phase_ == phase::closing) {
+    linger();
+    return;
+  } else if (phase_ == phase::idle) {
+    out_.release_if_empty();
+    up_out_.release_if_empty();
+    if (w_.draining && in_.empty()) {
+      close();
+      return;
+    }
+  }
+  if (resp_paused_ && out_.size() < high_water / 2) resume_upstream();
+}
+
+void client_session::resume_upstream() {
+  resp_paused_ = false;
+  if (!up_) return;
+  auto conn = up_;
+  if (!conn->in.empty()) parse_upstream();
+  if (up_ != conn || resp_paused_) return;
+  conn->start_read();
+}
+
+}  // namespace meridian::node
