@@ -3,15 +3,19 @@
 // connection's receive buffer), what the stages decided (route, consumer, identity headers,
 // rate-limit lines, a local answer), the upstream attempt and the response head facts.
 //
-// A session holds one exchange and starts each request with `ex = exchange{}`: nothing of a
-// request survives into the next. (Strings keep their capacity across that assignment, so a
-// keep-alive connection does not allocate again for its next request id.) Touched only on the
-// session's worker thread.
+// A session holds one exchange and starts each request on a new one (exchange::renew): nothing
+// of a request survives into the next. Per-request text that most requests carry is held
+// inline (the request id) and byte buffers that outlive one request (the retry copy of the
+// head) belong to the session, so renewing allocates nothing. Touched only on the session's
+// worker thread.
 
+#include <algorithm>
 #include <boost/beast/http/verb.hpp>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -25,7 +29,33 @@
 
 namespace meridian::node {
 
+// Text of at most N bytes held inline, without a heap block (the request id: 36 bytes when
+// generated, up to 128 when a client's valid one is kept). Longer input is cut at N.
+template <size_t N>
+class inline_text {
+ public:
+  void assign(std::string_view s) {
+    size_ = std::min(s.size(), N);
+    std::memcpy(buf_, s.data(), size_);
+  }
+  void assign(const char* p, size_t n) { assign(std::string_view(p, n)); }
+  std::string_view view() const { return {buf_, size_}; }
+  bool empty() const { return size_ == 0; }
+  operator std::string_view() const { return view(); }
+
+ private:
+  char buf_[N];  // only the first size_ bytes are ever read
+  size_t size_ = 0;
+};
+
 struct exchange {
+  // Ends this exchange and starts the next one in its place: destroyed and default-constructed
+  // (no per-field list to keep in step with the members; no zeroing of the inline buffers).
+  static void renew(exchange& ex) {
+    ex.~exchange();
+    new (&ex) exchange;
+  }
+
   // --- the request head, as parsed (views into the receive buffer while the head is handled)
   http::verb verb = http::verb::unknown;
   std::string_view method;
@@ -49,7 +79,7 @@ struct exchange {
   bool body_started = false;  // body bytes have been taken from the receive buffer
   uint64_t body_bytes = 0;
   std::chrono::steady_clock::time_point started;
-  std::string request_id;
+  inline_text<128> request_id;
   std::string access_method;  // kept for the access log once the head is gone
   std::string access_path;
 
@@ -79,7 +109,6 @@ struct exchange {
   bool oauth_get = false;
 
   // --- the upstream attempt
-  std::string retry_head;  // the request head again, for a retry of a bodiless request
   uint32_t attempts = 0;
   bool reused_connection = false;
   bool counted_active = false;

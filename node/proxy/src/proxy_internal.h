@@ -432,6 +432,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
 
   // The request being proxied: its codec state here, the rest in ex_.
   exchange ex_;
+  std::string retry_head_;  // the request head again, for a retry of a bodiless request
   std::vector<field_view> fields_;
   std::vector<header_view> header_views_;  // the router's view of fields_, reused
   std::unique_ptr<asio::steady_timer> delay_timer_;

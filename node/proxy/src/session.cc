@@ -196,7 +196,7 @@ void client_session::begin_request() {
   resp_fields_.clear();
   head_scanned_ = 0;
   resp_paused_ = false;
-  ex_ = exchange{};
+  exchange::renew(ex_);
 }
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
@@ -521,7 +521,7 @@ void client_session::send_local(int status, std::string_view content_type, std::
   out_.append("\r\nContent-Length: ");
   out_.append_decimal(body.size());
   out_.append("\r\nX-Request-Id: ");
-  out_.append(ex_.request_id);
+  out_.append(ex_.request_id.view());
   for (const auto& [k, v] : headers) {
     out_.append("\r\n");
     out_.append(k);

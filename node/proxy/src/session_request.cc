@@ -380,7 +380,7 @@ void client_session::write_upstream_request() {
   ex_.route->stages->run_upstream_head(ex_, h);
   up_out_.clear();
   if (write_upstream_head(h, up_out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
-  if (!ex_.has_body) ex_.retry_head.assign(up_out_.data(), up_out_.size());
+  if (!ex_.has_body) retry_head_.assign(up_out_.data(), up_out_.size());
   // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
   req_parser_->eager(true);
 }

@@ -21,7 +21,7 @@ bool is_idempotent(http::verb v) {
 }
 
 bool client_session::request_replayable() const {
-  // A request without a body can be sent again from ex_.retry_head; one with a body only while none
+  // A request without a body can be sent again from retry_head_; one with a body only while none
   // of it has been taken from the client buffer.
   return !ex_.has_body || !ex_.body_started;
 }
@@ -324,7 +324,7 @@ void client_session::upstream_failed(failure why) {
     if (!stale_pooled) ex_.exclude = ex_.target;
     if (!ex_.has_body) {
       up_out_.clear();
-      up_out_.append(ex_.retry_head);
+      up_out_.append(retry_head_);
     }
     ex_.status = 0;
     resp_fields_.clear();
