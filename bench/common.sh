@@ -51,11 +51,14 @@ bench_stop_all() {
   bench_pids=()
 }
 
-# Waits up to 5 s until http://127.0.0.1:PORT/ answers 200 with the upstream's "hello world" body.
+# Waits up to 5 s until http://127.0.0.1:PORT/ answers 200 with the upstream's "hello world" body
+# (HEADER, optional: one more request header line, e.g. the bearer token a route requires).
 bench_wait_hello() {
   local port=$1 body
+  local header=()
+  [[ -n "${2:-}" ]] && header=(-H "$2")  # e.g. the bearer token a route requires
   for _ in $(seq 100); do
-    body=$(curl -s --max-time 1 "http://127.0.0.1:$port/" 2>/dev/null || true)
+    body=$(curl -s --max-time 1 "${header[@]}" "http://127.0.0.1:$port/" 2>/dev/null || true)
     [[ "$body" == "hello world" ]] && return 0
     sleep 0.05
   done

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Sends exactly N GET requests over one keep-alive connection and reads each response.
-usage: keepalive_client.py PORT N"""
+usage: keepalive_client.py PORT N [HEADER_LINE ...]   (e.g. "Authorization: Bearer x")"""
 import socket
 import sys
 
 port, n = int(sys.argv[1]), int(sys.argv[2])
 s = socket.create_connection(("127.0.0.1", port))
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+extra = "".join(h + "\r\n" for h in sys.argv[3:]).encode()
+req = b"GET / HTTP/1.1\r\nHost: bench\r\n" + extra + b"\r\n"
 buf = b""
 for _ in range(n):
     s.sendall(req)

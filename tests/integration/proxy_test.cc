@@ -376,6 +376,8 @@ INSTANTIATE_TEST_SUITE_P(
                        "GET / HTTP/1.1\r\nHost: a\r\nX-A:\r\n two\r\n\r\n", 400},
         smuggling_case{"control_char_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x01z\r\n\r\n",
                        400},
+        smuggling_case{"del_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x7fz\r\n\r\n", 400},
+        smuggling_case{"bare_cr_in_value", "GET / HTTP/1.1\r\nHost: a\r\nX-A: a\rz\r\n\r\n", 400},
         smuggling_case{"nul_in_value",
                        std::string("GET / HTTP/1.1\r\nHost: a\r\nX-A: a\0z\r\n\r\n", 37), 400},
         smuggling_case{"bare_lf", "GET / HTTP/1.1\nHost: a\n\n", 400},

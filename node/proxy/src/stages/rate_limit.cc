@@ -3,6 +3,7 @@
 // limit's RateLimit-* lines; a limit with max_delay holds the request (pause) instead of
 // refusing it while the delay fits.
 #include <algorithm>
+#include <charconv>
 #include <string>
 
 #include "meridian/traffic/rate_limiter.h"
@@ -10,6 +11,15 @@
 
 namespace meridian::node {
 namespace {
+
+// Appends "Name: value\r\n" (name includes ": ") without temporaries: this runs per request.
+void append_line(std::string& out, std::string_view name, uint64_t value) {
+  char digits[20];
+  auto end = std::to_chars(digits, digits + sizeof digits, value).ptr;
+  out.append(name);
+  out.append(digits, static_cast<size_t>(end - digits));
+  out.append("\r\n");
+}
 
 // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
 bool check_rate_limits(exchange& ex, stage_context& ctx) {
@@ -61,16 +71,17 @@ bool check_rate_limits(exchange& ex, stage_context& ctx) {
       if (i == 0 || d.remaining < tightest.remaining) tightest = d;
     }
   }
-  ex.rate_limit_headers = "RateLimit-Limit: " + std::to_string(tightest.limit) +
-                          "\r\nRateLimit-Remaining: " + std::to_string(tightest.remaining) +
-                          "\r\nRateLimit-Reset: " + std::to_string(tightest.reset_s) + "\r\n";
+  auto& lines = ex.rate_limit_headers;
+  append_line(lines, "RateLimit-Limit: ", tightest.limit);
+  append_line(lines, "RateLimit-Remaining: ", tightest.remaining);
+  append_line(lines, "RateLimit-Reset: ", tightest.reset_s);
   if (ex.route->limit_stats) {
     (allowed ? ex.route->limit_stats->allowed : ex.route->limit_stats->rejected)
         .fetch_add(1, std::memory_order_relaxed);
   }
   if (allowed) return true;
   ex.delay_ms = 0;
-  ex.rate_limit_headers += "Retry-After: " + std::to_string(tightest.retry_after_s) + "\r\n";
+  append_line(ex.rate_limit_headers, "Retry-After: ", tightest.retry_after_s);
   ex.local_status = 429;
   ex.local_code = "rate_limited";
   ex.local_message = "rate limit exceeded; retry later";
