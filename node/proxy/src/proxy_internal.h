@@ -364,6 +364,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void linger();
   void process_input();
   bool read_head();
+  void refuse_head(const error_code& ec);
   bool read_local_body();
   bool forward_body();
   void begin_request();

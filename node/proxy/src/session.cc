@@ -210,6 +210,19 @@ bool client_session::head_complete() {
 
 // Reads and handles the next request head (idle or head phase). Returns true to go on with
 // the input loop, false when waiting (for bytes, the upstream, or a timer) or closing.
+// Answers a head the parser refused, and ends the connection after the answer.
+void client_session::refuse_head(const error_code& ec) {
+  close_after_response_ = true;
+  w_.stats.bad_requests.add();
+  if (ec == http::error::header_limit) {
+    send_error(431, "headers_too_large", "request header block exceeds the limit");
+  } else if (ec == http::error::bad_transfer_encoding) {
+    send_error(400, "bad_request", "invalid Transfer-Encoding");
+  } else {
+    send_error(400, "bad_request", ec.message());
+  }
+}
+
 bool client_session::read_head() {
   if (in_.empty()) {
     in_.release_if_empty();
@@ -267,15 +280,7 @@ bool client_session::read_head() {
     return false;
   }
   if (ec) {
-    close_after_response_ = true;
-    w_.stats.bad_requests.add();
-    if (ec == http::error::header_limit) {
-      send_error(431, "headers_too_large", "request header block exceeds the limit");
-    } else if (ec == http::error::bad_transfer_encoding) {
-      send_error(400, "bad_request", "invalid Transfer-Encoding");
-    } else {
-      send_error(400, "bad_request", ec.message());
-    }
+    refuse_head(ec);
     return false;
   }
   in_.consume(used);
