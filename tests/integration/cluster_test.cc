@@ -327,8 +327,9 @@ TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
   auto up = admin(0, "PUT", "/config/upstreams/backend", upstream_doc());
   ASSERT_EQ(up.status, 200) << up.body.dump();
   // A route is checked against the upstreams the receiving node holds: wait for node 1 to have it.
-  ASSERT_TRUE(
-      eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; }, 5s));
+  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
+                         10s * testing::slowdown))
+      << "the upstream did not reach node 1";
   auto put_at = std::chrono::steady_clock::now();
   auto r = admin(1, "PUT", "/config/routes/hello",
                  R"({"match":{"path_prefix":"/hello"},"upstream":"backend"})");
@@ -351,11 +352,13 @@ TEST_F(cluster_config, a_route_put_on_one_node_is_served_by_every_node) {
         }
         return all;
       },
-      10s))
+      20s * testing::slowdown))
       << nodes_[3]->log();
   double slowest = *std::max_element(took_ms.begin(), took_ms.end());
   std::printf("route served by all %d nodes %.0f ms after the PUT\n", count, slowest);
-  EXPECT_LT(slowest, 3000) << "the issue's bound is 1 s p99 (docs/benchmarks.md)";
+  // Gossip carries it, not the 30 s push-pull: seconds at most even on a loaded machine (the
+  // 1 s p99 figure is measured by bench/config_propagation.py, docs/benchmarks.md).
+  EXPECT_LT(slowest, 5000 * testing::slowdown);
 
   // Every node reports the same version and, once digests have gossiped, convergence.
   ASSERT_TRUE(eventually(
@@ -721,8 +724,9 @@ namespace {
 TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
   start_cluster(3);
   ASSERT_EQ(admin(0, "PUT", "/config/upstreams/backend", upstream_doc()).status, 200);
-  ASSERT_TRUE(
-      eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; }, 5s));
+  ASSERT_TRUE(eventually([&] { return admin(1, "GET", "/config").body["upstreams"].size() == 1; },
+                         10s * testing::slowdown))
+      << "the upstream did not reach node 1";
   auto r = admin(1, "PUT", "/config/routes/limited",
                  R"({"match":{"path_prefix":"/limited"},"upstream":"backend",)"
                  R"("rate_limit":{"limit":6,"window":"1h","key":"global"}})");
