@@ -233,6 +233,7 @@ struct admin_server::impl {
   std::unique_ptr<guarded_server> server;  // serves TLS itself with admin.tls
   std::thread thread;
   std::atomic<bool> listen_returned{false};
+  int listen_fd = -1;  // the listening socket httplib created (to raise its backlog)
   std::atomic<uint16_t> port{0};
   std::mutex lifecycle_mutex;  // serializes start() and stop()
   bool started = false;
@@ -493,9 +494,10 @@ void admin_server::impl::configure_server() {
   server->set_default_headers({{"Cache-Control", "no-store"}});
   // httplib's default also sets SO_REUSEPORT, which lets a second process bind the same port and
   // silently take half the connections; a busy admin port must be an error instead.
-  server->set_socket_options([](socket_t sock) {
+  server->set_socket_options([this](socket_t sock) {
     int yes = 1;
     ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
   });
 
   // Every method goes through dispatch(), which owns routing, 404/405 and authentication.
@@ -573,6 +575,10 @@ bool admin_server::start(const std::string& host, uint16_t port, std::string* er
     if (err != 0) message += std::string(": ") + std::strerror(err);
     return fail(std::move(message));
   }
+  // httplib listens with a backlog of 5: a burst of connections (200 slowloris clients, a
+  // scrape storm) then drops SYNs and a legitimate client waits out a 1 s retransmit. Listening
+  // again on the bound socket only raises the queue (Linux keeps the socket as it is).
+  if (impl_->listen_fd >= 0) ::listen(impl_->listen_fd, SOMAXCONN);
   impl_->port = static_cast<uint16_t>(bound);
   impl_->started = true;
 
