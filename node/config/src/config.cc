@@ -16,6 +16,7 @@
 //   mean nothing special and are reported where they do not fit.
 
 #include "meridian/config/config.h"
+#include "meridian/common/ascii.h"
 
 #include "meridian/common/http_fields.h"
 
@@ -61,17 +62,8 @@ bool is_alpha(char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 }
 
-char ascii_lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
 char ascii_upper(char c) {
   return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c;
-}
-
-std::string to_lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = ascii_lower(c);
-  return out;
 }
 
 std::string to_upper(std::string_view s) {

@@ -1,4 +1,5 @@
 #include "meridian/proxy/snapshot.h"
+#include "meridian/common/ascii.h"
 
 #include <algorithm>
 #include <cctype>
@@ -11,11 +12,6 @@
 
 namespace meridian::node {
 namespace {
-
-std::string lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // Reads a JWKS document from a file or an http(s) URL. Returns "" and sets *error on failure.
 std::string fetch_jwks(const jwt_config& jc, std::string* error) {
@@ -153,8 +149,9 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
         return nullptr;
       }
     }
-    for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(lower(name));
-    for (const auto& [name, value] : rc.request_headers.set) rt.request_drop.push_back(lower(name));
+    for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(to_lower(name));
+    for (const auto& [name, value] : rc.request_headers.set)
+      rt.request_drop.push_back(to_lower(name));
     if (rc.auth) {
       rt.auth_api_key = std::find(rc.auth->methods.begin(), rc.auth->methods.end(), "api_key") !=
                         rc.auth->methods.end();
@@ -172,7 +169,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
       }
       // Clients must not be able to forge the headers that carry verified claims.
       for (const auto& [claim, header] : rc.auth->claims_to_headers) {
-        rt.request_drop.push_back(lower(header));
+        rt.request_drop.push_back(to_lower(header));
       }
     }
     if (rc.auth && snap->oauth_provider &&
@@ -180,12 +177,12 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
             rc.auth->methods.end()) {
       rt.jwt_providers.push_back(snap->oauth_provider.get());
       for (const auto& [claim, header] : rc.auth->claims_to_headers) {
-        rt.request_drop.push_back(lower(header));
+        rt.request_drop.push_back(to_lower(header));
       }
     }
-    for (const auto& name : rc.response_headers.remove) rt.response_drop.push_back(lower(name));
+    for (const auto& name : rc.response_headers.remove) rt.response_drop.push_back(to_lower(name));
     for (const auto& [name, value] : rc.response_headers.set) {
-      rt.response_drop.push_back(lower(name));
+      rt.response_drop.push_back(to_lower(name));
     }
     snap->routes.push_back(std::move(rt));
   }

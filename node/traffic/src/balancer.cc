@@ -1,4 +1,5 @@
 #include "meridian/traffic/balancer.h"
+#include "meridian/common/ascii.h"
 
 #include <netdb.h>
 
@@ -27,11 +28,6 @@ uint64_t hash_bytes(std::string_view s) {
     h *= 0x100000001b3ULL;
   }
   return mix64(h);
-}
-
-std::string lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 // Interleaves target indices so that each appears weight times, spread out (smooth WRR).
@@ -94,7 +90,7 @@ std::unique_ptr<upstream_runtime> build_upstream(const upstream_config& cfg,
   }
   up->budget.ratio = cfg.retries.budget_ratio;
   up->budget.min_per_s = cfg.retries.budget_min_per_s;
-  if (cfg.hash_on.rfind("header:", 0) == 0) up->hash_header = lower(cfg.hash_on.substr(7));
+  if (cfg.hash_on.rfind("header:", 0) == 0) up->hash_header = to_lower(cfg.hash_on.substr(7));
   for (const auto& tc : cfg.targets) {
     upstream_target t;
     t.state = registry.get(cfg.name, tc.addr);

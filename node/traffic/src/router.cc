@@ -37,20 +37,11 @@
 
 #include <boost/regex.hpp>
 
+#include "meridian/common/ascii.h"
 #include "meridian/traffic/router.h"
 
 namespace meridian::node {
 namespace {
-
-char ascii_lower(char c) {
-  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-}
-
-std::string to_lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = ascii_lower(c);
-  return out;
-}
 
 // Returns true when a and b are equal ignoring ASCII case.
 bool iequals(std::string_view a, std::string_view b) {
