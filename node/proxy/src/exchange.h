@@ -56,6 +56,10 @@ struct exchange {
     new (&ex) exchange;
   }
 
+  // --- the connection it came on
+  std::string_view client_ip;  // the peer's address (the session's, looked up once)
+  bool tls = false;            // the TLS listener
+
   // --- the request head, as parsed (views into the receive buffer while the head is handled)
   http::verb verb = http::verb::unknown;
   std::string_view method;
@@ -91,7 +95,6 @@ struct exchange {
   std::vector<std::pair<std::string, std::string>> identity_headers;  // verified claims to forward
   bool strip_authorization = false;  // the gateway consumed the Authorization credentials
   std::string rate_limit_headers;    // "RateLimit-...: v\r\n" lines for the answer, or empty
-  uint64_t delay_ms = 0;             // a rate limit's max_delay: hold the request this long
   std::string hash_key;              // the consistent-hash input
   std::string upstream_path;         // owns the upstream path when a transform changed it
   // A local answer (a stage responded): status, code and message of the JSON error body.
@@ -100,13 +103,16 @@ struct exchange {
   const char* local_message = "";
   std::string local_message_storage;  // owns local_message when it is built per request
   std::string www_authenticate;       // for a 401 answer
-  // A request to one of the OAuth endpoints (answered here; its body is read into oauth_body).
-  bool oauth_endpoint = false;
-  oauth_authority::endpoint oauth_kind = oauth_authority::endpoint::token;
-  std::string oauth_authorization;
-  std::string oauth_body;
-  std::string oauth_query;
-  bool oauth_get = false;
+  // A whole local reply with a body of its own, in place of the JSON error when status is set
+  // (the OAuth endpoints' answers).
+  struct reply {
+    int status = 0;
+    std::string content_type;
+    std::string body;
+    std::vector<std::pair<std::string, std::string>> headers;
+  } local_reply;
+  // A request to one of the OAuth endpoints: what the endpoint stage keeps until the body is in.
+  oauth_authority::request oauth;
 
   // --- the upstream attempt
   uint32_t attempts = 0;

@@ -2,6 +2,7 @@
 
 #include <boost/beast/core/string.hpp>
 #include <cctype>
+#include <cstdio>
 
 #include "meridian/common/http_fields.h"
 
@@ -30,6 +31,38 @@ bool is_hop_by_hop(http::field f) {
     default:
       return false;
   }
+}
+
+void append_json_string(byte_buffer& out, std::string_view s) {
+  out.append('"');
+  for (char c : s) {
+    switch (c) {
+      case '"':
+        out.append("\\\"");
+        break;
+      case '\\':
+        out.append("\\\\");
+        break;
+      case '\n':
+        out.append("\\n");
+        break;
+      case '\r':
+        out.append("\\r");
+        break;
+      case '\t':
+        out.append("\\t");
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char tmp[8];
+          std::snprintf(tmp, sizeof tmp, "\\u%04x", c);
+          out.append(tmp);
+        } else {
+          out.append(c);
+        }
+    }
+  }
+  out.append('"');
 }
 
 bool valid_request_id(std::string_view id) {

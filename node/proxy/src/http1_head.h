@@ -39,6 +39,8 @@ std::string_view trim(std::string_view s);
 bool is_hop_by_hop(http::field f);
 // True when a client's X-Request-Id may be kept: 1..128 characters of [A-Za-z0-9._:-].
 bool valid_request_id(std::string_view id);
+// Appends s as a JSON string (quoted, escaped) to out.
+void append_json_string(byte_buffer& out, std::string_view s);
 // The reason phrase the gateway writes for its own answers.
 const char* reason_for(int status);
 

@@ -68,38 +68,6 @@ constexpr auto sweep_interval = std::chrono::milliseconds(50);
 class worker;
 class client_session;
 
-inline void append_json_string(byte_buffer& out, std::string_view s) {
-  out.append('"');
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out.append("\\\"");
-        break;
-      case '\\':
-        out.append("\\\\");
-        break;
-      case '\n':
-        out.append("\\n");
-        break;
-      case '\r':
-        out.append("\\r");
-        break;
-      case '\t':
-        out.append("\\t");
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char tmp[8];
-          std::snprintf(tmp, sizeof tmp, "\\u%04x", c);
-          out.append(tmp);
-        } else {
-          out.append(c);
-        }
-    }
-  }
-  out.append('"');
-}
-
 // Returns true when `v`, a view into `in`, is followed by optional whitespace and CRLF: the
 // line it ends was neither folded (the parser would have copied it elsewhere) nor ended by a
 // bare LF.
@@ -306,7 +274,9 @@ class worker {
 // ---------------------------------------------------------------------------------------------
 // client_session: one client connection; proxies its requests one after another.
 
-class client_session : public std::enable_shared_from_this<client_session> {
+class client_session final : public std::enable_shared_from_this<client_session>,
+                             public resumable,
+                             public pause_control {
  public:
   client_session(worker& w, socket_t socket, bool tls = false);
   ~client_session();
@@ -328,7 +298,6 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void on_request_body(std::string_view body, error_code& ec);
   void on_request_chunk_header(uint64_t size, error_code& ec);
   void on_request_finish(error_code& ec);
-  void on_request_body_limit(error_code& ec);
 
   // Response parser callbacks.
   void on_response_line(int status, std::string_view reason, int version, error_code& ec);
@@ -342,15 +311,21 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Called by upstream_conn when a read completed (bytes are in its buffer) or failed.
   void on_upstream_data(const error_code& ec);
 
+  // resumable and pause_control (stage.h): how a stage holds this exchange and brings it back.
+  void deliver_resume(std::shared_ptr<resumable> self, uint64_t pause,
+                      std::function<verdict(exchange&)> fn) override;
+  void resume_after(uint64_t ms) override;
+  void await_body() override;
+  resume_handle suspend(int64_t deadline_ms) override;
+
   size_t index_in_worker = 0;
 
  private:
   enum class phase {
     idle,
     head,
-    local_body,  // reading the body of a request the gateway answers itself (OAuth)
-    local_wait,  // waiting for that answer from another thread (an OAuth password check)
-    delayed,
+    awaiting_body,  // reading the body for the stage that paused for it (the OAuth endpoints)
+    paused,         // held by a stage: a timer or a resume_handle brings it back
     connecting,
     proxying,
     closing,
@@ -365,7 +340,7 @@ class client_session : public std::enable_shared_from_this<client_session> {
   void process_input();
   bool read_head();
   void refuse_head(const error_code& ec);
-  bool read_local_body();
+  bool read_awaited_body();
   bool forward_body();
   void begin_request();
   void dispatch();
@@ -388,27 +363,36 @@ class client_session : public std::enable_shared_from_this<client_session> {
   // Answers the request with a response the gateway made (status, body, extra headers).
   void send_local(int status, std::string_view content_type, std::string_view body,
                   std::span<const std::pair<std::string, std::string>> headers);
-  // Recognizes the OAuth endpoints (before routing); true when this request is one.
-  bool match_oauth_endpoint(std::string_view path, std::string_view query);
-  void answer_oauth();
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
   void release_upstream(bool reuse);
+  // Runs the log hooks of the entry chain and the route's (metrics, access log).
   void record_done();
-  void log_access();
   void make_request_id();
 
-  // Routes the request (a 404 when nothing matches) and runs its stages. In the header callback.
-  void start_exchange();
-  // Runs the route's request-head stages from position `from`; on `next` writes the upstream
-  // request head (write_upstream_request), on `pause` remembers where to resume.
-  verdict run_stages(size_t from);
+  // Where in the chains a request is: the entry chain's stages, then the route's.
+  struct chain_position {
+    bool in_route = false;
+    size_t at = 0;
+  };
+  stage_context make_stage_context();
+  // Runs the request-head stages from `from` on: the rest of the entry chain, then the route's
+  // chain. On `next` writes the upstream request head (write_upstream_request); on `pause`
+  // remembers the pausing stage's position in pause_at_.
+  verdict run_stages(chain_position from);
+  // Acts on a verdict of the stages once the parser is out of the way: dispatch, answer, or
+  // hold the exchange as the pausing stage asked.
+  void act_on(verdict v);
+  // The exchange comes back from a pause with v (next: on with the stage after pause_at_).
+  void resume_stages(verdict v);
+  // The request body the pausing stage awaited is in: its on_request_end decides.
+  void end_awaited_body();
   // Writes the upstream request head into up_out_ (and keeps a copy for retries).
   void write_upstream_request();
-  // Sends the local answer a step prepared (ex_.local_status, code, message).
+  // Sends the local answer a stage prepared (ex_.local_reply, or ex_.local_status, code,
+  // message as SPEC's JSON error).
   void answer_local();
-  // Holds the request for ex_.delay_ms (a rate limit's max_delay), then runs the stages after
-  // the one that paused and dispatches it.
-  void start_delay();
+  // A request-body stage refused the body: answer (before the response) or cut the connection.
+  void refuse_body(error_code& ec);
   bool request_replayable() const;
 
   worker& w_;
@@ -436,12 +420,18 @@ class client_session : public std::enable_shared_from_this<client_session> {
   std::string retry_head_;  // the request head again, for a retry of a bodiless request
   std::vector<field_view> fields_;
   std::vector<header_view> header_views_;  // the router's view of fields_, reused
-  std::unique_ptr<asio::steady_timer> delay_timer_;
-  size_t resume_at_ =
-      0;  // the stage after the one that paused                // created on the first delay
-  // A request to one of the OAuth endpoints (answered here, body read into ex_.oauth_body).
-  size_t head_scanned_ = 0;  // bytes of in_ already searched for the end of the head
-  static constexpr size_t max_oauth_body = 16 * 1024;
+  size_t head_scanned_ = 0;                // bytes of in_ already searched for the end of the head
+  verdict head_verdict_ = verdict::next;   // what the stages said in the header callback
+
+  // A paused exchange: which stage paused, how it comes back, and which pause this is (a
+  // resume_handle names it; one from an earlier pause finds it over and does nothing).
+  enum class pause_kind { none, timer, body, handle };
+  chain_position pause_at_;
+  pause_kind pause_kind_ = pause_kind::none;
+  uint64_t pause_delay_ms_ = 0;
+  int64_t pause_deadline_ms_ = 0;
+  uint64_t pause_id_ = 0;
+  std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first timed pause
 
   // The upstream exchange.
   std::shared_ptr<upstream_conn> up_;

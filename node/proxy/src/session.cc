@@ -87,14 +87,22 @@ void client_session::check_deadline(int64_t now) {
       close();
       break;
     case phase::head:
-    case phase::local_body:  // a body the gateway reads itself: within the head's deadline
+    case phase::awaiting_body:  // a body a stage reads itself: within the head's deadline
       w_.stats.header_timeouts.add();
       close_after_response_ = true;
       send_error(408, "request_timeout", "the request did not arrive in time");
       break;
-    case phase::delayed:     // the timer fires long before; a stuck one ends the connection
-    case phase::local_wait:  // likewise the password thread
-      close();
+    case phase::paused:
+      // The pause outlived its deadline: the stage's prepared answer (or 503) goes out, and a
+      // resume_handle that comes back later finds the pause over.
+      ++pause_id_;
+      phase_ = phase::head;
+      if (!ex_.local_status && !ex_.local_reply.status) {
+        ex_.local_status = 503;
+        ex_.local_code = "temporarily_unavailable";
+        ex_.local_message = "the request could not be handled in time";
+      }
+      answer_local();
       break;
     case phase::connecting:
       upstream_failed(failure::connect_timeout);
@@ -197,6 +205,10 @@ void client_session::begin_request() {
   head_scanned_ = 0;
   resp_paused_ = false;
   exchange::renew(ex_);
+  ex_.client_ip = client_ip_;
+  ex_.tls = tls_ != nullptr;
+  head_verdict_ = verdict::next;
+  pause_kind_ = pause_kind::none;
 }
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
@@ -287,28 +299,13 @@ bool client_session::read_head() {
   head_scanned_ = 0;
   if (!req_parser_->is_header_done()) return true;
   if (req_parser_->is_done()) ex_.request_done = true;
-  if (ex_.local_status) {
-    answer_local();
-    return true;
-  }
-  if (ex_.oauth_endpoint) {
-    if (ex_.request_done) {
-      answer_oauth();
-    } else {
-      phase_ = phase::local_body;
-    }
-    return true;
-  }
-  if (ex_.delay_ms) {
-    start_delay();
-    return false;
-  }
-  dispatch();
-  return true;
+  act_on(std::exchange(head_verdict_, verdict::next));
+  return phase_ != phase::paused;
 }
 
-// Reads the body of a request the gateway answers itself (OAuth). As read_head.
-bool client_session::read_local_body() {
+// Reads the body of a request for the stage that paused to await it (the OAuth endpoints).
+// As read_head.
+bool client_session::read_awaited_body() {
   if (in_.empty()) {
     start_client_read();
     return false;
@@ -319,7 +316,7 @@ bool client_session::read_local_body() {
   if (ec == http::error::need_more) {
     in_.consume(used);
     if (used == 0) {
-      if (in_.size() > max_oauth_body) {
+      if (in_.size() > snap_->cfg.limits.max_header_bytes) {  // a chunk line no client sends
         send_error(400, "bad_request", "malformed chunked body");
         return false;
       }
@@ -336,8 +333,8 @@ bool client_session::read_local_body() {
   }
   in_.consume(used);
   if (req_parser_->is_done()) ex_.request_done = true;
-  if (ex_.request_done) answer_oauth();
-  return true;
+  if (ex_.request_done) end_awaited_body();
+  return phase_ != phase::paused;
 }
 
 // Forwards request body bytes from in_ to the upstream as far as up_out_ has room. As
@@ -387,14 +384,13 @@ bool client_session::forward_body() {
 void client_session::process_input() {
   if (reading_into_in_) return;  // resumed when the read completes
   while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
-    // Resumed by the delay timer, or by the OAuth answer.
-    if (phase_ == phase::delayed || phase_ == phase::local_wait) return;
+    if (phase_ == phase::paused) return;  // resumed by a timer or a resume_handle
     if (phase_ == phase::idle || phase_ == phase::head) {
       if (read_head()) continue;
       return;
     }
-    if (phase_ == phase::local_body) {
-      if (read_local_body()) continue;
+    if (phase_ == phase::awaiting_body) {
+      if (read_awaited_body()) continue;
       return;
     }
     if (phase_ == phase::proxying && ex_.body_started && !ex_.request_done) {
@@ -408,52 +404,11 @@ void client_session::process_input() {
 // --- finishing an exchange -------------------------------------------------------------------
 
 void client_session::record_done() {
-  auto elapsed =
-      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started);
-  w_.stats.requests_total.add();
-  if (ex_.route) {
-    auto& st = ex_.route->metrics->per_worker[w_.index];
-    size_t b = 0;
-    uint64_t us = static_cast<uint64_t>(elapsed.count());
-    while (b < latency_bounds_us.size() && us > latency_bounds_us[b]) ++b;
-    st.latency[b].add();
-    st.latency_sum_us.add(us);
-    st.request_bytes.add(ex_.body_bytes);
-    st.response_bytes.add(ex_.response_bytes);
-  }
-  if (w_.access_log) log_access();
-}
-
-void client_session::log_access() {
-  byte_buffer line;
-  line.append("{\"request_id\":");
-  append_json_string(line, ex_.request_id);
-  line.append(",\"client\":");
-  append_json_string(line, client_ip_);
-  line.append(",\"method\":");
-  append_json_string(line, ex_.access_method);
-  line.append(",\"path\":");
-  append_json_string(line, ex_.access_path);
-  line.append(",\"status\":");
-  line.append_decimal(static_cast<uint64_t>(ex_.status));
-  line.append(",\"route\":");
-  append_json_string(line, ex_.route ? std::string_view(ex_.route->cfg->name) : std::string_view());
-  line.append(",\"upstream\":");
-  append_json_string(line, ex_.target ? ex_.target->addr.to_string() : std::string());
-  line.append(",\"attempts\":");
-  line.append_decimal(ex_.attempts + 1);
-  line.append(",\"request_bytes\":");
-  line.append_decimal(ex_.body_bytes);
-  line.append(",\"response_bytes\":");
-  line.append_decimal(ex_.response_bytes);
-  line.append(",\"duration_ms\":");
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started)
-                .count();
-  char tmp[32];
-  int n = std::snprintf(tmp, sizeof tmp, "%.3f", static_cast<double>(us) / 1000.0);
-  line.append(tmp, static_cast<size_t>(n));
-  line.append('}');
-  w_.access_log->info(std::string_view(line.data(), line.size()));
+  log_context ctx{
+      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started),
+      w_.index, w_.stats, w_.access_log};
+  snap_->entry->run_log(ex_, ctx);
+  if (ex_.route) ex_.route->stages->run_log(ex_, ctx);
 }
 
 void client_session::finish_exchange() {

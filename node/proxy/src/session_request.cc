@@ -117,138 +117,136 @@ void client_session::make_request_id() {
   ex_.request_id.assign(buf, 36);
 }
 
-bool client_session::match_oauth_endpoint(std::string_view path, std::string_view query) {
-  if (!snap_->oauth || !snap_->cfg.oauth) return false;
-  const auto& o = *snap_->cfg.oauth;
-  if (path == o.token_path) {
-    ex_.oauth_kind = oauth_authority::endpoint::token;
-  } else if (path == o.introspect_path) {
-    ex_.oauth_kind = oauth_authority::endpoint::introspect;
-  } else if (path == o.revoke_path) {
-    ex_.oauth_kind = oauth_authority::endpoint::revoke;
-  } else if (path == o.authorize_path) {
-    ex_.oauth_kind = oauth_authority::endpoint::authorize;
-  } else {
-    return false;
-  }
-  ex_.oauth_get = ex_.oauth_kind == oauth_authority::endpoint::authorize &&
-                  (ex_.verb == http::verb::get || ex_.verb == http::verb::head);
-  if (ex_.verb != http::verb::post && !ex_.oauth_get) {
-    ex_.local_status = 405;
-    ex_.local_code = "method_not_allowed";
-    ex_.local_message = ex_.oauth_kind == oauth_authority::endpoint::authorize
-                            ? "the authorization endpoint takes GET or POST"
-                            : "OAuth endpoints take POST";
-    return true;
-  }
-  ex_.oauth_endpoint = true;
-  ex_.oauth_query.assign(query);
-  ex_.oauth_authorization.clear();
-  for (auto& f : fields_) {
-    if (f.f == http::field::authorization) {
-      ex_.oauth_authorization.assign(trim(f.value));
-      break;
-    }
-  }
-  return true;
+// --- stages and pauses -----------------------------------------------------------------------
+
+stage_context client_session::make_stage_context() {
+  return {*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, *this, header_views_};
 }
 
-void client_session::answer_oauth() {
-  oauth_authority::request req;
-  req.kind = ex_.oauth_kind;
-  req.post = !ex_.oauth_get;
-  req.authorization = std::move(ex_.oauth_authorization);
-  req.query = std::move(ex_.oauth_query);
-  req.body = std::move(ex_.oauth_body);
-  ex_.oauth_body.clear();
-  ex_.oauth_query.clear();
-  ex_.oauth_authorization.clear();
-  oauth_authority::context ctx{&*snap_->cfg.oauth, snap_->api_keys.get(), &snap_->cfg.consumers,
-                               unix_now_ms(), client_ip_};
-  if (!oauth_authority::slow(req)) {
-    oauth_authority::reply r;
-    try {
-      r = snap_->oauth->handle(req, ctx);
-    } catch (const std::exception&) {  // never let a request take the worker down
-      send_error(500, "internal_error", "the OAuth request could not be answered");
-      return;
+verdict client_session::run_stages(chain_position from) {
+  stage_context ctx = make_stage_context();
+  size_t at = 0;
+  verdict v = verdict::next;
+  if (!from.in_route) {
+    v = snap_->entry->run_request_head(ex_, ctx, from.at, &at);
+    if (v != verdict::next) {
+      pause_at_ = {false, at};
+      return v;
     }
-    send_local(r.status, r.content_type, r.body, r.headers);
-    return;
+    from = {true, 0};
   }
-  // A password check (Argon2id, tens of ms): on the authority's thread, not this worker's, and
-  // at most max_checks_per_address a minute from one address.
-  auto* authority = snap_->oauth;
-  int64_t retry_s = 0;
-  if (!authority->admit_password_check(ctx.client_address, ctx.now_ms, &retry_s)) {
-    std::string retry = std::to_string(retry_s);
-    std::pair<std::string, std::string> headers[] = {{"Retry-After", retry},
-                                                     {"Cache-Control", "no-store"}};
-    send_local(429, "application/json",
-               R"({"error":"slow_down","error_description":"too many password checks from )"
-               R"(this address; retry later"})",
-               headers);
-    return;
+  v = ex_.route->stages->run_request_head(ex_, ctx, from.at, &at);
+  if (v == verdict::pause) pause_at_ = {true, at};
+  if (v == verdict::next) write_upstream_request();
+  return v;
+}
+
+void client_session::act_on(verdict v) {
+  pause_kind kind = std::exchange(pause_kind_, pause_kind::none);
+  switch (v) {
+    case verdict::next:
+      dispatch();
+      return;
+    case verdict::respond:
+      answer_local();
+      return;
+    case verdict::pause:
+      break;
   }
-  phase_ = phase::local_wait;
-  deadline_ = w_.now + 30'000;
-  worker* w = &w_;
-  bool queued = authority->run_slow(
-      [self = shared_from_this(), snap = snap_, req = std::move(req), ctx, authority, w]() mutable {
-        oauth_authority::reply r;
-        try {
-          r = authority->handle(req, ctx);
-        } catch (const std::exception&) {
-          r.status = 500;
-          r.body = R"({"error":"server_error","error_description":"internal error"})";
-        }
-        req = {};  // the password goes with it, here
-        // Everything the session owns is released on its worker: the session itself, and the
-        // snapshot, move into the mailbox job (this one keeps no reference once it returns). The
-        // worker's io_context runs without locks, so this thread may not post to it.
-        w->deliver([self = std::move(self), snap = std::move(snap), r = std::move(r)] {
-          if (self->phase_ != phase::local_wait) return;
-          self->phase_ = phase::head;
-          self->send_local(r.status, r.content_type, r.body, r.headers);
-          self->process_input();
-        });
+  switch (kind) {
+    case pause_kind::timer:
+      phase_ = phase::paused;
+      deadline_ = w_.now + static_cast<int64_t>(pause_delay_ms_) + 5000;
+      if (!delay_timer_) delay_timer_ = std::make_unique<asio::steady_timer>(w_.ioc);
+      delay_timer_->expires_after(std::chrono::milliseconds(pause_delay_ms_));
+      delay_timer_->async_wait([self = shared_from_this(), id = pause_id_](const error_code& ec) {
+        if (ec || self->phase_ != phase::paused || self->pause_id_ != id) return;
+        self->resume_stages(verdict::next);
       });
-  if (!queued) {
-    phase_ = phase::head;
-    send_error(503, "temporarily_unavailable", "too many password checks waiting; retry shortly");
+      return;
+    case pause_kind::body:
+      if (ex_.request_done) {
+        end_awaited_body();
+      } else {
+        phase_ = phase::awaiting_body;  // within the head's deadline
+      }
+      return;
+    case pause_kind::handle:
+      phase_ = phase::paused;
+      deadline_ = w_.now + pause_deadline_ms_;
+      return;
+    case pause_kind::none:
+      // A stage paused without saying how it comes back: a bug, answered rather than hung.
+      send_error(500, "internal_error", "the request was held with no way to resume it");
+      return;
   }
+}
+
+void client_session::resume_stages(verdict v) {
+  phase_ = phase::head;
+  ++pause_id_;  // this pause is over
+  if (v == verdict::next) {
+    chain_position next = pause_at_;
+    ++next.at;
+    v = run_stages(next);
+  }
+  act_on(v);
+  process_input();
+}
+
+void client_session::end_awaited_body() {
+  phase_ = phase::head;
+  const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
+  stage_context ctx = make_stage_context();
+  verdict v = c.request_head_stage(pause_at_.at).on_request_end(ex_, ctx);
+  if (v == verdict::next) {
+    chain_position next = pause_at_;
+    ++next.at;
+    v = run_stages(next);
+  }
+  act_on(v);
+}
+
+void client_session::resume_after(uint64_t ms) {
+  pause_kind_ = pause_kind::timer;
+  pause_delay_ms_ = ms;
+  ++pause_id_;
+}
+
+void client_session::await_body() {
+  pause_kind_ = pause_kind::body;
+  ++pause_id_;
+}
+
+resume_handle client_session::suspend(int64_t deadline_ms) {
+  pause_kind_ = pause_kind::handle;
+  pause_deadline_ms_ = deadline_ms;
+  return resume_handle(shared_from_this(), ++pause_id_);
+}
+
+void client_session::deliver_resume(std::shared_ptr<resumable> self, uint64_t pause,
+                                    std::function<verdict(exchange&)> fn) {
+  // Any thread. Everything the handle held moves into the mailbox job, so the session (and
+  // what fn captured) is released on this session's worker. The worker's io_context runs
+  // without locks: no other thread may post to it.
+  w_.deliver([self = std::static_pointer_cast<client_session>(std::move(self)), pause,
+              fn = std::move(fn)]() mutable {
+    if (!fn || self->phase_ != phase::paused || self->pause_id_ != pause) return;
+    self->resume_stages(fn(self->ex_));
+  });
 }
 
 void client_session::answer_local() {
   // Answered by the gateway itself; a body it did not read means the connection ends.
+  if (!ex_.request_done) close_after_response_ = true;
+  if (ex_.local_reply.status) {
+    auto& r = ex_.local_reply;
+    send_local(std::exchange(r.status, 0), r.content_type, r.body, r.headers);
+    return;
+  }
   int status = ex_.local_status;
   ex_.local_status = 0;
-  if (!ex_.request_done) close_after_response_ = true;
   send_error(status, ex_.local_code, ex_.local_message);
-}
-
-void client_session::start_delay() {
-  phase_ = phase::delayed;
-  deadline_ = w_.now + static_cast<int64_t>(ex_.delay_ms) + 5000;
-  if (!delay_timer_) delay_timer_ = std::make_unique<asio::steady_timer>(w_.ioc);
-  delay_timer_->expires_after(std::chrono::milliseconds(ex_.delay_ms));
-  ex_.delay_ms = 0;
-  delay_timer_->async_wait([self = shared_from_this()](const error_code& ec) {
-    if (ec || self->phase_ != phase::delayed) return;
-    self->phase_ = phase::head;
-    switch (self->run_stages(self->resume_at_)) {
-      case verdict::next:
-        self->dispatch();
-        break;
-      case verdict::respond:
-        self->answer_local();
-        break;
-      case verdict::pause:
-        self->start_delay();
-        return;
-    }
-    self->process_input();
-  });
 }
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
@@ -304,38 +302,10 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   ex_.has_query = qpos != std::string_view::npos;
   if (cl) ex_.content_length = *cl;
   if (!parser.keep_alive()) close_after_response_ = true;
-  if (match_oauth_endpoint(path, query)) return;
-  start_exchange();
+  head_verdict_ = run_stages({});
 }
 
-// --- the exchange: route, stages, upstream head ----------------------------------------------
-
-void client_session::start_exchange() {
-  header_views_.clear();
-  for (auto& f : fields_) header_views_.push_back({f.name, f.value});
-  request_view rv{ex_.method, ex_.host_only, ex_.path, ex_.query,
-                  std::span<const header_view>(header_views_)};
-  int route_index = snap_->routes_index->match(rv);
-  if (route_index < 0) {
-    w_.stats.no_route.add();
-    ex_.local_status = 404;
-    ex_.local_code = "not_found";
-    ex_.local_message = "no route matches this request";
-    return;
-  }
-  ex_.route = &snap_->routes[route_index];
-  ex_.upstream = ex_.route->upstream;
-  run_stages(0);
-}
-
-verdict client_session::run_stages(size_t from) {
-  stage_context ctx{*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, client_ip_};
-  size_t at = 0;
-  verdict v = ex_.route->stages->run_request_head(ex_, ctx, from, &at);
-  if (v == verdict::pause) resume_at_ = at + 1;
-  if (v == verdict::next) write_upstream_request();
-  return v;
-}
+// --- the upstream request head ------------------------------------------------------------
 
 void client_session::write_upstream_request() {
   const auto& up = *ex_.upstream;
@@ -368,13 +338,9 @@ void client_session::write_upstream_request() {
     default_host = up.targets.empty() ? "localhost" : up.targets[0].state->addr.to_string();
     h.host = default_host;
   }
-  h.forwarded_host = ex_.authority;
-  h.client_ip = client_ip_;
-  h.tls = tls_ != nullptr;
-  h.version = ex_.version;
-  h.request_id = ex_.request_id;
   h.identity = ex_.identity_headers;
   h.chunked = ex_.chunked;
+  snap_->entry->run_upstream_head(ex_, h);  // forwarding headers
   ex_.route->stages->run_upstream_head(ex_, h);
   up_out_.clear();
   if (write_upstream_head(h, up_out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
@@ -383,12 +349,17 @@ void client_session::write_upstream_request() {
   req_parser_->eager(true);
 }
 
-void client_session::on_request_body_limit(error_code& ec) {
+void client_session::refuse_body(error_code& ec) {
   w_.stats.bad_requests.add();
   close_after_response_ = true;
   if (!ex_.response_head_sent) {
     release_upstream(false);
-    send_error(413, "payload_too_large", "request body exceeds the route's limit");
+    if (!ex_.local_status && !ex_.local_reply.status) {
+      ex_.local_status = 413;
+      ex_.local_code = "payload_too_large";
+      ex_.local_message = "request body exceeds the limit";
+    }
+    answer_local();
   } else {
     close();
   }
@@ -396,20 +367,19 @@ void client_session::on_request_body_limit(error_code& ec) {
 }
 
 void client_session::on_request_body(std::string_view body, error_code& ec) {
-  if (ex_.oauth_endpoint) {
-    if (ex_.oauth_body.size() + body.size() > max_oauth_body) {
-      w_.stats.bad_requests.add();
-      close_after_response_ = true;
-      send_error(413, "payload_too_large", "OAuth request bodies are limited to 16 KiB");
-      ec = http::error::body_limit;
+  if (phase_ == phase::awaiting_body) {
+    const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
+    if (c.request_head_stage(pause_at_.at).on_request_body(ex_, body, body.size(), false) !=
+        verdict::next) {
+      refuse_body(ec);
       return;
     }
-    ex_.oauth_body.append(body);
+    ex_.body_bytes += body.size();
     return;
   }
   if (ex_.route->stages->reads_request_body() &&
-      ex_.route->stages->run_request_body(ex_, body.size(), false) != verdict::next) {
-    on_request_body_limit(ec);
+      ex_.route->stages->run_request_body(ex_, body, body.size(), false) != verdict::next) {
+    refuse_body(ec);
     return;
   }
   ex_.body_bytes += body.size();
@@ -426,16 +396,22 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
 }
 
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
-  if (ex_.oauth_endpoint) return;  // on_request_body caps it
   // The declared size is known before the data: refuse at once rather than after forwarding.
+  if (phase_ == phase::awaiting_body) {
+    const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
+    if (c.request_head_stage(pause_at_.at).on_request_body(ex_, {}, size, true) != verdict::next) {
+      refuse_body(ec);
+    }
+    return;
+  }
   if (ex_.route->stages->reads_request_body() &&
-      ex_.route->stages->run_request_body(ex_, size, true) != verdict::next) {
-    on_request_body_limit(ec);
+      ex_.route->stages->run_request_body(ex_, {}, size, true) != verdict::next) {
+    refuse_body(ec);
   }
 }
 
 void client_session::on_request_finish(error_code& ec) {
-  if (ex_.chunked && !ex_.oauth_endpoint) up_out_.append("0\r\n\r\n");
+  if (ex_.chunked && phase_ != phase::awaiting_body) up_out_.append("0\r\n\r\n");
   ex_.request_done = true;
 }
 

@@ -187,6 +187,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
     snap->routes.push_back(std::move(rt));
   }
   for (auto& rt : snap->routes) rt.stages = build_chain(rt, *snap);
+  snap->entry = build_entry_chain(*snap);
   return snap;
 }
 

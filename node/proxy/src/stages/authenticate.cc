@@ -203,12 +203,12 @@ bool authenticate(exchange& ex, stage_context& ctx) {
   int64_t held_ms = 0;
   bool key_ok = false;
   if (ex.route->auth_api_key) {
-    held_ms = ctx.api_key_failures.wait_ms(ctx.client_ip, ctx.now);
+    held_ms = ctx.api_key_failures.wait_ms(ex.client_ip, ctx.now);
     if (held_ms == 0) key_ok = authenticate_api_key(ex, ctx, &presented);
   }
   // A wrong key counts even when a token then authenticates the request.
-  if (presented && !key_ok) ctx.api_key_failures.failed(ctx.client_ip, ctx.now);
-  if (key_ok) ctx.api_key_failures.succeeded(ctx.client_ip);
+  if (presented && !key_ok) ctx.api_key_failures.failed(ex.client_ip, ctx.now);
+  if (key_ok) ctx.api_key_failures.succeeded(ex.client_ip);
   bool ok = key_ok;
   if (!ok && !ex.route->jwt_providers.empty()) ok = authenticate_jwt(ex);
   if (!ok && held_ms > 0 && !ex.local_status) {

@@ -22,7 +22,8 @@ void append_line(std::string& out, std::string_view name, uint64_t value) {
 }
 
 // Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
-bool check_rate_limits(exchange& ex, stage_context& ctx) {
+// *delay_ms: how long a max_delay limit holds an admitted request (0: not at all).
+bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
   auto& limiter = *ctx.snap.limiter;
   int64_t now = unix_now_ms();
   // The counted value of each limit's key. consumer: the authenticated consumer, else the
@@ -30,9 +31,9 @@ bool check_rate_limits(exchange& ex, stage_context& ctx) {
   auto key_value = [&](const limit_spec& spec) -> std::string_view {
     switch (spec.key) {
       case limit_spec::key_kind::ip:
-        return ctx.client_ip;
+        return ex.client_ip;
       case limit_spec::key_kind::consumer:
-        return ex.consumer.empty() ? ctx.client_ip : std::string_view(ex.consumer);
+        return ex.consumer.empty() ? ex.client_ip : std::string_view(ex.consumer);
       case limit_spec::key_kind::route:
       case limit_spec::key_kind::global:
         return {};
@@ -67,7 +68,7 @@ bool check_rate_limits(exchange& ex, stage_context& ctx) {
         tightest = d;
         break;
       }
-      ex.delay_ms = std::max(ex.delay_ms, d.delay_ms);
+      *delay_ms = std::max(*delay_ms, d.delay_ms);
       if (i == 0 || d.remaining < tightest.remaining) tightest = d;
     }
   }
@@ -80,7 +81,7 @@ bool check_rate_limits(exchange& ex, stage_context& ctx) {
         .fetch_add(1, std::memory_order_relaxed);
   }
   if (allowed) return true;
-  ex.delay_ms = 0;
+  *delay_ms = 0;
   append_line(ex.rate_limit_headers, "Retry-After: ", tightest.retry_after_s);
   ex.local_status = 429;
   ex.local_code = "rate_limited";
@@ -92,8 +93,11 @@ class rate_limit_stage final : public stage {
  public:
   rate_limit_stage() : stage(request_head) {}
   verdict on_request_head(exchange& ex, stage_context& ctx) const override {
-    if (!check_rate_limits(ex, ctx)) return verdict::respond;
-    return ex.delay_ms ? verdict::pause : verdict::next;
+    uint64_t delay_ms = 0;
+    if (!check_rate_limits(ex, ctx, &delay_ms)) return verdict::respond;
+    if (delay_ms == 0) return verdict::next;
+    ctx.pause.resume_after(delay_ms);
+    return verdict::pause;
   }
 };
 

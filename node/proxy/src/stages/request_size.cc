@@ -15,7 +15,7 @@ class request_size_stage final : public stage {
     ctx.stats.bad_requests.add();
     return refuse(ex);
   }
-  verdict on_request_body(exchange& ex, uint64_t size, bool) const override {
+  verdict on_request_body(exchange& ex, std::string_view, uint64_t size, bool) const override {
     return ex.body_bytes <= limit_ && size <= limit_ - ex.body_bytes ? verdict::next : refuse(ex);
   }
 

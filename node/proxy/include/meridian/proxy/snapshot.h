@@ -50,7 +50,7 @@ struct jwt_provider {
 // keys stay).
 bool refresh_jwks(jwt_provider& p, std::string* error);
 
-class chain;  // the route's stages (chain.h, private to this part)
+class chain;  // stages (chain.h, private to this part)
 
 struct route_runtime {
   const route_config* cfg = nullptr;
@@ -87,6 +87,7 @@ struct snapshot {
   std::unique_ptr<jwt_provider> oauth_provider;
   std::shared_ptr<const tls_store> tls;  // certificates of the TLS listener; null: none
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
+  std::shared_ptr<const chain> entry;  // what every request passes before its route's chain
 };
 
 // Builds a snapshot from a validated config. Resolves target host names (blocking). Returns
