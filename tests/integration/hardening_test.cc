@@ -254,6 +254,8 @@ TEST(malformed_upstream, responses_a_client_could_frame_differently_become_a_502
            std::string("HTTP/1.1 200 OK\nContent-Length: 2\n\nok"),
            std::string("HTTP/1.1 200 OK\r\nX-A: a\nContent-Length: 2\r\n\r\nok"),
            std::string("HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok", 47),
+           std::string("HTTP/1.1 200 OK\r\nX-A: a\x01b\r\nContent-Length: 2\r\n\r\nok"),
+           std::string("HTTP/1.1 200 OK\r\nX-A: a\x7f b\r\nContent-Length: 2\r\n\r\nok"),
            std::string("HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok"),
            std::string("HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"),
            std::string("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"

@@ -396,7 +396,8 @@ void client_session::on_response_field(http::field f, std::string_view name, std
     ec = http::error::header_limit;
     return;
   }
-  if (!valid_field_value(value)) return malformed();
+  // Control characters (other than HT) and DEL never get here: Beast's field scan fails the
+  // parse at the first one that does not start the CRLF, as for requests (on_request_field).
   // Each line must end in CRLF (no bare LF) and may not be folded: the value is a view into the
   // receive buffer followed, after optional whitespace, by "\r\n".
   if (!value.empty() && !ends_line(value, up_->in)) return malformed();
