@@ -90,7 +90,7 @@ struct state_sync {
 // ---- replicated state (replicated_state.h). These travel inside packet.payloads and
 // state_sync.app_state, each starting with its own version field. ----
 
-// One version of a document. family: 0 config, 1 breakers (never reassign a value).
+// One version of a document. family: 0 config, 1 state (never reassign a value).
 struct doc_entry {
   1: i8 family,      // never renumber
   2: string key,     // never renumber

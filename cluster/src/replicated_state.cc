@@ -31,7 +31,7 @@ std::shared_ptr<spdlog::logger> logger() {
 }
 
 storage::family store_family(doc_family f) {
-  return f == doc_family::config ? storage::family::config : storage::family::breakers;
+  return f == doc_family::config ? storage::family::config : storage::family::state;
 }
 
 bool valid_family(int8_t f) {

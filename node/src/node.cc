@@ -251,7 +251,7 @@ struct node::impl {
       return r;
     };
     std::string e;
-    if (!registers()->put(doc_family::breakers, "oauth/key/" + cfg.node.id, oauth->public_jwk(),
+    if (!registers()->put(doc_family::state, "oauth/key/" + cfg.node.id, oauth->public_jwk(),
                           &e)) {
       *error = "cannot publish the OAuth signing key: " + e;
       return false;
@@ -268,7 +268,7 @@ struct node::impl {
     // With a cluster not synced to disk (this runs on a proxy worker, and the register spreads
     // by gossip to nodes that keep it); alone, synced, or a crash could forget it. The change
     // handler adopts it.
-    if (!registers()->put(doc_family::breakers, "oauth/revoked/" + jti, j.dump(), error,
+    if (!registers()->put(doc_family::state, "oauth/revoked/" + jti, j.dump(), error,
                           /*sync=*/!cluster))
       return false;
     if (cluster) cluster->flush();
@@ -277,7 +277,7 @@ struct node::impl {
 
   // The single-use record of an authorization code or refresh token id, if it was redeemed.
   std::optional<std::string> code_use(const std::string& id) {
-    auto e = registers()->get(doc_family::breakers, "oauth/used/" + id);
+    auto e = registers()->get(doc_family::state, "oauth/used/" + id);
     if (!e || e->deleted) return std::nullopt;
     return e->value;
   }
@@ -296,7 +296,7 @@ struct node::impl {
       std::lock_guard lock(redemptions_mutex);
       my_redemptions[id] = {v, unix_now_ms() + 60'000};
     }
-    if (!registers()->put(doc_family::breakers, "oauth/used/" + id, v, error,
+    if (!registers()->put(doc_family::state, "oauth/used/" + id, v, error,
                           /*sync=*/!cluster))
       return false;
     if (cluster) cluster->flush();
@@ -312,7 +312,7 @@ struct node::impl {
       if (my_redemptions.empty()) return;
       const int64_t now = unix_now_ms();
       for (auto it = my_redemptions.begin(); it != my_redemptions.end();) {
-        auto e = cluster->state().get(doc_family::breakers, "oauth/used/" + it->first);
+        auto e = cluster->state().get(doc_family::state, "oauth/used/" + it->first);
         if (e && !e->deleted && e->value != it->second.first) {
           clashes.emplace_back(it->second.first, e->value);
           it = my_redemptions.erase(it);
@@ -357,11 +357,11 @@ struct node::impl {
     std::vector<std::string> keys;
     std::unordered_set<std::string> revoked;
     const int64_t now_s = unix_now_ms() / 1000;
-    for (const auto& [key, e] : registers()->documents(doc_family::breakers, false, "oauth/key/")) {
+    for (const auto& [key, e] : registers()->documents(doc_family::state, false, "oauth/key/")) {
       keys.push_back(e.value);
     }
     for (const auto& [key, e] :
-         registers()->documents(doc_family::breakers, false, "oauth/revoked/")) {
+         registers()->documents(doc_family::state, false, "oauth/revoked/")) {
       auto j = nlohmann::json::parse(e.value, nullptr, false);
       int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
       // Kept while the verifier's clock leeway could still accept the token.
@@ -394,7 +394,7 @@ struct node::impl {
     if (!client_cert.empty()) j["client_cert"] = client_cert;
     std::string error;
     const std::string record = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    if (!st->put(doc_family::breakers, key, record, &error, /*sync=*/false))
+    if (!st->put(doc_family::state, key, record, &error, /*sync=*/false))
       log()->warn("audit record not stored: {}", error);
     if (cluster) cluster->flush();
   }
@@ -403,7 +403,7 @@ struct node::impl {
   nlohmann::json audit_view(int64_t since_ms, size_t limit) {
     nlohmann::json out = nlohmann::json::array();
     if (auto* st = registers()) {
-      auto docs = st->documents(doc_family::breakers, false, "audit/log/");
+      auto docs = st->documents(doc_family::state, false, "audit/log/");
       for (auto it = docs.rbegin(); it != docs.rend() && out.size() < limit; ++it) {
         auto j = nlohmann::json::parse(it->second.value, nullptr, false);
         if (!j.is_object() || j.value("at", int64_t{0}) < since_ms) continue;
@@ -418,14 +418,14 @@ struct node::impl {
     auto* st = registers();
     if (!st) return;
     const int64_t cutoff = unix_now_ms() - audit_retention_ms;
-    auto docs = st->documents(doc_family::breakers, false, "audit/log/");
+    auto docs = st->documents(doc_family::state, false, "audit/log/");
     size_t kept = 0;
     for (auto it = docs.rbegin(); it != docs.rend(); ++it) {
       auto j = nlohmann::json::parse(it->second.value, nullptr, false);
       bool old = !j.is_object() || j.value("at", int64_t{0}) < cutoff;
       if (old || ++kept > max_audit_entries) {
         std::string error;
-        st->remove(doc_family::breakers, it->first, &error);
+        st->remove(doc_family::state, it->first, &error);
       }
     }
   }
@@ -438,11 +438,11 @@ struct node::impl {
     const int64_t now_s = unix_now_ms() / 1000;
     auto* st = registers();
     for (const char* prefix : {"oauth/revoked/", "oauth/used/"}) {
-      for (const auto& [key, e] : st->documents(doc_family::breakers, false, prefix)) {
+      for (const auto& [key, e] : st->documents(doc_family::state, false, prefix)) {
         auto j = nlohmann::json::parse(e.value, nullptr, false);
         int64_t exp = j.is_object() ? j.value("exp", int64_t{0}) : 0;
         std::string error;
-        if (exp + oauth_leeway_s < now_s) st->remove(doc_family::breakers, key, &error);
+        if (exp + oauth_leeway_s < now_s) st->remove(doc_family::state, key, &error);
       }
     }
   }
@@ -479,7 +479,7 @@ struct node::impl {
         {"origin", v.origin},          {"trips", v.trips},    {"region", cfg.node.region}};
     std::string error;
     auto version =
-        cluster->state().put(doc_family::breakers, key, j.dump(), &error, /*sync=*/false);
+        cluster->state().put(doc_family::state, key, j.dump(), &error, /*sync=*/false);
     if (version) t->breaker.set_applied_version(version);
   }
 
@@ -528,7 +528,7 @@ struct node::impl {
     std::vector<std::pair<std::string, cluster::lww_entry>> docs;
     for (const auto& [name, cb] : scope_of) {
       if (!cb->enabled || cb->scope == "local") continue;
-      auto some = cluster->state().documents(doc_family::breakers, false, name + "/");
+      auto some = cluster->state().documents(doc_family::state, false, name + "/");
       docs.insert(docs.end(), std::make_move_iterator(some.begin()),
                   std::make_move_iterator(some.end()));
     }
@@ -1212,7 +1212,7 @@ bool node::start(std::string* error) {
   // Without a cluster, API keys, passwords and OAuth registers are documents of the local
   // state: a new or revoked key rebuilds the snapshot the same way.
   d.registers()->set_change_handler([this](doc_family f) {
-    if (f == doc_family::breakers) {
+    if (f == doc_family::state) {
       // Registers come from other nodes: a malformed one must not take this thread down.
       try {
         if (impl_->cluster) {

@@ -16,6 +16,8 @@
 namespace meridian::storage {
 namespace {
 
+// On-disk column family names, by family. The state family keeps the name it had when it held
+// only breaker states, so that existing data directories open unchanged.
 constexpr std::array<const char*, 5> family_names = {"default", "config", "counters", "breakers",
                                                      "membership"};
 

@@ -29,7 +29,7 @@ namespace meridian::node {
 namespace {
 
 constexpr const char* seeded_key = "state/seeded";
-// The cluster's desired keyring (breakers family): {"keys": [base64, ...]}, primary first.
+// The cluster's desired keyring (state family): {"keys": [base64, ...]}, primary first.
 constexpr const char* desired_keyring_key = "cluster/keyring";
 constexpr size_t max_keyring_keys = 8;
 
@@ -85,7 +85,7 @@ struct cluster_bridge::impl {
 
   // Returns the desired keyring: the replicated register when there is one, else this node's.
   std::vector<cluster::cluster_key> desired_keys() {
-    if (auto e = state->get(cluster::doc_family::breakers, desired_keyring_key); e && !e->deleted) {
+    if (auto e = state->get(cluster::doc_family::state, desired_keyring_key); e && !e->deleted) {
       if (auto ring = parse_ring(e->value); !ring.empty()) return ring;
     }
     std::lock_guard lock(keys_mutex);
@@ -110,7 +110,7 @@ struct cluster_bridge::impl {
     nlohmann::json doc = {{"keys", nlohmann::json::array()}};
     for (const auto& k : ring) doc["keys"].push_back(cluster::encode_key(k));
     std::string error;
-    if (!state->put(cluster::doc_family::breakers, desired_keyring_key, doc.dump(), &error)) {
+    if (!state->put(cluster::doc_family::state, desired_keyring_key, doc.dump(), &error)) {
       return {503, {{"error", "storage_error"}, {"message", error}}};
     }
     apply_desired();
@@ -119,7 +119,7 @@ struct cluster_bridge::impl {
   }
 
   void apply_desired() {
-    auto e = state->get(cluster::doc_family::breakers, desired_keyring_key);
+    auto e = state->get(cluster::doc_family::state, desired_keyring_key);
     if (!e || e->deleted) return;
     std::lock_guard lock(keys_mutex);
     if (e->version <= applied_keyring) return;
@@ -193,7 +193,7 @@ struct cluster_bridge::impl {
     for (const auto& k : keys) fps.push_back(fingerprint(k));
     nlohmann::json doc = {{"primary", fps.empty() ? "" : fps[0].get<std::string>()}, {"keys", fps}};
     std::string error;
-    state->put(cluster::doc_family::breakers, "node/" + self_id + "/keyring", doc.dump(), &error,
+    state->put(cluster::doc_family::state, "node/" + self_id + "/keyring", doc.dump(), &error,
                false);
     if (gossip) gossip->flush_application();
   }
@@ -308,7 +308,7 @@ std::unique_ptr<cluster_bridge> cluster_bridge::start(const config& cfg, std::st
     glue->impl_->keys = initial_keys;
     // A desired keyring this node did not apply before it stopped (or whose file rewrite failed)
     // is applied by the first maintenance round; one equal to the file changes nothing.
-    if (glue->impl_->state->get(cluster::doc_family::breakers, desired_keyring_key))
+    if (glue->impl_->state->get(cluster::doc_family::state, desired_keyring_key))
       glue->impl_->keyring_dirty.store(true);
   }
   glue->impl_->publish_keyring(initial_keys);
@@ -362,8 +362,7 @@ nlohmann::json cluster_bridge::keys_json() const {
       live[m.info.id] = m.state == cluster::member_state::alive;
   nlohmann::json nodes = nlohmann::json::object();
   std::map<std::string, std::pair<int, int>> by_key;  // fingerprint -> (installed on, primary on)
-  for (const auto& [key, e] :
-       impl_->state->documents(cluster::doc_family::breakers, false, "node/")) {
+  for (const auto& [key, e] : impl_->state->documents(cluster::doc_family::state, false, "node/")) {
     if (key.size() < 14 || key.substr(key.size() - 8) != "/keyring") continue;
     std::string id = key.substr(5, key.size() - 13);
     auto it = live.find(id);

@@ -74,14 +74,14 @@ struct peer {
 // Every document (tombstones included) of both families, as one comparable value.
 std::vector<std::pair<std::string, lww_entry>> everything(const replicated_state& s) {
   auto out = s.documents(doc_family::config, true);
-  for (auto& d : s.documents(doc_family::breakers, true)) out.push_back(std::move(d));
+  for (auto& d : s.documents(doc_family::state, true)) out.push_back(std::move(d));
   return out;
 }
 
 bool same_digests(const std::vector<std::unique_ptr<peer>>& peers) {
   for (const auto& p : peers) {
     if (p->state.digest(doc_family::config) != peers[0]->state.digest(doc_family::config) ||
-        p->state.digest(doc_family::breakers) != peers[0]->state.digest(doc_family::breakers))
+        p->state.digest(doc_family::state) != peers[0]->state.digest(doc_family::state))
       return false;
   }
   return true;

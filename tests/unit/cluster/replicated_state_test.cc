@@ -86,10 +86,10 @@ TEST(replicated_state, deltas_carry_writes_and_deletions_to_other_nodes) {
   b.state.set_change_handler([&](doc_family f) { changes += f == doc_family::config; });
   std::string error;
   a.state.put(doc_family::config, "routes/x", "X", &error);
-  a.state.put(doc_family::breakers, "users/10.0.0.1:80", "open", &error);
+  a.state.put(doc_family::state, "users/10.0.0.1:80", "open", &error);
   deliver(a.state, {&b.state, &c.state});
   EXPECT_EQ(b.state.get(doc_family::config, "routes/x")->value, "X");
-  EXPECT_EQ(c.state.get(doc_family::breakers, "users/10.0.0.1:80")->value, "open");
+  EXPECT_EQ(c.state.get(doc_family::state, "users/10.0.0.1:80")->value, "open");
   EXPECT_EQ(b.state.digest(doc_family::config), a.state.digest(doc_family::config));
   EXPECT_EQ(changes, 1);
   a.state.remove(doc_family::config, "routes/x", &error);
@@ -104,11 +104,11 @@ TEST(replicated_state, documents_by_prefix_read_only_their_range) {
   std::string error;
   for (const char* key :
        {"audit/10.0.0.1:80", "audit/log/1", "audit/log/2", "audit/logz", "auditx/1", "oauth/key/a"})
-    a.state.put(doc_family::breakers, key, "v", &error);
-  a.state.remove(doc_family::breakers, "audit/log/2", &error);
+    a.state.put(doc_family::state, key, "v", &error);
+  a.state.remove(doc_family::state, "audit/log/2", &error);
   auto keys = [&](std::string_view prefix, bool deleted = false) {
     std::vector<std::string> out;
-    for (const auto& [k, e] : a.state.documents(doc_family::breakers, deleted, prefix))
+    for (const auto& [k, e] : a.state.documents(doc_family::state, deleted, prefix))
       out.push_back(k);
     return out;
   };
@@ -226,7 +226,7 @@ TEST(replicated_state, a_state_larger_than_one_message_syncs_both_ways_in_bounde
     a.state.remove(doc_family::config, "routes/r" + std::to_string(i * 11 + 1), &error);
   for (int i = 0; i < 200; ++i)
     b.state.put(doc_family::config, "routes/b" + std::to_string(i), "from b", &error);
-  b.state.put(doc_family::breakers, "users/10.0.0.1:80", "open", &error);
+  b.state.put(doc_family::state, "users/10.0.0.1:80", "open", &error);
   a.state.take_deltas(millis(1'000'000));
   b.state.take_deltas(millis(1'000'000));
   auto received_before = b.state.stats().sync_docs_received;
@@ -234,7 +234,7 @@ TEST(replicated_state, a_state_larger_than_one_message_syncs_both_ways_in_bounde
   EXPECT_GT(steps, 0);
   EXPECT_LE(largest, max_encoded_size - 8 * 1024);
   EXPECT_EQ(b.state.digest(doc_family::config), a.state.digest(doc_family::config));
-  EXPECT_EQ(b.state.digest(doc_family::breakers), a.state.digest(doc_family::breakers));
+  EXPECT_EQ(b.state.digest(doc_family::state), a.state.digest(doc_family::state));
   EXPECT_EQ(a.state.documents(doc_family::config, true),
             b.state.documents(doc_family::config, true));
   EXPECT_TRUE(b.state.get(doc_family::config, "routes/r12")->deleted);
@@ -573,9 +573,9 @@ TEST(replicated_state_sim,
     c.sim.run_until(millis(2000));
     millis start = c.sim.now();
     hlc_time v =
-        c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})", doc_family::breakers);
+        c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})", doc_family::state);
     ASSERT_TRUE(
-        c.sim.run_until([&] { return c.all_have("users/10.0.1.5:8080", v, doc_family::breakers); },
+        c.sim.run_until([&] { return c.all_have("users/10.0.1.5:8080", v, doc_family::state); },
                         start + millis(10'000), millis(5)));
     took.push_back(static_cast<double>((c.sim.now() - start).count()));
   }

@@ -49,7 +49,7 @@ TEST(store, families_are_separate_key_spaces) {
   ASSERT_TRUE(s) << error;
   ASSERT_TRUE(s->put(family::counters, "k", "c").is_ok());
   std::string value;
-  EXPECT_TRUE(s->get(family::breakers, "k", &value).is_not_found());
+  EXPECT_TRUE(s->get(family::state, "k", &value).is_not_found());
 }
 
 TEST(store, batch_write_applies_puts_and_deletes_together) {

@@ -43,7 +43,10 @@ class store;
 
 namespace meridian::cluster {
 
-enum class doc_family : uint8_t { config = 0, breakers = 1 };
+// config: what operators set (routes, upstreams, consumers, keys...); state: what nodes record
+// and share (breaker states, OAuth keys and revocations, the audit log, keyrings, node info).
+// The values are on the wire (gossip.thrift): never reassign one.
+enum class doc_family : uint8_t { config = 0, state = 1 };
 
 struct state_options {
   std::string self_id;

@@ -14,7 +14,10 @@
 
 namespace meridian::storage {
 
-enum class family { meta, config, counters, breakers, membership };
+// meta: the store's own records; config: the replicated configuration; counters: rate-limit
+// counts; state: the replicated runtime state nodes record (breaker states, OAuth signing keys,
+// revocations and used codes, the audit log, keyrings); membership: the last known members.
+enum class family { meta, config, counters, state, membership };
 
 // The result of a store operation: ok, not found, or an error with a message.
 class status {

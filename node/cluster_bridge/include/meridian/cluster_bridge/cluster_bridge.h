@@ -59,7 +59,7 @@ class cluster_bridge {
   std::pair<int, nlohmann::json> remove_key(const std::string& fingerprint);
   // Marks the desired keyring for applying (within a second, on the maintenance thread) when it
   // changed since this node last applied it. Called from the replicated state's change handler
-  // (breakers family); never blocks.
+  // (state family); never blocks.
   void apply_desired_keyring();
   // Leaves the cluster gracefully (others see `left`). Idempotent.
   void leave();
