@@ -6,6 +6,8 @@
 # usage: bench/proxy.sh [BUILD_DIR]              (default BUILD_DIR: build)
 #        bench/proxy.sh --callgrind [BUILD_DIR]  instructions per request (runs bench/callgrind.sh)
 # env:   DURATION=5 (seconds per wrk run)  ROUNDS=3  CONNECTIONS=50  KEEP_TMP=1 (keep configs, logs)
+#        SYSCALLS=1 (the default; 0 skips it): after the rounds, one more wrk run per proxy with
+#        strace -c attached to all of its threads, printed as system calls per request
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +26,7 @@ connections=${CONNECTIONS:-50}
 # shellcheck source=bench/common.sh
 source "$here/common.sh"
 bench_require nginx haproxy wrk curl python3
+[[ "${SYSCALLS:-1}" == 1 ]] && bench_require strace
 [[ -x "$meridian" ]] || { echo "$bench_name: $meridian is not built (make build)" >&2; exit 1; }
 
 tmp=$(mktemp -d /tmp/meridian-bench.XXXXXX)
@@ -137,6 +140,53 @@ for other in nginx haproxy; do
   awk -v a="$mr" -v b="$(median "${rps[$other]}")" -v c="$mp" -v d="$(median "${p99[$other]}")" -v o="$other" \
     'BEGIN { printf "%-20s req/s %.2fx   p99 %.2fx\n", "meridian/" o, a / b, (d > 0 ? c / d : 0) }'
 done
+# System calls per request: strace -c on every thread of each proxy (nginx: its worker) over
+# one wrk run. strace slows the proxy down, so only the counts mean anything, not the rates.
+syscalls_per_request() {
+  local name=$1 url=$2
+  shift 2
+  local attach=() tids=() tid pid
+  for pid in "$@"; do
+    attach+=(-p "$pid")  # with -f, strace attaches to every thread of the process
+    for tid in /proc/"$pid"/task/*; do tids+=("${tid##*/}"); done
+  done
+  strace -c -f -qq -o "$tmp/strace.$name" "${attach[@]}" &
+  local tracer=$!
+  # Attached once every thread names a tracer (up to 5 s).
+  for _ in $(seq 100); do
+    local all=1
+    for tid in "${tids[@]}"; do
+      awk '/^TracerPid:/ { exit ($2 == 0) }' "/proc/$tid/status" 2>/dev/null || all=0
+    done
+    ((all)) && break
+    sleep 0.05
+  done
+  local out requests
+  out=$(wrk -t1 -c"$connections" -d3s "$url" 2>&1)
+  kill -INT "$tracer" 2>/dev/null
+  wait "$tracer" 2>/dev/null || true
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  awk -v n="$requests" -v who="$name" '
+    $NF == "total" || NF < 5 || $1 !~ /^[0-9.]+$/ { next }
+    { calls[$NF] = $4; total += $4; if (NF == 6) errors[$NF] = $5 }
+    END {
+      if (n <= 0) { print "  " who ": no requests counted"; exit }
+      line = sprintf("  %-9s %5.2f syscalls/request:", who, total / n)
+      for (s in calls) if (calls[s] / n >= 0.05)
+        line = line sprintf(" %s %.2f%s", s, calls[s] / n,
+                            (s in errors) ? sprintf(" (%.2f failed)", errors[s] / n) : "")
+      print line
+    }' "$tmp/strace.$name"
+}
+if [[ "${SYSCALLS:-1}" == 1 ]]; then
+  echo
+  echo "system calls per request (strace -c over wrk -t1 -c$connections -d3s; failed = EAGAIN and the like)"
+  nginx_master=${bench_pids[1]}
+  syscalls_per_request nginx "http://127.0.0.1:$nginx_port/" $(pgrep -P "$nginx_master")
+  syscalls_per_request haproxy "http://127.0.0.1:$haproxy_port/" "${bench_pids[2]}"
+  syscalls_per_request meridian "http://127.0.0.1:$meridian_port/" "$meridian_pid"
+fi
+
 if [[ -s "$tmp/meridian.log" ]]; then
   echo
   echo "meridian's log (level warn) during the run:"

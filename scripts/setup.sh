@@ -19,7 +19,7 @@ packages=(
   prometheus
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
-  packages+=(nginx-light haproxy wrk valgrind)
+  packages+=(nginx-light haproxy wrk valgrind strace)
 fi
 # make fuzz: clang with the libFuzzer and sanitizer runtimes.
 if [[ "${MERIDIAN_FUZZ:-0}" == 1 ]]; then

@@ -10,10 +10,13 @@
 // Threading: everything in this file except proxy_server's public methods runs on one worker's
 // thread. A client_session and the upstream_conns it uses belong to one worker.
 //
-// Reading: async_read_some, whose speculative read Asio skips after a short read (the socket
-// is known to be drained, so it waits for the next epoll edge): one recv per arrival and no
-// epoll_ctl per wait. An idle client connection reads into a small inline buffer, so idle
-// keep-alive connections hold no heap buffer.
+// Reading: async_read_some. Asio's reactor first tries the read at once (speculatively), and
+// only waits for the epoll edge when that finds nothing; the alternative, async_wait, costs an
+// epoll_ctl per wait instead. So a read is started when there is likely something to read: an
+// upstream read after a request is posted behind the handlers already queued
+// (start_read_soon), and a pooled connection gets its close-watch read from the sweep, not at
+// release. An idle client connection reads into a small inline buffer, so idle keep-alive
+// connections hold no heap buffer.
 
 #include "meridian/proxy/http_proxy.h"
 
@@ -161,6 +164,10 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   // Keeps one read outstanding into `in`; its result goes to the owner (or, while pooled, closes
   // the connection: a pooled connection has nothing to say).
   void start_read();
+  // start_read after the handlers already queued on the worker have run: right after a request
+  // went out the answer is not there yet, and a read started now would find nothing (EAGAIN)
+  // before it waits. Started a little later, under load it usually finds the answer in.
+  void start_read_soon();
   void close();
 
   worker& w;

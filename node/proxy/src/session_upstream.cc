@@ -132,7 +132,7 @@ void client_session::send_upstream() {
   // sent: process_input flushes the head together with it. A body the head's parse already took
   // whole (ex_.request_done) is in up_out_ now, and whatever follows it in in_ is the next request.
   if (!ex_.has_body || ex_.request_done || in_.empty()) flush_upstream();
-  up_->start_read();
+  up_->start_read_soon();
 }
 
 void client_session::flush_upstream() {

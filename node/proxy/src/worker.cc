@@ -27,6 +27,11 @@ void upstream_conn::start_read() {
       [self = shared_from_this()](const error_code& ec, size_t n) { self->on_read(ec, n); });
 }
 
+void upstream_conn::start_read_soon() {
+  if (reading || !open) return;
+  asio::post(socket.get_executor(), [self = shared_from_this()] { self->start_read(); });
+}
+
 void upstream_conn::on_read(const error_code& ec, size_t n) {
   reading = false;
   if (!open) return;
@@ -138,9 +143,12 @@ void worker::on_sweep() {
         c->target->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
         pool[i] = std::move(pool.back());
         pool.pop_back();
-      } else {
-        ++i;
+        continue;
       }
+      // Idle since the last sweep: watch for the target closing it (or sending what nobody
+      // asked for), so that a dead connection is dropped, not reused.
+      c->start_read();
+      ++i;
     }
   }
 }
@@ -215,7 +223,8 @@ void worker::give_back(std::shared_ptr<upstream_conn> conn, const upstream_confi
   conn->idle_limit_ms = cfg.timeouts.idle.count();
   conn->in.release_if_empty();
   t->metrics->pool_idle.fetch_add(1, std::memory_order_relaxed);
-  conn->start_read();
+  // No read yet: a connection reused within a sweep (the common case under load) would pay a
+  // read that finds nothing (EAGAIN) for each request. The sweep arms it for the ones that stay.
   pool.push_back(std::move(conn));
 }
 
