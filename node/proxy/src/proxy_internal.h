@@ -393,6 +393,8 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void resume_stages(verdict v);
   // The request body the pausing stage awaited is in: its on_request_end decides.
   void end_awaited_body();
+  // The stage at pause_at_ (the one that paused).
+  const stage& paused_stage() const;
   // Writes the upstream request head into up_out_ (and keeps a copy for retries).
   void write_upstream_request();
   // Sends the local answer a stage prepared (ex_.local_reply, or ex_.local_status, code,

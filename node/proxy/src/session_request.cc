@@ -196,15 +196,19 @@ void client_session::resume_stages(verdict v) {
 
 void client_session::end_awaited_body() {
   phase_ = phase::head;
-  const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
   stage_context ctx = make_stage_context();
-  verdict v = c.request_head_stage(pause_at_.at).on_request_end(ex_, ctx);
+  verdict v = paused_stage().on_request_end(ex_, ctx);
   if (v == verdict::next) {
     chain_position next = pause_at_;
     ++next.at;
     v = run_stages(next);
   }
   act_on(v);
+}
+
+const stage& client_session::paused_stage() const {
+  const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
+  return c.request_head_stage(pause_at_.at);
 }
 
 void client_session::resume_after(uint64_t ms) {
@@ -368,9 +372,7 @@ void client_session::refuse_body(error_code& ec) {
 
 void client_session::on_request_body(std::string_view body, error_code& ec) {
   if (phase_ == phase::awaiting_body) {
-    const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
-    if (c.request_head_stage(pause_at_.at).on_request_body(ex_, body, body.size(), false) !=
-        verdict::next) {
+    if (paused_stage().on_request_body(ex_, body, body.size(), false) != verdict::next) {
       refuse_body(ec);
       return;
     }
@@ -398,8 +400,7 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
   // The declared size is known before the data: refuse at once rather than after forwarding.
   if (phase_ == phase::awaiting_body) {
-    const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
-    if (c.request_head_stage(pause_at_.at).on_request_body(ex_, {}, size, true) != verdict::next) {
+    if (paused_stage().on_request_body(ex_, {}, size, true) != verdict::next) {
       refuse_body(ec);
     }
     return;
