@@ -485,6 +485,7 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
 
 void client_session::on_response_body(std::string_view body, error_code& ec) {
   ex_.response_bytes += body.size();
+  if (ex_.route->stages->reads_response_body()) ex_.route->stages->run_response_body(ex_, body);
   if (ex_.response_chunked) {
     if (body.empty()) return;
     out_.append_hex(body.size());

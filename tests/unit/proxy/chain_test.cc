@@ -181,6 +181,47 @@ TEST(entry_chain, the_log_hooks_count_every_exchange_and_time_the_routed_ones) {
   EXPECT_EQ(rm.per_worker[0].response_bytes.get(), 20u);
 }
 
+// A stage on every hook, recording what reached it.
+struct every_hook_stage final : stage {
+  mutable std::string body;
+  mutable int logged = 0;
+  every_hook_stage() : stage(request_head | request_body | response_body_hook | log_hook) {}
+  verdict on_request_head(exchange&, stage_context& ctx) const override {
+    ctx.pause.resume_after(25);
+    return verdict::pause;
+  }
+  verdict on_request_body(exchange&, std::string_view piece, uint64_t, bool) const override {
+    body.append(piece);
+    return verdict::next;
+  }
+  void on_response_body(exchange&, std::string_view piece) const override { body.append(piece); }
+  void on_log(const exchange&, log_context&) const override { ++logged; }
+};
+
+TEST(chain, each_hook_reaches_the_stages_that_implement_it_and_a_pause_says_how_it_resumes) {
+  fixture f;
+  chain c;
+  auto s = std::make_unique<every_hook_stage>();
+  const every_hook_stage* seen = s.get();
+  c.add(std::move(s));
+  EXPECT_TRUE(c.reads_request_body());
+  EXPECT_TRUE(c.reads_response_body());
+  exchange ex;
+  size_t at = 99;
+  EXPECT_EQ(c.run_request_head(ex, f.ctx, 0, &at), verdict::pause);
+  EXPECT_EQ(at, 0u);
+  EXPECT_EQ(f.pause.after_ms, 25u);
+  EXPECT_EQ(c.run_request_body(ex, "up", 2, false), verdict::next);
+  c.run_response_body(ex, "down");
+  EXPECT_EQ(seen->body, "updown");
+  log_context lc{std::chrono::microseconds(1), 0, f.metrics.worker(0), nullptr};
+  c.run_log(ex, lc);
+  EXPECT_EQ(seen->logged, 1);
+
+  chain plain;  // no stage: no hook reads anything
+  EXPECT_FALSE(plain.reads_response_body());
+}
+
 // Counts what a session would be handed.
 struct counting_target final : resumable {
   int delivered = 0;
