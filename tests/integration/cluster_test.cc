@@ -748,6 +748,7 @@ TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
   // of every admission so far (polled, with a deadline): the test checks that counts are shared,
   // not how fast they travel on a loaded machine (a fixed 400 ms spacing flaked under ctest -j2).
   int admitted = 0, refused = 0;
+  std::string statuses;  // for the failure message
   for (int n = 0; n < 15; ++n) {
     ASSERT_TRUE(eventually(
         [&] {
@@ -757,10 +758,11 @@ TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
         10s))
         << "node " << n % 3 << " never saw " << admitted << " admissions";
     int status = proxy_status(n % 3, "/limited");
+    statuses += std::to_string(status) + " ";
     admitted += status == 200;
     refused += status == 429;
   }
-  EXPECT_EQ(admitted + refused, 15);
+  EXPECT_EQ(admitted + refused, 15) << "statuses: " << statuses;
   EXPECT_EQ(admitted, 6) << "three per-node limits would admit up to 15";
   // Every node reports the cluster-wide count, split by node.
   ASSERT_TRUE(eventually(
