@@ -251,8 +251,7 @@ struct node::impl {
       return r;
     };
     std::string e;
-    if (!registers()->put(doc_family::state, "oauth/key/" + cfg.node.id, oauth->public_jwk(),
-                          &e)) {
+    if (!registers()->put(doc_family::state, "oauth/key/" + cfg.node.id, oauth->public_jwk(), &e)) {
       *error = "cannot publish the OAuth signing key: " + e;
       return false;
     }
@@ -478,8 +477,7 @@ struct node::impl {
         {"state", to_string(v.state)}, {"since", v.since_ms}, {"until", v.until_ms},
         {"origin", v.origin},          {"trips", v.trips},    {"region", cfg.node.region}};
     std::string error;
-    auto version =
-        cluster->state().put(doc_family::state, key, j.dump(), &error, /*sync=*/false);
+    auto version = cluster->state().put(doc_family::state, key, j.dump(), &error, /*sync=*/false);
     if (version) t->breaker.set_applied_version(version);
   }
 

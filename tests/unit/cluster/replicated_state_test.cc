@@ -572,8 +572,7 @@ TEST(replicated_state_sim,
     c.sim.set_default_links(same, cross);
     c.sim.run_until(millis(2000));
     millis start = c.sim.now();
-    hlc_time v =
-        c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})", doc_family::state);
+    hlc_time v = c.put(seed % 5, "users/10.0.1.5:8080", R"({"state":"open"})", doc_family::state);
     ASSERT_TRUE(
         c.sim.run_until([&] { return c.all_have("users/10.0.1.5:8080", v, doc_family::state); },
                         start + millis(10'000), millis(5)));
