@@ -2,7 +2,13 @@
 // A growable byte buffer with a read cursor: bytes are appended at the end and consumed from the
 // front. Cheaper than std::string appends on the forwarding path (no zero-fill, no SSO checks).
 // Not thread-safe; owned by one connection.
+//
+// A write in flight points into the buffer (Asio keeps the pointer until the socket is
+// writable), while the owner goes on appending: pin() before starting such a write keeps the
+// bytes it points at where they are until unpin() — growth or compaction then copies into a new
+// block and keeps the pinned one alive, instead of moving the bytes in place or freeing them.
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -17,7 +23,10 @@ class byte_buffer {
   explicit byte_buffer(size_t capacity) { reserve(capacity); }
   byte_buffer(const byte_buffer&) = delete;
   byte_buffer& operator=(const byte_buffer&) = delete;
-  ~byte_buffer() { free_block(data_, capacity_); }
+  ~byte_buffer() {
+    free_block(data_, capacity_);
+    free_block(retired_, retired_capacity_);
+  }
 
   const char* data() const { return data_ + begin_; }
   char* data() { return data_ + begin_; }
@@ -33,6 +42,10 @@ class byte_buffer {
   // Makes room for n more bytes at the tail (compacting before growing); returns tail().
   char* prepare(size_t n) {
     if (capacity_ - end_ >= n) return tail();
+    if (data_ && data_ == pinned_) {
+      move_to_new_block(size() + n);
+      return tail();
+    }
     if (begin_ > 0) compact();
     if (capacity_ - end_ < n) reserve(end_ + n);
     return tail();
@@ -84,16 +97,29 @@ class byte_buffer {
     end_ += n;
   }
 
+  // Keeps the bytes now in the buffer where they are until unpin() (see the top).
+  void pin() { pinned_ = data_; }
+  void unpin() {
+    pinned_ = nullptr;
+    free_block(retired_, retired_capacity_);
+    retired_ = nullptr;
+    retired_capacity_ = 0;
+  }
+
   // Moves unread bytes to the front.
   void compact() {
     if (begin_ == 0) return;
+    if (data_ == pinned_) {
+      move_to_new_block(capacity_);
+      return;
+    }
     std::memmove(data_, data_ + begin_, end_ - begin_);
     end_ -= begin_;
     begin_ = 0;
   }
   // Frees the memory when empty (idle connections hold no buffer).
   void release_if_empty() {
-    if (begin_ != end_ || !data_) return;
+    if (begin_ != end_ || !data_ || data_ == pinned_) return;
     free_block(data_, capacity_);
     data_ = nullptr;
     capacity_ = begin_ = end_ = 0;
@@ -111,7 +137,7 @@ class byte_buffer {
     if (!p) throw std::bad_alloc();
     if (data_) {
       std::memcpy(p, data_, end_);
-      free_block(data_, capacity_);
+      retire(data_, capacity_);
     }
     data_ = p;
     capacity_ = grown;
@@ -122,6 +148,31 @@ class byte_buffer {
   static constexpr size_t block_size = 16 * 1024;
 
  private:
+  // The unread bytes into a block of at least n bytes, at its front; the old block is kept while
+  // pinned.
+  void move_to_new_block(size_t n) {
+    size_t used = size();
+    size_t cap = n <= block_size ? block_size : std::max(n, capacity_ * 2);
+    char* p = cap == block_size ? take_block() : static_cast<char*>(std::malloc(cap));
+    if (!p) throw std::bad_alloc();
+    if (used) std::memcpy(p, data(), used);
+    retire(data_, capacity_);
+    data_ = p;
+    capacity_ = cap;
+    begin_ = 0;
+    end_ = used;
+  }
+  // Gives a block back, unless a write in flight points into it.
+  void retire(char* p, size_t capacity) {
+    if (p && p == pinned_) {
+      free_block(retired_, retired_capacity_);
+      retired_ = p;
+      retired_capacity_ = capacity;
+    } else {
+      free_block(p, capacity);
+    }
+  }
+
   static std::vector<char*>& block_cache() {
     thread_local std::vector<char*> cache;
     thread_local struct cleanup {
@@ -156,6 +207,9 @@ class byte_buffer {
   size_t capacity_ = 0;
   size_t begin_ = 0;
   size_t end_ = 0;
+  const char* pinned_ = nullptr;  // the block a write in flight points into
+  char* retired_ = nullptr;       // that block, once the bytes moved on
+  size_t retired_capacity_ = 0;
 };
 
 }  // namespace meridian::node
