@@ -24,6 +24,8 @@
 #include "endpoint.h"
 #include "exchange.h"
 #include "http1_head.h"
+#include "http1_parsers.h"
+#include "upstream_call.h"
 
 #include <spdlog/spdlog.h>
 
@@ -71,87 +73,6 @@ constexpr auto sweep_interval = std::chrono::milliseconds(50);
 class worker;
 class client_session;
 
-// Returns true when `v`, a view into `in`, is followed by optional whitespace and CRLF: the
-// line it ends was neither folded (the parser would have copied it elsewhere) nor ended by a
-// bare LF.
-inline bool ends_line(std::string_view v, const byte_buffer& in) {
-  const char* end = v.data() + v.size();
-  const char* limit = in.data() + in.size();
-  if (v.data() < in.data() || end > limit) return false;
-  while (end < limit && (*end == ' ' || *end == '\t')) ++end;
-  return end + 1 < limit && end[0] == '\r' && end[1] == '\n';
-}
-
-// ---------------------------------------------------------------------------------------------
-// Parsers: thin basic_parser subclasses that forward every callback to their owner.
-
-template <class Owner>
-class request_parser final : public http::basic_parser<true> {
- public:
-  explicit request_parser(Owner& owner) : owner_(owner) {}
-
- private:
-  void on_request_impl(http::verb v, beast::string_view method, beast::string_view target,
-                       int version, error_code& ec) override {
-    owner_.on_request_line(v, method, target, version, ec);
-  }
-  void on_response_impl(int, beast::string_view, int, error_code&) override {}
-  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
-                     error_code& ec) override {
-    owner_.on_request_field(f, name, value, ec);
-  }
-  void on_header_impl(error_code& ec) override { owner_.on_request_header(*this, ec); }
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
-  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
-    owner_.on_request_body(body, ec);
-    return body.size();
-  }
-  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
-    owner_.on_request_chunk_header(size, ec);
-  }
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
-    owner_.on_request_body(body, ec);
-    return body.size();
-  }
-  void on_finish_impl(error_code& ec) override { owner_.on_request_finish(ec); }
-
-  Owner& owner_;
-};
-
-template <class Owner>
-class response_parser final : public http::basic_parser<false> {
- public:
-  explicit response_parser(Owner& owner) : owner_(owner) {}
-
- private:
-  void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
-                       error_code&) override {}
-  void on_response_impl(int status, beast::string_view reason, int version,
-                        error_code& ec) override {
-    owner_.on_response_line(status, reason, version, ec);
-  }
-  void on_field_impl(http::field f, beast::string_view name, beast::string_view value,
-                     error_code& ec) override {
-    owner_.on_response_field(f, name, value, ec);
-  }
-  void on_header_impl(error_code& ec) override { owner_.on_response_header(*this, ec); }
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
-  std::size_t on_body_impl(beast::string_view body, error_code& ec) override {
-    owner_.on_response_body(body, ec);
-    return body.size();
-  }
-  void on_chunk_header_impl(std::uint64_t size, beast::string_view, error_code& ec) override {
-    owner_.on_response_chunk_header(size, ec);
-  }
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
-    owner_.on_response_body(body, ec);
-    return body.size();
-  }
-  void on_finish_impl(error_code& ec) override { owner_.on_response_finish(ec); }
-
-  Owner& owner_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // upstream_conn: one connection to a target. Owned by a worker's pool while idle, by a client
 // session while a request uses it.
@@ -174,8 +95,8 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   target_state* target;
   socket_t socket;
   byte_buffer in;
-  // The session using this connection; kept alive by it while a request is in flight.
-  std::shared_ptr<client_session> owner;
+  // The call using this connection (it keeps its session alive) while a request is in flight.
+  std::shared_ptr<upstream_call> owner;
   bool reading = false;
   bool open = false;
   bool pooled = false;
@@ -283,7 +204,8 @@ class worker {
 
 class client_session final : public std::enable_shared_from_this<client_session>,
                              public resumable,
-                             public pause_control {
+                             public pause_control,
+                             public call_sink {
  public:
   client_session(worker& w, socket_t socket, bool tls = false);
   ~client_session();
@@ -306,24 +228,24 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void on_request_chunk_header(uint64_t size, error_code& ec);
   void on_request_finish(error_code& ec);
 
-  // Response parser callbacks.
-  void on_response_line(int status, std::string_view reason, int version, error_code& ec);
-  void on_response_field(http::field f, std::string_view name, std::string_view value,
-                         error_code& ec);
-  void on_response_header(http::basic_parser<false>& parser, error_code& ec);
-  void on_response_body(std::string_view body, error_code& ec);
-  void on_response_chunk_header(uint64_t size, error_code& ec);
-  void on_response_finish(error_code& ec);
-
-  // Called by upstream_conn when a read completed (bytes are in its buffer) or failed.
-  void on_upstream_data(const error_code& ec);
-
   // resumable and pause_control (stage.h): how a stage holds this exchange and brings it back.
   void deliver_resume(std::shared_ptr<resumable> self, uint64_t pause,
                       std::function<verdict(exchange&)> fn) override;
   void resume_after(uint64_t ms) override;
   void await_body() override;
   resume_handle suspend(int64_t deadline_ms) override;
+
+  // call_sink (upstream_call.h): the call of the current exchange answers through these.
+  std::shared_ptr<void> keep_alive() override { return shared_from_this(); }
+  bool body_waiting() const override { return !in_.empty(); }
+  void on_call_room() override { process_input(); }
+  void on_call_head(response_head& h, bool length_known) override;
+  void on_call_body(std::string_view piece) override;
+  void flush_response() override { flush_client(); }
+  void on_call_done() override;
+  void on_call_failed() override;
+  void on_call_cut() override { close(); }
+  bool sink_full() const override { return out_.size() >= high_water; }
 
   size_t index_in_worker = 0;
 
@@ -333,14 +255,11 @@ class client_session final : public std::enable_shared_from_this<client_session>
     head,
     awaiting_body,  // reading the body for the stage that paused for it (the OAuth endpoints)
     paused,         // held by a stage: a timer or a resume_handle brings it back
-    connecting,
-    proxying,
+    calling,        // the upstream call (call_) is connecting, sending or streaming back
     closing,
     lingering,
     closed
   };
-  enum class failure { connect, connect_timeout, reset, timeout, malformed };
-
   void start_client_read();
   void on_client_read(const error_code& ec, size_t n, bool inline_buffer);
   void linger();
@@ -350,20 +269,9 @@ class client_session final : public std::enable_shared_from_this<client_session>
   bool read_awaited_body();
   bool forward_body();
   void begin_request();
-  void dispatch();
-  void connect_upstream();
-  void on_connected(const error_code& ec);
-  void send_upstream();
-  void flush_upstream();
-  void parse_upstream();
-  void upstream_failed(failure why);
   void finish_exchange();
   void flush_client();
   void on_client_written(const error_code& ec, size_t n);
-  void resume_upstream();
-  void count_target_failure();
-  // Feeds the target's circuit breaker; queues a transition for publishing.
-  void record_breaker(bool success);
   void send_error(int status, std::string_view code, std::string_view message);
   // True once in_ holds the blank line that ends a request head (scans only new bytes).
   bool head_complete();
@@ -371,7 +279,6 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void send_local(int status, std::string_view content_type, std::string_view body,
                   std::span<const std::pair<std::string, std::string>> headers);
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
-  void release_upstream(bool reuse);
   // Runs the log hooks of the entry chain and the route's (metrics, access log).
   void record_done();
   void make_request_id();
@@ -383,11 +290,11 @@ class client_session final : public std::enable_shared_from_this<client_session>
   };
   stage_context make_stage_context();
   // Runs the request-head stages from `from` on: the rest of the entry chain, then the route's
-  // chain. On `next` writes the upstream request head (write_upstream_request); on `pause`
-  // remembers the pausing stage's position in pause_at_.
+  // chain. On `next` has the call write the upstream request head; on `pause` remembers the
+  // pausing stage's position in pause_at_.
   verdict run_stages(chain_position from);
-  // Acts on a verdict of the stages once the parser is out of the way: dispatch, answer, or
-  // hold the exchange as the pausing stage asked.
+  // Acts on a verdict of the stages once the parser is out of the way: start the call, answer,
+  // or hold the exchange as the pausing stage asked.
   void act_on(verdict v);
   // The exchange comes back from a pause with v (next: on with the stage after pause_at_).
   void resume_stages(verdict v);
@@ -395,14 +302,11 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void end_awaited_body();
   // The stage at pause_at_ (the one that paused).
   const stage& paused_stage() const;
-  // Writes the upstream request head into up_out_ (and keeps a copy for retries).
-  void write_upstream_request();
   // Sends the local answer a stage prepared (ex_.local_reply, or ex_.local_status, code,
   // message as SPEC's JSON error).
   void answer_local();
   // A request-body stage refused the body: answer (before the response) or cut the connection.
   void refuse_body(error_code& ec);
-  bool request_replayable() const;
 
   worker& w_;
   socket_t socket_;
@@ -419,6 +323,7 @@ class client_session final : public std::enable_shared_from_this<client_session>
   bool client_eof_ = false;
   bool writing_client_ = false;
   bool close_after_response_ = false;
+  bool in_input_ = false;  // process_input is running (a nested call returns at once)
 
   byte_buffer in_;
   byte_buffer out_;
@@ -426,7 +331,6 @@ class client_session final : public std::enable_shared_from_this<client_session>
 
   // The request being proxied: its codec state here, the rest in ex_.
   exchange ex_;
-  std::string retry_head_;  // the request head again, for a retry of a bodiless request
   std::vector<field_view> fields_;
   std::vector<header_view> header_views_;  // the router's view of fields_, reused
   size_t head_scanned_ = 0;                // bytes of in_ already searched for the end of the head
@@ -442,13 +346,8 @@ class client_session final : public std::enable_shared_from_this<client_session>
   uint64_t pause_id_ = 0;
   std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first timed pause
 
-  // The upstream exchange.
-  std::shared_ptr<upstream_conn> up_;
-  byte_buffer up_out_;
-  bool writing_upstream_ = false;
-  std::optional<response_parser<client_session>> resp_parser_;
-  std::vector<field_view> resp_fields_;
-  bool resp_paused_ = false;  // client output above high water
+  // Dispatch: the exchange's call to its upstream.
+  upstream_call call_{w_, *this, ex_};
 };
 
 }  // namespace meridian::node

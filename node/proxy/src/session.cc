@@ -16,7 +16,6 @@ client_session::client_session(worker& w, socket_t socket, bool tls)
   w_.stats.connections_accepted.add();
   w_.stats.connections_active.fetch_add(1, std::memory_order_relaxed);
   fields_.reserve(32);
-  resp_fields_.reserve(32);
 }
 
 client_session::~client_session() {
@@ -61,13 +60,12 @@ void client_session::start() {
 void client_session::close() {
   if (phase_ == phase::closed) return;
   phase_ = phase::closed;
-  release_upstream(false);
+  call_.abandon();
   w_.remove_session(this);
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
   req_parser_.reset();
-  resp_parser_.reset();
   if (delay_timer_) delay_timer_->cancel();
 }
 
@@ -80,6 +78,10 @@ void client_session::close_if_idle() {
 }
 
 void client_session::check_deadline(int64_t now) {
+  if (phase_ == phase::calling) {
+    call_.check_deadline(now);  // connect, request and idle deadlines are the call's
+    return;
+  }
   if (phase_ == phase::closed || now < deadline_) return;
   switch (phase_) {
     case phase::idle:
@@ -104,17 +106,7 @@ void client_session::check_deadline(int64_t now) {
       }
       answer_local();
       break;
-    case phase::connecting:
-      upstream_failed(failure::connect_timeout);
-      break;
-    case phase::proxying:
-      if (!ex_.response_head_sent) {
-        upstream_failed(failure::timeout);
-      } else {
-        // A stalled stream in either direction.
-        w_.stats.idle_timeouts.add();
-        close();
-      }
+    case phase::calling:  // handled above
       break;
     case phase::closing:
     case phase::lingering:
@@ -130,7 +122,7 @@ void client_session::check_deadline(int64_t now) {
 void client_session::linger() {
   phase_ = phase::lingering;
   deadline_ = w_.now + 2000;
-  release_upstream(false);
+  call_.abandon();
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
   if (!reading_into_in_) {
@@ -178,8 +170,8 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
   }
   if (ec) {
     // EOF or reset. Between requests: just close. Mid-request: the client gave up.
-    if (phase_ == phase::idle || phase_ == phase::head || phase_ == phase::connecting ||
-        (phase_ == phase::proxying && !ex_.request_done)) {
+    if (phase_ == phase::idle || phase_ == phase::head ||
+        (phase_ == phase::calling && (call_.connecting() || !ex_.request_done))) {
       close();
       return;
     }
@@ -201,9 +193,7 @@ void client_session::begin_request() {
   req_parser_->body_limit(boost::none);
   req_parser_->eager(false);
   fields_.clear();
-  resp_fields_.clear();
   head_scanned_ = 0;
-  resp_paused_ = false;
   exchange::renew(ex_);
   ex_.client_ip = client_ip_;
   ex_.tls = tls_ != nullptr;
@@ -337,16 +327,16 @@ bool client_session::read_awaited_body() {
   return phase_ != phase::paused;
 }
 
-// Forwards request body bytes from in_ to the upstream as far as up_out_ has room. As
+// Forwards request body bytes from in_ to the call as far as it has room. As
 // read_head.
 bool client_session::forward_body() {
   if (in_.empty()) {
-    flush_upstream();
-    if (up_out_.size() < high_water) start_client_read();
+    call_.flush();
+    if (call_.body_room()) start_client_read();
     return false;
   }
-  if (up_out_.size() >= high_water) return false;  // resumed when the upstream write drains
-  size_t room = high_water - up_out_.size();
+  size_t room = call_.body_room();
+  if (!room) return false;  // on_call_room when the upstream write drains
   size_t n = std::min(room, in_.size());
   error_code ec;
   size_t used = req_parser_->put(asio::buffer(in_.data(), n), ec);
@@ -358,18 +348,18 @@ bool client_session::forward_body() {
         send_error(400, "bad_request", "malformed chunked body");
         return false;
       }
-      flush_upstream();
+      call_.flush();
       start_client_read();
       return false;
     }
-    flush_upstream();
+    call_.flush();
     return true;
   }
   if (ec) {
     w_.stats.bad_requests.add();
     close_after_response_ = true;
     if (!ex_.response_head_sent) {
-      release_upstream(false);
+      call_.abandon();
       send_error(400, "bad_request", "malformed request body: " + ec.message());
     } else {
       close();
@@ -377,12 +367,19 @@ bool client_session::forward_body() {
     return false;
   }
   in_.consume(used);
-  flush_upstream();
+  call_.flush();
   return true;
 }
 
 void client_session::process_input() {
-  if (reading_into_in_) return;  // resumed when the read completes
+  // Resumed when the read completes; or called from inside the loop (by the call, say), which
+  // goes on by itself.
+  if (reading_into_in_ || in_input_) return;
+  in_input_ = true;
+  struct done {
+    bool& flag;
+    ~done() { flag = false; }
+  } guard{in_input_};
   while (phase_ != phase::closed && phase_ != phase::closing && phase_ != phase::lingering) {
     if (phase_ == phase::paused) return;  // resumed by a timer or a resume_handle
     if (phase_ == phase::idle || phase_ == phase::head) {
@@ -393,7 +390,7 @@ void client_session::process_input() {
       if (read_awaited_body()) continue;
       return;
     }
-    if (phase_ == phase::proxying && ex_.body_started && !ex_.request_done) {
+    if (phase_ == phase::calling && ex_.body_started && !ex_.request_done) {
       if (forward_body()) continue;
       return;
     }
@@ -413,11 +410,6 @@ void client_session::record_done() {
 
 void client_session::finish_exchange() {
   record_done();
-  // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
-  // messages differently from us: never reuse that connection.
-  bool reuse = ex_.upstream_keep_alive && ex_.request_done && up_out_.empty() &&
-               !writing_upstream_ && (!up_ || up_->in.empty());
-  release_upstream(reuse);
   if (!ex_.request_done) close_after_response_ = true;
   if (close_after_response_) {
     phase_ = phase::closing;
@@ -442,16 +434,6 @@ void client_session::send_error(int status, std::string_view code, std::string_v
     return;
   }
   if (ex_.request_id.empty()) make_request_id();
-  // A route's fallback answers in place of the gateway's own upstream errors.
-  const fallback_config* fallback =
-      ex_.route && ex_.route->cfg->fallback && (status == 502 || status == 503 || status == 504)
-          ? &*ex_.route->cfg->fallback
-          : nullptr;
-  if (fallback) {
-    w_.stats.fallbacks.add();
-    send_local(fallback->status, fallback->content_type, fallback->body, fallback->headers);
-    return;
-  }
   byte_buffer body;
   body.append("{\"error\":");
   append_json_string(body, code);
@@ -508,7 +490,7 @@ void client_session::send_local(int status, std::string_view content_type, std::
   ex_.response_head_sent = true;
   if (ex_.started == steady_clock::time_point()) ex_.started = steady_clock::now();
   record_done();
-  release_upstream(false);
+  call_.abandon();
   if (close_after_response_) {
     phase_ = phase::closing;
     deadline_ = w_.now + 5000;
@@ -523,6 +505,7 @@ void client_session::send_local(int status, std::string_view content_type, std::
 void client_session::flush_client() {
   if (writing_client_ || out_.empty() || phase_ == phase::closed) return;
   writing_client_ = true;
+  out_.pin();  // the response goes on growing while the write is in flight
   auto done = [self = shared_from_this()](const error_code& ec, size_t n) {
     self->on_client_written(ec, n);
   };
@@ -535,13 +518,14 @@ void client_session::flush_client() {
 
 void client_session::on_client_written(const error_code& ec, size_t n) {
   writing_client_ = false;
+  out_.unpin();
   if (phase_ == phase::closed) return;
   if (ec) {
     close();
     return;
   }
   out_.consume(n);
-  if (phase_ == phase::proxying) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  if (phase_ == phase::calling) call_.touch();
   if (!out_.empty()) {
     flush_client();
   } else if (phase_ == phase::closing) {
@@ -549,22 +533,56 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     return;
   } else if (phase_ == phase::idle) {
     out_.release_if_empty();
-    up_out_.release_if_empty();
+    call_.shrink();
     if (w_.draining && in_.empty()) {
       close();
       return;
     }
   }
-  if (resp_paused_ && out_.size() < high_water / 2) resume_upstream();
+  if (phase_ == phase::calling && out_.size() < high_water / 2) call_.resume_response();
 }
 
-void client_session::resume_upstream() {
-  resp_paused_ = false;
-  if (!up_) return;
-  auto conn = up_;
-  if (!conn->in.empty()) parse_upstream();
-  if (up_ != conn || resp_paused_) return;
-  conn->start_read();
+// --- call_sink: the upstream call's response ----------------------------------------------
+
+void client_session::on_call_head(response_head& h, bool length_known) {
+  if (!h.informational) {
+    bool no_body = ex_.status == 204 || ex_.status == 304 || ex_.verb == http::verb::head;
+    if (!no_body && !length_known) {
+      if (ex_.version == 11) {
+        ex_.response_chunked = true;
+      } else {
+        close_after_response_ = true;  // an HTTP/1.0 client reads to the end of the connection
+      }
+    }
+    h.chunked = ex_.response_chunked;
+    if (!ex_.request_done || w_.draining) close_after_response_ = true;
+    h.connection = close_after_response_ ? response_head::connection::close
+                   : ex_.version == 10   ? response_head::connection::keep_alive
+                                         : response_head::connection::as_is;
+  }
+  write_response_head(h, out_);
+}
+
+void client_session::on_call_body(std::string_view piece) {
+  if (ex_.response_chunked) {
+    if (piece.empty()) return;
+    out_.append_hex(piece.size());
+    out_.append("\r\n");
+    out_.append(piece);
+    out_.append("\r\n");
+  } else {
+    out_.append(piece);
+  }
+}
+
+void client_session::on_call_done() {
+  if (ex_.response_chunked) out_.append("0\r\n\r\n");
+  finish_exchange();
+}
+
+void client_session::on_call_failed() {
+  answer_local();  // a body it did not read means the connection ends
+  if (phase_ == phase::idle) process_input();
 }
 
 }  // namespace meridian::node

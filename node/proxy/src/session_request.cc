@@ -1,5 +1,4 @@
-// client_session: the request head and body callbacks, OAuth endpoints, the route match,
-// the stages and the upstream request head.
+// client_session: the request head and body callbacks, the stages and pauses.
 #include "proxy_internal.h"
 
 namespace meridian::node {
@@ -137,7 +136,11 @@ verdict client_session::run_stages(chain_position from) {
   }
   v = ex_.route->stages->run_request_head(ex_, ctx, from.at, &at);
   if (v == verdict::pause) pause_at_ = {true, at};
-  if (v == verdict::next) write_upstream_request();
+  if (v == verdict::next) {
+    call_.prepare(*snap_);
+    // From here the parser reads bodies as far as the buffers allow; process_input forwards.
+    req_parser_->eager(true);
+  }
   return v;
 }
 
@@ -145,7 +148,8 @@ void client_session::act_on(verdict v) {
   pause_kind kind = std::exchange(pause_kind_, pause_kind::none);
   switch (v) {
     case verdict::next:
-      dispatch();
+      phase_ = phase::calling;
+      call_.start();
       return;
     case verdict::respond:
       answer_local();
@@ -309,55 +313,13 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   head_verdict_ = run_stages({});
 }
 
-// --- the upstream request head ------------------------------------------------------------
-
-void client_session::write_upstream_request() {
-  const auto& up = *ex_.upstream;
-  if (up.cfg->balance == balance_policy::consistent_hash) {
-    ex_.hash_key.clear();
-    if (!up.hash_header.empty()) {
-      for (auto& f : fields_) {
-        if (iequals(f.name, up.hash_header)) {
-          ex_.hash_key.assign(f.value);
-          break;
-        }
-      }
-    } else {
-      ex_.hash_key.assign(client_ip_);
-    }
-  }
-  std::string default_host;
-  upstream_head h;
-  h.method = ex_.method;
-  h.path = ex_.path;
-  h.query = ex_.query;
-  h.has_query = ex_.has_query;
-  h.fields = fields_;
-  h.drop = ex_.route->request_drop;
-  h.strip_authorization = ex_.strip_authorization;
-  if (ex_.route->preserve_host && !ex_.authority.empty()) {
-    h.host = ex_.authority;
-  } else {
-    // Without the client's Host, name the first target (like nginx's $proxy_host).
-    default_host = up.targets.empty() ? "localhost" : up.targets[0].state->addr.to_string();
-    h.host = default_host;
-  }
-  h.identity = ex_.identity_headers;
-  h.chunked = ex_.chunked;
-  snap_->entry->run_upstream_head(ex_, h);  // forwarding headers
-  ex_.route->stages->run_upstream_head(ex_, h);
-  up_out_.clear();
-  if (write_upstream_head(h, up_out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
-  if (!ex_.has_body) retry_head_.assign(up_out_.data(), up_out_.size());
-  // From here the parser reads bodies as far as the buffers allow; process_input dispatches.
-  req_parser_->eager(true);
-}
+// --- the request body ------------------------------------------------------------------
 
 void client_session::refuse_body(error_code& ec) {
   w_.stats.bad_requests.add();
   close_after_response_ = true;
   if (!ex_.response_head_sent) {
-    release_upstream(false);
+    call_.abandon();
     if (!ex_.local_status && !ex_.local_reply.status) {
       ex_.local_status = 413;
       ex_.local_code = "payload_too_large";
@@ -385,16 +347,7 @@ void client_session::on_request_body(std::string_view body, error_code& ec) {
     return;
   }
   ex_.body_bytes += body.size();
-  if (ex_.chunked) {
-    // Each piece becomes its own chunk: framing is ours, never the client's bytes.
-    if (body.empty()) return;
-    up_out_.append_hex(body.size());
-    up_out_.append("\r\n");
-    up_out_.append(body);
-    up_out_.append("\r\n");
-  } else {
-    up_out_.append(body);
-  }
+  call_.send_body(body);
 }
 
 void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
@@ -412,7 +365,7 @@ void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
 }
 
 void client_session::on_request_finish(error_code& ec) {
-  if (ex_.chunked && phase_ != phase::awaiting_body) up_out_.append("0\r\n\r\n");
+  if (phase_ != phase::awaiting_body) call_.end_body();
   ex_.request_done = true;
 }
 

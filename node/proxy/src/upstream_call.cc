@@ -1,10 +1,10 @@
-// client_session: dispatching to an upstream (balancing, breakers, retries, failover),
-// and the response callbacks.
+// upstream_call: dispatch (balancing, failover, breakers), the connection, sending, the
+// response parser callbacks, retries and fallbacks. See upstream_call.h.
 #include "proxy_internal.h"
 
 namespace meridian::node {
 
-// --- dispatching to an upstream --------------------------------------------------------------
+namespace {
 
 bool is_idempotent(http::verb v) {
   switch (v) {
@@ -20,13 +20,96 @@ bool is_idempotent(http::verb v) {
   }
 }
 
-bool client_session::request_replayable() const {
+}  // namespace
+
+upstream_call::~upstream_call() {
+  release(false);
+}
+
+std::shared_ptr<upstream_call> upstream_call::self() {
+  return std::shared_ptr<upstream_call>(sink_.keep_alive(), this);
+}
+
+bool upstream_call::replayable() const {
   // A request without a body can be sent again from retry_head_; one with a body only while none
-  // of it has been taken from the client buffer.
+  // of it has been taken from the client.
   return !ex_.has_body || !ex_.body_started;
 }
 
-void client_session::dispatch() {
+// --- the request ------------------------------------------------------------------------------
+
+void upstream_call::prepare(const snapshot& snap) {
+  snap_ = &snap;
+  fields_.clear();
+  response_paused_ = false;
+  const auto& up = *ex_.upstream;
+  if (up.cfg->balance == balance_policy::consistent_hash) {
+    ex_.hash_key.clear();
+    if (!up.hash_header.empty()) {
+      for (auto& f : ex_.fields) {
+        if (iequals(f.name, up.hash_header)) {
+          ex_.hash_key.assign(f.value);
+          break;
+        }
+      }
+    } else {
+      ex_.hash_key.assign(ex_.client_ip);
+    }
+  }
+  std::string default_host;
+  upstream_head h;
+  h.method = ex_.method;
+  h.path = ex_.path;
+  h.query = ex_.query;
+  h.has_query = ex_.has_query;
+  h.fields = ex_.fields;
+  h.drop = ex_.route->request_drop;
+  h.strip_authorization = ex_.strip_authorization;
+  if (ex_.route->preserve_host && !ex_.authority.empty()) {
+    h.host = ex_.authority;
+  } else {
+    // Without the client's Host, name the first target (like nginx's $proxy_host).
+    default_host = up.targets.empty() ? "localhost" : up.targets[0].state->addr.to_string();
+    h.host = default_host;
+  }
+  h.identity = ex_.identity_headers;
+  h.chunked = ex_.chunked;
+  body_chunked_ = h.chunked;
+  snap.entry->run_upstream_head(ex_, h);  // forwarding headers
+  ex_.route->stages->run_upstream_head(ex_, h);
+  out_.clear();
+  if (write_upstream_head(h, out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
+  if (!ex_.has_body) retry_head_.assign(out_.data(), out_.size());
+}
+
+void upstream_call::send_body(std::string_view piece) {
+  if (body_chunked_) {
+    // Each piece becomes its own chunk: framing is ours, never the client's bytes.
+    if (piece.empty()) return;
+    out_.append_hex(piece.size());
+    out_.append("\r\n");
+    out_.append(piece);
+    out_.append("\r\n");
+  } else {
+    out_.append(piece);
+  }
+}
+
+void upstream_call::end_body() {
+  if (body_chunked_) out_.append("0\r\n\r\n");
+}
+
+size_t upstream_call::body_room() const {
+  return out_.size() >= high_water ? 0 : high_water - out_.size();
+}
+
+// --- dispatching to an upstream --------------------------------------------------------------
+
+void upstream_call::start() {
+  dispatch();
+}
+
+void upstream_call::dispatch() {
   auto& up = *ex_.upstream;
   int64_t now = w_.now;
   if (ex_.attempts == 0 && !ex_.exclude) up.budget.on_request(now);
@@ -59,8 +142,7 @@ void client_session::dispatch() {
     }
   }
   if (!ex_.target) {
-    if (!ex_.request_done) close_after_response_ = true;
-    send_error(503, "no_healthy_upstream", "no healthy target in upstream " + chosen.cfg->name);
+    fail_with(503, "no_healthy_upstream", "no healthy target in upstream " + chosen.cfg->name);
     return;
   }
   ex_.target->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
@@ -70,10 +152,10 @@ void client_session::dispatch() {
   if (up_) {
     ex_.reused_connection = true;
     w_.stats.upstream_connections_reused.add();
-    up_->owner = shared_from_this();
-    phase_ = phase::proxying;
+    up_->owner = self();
+    state_ = state::sending;
     deadline_ = now + chosen.cfg->timeouts.request.count();
-    send_upstream();
+    send();
     return;
   }
   ex_.reused_connection = false;
@@ -82,128 +164,130 @@ void client_session::dispatch() {
       w_.open_by_target[ex_.target->id] >= cap) {
     // Like Envoy's max_connections breaker: overflow is refused rather than queued.
     w_.stats.upstream_overflows.add();
-    release_upstream(false);
-    if (!ex_.request_done) close_after_response_ = true;
-    send_error(503, "upstream_overloaded",
-               "connection limit reached for upstream " + chosen.cfg->name);
+    release(false);
+    fail_with(503, "upstream_overloaded",
+              "connection limit reached for upstream " + chosen.cfg->name);
     return;
   }
-  connect_upstream();
+  connect();
 }
 
-void client_session::connect_upstream() {
-  phase_ = phase::connecting;
+void upstream_call::connect() {
+  state_ = state::connecting;
   deadline_ = w_.now + ex_.upstream->cfg->timeouts.connect.count();
   up_ = std::make_shared<upstream_conn>(w_, ex_.target);
-  up_->owner = shared_from_this();
+  up_->owner = self();
   w_.stats.upstream_connections_opened.add();
   error_code ec;
   const tcp::endpoint endpoint = to_endpoint(ex_.picked->endpoint);
   up_->socket.open(endpoint.protocol(), ec);
   if (ec) {
-    upstream_failed(failure::connect);
+    failed(failure::connect);
     return;
   }
   up_->open = true;
   up_->socket.async_connect(endpoint,
-                            [self = shared_from_this(), conn = up_](const error_code& ec) {
-                              if (self->up_ != conn || self->phase_ == phase::closed) return;
-                              self->on_connected(ec);
+                            [this, keep = sink_.keep_alive(), conn = up_](const error_code& ec) {
+                              if (up_ == conn) on_connected(ec);
                             });
 }
 
-void client_session::on_connected(const error_code& ec) {
+void upstream_call::on_connected(const error_code& ec) {
   if (ec) {
-    upstream_failed(failure::connect);
+    failed(failure::connect);
     return;
   }
   error_code ignored;
   up_->socket.set_option(tcp::no_delay(true), ignored);
   up_->socket.non_blocking(true, ignored);
-  phase_ = phase::proxying;
+  state_ = state::sending;
   deadline_ = w_.now + ex_.upstream->cfg->timeouts.request.count();
-  send_upstream();
-  if (ex_.body_started) process_input();
+  send();
 }
 
-void client_session::send_upstream() {
+void upstream_call::send() {
   if (ex_.has_body) ex_.body_started = true;
-  // A body still to be parsed from in_ is checked against the route's limit before anything is
-  // sent: process_input flushes the head together with it. A body the head's parse already took
-  // whole (ex_.request_done) is in up_out_ now, and whatever follows it in in_ is the next request.
-  if (!ex_.has_body || ex_.request_done || in_.empty()) flush_upstream();
+  // A body the codec is about to hand over goes out together with the head (and is checked by
+  // the body stages before anything is sent). A body the codec already handed over whole is
+  // in out_ now.
+  bool body_follows = ex_.has_body && !ex_.request_done;
+  if (!body_follows || !sink_.body_waiting()) flush();
   up_->start_read_soon();
+  if (body_follows) sink_.on_call_room();
 }
 
-void client_session::flush_upstream() {
-  if (writing_upstream_ || up_out_.empty() || !up_ || phase_ == phase::connecting) return;
-  writing_upstream_ = true;
+void upstream_call::flush() {
+  if (writing_ || out_.empty() || !up_ || state_ != state::sending) return;
+  writing_ = true;
+  out_.pin();  // appends go on while the write is in flight
   up_->socket.async_write_some(
-      asio::buffer(up_out_.data(), up_out_.size()),
-      [self = shared_from_this(), conn = up_](const error_code& ec, size_t n) {
-        if (self->up_ != conn || self->phase_ == phase::closed) return;
-        self->writing_upstream_ = false;
+      asio::buffer(out_.data(), out_.size()),
+      [this, keep = sink_.keep_alive(), conn = up_](const error_code& ec, size_t n) {
+        if (up_ != conn) return;
+        writing_ = false;
+        out_.unpin();
         if (ec) {
-          self->upstream_failed(failure::reset);
+          failed(failure::reset);
           return;
         }
-        self->up_out_.consume(n);
-        if (!self->ex_.response_head_sent) {
+        out_.consume(n);
+        if (!ex_.response_head_sent) {
           // The request timeout runs from the last byte written, not from the first.
-          self->deadline_ = self->w_.now + self->ex_.upstream->cfg->timeouts.request.count();
+          deadline_ = w_.now + ex_.upstream->cfg->timeouts.request.count();
         }
-        if (!self->up_out_.empty()) {
-          self->flush_upstream();
-        } else if (self->ex_.body_started && !self->ex_.request_done) {
-          self->process_input();  // room again for request body
+        if (!out_.empty()) {
+          flush();
+        } else if (ex_.body_started && !ex_.request_done) {
+          sink_.on_call_room();  // room again for request body
         }
       });
 }
 
-void client_session::on_upstream_data(const error_code& ec) {
+// --- the response ----------------------------------------------------------------------------
+
+void upstream_call::on_upstream_data(const error_code& ec) {
   auto conn = up_;
-  if (!conn || phase_ != phase::proxying) return;
+  if (!conn || state_ != state::sending) return;
   if (ec) {
-    if (ec == asio::error::eof && resp_parser_ && resp_parser_->is_header_done() &&
-        !resp_parser_->is_done() && conn->in.empty()) {
+    if (ec == asio::error::eof && parser_ && parser_->is_header_done() && !parser_->is_done() &&
+        conn->in.empty()) {
       // A response delimited by the end of the connection.
       error_code pec;
-      resp_parser_->put_eof(pec);
+      parser_->put_eof(pec);
       ex_.upstream_keep_alive = false;
       if (!pec) {
-        flush_client();
-        finish_exchange();
+        finish();
         return;
       }
     }
-    if (!conn->in.empty()) parse_upstream();  // what arrived before the close still counts
-    if (up_ == conn) upstream_failed(failure::reset);
+    if (!conn->in.empty()) parse();  // what arrived before the close still counts
+    if (up_ == conn) failed(failure::reset);
     return;
   }
-  parse_upstream();
-  if (up_ == conn && phase_ == phase::proxying && !resp_paused_) conn->start_read();
+  parse();
+  if (up_ == conn && state_ == state::sending && !response_paused_) conn->start_read();
 }
 
-void client_session::parse_upstream() {
+void upstream_call::parse() {
   auto conn = up_;
   while (up_ == conn && !conn->in.empty()) {
-    if (!resp_parser_) {
-      resp_parser_.emplace(*this);
-      resp_parser_->header_limit(64 * 1024);
-      resp_parser_->body_limit(boost::none);
-      resp_parser_->eager(true);
-      if (ex_.verb == http::verb::head) resp_parser_->skip(true);
+    if (!parser_) {
+      parser_.emplace(*this);
+      parser_->header_limit(64 * 1024);
+      parser_->body_limit(boost::none);
+      parser_->eager(true);
+      if (ex_.verb == http::verb::head) parser_->skip(true);
     }
-    if (out_.size() >= high_water) {
-      resp_paused_ = true;
+    if (sink_.sink_full()) {
+      response_paused_ = true;
       break;
     }
     error_code ec;
-    size_t used = resp_parser_->put(asio::buffer(conn->in.data(), conn->in.size()), ec);
-    if (phase_ == phase::closed || up_ != conn) return;
+    size_t used = parser_->put(asio::buffer(conn->in.data(), conn->in.size()), ec);
+    if (up_ != conn) return;  // the sink ended the exchange
     if (ex_.retry_now) {
       ex_.retry_now = false;
-      upstream_failed(failure::reset);
+      failed(failure::reset);
       return;
     }
     if (ec == http::error::need_more) {
@@ -214,25 +298,62 @@ void client_session::parse_upstream() {
     if (ec) {
       // Whatever the upstream said before the bytes went wrong is not passed on as its answer.
       if (!ex_.response_head_sent) ex_.status = 0;
-      upstream_failed(failure::malformed);
+      failed(failure::malformed);
       return;
     }
     conn->in.consume(used);
-    if (resp_parser_->is_done()) {
+    if (parser_->is_done()) {
       if (ex_.status / 100 == 1) {
-        resp_parser_.reset();  // an interim response; the final one follows
+        parser_.reset();  // an interim response; the final one follows
         continue;
       }
-      flush_client();
-      finish_exchange();
+      finish();
       return;
     }
   }
-  if (ex_.response_head_sent) deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
-  flush_client();
+  touch();
+  sink_.flush_response();
 }
 
-void client_session::record_breaker(bool success) {
+void upstream_call::resume_response() {
+  if (!response_paused_) return;
+  response_paused_ = false;
+  if (!up_) return;
+  auto conn = up_;
+  if (!conn->in.empty()) parse();
+  if (up_ != conn || response_paused_) return;
+  conn->start_read();
+}
+
+void upstream_call::touch() {
+  if (state_ == state::sending && ex_.response_head_sent)
+    deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+}
+
+void upstream_call::check_deadline(int64_t now) {
+  if (state_ == state::idle || now < deadline_) return;
+  if (state_ == state::connecting) {
+    failed(failure::connect_timeout);
+  } else if (!ex_.response_head_sent) {
+    failed(failure::timeout);
+  } else {
+    // A stalled stream in either direction.
+    w_.stats.idle_timeouts.add();
+    release(false);
+    sink_.on_call_cut();
+  }
+}
+
+void upstream_call::finish() {
+  // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
+  // messages differently from us: never reuse that connection.
+  bool reuse = ex_.upstream_keep_alive && ex_.request_done && out_.empty() && !writing_ &&
+               (!up_ || up_->in.empty());
+  release(reuse);
+  sink_.on_call_done();
+}
+
+void upstream_call::record_breaker(bool success) {
   if (!ex_.target) return;
   const auto& cb = ex_.upstream->cfg->circuit_breaker;
   if (!cb.enabled) return;
@@ -249,7 +370,7 @@ void client_session::record_breaker(bool success) {
   }
 }
 
-void client_session::count_target_failure() {
+void upstream_call::count_target_failure() {
   if (!ex_.target) return;
   record_breaker(false);
   ex_.target->metrics->failures.fetch_add(1, std::memory_order_relaxed);
@@ -260,12 +381,9 @@ void client_session::count_target_failure() {
     ex_.target->ejected_until_ms.store(now_ms() + outlier.eject_for.count(),
                                        std::memory_order_relaxed);
     w_.stats.ejections.add();
-    spdlog::get("node.http")
-        ? spdlog::get("node.http")
-              ->warn("upstream {} target {} ejected for {} ms after {} failures",
-                     ex_.target->upstream, ex_.target->addr.to_string(), outlier.eject_for.count(),
-                     n)
-        : void();
+    if (auto l = spdlog::get("node.http"))
+      l->warn("upstream {} target {} ejected for {} ms after {} failures", ex_.target->upstream,
+              ex_.target->addr.to_string(), outlier.eject_for.count(), n);
     // An ejection is an observation the other nodes should share: it opens the target's breaker
     // (published with the breaker's scope), or else the ejection would stop the traffic that
     // would have tripped the breaker and only this node would avoid the target.
@@ -277,7 +395,7 @@ void client_session::count_target_failure() {
   }
 }
 
-void client_session::upstream_failed(failure why) {
+void upstream_call::failed(failure why) {
   const auto& cfg = *ex_.upstream->cfg;
   switch (why) {
     case failure::connect:
@@ -294,20 +412,20 @@ void client_session::upstream_failed(failure why) {
       w_.stats.upstream_malformed.add();
       break;
   }
-  bool got_response_bytes = resp_parser_ && resp_parser_->got_some();
+  bool got_response_bytes = parser_ && parser_->got_some();
   bool stale_pooled =
       why == failure::reset && ex_.reused_connection && !got_response_bytes && ex_.status == 0;
   if (!stale_pooled && ex_.status == 0) count_target_failure();
-  release_upstream(false);
+  release(false);
   if (ex_.response_head_sent) {
-    close();  // the response is cut short; the client sees the connection end
+    sink_.on_call_cut();  // the response is cut short; the client sees the stream end
     return;
   }
   bool connect_failure = why == failure::connect || why == failure::connect_timeout;
   bool retryable_kind = (connect_failure && cfg.retries.on_connect_failure) ||
                         (why == failure::timeout && cfg.retries.on_timeout) ||
                         (why == failure::reset && ex_.status != 0);  // retry-on-status
-  bool may_replay = request_replayable() && (connect_failure || is_idempotent(ex_.verb));
+  bool may_replay = replayable() && (connect_failure || is_idempotent(ex_.verb));
   bool retry = false;
   if (may_replay && stale_pooled && ex_.attempts == 0) {
     retry = true;  // a pooled connection the target had closed: not the target's fault
@@ -323,40 +441,62 @@ void client_session::upstream_failed(failure why) {
     w_.stats.retries.add();
     if (!stale_pooled) ex_.exclude = ex_.target;
     if (!ex_.has_body) {
-      up_out_.clear();
-      up_out_.append(retry_head_);
+      out_.clear();
+      out_.append(retry_head_);
     }
     ex_.status = 0;
-    resp_fields_.clear();
+    fields_.clear();
     dispatch();
     return;
   }
-  if (!ex_.request_done) close_after_response_ = true;
   if (ex_.status != 0) {
     // Retries on status exhausted: pass the last status on as our own error.
-    send_error(ex_.status, "upstream_error", "upstream answered " + std::to_string(ex_.status));
+    int status = ex_.status;
+    fail_with(status, "upstream_error", "upstream answered " + std::to_string(status));
   } else if (connect_failure) {
-    send_error(why == failure::connect ? 502 : 504,
-               why == failure::connect ? "upstream_unavailable" : "upstream_timeout",
-               why == failure::connect ? "cannot connect to upstream " + cfg.name
-                                       : "connecting to upstream " + cfg.name + " timed out");
+    bool refused = why == failure::connect;
+    fail_with(refused ? 502 : 504, refused ? "upstream_unavailable" : "upstream_timeout",
+              refused ? "cannot connect to upstream " + cfg.name
+                      : "connecting to upstream " + cfg.name + " timed out");
   } else if (why == failure::timeout) {
-    send_error(504, "upstream_timeout", "upstream " + cfg.name + " did not answer in time");
+    fail_with(504, "upstream_timeout", "upstream " + cfg.name + " did not answer in time");
   } else if (why == failure::malformed) {
-    send_error(502, "bad_gateway", "upstream " + cfg.name + " sent a malformed response");
+    fail_with(502, "bad_gateway", "upstream " + cfg.name + " sent a malformed response");
   } else {
-    send_error(502, "bad_gateway", "upstream " + cfg.name + " closed the connection");
+    fail_with(502, "bad_gateway", "upstream " + cfg.name + " closed the connection");
   }
-  if (phase_ == phase::idle) process_input();
 }
 
-void client_session::release_upstream(bool reuse) {
+void upstream_call::fail_with(int status, const char* code, std::string message) {
+  // A route's fallback answers in place of the gateway's own upstream errors.
+  const fallback_config* fallback =
+      ex_.route && ex_.route->cfg->fallback && (status == 502 || status == 503 || status == 504)
+          ? &*ex_.route->cfg->fallback
+          : nullptr;
+  if (fallback) {
+    w_.stats.fallbacks.add();
+    ex_.local_reply = {fallback->status, fallback->content_type, fallback->body, fallback->headers};
+  } else {
+    ex_.local_status = status;
+    ex_.local_code = code;
+    ex_.local_message_storage = std::move(message);
+    ex_.local_message = ex_.local_message_storage.c_str();
+  }
+  sink_.on_call_failed();
+}
+
+void upstream_call::release(bool reuse) {
+  state_ = state::idle;
+  response_paused_ = false;
   if (ex_.counted_active && ex_.target) {
     ex_.target->metrics->active_requests.fetch_sub(1, std::memory_order_relaxed);
     ex_.counted_active = false;
   }
-  resp_parser_.reset();
-  writing_upstream_ = false;
+  parser_.reset();
+  if (writing_) {
+    writing_ = false;
+    out_.unpin();  // the connection closes below: the write in flight is cancelled
+  }
   if (!up_) return;
   auto conn = std::move(up_);
   up_.reset();
@@ -370,12 +510,12 @@ void client_session::release_upstream(bool reuse) {
 
 // --- response parser callbacks ---------------------------------------------------------------
 
-void client_session::on_response_line(int status, std::string_view reason, int version,
-                                      error_code& ec) {
+void upstream_call::on_response_line(int status, std::string_view reason, int version,
+                                     error_code& ec) {
   ex_.status = status;
   ex_.reason = reason;
   ex_.response_version = version;
-  resp_fields_.clear();
+  fields_.clear();
   ex_.response_content_length_count = ex_.response_transfer_encoding_count = 0;
   if (!valid_field_value(reason) || (version != 10 && version != 11) ||
       (!reason.empty() && !ends_line(reason, up_->in))) {
@@ -384,15 +524,15 @@ void client_session::on_response_line(int status, std::string_view reason, int v
   }
 }
 
-void client_session::on_response_field(http::field f, std::string_view name, std::string_view value,
-                                       error_code& ec) {
+void upstream_call::on_response_field(http::field f, std::string_view name, std::string_view value,
+                                      error_code& ec) {
   // What a client would misread must not pass: a response a smuggling-prone peer could frame
   // differently from us is refused as a whole (502), and its connection is not reused.
   auto malformed = [&] {
     ex_.response_malformed = true;
     ec = http::error::bad_value;
   };
-  if (resp_fields_.size() >= max_fields) {
+  if (fields_.size() >= max_fields) {
     ec = http::error::header_limit;
     return;
   }
@@ -416,10 +556,10 @@ void client_session::on_response_field(http::field f, std::string_view name, std
     default:
       break;
   }
-  resp_fields_.push_back({f, name, value});
+  fields_.push_back({f, name, value});
 }
 
-void client_session::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
+void upstream_call::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
   bool informational = ex_.status / 100 == 1;
   // A 101 nobody asked for (we never forward Upgrade), framing fields on a response that has no
   // body (RFC 9110 sections 8.6 and 6.4.1), or both Content-Length and Transfer-Encoding
@@ -442,12 +582,12 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
     } else if (ex_.target) {
       ex_.target->consecutive_failures.store(0, std::memory_order_relaxed);
       // A slow answer counts against the breaker (slow_call) though the client still gets it.
-      const auto& cb = ex_.upstream->cfg->circuit_breaker;
+      const auto& cb = cfg.circuit_breaker;
       bool slow = cb.slow_call.count() > 0 &&
                   steady_clock::now() - ex_.started > std::chrono::milliseconds(cb.slow_call);
       record_breaker(!slow);
     }
-    if (retry_status && ex_.attempts < cfg.retries.attempts && request_replayable() &&
+    if (retry_status && ex_.attempts < cfg.retries.attempts && replayable() &&
         is_idempotent(ex_.verb)) {
       ex_.retry_now = true;
       ec = http::error::bad_value;
@@ -457,51 +597,23 @@ void client_session::on_response_header(http::basic_parser<false>& parser, error
   response_head h;
   h.status = ex_.status;
   h.reason = ex_.reason;
-  h.fields = resp_fields_;
+  h.fields = fields_;
   h.informational = informational;
   if (!informational) {
     h.rate_limit_lines = ex_.rate_limit_headers;
     h.request_id = ex_.request_id;
-    bool no_body = ex_.status == 204 || ex_.status == 304 || ex_.verb == http::verb::head;
-    if (!no_body && (parser.chunked() || !parser.content_length())) {
-      if (ex_.version == 11) {
-        ex_.response_chunked = true;
-      } else {
-        close_after_response_ = true;  // an HTTP/1.0 client reads to the end of the connection
-      }
-    }
-    h.chunked = ex_.response_chunked;
     ex_.upstream_keep_alive = parser.keep_alive();
-    if (!ex_.request_done || w_.draining) close_after_response_ = true;
-    h.connection = close_after_response_ ? response_head::connection::close
-                   : ex_.version == 10   ? response_head::connection::keep_alive
-                                         : response_head::connection::as_is;
     ex_.response_head_sent = true;
-    if (ex_.route) ex_.route->metrics->per_worker[w_.index].status[status_slot(ex_.status)].add();
+    ex_.route->metrics->per_worker[w_.index].status[status_slot(ex_.status)].add();
   }
   ex_.route->stages->run_response_head(ex_, h);
-  write_response_head(h, out_);
+  sink_.on_call_head(h, parser.content_length() && !parser.chunked());
 }
 
-void client_session::on_response_body(std::string_view body, error_code& ec) {
+void upstream_call::on_response_body(std::string_view body, error_code&) {
   ex_.response_bytes += body.size();
   if (ex_.route->stages->reads_response_body()) ex_.route->stages->run_response_body(ex_, body);
-  if (ex_.response_chunked) {
-    if (body.empty()) return;
-    out_.append_hex(body.size());
-    out_.append("\r\n");
-    out_.append(body);
-    out_.append("\r\n");
-  } else {
-    out_.append(body);
-  }
-}
-
-void client_session::on_response_chunk_header(uint64_t, error_code&) {}
-
-void client_session::on_response_finish(error_code& ec) {
-  if (ex_.status / 100 == 1) return;
-  if (ex_.response_chunked) out_.append("0\r\n\r\n");
+  sink_.on_call_body(body);
 }
 
 }  // namespace meridian::node

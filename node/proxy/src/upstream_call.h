@@ -1,0 +1,151 @@
+#pragma once
+// Dispatch, the step after the chains: one exchange's call to its upstream. It writes the
+// upstream request head (with the head stages of both chains), chooses a target (balancing,
+// the failover chain, circuit breakers), reuses a pooled connection or opens one, sends the head
+// and the request body, parses the response and hands it on through the response stages,
+// retries within the retry budget, and answers with the route's fallback in place of a gateway
+// error. Breaker, outlier and target metrics are fed from here.
+//
+// The call knows nothing of the client's protocol. The codec that turned the client's bytes
+// into the exchange (the HTTP/1.1 session; an HTTP/2 stream the same way) feeds the request
+// body in with send_body/end_body and gets the response out through its call_sink: the head
+// (after the response stages, framing left to the codec), body pieces, the end, or a failure
+// left in the exchange as a local answer. Both directions have backpressure: body_room() and
+// call_sink::on_call_room for the request, call_sink::sink_full and resume_response for the
+// response.
+//
+// Threading: a call lives on its exchange's worker and is touched by no other thread.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "exchange.h"
+#include "http1_head.h"
+#include "http1_parsers.h"
+#include "meridian/common/byte_buffer.h"
+
+namespace meridian::node {
+
+class worker;
+class upstream_conn;
+struct snapshot;
+
+// What a codec gives the call of one of its exchanges.
+class call_sink {
+ public:
+  // What keeps the sink, and the call it holds, alive while an operation of the call is
+  // pending (an aliasing pointer is fine).
+  virtual std::shared_ptr<void> keep_alive() = 0;
+  // True while the codec holds request body bytes it is about to send_body: the head then goes
+  // out together with the first of them rather than in a packet of its own.
+  virtual bool body_waiting() const = 0;
+  // The call can take request body again (connected, or its output drained).
+  virtual void on_call_room() = 0;
+  // The response head after the response stages: a final one (ex.response_head_sent is set) or
+  // an interim 1xx (h.informational) before it. `length_known`: the upstream gave a
+  // Content-Length, so the body needs no framing of the codec's own.
+  virtual void on_call_head(response_head& h, bool length_known) = 0;
+  // A piece of the response body (after the response body stages).
+  virtual void on_call_body(std::string_view piece) = 0;
+  // What the last heads and pieces put out can go: they came from one read of the upstream.
+  virtual void flush_response() = 0;
+  // The response is complete. The call is over: its connection is pooled or closed, and the
+  // codec may start its next exchange on the same call.
+  virtual void on_call_done() = 0;
+  // The call failed before the response head: the answer is in the exchange as a local answer
+  // (ex.local_reply for the route's fallback, else ex.local_status, code and message).
+  virtual void on_call_failed() = 0;
+  // The call failed after the response head went out: the codec cuts the response short.
+  virtual void on_call_cut() = 0;
+  // The codec's output is full: the call stops reading the upstream until resume_response().
+  virtual bool sink_full() const = 0;
+
+ protected:
+  ~call_sink() = default;
+};
+
+class upstream_call {
+ public:
+  upstream_call(worker& w, call_sink& sink, exchange& ex) : w_(w), sink_(sink), ex_(ex) {}
+  ~upstream_call();
+  upstream_call(const upstream_call&) = delete;
+  upstream_call& operator=(const upstream_call&) = delete;
+
+  // Writes the upstream request head for ex (route and upstream chosen by the stages); body
+  // pieces may follow before start().
+  void prepare(const snapshot& snap);
+  // Dispatches: target, connection, send. The outcome comes through the sink.
+  void start();
+  // Request body from the codec, framed for the upstream. Keep within body_room().
+  void send_body(std::string_view piece);
+  void end_body();
+  // Bytes of request body the call takes before its output drains (0: wait for on_call_room).
+  size_t body_room() const;
+  // Sends what the call holds (after send_body).
+  void flush();
+  // The codec's output drained: go on reading the upstream.
+  void resume_response();
+  // The codec wrote to the client: a response stream that moves is not idle.
+  void touch();
+  // Called by the worker's sweep through the codec: a connect, request or idle deadline passed.
+  void check_deadline(int64_t now);
+  // Ends the call at once (the client went away or was answered otherwise); idempotent.
+  void abandon() { release(false); }
+  // Frees the send buffer while it is empty (between exchanges).
+  void shrink() { out_.release_if_empty(); }
+  bool active() const { return state_ != state::idle; }
+  bool connecting() const { return state_ == state::connecting; }
+
+  // From upstream_conn: a read completed (bytes in its buffer) or failed.
+  void on_upstream_data(const error_code& ec);
+
+  // Response parser callbacks.
+  void on_response_line(int status, std::string_view reason, int version, error_code& ec);
+  void on_response_field(http::field f, std::string_view name, std::string_view value,
+                         error_code& ec);
+  void on_response_header(http::basic_parser<false>& parser, error_code& ec);
+  void on_response_body(std::string_view body, error_code& ec);
+  void on_response_chunk_header(uint64_t, error_code&) {}
+  void on_response_finish(error_code&) {}
+
+ private:
+  enum class state { idle, connecting, sending };
+  enum class failure { connect, connect_timeout, reset, timeout, malformed };
+
+  void dispatch();
+  void connect();
+  void on_connected(const error_code& ec);
+  void send();
+  void parse();
+  void failed(failure why);
+  // Leaves a gateway error (or the route's fallback for 502, 503, 504) in the exchange and
+  // tells the sink.
+  void fail_with(int status, const char* code, std::string message);
+  void finish();
+  void release(bool reuse);
+  bool replayable() const;
+  void record_breaker(bool success);
+  void count_target_failure();
+  std::shared_ptr<upstream_call> self();
+
+  worker& w_;
+  call_sink& sink_;
+  exchange& ex_;
+  const snapshot* snap_ = nullptr;
+  state state_ = state::idle;
+  int64_t deadline_ = 0;
+  std::shared_ptr<upstream_conn> up_;
+  byte_buffer out_;
+  bool writing_ = false;
+  bool body_chunked_ = false;  // the request body goes upstream in chunks of the call's own
+  bool response_paused_ = false;
+  std::string retry_head_;  // the request head again, for a retry of a bodiless request
+  std::optional<response_parser<upstream_call>> parser_;
+  std::vector<field_view> fields_;
+};
+
+}  // namespace meridian::node
