@@ -200,6 +200,89 @@ TEST_F(proxy, chunked_response_is_forwarded_chunked) {
   EXPECT_EQ(res->get_header_value("Transfer-Encoding"), "chunked");
 }
 
+// The bytes of a response larger than every buffer on the way, to a client that reads slowly:
+// the gateway's writes to the client wait for room (EAGAIN) while the upstream's bytes keep
+// arriving and are appended behind them. Both framings: the upstream's Content-Length, and
+// the chunks the gateway writes itself.
+TEST(proxy_slow_reader, a_large_response_arrives_byte_exact) {
+  constexpr size_t total = 12 << 20;
+  auto byte_at = [](size_t i) { return static_cast<char>('a' + (i * 7 + i / 4099) % 26); };
+  upstream up;
+  auto provide = [&](size_t offset, size_t length, httplib::DataSink& sink) {
+    std::string piece(std::min<size_t>(length, 50000), '\0');
+    for (size_t i = 0; i < piece.size(); ++i) piece[i] = byte_at(offset + i);
+    return sink.write(piece.data(), piece.size());
+  };
+  up.server().Get("/sized", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content_provider(total, "application/octet-stream", provide);
+  });
+  up.server().Get("/chunked", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_chunked_content_provider(
+        "application/octet-stream", [&, sent = size_t{0}](size_t, httplib::DataSink& sink) mutable {
+          if (sent >= total) {
+            sink.done();
+            return true;
+          }
+          size_t n = std::min<size_t>(total - sent, 50000);
+          bool ok = provide(sent, n, sink);
+          sent += n;
+          return ok;
+        });
+  });
+  up.start();
+  running_node n(simple_config(up.address()));
+  ASSERT_TRUE(n.ok());
+  for (std::string path : {"/sized", "/chunked"}) {
+    raw_client c(n.port());
+    ASSERT_TRUE(c.send("GET " + path + " HTTP/1.1\r\nHost: a\r\n\r\n"));
+    // Read slowly: 16 KiB, then a pause, until the whole response is in or 60 s passed.
+    std::string got;
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    bool chunked = path == "/chunked";
+    auto complete = [&] {
+      auto end = got.find("\r\n\r\n");
+      if (end == std::string::npos) return false;
+      if (chunked) return got.size() >= 5 && got.compare(got.size() - 5, 5, "0\r\n\r\n") == 0;
+      return got.size() >= end + 4 + total;
+    };
+    while (!complete() && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{c.fd(), POLLIN, 0};
+      if (::poll(&p, 1, 1000) <= 0) continue;
+      char buf[16384];
+      ssize_t r = ::recv(c.fd(), buf, sizeof buf, 0);
+      if (r <= 0) break;
+      got.append(buf, static_cast<size_t>(r));
+      std::this_thread::sleep_for(std::chrono::microseconds(300));
+    }
+    ASSERT_TRUE(complete()) << path << ": " << got.size() << " bytes in";
+    auto end = got.find("\r\n\r\n");
+    std::string body;
+    if (!chunked) {
+      body = got.substr(end + 4);
+    } else {
+      size_t at = end + 4;
+      while (true) {
+        auto line_end = got.find("\r\n", at);
+        ASSERT_NE(line_end, std::string::npos) << path;
+        size_t size = std::stoul(got.substr(at, line_end - at), nullptr, 16);
+        if (size == 0) break;
+        ASSERT_EQ(got.compare(line_end + 2 + size, 2, "\r\n"), 0) << path << " chunk at " << at;
+        body.append(got, line_end + 2, size);
+        at = line_end + 2 + size + 2;
+      }
+    }
+    ASSERT_EQ(body.size(), total) << path;
+    size_t first_bad = total;
+    for (size_t i = 0; i < total; ++i) {
+      if (body[i] != byte_at(i)) {
+        first_bad = i;
+        break;
+      }
+    }
+    EXPECT_EQ(first_bad, total) << path << ": the body differs from byte " << first_bad;
+  }
+}
+
 TEST_F(proxy, head_request_gets_headers_without_body) {
   running_node n(simple_config(up_.address()));
   ASSERT_TRUE(n.ok());
