@@ -455,6 +455,117 @@ TEST(standalone_node, api_keys_and_oauth_work_without_a_cluster_and_survive_a_re
   n->drain(std::chrono::seconds(1));
 }
 
+// A standalone node with the OAuth endpoints, one client (an API key of consumer acme) and a
+// password user (alice), for the tests of the endpoints' pauses below.
+class oauth_pauses : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    serve_ok(up_);
+    const std::string yaml =
+        "node: {id: solo, region: eu-west, data_dir: " + dir_.file("data") +
+        "}\nlisten: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\n"
+        "oauth: {issuer: https://solo.example, scopes: [read], password_check_timeout: 1ms}\n"
+        "upstreams:\n  - name: u\n    targets: [" +
+        up_.address() +
+        "]\nconsumers:\n  - {id: acme}\n  - {id: alice}\n"
+        "routes:\n  - name: keyed\n    match: {path_prefix: /keyed}\n    upstream: u\n"
+        "    auth: {methods: [api_key]}\n";
+    auto cfg = node::parse_config(yaml, "solo.yaml");
+    ASSERT_TRUE(cfg.value);
+    node_ = std::make_unique<node::node>(*cfg.value);
+    std::string error;
+    ASSERT_TRUE(node_->start(&error)) << error;
+    httplib::Client admin("127.0.0.1", node_->admin_port());
+    httplib::Headers h = {{"Authorization", "Bearer " + node_->admin_token()}};
+    auto issued = admin.Post("/config/consumers/acme/keys", h, "", "application/json");
+    ASSERT_TRUE(issued);
+    ASSERT_EQ(issued->status, 201) << issued->body;
+    auto j = nlohmann::json::parse(issued->body);
+    key_id_ = j["key_id"];
+    key_ = j["key"];
+    auto pw = admin.Put("/config/consumers/alice/password", h, R"({"password":"correct horse"})",
+                        "application/json");
+    ASSERT_TRUE(pw);
+    ASSERT_EQ(pw->status, 200);
+    ASSERT_TRUE(eventually([&] { return keyed() == 200; }, std::chrono::seconds(3)));
+  }
+  void TearDown() override {
+    if (node_) node_->drain(std::chrono::seconds(1));
+  }
+  int keyed() {
+    httplib::Client c("127.0.0.1", node_->proxy_port());
+    auto r = c.Get("/keyed/x", {{"X-API-Key", key_}});
+    return r ? r->status : 0;
+  }
+  std::string token_request(const std::string& form) {
+    return "POST /oauth/token HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " +
+           base64_std(key_id_ + ":" + key_) +
+           "\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: " +
+           std::to_string(form.size()) + "\r\n\r\n" + form;
+  }
+
+  temp_dir dir_;
+  upstream up_;
+  std::unique_ptr<node::node> node_;
+  std::string key_id_, key_;
+};
+
+// The token endpoint pauses until its form body is in: a body split anywhere, and the next
+// request pipelined behind it, are both answered, in order.
+TEST_F(oauth_pauses, a_token_form_split_at_every_byte_and_pipelined_is_answered_in_order) {
+  const std::string all = token_request("grant_type=client_credentials&scope=read") +
+                          "GET /keyed/x HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key_ + "\r\n\r\n";
+  for (size_t split = 0; split < all.size(); ++split) {
+    raw_client c(node_->proxy_port());
+    ASSERT_TRUE(c.connected());
+    ASSERT_TRUE(c.send(all.substr(0, split)));
+    if (split > 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    ASSERT_TRUE(c.send(all.substr(split)));
+    auto token = c.read_response();
+    auto next = c.read_response();
+    ASSERT_EQ(status_of(token), 200) << "split " << split << ": " << token;
+    ASSERT_NE(token.find("\"access_token\""), std::string::npos) << "split " << split;
+    ASSERT_EQ(status_of(next), 200) << "split " << split << ": " << next;
+  }
+}
+
+// A suspended exchange whose resume does not come by its deadline: the stage's prepared answer
+// (503) goes out, the connection serves its next request, and the check that finishes later
+// finds the pause over and changes nothing. Password checks take tens of milliseconds each and
+// run one after another; with a 1 ms deadline at least the later of eight are past it when the
+// sweep (every 50 ms) looks.
+TEST_F(oauth_pauses, a_password_check_past_its_deadline_gets_503_and_its_late_answer_is_dropped) {
+  const std::string request =
+      token_request("grant_type=password&username=alice&password=correct+horse");
+  std::vector<std::unique_ptr<raw_client>> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.push_back(std::make_unique<raw_client>(node_->proxy_port()));
+    ASSERT_TRUE(clients.back()->send(request));
+  }
+  int timed_out = 0;
+  for (auto& c : clients) {
+    auto r = c->read_response(std::chrono::seconds(10));
+    int status = status_of(r);
+    ASSERT_TRUE(status == 200 || status == 503) << r;
+    if (status == 503) {
+      ++timed_out;
+      EXPECT_NE(r.find("\"temporarily_unavailable\""), std::string::npos) << r;
+      EXPECT_NE(r.find("did not finish in time"), std::string::npos) << r;
+    }
+    // The same connection goes on: its next request gets its own answer, not the late one.
+    ASSERT_TRUE(c->send("GET /keyed/x HTTP/1.1\r\nHost: x\r\nX-API-Key: " + key_ + "\r\n\r\n"));
+    auto next = c->read_response(std::chrono::seconds(10));
+    EXPECT_EQ(status_of(next), 200) << next << " after " << r;
+    EXPECT_EQ(next.find("access_token"), std::string::npos) << next;
+  }
+  EXPECT_GT(timed_out, 0);
+  // Every late check has come back by now or will: nothing more arrives on any connection.
+  for (auto& c : clients) {
+    EXPECT_FALSE(c->closed_by_peer(std::chrono::milliseconds(300)));
+    EXPECT_TRUE(c->buffer().empty()) << c->buffer();
+  }
+}
+
 TEST(admin_plane, a_non_loopback_admin_address_needs_an_existing_token_file) {
   temp_dir dir;
   auto config_with = [&](const std::string& admin_section) {

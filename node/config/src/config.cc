@@ -1281,6 +1281,11 @@ oauth_config parse_oauth(diagnostics& d, const field& f) {
     if (read_duration(d, *v, o.access_token_ttl) && o.access_token_ttl < std::chrono::seconds(10))
       d.add(v->line, v->path + ": must be at least 10s");
   }
+  if (auto v = m.take("password_check_timeout")) {
+    if (read_duration(d, *v, o.password_check_timeout) &&
+        o.password_check_timeout < std::chrono::milliseconds(1))
+      d.add(v->line, v->path + ": must be at least 1ms");
+  }
   if (auto v = m.take("refresh_token_ttl")) {
     if (read_duration(d, *v, o.refresh_token_ttl) && o.refresh_token_ttl < std::chrono::minutes(1))
       d.add(v->line, v->path + ": must be at least 1m");

@@ -220,16 +220,18 @@ nlohmann::json config_to_json(const config& c) {
               {"jwt", std::move(jwt)}};
   if (c.oauth) {
     const auto& o = *c.oauth;
-    out["oauth"] = {{"issuer", o.issuer},
-                    {"audience", o.audience},
-                    {"token_path", o.token_path},
-                    {"introspect_path", o.introspect_path},
-                    {"revoke_path", o.revoke_path},
-                    {"authorize_path", o.authorize_path},
-                    {"access_token_ttl", std::to_string(o.access_token_ttl.count()) + "ms"},
-                    {"refresh_token_ttl", std::to_string(o.refresh_token_ttl.count()) + "ms"},
-                    {"grants", o.grants},
-                    {"scopes", o.scopes}};
+    out["oauth"] = {
+        {"issuer", o.issuer},
+        {"audience", o.audience},
+        {"token_path", o.token_path},
+        {"introspect_path", o.introspect_path},
+        {"revoke_path", o.revoke_path},
+        {"authorize_path", o.authorize_path},
+        {"access_token_ttl", std::to_string(o.access_token_ttl.count()) + "ms"},
+        {"refresh_token_ttl", std::to_string(o.refresh_token_ttl.count()) + "ms"},
+        {"password_check_timeout", std::to_string(o.password_check_timeout.count()) + "ms"},
+        {"grants", o.grants},
+        {"scopes", o.scopes}};
   }
   return out;
 }

@@ -105,6 +105,7 @@ void client_session::check_deadline(int64_t now) {
         ex_.local_message = "the request could not be handled in time";
       }
       answer_local();
+      process_input();  // nothing reads the connection while it is paused
       break;
     case phase::calling:  // handled above
       break;

@@ -12,7 +12,6 @@ namespace meridian::node {
 namespace {
 
 constexpr size_t max_body = 16 * 1024;
-constexpr int64_t password_deadline_ms = 30'000;
 
 int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -113,22 +112,22 @@ class oauth_endpoints_stage final : public stage {
     ex.local_message = "the password check did not finish in time";
     auto req = std::make_shared<oauth_authority::request>(std::move(ex.oauth));
     ex.oauth = {};
-    bool queued = authority->run_slow(
-        [handle = std::make_shared<resume_handle>(ctx.pause.suspend(password_deadline_ms)),
-         authority, req, octx = std::move(octx)]() mutable {
-          oauth_authority::reply r;
-          try {
-            r = authority->handle(*req, octx);
-          } catch (const std::exception&) {
-            r.status = 500;
-            r.body = R"({"error":"server_error","error_description":"internal error"})";
-          }
-          *req = {};  // the password goes with it, here
-          handle->resume([r = std::move(r)](exchange& ex) mutable {
-            set_reply(ex, std::move(r));
-            return verdict::respond;
-          });
-        });
+    bool queued = authority->run_slow([handle = std::make_shared<resume_handle>(ctx.pause.suspend(
+                                           ctx.snap.cfg.oauth->password_check_timeout.count())),
+                                       authority, req, octx = std::move(octx)]() mutable {
+      oauth_authority::reply r;
+      try {
+        r = authority->handle(*req, octx);
+      } catch (const std::exception&) {
+        r.status = 500;
+        r.body = R"({"error":"server_error","error_description":"internal error"})";
+      }
+      *req = {};  // the password goes with it, here
+      handle->resume([r = std::move(r)](exchange& ex) mutable {
+        set_reply(ex, std::move(r));
+        return verdict::respond;
+      });
+    });
     if (queued) return verdict::pause;
     // The handle the job held came back unused: the exchange is answered now instead.
     ex.local_message = "too many password checks waiting; retry shortly";

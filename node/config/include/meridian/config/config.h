@@ -294,6 +294,9 @@ struct oauth_config {
   std::string authorize_path = "/oauth/authorize";  // authorization_code: the consent page
   duration access_token_ttl = std::chrono::hours(1);
   duration refresh_token_ttl = std::chrono::hours(24 * 30);  // each rotation starts a new one
+  // How long a token request waits for its password check (queued behind others on the
+  // password thread) before it gets 503 temporarily_unavailable.
+  duration password_check_timeout = std::chrono::seconds(30);
   std::vector<std::string> scopes;  // what clients may ask for (empty: no scopes)
   // Grant types the token endpoint accepts: client_credentials, password, authorization_code,
   // refresh_token (default: all four).
