@@ -836,9 +836,24 @@ struct membership::impl {
   }
 
   // ---- receiving ----
+  void pull_from_unknown(const std::string& id, const std::string& address) {
+    millis now = env_.now();
+    auto [it, fresh] = unknown_pulls_.try_emplace(id, now);
+    if (!fresh && now - it->second < cfg_.probe_interval) return;
+    it->second = now;
+    if (unknown_pulls_.size() > 256) unknown_pulls_.clear();  // bounded whatever is sent
+    ++stats_.push_pulls;
+    env_.send_state(address, table(false));
+  }
+
   void on_packet(const packet& p) {
     ++stats_.packets_received;
     if (p.version != protocol_version || p.sender_id == self_.info.id) return;
+    // A member we have never heard of is talking to us: the gossip of its join missed us (a
+    // handful of retransmissions to random members can), and the next push-pull may be 30 s
+    // away. Exchange tables with it now: it knows the members we missed too.
+    if (!p.sender_address.empty() && !left_ && !members_.count(p.sender_id))
+      pull_from_unknown(p.sender_id, p.sender_address);
     packet reply = new_packet();
     for (const auto& u : p.updates) {
       // A sender that gossips an outdated claim (it missed a refutation, say) is told the newer
@@ -950,6 +965,8 @@ struct membership::impl {
   size_t probe_pos_ = 0;
   probe_round probe_;
   std::unordered_map<uint64_t, relay> relays_;
+  // When each unknown sender was last pulled (at most once per probe interval each).
+  std::unordered_map<std::string, millis> unknown_pulls_;
 
   millis next_probe_{0}, next_gossip_{0}, next_push_pull_{0}, next_dead_probe_{0}, next_reap_{0};
   std::vector<std::string> seeds_;

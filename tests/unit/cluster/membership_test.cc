@@ -31,7 +31,10 @@ struct manual_env : environment {
   void send_packet(const std::string& address, const packet& p) override {
     sent.emplace_back(address, p);
   }
-  void send_state(const std::string&, const state_sync&) override {}
+  void send_state(const std::string& address, const state_sync&) override {
+    states_to.push_back(address);
+  }
+  std::vector<std::string> states_to;  // push-pulls started, by address
   void on_member_change(const member& m) override { changes.push_back(m); }
 };
 
@@ -518,6 +521,28 @@ TEST(membership_sim, a_member_whose_udp_is_blocked_stays_alive_through_the_tcp_f
 
 namespace meridian::cluster {
 namespace {
+
+// A packet from a member this node has never heard of means the gossip of that member's join
+// missed it: it pulls the sender's table at once (once per probe interval), instead of waiting
+// up to a push-pull interval. Seen on real processes: one node of five missing the last joiner
+// for the whole 20 s a test waited.
+TEST(membership, a_packet_from_an_unknown_member_starts_a_push_pull_with_it) {
+  manual_env env;
+  swim_config cfg;
+  membership m(info(0), 1, cfg, env);
+  m.on_packet(gossip_from(1, {claim(1, 1, member_state::alive, 1)}));
+  ASSERT_EQ(env.states_to, std::vector<std::string>{info(1).address});
+  m.on_packet(gossip_from(1, {}));  // known now: no more pulls
+  packet ping = gossip_from(2, {});
+  ping.pings.push_back(ping_msg{7, "n0"});
+  m.on_packet(ping);
+  m.on_packet(ping);  // again within the probe interval: one pull is enough
+  EXPECT_EQ(env.states_to, (std::vector<std::string>{info(1).address, info(2).address}));
+  env.clock += cfg.probe_interval;
+  m.on_packet(ping);  // still unknown a probe interval later: pulled again
+  EXPECT_EQ(env.states_to.size(), 3u);
+  EXPECT_EQ(env.states_to.back(), info(2).address);
+}
 
 TEST(membership, member_table_is_capped_and_tombstones_make_room_first) {
   manual_env env;
