@@ -15,6 +15,8 @@ packages=(
   curl iproute2 iptables nftables python3
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
+  # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
+  python3-websockets
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
 )

@@ -1232,6 +1232,10 @@ bool node::start(std::string* error) {
   });
   // A change may have landed between the snapshot above and the handler: check once.
   d.config_dirty = true;
+  // Everything the applier thread touches exists before it starts (install() updates the
+  // health checker: assigning it afterwards raced with that read).
+  d.health = std::make_unique<health_checker>();
+  d.health->update(d.snap);
   d.applier = std::thread([this] { impl_->run_applier(); });
   if (d.cluster) d.breaker_sync = std::thread([this] { impl_->run_breaker_sync(); });
 
@@ -1313,8 +1317,6 @@ bool node::start(std::string* error) {
     return false;
   }
   d.jwks_refresher.start(std::chrono::milliseconds(200), [this] { impl_->refresh_jwks_due(); });
-  d.health = std::make_unique<health_checker>();
-  d.health->update(d.snap);
   log()->info("node {} (region {}) proxy on {}:{}, admin on {}:{}, {} worker(s)", d.cfg.node.id,
               d.cfg.node.region, d.cfg.listen.proxy.host, proxy_port(), d.cfg.listen.admin.host,
               admin_port(), d.cfg.node.workers);

@@ -352,7 +352,74 @@ TEST(jwks_url, a_token_signed_with_a_rotated_key_passes_once_the_set_is_refetche
   EXPECT_TRUE(eventually([&] { return get(rotated) == 200; }, 15s));
 }
 
-// An admin API on a non-loopback address starts only with a token file the operator placed.
+// A jwks_url over https: the set is fetched with the issuer's certificate verified, host name
+// included. The certificate here is self-signed for "localhost" and trusted through
+// SSL_CERT_FILE (what OpenSSL's default verify paths read); a node whose provider reaches the
+// same server as 127.0.0.1 refuses to start, naming the verification failure.
+TEST(jwks_url, an_https_set_is_fetched_only_from_a_server_whose_certificate_verifies) {
+  temp_dir dir;
+  const std::string cert = dir.file("jwks.pem"), key = dir.file("jwks.key");
+  ASSERT_EQ(std::system(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+                         "-keyout " +
+                         key + " -out " + cert +
+                         " -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost "
+                         ">/dev/null 2>&1")
+                            .c_str()),
+            0);
+  ::setenv("SSL_CERT_FILE", cert.c_str(), 1);
+  httplib::SSLServer issuer(cert.c_str(), key.c_str());
+  ASSERT_TRUE(issuer.is_valid());
+  issuer.Get("/jwks.json", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(
+        R"({"keys":[{"kty":"oct","kid":"k1","alg":"HS256","k":")" + b64url(secret) + R"("}]})",
+        "application/json");
+  });
+  int port = issuer.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread serving([&] { issuer.listen_after_bind(); });
+  ASSERT_TRUE(eventually([&] { return issuer.is_running(); }));
+  upstream up;
+  serve_ok(up);
+  auto provider = [&](const std::string& name, const std::string& host) {
+    return "  - name: " + name + "\n    issuer: https://" + name +
+           ".example\n    audience: api\n    jwks_url: https://" + host + ":" +
+           std::to_string(port) + "/jwks.json\n    jwks_refresh: 1h\n";
+  };
+  auto route = [](const std::string& name) {
+    return "  - name: " + name + "\n    match: {path_prefix: /" + name + "}\n    upstream: u\n" +
+           "    auth: {methods: [jwt], jwt: " + name + "}\n";
+  };
+  const std::string yaml_tail = "upstreams:\n  - name: u\n    targets: [" + up.address() + "]\n";
+  running_node n("jwt:\n" + provider("named", "localhost") + yaml_tail + "routes:\n" +
+                 route("named"));
+  ASSERT_TRUE(n.ok());
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
+  nlohmann::json claims = {{"sub", "acme"},
+                           {"iss", "https://named.example"},
+                           {"aud", "api"},
+                           {"iat", now},
+                           {"exp", now + 300}};
+  auto res = n.client().Get("/named/x", {{"Authorization", "Bearer " + hs256(claims)}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+
+  auto cfg = node::parse_config(
+      "node: {id: by-ip, region: eu-west, data_dir: " + dir.file("by-ip") +
+          "}\n"
+          "listen: {proxy: 127.0.0.1:0, admin: 127.0.0.1:0}\njwt:\n" +
+          provider("by_ip", "127.0.0.1") + yaml_tail + "routes:\n" + route("by_ip"),
+      "by_ip.yaml");
+  ASSERT_TRUE(cfg.value);
+  node::node refused(*cfg.value);
+  std::string error;
+  EXPECT_FALSE(refused.start(&error)) << "a certificate for localhost must not verify 127.0.0.1";
+  EXPECT_NE(error.find("certificate verify failed"), std::string::npos) << error;
+  issuer.stop();
+  serving.join();
+}
+
 // A node without a cluster section keeps API keys, passwords and OAuth registers in its own
 // store: keys are issued and revoked through the admin API, survive a restart, and OAuth works.
 TEST(standalone_node, api_keys_and_oauth_work_without_a_cluster_and_survive_a_restart) {
@@ -566,6 +633,7 @@ TEST_F(oauth_pauses, a_password_check_past_its_deadline_gets_503_and_its_late_an
   }
 }
 
+// An admin API on a non-loopback address starts only with a token file the operator placed.
 TEST(admin_plane, a_non_loopback_admin_address_needs_an_existing_token_file) {
   temp_dir dir;
   auto config_with = [&](const std::string& admin_section) {

@@ -173,6 +173,14 @@ constexpr worker_counter worker_counters[] = {
      &worker_stats::fallbacks},
     {"upstream_overflows", "Requests refused because max_connections_per_target was reached.",
      &worker_stats::upstream_overflows},
+    {"websocket_upgrades", "WebSocket tunnels opened (the upstream answered 101).",
+     &worker_stats::websocket_upgrades},
+    {"websocket_refused", "WebSocket upgrades refused because max_websocket_tunnels was reached.",
+     &worker_stats::websocket_refused},
+    {"websocket_bytes_to_upstream", "Bytes relayed from clients to upstreams through tunnels.",
+     &worker_stats::websocket_bytes_to_upstream},
+    {"websocket_bytes_to_client", "Bytes relayed from upstreams to clients through tunnels.",
+     &worker_stats::websocket_bytes_to_client},
 };
 
 }  // namespace
@@ -251,6 +259,10 @@ std::string metrics_registry::render_prometheus() const {
   int64_t active = 0;
   for (const auto& w : workers_) active += w->connections_active.load(std::memory_order_relaxed);
   out.sample("meridian_connections_active", {}, active);
+  out.family("meridian_websocket_tunnels_open", "gauge", "Open WebSocket tunnels.");
+  int64_t tunnels = 0;
+  for (const auto& w : workers_) tunnels += w->websocket_tunnels.load(std::memory_order_relaxed);
+  out.sample("meridian_websocket_tunnels_open", {}, tunnels);
 
   struct target_family {
     const char* name;

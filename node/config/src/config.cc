@@ -706,6 +706,12 @@ void parse_limits_section(diagnostics& d, const field& f, limits_section& out) {
   if (auto v = m.take("header_timeout")) read_duration(d, *v, out.header_timeout);
   if (auto v = m.take("idle_timeout")) read_duration(d, *v, out.idle_timeout);
   if (auto v = m.take("max_connections")) read_uint(d, *v, out.max_connections, 1);
+  if (auto v = m.take("max_websocket_tunnels")) read_uint(d, *v, out.max_websocket_tunnels, 0);
+  if (auto v = m.take("websocket_idle_timeout")) {
+    if (read_duration(d, *v, out.websocket_idle_timeout) &&
+        out.websocket_idle_timeout < std::chrono::seconds(1))
+      d.add(v->line, v->path + ": must be at least 1s");
+  }
   m.finish();
 }
 
@@ -1169,6 +1175,7 @@ route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
     bool preserve = true;
     if (read_bool(d, *v, preserve)) r.preserve_host = preserve;
   }
+  if (auto v = m.take("websocket")) read_bool(d, *v, r.websocket);
   m.finish();
   return r;
 }

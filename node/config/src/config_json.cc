@@ -182,6 +182,7 @@ json route_to_json(const route_config& r) {
   }
   if (r.max_body_bytes) out["max_body_bytes"] = *r.max_body_bytes;
   if (r.preserve_host) out["preserve_host"] = *r.preserve_host;
+  if (r.websocket) out["websocket"] = true;
   return out;
 }
 

@@ -79,8 +79,11 @@ struct exchange {
   std::optional<uint64_t> content_length;
   bool chunked = false;
   bool has_body = false;
-  bool request_done = false;  // the whole request (body included) has been read
-  bool body_started = false;  // body bytes have been taken from the receive buffer
+  bool request_done = false;        // the whole request (body included) has been read
+  bool body_started = false;        // body bytes have been taken from the receive buffer
+  bool upgrade_websocket = false;   // an Upgrade field lists websocket
+  bool connection_upgrade = false;  // a Connection field lists upgrade
+  bool wants_websocket = false;     // both, on a bodiless HTTP/1.1 GET (RFC 6455 section 4.1)
   uint64_t body_bytes = 0;
   std::chrono::steady_clock::time_point started;
   inline_text<128> request_id;
@@ -119,7 +122,10 @@ struct exchange {
   bool reused_connection = false;
   bool counted_active = false;
   bool retry_now = false;
-  bool probe = false;  // this attempt is a half-open breaker probe
+  bool probe = false;              // this attempt is a half-open breaker probe
+  bool upstream_prepared = false;  // the call wrote the upstream head: body goes to it
+  bool websocket = false;  // the upstream was asked to upgrade (the route has websocket: true)
+  bool tunnel = false;     // ... and answered 101: bytes are relayed both ways from then on
   const target_state* exclude = nullptr;
   target_state* target = nullptr;
   const upstream_target* picked = nullptr;  // target as the snapshot configures it (endpoint)

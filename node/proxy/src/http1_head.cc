@@ -107,6 +107,16 @@ const char* reason_for(int status) {
   }
 }
 
+bool has_token(std::string_view list, std::string_view token) {
+  while (!list.empty()) {
+    size_t comma = list.find(',');
+    if (iequals(trim(list.substr(0, comma)), token)) return true;
+    if (comma == std::string_view::npos) break;
+    list.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
 size_t collect_connection_tokens(std::span<const field_view> fields,
                                  std::string_view (&out)[max_connection_tokens]) {
   size_t n = 0;
@@ -273,6 +283,11 @@ size_t write_upstream_head(const upstream_head& h, byte_buffer& out) {
   size_t refused = 0;
   for (auto& [k, v] : h.identity) refused += !append_field(out, k, v);
   if (h.chunked) out.append("Transfer-Encoding: chunked\r\n");
+  if (!h.upgrade.empty()) {
+    out.append("Connection: Upgrade\r\nUpgrade: ");
+    out.append(h.upgrade);
+    out.append("\r\n");
+  }
   out.append("\r\n");
   return refused;
 }
@@ -303,6 +318,11 @@ void write_response_head(const response_head& h, byte_buffer& out) {
       out.append("Connection: close\r\n");
     } else if (h.connection == response_head::connection::keep_alive) {
       out.append("Connection: keep-alive\r\n");
+    }
+    if (!h.upgrade.empty()) {
+      out.append("Connection: Upgrade\r\nUpgrade: ");
+      out.append(h.upgrade);
+      out.append("\r\n");
     }
   }
   out.append("\r\n");

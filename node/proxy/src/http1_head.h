@@ -45,6 +45,8 @@ void append_json_string(byte_buffer& out, std::string_view s);
 const char* reason_for(int status);
 
 constexpr size_t max_connection_tokens = 8;
+// True when the comma-separated list (a Connection or Upgrade value) holds token, in any case.
+bool has_token(std::string_view list, std::string_view token);
 // Collects the field names listed in Connection headers (other than close and keep-alive):
 // they are hop-by-hop too (RFC 9110 §7.6.1). Returns how many were stored in out.
 size_t collect_connection_tokens(std::span<const field_view> fields,
@@ -71,10 +73,11 @@ struct upstream_head {
   bool tls = false;  // the client connection (X-Forwarded-Proto)
   int version = 11;  // the client's (Via)
   std::string_view request_id;
-  header_pairs set;       // the route's request_headers.set
-  header_pairs add;       // the route's request_headers.add
-  header_pairs identity;  // verified claims and the consumer, from authentication
-  bool chunked = false;   // the body is re-chunked by the gateway
+  header_pairs set;          // the route's request_headers.set
+  header_pairs add;          // the route's request_headers.add
+  header_pairs identity;     // verified claims and the consumer, from authentication
+  bool chunked = false;      // the body is re-chunked by the gateway
+  std::string_view upgrade;  // the protocol to ask the upstream to switch to, or empty
 };
 
 // Appends the request head to out. Returns how many identity headers were refused because
@@ -93,10 +96,21 @@ struct response_head {
   std::string_view rate_limit_lines;   // "RateLimit-...: v\r\n" lines, or empty
   std::string_view request_id;         // added unless the upstream sent one
   bool chunked = false;                // the gateway chunks the body towards the client
+  std::string_view upgrade;            // a 101 switching to this protocol, or empty
   enum class connection { as_is, close, keep_alive } connection = connection::as_is;
 };
 
 // Appends the response head to out.
 void write_response_head(const response_head& h, byte_buffer& out);
+
+// Appends piece to a chunked body as one chunk of its own (nothing for an empty piece, which
+// would end the body): the framing is the gateway's, never the sender's.
+inline void append_chunk(byte_buffer& out, std::string_view piece) {
+  if (piece.empty()) return;
+  out.append_hex(piece.size());
+  out.append("\r\n");
+  out.append(piece);
+  out.append("\r\n");
+}
 
 }  // namespace meridian::node

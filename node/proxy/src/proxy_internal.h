@@ -115,6 +115,7 @@ class worker {
   worker(unsigned index, metrics_registry& metrics, std::atomic<int64_t>& connections,
          spdlog::logger* access_log)
       : index(index),
+        registry(metrics),
         ioc(BOOST_ASIO_CONCURRENCY_HINT_UNSAFE),
         acceptor(ioc.get_executor()),
         tls_acceptor(ioc.get_executor()),
@@ -166,6 +167,14 @@ class worker {
   void give_back(std::shared_ptr<upstream_conn> conn, const upstream_config& cfg);
   void forget_idle(upstream_conn* conn);
 
+  // WebSocket tunnels open on the node (all workers).
+  int64_t open_tunnels() const {
+    int64_t n = 0;
+    for (unsigned i = 0; i < registry.workers(); ++i)
+      n += registry.worker(i).websocket_tunnels.load(std::memory_order_relaxed);
+    return n;
+  }
+
   uint64_t next_random() {
     rng ^= rng << 13;
     rng ^= rng >> 7;
@@ -174,6 +183,7 @@ class worker {
   }
 
   unsigned index;
+  metrics_registry& registry;
   // Declared before ioc so that they outlive it: destroying ioc destroys pending handlers, which
   // may own the last reference to sessions and connections that update these on destruction.
   std::vector<client_session*> sessions;
@@ -245,6 +255,7 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void on_call_done() override;
   void on_call_failed() override;
   void on_call_cut() override { close(); }
+  void on_call_tunnel() override;
   bool sink_full() const override { return out_.size() >= high_water; }
 
   size_t index_in_worker = 0;
@@ -256,6 +267,7 @@ class client_session final : public std::enable_shared_from_this<client_session>
     awaiting_body,  // reading the body for the stage that paused for it (the OAuth endpoints)
     paused,         // held by a stage: a timer or a resume_handle brings it back
     calling,        // the upstream call (call_) is connecting, sending or streaming back
+    tunnel,         // a WebSocket tunnel: the call relays raw bytes both ways
     closing,
     lingering,
     closed
@@ -268,6 +280,7 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void refuse_head(const error_code& ec);
   bool read_awaited_body();
   bool forward_body();
+  bool forward_tunnel();
   void begin_request();
   void finish_exchange();
   void flush_client();

@@ -78,7 +78,7 @@ void client_session::close_if_idle() {
 }
 
 void client_session::check_deadline(int64_t now) {
-  if (phase_ == phase::calling) {
+  if (phase_ == phase::calling || phase_ == phase::tunnel) {
     call_.check_deadline(now);  // connect, request and idle deadlines are the call's
     return;
   }
@@ -108,6 +108,7 @@ void client_session::check_deadline(int64_t now) {
       process_input();  // nothing reads the connection while it is paused
       break;
     case phase::calling:  // handled above
+    case phase::tunnel:
       break;
     case phase::closing:
     case phase::lingering:
@@ -166,6 +167,17 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
       close();
     } else {
       start_client_read();  // drop what arrives until the client closes or the deadline
+    }
+    return;
+  }
+  if (ec && phase_ == phase::tunnel) {
+    // A client that half-closes has said all it will; the upstream's side goes on until it
+    // closes too. A reset ends both.
+    if (ec == asio::error::eof) {
+      client_eof_ = true;
+      call_.end_tunnel_send();
+    } else {
+      close();
     }
     return;
   }
@@ -372,6 +384,22 @@ bool client_session::forward_body() {
   return true;
 }
 
+// Relays client bytes into the tunnel as far as the call has room. As read_head.
+bool client_session::forward_tunnel() {
+  if (in_.empty()) {
+    start_client_read();
+    return false;
+  }
+  size_t room = call_.body_room();
+  if (!room) return false;  // on_call_room when the upstream write drains
+  size_t n = std::min(room, in_.size());
+  call_.send_body(std::string_view(in_.data(), n));
+  in_.consume(n);
+  call_.flush();
+  call_.touch();
+  return true;
+}
+
 void client_session::process_input() {
   // Resumed when the read completes; or called from inside the loop (by the call, say), which
   // goes on by itself.
@@ -389,6 +417,10 @@ void client_session::process_input() {
     }
     if (phase_ == phase::awaiting_body) {
       if (read_awaited_body()) continue;
+      return;
+    }
+    if (phase_ == phase::tunnel) {
+      if (forward_tunnel()) continue;
       return;
     }
     if (phase_ == phase::calling && ex_.body_started && !ex_.request_done) {
@@ -526,7 +558,7 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     return;
   }
   out_.consume(n);
-  if (phase_ == phase::calling) call_.touch();
+  if (phase_ == phase::calling || phase_ == phase::tunnel) call_.touch();
   if (!out_.empty()) {
     flush_client();
   } else if (phase_ == phase::closing) {
@@ -540,12 +572,18 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
       return;
     }
   }
-  if (phase_ == phase::calling && out_.size() < high_water / 2) call_.resume_response();
+  if ((phase_ == phase::calling || phase_ == phase::tunnel) && out_.size() < high_water / 2)
+    call_.resume_response();
 }
 
 // --- call_sink: the upstream call's response ----------------------------------------------
 
 void client_session::on_call_head(response_head& h, bool length_known) {
+  if (ex_.tunnel) {
+    close_after_response_ = true;  // when the tunnel ends, so does the connection
+    write_response_head(h, out_);
+    return;
+  }
   if (!h.informational) {
     bool no_body = ex_.status == 204 || ex_.status == 304 || ex_.verb == http::verb::head;
     if (!no_body && !length_known) {
@@ -566,11 +604,7 @@ void client_session::on_call_head(response_head& h, bool length_known) {
 
 void client_session::on_call_body(std::string_view piece) {
   if (ex_.response_chunked) {
-    if (piece.empty()) return;
-    out_.append_hex(piece.size());
-    out_.append("\r\n");
-    out_.append(piece);
-    out_.append("\r\n");
+    append_chunk(out_, piece);
   } else {
     out_.append(piece);
   }
@@ -579,6 +613,12 @@ void client_session::on_call_body(std::string_view piece) {
 void client_session::on_call_done() {
   if (ex_.response_chunked) out_.append("0\r\n\r\n");
   finish_exchange();
+}
+
+void client_session::on_call_tunnel() {
+  phase_ = phase::tunnel;
+  flush_client();
+  process_input();  // what the client sent after its upgrade request, and reads from now on
 }
 
 void client_session::on_call_failed() {

@@ -82,6 +82,12 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
       ++ex_.host_count;
       ex_.host = value;
       break;
+    case http::field::upgrade:
+      ex_.upgrade_websocket |= has_token(value, "websocket");
+      break;
+    case http::field::connection:
+      ex_.connection_upgrade |= has_token(value, "upgrade");
+      break;
     default:
       break;
   }
@@ -119,7 +125,7 @@ void client_session::make_request_id() {
 // --- stages and pauses -----------------------------------------------------------------------
 
 stage_context client_session::make_stage_context() {
-  return {*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, *this, header_views_};
+  return {*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, *this, header_views_, &snap_};
 }
 
 verdict client_session::run_stages(chain_position from) {
@@ -309,6 +315,8 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   ex_.query = query;
   ex_.has_query = qpos != std::string_view::npos;
   if (cl) ex_.content_length = *cl;
+  ex_.wants_websocket = ex_.upgrade_websocket && ex_.connection_upgrade &&
+                        ex_.verb == http::verb::get && ex_.version == 11 && !ex_.has_body;
   if (!parser.keep_alive()) close_after_response_ = true;
   head_verdict_ = run_stages({});
 }
@@ -365,7 +373,7 @@ void client_session::on_request_chunk_header(uint64_t size, error_code& ec) {
 }
 
 void client_session::on_request_finish(error_code& ec) {
-  if (phase_ != phase::awaiting_body) call_.end_body();
+  if (phase_ != phase::awaiting_body && ex_.upstream_prepared) call_.end_body();
   ex_.request_done = true;
 }
 

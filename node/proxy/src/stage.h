@@ -105,6 +105,9 @@ struct stage_context {
   worker_stats& stats;              // the worker's counters
   pause_control& pause;             // for a stage that answers pause
   std::vector<header_view>& header_scratch;  // the worker's, for the router's view of fields
+  // The session's hold on snap, for work that may outlive the exchange (a job on another
+  // thread that reads the snapshot must keep it: a pause can end at its deadline first).
+  const std::shared_ptr<const snapshot>* snap_owner = nullptr;
 };
 
 // What the log hooks may use: the exchange is over (answered, or abandoned).

@@ -75,6 +75,9 @@ void upstream_call::prepare(const snapshot& snap) {
   h.identity = ex_.identity_headers;
   h.chunked = ex_.chunked;
   body_chunked_ = h.chunked;
+  ex_.upstream_prepared = true;
+  ex_.websocket = ex_.wants_websocket && ex_.route->cfg->websocket;
+  if (ex_.websocket) h.upgrade = "websocket";
   snap.entry->run_upstream_head(ex_, h);  // forwarding headers
   ex_.route->stages->run_upstream_head(ex_, h);
   out_.clear();
@@ -83,13 +86,9 @@ void upstream_call::prepare(const snapshot& snap) {
 }
 
 void upstream_call::send_body(std::string_view piece) {
+  if (state_ == state::tunnel) w_.stats.websocket_bytes_to_upstream.add(piece.size());
   if (body_chunked_) {
-    // Each piece becomes its own chunk: framing is ours, never the client's bytes.
-    if (piece.empty()) return;
-    out_.append_hex(piece.size());
-    out_.append("\r\n");
-    out_.append(piece);
-    out_.append("\r\n");
+    append_chunk(out_, piece);  // each piece its own chunk, whatever the client's were
   } else {
     out_.append(piece);
   }
@@ -106,6 +105,15 @@ size_t upstream_call::body_room() const {
 // --- dispatching to an upstream --------------------------------------------------------------
 
 void upstream_call::start() {
+  if (ex_.websocket &&
+      w_.open_tunnels() >= static_cast<int64_t>(snap_->cfg.limits.max_websocket_tunnels)) {
+    w_.stats.websocket_refused.add();
+    ex_.local_status = 503;
+    ex_.local_code = "too_many_tunnels";
+    ex_.local_message = "this node has as many WebSocket tunnels open as it allows";
+    sink_.on_call_failed();
+    return;
+  }
   dispatch();
 }
 
@@ -207,6 +215,7 @@ void upstream_call::on_connected(const error_code& ec) {
 
 void upstream_call::send() {
   if (ex_.has_body) ex_.body_started = true;
+  shut_after_flush_ = false;
   // A body the codec is about to hand over goes out together with the head (and is checked by
   // the body stages before anything is sent). A body the codec already handed over whole is
   // in out_ now.
@@ -217,7 +226,8 @@ void upstream_call::send() {
 }
 
 void upstream_call::flush() {
-  if (writing_ || out_.empty() || !up_ || state_ != state::sending) return;
+  if (writing_ || out_.empty() || !up_ || (state_ != state::sending && state_ != state::tunnel))
+    return;
   writing_ = true;
   out_.pin();  // appends go on while the write is in flight
   up_->socket.async_write_some(
@@ -237,6 +247,13 @@ void upstream_call::flush() {
         }
         if (!out_.empty()) {
           flush();
+        } else if (state_ == state::tunnel) {
+          touch();
+          if (shut_after_flush_) {
+            shut_down_send();
+          } else {
+            sink_.on_call_room();
+          }
         } else if (ex_.body_started && !ex_.request_done) {
           sink_.on_call_room();  // room again for request body
         }
@@ -247,7 +264,18 @@ void upstream_call::flush() {
 
 void upstream_call::on_upstream_data(const error_code& ec) {
   auto conn = up_;
-  if (!conn || state_ != state::sending) return;
+  if (!conn) return;
+  if (state_ == state::tunnel) {
+    relay_to_client();
+    if (up_ != conn) return;
+    if (ec) {
+      finish();  // the upstream closed its side: the client's closes after what is buffered
+    } else if (!response_paused_) {
+      conn->start_read();
+    }
+    return;
+  }
+  if (state_ != state::sending) return;
   if (ec) {
     if (ec == asio::error::eof && parser_ && parser_->is_header_done() && !parser_->is_done() &&
         conn->in.empty()) {
@@ -264,8 +292,9 @@ void upstream_call::on_upstream_data(const error_code& ec) {
     if (up_ == conn) failed(failure::reset);
     return;
   }
-  parse();
-  if (up_ == conn && state_ == state::sending && !response_paused_) conn->start_read();
+  parse();  // may have entered the tunnel
+  if (up_ == conn && (state_ == state::sending || state_ == state::tunnel) && !response_paused_)
+    conn->start_read();
 }
 
 void upstream_call::parse() {
@@ -303,6 +332,10 @@ void upstream_call::parse() {
     }
     conn->in.consume(used);
     if (parser_->is_done()) {
+      if (ex_.tunnel) {
+        enter_tunnel();
+        return;
+      }
       if (ex_.status / 100 == 1) {
         parser_.reset();  // an interim response; the final one follows
         continue;
@@ -320,21 +353,72 @@ void upstream_call::resume_response() {
   response_paused_ = false;
   if (!up_) return;
   auto conn = up_;
+  if (state_ == state::tunnel) {
+    relay_to_client();
+    if (up_ == conn && !response_paused_) conn->start_read();
+    return;
+  }
   if (!conn->in.empty()) parse();
   if (up_ != conn || response_paused_) return;
   conn->start_read();
 }
 
 void upstream_call::touch() {
-  if (state_ == state::sending && ex_.response_head_sent)
+  if (state_ == state::tunnel) {
+    deadline_ = w_.now + snap_->cfg.limits.websocket_idle_timeout.count();
+  } else if (state_ == state::sending && ex_.response_head_sent) {
     deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  }
+}
+
+// --- a tunnel (WebSocket after the upstream's 101) -----------------------------------------
+
+void upstream_call::enter_tunnel() {
+  // The 101 head is out; what the upstream sent after it, and everything from here on, is the
+  // new protocol's: relayed as it comes, both ways.
+  parser_.reset();
+  state_ = state::tunnel;
+  body_chunked_ = false;
+  w_.stats.websocket_upgrades.add();
+  w_.stats.websocket_tunnels.fetch_add(1, std::memory_order_relaxed);
+  touch();
+  auto conn = up_;
+  sink_.on_call_tunnel();
+  if (up_ != conn) return;
+  relay_to_client();
+}
+
+void upstream_call::relay_to_client() {
+  auto& in = up_->in;
+  if (in.empty()) return;
+  if (sink_.sink_full()) {
+    response_paused_ = true;
+    return;
+  }
+  w_.stats.websocket_bytes_to_client.add(in.size());
+  sink_.on_call_body(in.view());
+  in.clear();
+  touch();
+  sink_.flush_response();
+  if (sink_.sink_full()) response_paused_ = true;
+}
+
+void upstream_call::end_tunnel_send() {
+  if (state_ != state::tunnel) return;
+  shut_after_flush_ = true;
+  if (!writing_ && out_.empty()) shut_down_send();
+}
+
+void upstream_call::shut_down_send() {
+  error_code ignored;
+  if (up_) up_->socket.shutdown(tcp::socket::shutdown_send, ignored);
 }
 
 void upstream_call::check_deadline(int64_t now) {
   if (state_ == state::idle || now < deadline_) return;
   if (state_ == state::connecting) {
     failed(failure::connect_timeout);
-  } else if (!ex_.response_head_sent) {
+  } else if (state_ == state::sending && !ex_.response_head_sent) {
     failed(failure::timeout);
   } else {
     // A stalled stream in either direction.
@@ -347,8 +431,9 @@ void upstream_call::check_deadline(int64_t now) {
 void upstream_call::finish() {
   // Bytes after the end of a response (we never pipeline upstream) mean the peer frames
   // messages differently from us: never reuse that connection.
-  bool reuse = ex_.upstream_keep_alive && ex_.request_done && out_.empty() && !writing_ &&
-               (!up_ || up_->in.empty());
+  // A tunnel's connection spoke another protocol: never.
+  bool reuse = state_ != state::tunnel && ex_.upstream_keep_alive && ex_.request_done &&
+               out_.empty() && !writing_ && (!up_ || up_->in.empty());
   release(reuse);
   sink_.on_call_done();
 }
@@ -486,6 +571,7 @@ void upstream_call::fail_with(int status, const char* code, std::string message)
 }
 
 void upstream_call::release(bool reuse) {
+  if (state_ == state::tunnel) w_.stats.websocket_tunnels.fetch_sub(1, std::memory_order_relaxed);
   state_ = state::idle;
   response_paused_ = false;
   if (ex_.counted_active && ex_.target) {
@@ -560,12 +646,19 @@ void upstream_call::on_response_field(http::field f, std::string_view name, std:
 }
 
 void upstream_call::on_response_header(http::basic_parser<false>& parser, error_code& ec) {
-  bool informational = ex_.status / 100 == 1;
-  // A 101 nobody asked for (we never forward Upgrade), framing fields on a response that has no
-  // body (RFC 9110 sections 8.6 and 6.4.1), or both Content-Length and Transfer-Encoding
-  // (RFC 9112 section 6.3): the upstream is broken or hostile.
-  bool bodyless = informational || ex_.status == 204;
-  if (ex_.status == 101 ||
+  bool upgrade = ex_.status == 101;
+  bool informational = ex_.status / 100 == 1 && !upgrade;
+  // A 101 nobody asked for (Upgrade is forwarded only on websocket routes) or to another
+  // protocol, framing fields on a response that has no body (RFC 9110 sections 8.6 and 6.4.1),
+  // or both Content-Length and Transfer-Encoding (RFC 9112 section 6.3): the upstream is broken
+  // or hostile.
+  bool bodyless = informational || upgrade || ex_.status == 204;
+  bool agreed = false;
+  if (upgrade && ex_.websocket) {
+    for (const auto& f : fields_)
+      agreed |= f.f == http::field::upgrade && has_token(f.value, "websocket");
+  }
+  if ((upgrade && !agreed) ||
       (ex_.response_content_length_count && ex_.response_transfer_encoding_count) ||
       (bodyless && (ex_.response_transfer_encoding_count ||
                     (parser.content_length() && *parser.content_length() != 0)))) {
@@ -599,6 +692,10 @@ void upstream_call::on_response_header(http::basic_parser<false>& parser, error_
   h.reason = ex_.reason;
   h.fields = fields_;
   h.informational = informational;
+  if (upgrade) {
+    h.upgrade = "websocket";
+    ex_.tunnel = true;
+  }
   if (!informational) {
     h.rate_limit_lines = ex_.rate_limit_headers;
     h.request_id = ex_.request_id;

@@ -4,7 +4,9 @@
 // the failover chain, circuit breakers), reuses a pooled connection or opens one, sends the head
 // and the request body, parses the response and hands it on through the response stages,
 // retries within the retry budget, and answers with the route's fallback in place of a gateway
-// error. Breaker, outlier and target metrics are fed from here.
+// error. Breaker, outlier and target metrics are fed from here. On a route with `websocket: true`
+// an upgrade request asks the upstream to switch too, and after its 101 the call relays the
+// tunnel's bytes both ways (backpressure, half-close, an idle deadline, a per-node cap).
 //
 // The call knows nothing of the client's protocol. The codec that turned the client's bytes
 // into the exchange (the HTTP/1.1 session; an HTTP/2 stream the same way) feeds the request
@@ -59,6 +61,11 @@ class call_sink {
   // The call failed before the response head: the answer is in the exchange as a local answer
   // (ex.local_reply for the route's fallback, else ex.local_status, code and message).
   virtual void on_call_failed() = 0;
+  // The upstream answered 101 to a WebSocket upgrade (the head went through on_call_head):
+  // from now on the codec relays raw bytes both ways, client to upstream with send_body (then
+  // end_tunnel_send at the client's end), upstream to client through on_call_body, until
+  // on_call_done (the upstream closed) or on_call_cut.
+  virtual void on_call_tunnel() = 0;
   // The call failed after the response head went out: the codec cuts the response short.
   virtual void on_call_cut() = 0;
   // The codec's output is full: the call stops reading the upstream until resume_response().
@@ -99,6 +106,9 @@ class upstream_call {
   void shrink() { out_.release_if_empty(); }
   bool active() const { return state_ != state::idle; }
   bool connecting() const { return state_ == state::connecting; }
+  // The client sent its last tunnel bytes (it half-closed): the upstream's write side closes
+  // once they are written.
+  void end_tunnel_send();
 
   // From upstream_conn: a read completed (bytes in its buffer) or failed.
   void on_upstream_data(const error_code& ec);
@@ -113,7 +123,7 @@ class upstream_call {
   void on_response_finish(error_code&) {}
 
  private:
-  enum class state { idle, connecting, sending };
+  enum class state { idle, connecting, sending, tunnel };
   enum class failure { connect, connect_timeout, reset, timeout, malformed };
 
   void dispatch();
@@ -126,6 +136,9 @@ class upstream_call {
   // tells the sink.
   void fail_with(int status, const char* code, std::string message);
   void finish();
+  void enter_tunnel();
+  void relay_to_client();
+  void shut_down_send();
   void release(bool reuse);
   bool replayable() const;
   void record_breaker(bool success);
@@ -143,7 +156,8 @@ class upstream_call {
   bool writing_ = false;
   bool body_chunked_ = false;  // the request body goes upstream in chunks of the call's own
   bool response_paused_ = false;
-  std::string retry_head_;  // the request head again, for a retry of a bodiless request
+  bool shut_after_flush_ = false;  // end_tunnel_send came while bytes were still to be written
+  std::string retry_head_;         // the request head again, for a retry of a bodiless request
   std::optional<response_parser<upstream_call>> parser_;
   std::vector<field_view> fields_;
 };

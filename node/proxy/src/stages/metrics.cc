@@ -10,7 +10,8 @@ class metrics_stage final : public stage {
   metrics_stage() : stage(log_hook) {}
   void on_log(const exchange& ex, log_context& ctx) const override {
     ctx.stats.requests_total.add();
-    if (!ex.route) return;
+    // A tunnel's lifetime is no request latency, and its bytes have counters of their own.
+    if (!ex.route || ex.tunnel) return;
     auto& st = ex.route->metrics->per_worker[ctx.worker];
     uint64_t us = static_cast<uint64_t>(ctx.elapsed.count());
     size_t b = 0;

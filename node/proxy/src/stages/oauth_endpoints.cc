@@ -80,7 +80,9 @@ class oauth_endpoints_stage final : public stage {
 
   verdict on_request_end(exchange& ex, stage_context& ctx) const override {
     const oauth_authority* authority = ctx.snap.oauth;
-    // The context points into the snapshot, which the session keeps while the exchange lives.
+    // The context points into the snapshot: the session keeps it while the exchange lives, and a
+    // password check on the authority's thread keeps it too (the exchange may be answered at its
+    // deadline and the snapshot retired while the check still runs).
     oauth_authority::context octx{&*ctx.snap.cfg.oauth, ctx.snap.api_keys.get(),
                                   &ctx.snap.cfg.consumers, unix_ms(), std::string(ex.client_ip)};
     if (!oauth_authority::slow(ex.oauth)) {
@@ -114,7 +116,8 @@ class oauth_endpoints_stage final : public stage {
     ex.oauth = {};
     bool queued = authority->run_slow([handle = std::make_shared<resume_handle>(ctx.pause.suspend(
                                            ctx.snap.cfg.oauth->password_check_timeout.count())),
-                                       authority, req, octx = std::move(octx)]() mutable {
+                                       keep = ctx.snap_owner ? *ctx.snap_owner : nullptr, authority,
+                                       req, octx = std::move(octx)]() mutable {
       oauth_authority::reply r;
       try {
         r = authority->handle(*req, octx);

@@ -7,6 +7,7 @@
 // writable), while the owner goes on appending: pin() before starting such a write keeps the
 // bytes it points at where they are until unpin() — growth or compaction then copies into a new
 // block and keeps the pinned one alive, instead of moving the bytes in place or freeing them.
+// Only growth and compaction: consume the written bytes (or clear) after unpin(), not before.
 
 #include <algorithm>
 #include <cstdlib>
@@ -152,7 +153,11 @@ class byte_buffer {
   // pinned.
   void move_to_new_block(size_t n) {
     size_t used = size();
-    size_t cap = n <= block_size ? block_size : std::max(n, capacity_ * 2);
+    // The same size when the bytes fit (a compaction by copy): a buffer that is always pinned
+    // and never drains (a stream to a slow reader) must not double at every move.
+    size_t cap = n <= block_size  ? block_size
+                 : n <= capacity_ ? capacity_
+                                  : std::max(n, capacity_ * 2);
     char* p = cap == block_size ? take_block() : static_cast<char*>(std::malloc(cap));
     if (!p) throw std::bad_alloc();
     if (used) std::memcpy(p, data(), used);

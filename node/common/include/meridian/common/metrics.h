@@ -86,6 +86,11 @@ struct alignas(64) worker_stats {
   counter ejections;
   counter upstream_overflows;  // refused: max_connections_per_target reached
   counter fallbacks;           // answered with a route's static fallback
+  counter websocket_upgrades;  // tunnels opened (the upstream answered 101)
+  counter websocket_refused;   // upgrades refused: max_websocket_tunnels reached
+  counter websocket_bytes_to_upstream;
+  counter websocket_bytes_to_client;
+  std::atomic<int64_t> websocket_tunnels{0};  // open now
 };
 
 // Per-target gauges, shared by all workers.

@@ -85,6 +85,8 @@ struct limits_section {
   duration header_timeout = std::chrono::seconds(10);  // whole request head must arrive in it
   duration idle_timeout = std::chrono::seconds(60);    // keep-alive connection with no request
   uint32_t max_connections = 20000;                    // per node; extra connections are closed
+  uint32_t max_websocket_tunnels = 10000;              // per node; further upgrades get 503
+  duration websocket_idle_timeout = std::chrono::minutes(5);  // a tunnel with no bytes either way
 };
 
 // How request paths are normalized before routing (RFC 3986 section 6; docs/configuration.md).
@@ -255,6 +257,7 @@ struct route_config {
   std::vector<rate_limit_config> rate_limits;  // `rate_limit` may be a map or a list
   std::optional<uint64_t> max_body_bytes;      // overrides limits.max_body_bytes
   std::optional<bool> preserve_host;           // default true: forward the client's Host
+  bool websocket = false;  // pass `Upgrade: websocket` on and relay the tunnel after a 101
   std::optional<fallback_config> fallback;
   int line = 0;
 };

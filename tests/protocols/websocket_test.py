@@ -1,0 +1,216 @@
+#!/usr/bin/python3
+"""WebSocket through meridian, with a real client and server (python3-websockets).
+
+Starts a websockets server and `meridian run` as a child, then checks that what a client sees
+through the gateway is what it sees talking to the server directly: text, binary, fragmented
+and 1 MiB messages, ping/pong, closes from either side with their codes; that a route without
+`websocket: true` does not upgrade; that max_websocket_tunnels refuses the next upgrade with
+503 and admits again once a tunnel closed; that an open tunnel survives a reload (SIGHUP) and
+that the tunnel metrics count. usage: websocket_test.py MERIDIAN_BINARY
+"""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import websockets
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def origin(ws):
+    """Echoes every message; /bye closes with 4002 after the first one."""
+    try:
+        async for message in ws:
+            await ws.send(message)
+            if ws.path == "/bye":
+                await ws.close(4002, "bye")
+                return
+    except websockets.ConnectionClosed:
+        pass  # a client's close with a code of its own (4001)
+
+
+def config(tmp, upstream_port, proxy_port, admin_port, extra_route=""):
+    return f"""node: {{id: ws-1, region: eu-west, data_dir: {tmp}/data}}
+listen: {{proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}}}
+admin: {{token_file: {tmp}/admin.token}}
+limits: {{max_websocket_tunnels: 3}}
+upstreams:
+  - name: ws
+    targets: [{{address: 127.0.0.1:{upstream_port}}}]
+routes:
+  - name: sockets
+    match: {{path_prefix: /}}
+    upstream: ws
+    websocket: true
+  - name: plain
+    match: {{path_prefix: /plain}}
+    upstream: ws
+{extra_route}"""
+
+
+def metric(admin_port, name):
+    req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/metrics",
+                                 headers={"Authorization": "Bearer " + TOKEN})
+    for line in urllib.request.urlopen(req, timeout=5).read().decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return None
+
+
+async def eventually(check, limit=10.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return await check()
+
+
+async def conversation(url):
+    """What a client observes in one exchange of every kind; compared direct vs gateway."""
+    seen = []
+    async with websockets.connect(url, max_size=None, compression=None) as ws:
+        await ws.send("hello")
+        seen.append(await ws.recv())
+        await ws.send(b"\x00\x01\xfe\xff" * 3)
+        seen.append(await ws.recv())
+        await ws.send(["frag", "ment", "ed"])  # one message in three frames
+        seen.append(await ws.recv())
+        big = os.urandom(1 << 20)
+        await ws.send(big)
+        seen.append((await ws.recv()) == big)
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+        seen.append("pong")
+        await ws.close(4001, "done here")
+        seen.append((ws.close_code, ws.close_reason))
+    async with websockets.connect(url.rstrip("/") + "/bye") as ws:
+        await ws.send("last")
+        seen.append(await ws.recv())
+        try:
+            await ws.recv()
+        except websockets.ConnectionClosed as closed:
+            seen.append((closed.rcvd.code, closed.rcvd.reason))
+    return seen
+
+
+async def main(binary):
+    failures = []
+
+    def check(cond, what):
+        print(("ok   " if cond else "FAIL ") + what, flush=True)
+        if not cond:
+            failures.append(what)
+
+    upstream_port = free_port()
+    server = await websockets.serve(origin, "127.0.0.1", upstream_port, max_size=None,
+                                    compression=None)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/admin.token", "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(f"{tmp}/admin.token", 0o600)
+        proxy_port, admin_port = free_port(), free_port()
+        with open(f"{tmp}/node.yaml", "w") as f:
+            f.write(config(tmp, upstream_port, proxy_port, admin_port))
+        log = open(f"{tmp}/node.log", "w")
+        node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node.yaml"], stderr=log)
+        try:
+            async def up():
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/health", timeout=1)
+                    return True
+                except OSError:
+                    return node.poll() is not None
+            await eventually(up, 30)
+            check(node.poll() is None, "meridian runs")
+            gateway = f"ws://127.0.0.1:{proxy_port}/"
+            direct = f"ws://127.0.0.1:{upstream_port}/"
+            through, alone = await conversation(gateway), await conversation(direct)
+            check(through == alone, f"the same conversation through the gateway as direct: "
+                                    f"{through} vs {alone}")
+
+            try:
+                async with websockets.connect(f"ws://127.0.0.1:{proxy_port}/plain"):
+                    check(False, "a route without websocket: true does not upgrade")
+            except websockets.InvalidStatusCode as e:
+                check(e.status_code != 101,
+                      f"a route without websocket: true does not upgrade ({e.status_code})")
+
+            # The cap: three open, the fourth refused with 503, admitted once one closed.
+            held = [await websockets.connect(gateway) for _ in range(3)]
+            check(await eventually(
+                lambda: asyncio.sleep(0, metric(admin_port, "meridian_websocket_tunnels_open") == 3)),
+                "three tunnels open in the gauge")
+            try:
+                extra = await websockets.connect(gateway)
+                check(False, "the fourth tunnel is refused")
+                await extra.close()
+            except websockets.InvalidStatusCode as e:
+                check(e.status_code == 503, f"the fourth tunnel is refused with 503 ({e.status_code})")
+            check(metric(admin_port, "meridian_websocket_refused_total") == 1, "refusal counted")
+
+            # A reload leaves open tunnels running.
+            with open(f"{tmp}/node.yaml", "w") as f:
+                f.write(config(tmp, upstream_port, proxy_port, admin_port,
+                               "  - name: extra\n    match: {path_prefix: /extra}\n"
+                               "    upstream: ws\n"))
+            node.send_signal(signal.SIGHUP)
+            async def reloaded():
+                req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/config",
+                                             headers={"Authorization": "Bearer " + TOKEN})
+                try:
+                    return b'"extra"' in urllib.request.urlopen(req, timeout=2).read()
+                except OSError:
+                    return False
+            check(await eventually(reloaded), "the reload took effect")
+            for i, ws in enumerate(held):
+                await ws.send(f"still {i}")
+                check(await asyncio.wait_for(ws.recv(), 5) == f"still {i}",
+                      f"tunnel {i} still relays after the reload")
+            await held[0].close()
+            async def admitted():
+                try:
+                    ws = await websockets.connect(gateway)
+                except websockets.InvalidStatusCode:
+                    return False
+                held[0] = ws
+                return True
+            check(await eventually(admitted), "a tunnel is admitted again once one closed")
+            for ws in held:
+                await ws.close()
+            check(await eventually(lambda: asyncio.sleep(
+                0, metric(admin_port, "meridian_websocket_tunnels_open") == 0)),
+                "the gauge goes back to 0")
+            check((metric(admin_port, "meridian_websocket_bytes_to_upstream_total") or 0) > 1 << 20,
+                  "bytes to the upstream counted")
+            check((metric(admin_port, "meridian_websocket_bytes_to_client_total") or 0) > 1 << 20,
+                  "bytes to the client counted")
+        finally:
+            node.send_signal(signal.SIGTERM)
+            try:
+                node.wait(20)
+            except subprocess.TimeoutExpired:
+                node.kill()
+            log.close()
+            if failures:
+                print(open(f"{tmp}/node.log").read()[-4000:])
+    server.close()
+    await server.wait_closed()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(sys.argv[1])))
