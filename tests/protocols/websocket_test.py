@@ -42,11 +42,11 @@ async def origin(ws):
         pass  # a client's close with a code of its own (4001)
 
 
-def config(tmp, upstream_port, proxy_port, admin_port, extra_route=""):
+def config(tmp, upstream_port, proxy_port, admin_port, extra_route="", limits=""):
     return f"""node: {{id: ws-1, region: eu-west, data_dir: {tmp}/data}}
 listen: {{proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}}}
 admin: {{token_file: {tmp}/admin.token}}
-limits: {{max_websocket_tunnels: 3}}
+limits: {{max_websocket_tunnels: 3{limits}}}
 upstreams:
   - name: ws
     targets: [{{address: 127.0.0.1:{upstream_port}}}]
@@ -198,6 +198,24 @@ async def main(binary):
                   "bytes to the upstream counted")
             check((metric(admin_port, "meridian_websocket_bytes_to_client_total") or 0) > 1 << 20,
                   "bytes to the client counted")
+
+            # The idle timeout: a tunnel nobody speaks on is closed after websocket_idle_timeout
+            # (the sweep looks every 50 ms), and not before.
+            with open(f"{tmp}/node.yaml", "w") as f:
+                f.write(config(tmp, upstream_port, proxy_port, admin_port,
+                               limits=", websocket_idle_timeout: 1s"))
+            node.send_signal(signal.SIGHUP)
+            async def idle_applied():
+                ws = await websockets.connect(gateway, ping_interval=None)
+                opened = time.monotonic()
+                try:
+                    await asyncio.wait_for(ws.wait_closed(), 5)
+                except asyncio.TimeoutError:
+                    await ws.close()
+                    return False
+                return time.monotonic() - opened >= 0.9
+            check(await eventually(idle_applied, 20),
+                  "an idle tunnel is closed after websocket_idle_timeout, not before")
         finally:
             node.send_signal(signal.SIGTERM)
             try:
