@@ -222,7 +222,10 @@ async def main(binary):
                 node.wait(20)
             except subprocess.TimeoutExpired:
                 node.kill()
+                node.wait()
             log.close()
+            # A sanitizer's report (TSan exits 66) or a crash fails the test too.
+            check(node.returncode == 0, f"meridian drained and exited 0 ({node.returncode})")
             if failures:
                 print(open(f"{tmp}/node.log").read()[-4000:])
     server.close()
