@@ -149,6 +149,18 @@ async def main(binary):
                 check(e.status_code != 101,
                       f"a route without websocket: true does not upgrade ({e.status_code})")
 
+            # An upgrade the origin refuses (a malformed key: 400) ends the connection after the
+            # answer: what the client sent behind it is never read as a next request.
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Key: bad\r\n"
+                         b"Sec-WebSocket-Version: 13\r\n\r\nGET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)  # to the end of the connection
+            writer.close()
+            check(answer.startswith(b"HTTP/1.1 400") and answer.count(b"HTTP/1.1 ") == 1,
+                  f"a refused upgrade is answered and the connection closed: {answer[:60]!r}")
+
             # The cap: three open, the fourth refused with 503, admitted once one closed.
             held = [await websockets.connect(gateway) for _ in range(3)]
             check(await eventually(

@@ -594,7 +594,9 @@ void client_session::on_call_head(response_head& h, bool length_known) {
       }
     }
     h.chunked = ex_.response_chunked;
-    if (!ex_.request_done || w_.draining) close_after_response_ = true;
+    // An upgrade the upstream refused: bytes the client sent after its request may be frames of
+    // the protocol it hoped for, never a next request.
+    if (!ex_.request_done || w_.draining || ex_.websocket) close_after_response_ = true;
     h.connection = close_after_response_ ? response_head::connection::close
                    : ex_.version == 10   ? response_head::connection::keep_alive
                                          : response_head::connection::as_is;
