@@ -281,6 +281,8 @@ class client_session final : public std::enable_shared_from_this<client_session>
   bool read_awaited_body();
   bool forward_body();
   bool forward_tunnel();
+  // The call owns the exchange's deadlines and the response's flow (calling or tunnel).
+  bool in_call() const { return phase_ == phase::calling || phase_ == phase::tunnel; }
   void begin_request();
   void finish_exchange();
   void flush_client();

@@ -78,7 +78,7 @@ void client_session::close_if_idle() {
 }
 
 void client_session::check_deadline(int64_t now) {
-  if (phase_ == phase::calling || phase_ == phase::tunnel) {
+  if (in_call()) {
     call_.check_deadline(now);  // connect, request and idle deadlines are the call's
     return;
   }
@@ -558,7 +558,7 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     return;
   }
   out_.consume(n);
-  if (phase_ == phase::calling || phase_ == phase::tunnel) call_.touch();
+  if (in_call()) call_.touch();
   if (!out_.empty()) {
     flush_client();
   } else if (phase_ == phase::closing) {
@@ -572,8 +572,7 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
       return;
     }
   }
-  if ((phase_ == phase::calling || phase_ == phase::tunnel) && out_.size() < high_water / 2)
-    call_.resume_response();
+  if (in_call() && out_.size() < high_water / 2) call_.resume_response();
 }
 
 // --- call_sink: the upstream call's response ----------------------------------------------

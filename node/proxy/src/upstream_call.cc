@@ -266,13 +266,9 @@ void upstream_call::on_upstream_data(const error_code& ec) {
   auto conn = up_;
   if (!conn) return;
   if (state_ == state::tunnel) {
+    if (!ec) return pump_tunnel();
     relay_to_client();
-    if (up_ != conn) return;
-    if (ec) {
-      finish();  // the upstream closed its side: the client's closes after what is buffered
-    } else if (!response_paused_) {
-      conn->start_read();
-    }
+    if (up_ == conn) finish();  // the upstream closed: the client's side closes after its bytes
     return;
   }
   if (state_ != state::sending) return;
@@ -353,11 +349,7 @@ void upstream_call::resume_response() {
   response_paused_ = false;
   if (!up_) return;
   auto conn = up_;
-  if (state_ == state::tunnel) {
-    relay_to_client();
-    if (up_ == conn && !response_paused_) conn->start_read();
-    return;
-  }
+  if (state_ == state::tunnel) return pump_tunnel();
   if (!conn->in.empty()) parse();
   if (up_ != conn || response_paused_) return;
   conn->start_read();
@@ -401,6 +393,12 @@ void upstream_call::relay_to_client() {
   touch();
   sink_.flush_response();
   if (sink_.sink_full()) response_paused_ = true;
+}
+
+void upstream_call::pump_tunnel() {
+  auto conn = up_;
+  relay_to_client();
+  if (up_ == conn && !response_paused_) conn->start_read();
 }
 
 void upstream_call::end_tunnel_send() {

@@ -138,6 +138,8 @@ class upstream_call {
   void finish();
   void enter_tunnel();
   void relay_to_client();
+  // relay_to_client, then the next upstream read unless the client's side is full.
+  void pump_tunnel();
   void shut_down_send();
   void release(bool reuse);
   bool replayable() const;
