@@ -23,6 +23,7 @@
 #include "chain.h"
 #include "endpoint.h"
 #include "exchange.h"
+#include "exchange_flow.h"
 #include "http1_head.h"
 #include "http1_parsers.h"
 #include "upstream_call.h"
@@ -213,8 +214,7 @@ class worker {
 // client_session: one client connection; proxies its requests one after another.
 
 class client_session final : public std::enable_shared_from_this<client_session>,
-                             public resumable,
-                             public pause_control,
+                             public exchange_flow,
                              public call_sink {
  public:
   client_session(worker& w, socket_t socket, bool tls = false);
@@ -237,13 +237,6 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void on_request_body(std::string_view body, error_code& ec);
   void on_request_chunk_header(uint64_t size, error_code& ec);
   void on_request_finish(error_code& ec);
-
-  // resumable and pause_control (stage.h): how a stage holds this exchange and brings it back.
-  void deliver_resume(std::shared_ptr<resumable> self, uint64_t pause,
-                      std::function<verdict(exchange&)> fn) override;
-  void resume_after(uint64_t ms) override;
-  void await_body() override;
-  resume_handle suspend(int64_t deadline_ms) override;
 
   // call_sink (upstream_call.h): the call of the current exchange answers through these.
   std::shared_ptr<void> keep_alive() override { return shared_from_this(); }
@@ -294,41 +287,23 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void send_local(int status, std::string_view content_type, std::string_view body,
                   std::span<const std::pair<std::string, std::string>> headers);
   void reject(int status, std::string_view code, std::string_view message, error_code& ec);
-  // Runs the log hooks of the entry chain and the route's (metrics, access log).
-  void record_done();
-  void make_request_id();
 
-  // Where in the chains a request is: the entry chain's stages, then the route's.
-  struct chain_position {
-    bool in_route = false;
-    size_t at = 0;
-  };
-  stage_context make_stage_context();
-  // Runs the request-head stages from `from` on: the rest of the entry chain, then the route's
-  // chain. On `next` has the call write the upstream request head; on `pause` remembers the
-  // pausing stage's position in pause_at_.
-  verdict run_stages(chain_position from);
-  // Acts on a verdict of the stages once the parser is out of the way: start the call, answer,
-  // or hold the exchange as the pausing stage asked.
-  void act_on(verdict v);
-  // The exchange comes back from a pause with v (next: on with the stage after pause_at_).
-  void resume_stages(verdict v);
-  // The request body the pausing stage awaited is in: its on_request_end decides.
-  void end_awaited_body();
-  // The stage at pause_at_ (the one that paused).
-  const stage& paused_stage() const;
-  // Sends the local answer a stage prepared (ex_.local_reply, or ex_.local_status, code,
-  // message as SPEC's JSON error).
-  void answer_local();
+  // exchange_flow (exchange_flow.h): where the flow of the current exchange is.
+  std::shared_ptr<exchange_flow> flow_owner() override { return shared_from_this(); }
+  void on_flow_prepared() override;
+  void on_flow_paused(int64_t deadline) override;
+  void on_flow_awaiting_body() override { phase_ = phase::awaiting_body; }
+  void on_flow_resumed() override { phase_ = phase::head; }
+  void on_flow_continue() override { process_input(); }
+  void on_flow_calling() override { phase_ = phase::calling; }
+  void answer_local() override;
   // A request-body stage refused the body: answer (before the response) or cut the connection.
   void refuse_body(error_code& ec);
 
-  worker& w_;
   socket_t socket_;
   // Set on the TLS listener: reads and writes go through it; the handshake comes first.
   std::shared_ptr<const tls_store> tls_store_;  // the certificates this connection started with
   std::unique_ptr<asio::ssl::stream<socket_t&>> tls_;
-  std::shared_ptr<const snapshot> snap_;
   phase phase_ = phase::idle;
   int64_t deadline_ = 0;
   bool reading_client_ = false;   // a read is outstanding
@@ -345,24 +320,9 @@ class client_session final : public std::enable_shared_from_this<client_session>
   std::optional<request_parser<client_session>> req_parser_;
 
   // The request being proxied: its codec state here, the rest in ex_.
-  exchange ex_;
   std::vector<field_view> fields_;
-  std::vector<header_view> header_views_;  // the router's view of fields_, reused
-  size_t head_scanned_ = 0;                // bytes of in_ already searched for the end of the head
-  verdict head_verdict_ = verdict::next;   // what the stages said in the header callback
-
-  // A paused exchange: which stage paused, how it comes back, and which pause this is (a
-  // resume_handle names it; one from an earlier pause finds it over and does nothing).
-  enum class pause_kind { none, timer, body, handle };
-  chain_position pause_at_;
-  pause_kind pause_kind_ = pause_kind::none;
-  uint64_t pause_delay_ms_ = 0;
-  int64_t pause_deadline_ms_ = 0;
-  uint64_t pause_id_ = 0;
-  std::unique_ptr<asio::steady_timer> delay_timer_;  // created on the first timed pause
-
-  // Dispatch: the exchange's call to its upstream.
-  upstream_call call_{w_, *this, ex_};
+  size_t head_scanned_ = 0;               // bytes of in_ already searched for the end of the head
+  verdict head_verdict_ = verdict::next;  // what the stages said in the header callback
 };
 
 }  // namespace meridian::node

@@ -7,7 +7,7 @@ namespace meridian::node {
 // --- client_session: lifecycle and reading --------------------------------------------------
 
 client_session::client_session(worker& w, socket_t socket, bool tls)
-    : w_(w), socket_(std::move(socket)), snap_(w.snap) {
+    : exchange_flow(w, *this, w.snap), socket_(std::move(socket)) {
   if (tls && snap_->tls) {
     tls_store_ = snap_->tls;
     tls_ = std::make_unique<asio::ssl::stream<socket_t&>>(socket_, tls_store_->default_context());
@@ -60,13 +60,12 @@ void client_session::start() {
 void client_session::close() {
   if (phase_ == phase::closed) return;
   phase_ = phase::closed;
-  call_.abandon();
+  end_flow();
   w_.remove_session(this);
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
   socket_.close(ignored);
   req_parser_.reset();
-  if (delay_timer_) delay_timer_->cancel();
 }
 
 void client_session::close_if_idle() {
@@ -95,16 +94,7 @@ void client_session::check_deadline(int64_t now) {
       send_error(408, "request_timeout", "the request did not arrive in time");
       break;
     case phase::paused:
-      // The pause outlived its deadline: the stage's prepared answer (or 503) goes out, and a
-      // resume_handle that comes back later finds the pause over.
-      ++pause_id_;
-      phase_ = phase::head;
-      if (!ex_.local_status && !ex_.local_reply.status) {
-        ex_.local_status = 503;
-        ex_.local_code = "temporarily_unavailable";
-        ex_.local_message = "the request could not be handled in time";
-      }
-      answer_local();
+      expire_pause();
       process_input();  // nothing reads the connection while it is paused
       break;
     case phase::calling:  // handled above
@@ -207,11 +197,10 @@ void client_session::begin_request() {
   req_parser_->eager(false);
   fields_.clear();
   head_scanned_ = 0;
-  exchange::renew(ex_);
+  renew_flow();
   ex_.client_ip = client_ip_;
   ex_.tls = tls_ != nullptr;
   head_verdict_ = verdict::next;
-  pause_kind_ = pause_kind::none;
 }
 
 // Feeds buffered client bytes to the request parser as far as the current phase allows.
@@ -433,14 +422,6 @@ void client_session::process_input() {
 
 // --- finishing an exchange -------------------------------------------------------------------
 
-void client_session::record_done() {
-  log_context ctx{
-      std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() - ex_.started),
-      w_.index, w_.stats, w_.access_log};
-  snap_->entry->run_log(ex_, ctx);
-  if (ex_.route) ex_.route->stages->run_log(ex_, ctx);
-}
-
 void client_session::finish_exchange() {
   record_done();
   if (!ex_.request_done) close_after_response_ = true;
@@ -466,7 +447,7 @@ void client_session::send_error(int status, std::string_view code, std::string_v
     close();
     return;
   }
-  if (ex_.request_id.empty()) make_request_id();
+  if (ex_.request_id.empty()) make_request_id(fields_);
   byte_buffer body;
   body.append("{\"error\":");
   append_json_string(body, code);
@@ -485,7 +466,7 @@ void client_session::send_local(int status, std::string_view content_type, std::
     close();
     return;
   }
-  if (ex_.request_id.empty()) make_request_id();
+  if (ex_.request_id.empty()) make_request_id(fields_);
   ex_.status = status;
   out_.append("HTTP/1.1 ");
   out_.append_decimal(static_cast<uint64_t>(status));

@@ -97,157 +97,16 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
   fields_.push_back({f, name, value});
 }
 
-void client_session::make_request_id() {
-  for (auto& f : fields_) {
-    if (f.f == http::field::unknown && iequals(f.name, "x-request-id") &&
-        valid_request_id(f.value)) {
-      ex_.request_id.assign(f.value);
-      return;
-    }
-  }
-  // A random (version 4) UUID, formatted by hand: snprintf cost more than the rest of the head.
-  uint64_t a = w_.next_random(), b = w_.next_random();
-  a = (a & ~0xf000ULL) | 0x4000ULL;            // version nibble
-  b = (b & ~(0xcULL << 60)) | (0x8ULL << 60);  // variant bits
-  char buf[36];
-  static constexpr char hex[] = "0123456789abcdef";
-  // Byte by byte, most significant first; dashes after bytes 4, 6, 8 and 10 (8-4-4-4-12).
-  char* out = buf;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) *out++ = '-';
-    unsigned byte = static_cast<unsigned>(((i < 8 ? a : b) >> (56 - 8 * (i % 8))) & 0xff);
-    *out++ = hex[byte >> 4];
-    *out++ = hex[byte & 0xf];
-  }
-  ex_.request_id.assign(buf, 36);
-}
-
 // --- stages and pauses -----------------------------------------------------------------------
 
-stage_context client_session::make_stage_context() {
-  return {*snap_, w_.now, w_.index, w_.api_key_failures, w_.stats, *this, header_views_, &snap_};
+void client_session::on_flow_prepared() {
+  // From here the parser reads bodies as far as the buffers allow; process_input forwards.
+  req_parser_->eager(true);
 }
 
-verdict client_session::run_stages(chain_position from) {
-  stage_context ctx = make_stage_context();
-  size_t at = 0;
-  verdict v = verdict::next;
-  if (!from.in_route) {
-    v = snap_->entry->run_request_head(ex_, ctx, from.at, &at);
-    if (v != verdict::next) {
-      pause_at_ = {false, at};
-      return v;
-    }
-    from = {true, 0};
-  }
-  v = ex_.route->stages->run_request_head(ex_, ctx, from.at, &at);
-  if (v == verdict::pause) pause_at_ = {true, at};
-  if (v == verdict::next) {
-    call_.prepare(*snap_);
-    // From here the parser reads bodies as far as the buffers allow; process_input forwards.
-    req_parser_->eager(true);
-  }
-  return v;
-}
-
-void client_session::act_on(verdict v) {
-  pause_kind kind = std::exchange(pause_kind_, pause_kind::none);
-  switch (v) {
-    case verdict::next:
-      phase_ = phase::calling;
-      call_.start();
-      return;
-    case verdict::respond:
-      answer_local();
-      return;
-    case verdict::pause:
-      break;
-  }
-  switch (kind) {
-    case pause_kind::timer:
-      phase_ = phase::paused;
-      deadline_ = w_.now + static_cast<int64_t>(pause_delay_ms_) + 5000;
-      if (!delay_timer_) delay_timer_ = std::make_unique<asio::steady_timer>(w_.ioc);
-      delay_timer_->expires_after(std::chrono::milliseconds(pause_delay_ms_));
-      delay_timer_->async_wait([self = shared_from_this(), id = pause_id_](const error_code& ec) {
-        if (ec || self->phase_ != phase::paused || self->pause_id_ != id) return;
-        self->resume_stages(verdict::next);
-      });
-      return;
-    case pause_kind::body:
-      if (ex_.request_done) {
-        end_awaited_body();
-      } else {
-        phase_ = phase::awaiting_body;  // within the head's deadline
-      }
-      return;
-    case pause_kind::handle:
-      phase_ = phase::paused;
-      deadline_ = w_.now + pause_deadline_ms_;
-      return;
-    case pause_kind::none:
-      // A stage paused without saying how it comes back: a bug, answered rather than hung.
-      send_error(500, "internal_error", "the request was held with no way to resume it");
-      return;
-  }
-}
-
-void client_session::resume_stages(verdict v) {
-  phase_ = phase::head;
-  ++pause_id_;  // this pause is over
-  if (v == verdict::next) {
-    chain_position next = pause_at_;
-    ++next.at;
-    v = run_stages(next);
-  }
-  act_on(v);
-  process_input();
-}
-
-void client_session::end_awaited_body() {
-  phase_ = phase::head;
-  stage_context ctx = make_stage_context();
-  verdict v = paused_stage().on_request_end(ex_, ctx);
-  if (v == verdict::next) {
-    chain_position next = pause_at_;
-    ++next.at;
-    v = run_stages(next);
-  }
-  act_on(v);
-}
-
-const stage& client_session::paused_stage() const {
-  const chain& c = pause_at_.in_route ? *ex_.route->stages : *snap_->entry;
-  return c.request_head_stage(pause_at_.at);
-}
-
-void client_session::resume_after(uint64_t ms) {
-  pause_kind_ = pause_kind::timer;
-  pause_delay_ms_ = ms;
-  ++pause_id_;
-}
-
-void client_session::await_body() {
-  pause_kind_ = pause_kind::body;
-  ++pause_id_;
-}
-
-resume_handle client_session::suspend(int64_t deadline_ms) {
-  pause_kind_ = pause_kind::handle;
-  pause_deadline_ms_ = deadline_ms;
-  return resume_handle(shared_from_this(), ++pause_id_);
-}
-
-void client_session::deliver_resume(std::shared_ptr<resumable> self, uint64_t pause,
-                                    std::function<verdict(exchange&)> fn) {
-  // Any thread. Everything the handle held moves into the mailbox job, so the session (and
-  // what fn captured) is released on this session's worker. The worker's io_context runs
-  // without locks: no other thread may post to it.
-  w_.deliver([self = std::static_pointer_cast<client_session>(std::move(self)), pause,
-              fn = std::move(fn)]() mutable {
-    if (!fn || self->phase_ != phase::paused || self->pause_id_ != pause) return;
-    self->resume_stages(fn(self->ex_));
-  });
+void client_session::on_flow_paused(int64_t deadline) {
+  phase_ = phase::paused;
+  deadline_ = deadline;
 }
 
 void client_session::answer_local() {
@@ -264,7 +123,7 @@ void client_session::answer_local() {
 }
 
 void client_session::on_request_header(http::basic_parser<true>& parser, error_code& ec) {
-  make_request_id();
+  make_request_id(fields_);
   if (ex_.version == 11 && ex_.host_count != 1) {
     return reject(400, "bad_request", ex_.host_count ? "more than one Host" : "missing Host", ec);
   }
