@@ -9,14 +9,14 @@ packages=(
   # libraries
   libboost1.81-all-dev libboost-json1.81-dev libboost-url1.81-dev
   libsodium-dev libthrift-dev thrift-compiler librocksdb-dev libcpp-httplib-dev
-  libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev
+  libnghttp2-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev
   nlohmann-json3-dev libssl-dev
   # tests and tools: curl for smoke tests, iproute2/iptables for chaos, python3 for scripts
   curl iproute2 iptables nftables python3
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
   # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
-  python3-websockets
+  python3-websockets nghttp2-client
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
 )

@@ -181,6 +181,20 @@ constexpr worker_counter worker_counters[] = {
      &worker_stats::websocket_bytes_to_upstream},
     {"websocket_bytes_to_client", "Bytes relayed from upstreams to clients through tunnels.",
      &worker_stats::websocket_bytes_to_client},
+    {"http2_connections", "Client connections that speak HTTP/2 (h2 by ALPN, or h2c).",
+     &worker_stats::http2_connections},
+    {"http2_streams", "HTTP/2 streams clients opened.", &worker_stats::http2_streams},
+    {"http2_rapid_resets",
+     "HTTP/2 connections cut off for resetting streams too fast (CVE-2023-44487).",
+     &worker_stats::http2_rapid_resets},
+    {"http2_control_floods",
+     "HTTP/2 connections cut off for a flood of SETTINGS, PING, PRIORITY or empty frames.",
+     &worker_stats::http2_control_floods},
+    {"http2_continuation_floods",
+     "HTTP/2 connections cut off for too many CONTINUATION frames in one header block.",
+     &worker_stats::http2_continuation_floods},
+    {"http2_protocol_errors", "HTTP/2 connections cut off for a protocol error.",
+     &worker_stats::http2_protocol_errors},
 };
 
 }  // namespace
@@ -263,6 +277,10 @@ std::string metrics_registry::render_prometheus() const {
   int64_t tunnels = 0;
   for (const auto& w : workers_) tunnels += w->websocket_tunnels.load(std::memory_order_relaxed);
   out.sample("meridian_websocket_tunnels_open", {}, tunnels);
+  out.family("meridian_http2_streams_open", "gauge", "Open HTTP/2 client streams.");
+  int64_t streams = 0;
+  for (const auto& w : workers_) streams += w->http2_streams_open.load(std::memory_order_relaxed);
+  out.sample("meridian_http2_streams_open", {}, streams);
 
   struct target_family {
     const char* name;

@@ -715,6 +715,37 @@ void parse_limits_section(diagnostics& d, const field& f, limits_section& out) {
   m.finish();
 }
 
+void parse_http2_section(diagnostics& d, const field& f, http2_section& out) {
+  map_reader m(d, f);
+  if (!m.ok()) return;
+  auto size_in = [&](std::string_view key, uint64_t& value, uint64_t lo, uint64_t hi) {
+    if (auto v = m.take(key)) {
+      uint64_t size = 0;
+      if (!read_size(d, *v, size)) return;
+      if (size < lo || size > hi) {
+        d.add(v->line,
+              v->path + ": must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+        return;
+      }
+      value = size;
+    }
+  };
+  if (auto v = m.take("enabled")) read_bool(d, *v, out.enabled);
+  if (auto v = m.take("max_concurrent_streams")) read_uint(d, *v, out.max_concurrent_streams, 1);
+  // RFC 9113 section 6.5.2: windows up to 2^31-1, frames from 2^14 to 2^24-1.
+  size_in("initial_stream_window", out.initial_stream_window, 1024, 0x7fffffff);
+  size_in("connection_window", out.connection_window, 65535, 0x7fffffff);
+  size_in("header_table_size", out.header_table_size, 0, 1 << 20);
+  size_in("max_frame_size", out.max_frame_size, 16384, (1 << 24) - 1);
+  if (auto v = m.take("reset_burst")) read_uint(d, *v, out.reset_burst, 1);
+  if (auto v = m.take("resets_per_second")) read_uint(d, *v, out.resets_per_second, 1);
+  if (auto v = m.take("control_frame_burst")) read_uint(d, *v, out.control_frame_burst, 1);
+  if (auto v = m.take("control_frames_per_second"))
+    read_uint(d, *v, out.control_frames_per_second, 1);
+  if (auto v = m.take("max_continuations")) read_uint(d, *v, out.max_continuations, 0);
+  m.finish();
+}
+
 void parse_path_normalization(diagnostics& d, const field& f, path_normalization_section& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
@@ -1431,6 +1462,7 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
   if (auto v = m.take("admin")) parse_admin_section(d, *v, cfg.admin);
   if (auto v = m.take("cluster")) parse_cluster_section(d, *v, cfg.cluster.emplace());
   if (auto v = m.take("limits")) parse_limits_section(d, *v, cfg.limits);
+  if (auto v = m.take("http2")) parse_http2_section(d, *v, cfg.http2);
   if (auto v = m.take("path_normalization")) {
     parse_path_normalization(d, *v, cfg.path_normalization);
   }

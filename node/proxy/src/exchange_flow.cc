@@ -172,6 +172,46 @@ void exchange_flow::record_done() {
   if (ex_.route) ex_.route->stages->run_log(ex_, ctx);
 }
 
+const char* exchange_flow::take_target(std::string_view target, std::string_view host) {
+  // Split the target into path and query; accept absolute-form (RFC 9112 §3.2.2).
+  if (target.size() > 7 &&
+      (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
+    auto rest = target.substr(target.find("://") + 3);
+    auto slash = rest.find('/');
+    host = rest.substr(0, slash);
+    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+  }
+  if (target.empty() || target.front() != '/') {
+    if (!(ex_.verb == http::verb::options && target == "*")) {
+      return "request target must be origin-form";
+    }
+  }
+  auto qpos = target.find('?');
+  std::string_view path = target.substr(0, qpos);
+  std::string_view query =
+      qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
+  // Route on, and forward, the normalized path: /pub/../priv must not reach /priv's upstream
+  // past /priv's auth (RFC 3986 section 6).
+  if (!path.empty() && path.front() == '/' && !path_is_normal(path, snap_->paths)) {
+    path_status st = normalize_path(path, snap_->paths, &ex_.normalized_path);
+    if (st != path_status::ok) return to_string(st);
+    path = ex_.normalized_path;
+  }
+  std::string_view host_only = host;
+  if (!host_only.empty() && host_only.front() == '[') {
+    auto end = host_only.find(']');
+    host_only = host_only.substr(0, end == std::string_view::npos ? host_only.size() : end + 1);
+  } else if (auto colon = host_only.rfind(':'); colon != std::string_view::npos) {
+    host_only = host_only.substr(0, colon);
+  }
+  ex_.authority = host;
+  ex_.host_only = host_only;
+  ex_.path = path;
+  ex_.query = query;
+  ex_.has_query = qpos != std::string_view::npos;
+  return nullptr;
+}
+
 void exchange_flow::make_request_id(std::span<const field_view> fields) {
   for (auto& f : fields) {
     if (f.f == http::field::unknown && iequals(f.name, "x-request-id") &&

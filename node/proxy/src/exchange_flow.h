@@ -87,6 +87,10 @@ class exchange_flow : public resumable, public pause_control {
   bool paused() const { return paused_; }
   // Runs the log hooks of the entry chain and the route's (metrics, access log).
   void record_done();
+  // Fills the exchange's path (normalized), query, authority and host_only from the request
+  // target and the Host field (an absolute-form target names the authority itself). Returns
+  // why the request is refused (400), or nullptr.
+  const char* take_target(std::string_view target, std::string_view host);
   // The request id: the client's valid X-Request-Id among fields, else a random UUID.
   void make_request_id(std::span<const field_view> fields);
 

@@ -33,6 +33,17 @@ bool is_hop_by_hop(http::field f) {
   }
 }
 
+void append_error_body(byte_buffer& out, std::string_view code, std::string_view message,
+                       std::string_view request_id) {
+  out.append("{\"error\":");
+  append_json_string(out, code);
+  out.append(",\"message\":");
+  append_json_string(out, message);
+  out.append(",\"request_id\":");
+  append_json_string(out, request_id);
+  out.append("}\n");
+}
+
 void append_json_string(byte_buffer& out, std::string_view s) {
   out.append('"');
   for (char c : s) {
@@ -158,16 +169,16 @@ std::string_view upstream_path(std::string_view path, const route_config& route,
   return out;
 }
 
-namespace {
-
-bool dropped(std::string_view name, std::span<const std::string_view> tokens,
-             std::span<const std::string> drop) {
+bool dropped_field(std::string_view name, std::span<const std::string_view> tokens,
+                   std::span<const std::string> drop) {
   for (auto t : tokens)
     if (iequals(name, t)) return true;
   for (const auto& d : drop)
     if (iequals(name, d)) return true;
   return false;
 }
+
+namespace {
 
 void append_line(byte_buffer& out, std::string_view name, std::string_view value) {
   out.append(name);
@@ -256,7 +267,7 @@ size_t write_upstream_head(const upstream_head& h, byte_buffer& out) {
         continue;
       }
     }
-    if (dropped(f.name, connection_listed, h.drop)) continue;
+    if (dropped_field(f.name, connection_listed, h.drop)) continue;
     append_line(out, f.name, f.value);
   }
   out.append("Host: ");
@@ -275,7 +286,9 @@ size_t write_upstream_head(const upstream_head& h, byte_buffer& out) {
     out.append(via);
     out.append(", ");
   }
-  out.append(h.version == 10 ? "1.0 meridian\r\nX-Request-Id: " : "1.1 meridian\r\nX-Request-Id: ");
+  out.append(h.version == 10   ? "1.0 meridian\r\nX-Request-Id: "
+             : h.version == 20 ? "2 meridian\r\nX-Request-Id: "
+                               : "1.1 meridian\r\nX-Request-Id: ");
   out.append(h.request_id);
   out.append("\r\n");
   for (auto& [k, v] : h.set) append_field(out, k, v);
@@ -304,7 +317,7 @@ void write_response_head(const response_head& h, byte_buffer& out) {
   bool has_request_id = false;
   for (auto& f : h.fields) {
     if (is_hop_by_hop(f.f)) continue;
-    if (dropped(f.name, connection_listed, h.drop)) continue;
+    if (dropped_field(f.name, connection_listed, h.drop)) continue;
     if (f.f == http::field::unknown && iequals(f.name, "x-request-id")) has_request_id = true;
     append_line(out, f.name, f.value);
   }

@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "meridian/common/byte_buffer.h"
+#include "meridian/common/http_fields.h"
 #include "meridian/config/config.h"
 
 namespace meridian::node {
@@ -41,6 +42,9 @@ bool is_hop_by_hop(http::field f);
 bool valid_request_id(std::string_view id);
 // Appends s as a JSON string (quoted, escaped) to out.
 void append_json_string(byte_buffer& out, std::string_view s);
+// Appends SPEC's JSON error body: {"error":code,"message":message,"request_id":id}.
+void append_error_body(byte_buffer& out, std::string_view code, std::string_view message,
+                       std::string_view request_id);
 // The reason phrase the gateway writes for its own answers.
 const char* reason_for(int status);
 
@@ -102,6 +106,43 @@ struct response_head {
 
 // Appends the response head to out.
 void write_response_head(const response_head& h, byte_buffer& out);
+
+// True when the field `name` goes no further: listed in the Connection field (`tokens`) or
+// removed or set by the route (`drop`).
+bool dropped_field(std::string_view name, std::span<const std::string_view> tokens,
+                   std::span<const std::string> drop);
+
+// Calls emit(name, value) for each field of the client response head besides its status line,
+// framing and Connection, in write_response_head's order: the upstream's fields minus hop-by-hop
+// and dropped ones, the route's set and add (valid ones only), and for a final response the
+// rate-limit lines and X-Request-Id. For codecs that write heads of their own (HTTP/2).
+template <class Emit>
+void for_each_response_field(const response_head& h, Emit&& emit) {
+  std::string_view tokens[max_connection_tokens];
+  size_t ntokens = collect_connection_tokens(h.fields, tokens);
+  std::span<const std::string_view> connection_listed(tokens, ntokens);
+  bool has_request_id = false;
+  for (auto& f : h.fields) {
+    if (is_hop_by_hop(f.f)) continue;
+    if (dropped_field(f.name, connection_listed, h.drop)) continue;
+    if (f.f == http::field::unknown && iequals(f.name, "x-request-id")) has_request_id = true;
+    emit(f.name, f.value);
+  }
+  for (auto* list : {&h.set, &h.add}) {
+    for (auto& [k, v] : *list)
+      if (valid_field_name(k) && valid_field_value(v)) emit(k, v);
+  }
+  if (h.informational) return;
+  std::string_view lines = h.rate_limit_lines;  // "Name: value\r\n" each
+  while (!lines.empty()) {
+    size_t end = lines.find("\r\n");
+    std::string_view line = lines.substr(0, end);
+    lines = end == std::string_view::npos ? std::string_view() : lines.substr(end + 2);
+    size_t colon = line.find(':');
+    if (colon != std::string_view::npos) emit(line.substr(0, colon), trim(line.substr(colon + 1)));
+  }
+  if (!has_request_id) emit("X-Request-Id", h.request_id);
+}
 
 // Appends piece to a chunked body as one chunk of its own (nothing for an empty piece, which
 // would end the body): the framing is the gateway's, never the sender's.

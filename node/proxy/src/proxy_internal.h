@@ -24,6 +24,7 @@
 #include "endpoint.h"
 #include "exchange.h"
 #include "exchange_flow.h"
+#include "h2_codec.h"
 #include "http1_head.h"
 #include "http1_parsers.h"
 #include "upstream_call.h"
@@ -225,8 +226,10 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void close();
   // Called by the sweep timer; closes or answers the session when a deadline passed.
   void check_deadline(int64_t now);
-  // Closes the session if it is between requests (drain).
+  // Closes the session if it is between requests (drain); an HTTP/2 one starts its GOAWAY.
   void close_if_idle();
+  // HTTP/2: writes what the connection has to send, and reads on or closes as it wants.
+  void h2_pump();
 
   // Request parser callbacks.
   void on_request_line(http::verb v, std::string_view method, std::string_view target, int version,
@@ -261,11 +264,19 @@ class client_session final : public std::enable_shared_from_this<client_session>
     paused,         // held by a stage: a timer or a resume_handle brings it back
     calling,        // the upstream call (call_) is connecting, sending or streaming back
     tunnel,         // a WebSocket tunnel: the call relays raw bytes both ways
+    h2,             // the connection speaks HTTP/2: h2_ has the streams
     closing,
     lingering,
     closed
   };
   void start_client_read();
+  // The connection speaks HTTP/2 from here on (ALPN h2, or the h2c preface in in_).
+  void enter_h2();
+  // Hands what in_ holds to the HTTP/2 connection.
+  void h2_input();
+  // True while in_ may still be the start of the HTTP/2 preface (the first bytes only); enters
+  // HTTP/2 when it is the whole preface.
+  bool h2_preface_pending();
   void on_client_read(const error_code& ec, size_t n, bool inline_buffer);
   void linger();
   void process_input();
@@ -318,6 +329,8 @@ class client_session final : public std::enable_shared_from_this<client_session>
   byte_buffer in_;
   byte_buffer out_;
   std::optional<request_parser<client_session>> req_parser_;
+  bool first_bytes_ = true;  // nothing has been parsed yet: the h2c preface may come
+  std::unique_ptr<h2_connection> h2_;
 
   // The request being proxied: its codec state here, the rest in ex_.
   std::vector<field_view> fields_;

@@ -50,6 +50,13 @@ void client_session::start() {
             return;
           }
           self->deadline_ = self->w_.now + self->snap_->cfg.limits.idle_timeout.count();
+          const unsigned char* proto = nullptr;
+          unsigned len = 0;
+          SSL_get0_alpn_selected(self->tls_->native_handle(), &proto, &len);
+          if (len == 2 && proto[0] == 'h' && proto[1] == '2') {
+            self->enter_h2();
+            return;
+          }
           self->start_client_read();
         });
     return;
@@ -61,6 +68,7 @@ void client_session::close() {
   if (phase_ == phase::closed) return;
   phase_ = phase::closed;
   end_flow();
+  if (h2_) h2_->close();
   w_.remove_session(this);
   error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_both, ignored);
@@ -69,6 +77,11 @@ void client_session::close() {
 }
 
 void client_session::close_if_idle() {
+  if (phase_ == phase::h2) {
+    h2_->begin_drain();
+    h2_pump();
+    return;
+  }
   if (phase_ == phase::idle && in_.empty() && out_.empty() && !writing_client_) {
     close();
   } else {
@@ -77,6 +90,14 @@ void client_session::close_if_idle() {
 }
 
 void client_session::check_deadline(int64_t now) {
+  if (phase_ == phase::h2) {
+    if (!h2_->check_deadline(now)) {
+      close();
+      return;
+    }
+    h2_pump();
+    return;
+  }
   if (in_call()) {
     call_.check_deadline(now);  // connect, request and idle deadlines are the call's
     return;
@@ -99,6 +120,7 @@ void client_session::check_deadline(int64_t now) {
       break;
     case phase::calling:  // handled above
     case phase::tunnel:
+    case phase::h2:
       break;
     case phase::closing:
     case phase::lingering:
@@ -158,6 +180,19 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
     } else {
       start_client_read();  // drop what arrives until the client closes or the deadline
     }
+    return;
+  }
+  if (phase_ == phase::h2) {
+    if (ec) {
+      close();  // the client went away: its streams are abandoned
+      return;
+    }
+    if (inline_buffer) {
+      in_.append(idle_buf_, n);
+    } else {
+      in_.commit(n);
+    }
+    h2_input();
     return;
   }
   if (ec && phase_ == phase::tunnel) {
@@ -233,6 +268,7 @@ bool client_session::read_head() {
     start_client_read();
     return false;
   }
+  if (first_bytes_ && h2_preface_pending()) return false;
   if (phase_ == phase::idle) {
     // If the config changed since the last request, pick up the new snapshot now.
     if (snap_ != w_.snap) snap_ = w_.snap;
@@ -449,13 +485,7 @@ void client_session::send_error(int status, std::string_view code, std::string_v
   }
   if (ex_.request_id.empty()) make_request_id(fields_);
   byte_buffer body;
-  body.append("{\"error\":");
-  append_json_string(body, code);
-  body.append(",\"message\":");
-  append_json_string(body, message);
-  body.append(",\"request_id\":");
-  append_json_string(body, ex_.request_id);
-  body.append("}\n");
+  append_error_body(body, code, message, ex_.request_id);
   send_local(status, "application/json", body.view(), {});
 }
 
@@ -539,6 +569,10 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     return;
   }
   out_.consume(n);
+  if (phase_ == phase::h2) {
+    h2_pump();
+    return;
+  }
   if (in_call()) call_.touch();
   if (!out_.empty()) {
     flush_client();
@@ -554,6 +588,58 @@ void client_session::on_client_written(const error_code& ec, size_t n) {
     }
   }
   if (in_call() && out_.size() < high_water / 2) call_.resume_response();
+}
+
+// --- HTTP/2 ------------------------------------------------------------------------------------
+
+bool client_session::h2_preface_pending() {
+  static constexpr std::string_view preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  size_t n = std::min(in_.size(), preface.size());
+  if (!snap_->cfg.http2.enabled || std::string_view(in_.data(), n) != preface.substr(0, n)) {
+    first_bytes_ = false;
+    return false;
+  }
+  if (n < preface.size()) {
+    start_client_read();  // a prefix of the preface: wait for the rest
+    return true;
+  }
+  enter_h2();
+  return true;
+}
+
+void client_session::enter_h2() {
+  first_bytes_ = false;
+  phase_ = phase::h2;
+  req_parser_.reset();
+  h2_ = std::make_unique<h2_connection>(*this, w_, out_, client_ip_, tls_ != nullptr);
+  if (!h2_->start()) {
+    close();
+    return;
+  }
+  h2_input();
+}
+
+void client_session::h2_input() {
+  bool ok = in_.empty() || h2_->on_input(in_.data(), in_.size());
+  in_.clear();
+  (void)ok;  // a connection that must end is finished(): h2_pump closes it once written
+  h2_pump();
+}
+
+void client_session::h2_pump() {
+  if (phase_ != phase::h2) return;
+  h2_->produce();
+  flush_client();
+  if (h2_->finished()) {
+    if (!writing_client_ && out_.empty()) {
+      // Its last frames (a GOAWAY) are written: stop sending, and drop what the client still
+      // sends for a moment, so that closing does not reset the connection before it read them.
+      h2_->close();
+      linger();
+    }
+    return;
+  }
+  if (out_.size() < high_water && h2_->wants_read()) start_client_read();
 }
 
 // --- call_sink: the upstream call's response ----------------------------------------------

@@ -133,46 +133,10 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
   auto cl = parser.content_length();
   ex_.has_body = ex_.chunked || (cl && *cl > 0);
 
-  // Split the target into path and query; accept absolute-form (RFC 9112 §3.2.2).
-  std::string_view target = ex_.request_target;
-  std::string_view host = ex_.host;
-  if (target.size() > 7 &&
-      (target.substr(0, 7) == "http://" || target.substr(0, 8) == "https://")) {
-    auto rest = target.substr(target.find("://") + 3);
-    auto slash = rest.find('/');
-    host = rest.substr(0, slash);
-    target = slash == std::string_view::npos ? std::string_view("/") : rest.substr(slash);
+  if (const char* error = take_target(ex_.request_target, ex_.host)) {
+    return reject(400, "bad_request", error, ec);
   }
-  if (target.empty() || target.front() != '/') {
-    if (!(ex_.verb == http::verb::options && target == "*")) {
-      return reject(400, "bad_request", "request target must be origin-form", ec);
-    }
-  }
-  auto qpos = target.find('?');
-  std::string_view path = target.substr(0, qpos);
-  std::string_view query =
-      qpos == std::string_view::npos ? std::string_view() : target.substr(qpos + 1);
-  // Route on, and forward, the normalized path: /pub/../priv must not reach /priv's upstream
-  // past /priv's auth (RFC 3986 section 6).
-  if (!path.empty() && path.front() == '/' && !path_is_normal(path, snap_->paths)) {
-    path_status st = normalize_path(path, snap_->paths, &ex_.normalized_path);
-    if (st != path_status::ok) return reject(400, "bad_request", to_string(st), ec);
-    path = ex_.normalized_path;
-  }
-  std::string_view host_only = host;
-  if (!host_only.empty() && host_only.front() == '[') {
-    auto end = host_only.find(']');
-    host_only = host_only.substr(0, end == std::string_view::npos ? host_only.size() : end + 1);
-  } else if (auto colon = host_only.rfind(':'); colon != std::string_view::npos) {
-    host_only = host_only.substr(0, colon);
-  }
-
   ex_.fields = fields_;
-  ex_.authority = host;
-  ex_.host_only = host_only;
-  ex_.path = path;
-  ex_.query = query;
-  ex_.has_query = qpos != std::string_view::npos;
   if (cl) ex_.content_length = *cl;
   ex_.wants_websocket = ex_.upgrade_websocket && ex_.connection_upgrade &&
                         ex_.verb == http::verb::get && ex_.version == 11 && !ex_.has_body;

@@ -106,7 +106,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
   }
 
   if (snap->cfg.tls) {
-    snap->tls = tls_store::load(*snap->cfg.tls, error);
+    snap->tls = tls_store::load(*snap->cfg.tls, error, snap->cfg.http2.enabled);
     if (!snap->tls) return nullptr;
   }
   if (snap->cfg.oauth && oauth) {

@@ -55,10 +55,28 @@ int on_server_name(SSL* ssl, int*, void* arg) {
 
 }  // namespace
 
+// ALPN (RFC 7301): h2 when the client offers it and HTTP/2 is on, else http/1.1; a client that
+// offers neither gets no ALPN answer and speaks HTTP/1.1.
+int select_alpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                unsigned inlen, void* arg) {
+  const auto* store = static_cast<const tls_store*>(arg);
+  static constexpr unsigned char both[] = "\x02h2\x08http/1.1";
+  static constexpr unsigned char http1[] = "\x08http/1.1";
+  const unsigned char* ours = store->offer_h2_ ? both : http1;
+  unsigned ours_len = store->offer_h2_ ? sizeof both - 1 : sizeof http1 - 1;
+  unsigned char* chosen = nullptr;
+  if (SSL_select_next_proto(&chosen, outlen, ours, ours_len, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = chosen;
+  return SSL_TLSEXT_ERR_OK;
+}
+
 tls_store::~tls_store() = default;
 
-std::shared_ptr<const tls_store> tls_store::load(const tls_section& cfg, std::string* error) {
+std::shared_ptr<const tls_store> tls_store::load(const tls_section& cfg, std::string* error,
+                                                 bool offer_h2) {
   std::shared_ptr<tls_store> store(new tls_store());
+  store->offer_h2_ = offer_h2;
   for (size_t i = 0; i < cfg.certificates.size(); ++i) {
     const auto& c = cfg.certificates[i];
     std::string where = "tls.certificates[" + std::to_string(i) + "]";
@@ -95,6 +113,7 @@ std::shared_ptr<const tls_store> tls_store::load(const tls_section& cfg, std::st
   for (auto& ctx : store->contexts_) {
     SSL_CTX_set_tlsext_servername_callback(ctx->native_handle(), on_server_name);
     SSL_CTX_set_tlsext_servername_arg(ctx->native_handle(), store.get());
+    SSL_CTX_set_alpn_select_cb(ctx->native_handle(), select_alpn, store.get());
   }
   return store;
 }

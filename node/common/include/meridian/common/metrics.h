@@ -91,6 +91,13 @@ struct alignas(64) worker_stats {
   counter websocket_bytes_to_upstream;
   counter websocket_bytes_to_client;
   std::atomic<int64_t> websocket_tunnels{0};  // open now
+  counter http2_connections;                  // client connections that speak HTTP/2
+  counter http2_streams;                      // streams (requests) they opened
+  counter http2_rapid_resets;                 // cut off: reset_burst / resets_per_second
+  counter http2_control_floods;               // cut off: control-frame limits
+  counter http2_continuation_floods;          // cut off: max_continuations
+  counter http2_protocol_errors;              // cut off: a protocol error (GOAWAY from nghttp2)
+  std::atomic<int64_t> http2_streams_open{0};
 };
 
 // Per-target gauges, shared by all workers.

@@ -89,6 +89,25 @@ struct limits_section {
   duration websocket_idle_timeout = std::chrono::minutes(5);  // a tunnel with no bytes either way
 };
 
+// HTTP/2 towards clients: h2c with prior knowledge on the plain listener, h2 by ALPN on the TLS
+// one. The defences cut a connection off with GOAWAY (ENHANCE_YOUR_CALM) and count it.
+struct http2_section {
+  bool enabled = true;
+  uint32_t max_concurrent_streams = 256;        // SETTINGS_MAX_CONCURRENT_STREAMS
+  uint64_t initial_stream_window = 256 * 1024;  // SETTINGS_INITIAL_WINDOW_SIZE
+  uint64_t connection_window = 1024 * 1024;     // the connection's receive window
+  uint64_t header_table_size = 4096;            // SETTINGS_HEADER_TABLE_SIZE (HPACK decoder)
+  uint64_t max_frame_size = 16384;              // SETTINGS_MAX_FRAME_SIZE
+  // Streams the client may reset (RST_STREAM) as a token bucket: `reset_burst` at once, refilled
+  // at `resets_per_second` (rapid reset, CVE-2023-44487).
+  uint32_t reset_burst = 1000;
+  uint32_t resets_per_second = 33;
+  // SETTINGS, PING, PRIORITY and empty DATA/HEADERS frames, likewise (control-frame floods).
+  uint32_t control_frame_burst = 1000;
+  uint32_t control_frames_per_second = 100;
+  uint32_t max_continuations = 8;  // CONTINUATION frames after one HEADERS (CONTINUATION flood)
+};
+
 // How request paths are normalized before routing (RFC 3986 section 6; docs/configuration.md).
 struct path_normalization_section {
   bool merge_slashes = true;               // "//a//b" -> "/a/b"
@@ -330,6 +349,7 @@ struct config {
   std::optional<cluster_section> cluster;
   limits_section limits;
   path_normalization_section path_normalization;
+  http2_section http2;
   log_section log;
   std::vector<upstream_config> upstreams;
   std::vector<route_config> routes;

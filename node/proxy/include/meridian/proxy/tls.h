@@ -19,8 +19,10 @@ class tls_store {
  public:
   // Reads every certificate and key (PEM), checks that each key fits its certificate and
   // collects the names (given, else the certificate's DNS subjectAltNames, else its CN).
-  // Returns nullptr and sets *error ("tls.certificates[1]: ...") when one is unusable.
-  static std::shared_ptr<const tls_store> load(const tls_section& cfg, std::string* error);
+  // Returns nullptr and sets *error ("tls.certificates[1]: ...") when one is unusable. ALPN
+  // offers h2 (when offer_h2) and http/1.1, in the server's order of preference.
+  static std::shared_ptr<const tls_store> load(const tls_section& cfg, std::string* error,
+                                               bool offer_h2 = true);
   ~tls_store();
 
   // The context new connections start with: the first certificate, and the SNI callback that
@@ -36,6 +38,9 @@ class tls_store {
   tls_store() = default;
   std::vector<std::unique_ptr<boost::asio::ssl::context>> contexts_;
   std::vector<std::vector<std::string>> names_;
+  bool offer_h2_ = true;
+  friend int select_alpn(SSL*, const unsigned char**, unsigned char*, const unsigned char*,
+                         unsigned, void*);
 };
 
 }  // namespace meridian::node
