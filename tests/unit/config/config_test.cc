@@ -1139,3 +1139,31 @@ TEST(config, parse_size_rejects_malformed_text) {
 
 }  // namespace
 }  // namespace meridian::node
+
+TEST(config, http2_section_has_defaults_and_checks_its_ranges) {
+  config d = parse_ok(minimal);
+  EXPECT_TRUE(d.http2.enabled);
+  EXPECT_EQ(d.http2.max_concurrent_streams, 256u);
+  EXPECT_EQ(d.http2.initial_stream_window, 256u * 1024);
+  EXPECT_EQ(d.http2.max_continuations, 8u);
+  config c = parse_ok(std::string(minimal) +
+                      "http2: {enabled: false, max_concurrent_streams: 10, "
+                      "initial_stream_window: 1MiB, connection_window: 4MiB, reset_burst: 5, "
+                      "resets_per_second: 2, control_frame_burst: 7, "
+                      "control_frames_per_second: 3, max_continuations: 0}\n");
+  EXPECT_FALSE(c.http2.enabled);
+  EXPECT_EQ(c.http2.max_concurrent_streams, 10u);
+  EXPECT_EQ(c.http2.initial_stream_window, 1024u * 1024);
+  EXPECT_EQ(c.http2.connection_window, 4u * 1024 * 1024);
+  EXPECT_EQ(c.http2.reset_burst, 5u);
+  EXPECT_EQ(c.http2.resets_per_second, 2u);
+  EXPECT_EQ(c.http2.control_frame_burst, 7u);
+  EXPECT_EQ(c.http2.control_frames_per_second, 3u);
+  EXPECT_EQ(c.http2.max_continuations, 0u);
+  auto bad = parse_config(std::string(minimal) + "http2: {initial_stream_window: 4GiB}\n", "c.yaml");
+  ASSERT_FALSE(bad.value);
+  EXPECT_THAT(errors_of(bad)[0],
+              HasSubstr("http2.initial_stream_window: must be between 1024 and 2147483647"));
+  auto unknown = parse_config(std::string(minimal) + "http2: {max_streams: 4}\n", "c.yaml");
+  ASSERT_FALSE(unknown.value);
+}
