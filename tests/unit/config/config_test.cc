@@ -1137,9 +1137,6 @@ TEST(config, parse_size_rejects_malformed_text) {
   }
 }
 
-}  // namespace
-}  // namespace meridian::node
-
 TEST(config, http2_section_has_defaults_and_checks_its_ranges) {
   config d = parse_ok(minimal);
   EXPECT_TRUE(d.http2.enabled);
@@ -1160,10 +1157,14 @@ TEST(config, http2_section_has_defaults_and_checks_its_ranges) {
   EXPECT_EQ(c.http2.control_frame_burst, 7u);
   EXPECT_EQ(c.http2.control_frames_per_second, 3u);
   EXPECT_EQ(c.http2.max_continuations, 0u);
-  auto bad = parse_config(std::string(minimal) + "http2: {initial_stream_window: 4GiB}\n", "c.yaml");
+  auto bad =
+      parse_config(std::string(minimal) + "http2: {initial_stream_window: 4GiB}\n", "c.yaml");
   ASSERT_FALSE(bad.value);
   EXPECT_THAT(errors_of(bad)[0],
               HasSubstr("http2.initial_stream_window: must be between 1024 and 2147483647"));
   auto unknown = parse_config(std::string(minimal) + "http2: {max_streams: 4}\n", "c.yaml");
   ASSERT_FALSE(unknown.value);
 }
+
+}  // namespace
+}  // namespace meridian::node
