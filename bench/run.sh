@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What `make bench` runs: every Google Benchmark binary BUILD_DIR/bin/*_bench, then bench/proxy.sh
-# (nginx vs haproxy vs meridian) with BUILD_DIR's meridian. Exits non-zero if anything failed.
+# (nginx vs haproxy vs meridian) and bench/h2.sh (HTTP/2: nginx vs meridian) with BUILD_DIR's
+# meridian. Exits non-zero if anything failed.
 # usage: bench/run.sh [BUILD_DIR]     env: MIN_TIME=0.5 (seconds per benchmark), and proxy.sh's
 set -uo pipefail
 
@@ -31,6 +32,13 @@ echo
 echo "== proxy: nginx vs haproxy vs meridian"
 if ! "$here/proxy.sh" "$build_dir"; then
   echo "bench/run.sh: bench/proxy.sh failed" >&2
+  status=1
+fi
+
+echo
+echo "== HTTP/2: nginx vs meridian (h2load, h2c and h2)"
+if ! "$here/h2.sh" "$build_dir"; then
+  echo "bench/run.sh: bench/h2.sh failed" >&2
   status=1
 fi
 exit $status

@@ -21,7 +21,7 @@ packages=(
   prometheus
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
-  packages+=(nginx-light haproxy wrk valgrind strace)
+  packages+=(nginx-light haproxy wrk valgrind strace nghttp2-client)
 fi
 # make fuzz: clang with the libFuzzer and sanitizer runtimes.
 if [[ "${MERIDIAN_FUZZ:-0}" == 1 ]]; then

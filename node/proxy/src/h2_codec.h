@@ -25,6 +25,7 @@
 
 #include <nghttp2/nghttp2.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -180,12 +181,18 @@ class h2_connection {
   std::string_view client_ip() const { return client_ip_; }
   bool tls() const { return tls_; }
   bool closed() const { return closed_; }
-  // Frames (or window updates) are waiting: produce them and write (not from inside nghttp2).
+  // Frames (or window updates) are waiting: produce and write them soon (not from inside
+  // nghttp2; after the handlers already queued, so that several streams' frames share a write).
   void pump();
   // A stream's response buffer drained below its mark: its call may read on.
   void stream_drained(h2_stream* s) { drained_.push_back(s->shared_from_this()); }
-  // nghttp2's scratch for a head being submitted (it copies names and values).
-  std::string& nv_text() { return nv_text_; }
+  // Scratch for a head being submitted (nghttp2 copies names and values).
+  struct nv_scratch {
+    std::string text;
+    std::vector<std::array<size_t, 4>> at;
+    std::vector<nghttp2_nv> nv;
+  };
+  nv_scratch& nv() { return nv_; }
 
  private:
   friend struct h2_callbacks;
@@ -203,7 +210,7 @@ class h2_connection {
   // Streams closed inside nghttp2's callbacks, freed once it has returned.
   std::vector<std::shared_ptr<h2_stream>> closed_streams_;
   std::vector<std::shared_ptr<h2_stream>> drained_;
-  std::string nv_text_;
+  nv_scratch nv_;
   token_bucket resets_;
   token_bucket control_frames_;
   uint32_t max_continuations_;
@@ -213,7 +220,8 @@ class h2_connection {
   int64_t drain_at_ = 0;  // the first GOAWAY went out then; the second follows
   bool goaway_sent_ = false;
   bool in_nghttp2_ = false;  // inside mem_recv or send: no re-entry
-  bool dead_ = false;        // read no more; close once the output is written
+  bool pump_posted_ = false;
+  bool dead_ = false;  // read no more; close once the output is written
   int64_t dead_since_ = 0;
   bool closed_ = false;
 };

@@ -251,8 +251,14 @@ bool h2_connection::on_input(const char* data, size_t n) {
 }
 
 void h2_connection::pump() {
-  if (in_nghttp2_ || closed_) return;  // the caller's loop produces on its way out
-  session_owner_.h2_pump();
+  // Inside nghttp2 the caller's loop produces on its way out. Otherwise once, after the handlers
+  // already queued: the responses of every stream that completed meanwhile go out in one write.
+  if (in_nghttp2_ || closed_ || pump_posted_) return;
+  pump_posted_ = true;
+  asio::post(w_.ioc, [session = session_owner_.shared_from_this(), this] {
+    pump_posted_ = false;  // the session owns this connection
+    session->h2_pump();
+  });
 }
 
 void h2_connection::produce() {

@@ -12,35 +12,50 @@ namespace {
 // (RFC 9113 section 8.2.1); fields that describe a connection are left out (section 8.2.2).
 class nv_list {
  public:
-  explicit nv_list(std::string& text) : text_(text) { text_.clear(); }
+  explicit nv_list(h2_connection::nv_scratch& scratch) : s_(scratch) {
+    s_.text.clear();
+    s_.at.clear();
+  }
 
   void add(std::string_view name, std::string_view value) {
     if (is_connection_specific(name)) return;
-    size_t n = text_.size();
-    for (char c : name)
-      text_.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
-    at_.push_back({n, name.size(), text_.size(), value.size()});
-    text_.append(value);
+    size_t n = s_.text.size();
+    s_.text.append(name);
+    for (size_t i = n; i < s_.text.size(); ++i) {
+      char& c = s_.text[i];
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    }
+    s_.at.push_back({n, name.size(), s_.text.size(), value.size()});
+    s_.text.append(value);
   }
 
   std::vector<nghttp2_nv>& build() {
-    nv_.clear();
-    auto* base = reinterpret_cast<uint8_t*>(text_.data());
-    for (auto& a : at_) {
-      nv_.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
+    s_.nv.clear();
+    auto* base = reinterpret_cast<uint8_t*>(s_.text.data());
+    for (auto& a : s_.at) {
+      s_.nv.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
     }
-    return nv_;
+    return s_.nv;
   }
 
  private:
   static bool is_connection_specific(std::string_view name) {
-    return iequals(name, "connection") || iequals(name, "keep-alive") ||
-           iequals(name, "proxy-connection") || iequals(name, "transfer-encoding") ||
-           iequals(name, "upgrade") || iequals(name, "te");
+    switch (name.size()) {
+      case 2:
+        return iequals(name, "te");
+      case 7:
+        return iequals(name, "upgrade");
+      case 10:
+        return iequals(name, "connection") || iequals(name, "keep-alive");
+      case 16:
+        return iequals(name, "proxy-connection");
+      case 17:
+        return iequals(name, "transfer-encoding");
+      default:
+        return false;
+    }
   }
-  std::string& text_;
-  std::vector<std::array<size_t, 4>> at_;
-  std::vector<nghttp2_nv> nv_;
+  h2_connection::nv_scratch& s_;
 };
 
 ssize_t read_response(nghttp2_session*, int32_t, uint8_t*, size_t length, uint32_t* flags,
@@ -68,6 +83,7 @@ h2_stream::h2_stream(h2_connection& c, std::shared_ptr<client_session> owner, in
   ex_.tls = c.tls();
   ex_.client_ip = c.client_ip();
   at_.reserve(16);
+  head_text_.reserve(256);
 }
 
 h2_stream::~h2_stream() {
@@ -305,7 +321,7 @@ void h2_stream::answer_local() {
   h.rate_limit_lines = ex_.rate_limit_headers;
   h.request_id = ex_.request_id;
   ex_.status = h.status;
-  nv_list nv(c_.nv_text());
+  nv_list nv(c_.nv());
   char status[8];
   std::snprintf(status, sizeof status, "%03d", h.status % 1000);
   nv.add(":status", status);
@@ -345,7 +361,7 @@ void h2_stream::submit(std::vector<nghttp2_nv>& nv, bool with_body) {
 
 void h2_stream::on_call_head(response_head& h, bool) {
   if (h.informational) return;  // 1xx interim responses are not relayed over HTTP/2
-  nv_list nv(c_.nv_text());
+  nv_list nv(c_.nv());
   char status[8];
   std::snprintf(status, sizeof status, "%03d", ex_.status % 1000);
   nv.add(":status", status);
