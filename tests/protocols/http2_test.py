@@ -25,6 +25,8 @@ import threading
 import time
 import urllib.request
 
+import websockets
+
 TOKEN = "test-token-0123456789abcdef"
 FAILURES = []
 
@@ -90,10 +92,19 @@ async def handle(reader, writer):
         writer.close()
 
 
-def run_origin(port, ready):
+async def echo(ws):
+    try:
+        async for message in ws:
+            await ws.send(message)
+    except websockets.ConnectionClosed:
+        pass
+
+
+def run_origin(port, ws_port, ready):
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", port, backlog=512))
+    loop.run_until_complete(websockets.serve(echo, "127.0.0.1", ws_port, compression=None))
     ready.set()
     loop.run_until_complete(server.serve_forever())
 
@@ -169,7 +180,7 @@ def send_all_ignoring_reset(sock, data):
 
 # --- the node ----------------------------------------------------------------------------------
 
-def config(tmp, origin_port, proxy_port, tls_port, admin_port):
+def config(tmp, origin_port, ws_port, proxy_port, tls_port, admin_port):
     return f"""node: {{id: h2-1, region: eu-west, data_dir: {tmp}/data}}
 listen: {{proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}}}
 admin: {{token_file: {tmp}/admin.token}}
@@ -183,7 +194,13 @@ http2: {{reset_burst: 100, resets_per_second: 10, control_frame_burst: 200,
 upstreams:
   - name: origin
     targets: [{{address: 127.0.0.1:{origin_port}}}]
+  - name: sockets
+    targets: [{{address: 127.0.0.1:{ws_port}}}]
 routes:
+  - name: ws
+    match: {{path_prefix: /ws}}
+    upstream: sockets
+    websocket: true
   - name: api
     match: {{path_prefix: /api}}
     strip_prefix: /api
@@ -218,9 +235,9 @@ def served(port):
 
 def main():
     binary = sys.argv[1]
-    origin_port = free_port()
+    origin_port, ws_port = free_port(), free_port()
     ready = threading.Event()
-    threading.Thread(target=run_origin, args=(origin_port, ready), daemon=True).start()
+    threading.Thread(target=run_origin, args=(origin_port, ws_port, ready), daemon=True).start()
     ready.wait(10)
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/admin.token", "w") as f:
@@ -232,7 +249,7 @@ def main():
                        check=True, capture_output=True)
         proxy_port, tls_port, admin_port = free_port(), free_port(), free_port()
         with open(f"{tmp}/node.yaml", "w") as f:
-            f.write(config(tmp, origin_port, proxy_port, tls_port, admin_port))
+            f.write(config(tmp, origin_port, ws_port, proxy_port, tls_port, admin_port))
         log = open(f"{tmp}/node.log", "w")
         node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node.yaml"], stderr=log)
         try:
@@ -322,6 +339,52 @@ def tests(port, tls_port, admin_port, tmp, node):
         time.sleep(0.0005)
     f, _ = read_frames(s, lambda t, fl, st, p: t == HEADERS and st == 1)
     check(f is not None and f[3][:1] == b"\x88", "the preface split at every byte: 200 on stream 1")
+    s.close()
+
+    # WebSocket over HTTP/2 (RFC 8441): the server allows extended CONNECT; a masked text frame
+    # and a close go through to the origin's echo and back.
+    s = connect_h2c(port)
+    f, _ = read_frames(s, lambda t, fl, st, p: t == SETTINGS and not fl & 1)
+    settings = {int.from_bytes(f[3][i:i + 2], "big"): int.from_bytes(f[3][i + 2:i + 6], "big")
+                for i in range(0, len(f[3]), 6)} if f else {}
+    check(settings.get(8) == 1, f"SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 ({settings})")
+    s.sendall(frame(SETTINGS, 1, 0) + frame(HEADERS, 0x4, 1, hpack([
+        (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+        (":path", "/ws/echo"), (":authority", "gw"), ("sec-websocket-version", "13")])))
+    f, _ = read_frames(s, lambda t, fl, st, p: t in (HEADERS, RST_STREAM) and st == 1)
+    check(f is not None and f[0] == HEADERS and f[3][:1] == b"\x88",
+          f"extended CONNECT answered 200 ({f and f[3][:8]!r})")
+
+    def ws_frame(opcode, payload):
+        mask = b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + masked
+
+    s.sendall(frame(DATA, 0, 1, ws_frame(1, b"hello over h2")))
+    got = b""
+    def echoed(t, fl, st, p):
+        nonlocal got
+        if t == DATA and st == 1:
+            got += p
+        return got.startswith(b"\x81") and len(got) >= 2 + got[1]
+    read_frames(s, echoed)
+    check(got[:15] == b"\x81\x0dhello over h2", f"a text message echoed through the tunnel: {got!r}")
+    got = b""
+    s.sendall(frame(DATA, 0, 1, ws_frame(8, b"\x03\xe8bye")))
+    f, _ = read_frames(s, lambda t, fl, st, p: (echoed(t, fl, st, p) and False) or
+                       (st == 1 and fl & 1 == 1) or t == RST_STREAM)
+    check(got[:2] == b"\x88\x05" and got[2:4] == b"\x03\xe8",
+          f"the close frame comes back ({got!r})")
+    check(f is not None and f[0] in (DATA, HEADERS) and f[1] & 1,
+          "the origin's close ends the stream (END_STREAM)")
+    check(metric(admin_port, "meridian_websocket_upgrades_total") == 1, "the tunnel is counted")
+    # A route without websocket: true refuses the extended CONNECT (not a 200 tunnel).
+    s.sendall(frame(HEADERS, 0x4, 3, hpack([
+        (":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+        (":path", "/api/x"), (":authority", "gw"), ("sec-websocket-version", "13")])))
+    f, _ = read_frames(s, lambda t, fl, st, p: t in (HEADERS, RST_STREAM) and st == 3)
+    check(f is not None and f[0] == HEADERS and f[3][:1] != b"\x88",
+          "extended CONNECT to a route without websocket: true is refused")
     s.close()
 
     # Rapid reset: open a stream and reset it at once, again and again.

@@ -84,6 +84,9 @@ struct exchange {
   bool upgrade_websocket = false;   // an Upgrade field lists websocket
   bool connection_upgrade = false;  // a Connection field lists upgrade
   bool wants_websocket = false;     // both, on a bodiless HTTP/1.1 GET (RFC 6455 section 4.1)
+  // An HTTP/2 extended CONNECT for websocket (RFC 8441): a tunnel or nothing. It carries no
+  // Sec-WebSocket-Key: the call makes one for the HTTP/1.1 upgrade.
+  bool extended_connect = false;
   uint64_t body_bytes = 0;
   std::chrono::steady_clock::time_point started;
   inline_text<128> request_id;

@@ -93,13 +93,15 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void flush_response() override;
   void on_call_done() override;
   void on_call_failed() override { answer_local(); }
-  void on_call_tunnel() override { reset(NGHTTP2_INTERNAL_ERROR); }
+  void on_call_tunnel() override;
   void on_call_cut() override { reset(NGHTTP2_INTERNAL_ERROR); }
   bool sink_full() const override { return response_.size() >= response_high_water; }
 
  private:
   static constexpr size_t response_high_water = 64 * 1024;
-  enum class phase { headers, awaiting_body, paused, calling, answered, closed };
+  // tunnel: a WebSocket by extended CONNECT (RFC 8441) after the upstream's 101: DATA frames
+  // carry the WebSocket bytes both ways.
+  enum class phase { headers, awaiting_body, paused, calling, tunnel, answered, closed };
 
   // exchange_flow (exchange_flow.h).
   std::shared_ptr<exchange_flow> flow_owner() override { return shared_from_this(); }
@@ -115,6 +117,8 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void refuse(int status, const char* code, const char* message);
   // Hands held request body to the call as far as it has room; ends the body after the last.
   void forward_body();
+  // The same for a tunnel's bytes; the client's END_STREAM half-closes the upstream.
+  void forward_tunnel();
   // Gives n bytes of the client's window back (they have been taken from the stream).
   void consume(size_t n);
   // Submits the response head (and the data provider unless the response has no body).
@@ -141,6 +145,7 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   std::string cookie_;       // the cookie crumbs joined into one field (RFC 9113 section 8.2.3)
   bool end_stream_ = false;  // the client has sent all of its request
   bool body_ended_ = false;  // ... and the call has been told
+  bool tunnel_end_ = false;  // the client ended a tunnel's stream (its half-close)
   byte_buffer body_in_;      // request body the call has no room for yet (within the window)
   byte_buffer response_;     // response body waiting for the client's window
   bool response_submitted_ = false;

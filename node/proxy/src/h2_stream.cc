@@ -162,7 +162,16 @@ void h2_stream::on_headers_done(bool end_stream) {
     return refuse(431, "headers_too_large", "request header block exceeds the limit");
   }
   if (ex_.verb == http::verb::connect) {
-    return refuse(501, "not_implemented", "CONNECT is not supported");
+    // Extended CONNECT (RFC 8441): a WebSocket, which the upstream gets as an HTTP/1.1 upgrade
+    // (a GET); nghttp2 has checked :scheme and :path are there. Plain CONNECT is not proxied.
+    if (!iequals(protocol_, "websocket")) {
+      return refuse(501, "not_implemented", "CONNECT is not supported");
+    }
+    ex_.verb = http::verb::get;
+    ex_.method = "GET";
+    ex_.extended_connect = true;
+    ex_.wants_websocket = true;
+    end_stream = true;  // no request body: what the client sends next is the tunnel's
   }
   if (path_.size() > snap_->cfg.limits.max_url_bytes) {
     return refuse(414, "uri_too_long", "request target exceeds the limit");
@@ -215,6 +224,10 @@ void h2_stream::on_data(const uint8_t* data, size_t n) {
     case phase::closed:
       consume(n);  // nobody wants it: give the window back
       return;
+    case phase::tunnel:
+      body_in_.append(piece);
+      forward_tunnel();
+      return;
     case phase::headers:
     case phase::paused:
     case phase::calling:
@@ -225,6 +238,11 @@ void h2_stream::on_data(const uint8_t* data, size_t n) {
 }
 
 void h2_stream::on_end_stream() {
+  if (phase_ == phase::tunnel || ex_.extended_connect) {
+    tunnel_end_ = true;
+    forward_tunnel();
+    return;
+  }
   end_stream_ = true;
   if (phase_ == phase::awaiting_body) {
     ex_.request_done = true;
@@ -269,8 +287,33 @@ void h2_stream::forward_body() {
   c_.pump();  // window updates
 }
 
+void h2_stream::forward_tunnel() {
+  if (phase_ != phase::tunnel) return;
+  while (!body_in_.empty()) {
+    size_t room = call_.body_room();
+    if (!room) break;  // on_call_room when the upstream write drains
+    size_t n = std::min(room, body_in_.size());
+    call_.send_body(std::string_view(body_in_.data(), n));
+    body_in_.consume(n);
+    consume(n);
+  }
+  call_.flush();
+  call_.touch();
+  if (body_in_.empty() && tunnel_end_) call_.end_tunnel_send();
+  c_.pump();  // window updates
+}
+
+void h2_stream::on_call_tunnel() {
+  phase_ = phase::tunnel;
+  forward_tunnel();  // what the client sent right after its CONNECT
+}
+
 void h2_stream::on_call_room() {
-  forward_body();
+  if (phase_ == phase::tunnel) {
+    forward_tunnel();
+  } else {
+    forward_body();
+  }
 }
 
 // --- exchange_flow ----------------------------------------------------------------------------
@@ -363,9 +406,12 @@ void h2_stream::on_call_head(response_head& h, bool) {
   if (h.informational) return;  // 1xx interim responses are not relayed over HTTP/2
   nv_list nv(c_.nv());
   char status[8];
-  std::snprintf(status, sizeof status, "%03d", ex_.status % 1000);
+  // The upstream's 101 to the upgrade is the extended CONNECT's 200 (RFC 8441 section 5).
+  std::snprintf(status, sizeof status, "%03d", ex_.tunnel ? 200 : ex_.status % 1000);
   nv.add(":status", status);
-  for_each_response_field(h, [&](std::string_view k, std::string_view v) { nv.add(k, v); });
+  for_each_response_field(h, [&](std::string_view k, std::string_view v) {
+    if (!ex_.tunnel || !iequals(k, "sec-websocket-accept")) nv.add(k, v);
+  });
   bool no_body = ex_.verb == http::verb::head || ex_.status == 204 || ex_.status == 304;
   if (no_body) response_done_ = true;
   submit(nv.build(), !no_body);
@@ -465,6 +511,7 @@ void h2_stream::abandon() {
 void h2_stream::check_deadline(int64_t now) {
   switch (phase_) {
     case phase::calling:
+    case phase::tunnel:
       call_.check_deadline(now);  // connect, request and idle deadlines are the call's
       return;
     case phase::paused:

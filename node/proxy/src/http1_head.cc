@@ -301,6 +301,11 @@ size_t write_upstream_head(const upstream_head& h, byte_buffer& out) {
     out.append(h.upgrade);
     out.append("\r\n");
   }
+  if (!h.websocket_key.empty()) {
+    out.append("Sec-WebSocket-Key: ");
+    out.append(h.websocket_key);
+    out.append("\r\n");
+  }
   out.append("\r\n");
   return refused;
 }

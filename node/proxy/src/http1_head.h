@@ -77,11 +77,12 @@ struct upstream_head {
   bool tls = false;  // the client connection (X-Forwarded-Proto)
   int version = 11;  // the client's (Via)
   std::string_view request_id;
-  header_pairs set;          // the route's request_headers.set
-  header_pairs add;          // the route's request_headers.add
-  header_pairs identity;     // verified claims and the consumer, from authentication
-  bool chunked = false;      // the body is re-chunked by the gateway
-  std::string_view upgrade;  // the protocol to ask the upstream to switch to, or empty
+  header_pairs set;                // the route's request_headers.set
+  header_pairs add;                // the route's request_headers.add
+  header_pairs identity;           // verified claims and the consumer, from authentication
+  bool chunked = false;            // the body is re-chunked by the gateway
+  std::string_view upgrade;        // the protocol to ask the upstream to switch to, or empty
+  std::string_view websocket_key;  // a Sec-WebSocket-Key of the gateway's own, or empty
 };
 
 // Appends the request head to out. Returns how many identity headers were refused because

@@ -78,6 +78,25 @@ void upstream_call::prepare(const snapshot& snap) {
   ex_.upstream_prepared = true;
   ex_.websocket = ex_.wants_websocket && ex_.route->cfg->websocket;
   if (ex_.websocket) h.upgrade = "websocket";
+  char key[24];
+  if (ex_.websocket && ex_.extended_connect) {
+    // 16 random bytes, base64 (RFC 6455 section 4.1): the upstream's accept is for the gateway,
+    // the HTTP/2 client has none to check (RFC 8441 section 5).
+    static constexpr char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint64_t r[2] = {w_.next_random(), w_.next_random()};
+    unsigned char bytes[16];
+    std::memcpy(bytes, r, sizeof bytes);
+    for (int i = 0; i < 5; ++i) {
+      uint32_t v =
+          uint32_t{bytes[3 * i]} << 16 | uint32_t{bytes[3 * i + 1]} << 8 | bytes[3 * i + 2];
+      for (int j = 0; j < 4; ++j) key[4 * i + j] = b64[(v >> (18 - 6 * j)) & 63];
+    }
+    key[20] = b64[bytes[15] >> 2];
+    key[21] = b64[(bytes[15] & 3) << 4];
+    key[22] = key[23] = '=';
+    h.websocket_key = std::string_view(key, sizeof key);
+  }
   snap.entry->run_upstream_head(ex_, h);  // forwarding headers
   ex_.route->stages->run_upstream_head(ex_, h);
   out_.clear();
@@ -105,6 +124,13 @@ size_t upstream_call::body_room() const {
 // --- dispatching to an upstream --------------------------------------------------------------
 
 void upstream_call::start() {
+  if (ex_.extended_connect && !ex_.websocket) {
+    ex_.local_status = 501;
+    ex_.local_code = "not_implemented";
+    ex_.local_message = "this route does not take WebSocket (websocket: true)";
+    sink_.on_call_failed();
+    return;
+  }
   if (ex_.websocket &&
       w_.open_tunnels() >= static_cast<int64_t>(snap_->cfg.limits.max_websocket_tunnels)) {
     w_.stats.websocket_refused.add();
