@@ -43,6 +43,28 @@ TEST(upstream_head, a_plain_request_gets_host_forwarding_headers_via_and_request
             "\r\n");
 }
 
+TEST(upstream_head, an_http2_client_is_named_in_via_and_its_websocket_gets_a_key_of_the_gateway) {
+  std::vector<field_view> fields = {{http::field::unknown, "sec-websocket-version", "13"}};
+  auto h = plain(fields);
+  h.version = 20;
+  h.upgrade = "websocket";
+  h.websocket_key = "dGhlIHNhbXBsZSBub25jZQ==";
+  byte_buffer out;
+  write_upstream_head(h, out);
+  EXPECT_EQ(text(out),
+            "GET /users/7 HTTP/1.1\r\n"
+            "sec-websocket-version: 13\r\n"
+            "Host: api.example\r\n"
+            "X-Forwarded-For: 203.0.113.9\r\n"
+            "X-Forwarded-Proto: http\r\n"
+            "X-Forwarded-Host: api.example\r\n"
+            "Via: 2 meridian\r\n"
+            "X-Request-Id: req-1\r\n"
+            "Connection: Upgrade\r\nUpgrade: websocket\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "\r\n");
+}
+
 TEST(upstream_head, hop_by_hop_and_connection_listed_fields_never_reach_the_upstream) {
   std::vector<field_view> fields = {
       {http::field::connection, "Connection", "keep-alive, X-Secret , close"},
@@ -186,6 +208,38 @@ TEST(response_head, the_upstreams_fields_pass_minus_hop_by_hop_with_the_gateways
             "X-Request-Id: req-1\r\n"
             "Transfer-Encoding: chunked\r\n"
             "\r\n");
+}
+
+TEST(response_head, the_fields_for_other_codecs_are_the_ones_the_http1_head_carries) {
+  std::vector<field_view> fields = {
+      {http::field::content_type, "Content-Type", "application/json"},
+      {http::field::connection, "Connection", "X-Internal"},
+      {http::field::unknown, "X-Internal", "secret"},
+      {http::field::transfer_encoding, "Transfer-Encoding", "chunked"},
+      {http::field::server, "Server", "upstream/1"}};
+  std::vector<std::string> drop = {"server"};
+  std::vector<std::pair<std::string, std::string>> set = {{"Server", "meridian"},
+                                                          {"Bad", "a\r\nb"}};
+  response_head h;
+  h.fields = fields;
+  h.drop = drop;
+  h.set = set;
+  h.rate_limit_lines = "RateLimit-Limit: 10\r\nRateLimit-Remaining: 9\r\n";
+  h.request_id = "req-1";
+  std::vector<std::pair<std::string, std::string>> seen;
+  for_each_response_field(h,
+                          [&](std::string_view k, std::string_view v) { seen.emplace_back(k, v); });
+  std::vector<std::pair<std::string, std::string>> expected = {{"Content-Type", "application/json"},
+                                                               {"Server", "meridian"},
+                                                               {"RateLimit-Limit", "10"},
+                                                               {"RateLimit-Remaining", "9"},
+                                                               {"X-Request-Id", "req-1"}};
+  EXPECT_EQ(seen, expected);
+  h.informational = true;
+  seen.clear();
+  for_each_response_field(h,
+                          [&](std::string_view k, std::string_view v) { seen.emplace_back(k, v); });
+  EXPECT_EQ(seen.size(), 2u);  // no rate-limit lines or request id on a 1xx
 }
 
 TEST(response_head, an_upstream_request_id_is_kept_and_connection_follows_the_decision) {
