@@ -184,7 +184,7 @@ def config(tmp, origin_port, ws_port, proxy_port, tls_port, admin_port):
     return f"""node: {{id: h2-1, region: eu-west, data_dir: {tmp}/data}}
 listen: {{proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}}}
 admin: {{token_file: {tmp}/admin.token}}
-limits: {{max_header_bytes: 8KiB}}
+limits: {{max_header_bytes: 8KiB, idle_timeout: 3s}}
 tls:
   listen: 127.0.0.1:{tls_port}
   certificates: [{{cert: {tmp}/cert.pem, key: {tmp}/key.pem}}]
@@ -401,6 +401,35 @@ def tests(port, tls_port, admin_port, tmp, node):
     check(metric(admin_port, "meridian_http2_rapid_resets_total") == 1, "rapid reset counted")
     s.close()
 
+    # The same without a single RST_STREAM from the client (MadeYouReset): each stream is made
+    # invalid (more DATA than its content-length) so that nghttp2 resets it.
+    s = connect_h2c(port)
+    burst = b""
+    for i in range(300):
+        sid = 1 + 2 * i
+        burst += frame(HEADERS, 0x4, sid, hpack([
+            (":method", "POST"), (":scheme", "http"), (":authority", "gw"), (":path", "/api/p"),
+            ("content-length", "1")])) + frame(DATA, 0x1, sid, b"xy")
+    send_all_ignoring_reset(s, burst)
+    f, closed = read_frames(s, lambda t, fl, st, p: t == GOAWAY)
+    check(goaway_code(f) == 0xb, f"resets nghttp2 makes count too: GOAWAY ({goaway_code(f)})")
+    check(metric(admin_port, "meridian_http2_rapid_resets_total") == 2, "... and are counted")
+    s.close()
+
+    # A client whose window stays at zero does not hold its response forever: reset (CANCEL)
+    # after the idle timeout (3 s here), the connection goes on.
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 0)) +
+              frame(HEADERS, 0x5, 1, request_block("/api/size/60000")))
+    f, _ = read_frames(s, lambda t, fl, st, p: t == RST_STREAM and st == 1, limit=15)
+    check(f is not None and int.from_bytes(f[3], "big") == 8,
+          f"a response held at a zero window is reset with CANCEL ({f and f[3]!r})")
+    s.sendall(frame(SETTINGS, 0, 0, struct.pack(">HI", 4, 65535)) +
+              frame(HEADERS, 0x5, 3, request_block("/api/x")))
+    f, _ = read_frames(s, lambda t, fl, st, p: t == HEADERS and st == 3)
+    check(f is not None, "the connection serves its next stream")
+    s.close()
+
     # CONTINUATION flood: a header block that goes on and on.
     s = connect_h2c(port)
     flood = frame(HEADERS, 0x1, 1, request_block("/api/x"))
@@ -431,11 +460,23 @@ def tests(port, tls_port, admin_port, tmp, node):
     f, _ = read_frames(s, lambda t, fl, st, p: t == HEADERS and st == 1)
     check(f is not None, "a handful of PINGs does not cut a connection off")
 
-    # Drain: SIGTERM sends a GOAWAY to the open connection, which then closes.
+    # Drain: SIGTERM sends a shutdown notice; a stream opened after it is still served; then a
+    # GOAWAY naming that stream, and the connection closes.
     check(metric(admin_port, "meridian_http2_streams_open") == 0, "no stream left open")
     node.send_signal(signal.SIGTERM)
     f, closed = read_frames(s, lambda t, fl, st, p: t == GOAWAY, limit=20)
-    check(f is not None and goaway_code(f) == 0, f"SIGTERM: GOAWAY NO_ERROR ({goaway_code(f)})")
+    last = int.from_bytes(f[3][:4], "big") & 0x7fffffff if f else None
+    check(f is not None and goaway_code(f) == 0 and last == 0x7fffffff,
+          f"SIGTERM: a shutdown notice (GOAWAY NO_ERROR, last stream 2^31-1: {last})")
+    s.sendall(frame(HEADERS, 0x5, 3, request_block("/api/x")))
+    f, closed = read_frames(s, lambda t, fl, st, p: t == HEADERS and st == 3)
+    check(f is not None, "a stream opened after the notice is served")
+    f, closed = read_frames(s, lambda t, fl, st, p: t == GOAWAY, limit=10)
+    last = int.from_bytes(f[3][:4], "big") & 0x7fffffff if f else None
+    check(last == 3, f"then a GOAWAY naming the last stream taken ({last})")
+    started = time.monotonic()
+    f, closed = read_frames(s, lambda t, fl, st, p: False, limit=10)
+    check(closed and time.monotonic() - started < 5, "and the connection closes")
     s.close()
     node.wait(30)
     check(node.returncode == 0, f"meridian exits 0 ({node.returncode})")

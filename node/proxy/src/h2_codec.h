@@ -73,6 +73,9 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void on_closed();
   // The response has been sent in full; the client may still be sending its body.
   void on_response_sent();
+  // The stream closes before its response went out, and not because the gateway reset it: the
+  // client reset it (or made nghttp2 do so). Counted against the rapid-reset bucket.
+  bool ended_early() const { return !response_sent_ && !reset_by_us_; }
   // The data provider: how much of the response body may go out now (0 with *deferred: none
   // yet), and the bytes themselves (appended to out when nghttp2 sends the frame).
   ssize_t response_ready(size_t length, uint32_t* flags);
@@ -152,6 +155,8 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   bool response_done_ = false;  // the last response byte is in response_
   bool deferred_ = false;       // the data provider said "nothing yet"
   bool logged_ = false;
+  bool response_sent_ = false;  // its last frame (END_STREAM) went out
+  bool reset_by_us_ = false;
 };
 
 class h2_connection {

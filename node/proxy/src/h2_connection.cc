@@ -31,8 +31,10 @@ struct h2_callbacks {
                        size_t length, nghttp2_data_source* source, void* user) {
     auto& c = conn(user);
     if (c.out_.size() >= high_water) return NGHTTP2_ERR_WOULDBLOCK;
-    (void)frame;  // no padding is ever asked for
-    static_cast<h2_stream*>(source->ptr)->send_response_data(c.out_, framehd, length);
+    auto* s = static_cast<h2_stream*>(source->ptr);  // no padding is ever asked for
+    s->send_response_data(c.out_, framehd, length);
+    // A DATA frame sent this way gets no on_frame_send: its END_STREAM is seen here.
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) s->on_response_sent();
     return 0;
   }
 
@@ -48,13 +50,17 @@ struct h2_callbacks {
         return NGHTTP2_ERR_CALLBACK_FAILURE;
       }
     }
+    // The block ends with this frame (whether or not nghttp2 then takes or ignores the stream).
+    if ((hd->type == NGHTTP2_HEADERS || hd->type == NGHTTP2_CONTINUATION) &&
+        (hd->flags & NGHTTP2_FLAG_END_HEADERS)) {
+      c.header_block_since_ = 0;
+    }
     return 0;
   }
 
   static int begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user) {
     auto& c = conn(user);
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
-    if (c.goaway_sent_) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // refused: draining
     auto s =
         std::make_shared<h2_stream>(c, c.session_owner_.shared_from_this(), frame->hd.stream_id);
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s.get());
@@ -82,7 +88,6 @@ struct h2_callbacks {
     bool end_stream = (hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
     switch (hd.type) {
       case NGHTTP2_HEADERS:
-        c.header_block_since_ = 0;
         if (auto* s = c.stream(hd.stream_id)) {
           if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
             s->on_headers_done(end_stream);
@@ -100,9 +105,6 @@ struct h2_callbacks {
           if (auto* s = c.stream(hd.stream_id)) s->on_end_stream();
         }
         break;
-      case NGHTTP2_RST_STREAM:
-        if (!c.resets_.take(c.w_.now)) c.cut_off(c.w_.stats.http2_rapid_resets);
-        break;
       case NGHTTP2_SETTINGS:
       case NGHTTP2_PING:
         if (hd.flags & NGHTTP2_FLAG_ACK) break;
@@ -118,17 +120,19 @@ struct h2_callbacks {
 
   static int data_chunk(nghttp2_session* session, uint8_t, int32_t stream_id, const uint8_t* data,
                         size_t len, void* user) {
-    if (auto* s = conn(user).stream(stream_id)) {
-      s->on_data(data, len);
-    } else {
-      nghttp2_session_consume(session, stream_id, len);  // a stream we no longer hold
-    }
+    // The connection's window comes back at once; a stream's as its call takes the bytes (so
+    // one slow upstream holds back its own stream, never the others).
+    nghttp2_session_consume_connection(session, len);
+    if (auto* s = conn(user).stream(stream_id)) s->on_data(data, len);
     return 0;
   }
 
   static int frame_send(nghttp2_session*, const nghttp2_frame* frame, void* user) {
     auto& c = conn(user);
-    if (frame->hd.type == NGHTTP2_GOAWAY) c.goaway_sent_ = true;
+    // The shutdown notice (last stream 2^31-1) is not the GOAWAY that ends the connection.
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.last_stream_id != 0x7fffffff) {
+      c.goaway_sent_ = true;
+    }
     if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
       if (auto* s = c.stream(frame->hd.stream_id)) s->on_response_sent();
@@ -143,6 +147,9 @@ struct h2_callbacks {
     auto s = std::move(it->second);
     c.streams_.erase(it);
     if (c.streams_.empty()) c.idle_since_ = c.w_.now;
+    // Rapid reset, whoever sent the RST_STREAM: a stream the client made end before it was
+    // answered (its RST, or a frame that made nghttp2 reset it) left upstream work abandoned.
+    if (s->ended_early() && !c.resets_.take(c.w_.now)) c.cut_off(c.w_.stats.http2_rapid_resets);
     s->on_closed();
     c.closed_streams_.push_back(std::move(s));  // freed once nghttp2 has returned
     return 0;
@@ -298,8 +305,11 @@ bool h2_connection::check_deadline(int64_t now) {
   if (dead_) return now - dead_since_ < 5000;  // its last frames did not get out: give up
   const auto& limits = w_.snap->cfg.limits;
   if (header_block_since_ && now - header_block_since_ > limits.header_timeout.count()) {
-    w_.stats.header_timeouts.add();
-    return false;  // a header block that never ends
+    w_.stats.header_timeouts.add();  // a header block that never ends
+    dead_ = true;
+    dead_since_ = now;
+    nghttp2_session_terminate_session(session_, NGHTTP2_PROTOCOL_ERROR);
+    return true;
   }
   if (drain_at_ && !goaway_sent_ && now - drain_at_ >= 1000) {
     nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,

@@ -200,7 +200,7 @@ void h2_stream::on_headers_done(bool end_stream) {
 // --- the request body -------------------------------------------------------------------------
 
 void h2_stream::consume(size_t n) {
-  if (n && phase_ != phase::closed) nghttp2_session_consume(c_.session(), id_, n);
+  if (n && phase_ != phase::closed) nghttp2_session_consume_stream(c_.session(), id_, n);
 }
 
 void h2_stream::on_data(const uint8_t* data, size_t n) {
@@ -384,7 +384,9 @@ void h2_stream::answer_local() {
   log_once();
   end_flow();
   phase_ = phase::answered;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
   submit(nv.build(), with_body);
+  c_.pump();
 }
 
 // --- the response -----------------------------------------------------------------------------
@@ -397,9 +399,7 @@ void h2_stream::submit(std::vector<nghttp2_nv>& nv, bool with_body) {
   if (nghttp2_submit_response(c_.session(), id_, nv.data(), nv.size(),
                               with_body ? &provider : nullptr) != 0) {
     reset(NGHTTP2_INTERNAL_ERROR);
-    return;
   }
-  c_.pump();
 }
 
 void h2_stream::on_call_head(response_head& h, bool) {
@@ -431,6 +431,7 @@ void h2_stream::flush_response() {
 }
 
 void h2_stream::on_call_done() {
+  if (phase_ == phase::closed) return;
   response_done_ = true;
   if (deferred_) {
     deferred_ = false;
@@ -438,6 +439,7 @@ void h2_stream::on_call_done() {
   }
   log_once();
   phase_ = phase::answered;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
   c_.pump();
 }
 
@@ -457,6 +459,7 @@ void h2_stream::send_response_data(byte_buffer& out, const uint8_t* frame_head, 
   out.append(response_.data(), length);
   response_.consume(length);
   if (response_.empty()) response_.release_if_empty();
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();  // the response moves
   if (call_.active()) {
     call_.touch();
     if (response_.size() < response_high_water / 2) c_.stream_drained(this);
@@ -469,14 +472,20 @@ void h2_stream::on_response_room() {
 
 void h2_stream::on_response_sent() {
   // The client still sending a body nobody will read is told to stop (RFC 9113 section 8.1).
-  if (!end_stream_)
+  if (std::exchange(response_sent_, true)) return;
+  if (!end_stream_ && !tunnel_end_) {
     nghttp2_submit_rst_stream(c_.session(), NGHTTP2_FLAG_NONE, id_, NGHTTP2_NO_ERROR);
+  }
 }
 
 void h2_stream::reset(uint32_t error_code) {
   if (phase_ == phase::closed) return;
+  reset_by_us_ = true;
   end_flow();
   phase_ = phase::answered;
+  response_.clear();
+  response_.release_if_empty();
+  response_done_ = true;
   nghttp2_submit_rst_stream(c_.session(), NGHTTP2_FLAG_NONE, id_, error_code);
   c_.pump();
 }
@@ -493,11 +502,8 @@ void h2_stream::on_closed() {
   if (phase_ == phase::closed) return;
   log_once();
   end_flow();
-  // Body the call never took still holds the connection's window: give it back.
-  if (!body_in_.empty()) {
-    nghttp2_session_consume_connection(c_.session(), body_in_.size());
-    body_in_.clear();
-  }
+  body_in_.clear();  // the connection's window had it back on arrival
+  response_.clear();
   phase_ = phase::closed;
 }
 
@@ -525,8 +531,14 @@ void h2_stream::check_deadline(int64_t now) {
       ex_.local_message = "the request did not arrive in time";
       answer_local();
       return;
-    case phase::headers:
     case phase::answered:
+      // A response the client's window does not take (a window held at zero) is not kept.
+      if (!response_sent_ && !reset_by_us_ && now >= deadline_) {
+        w_.stats.idle_timeouts.add();
+        reset(NGHTTP2_CANCEL);
+      }
+      return;
+    case phase::headers:
     case phase::closed:
       return;
   }

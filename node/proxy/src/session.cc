@@ -616,6 +616,7 @@ void client_session::enter_h2() {
     close();
     return;
   }
+  if (w_.draining) h2_->begin_drain();
   h2_input();
 }
 

@@ -1141,7 +1141,7 @@ TEST(config, http2_section_has_defaults_and_checks_its_ranges) {
   config d = parse_ok(minimal);
   EXPECT_TRUE(d.http2.enabled);
   EXPECT_EQ(d.http2.max_concurrent_streams, 256u);
-  EXPECT_EQ(d.http2.initial_stream_window, 256u * 1024);
+  EXPECT_EQ(d.http2.initial_stream_window, 64u * 1024);
   EXPECT_EQ(d.http2.max_continuations, 8u);
   config c = parse_ok(std::string(minimal) +
                       "http2: {enabled: false, max_concurrent_streams: 10, "

@@ -94,7 +94,7 @@ struct limits_section {
 struct http2_section {
   bool enabled = true;
   uint32_t max_concurrent_streams = 256;        // SETTINGS_MAX_CONCURRENT_STREAMS
-  uint64_t initial_stream_window = 256 * 1024;  // SETTINGS_INITIAL_WINDOW_SIZE
+  uint64_t initial_stream_window = 64 * 1024;  // SETTINGS_INITIAL_WINDOW_SIZE
   uint64_t connection_window = 1024 * 1024;     // the connection's receive window
   uint64_t header_table_size = 4096;            // SETTINGS_HEADER_TABLE_SIZE (HPACK decoder)
   uint64_t max_frame_size = 16384;              // SETTINGS_MAX_FRAME_SIZE
@@ -102,7 +102,7 @@ struct http2_section {
   // at `resets_per_second` (rapid reset, CVE-2023-44487).
   uint32_t reset_burst = 1000;
   uint32_t resets_per_second = 33;
-  // SETTINGS, PING, PRIORITY and empty DATA/HEADERS frames, likewise (control-frame floods).
+  // SETTINGS, PING, PRIORITY and empty DATA frames, likewise (control-frame floods).
   uint32_t control_frame_burst = 1000;
   uint32_t control_frames_per_second = 100;
   uint32_t max_continuations = 8;  // CONTINUATION frames after one HEADERS (CONTINUATION flood)
