@@ -123,6 +123,16 @@ void exchange_flow::expire_pause() {
   answer_local();
 }
 
+void exchange_flow::refuse_body_answer() {
+  w_.stats.bad_requests.add();
+  call_.abandon();
+  if (!ex_.local_status && !ex_.local_reply.status) {
+    ex_.local_status = 413;
+    ex_.local_code = "payload_too_large";
+    ex_.local_message = "request body exceeds the limit";
+  }
+}
+
 void exchange_flow::end_flow() {
   paused_ = false;
   ++pause_id_;

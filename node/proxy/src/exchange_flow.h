@@ -79,6 +79,9 @@ class exchange_flow : public resumable, public pause_control {
   // The pause outlived its deadline: the stage's prepared answer (or 503) goes out, and a
   // resume_handle that comes back later finds the pause over.
   void expire_pause();
+  // A request-body stage refused the body: 413 unless the stage set an answer of its own, and
+  // the call (if any) is abandoned. The codec then answers (answer_local) or cuts the response.
+  void refuse_body_answer();
   // The exchange ends otherwise (answered, the client left): a pending pause is over, the call
   // is abandoned.
   void end_flow();

@@ -209,12 +209,7 @@ void h2_stream::on_data(const uint8_t* data, size_t n) {
     case phase::awaiting_body:
       consume(n);
       if (paused_stage().on_request_body(ex_, piece, n, false) != verdict::next) {
-        w_.stats.bad_requests.add();
-        if (!ex_.local_status && !ex_.local_reply.status) {
-          ex_.local_status = 413;
-          ex_.local_code = "payload_too_large";
-          ex_.local_message = "request body exceeds the limit";
-        }
+        refuse_body_answer();
         answer_local();
         return;
       }
@@ -262,13 +257,7 @@ void h2_stream::forward_body() {
     std::string_view piece(body_in_.data(), n);
     if (ex_.route->stages->reads_request_body() &&
         ex_.route->stages->run_request_body(ex_, piece, n, false) != verdict::next) {
-      w_.stats.bad_requests.add();
-      call_.abandon();
-      if (!ex_.local_status && !ex_.local_reply.status) {
-        ex_.local_status = 413;
-        ex_.local_code = "payload_too_large";
-        ex_.local_message = "request body exceeds the limit";
-      }
+      refuse_body_answer();
       answer_local();
       return;
     }

@@ -316,18 +316,8 @@ void write_response_head(const response_head& h, byte_buffer& out) {
   out.append(' ');
   out.append(h.reason.empty() ? std::string_view(reason_for(h.status)) : h.reason);
   out.append("\r\n");
-  std::string_view tokens[max_connection_tokens];
-  size_t ntokens = collect_connection_tokens(h.fields, tokens);
-  std::span<const std::string_view> connection_listed(tokens, ntokens);
-  bool has_request_id = false;
-  for (auto& f : h.fields) {
-    if (is_hop_by_hop(f.f)) continue;
-    if (dropped_field(f.name, connection_listed, h.drop)) continue;
-    if (f.f == http::field::unknown && iequals(f.name, "x-request-id")) has_request_id = true;
-    append_line(out, f.name, f.value);
-  }
-  for (auto& [k, v] : h.set) append_field(out, k, v);
-  for (auto& [k, v] : h.add) append_field(out, k, v);
+  bool has_request_id = for_each_relayed_field(
+      h, [&](std::string_view name, std::string_view value) { append_line(out, name, value); });
   if (!h.informational) {
     out.append(h.rate_limit_lines);
     if (!has_request_id) append_line(out, "X-Request-Id", h.request_id);

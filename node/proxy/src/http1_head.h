@@ -113,12 +113,11 @@ void write_response_head(const response_head& h, byte_buffer& out);
 bool dropped_field(std::string_view name, std::span<const std::string_view> tokens,
                    std::span<const std::string> drop);
 
-// Calls emit(name, value) for each field of the client response head besides its status line,
-// framing and Connection, in write_response_head's order: the upstream's fields minus hop-by-hop
-// and dropped ones, the route's set and add (valid ones only), and for a final response the
-// rate-limit lines and X-Request-Id. For codecs that write heads of their own (HTTP/2).
+// Calls emit(name, value) for the upstream's fields of a response head minus hop-by-hop and
+// dropped ones, then the route's set and add (valid ones only). Returns whether the upstream sent
+// an X-Request-Id.
 template <class Emit>
-void for_each_response_field(const response_head& h, Emit&& emit) {
+bool for_each_relayed_field(const response_head& h, Emit&& emit) {
   std::string_view tokens[max_connection_tokens];
   size_t ntokens = collect_connection_tokens(h.fields, tokens);
   std::span<const std::string_view> connection_listed(tokens, ntokens);
@@ -133,6 +132,16 @@ void for_each_response_field(const response_head& h, Emit&& emit) {
     for (auto& [k, v] : *list)
       if (valid_field_name(k) && valid_field_value(v)) emit(k, v);
   }
+  return has_request_id;
+}
+
+// Calls emit(name, value) for each field of the client response head besides its status line,
+// framing and Connection, in write_response_head's order: for_each_relayed_field, then for a
+// final response the rate-limit lines and X-Request-Id. For codecs that write heads of their own
+// (HTTP/2).
+template <class Emit>
+void for_each_response_field(const response_head& h, Emit&& emit) {
+  bool has_request_id = for_each_relayed_field(h, emit);
   if (h.informational) return;
   std::string_view lines = h.rate_limit_lines;  // "Name: value\r\n" each
   while (!lines.empty()) {

@@ -147,15 +147,9 @@ void client_session::on_request_header(http::basic_parser<true>& parser, error_c
 // --- the request body ------------------------------------------------------------------
 
 void client_session::refuse_body(error_code& ec) {
-  w_.stats.bad_requests.add();
   close_after_response_ = true;
+  refuse_body_answer();
   if (!ex_.response_head_sent) {
-    call_.abandon();
-    if (!ex_.local_status && !ex_.local_reply.status) {
-      ex_.local_status = 413;
-      ex_.local_code = "payload_too_large";
-      ex_.local_message = "request body exceeds the limit";
-    }
     answer_local();
   } else {
     close();
