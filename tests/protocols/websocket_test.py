@@ -3,7 +3,8 @@
 
 Starts a websockets server and `meridian run` as a child, then checks that what a client sees
 through the gateway is what it sees talking to the server directly: text, binary, fragmented
-and 1 MiB messages, ping/pong, closes from either side with their codes; that a route without
+and 1 MiB messages, ping/pong, closes from either side with their codes, on the plain and the
+TLS listener; that a route without
 `websocket: true` does not upgrade; that max_websocket_tunnels refuses the next upgrade with
 503 and admits again once a tunnel closed; that an open tunnel survives a reload (SIGHUP) and
 that the tunnel metrics count. usage: websocket_test.py MERIDIAN_BINARY
@@ -13,6 +14,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ import urllib.request
 import websockets
 
 TOKEN = "test-token-0123456789abcdef"
+TLS_SECTION = ""  # the TLS listener, set once the certificate exists
 
 
 def free_port():
@@ -58,7 +61,7 @@ routes:
   - name: plain
     match: {{path_prefix: /plain}}
     upstream: ws
-{extra_route}"""
+{extra_route}{TLS_SECTION}"""
 
 
 def metric(admin_port, name):
@@ -79,10 +82,10 @@ async def eventually(check, limit=10.0):
     return await check()
 
 
-async def conversation(url):
+async def conversation(url, tls=None):
     """What a client observes in one exchange of every kind; compared direct vs gateway."""
     seen = []
-    async with websockets.connect(url, max_size=None, compression=None) as ws:
+    async with websockets.connect(url, max_size=None, compression=None, ssl=tls) as ws:
         await ws.send("hello")
         seen.append(await ws.recv())
         await ws.send(b"\x00\x01\xfe\xff" * 3)
@@ -97,7 +100,7 @@ async def conversation(url):
         seen.append("pong")
         await ws.close(4001, "done here")
         seen.append((ws.close_code, ws.close_reason))
-    async with websockets.connect(url.rstrip("/") + "/bye") as ws:
+    async with websockets.connect(url.rstrip("/") + "/bye", ssl=tls) as ws:
         await ws.send("last")
         seen.append(await ws.recv())
         try:
@@ -122,7 +125,14 @@ async def main(binary):
         with open(f"{tmp}/admin.token", "w") as f:
             f.write(TOKEN + "\n")
         os.chmod(f"{tmp}/admin.token", 0o600)
-        proxy_port, admin_port = free_port(), free_port()
+        proxy_port, admin_port, tls_port = free_port(), free_port(), free_port()
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-keyout", f"{tmp}/key.pem", "-out", f"{tmp}/cert.pem"],
+                       check=True, capture_output=True)
+        global TLS_SECTION
+        TLS_SECTION = (f"tls:\n  listen: 127.0.0.1:{tls_port}\n"
+                       f"  certificates: [{{cert: {tmp}/cert.pem, key: {tmp}/key.pem}}]\n")
         with open(f"{tmp}/node.yaml", "w") as f:
             f.write(config(tmp, upstream_port, proxy_port, admin_port))
         log = open(f"{tmp}/node.log", "w")
@@ -141,6 +151,10 @@ async def main(binary):
             through, alone = await conversation(gateway), await conversation(direct)
             check(through == alone, f"the same conversation through the gateway as direct: "
                                     f"{through} vs {alone}")
+            # The same over the TLS listener (wss://, the client verifying the certificate).
+            tls = ssl.create_default_context(cafile=f"{tmp}/cert.pem")
+            secure = await conversation(f"wss://localhost:{tls_port}/", tls)
+            check(secure == alone, f"the same conversation over TLS: {secure} vs {alone}")
 
             try:
                 async with websockets.connect(f"ws://127.0.0.1:{proxy_port}/plain"):
