@@ -6,8 +6,8 @@ through the gateway is what it sees talking to the server directly: text, binary
 and 1 MiB messages, ping/pong, closes from either side with their codes, on the plain and the
 TLS listener; that a route without
 `websocket: true` does not upgrade; that max_websocket_tunnels refuses the next upgrade with
-503 and admits again once a tunnel closed; that an open tunnel survives a reload (SIGHUP) and
-that the tunnel metrics count. usage: websocket_test.py MERIDIAN_BINARY
+503 and admits again once a tunnel closed; that an open tunnel survives a reload (SIGHUP),
+that the tunnel metrics count, and that a drain closes an open tunnel with 1001. usage: websocket_test.py MERIDIAN_BINARY
 """
 
 import asyncio
@@ -242,8 +242,37 @@ async def main(binary):
                 return time.monotonic() - opened >= 0.9
             check(await eventually(idle_applied, 20),
                   "an idle tunnel is closed after websocket_idle_timeout, not before")
-        finally:
+
+            # Drain: an open tunnel is closed with 1001 (going away) at the end of the drain
+            # period (15 s), and the node then exits.
+            with open(f"{tmp}/node.yaml", "w") as f:
+                f.write(config(tmp, upstream_port, proxy_port, admin_port))
+            node.send_signal(signal.SIGHUP)
+            async def long_idle_applied():
+                ws = await websockets.connect(gateway, ping_interval=None)
+                try:
+                    await asyncio.wait_for(ws.wait_closed(), 2)
+                    return False
+                except asyncio.TimeoutError:
+                    await ws.close()
+                    return True
+            check(await eventually(long_idle_applied, 20), "the idle timeout is back to 5m")
+            ws = await websockets.connect(gateway, ping_interval=None)
+            await ws.send("before the drain")
+            check(await asyncio.wait_for(ws.recv(), 5) == "before the drain", "tunnel open")
             node.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(ws.wait_closed(), 30)
+            except asyncio.TimeoutError:
+                pass
+            waited = time.monotonic() - started
+            check(ws.close_code == 1001 and 12 < waited < 20,
+                  f"SIGTERM: the tunnel gets close 1001 near the end of the drain period "
+                  f"({ws.close_code}, after {waited:.1f} s)")
+        finally:
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
             try:
                 node.wait(20)
             except subprocess.TimeoutExpired:

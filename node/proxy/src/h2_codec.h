@@ -86,6 +86,10 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void check_deadline(int64_t now);
   // The connection ends: the exchange is abandoned.
   void abandon();
+  // Drain: a tunnel's WebSocket closes with 1001.
+  void close_tunnel() {
+    if (phase_ == phase::tunnel) call_.close_tunnel(1001);
+  }
 
   // call_sink (upstream_call.h).
   std::shared_ptr<void> keep_alive() override { return shared_from_this(); }
@@ -184,6 +188,8 @@ class h2_connection {
   void begin_drain();
   // The connection is gone: every stream's exchange is abandoned.
   void close();
+  // Drain: the tunnels among the streams close with 1001 (going away).
+  void close_tunnels();
 
   // For the streams.
   nghttp2_session* session() { return session_; }

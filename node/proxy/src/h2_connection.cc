@@ -341,6 +341,13 @@ void h2_connection::begin_drain() {
   nghttp2_submit_shutdown_notice(session_);
 }
 
+void h2_connection::close_tunnels() {
+  if (closed_) return;
+  std::vector<std::shared_ptr<h2_stream>> open;
+  for (auto& [id, s] : streams_) open.push_back(s);
+  for (auto& s : open) s->close_tunnel();
+}
+
 void h2_connection::close() {
   if (closed_) return;
   closed_ = true;

@@ -135,6 +135,8 @@ class worker {
   void start_sweep();
   void on_sweep();
   void begin_drain();
+  // Drain, at the end of its period: every WebSocket tunnel gets its close frame (1001).
+  void close_tunnels();
   void shut_down();
   // Takes what other threads left in the mailbox (new snapshot, drain, stop). On this thread.
   void read_mail();
@@ -230,6 +232,9 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void close_if_idle();
   // HTTP/2: writes what the connection has to send, and reads on or closes as it wants.
   void h2_pump();
+  // The drain period is over: WebSocket tunnels (this one, or the HTTP/2 connection's) are
+  // closed with 1001 going away.
+  void close_tunnels();
 
   // Request parser callbacks.
   void on_request_line(http::verb v, std::string_view method, std::string_view target, int version,

@@ -89,6 +89,14 @@ void client_session::close_if_idle() {
   }
 }
 
+void client_session::close_tunnels() {
+  if (phase_ == phase::tunnel) {
+    call_.close_tunnel(1001);
+  } else if (phase_ == phase::h2) {
+    h2_->close_tunnels();
+  }
+}
+
 void client_session::check_deadline(int64_t now) {
   if (phase_ == phase::h2) {
     if (!h2_->check_deadline(now)) {

@@ -105,7 +105,11 @@ void upstream_call::prepare(const snapshot& snap) {
 }
 
 void upstream_call::send_body(std::string_view piece) {
-  if (state_ == state::tunnel) w_.stats.websocket_bytes_to_upstream.add(piece.size());
+  if (state_ == state::tunnel) {
+    if (tunnel_closing_) return;
+    w_.stats.websocket_bytes_to_upstream.add(piece.size());
+    to_upstream_.feed(piece);
+  }
   if (body_chunked_) {
     append_chunk(out_, piece);  // each piece its own chunk, whatever the client's were
   } else {
@@ -413,7 +417,12 @@ void upstream_call::relay_to_client() {
     response_paused_ = true;
     return;
   }
+  if (tunnel_closing_) {
+    in.clear();  // after our close frame: nothing more for the client
+    return;
+  }
   w_.stats.websocket_bytes_to_client.add(in.size());
+  to_client_.feed(in.view());
   sink_.on_call_body(in.view());
   in.clear();
   touch();
@@ -425,6 +434,57 @@ void upstream_call::pump_tunnel() {
   auto conn = up_;
   relay_to_client();
   if (up_ == conn && !response_paused_) conn->start_read();
+}
+
+void upstream_call::ws_frames::feed(std::string_view bytes) {
+  size_t i = 0;
+  while (i < bytes.size()) {
+    if (payload_left) {
+      uint64_t n = std::min<uint64_t>(payload_left, bytes.size() - i);
+      payload_left -= n;
+      i += static_cast<size_t>(n);
+      continue;
+    }
+    head[head_len++] = static_cast<unsigned char>(bytes[i++]);
+    if (head_len < 2) continue;
+    size_t len7 = head[1] & 0x7f;
+    size_t need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0) + ((head[1] & 0x80) ? 4 : 0);
+    if (head_len < need) continue;
+    uint64_t len = len7;
+    if (len7 == 126) len = uint64_t{head[2]} << 8 | head[3];
+    if (len7 == 127) {
+      len = 0;
+      for (int k = 0; k < 8; ++k) len = len << 8 | head[2 + k];
+    }
+    payload_left = len;
+    head_len = 0;
+  }
+}
+
+void upstream_call::close_tunnel(uint16_t code) {
+  if (state_ != state::tunnel || tunnel_closing_) return;
+  unsigned char status[2] = {static_cast<unsigned char>(code >> 8),
+                             static_cast<unsigned char>(code & 0xff)};
+  if (to_client_.at_boundary()) {
+    // Server to client: unmasked (RFC 6455 section 5.1).
+    const char frame[4] = {'\x88', 2, static_cast<char>(status[0]), static_cast<char>(status[1])};
+    sink_.on_call_body(std::string_view(frame, sizeof frame));
+    sink_.flush_response();
+  }
+  if (to_upstream_.at_boundary()) {
+    // Client to server: masked, with a mask of our own.
+    uint64_t r = w_.next_random();
+    unsigned char mask[4];
+    std::memcpy(mask, &r, sizeof mask);
+    char frame[8] = {'\x88', static_cast<char>(0x80 | 2)};
+    std::memcpy(frame + 2, mask, 4);
+    frame[6] = static_cast<char>(status[0] ^ mask[0]);
+    frame[7] = static_cast<char>(status[1] ^ mask[1]);
+    out_.append(frame, sizeof frame);
+  }
+  tunnel_closing_ = true;
+  end_tunnel_send();
+  flush();
 }
 
 void upstream_call::end_tunnel_send() {

@@ -110,6 +110,11 @@ class upstream_call {
   // once they are written.
   void end_tunnel_send();
 
+  // Drain: a tunnel's WebSocket is closed with `code` (1001, going away): a close frame to each
+  // side that is between frames (one in the middle of a frame cannot take it, and is cut at the
+  // stop), nothing more relayed after it, and the upstream's write side shut.
+  void close_tunnel(uint16_t code);
+
   // From upstream_conn: a read completed (bytes in its buffer) or failed.
   void on_upstream_data(const error_code& ec);
 
@@ -124,6 +129,15 @@ class upstream_call {
 
  private:
   enum class state { idle, connecting, sending, tunnel };
+  // Where a WebSocket byte stream is (RFC 6455 section 5.2): in a frame head (collected until its
+  // length is known) or in a payload (how much is left). Only to find the frame boundaries.
+  struct ws_frames {
+    unsigned char head[14];
+    size_t head_len = 0;
+    uint64_t payload_left = 0;
+    void feed(std::string_view bytes);
+    bool at_boundary() const { return head_len == 0 && payload_left == 0; }
+  };
   enum class failure { connect, connect_timeout, reset, timeout, malformed };
 
   void dispatch();
@@ -158,8 +172,10 @@ class upstream_call {
   bool writing_ = false;
   bool body_chunked_ = false;  // the request body goes upstream in chunks of the call's own
   bool response_paused_ = false;
-  bool shut_after_flush_ = false;  // end_tunnel_send came while bytes were still to be written
-  std::string retry_head_;         // the request head again, for a retry of a bodiless request
+  bool shut_after_flush_ = false;      // end_tunnel_send came while bytes were still to be written
+  std::string retry_head_;             // the request head again, for a retry of a bodiless request
+  ws_frames to_upstream_, to_client_;  // a tunnel's frame boundaries, each way
+  bool tunnel_closing_ = false;        // close_tunnel sent its close frames: relay nothing more
   std::optional<response_parser<upstream_call>> parser_;
   std::vector<field_view> fields_;
 };

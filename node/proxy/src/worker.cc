@@ -168,6 +168,10 @@ void worker::begin_drain() {
   }
 }
 
+void worker::close_tunnels() {
+  for (auto& s : owned_sessions()) s->close_tunnels();
+}
+
 std::vector<std::shared_ptr<client_session>> worker::owned_sessions() {
   std::vector<std::shared_ptr<client_session>> out;
   out.reserve(sessions.size());
@@ -376,12 +380,26 @@ void proxy_server::drain(duration timeout) {
     w->mail.drain = true;
     w->mail.pending.store(true, std::memory_order_release);
   }
+  auto idle = [&] {
+    for (auto& w : impl_->workers)
+      if (w->open_sessions.load() != 0) return false;
+    return true;
+  };
+  auto wait_until = [&](steady_clock::time_point until) {
+    while (steady_clock::now() < until && !idle())
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  };
+  // Requests finish within the period; WebSocket tunnels, which do not end by themselves, get a
+  // close frame (1001 going away) in its last second and a moment to pass it on.
   auto deadline = steady_clock::now() + timeout;
-  while (steady_clock::now() < deadline) {
-    bool idle = true;
-    for (auto& w : impl_->workers) idle &= w->open_sessions.load() == 0;
-    if (idle) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto grace = std::min<duration>(std::chrono::seconds(1), timeout / 2);
+  wait_until(deadline - grace);
+  if (!idle()) {
+    for (auto& w : impl_->workers) {
+      worker* target = w.get();
+      w->deliver([target] { target->close_tunnels(); });
+    }
+    wait_until(deadline);
   }
   stop();
 }
