@@ -190,17 +190,8 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
     }
     return;
   }
-  if (phase_ == phase::h2) {
-    if (ec) {
-      close();  // the client went away: its streams are abandoned
-      return;
-    }
-    if (inline_buffer) {
-      in_.append(idle_buf_, n);
-    } else {
-      in_.commit(n);
-    }
-    h2_input();
+  if (ec && phase_ == phase::h2) {
+    close();  // the client went away: its streams are abandoned
     return;
   }
   if (ec && phase_ == phase::tunnel) {
@@ -230,7 +221,11 @@ void client_session::on_client_read(const error_code& ec, size_t n, bool inline_
   } else {
     in_.commit(n);
   }
-  process_input();
+  if (phase_ == phase::h2) {
+    h2_input();
+  } else {
+    process_input();
+  }
 }
 
 void client_session::begin_request() {

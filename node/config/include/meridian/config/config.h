@@ -93,11 +93,11 @@ struct limits_section {
 // one. The defences cut a connection off with GOAWAY (ENHANCE_YOUR_CALM) and count it.
 struct http2_section {
   bool enabled = true;
-  uint32_t max_concurrent_streams = 256;        // SETTINGS_MAX_CONCURRENT_STREAMS
+  uint32_t max_concurrent_streams = 256;       // SETTINGS_MAX_CONCURRENT_STREAMS
   uint64_t initial_stream_window = 64 * 1024;  // SETTINGS_INITIAL_WINDOW_SIZE
-  uint64_t connection_window = 1024 * 1024;     // the connection's receive window
-  uint64_t header_table_size = 4096;            // SETTINGS_HEADER_TABLE_SIZE (HPACK decoder)
-  uint64_t max_frame_size = 16384;              // SETTINGS_MAX_FRAME_SIZE
+  uint64_t connection_window = 1024 * 1024;    // the connection's receive window
+  uint64_t header_table_size = 4096;           // SETTINGS_HEADER_TABLE_SIZE (HPACK decoder)
+  uint64_t max_frame_size = 16384;             // SETTINGS_MAX_FRAME_SIZE
   // Streams the client may reset (RST_STREAM) as a token bucket: `reset_burst` at once, refilled
   // at `resets_per_second` (rapid reset, CVE-2023-44487).
   uint32_t reset_burst = 1000;
