@@ -147,7 +147,6 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   std::vector<field_view> fields_;
   size_t head_bytes_ = 0;  // RFC 9113 section 6.5.2's measure (name + value + 32 each)
   bool head_too_large_ = false;
-  bool bad_header_ = false;
   std::string_view method_, scheme_, authority_, path_, protocol_;
   std::string cookie_;       // the cookie crumbs joined into one field (RFC 9113 section 8.2.3)
   bool end_stream_ = false;  // the client has sent all of its request
@@ -155,7 +154,6 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   bool tunnel_end_ = false;  // the client ended a tunnel's stream (its half-close)
   byte_buffer body_in_;      // request body the call has no room for yet (within the window)
   byte_buffer response_;     // response body waiting for the client's window
-  bool response_submitted_ = false;
   bool response_done_ = false;  // the last response byte is in response_
   bool deferred_ = false;       // the data provider said "nothing yet"
   bool logged_ = false;

@@ -384,7 +384,6 @@ void h2_stream::submit(std::vector<nghttp2_nv>& nv, bool with_body) {
   nghttp2_data_provider provider{};
   provider.source.ptr = this;
   provider.read_callback = read_response;
-  response_submitted_ = true;
   if (nghttp2_submit_response(c_.session(), id_, nv.data(), nv.size(),
                               with_body ? &provider : nullptr) != 0) {
     reset(NGHTTP2_INTERNAL_ERROR);
