@@ -17,9 +17,13 @@
 // ThreadSanitizer (make test-tsan) runs against Debian's RocksDB, which is not instrumented:
 // RocksDB's cache-statistics thread locks a mutex that a function-local static map (set up once
 // under a guard TSan cannot see in uninstrumented code) holds, and TSan reports the first lock as
-// racing with the map's allocation. RocksDB's own code on both sides; nothing of ours.
+// racing with the map's allocation. The same map is reached by its reader (CopyCacheDeleterRoleMap)
+// and its writer (RegisterCacheDeleterRole, on the thread that reads the store while the
+// statistics thread starts). RocksDB's own code on both sides; nothing of ours.
 extern "C" const char* __tsan_default_suppressions() {
-  return "race:rocksdb::CopyCacheDeleterRoleMap\n";
+  return "race:rocksdb::CopyCacheDeleterRoleMap\n"
+         "race:rocksdb::RegisterCacheDeleterRole\n"
+         "race:rocksdb::CacheEntryStatsCollector\n";
 }
 #endif
 
