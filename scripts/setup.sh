@@ -11,12 +11,13 @@ packages=(
   libsodium-dev libthrift-dev thrift-compiler librocksdb-dev libcpp-httplib-dev
   libnghttp2-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev libyaml-cpp-dev
   nlohmann-json3-dev libssl-dev
+  libprotobuf-dev protobuf-compiler
   # tests and tools: curl for smoke tests, iproute2/iptables for chaos, python3 for scripts
   curl iproute2 iptables nftables python3
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
   # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
-  python3-websockets nghttp2-client
+  python3-websockets nghttp2-client python3-grpcio
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
 )

@@ -157,6 +157,9 @@ constexpr worker_counter worker_counters[] = {
     {"upstream_timeouts", "Upstream requests that timed out.", &worker_stats::upstream_timeouts},
     {"upstream_resets", "Upstream connections that broke before a full response.",
      &worker_stats::upstream_resets},
+    {"upstream_tls_failures",
+     "TLS handshakes with upstream targets that failed (verification, or no h2 by ALPN).",
+     &worker_stats::upstream_tls_failures},
     {"upstream_malformed_responses",
      "Upstream responses refused as malformed (bad framing, control characters, an unasked 101).",
      &worker_stats::upstream_malformed},
@@ -219,6 +222,18 @@ std::string metrics_registry::render_prometheus() const {
       if (total == 0) continue;
       std::string code = status_label(slot);
       out.sample("meridian_http_requests_total", {{"route", name}, {"code", code}}, total);
+    }
+  }
+
+  out.family("meridian_grpc_responses_total", "counter",
+             "gRPC calls answered through a route, by grpc-status.");
+  for (const auto& [name, route] : by_name) {
+    for (size_t code = 0; code < std::tuple_size_v<decltype(route_stats::grpc_status)>; ++code) {
+      uint64_t total = 0;
+      for (const auto& stats : route->per_worker) total += stats.grpc_status[code].get();
+      if (total == 0) continue;
+      out.sample("meridian_grpc_responses_total",
+                 {{"route", name}, {"grpc_status", std::to_string(code)}}, total);
     }
   }
 

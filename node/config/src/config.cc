@@ -905,7 +905,30 @@ void parse_pool(diagnostics& d, const field& f, pool_config& out) {
   if (auto v = m.take("max_connections_per_target")) {
     read_uint(d, *v, out.max_connections_per_target);
   }
+  if (auto v = m.take("max_streams_per_connection")) {
+    read_uint(d, *v, out.max_streams_per_connection);
+    if (out.max_streams_per_connection == 0) {
+      d.add(v->line, v->path + ": must be at least 1");
+      out.max_streams_per_connection = 1;
+    }
+  }
   m.finish();
+}
+
+upstream_tls_config parse_upstream_tls(diagnostics& d, const field& f) {
+  upstream_tls_config t;
+  map_reader m(d, f);
+  if (!m.ok()) return t;
+  if (auto v = m.take("ca_file")) read_string(d, *v, t.ca_file, false);
+  if (auto v = m.take("server_name")) read_string(d, *v, t.server_name, false);
+  if (auto v = m.take("cert")) read_string(d, *v, t.cert_file, false);
+  if (auto v = m.take("key")) read_string(d, *v, t.key_file, false);
+  if (auto v = m.take("verify")) read_bool(d, *v, t.verify);
+  if (t.cert_file.empty() != t.key_file.empty()) {
+    d.add(f.line, f.path + ": cert and key go together");
+  }
+  m.finish();
+  return t;
 }
 
 upstream_config parse_upstream(diagnostics& d, const field& f) {
@@ -941,6 +964,20 @@ upstream_config parse_upstream(diagnostics& d, const field& f) {
   if (auto v = m.take("timeouts")) parse_timeouts(d, *v, u.timeouts);
   if (auto v = m.take("retries")) parse_retries(d, *v, u.retries);
   if (auto v = m.take("pool")) parse_pool(d, *v, u.pool);
+  if (auto v = m.take("protocol")) {
+    std::string protocol;
+    if (read_choice(d, *v, protocol, {"http1", "h2c", "h2"})) {
+      if (protocol == "h2c") u.protocol = upstream_protocol::h2c;
+      if (protocol == "h2") u.protocol = upstream_protocol::h2;
+    }
+  }
+  if (auto v = m.take("tls")) {
+    u.tls = parse_upstream_tls(d, *v);
+    if (u.protocol == upstream_protocol::h2c) {
+      d.add(v->line, label + ": h2c is HTTP/2 without TLS; use protocol: h2 with tls");
+    }
+  }
+  if (u.protocol == upstream_protocol::h2 && !u.tls) u.tls.emplace();
   if (auto v = m.take("failover")) {
     read_string_list(d, *v, u.failover);
     for (const auto& name : u.failover)

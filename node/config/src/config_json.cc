@@ -107,7 +107,19 @@ json upstream_to_json(const upstream_config& u) {
                      {"idle", format_duration(u.timeouts.idle)}};
   out["retries"] = retries_to_json(u.retries);
   out["pool"] = {{"max_idle_per_target", u.pool.max_idle_per_target},
-                 {"max_connections_per_target", u.pool.max_connections_per_target}};
+                 {"max_connections_per_target", u.pool.max_connections_per_target},
+                 {"max_streams_per_connection", u.pool.max_streams_per_connection}};
+  out["protocol"] = u.protocol == upstream_protocol::h2c  ? "h2c"
+                    : u.protocol == upstream_protocol::h2 ? "h2"
+                                                          : "http1";
+  if (u.tls) {
+    json t = {{"verify", u.tls->verify}};
+    if (!u.tls->ca_file.empty()) t["ca_file"] = u.tls->ca_file;
+    if (!u.tls->server_name.empty()) t["server_name"] = u.tls->server_name;
+    if (!u.tls->cert_file.empty()) t["cert"] = u.tls->cert_file;
+    if (!u.tls->key_file.empty()) t["key"] = u.tls->key_file;
+    out["tls"] = std::move(t);
+  }
   return out;
 }
 

@@ -120,6 +120,14 @@ struct exchange {
   // A request to one of the OAuth endpoints: what the endpoint stage keeps until the body is in.
   oauth_authority::request oauth;
 
+  // --- gRPC (content-type application/grpc...): the gateway's own errors are trailers-only
+  // responses with a grpc-status; gRPC-Web (application/grpc-web...) goes upstream as gRPC.
+  bool grpc = false;
+  bool grpc_web = false;
+  bool grpc_web_text = false;   // application/grpc-web-text: base64 both ways
+  int64_t grpc_timeout_ms = 0;  // the client's grpc-timeout, 0 if none
+  int grpc_status = -1;         // the answer's grpc-status, -1 until known
+
   // --- the upstream attempt
   uint32_t attempts = 0;
   bool reused_connection = false;
@@ -141,9 +149,14 @@ struct exchange {
   int response_transfer_encoding_count = 0;
   bool response_head_sent = false;
   bool response_malformed = false;
-  bool response_chunked = false;  // the gateway chunks the body towards the client
+  bool response_chunked = false;        // the gateway chunks the body towards the client
+  bool response_bodyless = false;       // the upstream ended the stream with its head (HTTP/2)
+  bool response_trailers_sent = false;  // the chunked body's end went out with trailers
   bool upstream_keep_alive = true;
   uint64_t response_bytes = 0;
 };
+
+// Notes what a request field says about gRPC (content-type, grpc-timeout) in ex.
+void note_grpc_field(exchange& ex, http::field f, std::string_view name, std::string_view value);
 
 }  // namespace meridian::node

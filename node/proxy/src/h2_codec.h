@@ -98,6 +98,7 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void on_call_head(response_head& h, bool length_known) override;
   void on_call_body(std::string_view piece) override;
   void flush_response() override;
+  void on_call_trailers(std::span<const field_view> trailers) override;
   void on_call_done() override;
   void on_call_failed() override { answer_local(); }
   void on_call_tunnel() override;
@@ -120,6 +121,8 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   void on_flow_calling() override { phase_ = phase::calling; }
   void answer_local() override;
 
+  // The local answer of a gRPC request: a trailers-only response with the matching grpc-status.
+  void answer_grpc_error();
   // Refuses the request head with a local answer.
   void refuse(int status, const char* code, const char* message);
   // Hands held request body to the call as far as it has room; ends the body after the last.
@@ -148,14 +151,17 @@ class h2_stream final : public std::enable_shared_from_this<h2_stream>,
   size_t head_bytes_ = 0;  // RFC 9113 section 6.5.2's measure (name + value + 32 each)
   bool head_too_large_ = false;
   std::string_view method_, scheme_, authority_, path_, protocol_;
-  std::string cookie_;       // the cookie crumbs joined into one field (RFC 9113 section 8.2.3)
-  bool end_stream_ = false;  // the client has sent all of its request
-  bool body_ended_ = false;  // ... and the call has been told
-  bool tunnel_end_ = false;  // the client ended a tunnel's stream (its half-close)
-  byte_buffer body_in_;      // request body the call has no room for yet (within the window)
-  byte_buffer response_;     // response body waiting for the client's window
+  std::string cookie_;          // the cookie crumbs joined into one field (RFC 9113 section 8.2.3)
+  bool end_stream_ = false;     // the client has sent all of its request
+  bool body_ended_ = false;     // ... and the call has been told
+  bool tunnel_end_ = false;     // the client ended a tunnel's stream (its half-close)
+  byte_buffer body_in_;         // request body the call has no room for yet (within the window)
+  byte_buffer response_;        // response body waiting for the client's window
   bool response_done_ = false;  // the last response byte is in response_
-  bool deferred_ = false;       // the data provider said "nothing yet"
+  // Trailer fields to send after the body (names lower-cased and values back to back).
+  std::string trailer_text_;
+  std::vector<std::array<size_t, 4>> trailer_at_;
+  bool deferred_ = false;  // the data provider said "nothing yet"
   bool logged_ = false;
   bool response_sent_ = false;  // its last frame (END_STREAM) went out
   bool reset_by_us_ = false;

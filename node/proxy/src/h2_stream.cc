@@ -143,6 +143,9 @@ void h2_stream::on_headers_done(bool end_stream) {
     }
     http::field f = http::string_to_field(name);
     if (f == http::field::host) host_field = value;
+    if (f == http::field::content_type || (f == http::field::unknown && name.size() == 12)) {
+      note_grpc_field(ex_, f, name, value);
+    }
     if (f == http::field::content_length) {
       length = parse_length(value);
       bad_length |= !length;
@@ -345,6 +348,8 @@ void h2_stream::answer_local() {
     content_type = r.content_type;
     body = r.body;
     h.set = r.headers;
+  } else if (ex_.grpc) {
+    return answer_grpc_error();
   } else {
     h.status = std::exchange(ex_.local_status, 0);
     append_error_body(error_body, ex_.local_code, ex_.local_message, ex_.request_id);
@@ -378,6 +383,35 @@ void h2_stream::answer_local() {
   c_.pump();
 }
 
+void h2_stream::answer_grpc_error() {
+  // A trailers-only response (gRPC over HTTP/2): HTTP 200, the status in the one HEADERS frame.
+  int http_status = std::exchange(ex_.local_status, 0);
+  ex_.status = 200;
+  ex_.grpc_status = grpc_status_for_http(http_status);
+  nv_list nv(c_.nv());
+  nv.add(":status", "200");
+  nv.add("content-type", ex_.grpc_web ? "application/grpc-web+proto" : "application/grpc");
+  char code[4];
+  std::snprintf(code, sizeof code, "%d", ex_.grpc_status);
+  nv.add("grpc-status", code);
+  std::string message;
+  append_grpc_message(message, ex_.local_message);
+  nv.add("grpc-message", message);
+  response_head h;  // the rate-limit lines and X-Request-Id
+  h.rate_limit_lines = ex_.rate_limit_headers;
+  h.request_id = ex_.request_id;
+  for_each_response_field(h, [&](std::string_view k, std::string_view v) { nv.add(k, v); });
+  response_done_ = true;
+  ex_.response_head_sent = true;
+  if (ex_.route) ex_.route->metrics->per_worker[w_.index].status[status_slot(200)].add();
+  log_once();
+  end_flow();
+  phase_ = phase::answered;
+  deadline_ = w_.now + snap_->cfg.limits.idle_timeout.count();
+  submit(nv.build(), false);
+  c_.pump();
+}
+
 // --- the response -----------------------------------------------------------------------------
 
 void h2_stream::submit(std::vector<nghttp2_nv>& nv, bool with_body) {
@@ -400,7 +434,8 @@ void h2_stream::on_call_head(response_head& h, bool) {
   for_each_response_field(h, [&](std::string_view k, std::string_view v) {
     if (!ex_.tunnel || !iequals(k, "sec-websocket-accept")) nv.add(k, v);
   });
-  bool no_body = ex_.verb == http::verb::head || ex_.status == 204 || ex_.status == 304;
+  bool no_body = ex_.verb == http::verb::head || ex_.status == 204 || ex_.status == 304 ||
+                 ex_.response_bodyless;
   if (no_body) response_done_ = true;
   submit(nv.build(), !no_body);
 }
@@ -431,6 +466,20 @@ void h2_stream::on_call_done() {
   c_.pump();
 }
 
+void h2_stream::on_call_trailers(std::span<const field_view> trailers) {
+  for (const auto& f : trailers) {
+    if (f.name.empty() || f.name.front() == ':') continue;
+    size_t n = trailer_text_.size();
+    trailer_text_.append(f.name);
+    for (size_t i = n; i < trailer_text_.size(); ++i) {
+      char& c = trailer_text_[i];
+      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+    }
+    trailer_at_.push_back({n, f.name.size(), trailer_text_.size(), f.value.size()});
+    trailer_text_.append(f.value);
+  }
+}
+
 ssize_t h2_stream::response_ready(size_t length, uint32_t* flags) {
   size_t n = std::min(length, response_.size());
   if (n == 0 && !response_done_) {
@@ -438,7 +487,21 @@ ssize_t h2_stream::response_ready(size_t length, uint32_t* flags) {
     return NGHTTP2_ERR_DEFERRED;
   }
   *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
-  if (response_done_ && n == response_.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  if (response_done_ && n == response_.size()) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!trailer_at_.empty()) {
+      // The trailers end the stream (RFC 9113 section 8.1): a HEADERS frame after this DATA.
+      std::vector<nghttp2_nv> nv;
+      auto* base = reinterpret_cast<uint8_t*>(trailer_text_.data());
+      for (auto& a : trailer_at_) {
+        nv.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
+      }
+      if (nghttp2_submit_trailer(c_.session(), id_, nv.data(), nv.size()) == 0) {
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      }
+      trailer_at_.clear();
+    }
+  }
   return static_cast<ssize_t>(n);
 }
 

@@ -322,6 +322,7 @@ void write_response_head(const response_head& h, byte_buffer& out) {
     out.append(h.rate_limit_lines);
     if (!has_request_id) append_line(out, "X-Request-Id", h.request_id);
     if (h.chunked) out.append("Transfer-Encoding: chunked\r\n");
+    if (h.content_length_zero) out.append("Content-Length: 0\r\n");
     if (h.connection == response_head::connection::close) {
       out.append("Connection: close\r\n");
     } else if (h.connection == response_head::connection::keep_alive) {

@@ -101,6 +101,7 @@ struct response_head {
   std::string_view rate_limit_lines;   // "RateLimit-...: v\r\n" lines, or empty
   std::string_view request_id;         // added unless the upstream sent one
   bool chunked = false;                // the gateway chunks the body towards the client
+  bool content_length_zero = false;    // no body follows (and the upstream gave no length)
   std::string_view upgrade;            // a 101 switching to this protocol, or empty
   enum class connection { as_is, close, keep_alive } connection = connection::as_is;
 };

@@ -24,10 +24,12 @@
 #include "endpoint.h"
 #include "exchange.h"
 #include "exchange_flow.h"
+#include "grpc.h"
 #include "h2_codec.h"
 #include "http1_head.h"
 #include "http1_parsers.h"
 #include "upstream_call.h"
+#include "upstream_tls.h"
 
 #include <spdlog/spdlog.h>
 
@@ -92,10 +94,21 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   // before it waits. Started a little later, under load it usually finds the answer in.
   void start_read_soon();
   void close();
+  // Writes some of b (through TLS when the upstream has it); handler(ec, n).
+  template <class Handler>
+  void write_some(asio::const_buffer b, Handler&& handler) {
+    if (tls) {
+      tls->async_write_some(b, std::forward<Handler>(handler));
+    } else {
+      socket.async_write_some(b, std::forward<Handler>(handler));
+    }
+  }
 
   worker& w;
   target_state* target;
   socket_t socket;
+  // Set for an upstream with tls: reads and writes go through it after its handshake.
+  std::unique_ptr<asio::ssl::stream<socket_t&>> tls;
   byte_buffer in;
   // The call using this connection (it keeps its session alive) while a request is in flight.
   std::shared_ptr<upstream_call> owner;
@@ -107,6 +120,89 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
 
  private:
   void on_read(const error_code& ec, size_t n);
+};
+
+// ---------------------------------------------------------------------------------------------
+// h2_upstream: one HTTP/2 connection to a target (h2c, or h2 over TLS chosen by ALPN) carrying
+// the streams of many calls at once. The worker's pool (by target) owns it for its whole life;
+// a call holds it while its stream is open, and the connection holds the call (the call's
+// keep_alive) until the stream ends or the call lets go (detach). Requests queue until the
+// connection is up; beyond the upstream's SETTINGS_MAX_CONCURRENT_STREAMS nghttp2 holds them.
+// Response bytes are given back to the stream's window only as the call's sink takes them.
+//
+// Threading: on its worker only.
+
+class h2_upstream : public std::enable_shared_from_this<h2_upstream> {
+ public:
+  h2_upstream(worker& w, target_state* target, const upstream_runtime& up);
+  ~h2_upstream();
+  h2_upstream(const h2_upstream&) = delete;
+  h2_upstream& operator=(const h2_upstream&) = delete;
+
+  // Connects to endpoint (then TLS to server_name when the upstream has tls).
+  void connect(const tcp::endpoint& endpoint, const std::string& server_name);
+  // Takes call's request onto a new stream, now or once the connection is up.
+  void attach(std::shared_ptr<upstream_call> call);
+  // From the call being submitted: a stream for its request (with a body to come when
+  // with_body). Returns the stream id, or a negative nghttp2 error.
+  int32_t submit_request(const std::vector<nghttp2_nv>& nv, bool with_body);
+  // The call is done with its stream (or never got one): an open stream is reset (CANCEL).
+  void detach(upstream_call* call, int32_t stream_id);
+  // Open or opening, no GOAWAY from the upstream, fewer than cap streams.
+  bool accepting(uint32_t cap) const;
+  size_t streams() const { return calls_.size() + waiting_.size(); }
+  // Sends what nghttp2 has ready soon (after the handlers already queued).
+  void pump();
+  // The stream's response bytes were taken by its call: its window grows by n.
+  void consume(int32_t stream_id, size_t n);
+  // The stream's request body has more bytes.
+  void resume_data(int32_t stream_id);
+  // The sweep: closes a connection idle past its upstream's idle timeout. False once it is
+  // closed (the pool drops it).
+  bool check(int64_t now);
+  // Ends the connection; its calls fail (as resets) and may retry elsewhere.
+  void close();
+  // Drain: a GOAWAY, and the connection closes when its streams are done.
+  void shut_down();
+  bool closed() const { return closed_; }
+
+  worker& w;
+  target_state* target;
+
+ private:
+  friend struct h2_upstream_callbacks;
+  void on_connected(const error_code& ec, const std::string& server_name);
+  void on_ready();
+  void submit(std::shared_ptr<upstream_call> call);
+  void read();
+  void on_read(const error_code& ec, size_t n);
+  void send();
+  void write();
+  // The connection failed before (connect) or after it was up: every call hears of it.
+  void fail_all(bool connect_failure);
+  upstream_call* call_of(int32_t stream_id);
+
+  socket_t socket_;
+  std::shared_ptr<asio::ssl::context> tls_ctx_;
+  std::unique_ptr<asio::ssl::stream<socket_t&>> tls_;
+  nghttp2_session* session_ = nullptr;
+  byte_buffer in_;
+  byte_buffer out_;
+  std::unordered_map<int32_t, std::shared_ptr<upstream_call>> calls_;
+  std::vector<std::shared_ptr<upstream_call>> waiting_;  // until the connection is up
+  // Calls that got response bytes in this read (flushed once after it), and calls whose
+  // request body went out (told there is room once nghttp2 has returned).
+  std::vector<std::shared_ptr<upstream_call>> touched_;
+  std::vector<std::shared_ptr<upstream_call>> room_;
+  int64_t idle_since_ = 0;
+  int64_t idle_limit_ms_;
+  bool ready_ = false;
+  bool reading_ = false;
+  bool writing_ = false;
+  bool goaway_ = false;
+  bool closed_ = false;
+  bool in_nghttp2_ = false;
+  bool pump_posted_ = false;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -167,6 +263,10 @@ class worker {
 
   // Returns a pooled connection to target, or nullptr.
   std::shared_ptr<upstream_conn> take_idle(target_state* t);
+  // An HTTP/2 connection to target with room for another stream (cap streams each), or a new
+  // one when none has and the upstream's connection cap allows; nullptr when it does not.
+  std::shared_ptr<h2_upstream> h2_connection_for(target_state* t, const upstream_runtime& up,
+                                                 const upstream_target& picked);
   // Keeps conn for reuse if the pool has room; closes it otherwise.
   void give_back(std::shared_ptr<upstream_conn> conn, const upstream_config& cfg);
   void forget_idle(upstream_conn* conn);
@@ -202,7 +302,8 @@ class worker {
   std::atomic<int64_t>& connections;
   spdlog::logger* access_log;
   std::shared_ptr<const snapshot> snap;
-  std::vector<std::vector<std::shared_ptr<upstream_conn>>> idle;  // by target id
+  std::vector<std::vector<std::shared_ptr<upstream_conn>>> idle;   // by target id
+  std::vector<std::vector<std::shared_ptr<h2_upstream>>> h2_pool;  // by target id
   std::atomic<int64_t> open_sessions{0};
   bool draining = false;
   uint32_t max_connections = 20000;
@@ -253,6 +354,7 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void on_call_head(response_head& h, bool length_known) override;
   void on_call_body(std::string_view piece) override;
   void flush_response() override { flush_client(); }
+  void on_call_trailers(std::span<const field_view> trailers) override;
   void on_call_done() override;
   void on_call_failed() override;
   void on_call_cut() override { close(); }
@@ -297,6 +399,8 @@ class client_session final : public std::enable_shared_from_this<client_session>
   void flush_client();
   void on_client_written(const error_code& ec, size_t n);
   void send_error(int status, std::string_view code, std::string_view message);
+  // send_error for a gRPC-Web request: a trailers-only response with the matching grpc-status.
+  void send_grpc_error(int status, std::string_view message);
   // True once in_ holds the blank line that ends a request head (scans only new bytes).
   bool head_complete();
   // Answers the request with a response the gateway made (status, body, extra headers).

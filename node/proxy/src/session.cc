@@ -487,9 +487,19 @@ void client_session::send_error(int status, std::string_view code, std::string_v
     return;
   }
   if (ex_.request_id.empty()) make_request_id(fields_);
+  if (ex_.grpc) return send_grpc_error(status, message);
   byte_buffer body;
   append_error_body(body, code, message, ex_.request_id);
   send_local(status, "application/json", body.view(), {});
+}
+
+void client_session::send_grpc_error(int status, std::string_view message) {
+  ex_.grpc_status = grpc_status_for_http(status);
+  std::string grpc_message;
+  append_grpc_message(grpc_message, message);
+  std::pair<std::string, std::string> fields[] = {{"grpc-status", std::to_string(ex_.grpc_status)},
+                                                  {"grpc-message", std::move(grpc_message)}};
+  send_local(200, ex_.grpc_web ? "application/grpc-web+proto" : "application/grpc", {}, fields);
 }
 
 void client_session::send_local(int status, std::string_view content_type, std::string_view body,
@@ -656,7 +666,9 @@ void client_session::on_call_head(response_head& h, bool length_known) {
   }
   if (!h.informational) {
     bool no_body = ex_.status == 204 || ex_.status == 304 || ex_.verb == http::verb::head;
-    if (!no_body && !length_known) {
+    if (!no_body && !length_known && ex_.response_bodyless && ex_.version == 11) {
+      h.content_length_zero = true;  // nothing follows the head (an HTTP/2 upstream said so)
+    } else if (!no_body && !length_known) {
       if (ex_.version == 11) {
         ex_.response_chunked = true;
       } else {
@@ -682,8 +694,23 @@ void client_session::on_call_body(std::string_view piece) {
   }
 }
 
+void client_session::on_call_trailers(std::span<const field_view> trailers) {
+  // A chunked body's trailer section (RFC 9112 section 7.1.2); a body with a length has none.
+  if (!ex_.response_chunked) return;
+  out_.append("0\r\n");
+  for (const auto& f : trailers) {
+    if (!valid_field_name(f.name) || !valid_field_value(f.value)) continue;
+    out_.append(f.name);
+    out_.append(": ");
+    out_.append(f.value);
+    out_.append("\r\n");
+  }
+  out_.append("\r\n");
+  ex_.response_trailers_sent = true;
+}
+
 void client_session::on_call_done() {
-  if (ex_.response_chunked) out_.append("0\r\n\r\n");
+  if (ex_.response_chunked && !ex_.response_trailers_sent) out_.append("0\r\n\r\n");
   finish_exchange();
 }
 

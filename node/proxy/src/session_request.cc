@@ -88,6 +88,12 @@ void client_session::on_request_field(http::field f, std::string_view name, std:
     case http::field::connection:
       ex_.connection_upgrade |= has_token(value, "upgrade");
       break;
+    case http::field::content_type:
+      note_grpc_field(ex_, f, name, value);  // gRPC-Web comes over HTTP/1.1
+      break;
+    case http::field::unknown:
+      if (name.size() == 12) note_grpc_field(ex_, f, name, value);  // grpc-timeout
+      break;
     default:
       break;
   }

@@ -9,6 +9,7 @@
 #include "chain.h"
 #include "http_get.h"
 #include "meridian/proxy/tls.h"
+#include "upstream_tls.h"
 
 namespace meridian::node {
 namespace {
@@ -78,6 +79,12 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
   std::map<std::string, upstream_runtime*> by_name;
   for (const auto& uc : snap->cfg.upstreams) {
     auto up = build_upstream(uc, snap->cfg.node.region, workers, version, targets, &snap->warnings);
+    std::string tls_error;
+    up->client_tls = make_upstream_tls(uc, &tls_error);
+    if (!tls_error.empty()) {
+      *error = tls_error;
+      return nullptr;
+    }
     by_name[uc.name] = up.get();
     snap->upstreams.push_back(std::move(up));
   }

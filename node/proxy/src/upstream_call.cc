@@ -1,5 +1,7 @@
 // upstream_call: dispatch (balancing, failover, breakers), the connection, sending, the
 // response parser callbacks, retries and fallbacks. See upstream_call.h.
+#include <boost/asio/ssl/host_name_verification.hpp>
+
 #include "proxy_internal.h"
 
 namespace meridian::node {
@@ -73,7 +75,8 @@ void upstream_call::prepare(const snapshot& snap) {
     h.host = default_host;
   }
   h.identity = ex_.identity_headers;
-  h.chunked = ex_.chunked;
+  const bool http1 = up.cfg->protocol == upstream_protocol::http1;
+  h.chunked = ex_.chunked && http1;  // HTTP/2 frames the body itself
   body_chunked_ = h.chunked;
   ex_.upstream_prepared = true;
   ex_.websocket = ex_.wants_websocket && ex_.route->cfg->websocket;
@@ -101,10 +104,31 @@ void upstream_call::prepare(const snapshot& snap) {
   ex_.route->stages->run_upstream_head(ex_, h);
   out_.clear();
   if (write_upstream_head(h, out_) != 0) w_.stats.bad_requests.add();  // auth refuses first
+  if (!http1) {
+    h2_prepare();
+    return;
+  }
+  h2_.reset();
   if (!ex_.has_body) retry_head_.assign(out_.data(), out_.size());
 }
 
+int64_t upstream_call::request_timeout() const {
+  int64_t t = ex_.upstream->cfg->timeouts.request.count();
+  return ex_.grpc_timeout_ms > 0 ? std::min(t, ex_.grpc_timeout_ms) : t;
+}
+
 void upstream_call::send_body(std::string_view piece) {
+  if (h2_ && ex_.grpc_web_text) {
+    auto& scratch = h2_->web_scratch;
+    scratch.clear();
+    if (!h2_->web_in.feed(piece, scratch)) {
+      // Not base64: what reaches the upstream ends here, and so does the stream.
+      failed(failure::reset);
+      return;
+    }
+    out_.append(scratch);
+    return;
+  }
   if (state_ == state::tunnel) {
     if (tunnel_closing_) return;
     w_.stats.websocket_bytes_to_upstream.add(piece.size());
@@ -118,6 +142,14 @@ void upstream_call::send_body(std::string_view piece) {
 }
 
 void upstream_call::end_body() {
+  if (h2_) {
+    h2_->body_end = true;
+    if (h2_->deferred && h2_->conn && h2_->stream) {
+      h2_->deferred = false;
+      h2_->conn->resume_data(h2_->stream);
+    }
+    return;
+  }
   if (body_chunked_) out_.append("0\r\n\r\n");
 }
 
@@ -128,6 +160,13 @@ size_t upstream_call::body_room() const {
 // --- dispatching to an upstream --------------------------------------------------------------
 
 void upstream_call::start() {
+  if (ex_.websocket && h2_) {
+    ex_.local_status = 502;
+    ex_.local_code = "bad_gateway";
+    ex_.local_message = "WebSocket needs an upstream with protocol http1";
+    sink_.on_call_failed();
+    return;
+  }
   if (ex_.extended_connect && !ex_.websocket) {
     ex_.local_status = 501;
     ex_.local_code = "not_implemented";
@@ -186,13 +225,17 @@ void upstream_call::dispatch() {
   ex_.target->metrics->active_requests.fetch_add(1, std::memory_order_relaxed);
   ex_.target->metrics->requests.fetch_add(1, std::memory_order_relaxed);
   ex_.counted_active = true;
+  if (h2_) {
+    h2_dispatch(chosen);
+    return;
+  }
   up_ = w_.take_idle(ex_.target);
   if (up_) {
     ex_.reused_connection = true;
     w_.stats.upstream_connections_reused.add();
     up_->owner = self();
     state_ = state::sending;
-    deadline_ = now + chosen.cfg->timeouts.request.count();
+    deadline_ = now + request_timeout();
     send();
     return;
   }
@@ -238,8 +281,35 @@ void upstream_call::on_connected(const error_code& ec) {
   error_code ignored;
   up_->socket.set_option(tcp::no_delay(true), ignored);
   up_->socket.non_blocking(true, ignored);
+  if (ex_.upstream->client_tls && !up_->tls) {
+    // HTTPS to the target: the handshake (SNI, certificate and name checked) before the request,
+    // within the connect deadline.
+    auto& ctx = *std::static_pointer_cast<asio::ssl::context>(ex_.upstream->client_tls);
+    up_->tls = std::make_unique<asio::ssl::stream<socket_t&>>(up_->socket, ctx);
+    std::string name = upstream_server_name(*ex_.upstream->cfg, ex_.target->addr.host);
+    error_code ec2;
+    asio::ip::make_address(name, ec2);
+    if (ec2 && !name.empty()) SSL_set_tlsext_host_name(up_->tls->native_handle(), name.c_str());
+    if (SSL_CTX_get_verify_mode(ctx.native_handle()) != SSL_VERIFY_NONE) {
+      up_->tls->set_verify_callback(asio::ssl::host_name_verification(name));
+    }
+    up_->tls->async_handshake(asio::ssl::stream_base::client, [this, keep = sink_.keep_alive(),
+                                                               conn = up_](const error_code& ec) {
+      if (up_ != conn) return;
+      if (ec) {
+        w_.stats.upstream_tls_failures.add();
+        if (auto l = spdlog::get("node.http")) {
+          l->debug("TLS to upstream {} failed: {}", ex_.target->addr.to_string(), ec.message());
+        }
+        failed(failure::connect);
+        return;
+      }
+      on_connected({});
+    });
+    return;
+  }
   state_ = state::sending;
-  deadline_ = w_.now + ex_.upstream->cfg->timeouts.request.count();
+  deadline_ = w_.now + request_timeout();
   send();
 }
 
@@ -256,38 +326,44 @@ void upstream_call::send() {
 }
 
 void upstream_call::flush() {
+  if (h2_) {
+    if (h2_->deferred && h2_->conn && h2_->stream && !out_.empty()) {
+      h2_->deferred = false;
+      h2_->conn->resume_data(h2_->stream);
+    }
+    return;
+  }
   if (writing_ || out_.empty() || !up_ || (state_ != state::sending && state_ != state::tunnel))
     return;
   writing_ = true;
   out_.pin();  // appends go on while the write is in flight
-  up_->socket.async_write_some(
-      asio::buffer(out_.data(), out_.size()),
-      [this, keep = sink_.keep_alive(), conn = up_](const error_code& ec, size_t n) {
-        if (up_ != conn) return;
-        writing_ = false;
-        out_.unpin();
-        if (ec) {
-          failed(failure::reset);
-          return;
-        }
-        out_.consume(n);
-        if (!ex_.response_head_sent) {
-          // The request timeout runs from the last byte written, not from the first.
-          deadline_ = w_.now + ex_.upstream->cfg->timeouts.request.count();
-        }
-        if (!out_.empty()) {
-          flush();
-        } else if (state_ == state::tunnel) {
-          touch();
-          if (shut_after_flush_) {
-            shut_down_send();
-          } else {
-            sink_.on_call_room();
-          }
-        } else if (ex_.body_started && !ex_.request_done) {
-          sink_.on_call_room();  // room again for request body
-        }
-      });
+  up_->write_some(asio::buffer(out_.data(), out_.size()),
+                  [this, keep = sink_.keep_alive(), conn = up_](const error_code& ec, size_t n) {
+                    if (up_ != conn) return;
+                    writing_ = false;
+                    out_.unpin();
+                    if (ec) {
+                      failed(failure::reset);
+                      return;
+                    }
+                    out_.consume(n);
+                    if (!ex_.response_head_sent) {
+                      // The request timeout runs from the last byte written, not from the first.
+                      deadline_ = w_.now + request_timeout();
+                    }
+                    if (!out_.empty()) {
+                      flush();
+                    } else if (state_ == state::tunnel) {
+                      touch();
+                      if (shut_after_flush_) {
+                        shut_down_send();
+                      } else {
+                        sink_.on_call_room();
+                      }
+                    } else if (ex_.body_started && !ex_.request_done) {
+                      sink_.on_call_room();  // room again for request body
+                    }
+                  });
 }
 
 // --- the response ----------------------------------------------------------------------------
@@ -377,6 +453,11 @@ void upstream_call::parse() {
 void upstream_call::resume_response() {
   if (!response_paused_) return;
   response_paused_ = false;
+  if (h2_) {
+    if (h2_->conn && h2_->stream && h2_->owed) h2_->conn->consume(h2_->stream, h2_->owed);
+    h2_->owed = 0;
+    return;
+  }
   if (!up_) return;
   auto conn = up_;
   if (state_ == state::tunnel) return pump_tunnel();
@@ -609,7 +690,7 @@ void upstream_call::failed(failure why) {
     ++ex_.attempts;
     w_.stats.retries.add();
     if (!stale_pooled) ex_.exclude = ex_.target;
-    if (!ex_.has_body) {
+    if (!ex_.has_body && !h2_) {
       out_.clear();
       out_.append(retry_head_);
     }
@@ -663,6 +744,12 @@ void upstream_call::release(bool reuse) {
     ex_.counted_active = false;
   }
   parser_.reset();
+  if (h2_ && h2_->conn) {
+    auto conn = std::move(h2_->conn);
+    h2_->conn.reset();
+    conn->detach(this, std::exchange(h2_->stream, 0));
+    return;
+  }
   if (writing_) {
     writing_ = false;
     out_.unpin();  // the connection closes below: the write in flight is cancelled
@@ -750,6 +837,15 @@ void upstream_call::on_response_header(http::basic_parser<false>& parser, error_
     ec = http::error::bad_value;
     return;
   }
+  if (!deliver_head(parser.keep_alive(), parser.content_length() && !parser.chunked(),
+                    informational, upgrade)) {
+    ex_.retry_now = true;
+    ec = http::error::bad_value;
+  }
+}
+
+bool upstream_call::deliver_head(bool keep_alive, bool length_known, bool informational,
+                                 bool upgrade) {
   const auto& cfg = *ex_.upstream->cfg;
   if (!informational) {
     bool retry_status = false;
@@ -766,9 +862,23 @@ void upstream_call::on_response_header(http::basic_parser<false>& parser, error_
     }
     if (retry_status && ex_.attempts < cfg.retries.attempts && replayable() &&
         is_idempotent(ex_.verb)) {
-      ex_.retry_now = true;
-      ec = http::error::bad_value;
-      return;
+      return false;
+    }
+  }
+  if (ex_.grpc && !informational) {
+    for (auto& f : fields_) {
+      if (f.f == http::field::unknown && iequals(f.name, "grpc-status")) {
+        ex_.grpc_status = parse_grpc_status(f.value);  // a trailers-only response
+      } else if (ex_.grpc_web && h2_ && f.f == http::field::content_type) {
+        std::string_view web = web_content_type_for_grpc(f.value, ex_.grpc_web_text);
+        if (!web.empty()) f.value = web;
+      }
+    }
+    if (ex_.grpc_web && h2_) {
+      // The trailer frame follows the messages: the upstream's length is not the client's.
+      std::erase_if(fields_,
+                    [](const field_view& f) { return f.f == http::field::content_length; });
+      length_known = false;
     }
   }
   response_head h;
@@ -783,12 +893,13 @@ void upstream_call::on_response_header(http::basic_parser<false>& parser, error_
   if (!informational) {
     h.rate_limit_lines = ex_.rate_limit_headers;
     h.request_id = ex_.request_id;
-    ex_.upstream_keep_alive = parser.keep_alive();
+    ex_.upstream_keep_alive = keep_alive;
     ex_.response_head_sent = true;
     ex_.route->metrics->per_worker[w_.index].status[status_slot(ex_.status)].add();
   }
   ex_.route->stages->run_response_head(ex_, h);
-  sink_.on_call_head(h, parser.content_length() && !parser.chunked());
+  sink_.on_call_head(h, length_known);
+  return true;
 }
 
 void upstream_call::on_response_body(std::string_view body, error_code&) {

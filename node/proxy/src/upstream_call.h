@@ -18,14 +18,17 @@
 //
 // Threading: a call lives on its exchange's worker and is touched by no other thread.
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "exchange.h"
+#include "grpc.h"
 #include "http1_head.h"
 #include "http1_parsers.h"
 #include "meridian/common/byte_buffer.h"
@@ -34,6 +37,8 @@ namespace meridian::node {
 
 class worker;
 class upstream_conn;
+class h2_upstream;
+struct h2_upstream_callbacks;
 struct snapshot;
 
 // What a codec gives the call of one of its exchanges.
@@ -55,6 +60,9 @@ class call_sink {
   virtual void on_call_body(std::string_view piece) = 0;
   // What the last heads and pieces put out can go: they came from one read of the upstream.
   virtual void flush_response() = 0;
+  // The response's trailer fields (an HTTP/2 upstream's trailing HEADERS: gRPC's grpc-status),
+  // after the last body piece and before on_call_done.
+  virtual void on_call_trailers(std::span<const field_view> trailers) = 0;
   // The response is complete. The call is over: its connection is pooled or closed, and the
   // codec may start its next exchange on the same call.
   virtual void on_call_done() = 0;
@@ -118,6 +126,19 @@ class upstream_call {
   // From upstream_conn: a read completed (bytes in its buffer) or failed.
   void on_upstream_data(const error_code& ec);
 
+  // From h2_upstream (HTTP/2 upstreams): the connection is up (submit the request), the
+  // request body for nghttp2's DATA frames, the response's fields, heads, data and the stream's
+  // end, and the connection's failure.
+  void h2_submit(h2_upstream& conn);
+  long h2_body_ready(size_t length, uint32_t* flags);
+  // Appends a DATA frame (head and length bytes of body) to out. True: the body has room again.
+  bool h2_send_body(byte_buffer& out, const uint8_t* frame_head, size_t length);
+  void h2_on_field(std::string_view name, std::string_view value);
+  void h2_on_headers(bool end_stream);
+  void h2_on_data(std::string_view piece);
+  void h2_on_close(uint32_t error_code);
+  void h2_on_connection_failed(bool connect_failure);
+
   // Response parser callbacks.
   void on_response_line(int status, std::string_view reason, int version, error_code& ec);
   void on_response_field(http::field f, std::string_view name, std::string_view value,
@@ -139,6 +160,41 @@ class upstream_call {
     bool at_boundary() const { return head_len == 0 && payload_left == 0; }
   };
   enum class failure { connect, connect_timeout, reset, timeout, malformed };
+
+  // The HTTP/2 side of a call to an h2c/h2 upstream: the request head as a header list, the
+  // stream, its flow-control debt and the response's fields as they arrive.
+  struct h2_leg {
+    std::shared_ptr<h2_upstream> conn;
+    int32_t stream = 0;
+    std::string head_text;  // names and values back to back; head_at has the offsets
+    std::vector<std::array<uint32_t, 4>> head_at;
+    bool body_end = false;    // the codec ended the request body
+    bool deferred = false;    // nghttp2 waits for request body (resume_data when it comes)
+    bool end_stream = false;  // the response's END_STREAM arrived
+    bool head_done = false;   // the final response head went to the sink
+    size_t owed = 0;          // response bytes taken and not yet given back to the window
+    std::string fields_text;  // the fields of the HEADERS frame being received
+    std::vector<std::array<uint32_t, 4>> fields_at;
+    // gRPC-Web: the client's grpc-web-text body decoded, the response encoded back, and the
+    // response's trailers as the body's last frame.
+    base64_stream_decoder web_in;
+    base64_stream_encoder web_out;
+    std::string web_scratch;
+    bool web_trailers_sent = false;
+  };
+  // Hands a piece of response body to the sink (gRPC-Web text encoded).
+  void h2_body_to_sink(std::string_view piece);
+  // gRPC-Web: the trailers as the body's last frame, and the end of a text body.
+  void h2_web_end(std::span<const field_view> trailers);
+  // Turns the HTTP/1.1 head prepare() wrote into out_ into the leg's header list.
+  void h2_prepare();
+  // The request deadline from the last byte sent: the upstream's timeouts.request, or a gRPC
+  // client's shorter grpc-timeout.
+  int64_t request_timeout() const;
+  void h2_dispatch(const upstream_runtime& up);
+  // The response head's checks, breaker and retry accounting, the stages and the sink; false
+  // when the status is to be retried (the caller fails the attempt).
+  bool deliver_head(bool keep_alive, bool length_known, bool informational, bool upgrade);
 
   void dispatch();
   void connect();
@@ -178,6 +234,10 @@ class upstream_call {
   bool tunnel_closing_ = false;        // close_tunnel sent its close frames: relay nothing more
   std::optional<response_parser<upstream_call>> parser_;
   std::vector<field_view> fields_;
+  std::unique_ptr<h2_leg> h2_;  // set for an h2c/h2 upstream
+
+  friend class h2_upstream;
+  friend struct h2_upstream_callbacks;
 };
 
 }  // namespace meridian::node

@@ -22,9 +22,12 @@ void upstream_conn::start_read() {
   if (reading || !open) return;
   reading = true;
   in.prepare(read_chunk);
-  socket.async_read_some(
-      asio::buffer(in.tail(), in.tail_size()),
-      [self = shared_from_this()](const error_code& ec, size_t n) { self->on_read(ec, n); });
+  auto done = [self = shared_from_this()](const error_code& ec, size_t n) { self->on_read(ec, n); };
+  if (tls) {
+    tls->async_read_some(asio::buffer(in.tail(), in.tail_size()), std::move(done));
+  } else {
+    socket.async_read_some(asio::buffer(in.tail(), in.tail_size()), std::move(done));
+  }
 }
 
 void upstream_conn::start_read_soon() {
@@ -125,6 +128,9 @@ void worker::shut_down() {
   for (auto& pool : idle) {
     for (auto& c : pool) c->close();
   }
+  for (auto& pool : h2_pool) {
+    for (auto& c : pool) c->close();
+  }
   ioc.stop();
 }
 
@@ -133,6 +139,9 @@ void worker::on_sweep() {
   if (stopping) return;
   now = now_ms();
   for (auto& s : owned_sessions()) s->check_deadline(now);
+  for (auto& pool : h2_pool) {
+    std::erase_if(pool, [&](const std::shared_ptr<h2_upstream>& c) { return !c->check(now); });
+  }
   if (!snap) return;
   // Close pooled connections idle for longer than their upstream's idle timeout.
   for (auto& pool : idle) {
@@ -159,6 +168,9 @@ void worker::begin_drain() {
   acceptor.close(ignored);
   tls_acceptor.close(ignored);
   for (auto& s : owned_sessions()) s->close_if_idle();
+  for (auto& pool : h2_pool) {
+    for (auto& c : pool) c->shut_down();
+  }
   for (auto& pool : idle) {
     for (auto& c : pool) {
       c->close();
@@ -230,6 +242,23 @@ void worker::give_back(std::shared_ptr<upstream_conn> conn, const upstream_confi
   // No read yet: a connection reused within a sweep (the common case under load) would pay a
   // read that finds nothing (EAGAIN) for each request. The sweep arms it for the ones that stay.
   pool.push_back(std::move(conn));
+}
+
+std::shared_ptr<h2_upstream> worker::h2_connection_for(target_state* t, const upstream_runtime& up,
+                                                       const upstream_target& picked) {
+  if (t->id >= h2_pool.size()) h2_pool.resize(t->id + 1);
+  auto& pool = h2_pool[t->id];
+  const uint32_t cap = up.cfg->pool.max_streams_per_connection;
+  for (auto& c : pool) {
+    if (c->accepting(cap)) return c;
+  }
+  uint32_t max = up.cfg->pool.max_connections_per_target;
+  if (max && t->id < open_by_target.size() && open_by_target[t->id] >= max) return nullptr;
+  auto c = std::make_shared<h2_upstream>(*this, t, up);
+  pool.push_back(c);
+  stats.upstream_connections_opened.add();
+  c->connect(to_endpoint(picked.endpoint), upstream_server_name(*up.cfg, t->addr.host));
+  return c;
 }
 
 void worker::forget_idle(upstream_conn* conn) {

@@ -25,6 +25,10 @@ class access_log_stage final : public stage {
     append_json_string(line, ex.access_path);
     line.append(",\"status\":");
     line.append_decimal(static_cast<uint64_t>(ex.status));
+    if (ex.grpc_status >= 0) {
+      line.append(",\"grpc_status\":");
+      line.append_decimal(static_cast<uint64_t>(ex.grpc_status));
+    }
     line.append(",\"route\":");
     append_json_string(line, ex.route ? std::string_view(ex.route->cfg->name) : std::string_view());
     line.append(",\"upstream\":");

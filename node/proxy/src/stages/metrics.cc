@@ -20,6 +20,9 @@ class metrics_stage final : public stage {
     st.latency_sum_us.add(us);
     st.request_bytes.add(ex.body_bytes);
     st.response_bytes.add(ex.response_bytes);
+    if (ex.grpc_status >= 0 && ex.grpc_status < static_cast<int>(st.grpc_status.size())) {
+      st.grpc_status[static_cast<size_t>(ex.grpc_status)].add();
+    }
   }
 };
 

@@ -46,6 +46,7 @@ struct alignas(64) route_stats {
   counter latency_sum_us;
   counter request_bytes;
   counter response_bytes;
+  std::array<counter, 17> grpc_status;  // gRPC calls by grpc-status (0 OK .. 16 UNAUTHENTICATED)
 
   void record(int code, uint64_t latency_us) {
     status[status_slot(code)].add();
@@ -77,8 +78,9 @@ struct alignas(64) worker_stats {
   counter no_route;  // 404 from the router
   counter upstream_connect_failures;
   counter upstream_timeouts;
-  counter upstream_resets;     // connection broke before a full response
-  counter upstream_malformed;  // responses refused as malformed (502)
+  counter upstream_resets;        // connection broke before a full response
+  counter upstream_malformed;     // responses refused as malformed (502)
+  counter upstream_tls_failures;  // TLS handshakes with targets that failed (or no h2 by ALPN)
   counter upstream_connections_opened;
   counter upstream_connections_reused;
   counter retries;

@@ -180,6 +180,23 @@ struct retries_config {
 struct pool_config {
   uint32_t max_idle_per_target = 64;        // per worker
   uint32_t max_connections_per_target = 0;  // per worker, 0 = unlimited
+  // HTTP/2 upstreams: streams a connection carries at once before another one is opened (the
+  // upstream's own SETTINGS_MAX_CONCURRENT_STREAMS caps it further).
+  uint32_t max_streams_per_connection = 100;
+};
+
+// What the gateway speaks to an upstream's targets.
+enum class upstream_protocol { http1, h2c, h2 };
+
+// upstreams[].tls: TLS to the targets. Certificates are verified (against ca_file, or the
+// system's store) and checked against server_name (default: the target's host) unless verify is
+// false; cert and key present a client certificate.
+struct upstream_tls_config {
+  std::string ca_file;
+  std::string server_name;
+  std::string cert_file;
+  std::string key_file;
+  bool verify = true;
 };
 
 struct upstream_config {
@@ -193,6 +210,8 @@ struct upstream_config {
   timeouts_config timeouts;
   retries_config retries;
   pool_config pool;
+  upstream_protocol protocol = upstream_protocol::http1;
+  std::optional<upstream_tls_config> tls;  // always set for h2
   // Upstreams to try, in order, when none of this one's targets is usable.
   std::vector<std::string> failover;
   int line = 0;

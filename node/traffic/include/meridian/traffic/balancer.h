@@ -129,6 +129,9 @@ struct upstream_runtime {
   std::vector<upstream_runtime*> failover_chain;  // cfg->failover, resolved
   std::vector<std::string> remote_regions;        // other regions, in the order targets name them
   mutable std::atomic<uint64_t> failovers{0};     // requests sent to another region's target
+  // The proxy's TLS client context for cfg->tls (an asio::ssl::context), opaque here; null
+  // without tls.
+  std::shared_ptr<void> client_tls;
 };
 
 // Compiles upstream cfg for a snapshot of config version `version` in region `region`: targets

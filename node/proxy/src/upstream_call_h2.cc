@@ -1,0 +1,332 @@
+// upstream_call towards HTTP/2 upstreams (protocol h2c or h2): the request head as a header
+// list, the body as DATA frames within the stream's window, the response's heads, data and
+// trailers back through the same response path as HTTP/1.1's. See upstream_call.h.
+#include "proxy_internal.h"
+
+namespace meridian::node {
+
+namespace {
+
+// Fields that describe an HTTP/1.1 connection and have no place in HTTP/2 (RFC 9113 section
+// 8.2.2). TE is dropped too, except for "trailers", which gRPC needs.
+bool connection_specific(std::string_view name) {
+  switch (name.size()) {
+    case 4:
+      return iequals(name, "host");  // becomes :authority
+    case 7:
+      return iequals(name, "upgrade");
+    case 10:
+      return iequals(name, "connection") || iequals(name, "keep-alive");
+    case 16:
+      return iequals(name, "proxy-connection");
+    case 17:
+      return iequals(name, "transfer-encoding");
+    default:
+      return false;
+  }
+}
+
+void add_field(std::string& text, std::vector<std::array<uint32_t, 4>>& at, std::string_view name,
+               std::string_view value) {
+  auto n = static_cast<uint32_t>(text.size());
+  text.append(name);
+  for (size_t i = n; i < text.size(); ++i) {
+    char& c = text[i];
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + ('a' - 'A'));
+  }
+  auto v = static_cast<uint32_t>(text.size());
+  text.append(value);
+  at.push_back({n, static_cast<uint32_t>(name.size()), v, static_cast<uint32_t>(value.size())});
+}
+
+}  // namespace
+
+void upstream_call::h2_prepare() {
+  // prepare() wrote an HTTP/1.1 head (every stage's changes in it) into out_: the same head as
+  // an HTTP/2 header list. It is text the gateway wrote: one request line, then "name: value"
+  // lines, each ending in CRLF.
+  if (!h2_) h2_ = std::make_unique<h2_leg>();
+  auto& l = *h2_;
+  l.head_text.clear();
+  l.head_at.clear();
+  std::string_view head = out_.view();
+  size_t eol = head.find("\r\n");
+  std::string_view line = head.substr(0, eol);
+  size_t sp1 = line.find(' ');
+  size_t sp2 = line.rfind(' ');
+  std::string_view target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  std::string_view authority;
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  size_t at = eol + 2;
+  while (at < head.size()) {
+    size_t end = head.find("\r\n", at);
+    if (end == std::string_view::npos || end == at) break;
+    std::string_view f = head.substr(at, end - at);
+    at = end + 2;
+    size_t colon = f.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string_view name = f.substr(0, colon);
+    std::string_view value = trim(f.substr(colon + 1));
+    if (iequals(name, "host")) {
+      authority = value;
+      continue;
+    }
+    if (iequals(name, "te")) {
+      if (has_token(value, "trailers")) fields.emplace_back("te", "trailers");
+      continue;
+    }
+    if (connection_specific(name)) continue;
+    if (ex_.grpc_web) {
+      // gRPC-Web becomes gRPC (PROTOCOL-WEB.md): the content type, and a body whose length
+      // changes when it was base64.
+      if (iequals(name, "content-type")) {
+        std::string_view grpc = grpc_content_type_for_web(value);
+        if (!grpc.empty()) value = grpc;
+      } else if (iequals(name, "content-length")) {
+        continue;
+      }
+    }
+    fields.emplace_back(name, value);
+  }
+  add_field(l.head_text, l.head_at, ":method", ex_.method);
+  add_field(l.head_text, l.head_at, ":scheme", ex_.upstream->cfg->tls ? "https" : "http");
+  add_field(l.head_text, l.head_at, ":authority", authority);
+  add_field(l.head_text, l.head_at, ":path", target);
+  for (auto& [name, value] : fields) add_field(l.head_text, l.head_at, name, value);
+  // The client's TE: trailers (a gRPC client's) is hop-by-hop for HTTP/1.1 and so not in the
+  // head written above; HTTP/2 keeps it.
+  bool te_trailers = ex_.grpc_web;  // gRPC needs it; a browser cannot send it
+  for (const auto& f : ex_.fields)
+    te_trailers |= iequals(f.name, "te") && has_token(f.value, "trailers");
+  if (te_trailers) add_field(l.head_text, l.head_at, "te", "trailers");
+  out_.clear();
+  l.body_end = !ex_.has_body;
+}
+
+void upstream_call::h2_dispatch(const upstream_runtime& up) {
+  auto conn = w_.h2_connection_for(ex_.target, up, *ex_.picked);
+  if (!conn) {
+    w_.stats.upstream_overflows.add();
+    release(false);
+    fail_with(503, "upstream_overloaded", "connection limit reached for upstream " + up.cfg->name);
+    return;
+  }
+  auto& l = *h2_;
+  l.conn = conn;
+  l.stream = 0;
+  l.deferred = l.end_stream = l.head_done = false;
+  l.owed = 0;
+  l.fields_text.clear();
+  l.fields_at.clear();
+  state_ = state::connecting;
+  deadline_ = w_.now + up.cfg->timeouts.connect.count();
+  conn->attach(self());
+}
+
+void upstream_call::h2_submit(h2_upstream& conn) {
+  auto& l = *h2_;
+  ex_.reused_connection = l.conn && l.conn->streams() > 0;
+  std::vector<nghttp2_nv> nv;
+  nv.reserve(l.head_at.size());
+  auto* base = reinterpret_cast<uint8_t*>(l.head_text.data());
+  for (auto& a : l.head_at) {
+    nv.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
+  }
+  int32_t id = conn.submit_request(nv, ex_.has_body);
+  if (id < 0) {
+    failed(failure::reset);
+    return;
+  }
+  l.stream = id;
+  state_ = state::sending;
+  deadline_ = w_.now + request_timeout();
+  if (ex_.has_body) ex_.body_started = true;
+  if (ex_.has_body && !l.body_end) {
+    // The body goes as the codec hands it over; after this call returns (the connection files
+    // the stream first).
+    asio::post(w_.ioc, [this, keep = sink_.keep_alive(), conn = l.conn, id] {
+      if (h2_ && h2_->stream == id && !h2_->body_end) sink_.on_call_room();
+    });
+  }
+}
+
+long upstream_call::h2_body_ready(size_t length, uint32_t* flags) {
+  auto& l = *h2_;
+  size_t n = std::min(length, out_.size());
+  if (n == 0 && !l.body_end) {
+    l.deferred = true;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (l.body_end && n == out_.size()) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  return static_cast<long>(n);
+}
+
+bool upstream_call::h2_send_body(byte_buffer& out, const uint8_t* frame_head, size_t length) {
+  out.append(reinterpret_cast<const char*>(frame_head), 9);
+  out.append(out_.data(), length);
+  out_.consume(length);
+  if (!ex_.response_head_sent) deadline_ = w_.now + request_timeout();
+  return !h2_->body_end && out_.size() < high_water;
+}
+
+// --- the response -----------------------------------------------------------------------------
+
+void upstream_call::h2_on_field(std::string_view name, std::string_view value) {
+  auto& l = *h2_;
+  if (l.fields_text.size() + name.size() + value.size() > 64 * 1024 ||
+      l.fields_at.size() >= max_fields) {
+    ex_.response_malformed = true;  // refused when the block ends
+    return;
+  }
+  add_field(l.fields_text, l.fields_at, name, value);
+}
+
+void upstream_call::h2_on_headers(bool end_stream) {
+  auto& l = *h2_;
+  if (end_stream) l.end_stream = true;
+  fields_.clear();
+  int status = 0;
+  bool bad = ex_.response_malformed;
+  bool length_known = false;
+  for (auto& a : l.fields_at) {
+    std::string_view name(l.fields_text.data() + a[0], a[1]);
+    std::string_view value(l.fields_text.data() + a[2], a[3]);
+    if (!name.empty() && name.front() == ':') {
+      // nghttp2 has checked the pseudo-fields (one :status, three digits, before the others).
+      if (name == ":status" && !l.head_done) {
+        status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+      }
+      continue;
+    }
+    http::field f = http::string_to_field(name);
+    if (f == http::field::content_length) length_known = true;
+    fields_.push_back({f, name, value});
+  }
+  if (l.head_done) {
+    // Trailers.
+    if (ex_.grpc) {
+      for (const auto& f : fields_) {
+        if (iequals(f.name, "grpc-status")) ex_.grpc_status = parse_grpc_status(f.value);
+      }
+    }
+    if (bad) {
+      // dropped
+    } else if (ex_.grpc_web) {
+      h2_web_end(fields_);
+    } else {
+      sink_.on_call_trailers(fields_);
+    }
+    fields_.clear();
+    l.fields_text.clear();
+    l.fields_at.clear();
+    return;
+  }
+  if (bad || status < 100) {
+    if (!ex_.response_head_sent) ex_.status = 0;
+    auto keep = self();
+    failed(failure::malformed);
+    return;
+  }
+  ex_.status = status;
+  ex_.reason = {};
+  ex_.response_version = 20;
+  if (status / 100 == 1) {
+    // Interim responses are not relayed (an HTTP/2 101 does not exist).
+    l.fields_text.clear();
+    l.fields_at.clear();
+    return;
+  }
+  auto keep = self();
+  ex_.response_bodyless = l.end_stream;
+  if (!deliver_head(true, length_known, false, false)) {
+    failed(failure::reset);  // a status to retry: the stream is reset, the request goes again
+    return;
+  }
+  l.head_done = true;
+  // fields_ pointed into fields_text for the head's sake only.
+  fields_.clear();
+  l.fields_text.clear();
+  l.fields_at.clear();
+  if (l.end_stream && state_ != state::idle) sink_.flush_response();
+}
+
+void upstream_call::h2_on_data(std::string_view piece) {
+  auto& l = *h2_;
+  if (!l.head_done || state_ != state::sending) return;
+  ex_.response_bytes += piece.size();
+  if (ex_.route->stages->reads_response_body()) ex_.route->stages->run_response_body(ex_, piece);
+  h2_body_to_sink(piece);
+  if (!h2_ || !l.conn) return;
+  touch();
+  if (sink_.sink_full() || response_paused_) {
+    // The window stays shut by these bytes until the sink drains (resume_response).
+    l.owed += piece.size();
+    response_paused_ = true;
+  } else {
+    l.conn->consume(l.stream, piece.size());
+  }
+}
+
+void upstream_call::h2_body_to_sink(std::string_view piece) {
+  if (!ex_.grpc_web_text) {
+    sink_.on_call_body(piece);
+    return;
+  }
+  auto& scratch = h2_->web_scratch;
+  scratch.clear();
+  h2_->web_out.feed(piece, scratch);
+  if (!scratch.empty()) sink_.on_call_body(scratch);
+}
+
+void upstream_call::h2_web_end(std::span<const field_view> trailers) {
+  auto& l = *h2_;
+  if (l.web_trailers_sent) return;
+  l.web_trailers_sent = true;
+  std::string frame;
+  append_grpc_web_trailer_frame(frame, trailers);
+  if (!ex_.grpc_web_text) {
+    sink_.on_call_body(frame);
+    return;
+  }
+  auto& scratch = l.web_scratch;
+  scratch.clear();
+  l.web_out.feed(frame, scratch);
+  l.web_out.finish(scratch);
+  sink_.on_call_body(scratch);
+}
+
+void upstream_call::h2_on_close(uint32_t error_code) {
+  auto keep = self();
+  auto& l = *h2_;
+  l.stream = 0;  // closed: nothing to reset
+  if (state_ == state::idle) return;
+  if (error_code == NGHTTP2_NO_ERROR && l.head_done && l.end_stream) {
+    // A gRPC-Web body ends with its trailer frame; a response that had none (a trailers-only
+    // one carried its status in the head) still ends a text body's last group.
+    if (ex_.grpc_web && !ex_.response_bodyless && !l.web_trailers_sent && ex_.grpc_web_text) {
+      std::string& scratch = l.web_scratch;
+      scratch.clear();
+      l.web_out.finish(scratch);
+      if (!scratch.empty()) sink_.on_call_body(scratch);
+    }
+    finish();
+    return;
+  }
+  if (error_code == NGHTTP2_REFUSED_STREAM && !l.head_done) {
+    // The upstream did not process the stream (RFC 9113 section 8.7): always safe to send again,
+    // and no fault of the target's (as a pooled connection it had closed).
+    ex_.reused_connection = true;
+    ex_.status = 0;
+  }
+  failed(error_code == NGHTTP2_PROTOCOL_ERROR ? failure::malformed : failure::reset);
+}
+
+void upstream_call::h2_on_connection_failed(bool connect_failure) {
+  auto keep = self();
+  if (h2_) h2_->stream = 0;
+  if (state_ == state::idle) return;
+  failed(connect_failure ? failure::connect : failure::reset);
+}
+
+}  // namespace meridian::node
