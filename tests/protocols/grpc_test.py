@@ -16,6 +16,8 @@ body's last frame. usage: grpc_test.py MERIDIAN_BINARY
 
 import base64
 import http.client
+import http.server
+import ssl
 import json
 import os
 import signal
@@ -101,6 +103,14 @@ def identity(x):
     return x
 
 
+SERVING = {"value": True}
+
+
+def health_check(request, context):
+    # grpc.health.v1.HealthCheckResponse{status}: SERVING 1, NOT_SERVING 2.
+    return b"\x08\x01" if SERVING["value"] else b"\x08\x02"
+
+
 def handlers(which):
     def tagged_unary(request, context):
         return unary(request, context)
@@ -113,13 +123,15 @@ def handlers(which):
         "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, identity, identity),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi, identity, identity),
     }
-    return grpc.method_handlers_generic_handler("test.Echo", methods)
+    health = {"Check": grpc.unary_unary_rpc_method_handler(health_check, identity, identity)}
+    return (grpc.method_handlers_generic_handler("test.Echo", methods),
+            grpc.method_handlers_generic_handler("grpc.health.v1.Health", health))
 
 
 def start_server(port, creds=None):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64), options=OPTIONS,
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=300), options=OPTIONS,
                          maximum_concurrent_rpcs=1000)
-    server.add_generic_rpc_handlers((handlers("plain"),))
+    server.add_generic_rpc_handlers(handlers("plain"))
     if creds:
         server.add_secure_port(f"127.0.0.1:{port}", creds)
     else:
@@ -130,7 +142,7 @@ def start_server(port, creds=None):
 
 # --- the node ----------------------------------------------------------------------------------
 
-def config(tmp, plain_port, tls_port, proxy_port, admin_port):
+def config(tmp, plain_port, tls_port, https_port, proxy_port, admin_port):
     return f"""node: {{id: grpc-1, region: eu-west, data_dir: {tmp}/data}}
 listen: {{proxy: 127.0.0.1:{proxy_port}, admin: 127.0.0.1:{admin_port}}}
 admin: {{token_file: {tmp}/admin.token}}
@@ -140,10 +152,19 @@ upstreams:
     protocol: h2c
     targets: [{{address: 127.0.0.1:{plain_port}}}]
     pool: {{max_streams_per_connection: 100}}
+    health_check: {{grpc: true, interval: 200ms, timeout: 2s, unhealthy_after: 2, healthy_after: 2}}
   - name: grpc_tls
     protocol: h2
     tls: {{ca_file: {tmp}/ca.pem, server_name: localhost}}
     targets: [{{address: 127.0.0.1:{tls_port}}}]
+    health_check: {{path: /healthz, interval: 200ms, timeout: 1s, unhealthy_after: 2}}
+  - name: https_origin
+    tls: {{ca_file: {tmp}/ca.pem, server_name: localhost}}
+    targets: [{{address: 127.0.0.1:{https_port}}}]
+    health_check: {{path: /healthz, interval: 200ms, timeout: 1s, unhealthy_after: 2}}
+  - name: grpc_unchecked
+    protocol: h2c
+    targets: [{{address: 127.0.0.1:{plain_port}}}]
   - name: grpc_untrusted
     protocol: h2
     targets: [{{address: 127.0.0.1:{tls_port}}}]
@@ -155,6 +176,9 @@ routes:
   - name: grpc_tls
     match: {{path_prefix: /test.Echo/, headers: {{x-which: tls}}}}
     upstream: grpc_tls
+  - name: unchecked
+    match: {{path_prefix: /test.Echo/, headers: {{x-which: unchecked}}}}
+    upstream: grpc_unchecked
   - name: untrusted
     match: {{path_prefix: /test.Echo/, headers: {{x-which: untrusted}}}}
     upstream: grpc_untrusted
@@ -162,6 +186,9 @@ routes:
     match: {{path: /test.Echo/Limited}}
     upstream: grpc
     rate_limit: {{limit: 3, window: 1m, key: route}}
+  - name: https
+    match: {{path_prefix: /https/}}
+    upstream: https_origin
   - name: secure
     match: {{path_prefix: /test.Secure/}}
     upstream: grpc
@@ -173,6 +200,29 @@ def metrics_text(admin_port):
     req = urllib.request.Request(f"http://127.0.0.1:{admin_port}/metrics",
                                  headers={"Authorization": "Bearer " + TOKEN})
     return urllib.request.urlopen(req, timeout=5).read().decode()
+
+
+class Origin(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = f"https origin {self.path} via={self.headers.get('via')}".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def start_https_origin(tmp):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Origin)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f"{tmp}/server.pem", f"{tmp}/server.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server.server_address[1]
 
 
 def make_certs(tmp):
@@ -201,9 +251,10 @@ def main():
         creds = grpc.ssl_server_credentials(
             [(open(f"{tmp}/server.key", "rb").read(), open(f"{tmp}/server.pem", "rb").read())])
         secure = start_server(tls_port, creds)
+        https_port = start_https_origin(tmp)
         proxy_port, admin_port = free_port(), free_port()
         with open(f"{tmp}/node.yaml", "w") as f:
-            f.write(config(tmp, plain_port, tls_port, proxy_port, admin_port))
+            f.write(config(tmp, plain_port, tls_port, https_port, proxy_port, admin_port))
         log = open(f"{tmp}/node.log", "w")
         node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node.yaml"], stderr=log)
         try:
@@ -215,7 +266,10 @@ def main():
                 except OSError:
                     time.sleep(0.05)
             check(node.poll() is None, "meridian runs")
-            tests(proxy_port, admin_port, tmp)
+            try:
+                tests(proxy_port, admin_port, tmp)
+            except Exception as e:  # a failed call that was not expected to fail
+                check(False, f"the story runs to its end: {e!r}")
         finally:
             if node.poll() is None:
                 node.send_signal(signal.SIGTERM)
@@ -291,7 +345,10 @@ def tests(port, admin_port, tmp):
     # 200 concurrent calls on one connection (the client multiplexes on its channel).
     pause_call = channel.unary_unary("/test.Echo/Pause")
     start = time.monotonic()
-    calls = [pause_call.future(b"c%d" % i, timeout=30) for i in range(200)]
+    # (On an upstream without health checks: the Python server, busy with 200 calls, answers the
+    # gRPC health check UNAVAILABLE.)
+    calls = [pause_call.future(b"c%d" % i, metadata=(("x-which", "unchecked"),), timeout=30)
+             for i in range(200)]
     results = [c.result() for c in calls]
     took = time.monotonic() - start
     check(results == [b"c%d" % i for i in range(200)],
@@ -319,6 +376,37 @@ def tests(port, admin_port, tmp):
     check(got == grpc.StatusCode.UNAUTHENTICATED, f"no API key: UNAUTHENTICATED ({got})")
 
     grpc_web(port)
+
+    # HTTP/1.1 to a target over TLS (verified against the CA file), health-checked over TLS.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/https/page")
+    r = conn.getresponse()
+    body = r.read().decode()
+    check(r.status == 200 and body.startswith("https origin /https/page via=1.1 meridian"),
+          f"HTTPS to an HTTP/1.1 target ({r.status} {body!r})")
+
+    # Health checks over the upstream's protocol: the gRPC health protocol on h2c. NOT_SERVING
+    # takes the target out (calls fail UNAVAILABLE), SERVING brings it back.
+    SERVING["value"] = False
+    deadline = time.monotonic() + 10
+    got = None
+    while time.monotonic() < deadline:
+        got, _ = status_of(lambda: unary_call(b"x", timeout=5))
+        if got == grpc.StatusCode.UNAVAILABLE:
+            break
+        time.sleep(0.1)
+    check(got == grpc.StatusCode.UNAVAILABLE, f"a NOT_SERVING target is taken out ({got})")
+    SERVING["value"] = True
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        got, _ = status_of(lambda: unary_call(b"x", timeout=5))
+        if got == grpc.StatusCode.OK:
+            break
+        time.sleep(0.1)
+    check(got == grpc.StatusCode.OK, f"SERVING again brings it back ({got})")
+    # The h2 (TLS) and HTTPS targets' checks passed all along: they are still called.
+    reply = unary_call(b"tls again", metadata=(("x-which", "tls"),), timeout=10)
+    check(reply == b"tls again", "the h2 TLS target passes its health check")
 
     # grpc-status in the metrics and the access log.
     text = metrics_text(admin_port)

@@ -812,6 +812,11 @@ void parse_health_check(diagnostics& d, const field& f, health_check_config& out
       if (read_uint(d, item, status, 100, 599)) out.expect_status.push_back(status);
     });
   }
+  if (auto v = m.take("grpc")) read_bool(d, *v, out.grpc);
+  if (auto v = m.take("grpc_service")) {
+    read_string(d, *v, out.grpc_service, true);
+    out.grpc = true;
+  }
   m.finish();
 }
 
@@ -978,6 +983,9 @@ upstream_config parse_upstream(diagnostics& d, const field& f) {
     }
   }
   if (u.protocol == upstream_protocol::h2 && !u.tls) u.tls.emplace();
+  if (u.health_check.grpc && u.protocol == upstream_protocol::http1) {
+    d.add(u.line, label + ": health_check.grpc needs protocol h2c or h2");
+  }
   if (auto v = m.take("failover")) {
     read_string_list(d, *v, u.failover);
     for (const auto& name : u.failover)

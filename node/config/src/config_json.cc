@@ -88,6 +88,10 @@ json upstream_to_json(const upstream_config& u) {
                            {"unhealthy_after", h.unhealthy_after},
                            {"healthy_after", h.healthy_after}};
     if (!h.expect_status.empty()) out["health_check"]["expect_status"] = h.expect_status;
+    if (h.grpc) {
+      out["health_check"]["grpc"] = true;
+      out["health_check"]["grpc_service"] = h.grpc_service;
+    }
   }
   out["outlier"] = {{"consecutive_failures", u.outlier.consecutive_failures},
                     {"eject_for", format_duration(u.outlier.eject_for)}};

@@ -23,6 +23,10 @@ upstreams:
     retries: {attempts: 2, on: [connect_failure, 502, 503, 504]}
   - name: other
     targets: [{address: 127.0.0.1:9003}]
+    protocol: h2
+    tls: {ca_file: /etc/ca.pem, server_name: api.internal, verify: true}
+    pool: {max_streams_per_connection: 50}
+    health_check: {grpc: true, grpc_service: users.v1.Users}
 routes:
   - name: users
     match: {path_prefix: /api/users, methods: [GET, POST], host: api.example.com,

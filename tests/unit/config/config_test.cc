@@ -1166,5 +1166,53 @@ TEST(config, http2_section_has_defaults_and_checks_its_ranges) {
   ASSERT_FALSE(unknown.value);
 }
 
+TEST(config, upstream_protocols_take_tls_and_check_their_combinations) {
+  auto with_upstream = [](const std::string& extra) {
+    return std::string(
+               "node: {id: a, region: r}\nupstreams:\n  - name: u\n"
+               "    targets: [{address: 127.0.0.1:1}]\n") +
+           extra;
+  };
+  config plain = parse_ok(with_upstream(""));
+  ASSERT_EQ(plain.upstreams.size(), 1u);
+  EXPECT_EQ(plain.upstreams[0].protocol, upstream_protocol::http1);
+  EXPECT_FALSE(plain.upstreams[0].tls);
+  EXPECT_EQ(plain.upstreams[0].pool.max_streams_per_connection, 100u);
+
+  // h2 is always over TLS, verified by default.
+  config h2 = parse_ok(with_upstream("    protocol: h2\n"));
+  ASSERT_TRUE(h2.upstreams[0].tls);
+  EXPECT_TRUE(h2.upstreams[0].tls->verify);
+
+  config full =
+      parse_ok(with_upstream("    protocol: h2c\n    pool: {max_streams_per_connection: 7}\n"
+                             "    health_check: {grpc_service: pkg.Svc}\n"));
+  EXPECT_EQ(full.upstreams[0].protocol, upstream_protocol::h2c);
+  EXPECT_EQ(full.upstreams[0].pool.max_streams_per_connection, 7u);
+  EXPECT_TRUE(full.upstreams[0].health_check.grpc);
+  EXPECT_EQ(full.upstreams[0].health_check.grpc_service, "pkg.Svc");
+
+  config https =
+      parse_ok(with_upstream("    tls: {ca_file: ca.pem, server_name: x.internal, cert: c.pem, "
+                             "key: k.pem, verify: false}\n"));
+  ASSERT_TRUE(https.upstreams[0].tls);
+  EXPECT_EQ(https.upstreams[0].protocol, upstream_protocol::http1);
+  EXPECT_EQ(https.upstreams[0].tls->ca_file, "ca.pem");
+  EXPECT_EQ(https.upstreams[0].tls->server_name, "x.internal");
+  EXPECT_FALSE(https.upstreams[0].tls->verify);
+
+  auto errors = [&](const std::string& extra) {
+    auto r = parse_config(with_upstream(extra), "c.yaml");
+    EXPECT_FALSE(r.value) << extra;
+    return r.value ? std::string() : errors_of(r)[0];
+  };
+  EXPECT_THAT(errors("    protocol: h3\n"), HasSubstr("protocol"));
+  EXPECT_THAT(errors("    protocol: h2c\n    tls: {}\n"), HasSubstr("h2c is HTTP/2 without TLS"));
+  EXPECT_THAT(errors("    tls: {cert: c.pem}\n"), HasSubstr("cert and key go together"));
+  EXPECT_THAT(errors("    pool: {max_streams_per_connection: 0}\n"), HasSubstr("at least 1"));
+  EXPECT_THAT(errors("    health_check: {grpc: true}\n"), HasSubstr("needs protocol h2c or h2"));
+  EXPECT_THAT(errors("    tls: {ca: x}\n"), HasSubstr("ca"));
+}
+
 }  // namespace
 }  // namespace meridian::node

@@ -142,6 +142,10 @@ struct health_check_config {
   uint32_t unhealthy_after = 2;
   uint32_t healthy_after = 2;
   std::vector<int> expect_status;  // empty: any 2xx/3xx
+  // The gRPC health protocol (grpc.health.v1.Health/Check) instead of GET path, for h2/h2c
+  // upstreams: healthy when the answer is SERVING for grpc_service ("" = the whole server).
+  bool grpc = false;
+  std::string grpc_service;
 };
 
 // Passive health: eject a target after consecutive failures (connect errors, 5xx from it).
