@@ -17,7 +17,7 @@ packages=(
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
   # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
-  python3-websockets nghttp2-client python3-grpcio
+  python3-websockets nghttp2-client nghttp2-server python3-grpcio
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
 )

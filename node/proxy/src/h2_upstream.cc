@@ -71,6 +71,11 @@ struct h2_upstream_callbacks {
         call->h2_on_headers((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
         break;
       }
+      case NGHTTP2_DATA:
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+          if (auto* call = c.call_of(frame->hd.stream_id)) call->h2_->end_stream = true;
+        }
+        break;
       case NGHTTP2_GOAWAY:
         // Streams above last_stream_id are closed by nghttp2 (REFUSED_STREAM: retried); the
         // others finish. No new stream goes on this connection.

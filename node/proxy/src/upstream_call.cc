@@ -199,6 +199,9 @@ void upstream_call::dispatch() {
   if (!ex_.target && !ex_.exclude) {
     // Nothing usable here: the upstream's failover chain, in order.
     for (const upstream_runtime* next : up.failover_chain) {
+      // The head was written for the route's upstream's protocol: a failover upstream that
+      // speaks the other one (HTTP/1.1 against HTTP/2) cannot take it.
+      if ((next->cfg->protocol == upstream_protocol::http1) != (h2_ == nullptr)) continue;
       ex_.target = pick(*next, nullptr);
       if (ex_.target) {
         up.failovers.fetch_add(1, std::memory_order_relaxed);
