@@ -17,12 +17,14 @@ packages=(
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
   # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
-  python3-websockets nghttp2-client nghttp2-server python3-grpcio
+  python3-websockets nghttp2-client nghttp2-server python3-grpcio python3-protobuf
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind strace nghttp2-client)
+  # bench/grpc.sh compiles its gRPC echo server (bench/grpc_echo_server.cc) against gRPC C++
+  packages+=(libgrpc++-dev)
 fi
 # make fuzz: clang with the libFuzzer and sanitizer runtimes.
 if [[ "${MERIDIAN_FUZZ:-0}" == 1 ]]; then

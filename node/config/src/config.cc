@@ -18,7 +18,9 @@
 #include "meridian/config/config.h"
 #include "meridian/common/ascii.h"
 
+#include "meridian/common/base64.h"
 #include "meridian/common/http_fields.h"
+#include "meridian/transcode/transcoder.h"
 
 #include <arpa/inet.h>
 #include <unistd.h>
@@ -33,7 +35,9 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <memory>
@@ -1004,6 +1008,54 @@ struct route_refs {
   int jwt_line = 0;
 };
 
+grpc_transcode_config parse_grpc_transcode(diagnostics& d, const field& f) {
+  grpc_transcode_config t;
+  t.line = f.line;
+  map_reader m(d, f);
+  if (!m.ok()) return t;
+  std::string b64;
+  auto file = m.take("descriptor_set");
+  auto inline_set = m.take("descriptor_set_base64");
+  if (file) read_string(d, *file, t.descriptor_set, false);
+  if (inline_set) read_string(d, *inline_set, b64, false);
+  if (auto v = m.take("services")) read_string_list(d, *v, t.services);
+  m.finish();
+  std::string raw;
+  if (inline_set) {
+    // A config document from the cluster: the set travels with it.
+    if (!decode_base64(b64, &raw)) {
+      d.add(inline_set->line, f.path + ".descriptor_set_base64: not base64");
+      return t;
+    }
+  } else if (file) {
+    if (t.descriptor_set.empty()) return t;
+    std::ifstream in(t.descriptor_set, std::ios::binary);
+    if (!in) {
+      d.add(file->line, f.path + ".descriptor_set: cannot read " + t.descriptor_set);
+      return t;
+    }
+    raw.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } else {
+    d.add(f.line, f.path +
+                      ": descriptor_set (a file from protoc --include_imports "
+                      "--descriptor_set_out) is required");
+    return t;
+  }
+  std::string error;
+  if (!transcode::compact_descriptor_set(raw, &t.descriptor_bytes, &error)) {
+    d.add(f.line, f.path + ": " + error);
+    return t;
+  }
+  // Loaded once here so that every problem (an unknown service, a bad template) is reported
+  // with the config's line, by `meridian validate` too.
+  if (!transcode::transcoder::from_bytes(t.descriptor_bytes, t.services,
+                                         t.descriptor_set.empty() ? "(inline)" : t.descriptor_set,
+                                         &error)) {
+    d.add(f.line, f.path + ": " + error);
+  }
+  return t;
+}
+
 void parse_match(diagnostics& d, const field& f, match_config& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
@@ -1252,6 +1304,7 @@ route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
     if (read_bool(d, *v, preserve)) r.preserve_host = preserve;
   }
   if (auto v = m.take("websocket")) read_bool(d, *v, r.websocket);
+  if (auto v = m.take("grpc_transcode")) r.grpc_transcode = parse_grpc_transcode(d, *v);
   m.finish();
   return r;
 }
@@ -1460,6 +1513,14 @@ void check_references(diagnostics& d, const config& cfg, const std::vector<route
                     [&](const upstream_config& u) { return u.name == r.upstream; });
     if (!r.upstream.empty() && !upstream_known) {
       d.add(refs[i].upstream_line, label + ": upstream '" + r.upstream + "' is not defined");
+    }
+    if (r.grpc_transcode && upstream_known) {
+      auto up = std::find_if(cfg.upstreams.begin(), cfg.upstreams.end(),
+                             [&](const upstream_config& u) { return u.name == r.upstream; });
+      if (up->protocol == upstream_protocol::http1) {
+        d.add(r.grpc_transcode->line, label + ": grpc_transcode calls gRPC, so upstream '" +
+                                          r.upstream + "' needs protocol h2c or h2");
+      }
     }
     if (!r.auth) continue;
     if (!r.auth->jwt.empty()) {

@@ -1,4 +1,5 @@
 #include "meridian/config/config_json.h"
+#include "meridian/common/base64.h"
 
 #include <cstdint>
 #include <string_view>
@@ -199,6 +200,13 @@ json route_to_json(const route_config& r) {
   if (r.max_body_bytes) out["max_body_bytes"] = *r.max_body_bytes;
   if (r.preserve_host) out["preserve_host"] = *r.preserve_host;
   if (r.websocket) out["websocket"] = true;
+  if (r.grpc_transcode) {
+    json t = {{"descriptor_set_base64", encode_base64(r.grpc_transcode->descriptor_bytes)},
+              {"services", r.grpc_transcode->services}};
+    if (!r.grpc_transcode->descriptor_set.empty())
+      t["descriptor_set"] = r.grpc_transcode->descriptor_set;
+    out["grpc_transcode"] = std::move(t);
+  }
   return out;
 }
 

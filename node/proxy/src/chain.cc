@@ -44,6 +44,7 @@ std::unique_ptr<stage> make_authenticate();
 std::unique_ptr<stage> make_rate_limit();
 std::unique_ptr<stage> make_request_transform();
 std::unique_ptr<stage> make_response_transform();
+std::unique_ptr<stage> make_grpc_transcode();
 
 namespace {
 bool has_request_transforms(const route_runtime& r) {
@@ -80,6 +81,7 @@ std::unique_ptr<const chain> build_chain(const route_runtime& route, const snaps
   if (route.cfg->auth) c->add(make_authenticate());
   if (!route.limits.empty() && snap.limiter) c->add(make_rate_limit());
   if (has_request_transforms(route)) c->add(make_request_transform());
+  if (route.transcoder) c->add(make_grpc_transcode());  // matches the client's path
   if (has_response_transforms(route)) c->add(make_response_transform());
   return c;
 }

@@ -26,6 +26,7 @@
 #include "http1_head.h"
 #include "meridian/auth/oauth.h"
 #include "meridian/proxy/snapshot.h"
+#include "meridian/transcode/transcoder.h"
 
 namespace meridian::node {
 
@@ -127,6 +128,24 @@ struct exchange {
   bool grpc_web_text = false;   // application/grpc-web-text: base64 both ways
   int64_t grpc_timeout_ms = 0;  // the client's grpc-timeout, 0 if none
   int grpc_status = -1;         // the answer's grpc-status, -1 until known
+  // A REST call the route's grpc_transcode turns into a gRPC call (stages/grpc_transcode.cc).
+  struct transcode_job {
+    const transcode::transcoder* transcoder = nullptr;
+    transcode::binding_match match;
+    uint64_t max_body = 0;
+    std::string body;        // the JSON request body as it arrives
+    std::string frame;       // the gRPC request message, framed
+    bool streaming = false;  // server streaming: a JSON line per message, as they come
+    transcode::frame_reader reader{4 * 1024 * 1024};
+    std::string message;  // scratch: one response message
+    std::string json;     // the unary response's JSON, until the status is known
+    bool got_message = false;
+    bool ended = false;  // the status was acted on
+    std::string grpc_message;
+    std::string length;              // the unary response's Content-Length
+    std::vector<field_view> fields;  // the client response head's fields
+  };
+  std::unique_ptr<transcode_job> transcode;
 
   // --- the upstream attempt
   uint32_t attempts = 0;

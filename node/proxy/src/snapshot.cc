@@ -187,6 +187,18 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
         rt.request_drop.push_back(to_lower(header));
       }
     }
+    if (rc.grpc_transcode) {
+      std::string why;
+      rt.transcoder = transcode::transcoder::from_bytes(
+          rc.grpc_transcode->descriptor_bytes, rc.grpc_transcode->services,
+          rc.grpc_transcode->descriptor_set.empty() ? "(inline)"
+                                                    : rc.grpc_transcode->descriptor_set,
+          &why);
+      if (!rt.transcoder) {
+        *error = "route " + rc.name + ": grpc_transcode: " + why;
+        return nullptr;
+      }
+    }
     for (const auto& name : rc.response_headers.remove) rt.response_drop.push_back(to_lower(name));
     for (const auto& [name, value] : rc.response_headers.set) {
       rt.response_drop.push_back(to_lower(name));

@@ -33,6 +33,7 @@ std::shared_ptr<upstream_call> upstream_call::self() {
 }
 
 bool upstream_call::replayable() const {
+  if (ex_.transcode) return true;  // the request message is whole in the exchange
   // A request without a body can be sent again from retry_head_; one with a body only while none
   // of it has been taken from the client.
   return !ex_.has_body || !ex_.body_started;

@@ -186,6 +186,15 @@ class upstream_call {
   void h2_body_to_sink(std::string_view piece);
   // gRPC-Web: the trailers as the body's last frame, and the end of a text body.
   void h2_web_end(std::span<const field_view> trailers);
+  // grpc_transcode (ex_.transcode): the gRPC answer back as JSON. The head's or the trailers'
+  // fields (status: the head's :status, 0 for trailers), each response message, the end once
+  // the grpc-status is known, and an error answered as JSON in place of the response.
+  void transcode_headers(int status, bool bad);
+  void transcode_data(std::string_view piece);
+  void transcode_end();
+  void transcode_error(int grpc_status, std::string_view message);
+  // Sends the JSON response head (unary: with the body's length).
+  void transcode_head(bool streaming, size_t length);
   // Turns the HTTP/1.1 head prepare() wrote into out_ into the leg's header list.
   void h2_prepare();
   // The request deadline from the last byte sent: the upstream's timeouts.request, or a gRPC

@@ -76,6 +76,9 @@ void upstream_call::h2_prepare() {
       continue;
     }
     if (connection_specific(name)) continue;
+    if (ex_.transcode && (iequals(name, "content-type") || iequals(name, "content-length"))) {
+      continue;  // the body is the gRPC message now
+    }
     if (ex_.grpc_web) {
       // gRPC-Web becomes gRPC (PROTOCOL-WEB.md): the content type, and a body whose length
       // changes when it was base64.
@@ -88,11 +91,21 @@ void upstream_call::h2_prepare() {
     }
     fields.emplace_back(name, value);
   }
-  add_field(l.head_text, l.head_at, ":method", ex_.method);
+  auto* job = ex_.transcode.get();
+  if (job) target = job->transcoder->grpc_path(job->match);
+  add_field(l.head_text, l.head_at, ":method", job ? std::string_view("POST") : ex_.method);
   add_field(l.head_text, l.head_at, ":scheme", ex_.upstream->cfg->tls ? "https" : "http");
   add_field(l.head_text, l.head_at, ":authority", authority);
   add_field(l.head_text, l.head_at, ":path", target);
   for (auto& [name, value] : fields) add_field(l.head_text, l.head_at, name, value);
+  if (job) {
+    add_field(l.head_text, l.head_at, "content-type", "application/grpc");
+    add_field(l.head_text, l.head_at, "te", "trailers");
+    out_.clear();
+    out_.append(job->frame);
+    l.body_end = true;  // the whole message is here
+    return;
+  }
   // The client's TE: trailers (a gRPC client's) is hop-by-hop for HTTP/1.1 and so not in the
   // head written above; HTTP/2 keeps it.
   bool te_trailers = ex_.grpc_web;  // gRPC needs it; a browser cannot send it
@@ -112,6 +125,12 @@ void upstream_call::h2_dispatch(const upstream_runtime& up) {
     return;
   }
   auto& l = *h2_;
+  if (ex_.transcode) {
+    // A retry sends the message again.
+    out_.clear();
+    out_.append(ex_.transcode->frame);
+    l.body_end = true;
+  }
   l.conn = conn;
   l.stream = 0;
   l.deferred = l.end_stream = l.head_done = false;
@@ -132,7 +151,7 @@ void upstream_call::h2_submit(h2_upstream& conn) {
   for (auto& a : l.head_at) {
     nv.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
   }
-  int32_t id = conn.submit_request(nv, ex_.has_body);
+  int32_t id = conn.submit_request(nv, ex_.has_body || ex_.transcode);
   if (id < 0) {
     failed(failure::reset);
     return;
@@ -141,7 +160,7 @@ void upstream_call::h2_submit(h2_upstream& conn) {
   state_ = state::sending;
   deadline_ = w_.now + request_timeout();
   if (ex_.has_body) ex_.body_started = true;
-  if (ex_.has_body && !l.body_end) {
+  if (ex_.has_body && !l.body_end) {  // (a transcoded call's message is whole)
     // The body goes as the codec hands it over; after this call returns (the connection files
     // the stream first).
     asio::post(w_.ioc, [this, keep = sink_.keep_alive(), conn = l.conn, id] {
@@ -203,6 +222,10 @@ void upstream_call::h2_on_headers(bool end_stream) {
     if (f == http::field::content_length) length_known = true;
     fields_.push_back({f, name, value});
   }
+  if (ex_.transcode) {
+    transcode_headers(l.head_done ? 0 : status, bad);
+    return;
+  }
   if (l.head_done) {
     // Trailers.
     if (ex_.grpc) {
@@ -254,6 +277,12 @@ void upstream_call::h2_on_headers(bool end_stream) {
 void upstream_call::h2_on_data(std::string_view piece) {
   auto& l = *h2_;
   if (!l.head_done || state_ != state::sending) return;
+  if (ex_.transcode) {
+    // Messages are held until whole (bounded by the frame reader): the window comes back now.
+    l.conn->consume(l.stream, piece.size());
+    transcode_data(piece);
+    return;
+  }
   ex_.response_bytes += piece.size();
   if (ex_.route->stages->reads_response_body()) ex_.route->stages->run_response_body(ex_, piece);
   h2_body_to_sink(piece);
@@ -301,6 +330,13 @@ void upstream_call::h2_on_close(uint32_t error_code) {
   auto& l = *h2_;
   l.stream = 0;  // closed: nothing to reset
   if (state_ == state::idle) return;
+  if (error_code == NGHTTP2_NO_ERROR && l.head_done && l.end_stream && ex_.transcode &&
+      !ex_.transcode->ended) {
+    ex_.grpc_status = 2;  // the stream ended without a grpc-status
+    ex_.transcode->grpc_message = "the upstream ended the call without a grpc-status";
+    transcode_end();
+    if (state_ == state::idle) return;
+  }
   if (error_code == NGHTTP2_NO_ERROR && l.head_done && l.end_stream) {
     // A gRPC-Web body ends with its trailer frame; a response that had none (a trailers-only
     // one carried its status in the head) still ends a text body's last group.
@@ -320,6 +356,175 @@ void upstream_call::h2_on_close(uint32_t error_code) {
     ex_.status = 0;
   }
   failed(error_code == NGHTTP2_PROTOCOL_ERROR ? failure::malformed : failure::reset);
+}
+
+// --- grpc_transcode -----------------------------------------------------------------------------
+
+namespace {
+
+std::string percent_decode(std::string_view v) {
+  std::string out;
+  for (size_t i = 0; i < v.size(); ++i) {
+    auto hex = [](char c) {
+      return c >= '0' && c <= '9'   ? c - '0'
+             : c >= 'A' && c <= 'F' ? c - 'A' + 10
+             : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                    : -1;
+    };
+    if (v[i] == '%' && i + 2 < v.size() + 0 && hex(v[i + 1]) >= 0 && hex(v[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hex(v[i + 1]) * 16 + hex(v[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(v[i]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void upstream_call::transcode_headers(int status, bool bad) {
+  auto& l = *h2_;
+  auto& job = *ex_.transcode;
+  for (const auto& f : fields_) {
+    if (iequals(f.name, "grpc-status")) ex_.grpc_status = parse_grpc_status(f.value);
+    if (iequals(f.name, "grpc-message")) job.grpc_message = percent_decode(f.value);
+  }
+  fields_.clear();
+  l.fields_text.clear();
+  l.fields_at.clear();
+  auto keep = self();
+  if (!l.head_done) {
+    if (bad || status < 100) {
+      ex_.status = 0;
+      failed(failure::malformed);
+      return;
+    }
+    if (status / 100 == 1) return;
+    if (status != 200) {
+      // Not a gRPC answer (a proxy or a server that does not speak gRPC on this path).
+      ex_.grpc_status = -1;
+      transcode_error(14, "the upstream answered HTTP " + std::to_string(status) +
+                              " instead of a gRPC response");
+      return;
+    }
+    l.head_done = true;
+    if (ex_.grpc_status < 0 && job.streaming) transcode_head(true, 0);
+  }
+  if (ex_.grpc_status >= 0) transcode_end();  // trailers, or a trailers-only answer
+}
+
+void upstream_call::transcode_head(bool streaming, size_t length) {
+  auto& job = *ex_.transcode;
+  ex_.status = 200;
+  ex_.reason = {};
+  job.fields.clear();
+  job.fields.push_back({http::field::content_type, "content-type",
+                        streaming ? "application/x-ndjson" : "application/json"});
+  if (!streaming) {
+    job.length = std::to_string(length);
+    job.fields.push_back({http::field::content_length, "content-length", job.length});
+  }
+  fields_.assign(job.fields.begin(), job.fields.end());
+  ex_.response_bodyless = false;
+  deliver_head(true, !streaming, false, false);
+  fields_.clear();
+}
+
+void upstream_call::transcode_data(std::string_view piece) {
+  auto& job = *ex_.transcode;
+  if (job.ended) return;
+  auto keep = self();
+  if (!job.reader.feed(piece)) {
+    ex_.grpc_status = 13;
+    return transcode_error(13, "the upstream's response is not gRPC: " + job.reader.error());
+  }
+  while (job.reader.next(&job.message)) {
+    std::string json, error;
+    if (!job.transcoder->response_to_json(job.match, job.message, &json, &error)) {
+      ex_.grpc_status = 13;
+      return transcode_error(13, "the upstream's response message: " + error);
+    }
+    if (job.streaming) {
+      json.push_back('\n');
+      ex_.response_bytes += json.size();
+      sink_.on_call_body(json);
+      touch();
+    } else if (job.got_message) {
+      ex_.grpc_status = 13;
+      return transcode_error(13, "the upstream sent more than one message to a unary call");
+    } else {
+      job.json = std::move(json);
+      job.got_message = true;
+    }
+  }
+  if (job.streaming) sink_.flush_response();
+}
+
+void upstream_call::transcode_end() {
+  auto& job = *ex_.transcode;
+  if (job.ended) return;
+  job.ended = true;
+  int code = ex_.grpc_status < 0 ? 2 : ex_.grpc_status;
+  if (ex_.response_head_sent) {
+    // A server stream already under way: its end, or its error as the last line.
+    if (code != 0) {
+      byte_buffer line;
+      line.append("{\"error\":");
+      std::string name(transcode::grpc_code_name(code));
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      append_json_string(line, name);
+      line.append(",\"message\":");
+      append_json_string(line, job.grpc_message);
+      line.append(",\"grpc_code\":");
+      line.append_decimal(static_cast<uint64_t>(code));
+      line.append("}\n");
+      ex_.response_bytes += line.size();
+      sink_.on_call_body(line.view());
+      sink_.flush_response();
+    }
+    return;
+  }
+  if (code == 0 && !job.streaming && !job.got_message) {
+    ex_.grpc_status = code = 13;
+    job.grpc_message = "the upstream sent no response message";
+  }
+  if (code != 0) return transcode_error(code, job.grpc_message);
+  std::string body = std::move(job.json);
+  transcode_head(job.streaming, body.size());
+  if (state_ == state::idle) return;
+  if (!body.empty()) {
+    ex_.response_bytes += body.size();
+    sink_.on_call_body(body);
+  }
+  sink_.flush_response();
+}
+
+void upstream_call::transcode_error(int grpc_status, std::string_view message) {
+  if (ex_.transcode) ex_.transcode->ended = true;
+  if (ex_.response_head_sent) {
+    // Too late for a status: the stream is cut.
+    failed(failure::malformed);
+    return;
+  }
+  if (ex_.grpc_status < 0) ex_.grpc_status = grpc_status;
+  std::string name(transcode::grpc_code_name(grpc_status));
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  byte_buffer body;
+  body.append("{\"error\":");
+  append_json_string(body, name);
+  body.append(",\"message\":");
+  append_json_string(body, message);
+  body.append(",\"grpc_code\":");
+  body.append_decimal(static_cast<uint64_t>(grpc_status));
+  body.append(",\"request_id\":");
+  append_json_string(body, ex_.request_id);
+  body.append("}");
+  ex_.local_reply = {
+      transcode::http_status_for(grpc_status), "application/json", std::string(body.view()), {}};
+  if (ex_.target) ex_.target->consecutive_failures.store(0, std::memory_order_relaxed);
+  release(false);
+  sink_.on_call_failed();
 }
 
 void upstream_call::h2_on_connection_failed(bool connect_failure) {

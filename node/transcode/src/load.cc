@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <google/protobuf/descriptor.pb.h>
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/util/type_resolver_util.h>
 
@@ -151,7 +153,24 @@ class first_error_collector : public pb::DescriptorPool::ErrorCollector {
   std::string error;
 };
 
-// Builds every file of the set into the pool, each after its dependencies.
+// Adds a file libprotobuf itself carries (google/protobuf/descriptor.proto, the well-known
+// types) to the pool, after its own imports. False when the runtime does not know it.
+bool add_runtime_file(const std::string& name, pb::DescriptorPool* pool) {
+  if (pool->FindFileByName(name) != nullptr) return true;
+  const pb::FileDescriptor* known = pb::DescriptorPool::generated_pool()->FindFileByName(name);
+  if (known == nullptr) return false;
+  for (int i = 0; i < known->dependency_count(); ++i) {
+    if (!add_runtime_file(known->dependency(i)->name(), pool)) return false;
+  }
+  pb::FileDescriptorProto proto;
+  known->CopyTo(&proto);
+  first_error_collector collector;
+  return pool->BuildFileCollectingErrors(proto, &collector) != nullptr;
+}
+
+// Builds every file of the set into the pool, each after its dependencies. An import the set
+// leaves out is taken from libprotobuf when it carries the file (compact_descriptor_set drops
+// those).
 bool build_pool(const pb::FileDescriptorSet& set, pb::DescriptorPool* pool, std::string* error) {
   std::map<std::string, const pb::FileDescriptorProto*> pending;
   for (const pb::FileDescriptorProto& file : set.file()) {
@@ -166,7 +185,8 @@ bool build_pool(const pb::FileDescriptorSet& set, pb::DescriptorPool* pool, std:
       bool ready = true;
       for (const std::string& dep : it->second->dependency()) {
         if (pending.count(dep) > 0) ready = false;
-        if (pending.count(dep) == 0 && pool->FindFileByName(dep) == nullptr) {
+        if (pending.count(dep) == 0 && pool->FindFileByName(dep) == nullptr &&
+            !add_runtime_file(dep, pool)) {
           *error = it->first + " imports " + dep +
                    ", which the set lacks (protoc needs --include_imports)";
           return false;
@@ -323,6 +343,28 @@ std::unique_ptr<transcoder> transcoder::load(const std::string& descriptor_set_p
   std::string bytes;
   if (!read_file(descriptor_set_path, &bytes, error)) return nullptr;
   return from_bytes(bytes, services, descriptor_set_path, error);
+}
+
+bool compact_descriptor_set(std::string_view descriptor_set, std::string* out, std::string* error) {
+  pb::FileDescriptorSet set;
+  if (descriptor_set.size() > k_max_descriptor_set ||
+      !set.ParsePartialFromArray(descriptor_set.data(), static_cast<int>(descriptor_set.size())) ||
+      !set.IsInitialized() || set.file_size() == 0) {
+    *error = "not a protobuf FileDescriptorSet (protoc --include_imports --descriptor_set_out=...)";
+    return false;
+  }
+  pb::FileDescriptorSet kept;
+  for (const pb::FileDescriptorProto& file : set.file()) {
+    if (pb::DescriptorPool::generated_pool()->FindFileByName(file.name()) != nullptr) continue;
+    *kept.add_file() = file;
+  }
+  // Deterministic, so that the same input gives the same document on every node.
+  out->clear();
+  pb::io::StringOutputStream stream(out);
+  pb::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  kept.SerializeToCodedStream(&coded);
+  return true;
 }
 
 std::unique_ptr<transcoder> transcoder::from_bytes(std::string_view descriptor_set,

@@ -2,6 +2,7 @@
 // exact line it is reported on.
 
 #include "meridian/config/config.h"
+#include "meridian/config/config_json.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -1212,6 +1213,50 @@ TEST(config, upstream_protocols_take_tls_and_check_their_combinations) {
   EXPECT_THAT(errors("    pool: {max_streams_per_connection: 0}\n"), HasSubstr("at least 1"));
   EXPECT_THAT(errors("    health_check: {grpc: true}\n"), HasSubstr("needs protocol h2c or h2"));
   EXPECT_THAT(errors("    tls: {ca: x}\n"), HasSubstr("ca"));
+}
+
+TEST(config, grpc_transcode_reads_its_descriptors_at_load_and_carries_them_in_documents) {
+  const std::string set_path = MERIDIAN_BOOKSTORE_DESCRIPTOR_SET;
+  auto with_route = [&](const std::string& protocol, const std::string& transcode) {
+    return "node: {id: a, region: r}\nupstreams:\n  - name: g\n    protocol: " + protocol +
+           "\n    targets: [{address: 127.0.0.1:1}]\nroutes:\n  - name: rest\n"
+           "    match: {path_prefix: /v1/}\n    upstream: g\n    grpc_transcode: " +
+           transcode + "\n";
+  };
+  config c = parse_ok(
+      with_route("h2c", "{descriptor_set: " + set_path + ", services: [bookstore.v1.Bookstore]}"));
+  ASSERT_TRUE(c.routes[0].grpc_transcode);
+  const auto& t = *c.routes[0].grpc_transcode;
+  EXPECT_EQ(t.descriptor_set, set_path);
+  EXPECT_EQ(t.services, std::vector<std::string>{"bookstore.v1.Bookstore"});
+  std::ifstream in(set_path, std::ios::binary);
+  std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The files libprotobuf carries (descriptor.proto) are left out of what travels.
+  EXPECT_FALSE(t.descriptor_bytes.empty());
+  EXPECT_LT(t.descriptor_bytes.size(), file.size());
+
+  // The JSON document carries the set inline; read back, it is the same set.
+  auto j = config_to_json(c)["routes"][0]["grpc_transcode"];
+  ASSERT_TRUE(j.contains("descriptor_set_base64"));
+  config back = parse_ok(
+      with_route("h2", "{descriptor_set_base64: " + j["descriptor_set_base64"].get<std::string>() +
+                           ", services: [bookstore.v1.Bookstore]}"));
+  EXPECT_EQ(back.routes[0].grpc_transcode->descriptor_bytes, t.descriptor_bytes);
+
+  auto error_of = [&](const std::string& text) {
+    auto r = parse_config(text, "c.yaml");
+    EXPECT_FALSE(r.value) << text;
+    return r.value ? std::string() : errors_of(r)[0];
+  };
+  EXPECT_THAT(error_of(with_route("h2c", "{descriptor_set: /nonexistent.pb}")),
+              HasSubstr("c.yaml:10: routes[0].grpc_transcode.descriptor_set: cannot read"));
+  EXPECT_THAT(error_of(with_route("h2c", "{descriptor_set: " + set_path + ", services: [x.Y]}")),
+              HasSubstr("unknown service x.Y"));
+  EXPECT_THAT(error_of(with_route("http1", "{descriptor_set: " + set_path + "}")),
+              HasSubstr("needs protocol h2c or h2"));
+  EXPECT_THAT(error_of(with_route("h2c", "{descriptor_set_base64: '%%%'}")),
+              HasSubstr("not base64"));
+  EXPECT_THAT(error_of(with_route("h2c", "{services: [a.B]}")), HasSubstr("descriptor_set"));
 }
 
 }  // namespace

@@ -286,6 +286,18 @@ struct fallback_config {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+// routes[].grpc_transcode: REST calls on the route become gRPC calls (google.api.http bindings
+// of a protobuf descriptor set).
+struct grpc_transcode_config {
+  std::string descriptor_set;  // the file it was read from (shown in GET /config); may be empty
+  // The descriptor set itself, without the files libprotobuf carries (read and checked when the
+  // config is loaded; config documents carry it as descriptor_set_base64, so a change made on
+  // one node reaches every node with its descriptors).
+  std::string descriptor_bytes;
+  std::vector<std::string> services;  // empty: every annotated service of the set
+  int line = 0;
+};
+
 struct route_config {
   std::string name;
   match_config match;
@@ -301,6 +313,7 @@ struct route_config {
   std::optional<bool> preserve_host;           // default true: forward the client's Host
   bool websocket = false;  // pass `Upgrade: websocket` on and relay the tunnel after a 101
   std::optional<fallback_config> fallback;
+  std::optional<grpc_transcode_config> grpc_transcode;
   int line = 0;
 };
 

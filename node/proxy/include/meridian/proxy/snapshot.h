@@ -25,6 +25,7 @@
 #include "meridian/traffic/balancer.h"
 #include "meridian/traffic/rate_limiter.h"
 #include "meridian/traffic/router.h"
+#include "meridian/transcode/transcoder.h"
 
 namespace meridian::node {
 
@@ -68,6 +69,8 @@ struct route_runtime {
   std::vector<limit_spec> limits;           // the route's rate limits, compiled
   bool auth_api_key = false;                // auth methods include api_key
   std::shared_ptr<const chain> stages;      // built by build_chain once the routes are compiled
+  // grpc_transcode: the bindings of the route's descriptor set.
+  std::shared_ptr<const transcode::transcoder> transcoder;
 };
 
 struct snapshot {

@@ -163,6 +163,12 @@ class frame_reader {
   std::string error_;
 };
 
+// Writes to *out the descriptor set without the files libprotobuf itself carries
+// (google/protobuf/descriptor.proto, the well-known types): transcoder::load takes those from
+// the runtime, and the set, shipped to every node in the route's config document, stays small.
+// False with *error when the bytes are not a descriptor set.
+bool compact_descriptor_set(std::string_view descriptor_set, std::string* out, std::string* error);
+
 // Returns `message` as one gRPC frame: flag 0, big-endian length, the bytes.
 std::string grpc_frame(std::string_view message);
 
