@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What `make bench` runs: every Google Benchmark binary BUILD_DIR/bin/*_bench, then bench/proxy.sh
-# (nginx vs haproxy vs meridian) and bench/h2.sh (HTTP/2: nginx vs meridian) with BUILD_DIR's
-# meridian. Exits non-zero if anything failed.
+# (nginx vs haproxy vs meridian), bench/h2.sh (HTTP/2: nginx vs meridian), bench/grpc.sh (gRPC
+# unary calls: direct vs through meridian) and bench/websocket.sh (WebSocket echo: nginx vs
+# meridian) with BUILD_DIR's meridian. Exits non-zero if anything failed.
 # usage: bench/run.sh [BUILD_DIR]     env: MIN_TIME=0.5 (seconds per benchmark), and proxy.sh's
 set -uo pipefail
 
@@ -39,6 +40,20 @@ echo
 echo "== HTTP/2: nginx vs meridian (h2load, h2c and h2)"
 if ! "$here/h2.sh" "$build_dir"; then
   echo "bench/run.sh: bench/h2.sh failed" >&2
+  status=1
+fi
+
+echo
+echo "== gRPC: direct vs meridian (h2load, unary calls over h2c)"
+if ! "$here/grpc.sh" "$build_dir"; then
+  echo "bench/run.sh: bench/grpc.sh failed" >&2
+  status=1
+fi
+
+echo
+echo "== WebSocket: nginx vs meridian (echo round trips)"
+if ! "$here/websocket.sh" "$build_dir"; then
+  echo "bench/run.sh: bench/websocket.sh failed" >&2
   status=1
 fi
 exit $status
