@@ -18,7 +18,10 @@ void usage(FILE* out) {
                "  meridian validate FILE       check a config file\n"
                "  meridian demo                a local demo in front of a built-in upstream\n"
                "  meridian keygen              print a new base64 32-byte cluster key\n"
-               "  meridian version             version, git commit, build type\n");
+               "  meridian version             version, git commit, build type\n"
+               "  meridian members | health | config get | config apply FILE | keys ...\n"
+               "                               the admin API from the command line (meridian\n"
+               "                               members --help)\n");
 }
 
 }  // namespace
@@ -68,6 +71,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cmd == "demo") return meridian::node::run_demo();
+    if (meridian::node::is_cli_command(cmd)) return meridian::node::run_cli(argc, argv);
     if (cmd == "keygen") {
       std::printf("%s\n", meridian::cluster::encode_key(meridian::cluster::generate_key()).c_str());
       return 0;

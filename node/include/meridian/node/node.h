@@ -56,6 +56,13 @@ int run_node(const std::string& config_path);
 // Prints the demo cluster banner and runs it until Ctrl-C.
 int run_demo();
 
+// The admin API's command line (`meridian members`, `health`, `config get|apply`, `keys`):
+// whether argv[1] names one of those commands, and running it (argv as main's). Returns the
+// exit code: 0 done, 1 failed (the reason on stderr), 2 usage, 3 (health) the cluster is not
+// healthy.
+bool is_cli_command(const std::string& command);
+int run_cli(int argc, char** argv);
+
 // Checks what a config names outside itself, as `run` would at start: the admin token file (at
 // least 16 characters; required when the admin API listens beyond loopback). Returns every
 // problem; empty when the node could start. With notes (`meridian validate`, which may run on
