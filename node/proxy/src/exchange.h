@@ -149,6 +149,8 @@ struct exchange {
 
   // --- the upstream attempt
   uint32_t attempts = 0;
+  std::chrono::steady_clock::time_point upstream_started;  // this attempt's dispatch
+  int64_t upstream_us = -1;  // from the last attempt's dispatch to its response head
   bool reused_connection = false;
   bool counted_active = false;
   bool retry_now = false;

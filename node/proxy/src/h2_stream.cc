@@ -390,7 +390,9 @@ void h2_stream::answer_grpc_error() {
   ex_.grpc_status = grpc_status_for_http(http_status);
   nv_list nv(c_.nv());
   nv.add(":status", "200");
-  nv.add("content-type", ex_.grpc_web ? "application/grpc-web+proto" : "application/grpc");
+  nv.add("content-type", ex_.grpc_web_text ? "application/grpc-web-text+proto"
+                         : ex_.grpc_web    ? "application/grpc-web+proto"
+                                           : "application/grpc");
   char code[4];
   std::snprintf(code, sizeof code, "%d", ex_.grpc_status);
   nv.add("grpc-status", code);

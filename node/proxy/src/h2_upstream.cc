@@ -37,7 +37,7 @@ struct h2_upstream_callbacks {
   static ssize_t read_body(nghttp2_session*, int32_t stream_id, uint8_t*, size_t length,
                            uint32_t* flags, nghttp2_data_source*, void* user) {
     auto* call = conn(user).call_of(stream_id);
-    if (!call) return NGHTTP2_ERR_DEFERRED;  // the call let go; its RST_STREAM is queued
+    if (!call) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;  // the call let go: reset it
     return call->h2_body_ready(length, flags);
   }
 
@@ -68,18 +68,20 @@ struct h2_upstream_callbacks {
         auto it = c.calls_.find(frame->hd.stream_id);
         if (it == c.calls_.end()) break;
         auto call = it->second;  // the call may let go of its stream in here
-        call->h2_on_headers((frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
+        bool end = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+        call->h2_on_headers(end);
+        if (end) c.response_ended(frame->hd.stream_id);
         break;
       }
       case NGHTTP2_DATA:
-        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
-          if (auto* call = c.call_of(frame->hd.stream_id)) call->h2_->end_stream = true;
-        }
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) c.response_ended(frame->hd.stream_id);
         break;
       case NGHTTP2_GOAWAY:
         // Streams above last_stream_id are closed by nghttp2 (REFUSED_STREAM: retried); the
-        // others finish. No new stream goes on this connection.
+        // others finish. No new stream goes on this connection, which no longer counts against
+        // the target's connection cap.
         c.goaway_ = true;
+        c.release_slot();
         break;
       default:
         break;
@@ -116,7 +118,11 @@ h2_upstream::h2_upstream(worker& w, target_state* target, const upstream_runtime
       target(target),
       socket_(w.ioc.get_executor()),
       tls_ctx_(std::static_pointer_cast<asio::ssl::context>(up.client_tls)),
-      idle_limit_ms_(up.cfg->timeouts.idle.count()) {
+      idle_limit_ms_(up.cfg->timeouts.idle.count()),
+      created_ms_(w.now),
+      connect_limit_ms_(up.cfg->timeouts.connect.count()),
+      tls_tag_(up.client_tls.get()),
+      protocol_(up.cfg->protocol) {
   target->metrics->pool_open.fetch_add(1, std::memory_order_relaxed);
   if (target->id >= w.open_by_target.size()) w.open_by_target.resize(target->id + 1);
   ++w.open_by_target[target->id];
@@ -124,12 +130,33 @@ h2_upstream::h2_upstream(worker& w, target_state* target, const upstream_runtime
 
 h2_upstream::~h2_upstream() {
   target->metrics->pool_open.fetch_sub(1, std::memory_order_relaxed);
-  --w.open_by_target[target->id];
+  release_slot();
   if (session_) nghttp2_session_del(session_);
 }
 
+void h2_upstream::release_slot() {
+  if (!std::exchange(counted_, false)) return;
+  --w.open_by_target[target->id];
+}
+
 bool h2_upstream::accepting(uint32_t cap) const {
-  return !closed_ && !goaway_ && streams() < cap;
+  if (closed_ || goaway_ || drain_when_ready_ || streams() >= cap) return false;
+  if (!session_) return true;
+  // Stream ids run out at 2^31: retire the connection well before.
+  if (nghttp2_session_get_next_stream_id(session_) > (1u << 31) - 1024) return false;
+  return streams() <
+         nghttp2_session_get_remote_settings(session_, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+void h2_upstream::response_ended(int32_t stream_id) {
+  auto it = calls_.find(stream_id);
+  if (it == calls_.end()) return;
+  auto call = it->second;
+  // The response is complete while the request is still going up (an early answer to an
+  // upload): the call ends now and the stream is reset (RFC 9113 section 8.1) rather than
+  // waiting for a body nobody will read.
+  bool request_open = nghttp2_session_get_stream_local_close(session_, stream_id) == 0;
+  call->h2_on_response_end(request_open);
 }
 
 upstream_call* h2_upstream::call_of(int32_t stream_id) {
@@ -214,6 +241,10 @@ void h2_upstream::on_ready() {
   auto waiting = std::move(waiting_);
   waiting_.clear();
   for (auto& call : waiting) submit(std::move(call));
+  if (drain_when_ready_) {
+    drain_when_ready_ = false;
+    shut_down();
+  }
   send();
   read();
 }
@@ -235,9 +266,16 @@ void h2_upstream::attach(std::shared_ptr<upstream_call> call) {
 }
 
 void h2_upstream::submit(std::shared_ptr<upstream_call> call) {
-  call->h2_submit(*this);
-  int32_t id = call->h2_ ? call->h2_->stream : 0;
-  if (id > 0) calls_[id] = std::move(call);
+  int32_t id = call->h2_submit(*this);
+  if (id > 0) {
+    calls_[id] = std::move(call);
+  } else if (id < 0) {
+    // nghttp2 took no stream (ids exhausted, or the session is going away): no new ones here,
+    // and the call goes again elsewhere.
+    goaway_ = true;
+    release_slot();
+    call->h2_on_refused();
+  }
 }
 
 int32_t h2_upstream::submit_request(const std::vector<nghttp2_nv>& nv, bool with_body) {
@@ -258,10 +296,10 @@ void h2_upstream::detach(upstream_call* call, int32_t stream_id) {
   auto it = calls_.find(stream_id);
   if (it != calls_.end() && it->second.get() == call) calls_.erase(it);
   if (closed_ || !session_) return;
-  if (nghttp2_session_find_stream(session_, stream_id)) {
-    nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
-    pump();
-  }
+  // Also for a request nghttp2 still holds (not sent yet: no stream exists): it drops the
+  // queued HEADERS instead of sending a request nobody waits for.
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, stream_id, NGHTTP2_CANCEL);
+  pump();
 }
 
 void h2_upstream::consume(int32_t stream_id, size_t n) {
@@ -312,7 +350,11 @@ void h2_upstream::on_read(const error_code& ec, size_t n) {
   touched_.clear();
   for (auto& call : touched) call->sink_.flush_response();
   send();
-  if (!closed_) read();
+  if (closed_) return;
+  if (!nghttp2_session_want_read(session_) && !nghttp2_session_want_write(session_)) {
+    return close();  // nghttp2 ended the session (a GOAWAY sent or received, nothing left)
+  }
+  read();
 }
 
 void h2_upstream::pump() {
@@ -366,6 +408,12 @@ void h2_upstream::write() {
 
 bool h2_upstream::check(int64_t now) {
   if (closed_) return false;
+  if (!ready_ && now - created_ms_ > connect_limit_ms_) {
+    // Connect or TLS never finished: its waiting calls fail as connect failures (each also has
+    // its own connect deadline), and a new call opens a new connection.
+    close();
+    return false;
+  }
   if (streams() != 0) {
     idle_since_ = 0;
     return true;
@@ -380,8 +428,13 @@ bool h2_upstream::check(int64_t now) {
 
 void h2_upstream::shut_down() {
   if (closed_) return;
+  if (!session_ && !waiting_.empty()) {
+    drain_when_ready_ = true;  // its calls go out, then the GOAWAY
+    return;
+  }
   if (!session_ || streams() == 0) return close();
   goaway_ = true;  // no new streams; close when the last one ends
+  release_slot();
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE,
                         nghttp2_session_get_last_proc_stream_id(session_), NGHTTP2_NO_ERROR,
                         nullptr, 0);
@@ -391,8 +444,11 @@ void h2_upstream::shut_down() {
 void h2_upstream::close() {
   if (closed_) return;
   closed_ = true;
+  release_slot();
   error_code ignored;
   socket_.close(ignored);
+  touched_.clear();
+  room_.clear();
   fail_all(!ready_);
 }
 

@@ -136,7 +136,9 @@ class probe : public std::enable_shared_from_this<probe> {
     if (rv != 0) return false;
     nghttp2_settings_entry settings[] = {{NGHTTP2_SETTINGS_ENABLE_PUSH, 0}};
     nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, settings, 1);
-    std::string authority = target_->state->addr.to_string();
+    std::string authority = up_.cfg->tls && !up_.cfg->tls->server_name.empty()
+                                ? up_.cfg->tls->server_name
+                                : target_->state->addr.to_string();
     std::string path = cfg_.grpc ? "/grpc.health.v1.Health/Check" : cfg_.path;
     std::vector<std::pair<std::string, std::string>> fields = {
         {":method", cfg_.grpc ? "POST" : "GET"},
@@ -151,8 +153,11 @@ class probe : public std::enable_shared_from_this<probe> {
       std::string message;
       if (!cfg_.grpc_service.empty()) {
         message.push_back('\x0a');
-        message.push_back(static_cast<char>(std::min<size_t>(cfg_.grpc_service.size(), 127)));
-        message.append(cfg_.grpc_service.substr(0, 127));
+        for (size_t n = cfg_.grpc_service.size();; n >>= 7) {  // the length as a varint
+          message.push_back(static_cast<char>((n & 0x7f) | (n > 0x7f ? 0x80 : 0)));
+          if (n <= 0x7f) break;
+        }
+        message.append(cfg_.grpc_service);
       }
       grpc_body_.push_back('\0');
       auto n = static_cast<uint32_t>(message.size());

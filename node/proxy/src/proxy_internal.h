@@ -109,6 +109,7 @@ class upstream_conn : public std::enable_shared_from_this<upstream_conn> {
   socket_t socket;
   // Set for an upstream with tls: reads and writes go through it after its handshake.
   std::unique_ptr<asio::ssl::stream<socket_t&>> tls;
+  const void* tls_tag = nullptr;  // the TLS context it was made with (reuse only under the same)
   byte_buffer in;
   // The call using this connection (it keeps its session alive) while a request is in flight.
   std::shared_ptr<upstream_call> owner;
@@ -148,8 +149,14 @@ class h2_upstream : public std::enable_shared_from_this<h2_upstream> {
   int32_t submit_request(const std::vector<nghttp2_nv>& nv, bool with_body);
   // The call is done with its stream (or never got one): an open stream is reset (CANCEL).
   void detach(upstream_call* call, int32_t stream_id);
-  // Open or opening, no GOAWAY from the upstream, fewer than cap streams.
+  // Open or opening, no GOAWAY either way, stream ids left, fewer streams than cap and than the
+  // upstream's SETTINGS_MAX_CONCURRENT_STREAMS.
   bool accepting(uint32_t cap) const;
+  // Made for this TLS context and protocol (a reload that changes either retires the
+  // connection: it takes no new streams).
+  bool made_for(const upstream_runtime& up) const {
+    return tls_tag_ == up.client_tls.get() && protocol_ == up.cfg->protocol;
+  }
   size_t streams() const { return calls_.size() + waiting_.size(); }
   // Sends what nghttp2 has ready soon (after the handlers already queued).
   void pump();
@@ -173,6 +180,9 @@ class h2_upstream : public std::enable_shared_from_this<h2_upstream> {
   friend struct h2_upstream_callbacks;
   void on_connected(const error_code& ec, const std::string& server_name);
   void on_ready();
+  // Gives the connection's place in its target's connection count back (closed, or winding
+  // down after a GOAWAY); once.
+  void release_slot();
   void submit(std::shared_ptr<upstream_call> call);
   void read();
   void on_read(const error_code& ec, size_t n);
@@ -181,6 +191,8 @@ class h2_upstream : public std::enable_shared_from_this<h2_upstream> {
   // The connection failed before (connect) or after it was up: every call hears of it.
   void fail_all(bool connect_failure);
   upstream_call* call_of(int32_t stream_id);
+  // The response on stream_id has ended (END_STREAM from the upstream).
+  void response_ended(int32_t stream_id);
 
   socket_t socket_;
   std::shared_ptr<asio::ssl::context> tls_ctx_;
@@ -196,6 +208,12 @@ class h2_upstream : public std::enable_shared_from_this<h2_upstream> {
   std::vector<std::shared_ptr<upstream_call>> room_;
   int64_t idle_since_ = 0;
   int64_t idle_limit_ms_;
+  int64_t created_ms_;
+  int64_t connect_limit_ms_;  // connect and TLS handshake together
+  const void* tls_tag_;
+  upstream_protocol protocol_;
+  bool counted_ = true;  // holds a place in w.open_by_target
+  bool drain_when_ready_ = false;
   bool ready_ = false;
   bool reading_ = false;
   bool writing_ = false;
@@ -261,8 +279,9 @@ class worker {
   std::vector<std::shared_ptr<client_session>> owned_sessions();
   void remove_session(client_session* s);
 
-  // Returns a pooled connection to target, or nullptr.
-  std::shared_ptr<upstream_conn> take_idle(target_state* t);
+  // Returns a pooled connection to target made with tls_tag (the upstream's TLS context, or
+  // null), or nullptr.
+  std::shared_ptr<upstream_conn> take_idle(target_state* t, const void* tls_tag);
   // An HTTP/2 connection to target with room for another stream (cap streams each), or a new
   // one when none has and the upstream's connection cap allows; nullptr when it does not.
   std::shared_ptr<h2_upstream> h2_connection_for(target_state* t, const upstream_runtime& up,

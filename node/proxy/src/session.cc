@@ -499,7 +499,11 @@ void client_session::send_grpc_error(int status, std::string_view message) {
   append_grpc_message(grpc_message, message);
   std::pair<std::string, std::string> fields[] = {{"grpc-status", std::to_string(ex_.grpc_status)},
                                                   {"grpc-message", std::move(grpc_message)}};
-  send_local(200, ex_.grpc_web ? "application/grpc-web+proto" : "application/grpc", {}, fields);
+  send_local(200,
+             ex_.grpc_web_text ? "application/grpc-web-text+proto"
+             : ex_.grpc_web    ? "application/grpc-web+proto"
+                               : "application/grpc",
+             {}, fields);
 }
 
 void client_session::send_local(int status, std::string_view content_type, std::string_view body,

@@ -34,6 +34,8 @@ std::shared_ptr<upstream_call> upstream_call::self() {
 
 bool upstream_call::replayable() const {
   if (ex_.transcode) return true;  // the request message is whole in the exchange
+  // HTTP/2: what the codec handed over stays in out_ until a DATA frame takes it.
+  if (h2_) return !ex_.has_body || !h2_->body_sent;
   // A request without a body can be sent again from retry_head_; one with a body only while none
   // of it has been taken from the client.
   return !ex_.has_body || !ex_.body_started;
@@ -43,6 +45,8 @@ bool upstream_call::replayable() const {
 
 void upstream_call::prepare(const snapshot& snap) {
   snap_ = &snap;
+  ++epoch_;
+  refused_stream_ = false;
   fields_.clear();
   response_paused_ = false;
   const auto& up = *ex_.upstream;
@@ -120,11 +124,13 @@ int64_t upstream_call::request_timeout() const {
 
 void upstream_call::send_body(std::string_view piece) {
   if (h2_ && ex_.grpc_web_text) {
+    if (h2_->web_bad) return;
     auto& scratch = h2_->web_scratch;
     scratch.clear();
     if (!h2_->web_in.feed(piece, scratch)) {
-      // Not base64: what reaches the upstream ends here, and so does the stream.
-      failed(failure::reset);
+      // Not base64: the client's fault, answered when its body ends (end_body); nothing more
+      // of it goes up.
+      h2_->web_bad = true;
       return;
     }
     out_.append(scratch);
@@ -143,6 +149,20 @@ void upstream_call::send_body(std::string_view piece) {
 }
 
 void upstream_call::end_body() {
+  if (h2_ && (h2_->web_bad || (ex_.grpc_web_text && !h2_->web_in.complete()))) {
+    // A grpc-web-text body that is not base64 (or ends inside a group): a client error, no
+    // fault of the target's.
+    ex_.local_status = 400;
+    ex_.local_code = "bad_request";
+    ex_.local_message = "the grpc-web-text request body is not base64";
+    release(false);
+    if (ex_.response_head_sent) {
+      sink_.on_call_cut();
+    } else {
+      sink_.on_call_failed();
+    }
+    return;
+  }
   if (h2_) {
     h2_->body_end = true;
     if (h2_->deferred && h2_->conn && h2_->stream) {
@@ -190,6 +210,7 @@ void upstream_call::start() {
 void upstream_call::dispatch() {
   auto& up = *ex_.upstream;
   int64_t now = w_.now;
+  ex_.upstream_started = steady_clock::now();
   if (ex_.attempts == 0 && !ex_.exclude) up.budget.on_request(now);
   const int64_t wall = unix_now_ms();
   auto pick = [&](const upstream_runtime& from, const target_state* exclude) {
@@ -233,7 +254,7 @@ void upstream_call::dispatch() {
     h2_dispatch(chosen);
     return;
   }
-  up_ = w_.take_idle(ex_.target);
+  up_ = w_.take_idle(ex_.target, chosen.client_tls.get());
   if (up_) {
     ex_.reused_connection = true;
     w_.stats.upstream_connections_reused.add();
@@ -261,6 +282,7 @@ void upstream_call::connect() {
   state_ = state::connecting;
   deadline_ = w_.now + ex_.upstream->cfg->timeouts.connect.count();
   up_ = std::make_shared<upstream_conn>(w_, ex_.target);
+  up_->tls_tag = ex_.upstream->client_tls.get();
   up_->owner = self();
   w_.stats.upstream_connections_opened.add();
   error_code ec;
@@ -679,7 +701,8 @@ void upstream_call::failed(failure why) {
   bool retryable_kind = (connect_failure && cfg.retries.on_connect_failure) ||
                         (why == failure::timeout && cfg.retries.on_timeout) ||
                         (why == failure::reset && ex_.status != 0);  // retry-on-status
-  bool may_replay = replayable() && (connect_failure || is_idempotent(ex_.verb));
+  // A refused stream was not processed (RFC 9113 section 8.7): any method may go again.
+  bool may_replay = replayable() && (connect_failure || refused_stream_ || is_idempotent(ex_.verb));
   bool retry = false;
   if (may_replay && stale_pooled && ex_.attempts == 0) {
     retry = true;  // a pooled connection the target had closed: not the target's fault
@@ -897,6 +920,9 @@ bool upstream_call::deliver_head(bool keep_alive, bool length_known, bool inform
   if (!informational) {
     h.rate_limit_lines = ex_.rate_limit_headers;
     h.request_id = ex_.request_id;
+    ex_.upstream_us = std::chrono::duration_cast<std::chrono::microseconds>(steady_clock::now() -
+                                                                            ex_.upstream_started)
+                          .count();
     ex_.upstream_keep_alive = keep_alive;
     ex_.response_head_sent = true;
     ex_.route->metrics->per_worker[w_.index].status[status_slot(ex_.status)].add();

@@ -129,7 +129,13 @@ class upstream_call {
   // From h2_upstream (HTTP/2 upstreams): the connection is up (submit the request), the
   // request body for nghttp2's DATA frames, the response's fields, heads, data and the stream's
   // end, and the connection's failure.
-  void h2_submit(h2_upstream& conn);
+  // Returns the stream id, or a negative nghttp2 error (then h2_on_refused follows).
+  int32_t h2_submit(h2_upstream& conn);
+  // The connection could not take the request (or the upstream refused the stream unprocessed):
+  // it goes again, on another connection, at no cost to the target.
+  void h2_on_refused();
+  // The response's END_STREAM arrived; request_open: the request is still going up.
+  void h2_on_response_end(bool request_open);
   long h2_body_ready(size_t length, uint32_t* flags);
   // Appends a DATA frame (head and length bytes of body) to out. True: the body has room again.
   bool h2_send_body(byte_buffer& out, const uint8_t* frame_head, size_t length);
@@ -169,6 +175,7 @@ class upstream_call {
     std::string head_text;  // names and values back to back; head_at has the offsets
     std::vector<std::array<uint32_t, 4>> head_at;
     bool body_end = false;    // the codec ended the request body
+    bool body_sent = false;   // DATA of this attempt went out: the body cannot be replayed
     bool deferred = false;    // nghttp2 waits for request body (resume_data when it comes)
     bool end_stream = false;  // the response's END_STREAM arrived
     bool head_done = false;   // the final response head went to the sink
@@ -181,6 +188,7 @@ class upstream_call {
     base64_stream_encoder web_out;
     std::string web_scratch;
     bool web_trailers_sent = false;
+    bool web_bad = false;  // the grpc-web-text body was not base64: answered at its end
   };
   // Hands a piece of response body to the sink (gRPC-Web text encoded).
   void h2_body_to_sink(std::string_view piece);
@@ -243,7 +251,11 @@ class upstream_call {
   bool tunnel_closing_ = false;        // close_tunnel sent its close frames: relay nothing more
   std::optional<response_parser<upstream_call>> parser_;
   std::vector<field_view> fields_;
-  std::unique_ptr<h2_leg> h2_;  // set for an h2c/h2 upstream
+  std::unique_ptr<h2_leg> h2_;   // set for an h2c/h2 upstream
+  bool refused_stream_ = false;  // the last attempt's stream was refused unprocessed
+  // Changes with every exchange prepare() starts: code that called into the sink (which may
+  // end this exchange and start the next on the same call) checks it before going on.
+  uint64_t epoch_ = 0;
 
   friend class h2_upstream;
   friend struct h2_upstream_callbacks;

@@ -15,6 +15,8 @@ bool connection_specific(std::string_view name) {
       return iequals(name, "host");  // becomes :authority
     case 7:
       return iequals(name, "upgrade");
+    case 6:
+      return iequals(name, "expect");  // 100-continue is between the client and the gateway
     case 10:
       return iequals(name, "connection") || iequals(name, "keep-alive");
     case 16:
@@ -49,6 +51,12 @@ void upstream_call::h2_prepare() {
   auto& l = *h2_;
   l.head_text.clear();
   l.head_at.clear();
+  // Nothing of the last exchange's gRPC-Web state carries over.
+  l.web_in = {};
+  l.web_out = {};
+  l.web_scratch.clear();
+  l.web_trailers_sent = false;
+  l.web_bad = false;
   std::string_view head = out_.view();
   size_t eol = head.find("\r\n");
   std::string_view line = head.substr(0, eol);
@@ -125,11 +133,16 @@ void upstream_call::h2_dispatch(const upstream_runtime& up) {
     return;
   }
   auto& l = *h2_;
-  if (ex_.transcode) {
-    // A retry sends the message again.
+  if (auto* job = ex_.transcode.get()) {
+    // A retry sends the message again and reads a new answer.
     out_.clear();
-    out_.append(ex_.transcode->frame);
+    out_.append(job->frame);
     l.body_end = true;
+    job->reader = transcode::frame_reader(4 * 1024 * 1024);
+    job->got_message = job->ended = false;
+    job->json.clear();
+    job->grpc_message.clear();
+    ex_.grpc_status = -1;
   }
   l.conn = conn;
   l.stream = 0;
@@ -142,9 +155,12 @@ void upstream_call::h2_dispatch(const upstream_runtime& up) {
   conn->attach(self());
 }
 
-void upstream_call::h2_submit(h2_upstream& conn) {
+int32_t upstream_call::h2_submit(h2_upstream& conn) {
   auto& l = *h2_;
-  ex_.reused_connection = l.conn && l.conn->streams() > 0;
+  // Not the HTTP/1.1 sense of reuse (a pooled connection the target may have closed): a
+  // broken stream on a live connection is the target's doing. Only a refusal is free.
+  ex_.reused_connection = false;
+  refused_stream_ = false;
   std::vector<nghttp2_nv> nv;
   nv.reserve(l.head_at.size());
   auto* base = reinterpret_cast<uint8_t*>(l.head_text.data());
@@ -152,21 +168,39 @@ void upstream_call::h2_submit(h2_upstream& conn) {
     nv.push_back({base + a[0], base + a[2], a[1], a[3], NGHTTP2_NV_FLAG_NONE});
   }
   int32_t id = conn.submit_request(nv, ex_.has_body || ex_.transcode);
-  if (id < 0) {
-    failed(failure::reset);
-    return;
-  }
+  if (id < 0) return id;
   l.stream = id;
+  l.body_sent = false;
   state_ = state::sending;
   deadline_ = w_.now + request_timeout();
-  if (ex_.has_body) ex_.body_started = true;
-  if (ex_.has_body && !l.body_end) {  // (a transcoded call's message is whole)
+  if (ex_.has_body) ex_.body_started = true;  // the codec hands the body over from now on
+  if (ex_.has_body && !l.body_end) {          // (a transcoded call's message is whole)
     // The body goes as the codec hands it over; after this call returns (the connection files
     // the stream first).
     asio::post(w_.ioc, [this, keep = sink_.keep_alive(), conn = l.conn, id] {
       if (h2_ && h2_->stream == id && !h2_->body_end) sink_.on_call_room();
     });
   }
+  return id;
+}
+
+void upstream_call::h2_on_refused() {
+  auto keep = self();
+  if (h2_) h2_->stream = 0;
+  if (state_ == state::idle) return;
+  refused_stream_ = true;
+  ex_.reused_connection = true;  // retried once at no cost to the target
+  ex_.status = 0;
+  failed(failure::reset);
+}
+
+void upstream_call::h2_on_response_end(bool request_open) {
+  if (!h2_) return;
+  h2_->end_stream = true;
+  if (!request_open || !h2_->head_done || ex_.transcode || state_ != state::sending) return;
+  // Answered before the whole request went up: the call is over and its stream is reset.
+  auto keep = self();
+  finish();
 }
 
 long upstream_call::h2_body_ready(size_t length, uint32_t* flags) {
@@ -182,6 +216,7 @@ long upstream_call::h2_body_ready(size_t length, uint32_t* flags) {
 }
 
 bool upstream_call::h2_send_body(byte_buffer& out, const uint8_t* frame_head, size_t length) {
+  if (length) h2_->body_sent = true;  // from here a retry cannot replay the body
   out.append(reinterpret_cast<const char*>(frame_head), 9);
   out.append(out_.data(), length);
   out_.consume(length);
@@ -251,15 +286,15 @@ void upstream_call::h2_on_headers(bool end_stream) {
     failed(failure::malformed);
     return;
   }
-  ex_.status = status;
-  ex_.reason = {};
-  ex_.response_version = 20;
   if (status / 100 == 1) {
-    // Interim responses are not relayed (an HTTP/2 101 does not exist).
+    // Interim responses are not relayed (an HTTP/2 101 does not exist), nor kept as the status.
     l.fields_text.clear();
     l.fields_at.clear();
     return;
   }
+  ex_.status = status;
+  ex_.reason = {};
+  ex_.response_version = 20;
   auto keep = self();
   ex_.response_bodyless = l.end_stream;
   if (!deliver_head(true, length_known, false, false)) {
@@ -278,9 +313,17 @@ void upstream_call::h2_on_data(std::string_view piece) {
   auto& l = *h2_;
   if (!l.head_done || state_ != state::sending) return;
   if (ex_.transcode) {
-    // Messages are held until whole (bounded by the frame reader): the window comes back now.
-    l.conn->consume(l.stream, piece.size());
+    auto conn = l.conn;
+    int32_t stream = l.stream;
+    uint64_t epoch = epoch_;
     transcode_data(piece);
+    if (epoch != epoch_ || !h2_ || !h2_->conn) return;  // answered (an error) meanwhile
+    if (sink_.sink_full() || response_paused_) {
+      h2_->owed += piece.size();  // a server stream waits for its slow client
+      response_paused_ = true;
+    } else {
+      conn->consume(stream, piece.size());
+    }
     return;
   }
   ex_.response_bytes += piece.size();
@@ -334,8 +377,10 @@ void upstream_call::h2_on_close(uint32_t error_code) {
       !ex_.transcode->ended) {
     ex_.grpc_status = 2;  // the stream ended without a grpc-status
     ex_.transcode->grpc_message = "the upstream ended the call without a grpc-status";
+    uint64_t epoch = epoch_;
     transcode_end();
-    if (state_ == state::idle) return;
+    // An error answer may have ended this exchange and started the next on this call.
+    if (epoch != epoch_ || state_ == state::idle) return;
   }
   if (error_code == NGHTTP2_NO_ERROR && l.head_done && l.end_stream) {
     // A gRPC-Web body ends with its trailer frame; a response that had none (a trailers-only
@@ -352,8 +397,8 @@ void upstream_call::h2_on_close(uint32_t error_code) {
   if (error_code == NGHTTP2_REFUSED_STREAM && !l.head_done) {
     // The upstream did not process the stream (RFC 9113 section 8.7): always safe to send again,
     // and no fault of the target's (as a pooled connection it had closed).
-    ex_.reused_connection = true;
-    ex_.status = 0;
+    h2_on_refused();
+    return;
   }
   failed(error_code == NGHTTP2_PROTOCOL_ERROR ? failure::malformed : failure::reset);
 }

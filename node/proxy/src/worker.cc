@@ -128,7 +128,7 @@ void worker::shut_down() {
   for (auto& pool : idle) {
     for (auto& c : pool) c->close();
   }
-  for (auto& pool : h2_pool) {
+  for (auto pool : h2_pool) {
     for (auto& c : pool) c->close();
   }
   ioc.stop();
@@ -168,7 +168,8 @@ void worker::begin_drain() {
   acceptor.close(ignored);
   tls_acceptor.close(ignored);
   for (auto& s : owned_sessions()) s->close_if_idle();
-  for (auto& pool : h2_pool) {
+  // A copy: a call failed by a shutdown may retry and open another connection meanwhile.
+  for (auto pool : h2_pool) {
     for (auto& c : pool) c->shut_down();
   }
   for (auto& pool : idle) {
@@ -208,7 +209,7 @@ void worker::remove_session(client_session* s) {
   open_sessions.store(static_cast<int64_t>(sessions.size()), std::memory_order_relaxed);
 }
 
-std::shared_ptr<upstream_conn> worker::take_idle(target_state* t) {
+std::shared_ptr<upstream_conn> worker::take_idle(target_state* t, const void* tls_tag) {
   if (t->id >= idle.size()) return nullptr;
   auto& pool = idle[t->id];
   while (!pool.empty()) {
@@ -216,7 +217,8 @@ std::shared_ptr<upstream_conn> worker::take_idle(target_state* t) {
     pool.pop_back();
     t->metrics->pool_idle.fetch_sub(1, std::memory_order_relaxed);
     c->pooled = false;
-    if (c->open) return c;
+    if (c->open && c->tls_tag == tls_tag) return c;
+    c->close();  // made under settings a reload replaced
   }
   return nullptr;
 }
@@ -248,9 +250,10 @@ std::shared_ptr<h2_upstream> worker::h2_connection_for(target_state* t, const up
                                                        const upstream_target& picked) {
   if (t->id >= h2_pool.size()) h2_pool.resize(t->id + 1);
   auto& pool = h2_pool[t->id];
+  std::erase_if(pool, [](const std::shared_ptr<h2_upstream>& c) { return c->closed(); });
   const uint32_t cap = up.cfg->pool.max_streams_per_connection;
   for (auto& c : pool) {
-    if (c->accepting(cap)) return c;
+    if (c->made_for(up) && c->accepting(cap)) return c;
   }
   uint32_t max = up.cfg->pool.max_connections_per_target;
   if (max && t->id < open_by_target.size() && open_by_target[t->id] >= max) return nullptr;
