@@ -467,6 +467,23 @@ def grpc_web(port):
           whole and frames and frames[0] == (0, message) and frames[-1][0] == 0x80,
           f"gRPC-Web text: base64 both ways ({status}, {headers.get('content-type')}, {frames})")
 
+    # Two text calls on one keep-alive connection: each ends with its own trailer frame.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    bodies = []
+    for word in (b"first call", b"second"):
+        f = base64.b64encode(b"\x00" + struct.pack(">I", len(word)) + word)
+        conn.request("POST", "/test.Echo/Unary", body=f,
+                     headers={"content-type": "application/grpc-web-text"})
+        r = conn.getresponse()
+        bodies.append(web_frames(base64.b64decode(r.read()))[0])
+    conn.close()
+    check([b[0] for b in bodies] == [(0, b"first call"), (0, b"second")] and
+          all(b[-1][0] == 0x80 and b"grpc-status:0" in b[-1][1] for b in bodies),
+          f"two gRPC-Web text calls on one connection, each whole ({bodies})")
+    status, headers, body = post("/test.Echo/Unary", b"not*base64", "application/grpc-web-text")
+    check(status == 200 and headers.get("grpc-status") == "13",
+          f"a text body that is not base64 is the client's error ({status} {headers})")
+
     err = b"status:5"
     framed = b"\x00" + struct.pack(">I", len(err)) + err
     status, headers, body = post("/test.Echo/Unary", framed, "application/grpc-web+proto")
