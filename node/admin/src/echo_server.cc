@@ -21,6 +21,14 @@ echo_server::~echo_server() {
 }
 
 bool echo_server::start(std::string* error) {
+  // /status/NNN answers NNN (the demo's failing upstream, for its breaker).
+  impl_->server.Get(
+      R"(.*/status/(\d{3}))", [](const httplib::Request& req, httplib::Response& res) {
+        int status = std::stoi(req.matches[1].str());
+        res.status = status >= 200 && status <= 599 ? status : 400;
+        nlohmann::json body{{"service", "demo"}, {"path", req.path}, {"status", res.status}};
+        res.set_content(body.dump() + "\n", "application/json");
+      });
   impl_->server.Get(".*", [](const httplib::Request& req, httplib::Response& res) {
     nlohmann::json headers;
     for (const auto& [k, v] : req.headers) headers[k] = v;
