@@ -22,6 +22,7 @@
 #include <unordered_set>
 
 #include "meridian/admin/admin_server.h"
+#include "meridian/admin/otlp_exporter.h"
 #include "meridian/auth/api_keys.h"
 #include "meridian/auth/oauth.h"
 #include "meridian/cluster_bridge/cluster_bridge.h"
@@ -573,6 +574,8 @@ struct node::impl {
   std::atomic<uint64_t> version{0};
   mutable std::mutex snap_mutex;
   std::shared_ptr<const snapshot> snap;
+  // Declared before the proxy: the workers' tracing stages submit to it until they stop.
+  std::unique_ptr<otlp_exporter> tracer;  // null without a `tracing` section
   std::unique_ptr<proxy_server> proxy;
   std::unique_ptr<admin_server> admin;
   std::unique_ptr<health_checker> health;
@@ -670,7 +673,7 @@ struct node::impl {
     auto keys = key_table(eff);
     const auto keyed = steady_clock::now();
     auto next = build_snapshot(std::move(eff), version + 1, cfg.node.workers, targets, metrics,
-                               error, limiter.get(), std::move(keys), oauth.get());
+                               error, limiter.get(), std::move(keys), oauth.get(), tracer.get());
     const auto built = steady_clock::now();
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
@@ -812,6 +815,17 @@ struct node::impl {
         "adopted.\n# TYPE meridian_breaker_transitions_total counter\n"
         "meridian_breaker_transitions_total " +
         std::to_string(targets.breaker_transitions()) + "\n";
+    if (tracer) {
+      out +=
+          "# HELP meridian_tracing_spans_exported_total Spans sent to the OTLP endpoint.\n"
+          "# TYPE meridian_tracing_spans_exported_total counter\n"
+          "meridian_tracing_spans_exported_total " +
+          std::to_string(tracer->exported()) +
+          "\n# HELP meridian_tracing_spans_dropped_total Spans dropped: the export queue was full "
+          "or the endpoint failed twice.\n# TYPE meridian_tracing_spans_dropped_total counter\n"
+          "meridian_tracing_spans_dropped_total " +
+          std::to_string(tracer->dropped()) + "\n";
+    }
     return out;
   }
 
@@ -1196,10 +1210,22 @@ bool node::start(std::string* error) {
     });
   }
   if (!d.ensure_oauth(d.cfg, error)) return false;
+  if (d.cfg.tracing) {
+    // The exporter is made once: a reload changes the sampling ratio, not where spans go.
+    otlp_options o;
+    o.endpoint = d.cfg.tracing->otlp_endpoint;
+    o.service_name = d.cfg.tracing->service_name;
+    o.node_id = d.cfg.node.id;
+    o.region = d.cfg.node.region;
+    o.batch_size = d.cfg.tracing->batch_size;
+    o.flush_interval = d.cfg.tracing->flush_interval;
+    o.max_queue = d.cfg.tracing->max_queue;
+    d.tracer = std::make_unique<otlp_exporter>(std::move(o));
+  }
   {
     config eff = d.effective(d.cfg);
     d.snap = build_snapshot(eff, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error,
-                            d.limiter.get(), d.key_table(eff), d.oauth.get());
+                            d.limiter.get(), d.key_table(eff), d.oauth.get(), d.tracer.get());
   }
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
@@ -1365,7 +1391,7 @@ bool node::apply(config cfg, std::string* error) {
   if (!d.ensure_oauth(cfg, error, false)) return false;
   // Check that it builds before touching anything (the keyring included).
   if (!build_snapshot(d.effective(cfg), d.version + 1, d.cfg.node.workers, d.targets, d.metrics,
-                      error, d.limiter.get(), nullptr, d.oauth.get())) {
+                      error, d.limiter.get(), nullptr, d.oauth.get(), d.tracer.get())) {
     return false;
   }
   // The keyring is re-read on reload (key rotation: install, make primary, remove). The rest of

@@ -760,6 +760,29 @@ void parse_path_normalization(diagnostics& d, const field& f, path_normalization
   m.finish();
 }
 
+tracing_section parse_tracing(diagnostics& d, const field& f) {
+  tracing_section t;
+  map_reader m(d, f);
+  if (!m.ok()) return t;
+  if (auto v = m.require("otlp_endpoint")) {
+    if (read_string(d, *v, t.otlp_endpoint, false) &&
+        !(t.otlp_endpoint.rfind("http://", 0) == 0 || t.otlp_endpoint.rfind("https://", 0) == 0)) {
+      d.add(v->line, v->path + ": '" + t.otlp_endpoint + "' is not an http(s) URL");
+    }
+  }
+  if (auto v = m.take("sampling")) {
+    if (read_double(d, *v, t.sampling) && (t.sampling < 0 || t.sampling > 1)) {
+      d.add(v->line, v->path + ": must be between 0 and 1");
+    }
+  }
+  if (auto v = m.take("service_name")) read_string(d, *v, t.service_name, false);
+  if (auto v = m.take("batch_size")) read_uint(d, *v, t.batch_size, 1, 100000);
+  if (auto v = m.take("flush_interval")) read_duration(d, *v, t.flush_interval);
+  if (auto v = m.take("max_queue")) read_uint(d, *v, t.max_queue, 1, 10000000);
+  m.finish();
+  return t;
+}
+
 void parse_log_section(diagnostics& d, const field& f, log_section& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
@@ -1573,6 +1596,7 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
     parse_path_normalization(d, *v, cfg.path_normalization);
   }
   if (auto v = m.take("log")) parse_log_section(d, *v, cfg.log);
+  if (auto v = m.take("tracing")) cfg.tracing = parse_tracing(d, *v);
   if (auto v = m.take("upstreams")) {
     for_each_item(d, *v,
                   [&](const field& item) { cfg.upstreams.push_back(parse_upstream(d, item)); });

@@ -10,6 +10,7 @@
 // worker thread.
 
 #include <algorithm>
+#include <array>
 #include <boost/beast/http/verb.hpp>
 #include <chrono>
 #include <cstdint>
@@ -146,6 +147,18 @@ struct exchange {
     std::vector<field_view> fields;  // the client response head's fields
   };
   std::unique_ptr<transcode_job> transcode;
+
+  // --- tracing (stages/tracing.cc): the trace this exchange belongs to, its span, and the span
+  // of its upstream call (the parent the upstream sees in traceparent).
+  struct trace_state {
+    std::array<uint8_t, 16> trace_id{};
+    uint64_t span_id = 0;
+    uint64_t parent_id = 0;  // the caller's span, 0 when the trace starts here
+    uint64_t upstream_span_id = 0;
+    bool sampled = false;
+    bool active = false;  // tracing is on for this exchange
+    int64_t start_unix_ns = 0;
+  } trace;
 
   // --- the upstream attempt
   uint32_t attempts = 0;

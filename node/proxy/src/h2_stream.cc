@@ -156,7 +156,7 @@ void h2_stream::on_headers_done(bool end_stream) {
   ex_.verb = http::string_to_verb(method_);
   ex_.method = method_;
   ex_.request_target = path_;
-  if (w_.access_log) {
+  if (w_.access_log || snap_->spans) {  // the access log and spans name them
     ex_.access_method.assign(method_);
     ex_.access_path.assign(path_.substr(0, std::min<size_t>(path_.size(), 2048)));
   }

@@ -19,7 +19,7 @@ void client_session::on_request_line(http::verb v, std::string_view method, std:
   ex_.method = method;
   ex_.request_target = target;
   ex_.version = version;
-  if (w_.access_log) {
+  if (w_.access_log || snap_->spans) {  // the access log and spans name them
     // Known from here on, so that refused requests are logged with them too.
     ex_.access_method.assign(method);
     ex_.access_path.assign(target.substr(0, std::min<size_t>(target.size(), 2048)));

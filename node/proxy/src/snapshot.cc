@@ -57,8 +57,9 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error, rate_limiter* limiter,
                                                std::shared_ptr<const api_key_table> keys,
-                                               const oauth_authority* oauth) {
+                                               const oauth_authority* oauth, span_sink* spans) {
   auto snap = std::make_shared<snapshot>();
+  snap->spans = spans;
   snap->limiter = limiter;
   snap->api_keys = std::move(keys);
   snap->registry = &targets;
@@ -157,6 +158,8 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
       }
     }
     for (const auto& name : rc.request_headers.remove) rt.request_drop.push_back(to_lower(name));
+    // With tracing the gateway writes traceparent itself (its own span as the parent).
+    if (snap->cfg.tracing && spans) rt.request_drop.push_back("traceparent");
     for (const auto& [name, value] : rc.request_headers.set)
       rt.request_drop.push_back(to_lower(name));
     if (rc.auth) {

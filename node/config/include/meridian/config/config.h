@@ -119,6 +119,16 @@ struct access_log_section {
   std::string path = "stdout";  // "stdout", "stderr" or a file path
 };
 
+// tracing: W3C trace context to upstreams, spans exported over OTLP/HTTP (JSON) in batches.
+struct tracing_section {
+  std::string otlp_endpoint;  // http(s)://host:port/v1/traces (required)
+  double sampling = 1.0;      // share of new traces recorded; a caller's sampled flag is kept
+  std::string service_name = "meridian";
+  uint32_t batch_size = 512;  // spans per export request
+  duration flush_interval = std::chrono::seconds(1);
+  uint32_t max_queue = 8192;  // spans held for export; beyond, new ones are dropped (counted)
+};
+
 struct log_section {
   std::string level = "info";  // trace debug info warn error critical off
   access_log_section access_log;
@@ -387,6 +397,7 @@ struct config {
   path_normalization_section path_normalization;
   http2_section http2;
   log_section log;
+  std::optional<tracing_section> tracing;
   std::vector<upstream_config> upstreams;
   std::vector<route_config> routes;
   std::vector<consumer_config> consumers;

@@ -21,6 +21,7 @@
 #include "meridian/common/metrics.h"
 #include "meridian/common/path_normalize.h"
 #include "meridian/common/shared_slot.h"
+#include "meridian/common/tracing.h"
 #include "meridian/config/config.h"
 #include "meridian/traffic/balancer.h"
 #include "meridian/traffic/rate_limiter.h"
@@ -86,7 +87,9 @@ struct snapshot {
   target_registry* registry = nullptr;  // the node's (outlives every snapshot)
   std::shared_ptr<const api_key_table> api_keys;  // by key id; null: none
   const oauth_authority* oauth = nullptr;  // the node's (outlives every snapshot); null: no oauth
-  jwt_config oauth_jwt;                    // the oauth provider's settings (issuer, audience)
+  span_sink* spans =
+      nullptr;           // the node's span exporter (outlives every snapshot); null: no tracing
+  jwt_config oauth_jwt;  // the oauth provider's settings (issuer, audience)
   std::unique_ptr<jwt_provider> oauth_provider;
   std::shared_ptr<const tls_store> tls;  // certificates of the TLS listener; null: none
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
@@ -99,6 +102,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error, rate_limiter* limiter = nullptr,
                                                std::shared_ptr<const api_key_table> keys = nullptr,
-                                               const oauth_authority* oauth = nullptr);
+                                               const oauth_authority* oauth = nullptr,
+                                               span_sink* spans = nullptr);
 
 }  // namespace meridian::node
