@@ -308,6 +308,11 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
         double mine = static_cast<double>(en.attempts_cur) + en.attempts_prev + 1;
         double theirs = static_cast<double>(en.remote_cur) + en.remote_prev;
         double share = mine / (mine + theirs);
+        // A key nothing has been heard of from the others (a cold key: a new client address,
+        // the first burst of a window): every node may be starting on it at once, each seeing
+        // the whole remainder. Until counts arrive, take no more than an even share of it, so
+        // the first leases of all nodes together stay within what remains.
+        if (theirs == 0 && total > 1) share = std::min(share, 1.0 / total);
         en.lease_left = clamp32(static_cast<uint64_t>(std::max(1.0, std::ceil(remaining * share))));
         en.lease_until = static_cast<uint32_t>(
             std::min<uint64_t>(into + static_cast<uint64_t>(d.opt.lease_ms), UINT32_MAX));

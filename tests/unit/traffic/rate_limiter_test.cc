@@ -112,6 +112,28 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   EXPECT_EQ(rl.check(sk, ss, t0, true).allowed, true);
 }
 
+TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arrive) {
+  // Three members and a key nobody has counted yet: every node may be starting on it in the
+  // same instant. Until the others' counts arrive (or the lease runs out), one node admits at
+  // most a third of the limit, so the first leases of all three cannot add up beyond it.
+  cluster::replicated_state state(
+      cluster::state_options{.self_id = "n0"}, [] { return t0; }, nullptr);
+  rate_limiter l(rate_limiter::options{.node_id = "n0", .region = "r"}, &state);
+  l.set_view(3, 0, 1, 0);
+  auto spec = l.compile("api", 0, limit_of(200, 10s, "sliding_window", "global"));
+  uint64_t key = rate_limiter::key_of(spec, "new-client");
+  int admitted = 0;
+  for (int i = 0; i < 300; ++i) admitted += l.check(key, spec, t0 + 10, true).allowed;
+  EXPECT_EQ(admitted, 67);  // ceil(200 / 3)
+  // A node alone in its cluster takes the whole remainder.
+  rate_limiter alone(rate_limiter::options{.node_id = "n0", .region = "r"}, &state);
+  alone.set_view(1, 0, 1, 0);
+  uint64_t other = rate_limiter::key_of(spec, "another-client");
+  admitted = 0;
+  for (int i = 0; i < 300; ++i) admitted += alone.check(other, spec, t0 + 10, true).allowed;
+  EXPECT_EQ(admitted, 200);
+}
+
 TEST(rate_limiter, a_flood_of_distinct_keys_stays_within_the_table) {
   rate_limiter rl({.node_id = "a", .max_keys = 4096}, nullptr);
   auto cfg = rl.compile("r", 0, limit_of(5, 1s));
