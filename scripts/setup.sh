@@ -20,6 +20,8 @@ packages=(
   python3-websockets nghttp2-client nghttp2-server python3-grpcio python3-protobuf
   # promtool (in prometheus) lints /metrics in the tests
   prometheus
+  # the dashboard's tests drive Debian's Chromium (headless) with playwright-core from npm
+  chromium
 )
 if [[ "${MERIDIAN_BENCH:-0}" == 1 ]]; then
   packages+=(nginx-light haproxy wrk valgrind strace nghttp2-client)
@@ -61,4 +63,17 @@ if ! grep -qs "\"version\": \"$hcl2json_version\"" "$hcl2json_prefix/node_module
   "${as_root[@]}" mkdir -p "$hcl2json_prefix"
   "${as_root[@]}" npm install --prefix "$hcl2json_prefix" --no-save --no-audit --no-fund \
     --loglevel=error "@cdktf/hcl2json@$hcl2json_version" >/dev/null
+fi
+
+# playwright-core (npm, pinned) drives Debian's Chromium in the dashboard's tests (tests/ui); it
+# downloads no browser of its own.
+playwright_prefix=${MERIDIAN_PLAYWRIGHT_PREFIX:-/opt/meridian-tools/playwright}
+playwright_version=1.49.1
+if ! grep -qs "\"version\": \"$playwright_version\"" "$playwright_prefix/node_modules/playwright-core/package.json"; then
+  echo "setup: installing playwright-core@$playwright_version into $playwright_prefix" >&2
+  as_root=()
+  if [[ $(id -u) -ne 0 ]]; then as_root=(sudo); fi
+  "${as_root[@]}" mkdir -p "$playwright_prefix"
+  "${as_root[@]}" npm install --prefix "$playwright_prefix" --no-save --no-audit --no-fund \
+    --loglevel=error "playwright-core@$playwright_version" >/dev/null
 fi

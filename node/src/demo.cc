@@ -133,7 +133,8 @@ int run_demo() {
   const unsigned a0 = nodes[0]->admin_port(), a1 = nodes[1]->admin_port(),
                  a2 = nodes[2]->admin_port();
   const char* t = token.c_str();
-  std::printf("token: %s\n\n", t);
+  std::printf("token: %s\n", t);
+  std::printf("dashboard: http://127.0.0.1:%u/ui (sign in with the token)\n\n", a0);
   std::printf("Try:\n");
   std::printf("curl -s http://127.0.0.1:%u/api/hello\n\n", p0);
   std::printf("# The point: one cluster state across regions. Paste these.\n");

@@ -1,5 +1,7 @@
 #include "meridian/admin/admin_server.h"
 
+#include "dashboard.h"
+
 #include "admin_transport.h"
 #include "meridian/common/failure_delay.h"
 #include "meridian/common/json_depth.h"
@@ -240,6 +242,25 @@ struct admin_server::impl {
 };
 
 void admin_server::impl::add_endpoints() {
+  // The dashboard: static assets, no token (the page asks for it and sends it with every call).
+  auto asset = [](std::string_view body, const char* type) {
+    return [body, type](const httplib::Request&, httplib::Response& res, const path_params&) {
+      res.status = 200;
+      res.set_header("Cache-Control", "no-store");
+      res.set_header("X-Content-Type-Options", "nosniff");
+      res.set_header("Referrer-Policy", "no-referrer");
+      res.set_header("Content-Security-Policy",
+                     "default-src 'none'; script-src 'self'; style-src 'self'; "
+                     "connect-src 'self'; img-src 'self'; form-action 'self'; "
+                     "frame-ancestors 'none'; base-uri 'none'");
+      res.set_content(std::string(body), type);
+    };
+  };
+  endpoints.push_back({"GET", "/ui", false, asset(dashboard_html(), "text/html; charset=utf-8")});
+  endpoints.push_back(
+      {"GET", "/ui/app.js", false, asset(dashboard_js(), "text/javascript; charset=utf-8")});
+  endpoints.push_back(
+      {"GET", "/ui/app.css", false, asset(dashboard_css(), "text/css; charset=utf-8")});
   endpoints.push_back({"GET", "/health", false,
                        [this](const httplib::Request&, httplib::Response& res, const path_params&) {
                          send_json(res, 200, json{{"status", "ok"}, {"node", node_id}});

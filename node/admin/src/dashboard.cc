@@ -1,0 +1,345 @@
+// The dashboard's assets (GET /ui, /ui/app.js, /ui/app.css), built into the binary: no CDN, no
+// build step. The page asks for the admin token in a login form, keeps it in sessionStorage only
+// (gone when the tab closes), and reads the admin API with it: the cluster (regions, members,
+// RTTs, config version and convergence), routes and upstreams, target health and breakers,
+// rate-limit decisions, traffic (requests, errors, p99 latency over the last hour, sampled from
+// /metrics every 5 s into a ring in the page) and the audit trail; it refreshes every 2 s.
+#include "dashboard.h"
+
+namespace meridian::node {
+
+std::string_view dashboard_html() {
+  return R"HTML(<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>meridian</title>
+<link rel="stylesheet" href="/ui/app.css">
+</head>
+<body>
+<header>
+  <h1>meridian</h1>
+  <span id="node-name"></span>
+  <nav id="nav" hidden>
+    <a href="#cluster" data-view="cluster">Cluster</a>
+    <a href="#traffic" data-view="traffic">Traffic</a>
+    <a href="#config" data-view="config">Routes &amp; upstreams</a>
+    <a href="#health" data-view="health">Health &amp; breakers</a>
+    <a href="#limits" data-view="limits">Rate limits</a>
+    <a href="#audit" data-view="audit">Audit</a>
+    <button id="logout" type="button">Sign out</button>
+  </nav>
+</header>
+<main>
+  <section id="login">
+    <h2>Sign in</h2>
+    <form id="login-form">
+      <label for="token">Admin token</label>
+      <input id="token" type="password" autocomplete="off" required>
+      <button type="submit">Sign in</button>
+      <p id="login-error" class="error" role="alert"></p>
+      <p class="hint">The token stays in this tab's session storage.</p>
+    </form>
+  </section>
+  <section id="view-cluster" class="view" hidden>
+    <div class="cards" id="cluster-cards"></div>
+    <h2>Regions</h2>
+    <div id="regions"></div>
+    <h2>Members</h2>
+    <table id="members"></table>
+  </section>
+  <section id="view-traffic" class="view" hidden>
+    <p class="hint">Sampled from this node's /metrics every 5 s while the page is open (the last hour).</p>
+    <h2>Requests per second</h2><canvas id="chart-rps" width="900" height="160"></canvas>
+    <h2>Error ratio (5xx)</h2><canvas id="chart-errors" width="900" height="160"></canvas>
+    <h2>p99 latency (ms)</h2><canvas id="chart-p99" width="900" height="160"></canvas>
+    <table id="traffic-routes"></table>
+  </section>
+  <section id="view-config" class="view" hidden>
+    <h2>Routes</h2><table id="routes"></table>
+    <h2>Upstreams</h2><table id="upstreams"></table>
+    <h2>Consumers</h2><table id="consumers"></table>
+  </section>
+  <section id="view-health" class="view" hidden>
+    <h2>Targets</h2><table id="targets"></table>
+    <h2>Breakers</h2><table id="breakers"></table>
+  </section>
+  <section id="view-limits" class="view" hidden>
+    <h2>Decisions by route</h2><table id="limit-routes"></table>
+    <h2>Look up a key</h2>
+    <form id="limit-form">
+      <input id="limit-route" placeholder="route" required>
+      <input id="limit-key" placeholder="key (client address, consumer, header value)">
+      <button type="submit">Look up</button>
+    </form>
+    <pre id="limit-result"></pre>
+  </section>
+  <section id="view-audit" class="view" hidden>
+    <table id="audit"></table>
+  </section>
+  <p id="status" class="hint"></p>
+</main>
+<script src="/ui/app.js"></script>
+</body>
+</html>
+)HTML";
+}
+
+std::string_view dashboard_css() {
+  return R"CSS(
+body { font-family: system-ui, sans-serif; margin: 0; color: #1d2430; background: #f5f6f8; }
+header { display: flex; align-items: center; gap: 1em; padding: .6em 1.2em; background: #1d2430; color: #fff; }
+header h1 { font-size: 1.2em; margin: 0; }
+nav { display: flex; gap: .8em; margin-left: auto; align-items: center; }
+nav a { color: #cfd6e4; text-decoration: none; }
+nav a.active { color: #fff; border-bottom: 2px solid #5aa0ff; }
+nav button { background: none; border: 1px solid #cfd6e4; color: #cfd6e4; border-radius: 4px; }
+main { padding: 1em 1.5em; }
+h2 { font-size: 1em; margin: 1.2em 0 .4em; }
+table { border-collapse: collapse; background: #fff; min-width: 40%; }
+th, td { text-align: left; padding: .3em .8em; border-bottom: 1px solid #e3e6eb; font-size: .9em; }
+th { background: #eef1f5; }
+.cards { display: flex; gap: 1em; flex-wrap: wrap; }
+.card { background: #fff; border-radius: 6px; padding: .6em 1em; min-width: 9em; box-shadow: 0 1px 2px #0002; }
+.card b { display: block; font-size: 1.4em; }
+.state-alive, .state-closed, .ok { color: #13803b; font-weight: 600; }
+.state-suspect, .state-half_open { color: #b26a00; font-weight: 600; }
+.state-dead, .state-open, .bad { color: #c62828; font-weight: 600; }
+.state-left { color: #777; }
+.regions { display: flex; gap: 1em; flex-wrap: wrap; }
+.region { background: #fff; border-radius: 6px; padding: .6em 1em; box-shadow: 0 1px 2px #0002; }
+.error { color: #c62828; }
+.hint { color: #667; font-size: .85em; }
+canvas { background: #fff; border-radius: 6px; display: block; max-width: 100%; }
+input { padding: .3em; margin-right: .4em; }
+)CSS";
+}
+
+std::string_view dashboard_js() {
+  return R"JS('use strict';
+const $ = (id) => document.getElementById(id);
+let token = sessionStorage.getItem('meridian-token') || '';
+let view = (location.hash || '#cluster').slice(1);
+const ring = [];  // {t, requests, errors, buckets, sum} samples of /metrics, the last hour
+const HOUR = 3600 * 1000;
+
+async function api(path) {
+  const r = await fetch(path, {headers: {'Authorization': 'Bearer ' + token}});
+  if (r.status === 401) { signOut('The token was refused.'); throw new Error('401'); }
+  if (!r.ok) throw new Error(path + ': ' + r.status);
+  return path === '/metrics' ? r.text() : r.json();
+}
+
+function esc(v) {
+  return String(v ?? '').replace(/[&<>"']/g, (c) => ({'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}[c]));
+}
+
+function table(el, head, rows) {
+  el.innerHTML = '<tr>' + head.map((h) => '<th>' + esc(h) + '</th>').join('') + '</tr>' +
+    rows.map((r) => '<tr>' + r.map((c) => '<td' + (c && c.cls ? ' class="' + c.cls + '"' : '') + '>' +
+      esc(c && c.text !== undefined ? c.text : c) + '</td>').join('') + '</tr>').join('');
+}
+
+function state(s) { return {text: s, cls: 'state-' + s}; }
+
+function show() {
+  const signedIn = !!token;
+  $('login').hidden = signedIn;
+  $('nav').hidden = !signedIn;
+  for (const s of document.querySelectorAll('.view')) s.hidden = !signedIn || s.id !== 'view-' + view;
+  for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.view === view);
+}
+
+function signOut(why) {
+  token = '';
+  sessionStorage.removeItem('meridian-token');
+  $('login-error').textContent = why || '';
+  show();
+}
+
+$('login-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  token = $('token').value.trim();
+  const r = await fetch('/cluster/health', {headers: {'Authorization': 'Bearer ' + token}});
+  if (r.status === 401 || r.status === 403) { signOut('The token was refused.'); return; }
+  sessionStorage.setItem('meridian-token', token);
+  $('token').value = '';
+  $('login-error').textContent = '';
+  show();
+  sample().then(refresh);
+});
+$('logout').addEventListener('click', () => signOut(''));
+window.addEventListener('hashchange', () => { view = (location.hash || '#cluster').slice(1); show(); refresh(); });
+
+async function renderCluster() {
+  const [h, m] = await Promise.all([api('/cluster/health'), api('/cluster/members')]);
+  $('node-name').textContent = 'node ' + (h.self || '');
+  const counts = h.members || {};
+  const cards = [
+    ['Cluster', h.status, h.status === 'healthy' ? 'ok' : 'bad'],
+    ['Config version', h.config_version, ''],
+    ['Converged', h.converged ? 'yes' : 'no', h.converged ? 'ok' : 'bad'],
+    ['Alive', counts.alive ?? 0, 'ok'], ['Suspect', counts.suspect ?? 0, counts.suspect ? 'bad' : ''],
+    ['Dead', counts.dead ?? 0, counts.dead ? 'bad' : '']];
+  $('cluster-cards').innerHTML = cards.map(([k, v, c]) =>
+    '<div class="card" data-card="' + esc(k) + '">' + esc(k) + '<b class="' + c + '">' + esc(v) + '</b></div>').join('');
+  const rtt = h.region_rtt_ms || {};
+  const members = (m.members || []).slice().sort((a, b) => (a.region + a.id).localeCompare(b.region + b.id));
+  const regions = {};
+  for (const x of members) (regions[x.region] = regions[x.region] || []).push(x);
+  $('regions').innerHTML = '<div class="regions">' + Object.keys(regions).sort().map((r) =>
+    '<div class="region" data-region="' + esc(r) + '"><b>' + esc(r) + '</b>' +
+    (r in rtt ? ' <span class="hint">' + esc(rtt[r]) + ' ms</span>' : ' <span class="hint">here</span>') +
+    '<br>' + regions[r].map((x) => '<span class="state-' + esc(x.state) + '">' + esc(x.id) + ' ' + esc(x.state) + '</span>').join('<br>') +
+    '</div>').join('') + '</div>';
+  table($('members'), ['ID', 'Region', 'Zone', 'Address', 'State', 'Incarnation', 'RTT'],
+    members.map((x) => [x.id, x.region, x.zone, x.address, state(x.state), x.incarnation,
+      x.region in rtt ? rtt[x.region] + ' ms' : '-']));
+}
+
+function parseMetrics(text) {
+  const out = [];
+  for (const line of text.split('\n')) {
+    if (!line || line[0] === '#') continue;
+    const m = line.match(/^([a-z_:0-9]+)(\{([^}]*)\})?\s+(\S+)/);
+    if (!m) continue;
+    const labels = {};
+    if (m[3]) for (const p of m[3].matchAll(/([a-z_]+)="((?:[^"\\]|\\.)*)"/g)) labels[p[1]] = p[2];
+    out.push({name: m[1], labels, value: Number(m[4])});
+  }
+  return out;
+}
+
+async function sample() {
+  if (!token) return;
+  const metrics = parseMetrics(await api('/metrics'));
+  const s = {t: Date.now(), requests: 0, errors: 0, buckets: {}, routes: {}, limits: {}, healthy: [], metrics};
+  for (const x of metrics) {
+    if (x.name === 'meridian_http_requests_total') {
+      s.requests += x.value;
+      if (/^5/.test(x.labels.code)) s.errors += x.value;
+      const r = (s.routes[x.labels.route] = s.routes[x.labels.route] || {requests: 0, errors: 0});
+      r.requests += x.value;
+      if (/^5/.test(x.labels.code)) r.errors += x.value;
+    } else if (x.name === 'meridian_http_request_duration_seconds_bucket') {
+      s.buckets[x.labels.le] = (s.buckets[x.labels.le] || 0) + x.value;
+    } else if (x.name === 'meridian_ratelimit_decisions_total') {
+      const r = (s.limits[x.labels.route] = s.limits[x.labels.route] || {});
+      r[x.labels.result] = (r[x.labels.result] || 0) + x.value;
+    }
+  }
+  ring.push(s);
+  while (ring.length && ring[0].t < s.t - HOUR) ring.shift();
+}
+
+function series() {
+  const pts = [];
+  for (let i = 1; i < ring.length; i++) {
+    const a = ring[i - 1], b = ring[i];
+    const dt = (b.t - a.t) / 1000;
+    const dr = Math.max(0, b.requests - a.requests), de = Math.max(0, b.errors - a.errors);
+    // p99 from the histogram's bucket deltas.
+    const les = Object.keys(b.buckets).sort((x, y) => (x === '+Inf' ? Infinity : Number(x)) - (y === '+Inf' ? Infinity : Number(y)));
+    const total = (b.buckets['+Inf'] || 0) - (a.buckets['+Inf'] || 0);
+    let p99 = 0;
+    for (const le of les) {
+      if (total > 0 && (b.buckets[le] - (a.buckets[le] || 0)) >= 0.99 * total) { p99 = le === '+Inf' ? NaN : Number(le) * 1000; break; }
+    }
+    pts.push({t: b.t, rps: dr / dt, err: dr ? de / dr : 0, p99});
+  }
+  return pts;
+}
+
+function chart(canvas, pts, key, fmt) {
+  const c = canvas.getContext('2d');
+  const W = canvas.width, H = canvas.height;
+  c.clearRect(0, 0, W, H);
+  c.fillStyle = '#667'; c.font = '11px sans-serif';
+  const vals = pts.map((p) => p[key]).filter((v) => isFinite(v));
+  const max = Math.max(1e-9, ...vals);
+  c.fillText(fmt(max), 4, 12);
+  c.fillText(pts.length ? fmt(vals[vals.length - 1] ?? 0) + ' now' : 'collecting...', W - 110, 12);
+  if (pts.length < 2) return;
+  const t0 = Date.now() - HOUR;
+  c.strokeStyle = '#2f6fdf'; c.lineWidth = 1.5; c.beginPath();
+  pts.forEach((p, i) => {
+    const x = (p.t - t0) / HOUR * (W - 8) + 4, y = H - 4 - (isFinite(p[key]) ? p[key] : 0) / max * (H - 20);
+    i ? c.lineTo(x, y) : c.moveTo(x, y);
+  });
+  c.stroke();
+}
+
+function renderTraffic() {
+  const pts = series();
+  chart($('chart-rps'), pts, 'rps', (v) => v.toFixed(1) + '/s');
+  chart($('chart-errors'), pts, 'err', (v) => (v * 100).toFixed(1) + ' %');
+  chart($('chart-p99'), pts, 'p99', (v) => v.toFixed(1) + ' ms');
+  const last = ring[ring.length - 1];
+  if (!last) return;
+  table($('traffic-routes'), ['Route', 'Requests', '5xx'],
+    Object.entries(last.routes).sort().map(([r, v]) => [r, v.requests, v.errors]));
+}
+
+async function renderConfig() {
+  const c = await api('/config');
+  table($('routes'), ['Route', 'Match', 'Upstream', 'Policies'], (c.routes || []).map((r) => [r.name,
+    Object.entries(r.match || {}).map(([k, v]) => k + '=' + (Array.isArray(v) ? v.join(',') : typeof v === 'object' ? JSON.stringify(v) : v)).join(' ') || '*',
+    r.upstream, ['auth', 'rate_limit', 'grpc_transcode', 'websocket', 'fallback'].filter((k) => r[k]).join(' ')]));
+  table($('upstreams'), ['Upstream', 'Protocol', 'Balance', 'Targets'], (c.upstreams || []).map((u) => [u.name,
+    u.protocol || 'http1', u.balance, (u.targets || []).map((t) => t.address || t).join(', ')]));
+  table($('consumers'), ['Consumer', 'Groups'], (c.consumers || []).map((x) => [x.id, (x.groups || []).join(', ')]));
+}
+
+async function renderHealth() {
+  const [b, text] = await Promise.all([api('/breakers'), api('/metrics')]);
+  const health = parseMetrics(text).filter((x) => x.name === 'meridian_upstream_healthy');
+  table($('targets'), ['Upstream', 'Target', 'Health check'], health.map((x) => [x.labels.upstream, x.labels.target,
+    x.value ? {text: 'healthy', cls: 'ok'} : {text: 'unhealthy', cls: 'bad'}]));
+  table($('breakers'), ['Upstream', 'Target', 'State', 'Since', 'Set by'], (b.breakers || []).map((x) => [x.upstream,
+    x.target, state(x.state), x.since ? new Date(x.since).toISOString() : '', x.origin]));
+}
+
+function renderLimits() {
+  const last = ring[ring.length - 1];
+  table($('limit-routes'), ['Route', 'Allowed', 'Rejected'], last ? Object.entries(last.limits).sort().map(([r, v]) =>
+    [r, v.allowed || 0, {text: v.rejected || 0, cls: v.rejected ? 'bad' : ''}]) : []);
+}
+$('limit-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const q = $('limit-key').value ? '?key=' + encodeURIComponent($('limit-key').value) : '';
+  try {
+    $('limit-result').textContent = JSON.stringify(await api('/ratelimits/' + encodeURIComponent($('limit-route').value) + q), null, 2);
+  } catch (err) { $('limit-result').textContent = String(err); }
+});
+
+async function renderAudit() {
+  const a = await api('/audit?limit=100');
+  table($('audit'), ['When', 'Node', 'Method', 'Path', 'From', 'Status'], (a.entries || []).map((x) => [
+    new Date(x.at).toISOString(), x.node, x.method, x.path, x.client_cert || x.from, x.status]));
+}
+
+async function refresh() {
+  if (!token) return;
+  try {
+    if (view === 'cluster') await renderCluster();
+    else if (view === 'traffic') renderTraffic();
+    else if (view === 'config') await renderConfig();
+    else if (view === 'health') await renderHealth();
+    else if (view === 'limits') renderLimits();
+    else if (view === 'audit') await renderAudit();
+    $('status').textContent = 'updated ' + new Date().toLocaleTimeString();
+    document.body.dataset.updated = String(Date.now());
+  } catch (err) {
+    if (String(err) !== 'Error: 401') $('status').textContent = 'cannot reach the node: ' + err.message;
+  }
+}
+
+show();
+if (token) { sample().then(refresh); }
+setInterval(refresh, 2000);
+setInterval(() => sample().catch(() => {}), 5000);
+)JS";
+}
+
+}  // namespace meridian::node
