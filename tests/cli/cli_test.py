@@ -18,20 +18,10 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
-FAILURES = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_config(tmp, i, ports):
@@ -92,13 +82,7 @@ def main():
                  for i in range(2)]
         try:
             for p in ports:
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline:
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{p['admin']}/health", timeout=1)
-                        break
-                    except OSError:
-                        time.sleep(0.05)
+                wait_http(f"http://127.0.0.1:{p['admin']}/health", 30)
             tests(binary, tmp, ports)
         except Exception as e:
             check(False, f"the story runs to its end: {e!r}")
@@ -113,8 +97,7 @@ def main():
             log.close()
             if FAILURES:
                 print(open(f"{tmp}/nodes.log").read()[-5000:])
-    print(f"{len(FAILURES)} failure(s)")
-    sys.exit(1 if FAILURES else 0)
+    finish()
 
 
 def tests(binary, tmp, ports):

@@ -20,20 +20,10 @@ import tempfile
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
-FAILURES = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def exported(binary, tmp):
@@ -63,13 +53,7 @@ routes:
     node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node.yaml"],
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_http(f"http://127.0.0.1:{admin}/health", 20)
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{proxy}/x", timeout=5)
         except OSError:
@@ -132,8 +116,7 @@ def main():
         r = subprocess.run(["promtool", "check", "rules", f"{tmp}/rules.yml"], capture_output=True,
                            text=True)
         check(r.returncode == 0, f"promtool parses every query ({r.stdout}{r.stderr})")
-    print(f"{len(FAILURES)} failure(s)")
-    sys.exit(1 if FAILURES else 0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -33,23 +33,15 @@ from concurrent import futures
 
 import grpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
-FAILURES = []
 BIG = 4 * 1024 * 1024
 OPTIONS = [("grpc.max_send_message_length", 16 * 1024 * 1024),
            ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
 
 
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the service: raw bytes in and out (no generated code needed) -----------------------------
@@ -258,13 +250,7 @@ def main():
         log = open(f"{tmp}/node.log", "w")
         node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node.yaml"], stderr=log)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and node.poll() is None:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_http(f"http://127.0.0.1:{admin_port}/health", 30, lambda: node.poll() is None)
             check(node.poll() is None, "meridian runs")
             try:
                 tests(proxy_port, admin_port, tmp)
@@ -283,8 +269,7 @@ def main():
             secure.stop(0)
             if FAILURES:
                 print(open(f"{tmp}/node.log").read()[-6000:])
-    print(f"{len(FAILURES)} failure(s)")
-    sys.exit(1 if FAILURES else 0)
+    finish()
 
 
 def status_of(call):

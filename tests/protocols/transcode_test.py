@@ -28,23 +28,15 @@ from concurrent import futures
 
 import grpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TOKEN = "test-token-0123456789abcdef"
-FAILURES = []
 CALLS = []  # the methods the server saw
 
 
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Messages:
@@ -213,13 +205,7 @@ def main():
                  for name in ("node.yaml", "node2.yaml")]
         try:
             for port in (admin_port, admin2):
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and all(n.poll() is None for n in nodes):
-                    try:
-                        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                        break
-                    except OSError:
-                        time.sleep(0.05)
+                wait_http(f"http://127.0.0.1:{port}/health", 30, lambda: all(n.poll() is None for n in nodes))
             check(all(n.poll() is None for n in nodes), "two meridian nodes run")
             try:
                 tests(proxy_port, admin_port, proxy2)
@@ -239,8 +225,7 @@ def main():
             server.stop(0)
             if FAILURES:
                 print(open(f"{tmp}/node.log").read()[-8000:])
-    print(f"{len(FAILURES)} failure(s)")
-    sys.exit(1 if FAILURES else 0)
+    finish()
 
 
 def route_served(proxy_port, admin_port, other_port):

@@ -26,23 +26,15 @@ import threading
 import time
 import urllib.request
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
-FAILURES = []
 SPANS = []
 SEEN = []  # (traceparent, tracestate) the upstream received
 LOCK = threading.Lock()
 
 
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what, flush=True)
-    if not ok:
-        FAILURES.append(what)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Collector(http.server.BaseHTTPRequestHandler):
@@ -128,13 +120,7 @@ routes:
 """)
     node = subprocess.Popen([binary, "run", "--config", f"{tmp}/node-{sampling}.yaml"],
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{admin}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_http(f"http://127.0.0.1:{admin}/health", 20)
     return node, proxy, admin
 
 
@@ -166,8 +152,7 @@ def main():
         except Exception as e:
             check(False, f"the story runs to its end: {e!r}")
         check(stop(node) == 0, "meridian drains and exits 0 (sampling 0)")
-    print(f"{len(FAILURES)} failure(s)")
-    sys.exit(1 if FAILURES else 0)
+    finish()
 
 
 TP = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-(0[01])$")
