@@ -34,7 +34,8 @@ from concurrent import futures
 import grpc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
-from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+from harness import (FAILURES, check, finish, free_port,  # noqa: E402
+                     make_ca_and_server_cert, wait_http)
 
 TOKEN = "test-token-0123456789abcdef"
 BIG = 4 * 1024 * 1024
@@ -217,24 +218,12 @@ def start_https_origin(tmp):
     return server.server_address[1]
 
 
-def make_certs(tmp):
-    def run(*args):
-        subprocess.run(args, check=True, capture_output=True)
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        "/CN=test CA", "-keyout", f"{tmp}/ca.key", "-out", f"{tmp}/ca.pem")
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", f"{tmp}/server.key", "-out", f"{tmp}/server.csr")
-    with open(f"{tmp}/ext.cnf", "w") as f:
-        f.write("subjectAltName=DNS:localhost\n")
-    run("openssl", "x509", "-req", "-in", f"{tmp}/server.csr", "-CA", f"{tmp}/ca.pem", "-CAkey",
-        f"{tmp}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{tmp}/ext.cnf",
-        "-out", f"{tmp}/server.pem")
 
 
 def main():
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as tmp:
-        make_certs(tmp)
+        make_ca_and_server_cert(tmp, "localhost")
         with open(f"{tmp}/admin.token", "w") as f:
             f.write(TOKEN + "\n")
         os.chmod(f"{tmp}/admin.token", 0o600)

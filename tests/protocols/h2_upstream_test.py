@@ -22,7 +22,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
-from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+from harness import (FAILURES, check, finish, free_port,  # noqa: E402
+                     make_ca_and_server_cert, wait_http)
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -54,18 +55,6 @@ def metric(admin_port, name):
     return total
 
 
-def make_certs(tmp):
-    def run(*args):
-        subprocess.run(args, check=True, capture_output=True)
-    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-        "/CN=test CA", "-keyout", f"{tmp}/ca.key", "-out", f"{tmp}/ca.pem")
-    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=origin.test",
-        "-keyout", f"{tmp}/server.key", "-out", f"{tmp}/server.csr")
-    with open(f"{tmp}/ext.cnf", "w") as f:
-        f.write("subjectAltName=DNS:origin.test\n")
-    run("openssl", "x509", "-req", "-in", f"{tmp}/server.csr", "-CA", f"{tmp}/ca.pem", "-CAkey",
-        f"{tmp}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{tmp}/ext.cnf",
-        "-out", f"{tmp}/server.pem")
 
 
 def config(tmp, h2c_port, h2_port, proxy_port, admin_port):
@@ -106,7 +95,7 @@ def start_nghttpd(tmp, port, tls):
 def main():
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as tmp:
-        make_certs(tmp)
+        make_ca_and_server_cert(tmp, "origin.test")
         os.makedirs(f"{tmp}/www")
         big = os.urandom(5_000_000)
         with open(f"{tmp}/www/big.bin", "wb") as f:

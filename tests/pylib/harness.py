@@ -41,3 +41,21 @@ def finish():
     """Prints the failure count and exits with it."""
     print(f"{len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
+
+
+def make_ca_and_server_cert(tmp, name):
+    """Writes tmp/ca.pem (a test CA) and tmp/server.pem + server.key (for DNS name `name`,
+    issued by that CA) with the openssl command."""
+    import subprocess
+
+    def run(*args):
+        subprocess.run(args, check=True, capture_output=True)
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=test CA", "-keyout", f"{tmp}/ca.key", "-out", f"{tmp}/ca.pem")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+        "-keyout", f"{tmp}/server.key", "-out", f"{tmp}/server.csr")
+    with open(f"{tmp}/ext.cnf", "w") as f:
+        f.write(f"subjectAltName=DNS:{name}\n")
+    run("openssl", "x509", "-req", "-in", f"{tmp}/server.csr", "-CA", f"{tmp}/ca.pem", "-CAkey",
+        f"{tmp}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{tmp}/ext.cnf",
+        "-out", f"{tmp}/server.pem")
