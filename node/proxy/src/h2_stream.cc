@@ -39,22 +39,6 @@ class nv_list {
   }
 
  private:
-  static bool is_connection_specific(std::string_view name) {
-    switch (name.size()) {
-      case 2:
-        return iequals(name, "te");
-      case 7:
-        return iequals(name, "upgrade");
-      case 10:
-        return iequals(name, "connection") || iequals(name, "keep-alive");
-      case 16:
-        return iequals(name, "proxy-connection");
-      case 17:
-        return iequals(name, "transfer-encoding");
-      default:
-        return false;
-    }
-  }
   h2_connection::nv_scratch& s_;
 };
 

@@ -38,6 +38,26 @@ bool iequals(std::string_view a, std::string_view b);
 std::string_view trim(std::string_view s);
 // True for the fields that describe one connection (RFC 9110 §7.6.1), never forwarded.
 bool is_hop_by_hop(http::field f);
+
+// True for the fields that describe an HTTP/1.1 connection and have no place in HTTP/2 (RFC 9113
+// section 8.2.2): Connection, Keep-Alive, Proxy-Connection, Transfer-Encoding, Upgrade, and TE
+// (which HTTP/2 allows only as "trailers": the caller keeps that one).
+inline bool is_connection_specific(std::string_view name) {
+  switch (name.size()) {
+    case 2:
+      return iequals(name, "te");
+    case 7:
+      return iequals(name, "upgrade");
+    case 10:
+      return iequals(name, "connection") || iequals(name, "keep-alive");
+    case 16:
+      return iequals(name, "proxy-connection");
+    case 17:
+      return iequals(name, "transfer-encoding");
+    default:
+      return false;
+  }
+}
 // True when a client's X-Request-Id may be kept: 1..128 characters of [A-Za-z0-9._:-].
 bool valid_request_id(std::string_view id);
 // Appends s as a JSON string (quoted, escaped) to out.

@@ -7,25 +7,11 @@ namespace meridian::node {
 
 namespace {
 
-// Fields that describe an HTTP/1.1 connection and have no place in HTTP/2 (RFC 9113 section
-// 8.2.2). TE is dropped too, except for "trailers", which gRPC needs.
-bool connection_specific(std::string_view name) {
-  switch (name.size()) {
-    case 4:
-      return iequals(name, "host");  // becomes :authority
-    case 7:
-      return iequals(name, "upgrade");
-    case 6:
-      return iequals(name, "expect");  // 100-continue is between the client and the gateway
-    case 10:
-      return iequals(name, "connection") || iequals(name, "keep-alive");
-    case 16:
-      return iequals(name, "proxy-connection");
-    case 17:
-      return iequals(name, "transfer-encoding");
-    default:
-      return false;
-  }
+// What does not go to an HTTP/2 upstream: connection-specific fields (TE is handled by the
+// caller), Host (it becomes :authority) and Expect (100-continue is between the client and the
+// gateway).
+bool not_for_h2(std::string_view name) {
+  return is_connection_specific(name) || iequals(name, "host") || iequals(name, "expect");
 }
 
 void add_field(std::string& text, std::vector<std::array<uint32_t, 4>>& at, std::string_view name,
@@ -83,7 +69,7 @@ void upstream_call::h2_prepare() {
       if (has_token(value, "trailers")) fields.emplace_back("te", "trailers");
       continue;
     }
-    if (connection_specific(name)) continue;
+    if (not_for_h2(name)) continue;
     if (ex_.transcode && (iequals(name, "content-type") || iequals(name, "content-length"))) {
       continue;  // the body is the gRPC message now
     }
