@@ -863,6 +863,36 @@ struct node::impl {
              {"algorithm", cfg.algorithm}}};
   }
 
+  // GET /consumers/{id}/usage: for every rate limit keyed by consumer, this consumer's count in
+  // the current window, summed over the cluster (the same counters the limits decide on).
+  admin_reply consumer_usage(const std::string& consumer) {
+    if (!consumer_known(consumer))
+      return error_reply(404, "not_found", "no consumer '" + consumer + "'");
+    auto snap = current();
+    int64_t now = unix_now_ms();
+    auto quotas = nlohmann::json::array();
+    for (const auto& r : snap->cfg.routes) {
+      for (size_t i = 0; i < r.rate_limits.size(); ++i) {
+        const auto& cfg = r.rate_limits[i];
+        if (cfg.key != "consumer") continue;
+        auto spec = limiter->compile(r.name, i, cfg);
+        auto v = limiter->view(rate_limiter::key_of(spec, consumer), spec, now);
+        int64_t window_start =
+            now - (now - cluster::hlc_epoch_unix_ms) % static_cast<int64_t>(v.window_ms);
+        quotas.push_back({{"route", r.name},
+                          {"limit_index", i},
+                          {"limit", v.limit},
+                          {"window_ms", v.window_ms},
+                          {"window_start", window_start},
+                          {"count", v.count},
+                          {"remaining", v.count >= v.limit ? 0 : v.limit - v.count},
+                          {"by_node", v.by_node},
+                          {"scope", cfg.scope}});
+      }
+    }
+    return {200, {{"consumer", consumer}, {"quotas", std::move(quotas)}}};
+  }
+
   // POST /config/consumers/{id}/keys, DELETE .../keys/{key_id}, GET .../keys.
   // Whether the current config defines consumer id.
   bool consumer_known(const std::string& id) {
@@ -1329,6 +1359,9 @@ bool node::start(std::string* error) {
   handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
                                    const std::string& limit) {
     return impl_->ratelimit_view(route, key, limit);
+  };
+  handlers.consumer_usage = [this](const std::string& consumer) {
+    return impl_->consumer_usage(consumer);
   };
   handlers.config_write = [this](const std::string& kind, const std::string& name,
                                  const std::string* body) {

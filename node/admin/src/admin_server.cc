@@ -369,6 +369,14 @@ void admin_server::impl::add_endpoints() {
            send_json(res, r.status, r.body);
          }});
   }
+  if (handlers.consumer_usage) {
+    endpoints.push_back(
+        {"GET", "/consumers/{id}/usage", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params& p) {
+           admin_reply r = handlers.consumer_usage(p[0]);
+           send_json(res, r.status, r.body);
+         }});
+  }
   if (handlers.cluster_leave) {
     endpoints.push_back(
         {"POST", "/cluster/leave", true,

@@ -56,6 +56,8 @@ struct admin_handlers {
   std::function<admin_reply(const std::string& route, const std::string& key,
                             const std::string& limit)>
       ratelimit_view;
+  // GET /consumers/{id}/usage: the consumer's count in each consumer-keyed quota, cluster-wide.
+  std::function<admin_reply(const std::string& consumer)> consumer_usage;
   // Records one change in the audit trail (method, path, client address, client certificate
   // subject or "", status).
   std::function<void(const std::string&, const std::string&, const std::string&, const std::string&,
