@@ -292,10 +292,12 @@ async function renderConfig() {
 }
 
 async function renderHealth() {
-  const [b, text] = await Promise.all([api('/breakers'), api('/metrics')]);
+  const [b, text, cfg] = await Promise.all([api('/breakers'), api('/metrics'), api('/config')]);
+  const checked = new Set((cfg.upstreams || []).filter((u) => u.health_check).map((u) => u.name));
   const health = parseMetrics(text).filter((x) => x.name === 'meridian_upstream_healthy');
   table($('targets'), ['Upstream', 'Target', 'Health check'], health.map((x) => [x.labels.upstream, x.labels.target,
-    x.value ? {text: 'healthy', cls: 'ok'} : {text: 'unhealthy', cls: 'bad'}]));
+    !checked.has(x.labels.upstream) ? {text: 'not checked', cls: ''}
+      : x.value ? {text: 'healthy', cls: 'ok'} : {text: 'unhealthy', cls: 'bad'}]));
   table($('breakers'), ['Upstream', 'Target', 'State', 'Since', 'Set by'], (b.breakers || []).map((x) => [x.upstream,
     x.target, state(x.state), x.since ? new Date(x.since).toISOString() : '', x.origin]));
 }
