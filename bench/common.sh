@@ -97,18 +97,39 @@ bench_upstream_conf() {
 }
 
 # Writes a meridian config: one worker, one prefix route / to the upstream on UPSTREAM_PORT.
+# UPSTREAM_EXTRA and ROUTE_EXTRA (optional) are more keys of the upstream and of the route, one
+# "key: value" a line (e.g. "protocol: h2c", "websocket: true").
 bench_meridian_conf() {
-  local file=$1 proxy_port=$2 admin_port=$3 upstream_port=$4
-  cat >"$file" <<CONF
+  local file=$1 proxy_port=$2 admin_port=$3 upstream_port=$4 upstream_extra=${5:-} route_extra=${6:-}
+  # shellcheck disable=SC2001  # sed indents every line of a multi-line value
+  {
+    cat <<CONF
 node: {id: bench, region: local, data_dir: $tmp/meridian-data, workers: 1}
 listen: {proxy: 127.0.0.1:$proxy_port, admin: 127.0.0.1:$admin_port}
 log: {level: warn, access_log: {enabled: false}}
 upstreams:
   - name: up
     targets: [127.0.0.1:$upstream_port]
+CONF
+    [[ -z "$upstream_extra" ]] || sed 's/^/    /' <<<"$upstream_extra"
+    cat <<CONF
 routes:
   - name: all
     match: {path_prefix: /}
     upstream: up
 CONF
+    [[ -z "$route_extra" ]] || sed 's/^/    /' <<<"$route_extra"
+  } >"$file"
+}
+
+# Compiles SRC into BIN with g++ -O2 (and the flags after them) when BIN is missing or older
+# than SRC: the benchmarks' own helper programs, outside CMake.
+bench_compile() {
+  local bin=$1 src=$2
+  shift 2
+  [[ -x "$bin" && ! "$bin" -ot "$src" ]] && return 0
+  mkdir -p "$(dirname "$bin")"
+  echo "$bench_name: compiling $bin" >&2
+  nice g++ -std=c++17 -O2 -o "$bin.tmp" "$src" "$@"
+  mv "$bin.tmp" "$bin"
 }

@@ -39,12 +39,9 @@ bench_require h2load nghttp curl g++ pkg-config python3
 if [[ ! -x "$server" || "$server" -ot "$server_src" ]]; then
   pkg-config --exists grpc++ ||
     { echo "$bench_name: libgrpc++-dev is missing; install it with: MERIDIAN_BENCH=1 scripts/setup.sh" >&2; exit 1; }
-  mkdir -p "$(dirname "$server")"
-  echo "$bench_name: compiling $server" >&2
-  # shellcheck disable=SC2046  # pkg-config's flags are meant to split
-  nice g++ -std=c++17 -O2 -o "$server.tmp" "$server_src" $(pkg-config --cflags --libs grpc++)
-  mv "$server.tmp" "$server"
 fi
+# shellcheck disable=SC2046  # pkg-config's flags are meant to split
+bench_compile "$server" "$server_src" $(pkg-config --cflags --libs grpc++ 2>/dev/null)
 
 tmp=$(mktemp -d /tmp/meridian-bench-grpc.XXXXXX)
 cleanup() {
@@ -56,20 +53,9 @@ trap 'exit 130' INT TERM
 
 read -r grpc_port meridian_port admin_port <<<"$(bench_free_ports 3)"
 
-cat >"$tmp/meridian.yaml" <<CONF
-node: {id: bench, region: local, data_dir: $tmp/meridian-data, workers: 1}
-listen: {proxy: 127.0.0.1:$meridian_port, admin: 127.0.0.1:$admin_port}
-log: {level: warn, access_log: {enabled: false}}
-upstreams:
-  - name: g
-    protocol: h2c
-    targets: [{address: 127.0.0.1:$grpc_port}]${upstream_streams:+
-    pool: {max_streams_per_connection: $upstream_streams\}}
-routes:
-  - name: g
-    match: {path_prefix: /bench.Echo/}
-    upstream: g
-CONF
+bench_meridian_conf "$tmp/meridian.yaml" "$meridian_port" "$admin_port" "$grpc_port" \
+  "protocol: h2c${upstream_streams:+
+pool: {max_streams_per_connection: $upstream_streams\}}"
 
 # One gRPC length-prefixed message: uncompressed flag 0, 4-byte big-endian length, the bytes.
 printf '\0%b' "$(printf '\\%03o' $((payload >> 24 & 255)) $((payload >> 16 & 255)) \

@@ -34,12 +34,7 @@ bench_require nginx curl g++ python3
 ((client_procs >= 1 && connections >= client_procs)) ||
   { echo "$bench_name: need CONNECTIONS >= CLIENT_PROCS >= 1" >&2; exit 1; }
 
-if [[ ! -x "$ws_echo" || "$ws_echo" -ot "$ws_src" ]]; then
-  mkdir -p "$(dirname "$ws_echo")"
-  echo "$bench_name: compiling $ws_echo (about 30 s)" >&2
-  nice g++ -std=c++17 -O2 -o "$ws_echo.tmp" "$ws_src" -pthread
-  mv "$ws_echo.tmp" "$ws_echo"
-fi
+bench_compile "$ws_echo" "$ws_src" -pthread  # about 30 s, once
 
 tmp=$(mktemp -d /tmp/meridian-bench-ws.XXXXXX)
 cleanup() {
@@ -61,19 +56,8 @@ bench_nginx_conf "$tmp/nginx.conf" nginx "  server {
       proxy_read_timeout 300s;
     }
   }"
-cat >"$tmp/meridian.yaml" <<CONF
-node: {id: bench, region: local, data_dir: $tmp/meridian-data, workers: 1}
-listen: {proxy: 127.0.0.1:$meridian_port, admin: 127.0.0.1:$admin_port}
-log: {level: warn, access_log: {enabled: false}}
-upstreams:
-  - name: origin
-    targets: [127.0.0.1:$origin_port]
-routes:
-  - name: ws
-    match: {path_prefix: /}
-    upstream: origin
-    websocket: true
-CONF
+bench_meridian_conf "$tmp/meridian.yaml" "$meridian_port" "$admin_port" "$origin_port" "" \
+  "websocket: true"
 
 bench_start origin "$ws_echo" server "$origin_port"
 origin_pid=${bench_pids[-1]}
