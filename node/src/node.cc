@@ -23,6 +23,7 @@
 
 #include "meridian/admin/admin_server.h"
 #include "meridian/admin/otlp_exporter.h"
+#include "meridian/analytics/usage.h"
 #include "meridian/auth/api_keys.h"
 #include "meridian/auth/oauth.h"
 #include "meridian/cluster_bridge/cluster_bridge.h"
@@ -33,6 +34,7 @@
 #include "meridian/proxy/snapshot.h"
 #include "meridian/storage/store.h"
 #include "meridian/traffic/rate_limiter.h"
+#include "peers.h"
 
 namespace meridian::node {
 namespace {
@@ -576,6 +578,27 @@ struct node::impl {
   std::shared_ptr<const snapshot> snap;
   // Declared before the proxy: the workers' tracing stages submit to it until they stop.
   std::unique_ptr<otlp_exporter> tracer;  // null without a `tracing` section
+  // Usage analytics (null with analytics.enabled false); before the proxy for the same reason.
+  std::unique_ptr<usage_recorder> usage;
+  std::unique_ptr<usage_store> usage_db;
+  periodic_thread usage_collector;  // drains the workers' counts into usage_db, persists them
+  std::string peer_token;           // what other nodes present to /peer/... (peers.h)
+
+  // Moves the workers' counts into the store's open minute and hour; with persist, writes them.
+  void collect_usage(bool persist) {
+    if (!usage) return;
+    usage_batch batch;
+    usage->drain(batch);
+    const int64_t now = unix_now_ms();
+    usage_db->add(batch, now);
+    std::string error;
+    if (persist && !usage_db->persist(now, &error))
+      log()->warn("usage analytics not stored: {}", error);
+  }
+  void stop_usage() {
+    usage_collector.stop();
+    collect_usage(true);
+  }
   std::unique_ptr<proxy_server> proxy;
   std::unique_ptr<admin_server> admin;
   std::unique_ptr<health_checker> health;
@@ -672,8 +695,9 @@ struct node::impl {
     const auto composed = steady_clock::now();
     auto keys = key_table(eff);
     const auto keyed = steady_clock::now();
-    auto next = build_snapshot(std::move(eff), version + 1, cfg.node.workers, targets, metrics,
-                               error, limiter.get(), std::move(keys), oauth.get(), tracer.get());
+    auto next =
+        build_snapshot(std::move(eff), version + 1, cfg.node.workers, targets, metrics, error,
+                       limiter.get(), std::move(keys), oauth.get(), tracer.get(), usage.get());
     const auto built = steady_clock::now();
     if (!next) return false;
     for (const auto& w : next->warnings) log()->warn("{}", w);
@@ -829,38 +853,127 @@ struct node::impl {
     return out;
   }
 
-  // GET /ratelimits/{route}?key=K[&limit=I]: the cluster-wide count of one key of one limit.
-  admin_reply ratelimit_view(const std::string& route, const std::string& key,
-                             const std::string& limit) {
-    auto snap = current();
-    const route_config* rc = nullptr;
-    for (const auto& r : snap->cfg.routes)
-      if (r.name == route) rc = &r;
-    if (!rc) return error_reply(404, "not_found", "no route '" + route + "'");
-    if (rc->rate_limits.empty())
-      return error_reply(404, "not_found", "route '" + route + "' has no rate limit");
+  // The route named route and its limit number `limit` (empty: 0), or an error reply.
+  struct limit_ref {
+    std::shared_ptr<const snapshot> snap;
+    const route_config* route = nullptr;
     size_t index = 0;
+  };
+  std::optional<admin_reply> find_limit(const std::string& route, const std::string& limit,
+                                        limit_ref* out) {
+    out->snap = current();
+    for (const auto& r : out->snap->cfg.routes)
+      if (r.name == route) out->route = &r;
+    if (!out->route) return error_reply(404, "not_found", "no route '" + route + "'");
+    const auto& limits = out->route->rate_limits;
+    if (limits.empty())
+      return error_reply(404, "not_found", "route '" + route + "' has no rate limit");
     if (!limit.empty()) {
-      auto [p, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), index);
-      if (ec != std::errc() || p != limit.data() + limit.size() || index >= rc->rate_limits.size())
+      auto [p, ec] = std::from_chars(limit.data(), limit.data() + limit.size(), out->index);
+      if (ec != std::errc() || p != limit.data() + limit.size() || out->index >= limits.size())
         return error_reply(400, "bad_request",
-                           "limit must be 0.." + std::to_string(rc->rate_limits.size() - 1));
+                           "limit must be 0.." + std::to_string(limits.size() - 1));
     }
-    const auto& cfg = rc->rate_limits[index];
-    auto spec = limiter->compile(rc->name, index, cfg);
+    return std::nullopt;
+  }
+
+  // GET /ratelimits/{route}?key=K[&limit=I]: the cluster-wide count of one key of one limit;
+  // without ?key= (for a limit keyed per consumer, address or header), the busiest keys.
+  admin_reply ratelimit_view(const std::string& route, const std::string& key,
+                             const std::string& limit, const std::string& top) {
+    limit_ref ref;
+    if (auto e = find_limit(route, limit, &ref)) return *e;
+    const auto& lc = ref.route->rate_limits[ref.index];
+    auto spec = limiter->compile(ref.route->name, ref.index, lc);
     int64_t now = unix_now_ms();
     // route and global limits count one key whatever the request: ?key= names nothing there.
     const bool keyless =
         spec.key == limit_spec::key_kind::route || spec.key == limit_spec::key_kind::global;
-    auto v = limiter->view(rate_limiter::key_of(spec, keyless ? std::string() : key), spec, now);
-    return {200,
-            {{"limit", v.limit},
-             {"window_ms", v.window_ms},
-             {"count", v.count},
-             {"by_node", v.by_node},
-             {"key", cfg.key},
-             {"scope", cfg.scope},
-             {"algorithm", cfg.algorithm}}};
+    nlohmann::json out = {{"key", lc.key}, {"scope", lc.scope}, {"algorithm", lc.algorithm}};
+    if (keyless || !key.empty()) {
+      auto v = limiter->view(rate_limiter::key_of(spec, keyless ? std::string() : key), spec, now);
+      out.update({{"limit", v.limit},
+                  {"window_ms", v.window_ms},
+                  {"count", v.count},
+                  {"by_node", v.by_node}});
+      return {200, std::move(out)};
+    }
+    size_t top_n = 10;
+    if (!top.empty()) {
+      auto [p, ec] = std::from_chars(top.data(), top.data() + top.size(), top_n);
+      if (ec != std::errc() || p != top.data() + top.size() || top_n == 0 || top_n > 100)
+        return error_reply(400, "bad_request", "top must be 1..100");
+    }
+    // Candidates: the keys this node and every other saw most (their Space-Saving summaries);
+    // counts: the cluster-wide counters the limit decides on.
+    const uint64_t window = static_cast<uint64_t>(now) / spec.window_ms;
+    std::map<std::string, uint64_t> rejected;  // in the current window, summed over the nodes
+    auto note = [&](const std::string& k, uint64_t w, uint64_t r) {
+      auto& n = rejected[k];
+      if (w == window) n += r;
+    };
+    for (const auto& e : local_candidates(ref, now)) note(e.key, e.window, e.rejected);
+    auto answered = nlohmann::json::array({cfg.node.id});
+    auto missing = nlohmann::json::array();
+    if (cluster) {
+      auto r = ask_peers(*cluster, cfg.node.id,
+                         "/peer/ratelimits/" + route + "?limit=" + std::to_string(ref.index));
+      for (auto& id : r.missing) missing.push_back(id);
+      for (auto& [id, j] : r.answers) {
+        if (!j.contains("candidates") || !j["candidates"].is_array()) {
+          missing.push_back(id);
+          continue;
+        }
+        for (const auto& c : j["candidates"]) {
+          if (!c.is_object() || !c.contains("key") || !c["key"].is_string()) continue;
+          note(c["key"].get<std::string>(), c.value("window", uint64_t{0}),
+               c.value("rejected", uint64_t{0}));
+        }
+        answered.push_back(id);
+      }
+    }
+    std::vector<std::pair<uint64_t, nlohmann::json>> rows;
+    for (const auto& [k, r] : rejected) {
+      auto v = limiter->view(rate_limiter::key_of(spec, k), spec, now);
+      if (v.count == 0 && r == 0) continue;
+      rows.emplace_back(v.count,
+                        nlohmann::json{{"key", k},
+                                       {"count", v.count},
+                                       {"remaining", v.count >= v.limit ? 0 : v.limit - v.count},
+                                       {"rejected", r},
+                                       {"by_node", v.by_node}});
+      out["limit"] = v.limit;
+      out["window_ms"] = v.window_ms;
+    }
+    std::stable_sort(rows.begin(), rows.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    auto list = nlohmann::json::array();
+    for (size_t i = 0; i < rows.size() && i < top_n; ++i) list.push_back(std::move(rows[i].second));
+    if (!out.contains("limit")) {
+      out["limit"] = spec.limit;
+      out["window_ms"] = spec.window_ms;
+    }
+    out["top"] = std::move(list);
+    out["nodes"] = {{"answered", std::move(answered)}, {"missing", std::move(missing)}};
+    return {200, std::move(out)};
+  }
+
+  // This node's busiest keys of one limit, noted within the last two windows.
+  std::vector<key_tracker::entry> local_candidates(const limit_ref& ref, int64_t now) {
+    auto spec = limiter->compile(ref.route->name, ref.index, ref.route->rate_limits[ref.index]);
+    return limiter->stats_for(ref.route->name)
+        .keys.candidates(static_cast<uint32_t>(ref.index),
+                         now - 2 * static_cast<int64_t>(spec.window_ms));
+  }
+
+  // GET /peer/ratelimits/{route}?limit=I: the candidates, for the node merging them.
+  admin_reply peer_ratelimit_keys(const std::string& route, const std::string& limit) {
+    limit_ref ref;
+    if (auto e = find_limit(route, limit, &ref)) return *e;
+    auto list = nlohmann::json::array();
+    for (const auto& e : local_candidates(ref, unix_now_ms()))
+      list.push_back({{"key", e.key}, {"window", e.window}, {"rejected", e.rejected}});
+    return {200, {{"candidates", std::move(list)}}};
   }
 
   // GET /consumers/{id}/usage: for every rate limit keyed by consumer, this consumer's count in
@@ -1169,6 +1282,7 @@ node::~node() {
   // Password checks still queued answer before the workers they post to stop.
   if (impl_->oauth) impl_->oauth->stop();
   if (impl_->proxy) impl_->proxy->stop();
+  impl_->stop_usage();  // after the workers: the last requests' counts too
   if (impl_->admin) impl_->admin->stop();
 }
 
@@ -1240,6 +1354,14 @@ bool node::start(std::string* error) {
     });
   }
   if (!d.ensure_oauth(d.cfg, error)) return false;
+  if (d.cfg.analytics.enabled) {
+    d.usage = std::make_unique<usage_recorder>(d.cfg.node.workers, d.cfg.analytics.max_names);
+    usage_store::options uo;
+    uo.max_names = d.cfg.analytics.max_names;
+    d.usage_db = std::make_unique<usage_store>(
+        uo, d.cluster ? &d.cluster->store() : d.local_store.get(), unix_now_ms());
+    d.usage_collector.start(std::chrono::seconds(10), [this] { impl_->collect_usage(true); });
+  }
   if (d.cfg.tracing) {
     // The exporter is made once: a reload changes the sampling ratio, not where spans go.
     otlp_options o;
@@ -1255,7 +1377,8 @@ bool node::start(std::string* error) {
   {
     config eff = d.effective(d.cfg);
     d.snap = build_snapshot(eff, ++d.version, d.cfg.node.workers, d.targets, d.metrics, error,
-                            d.limiter.get(), d.key_table(eff), d.oauth.get(), d.tracer.get());
+                            d.limiter.get(), d.key_table(eff), d.oauth.get(), d.tracer.get(),
+                            d.usage.get());
   }
   if (!d.snap) return false;
   for (const auto& w : d.snap->warnings) log()->warn("{}", w);
@@ -1356,9 +1479,19 @@ bool node::start(std::string* error) {
                                       const std::string& body) {
     return impl_->password_request(method, consumer, body);
   };
+  if (d.usage_db) {
+    handlers.analytics = [this](const std::map<std::string, std::string>& q, bool peer) {
+      impl_->collect_usage(false);  // what was just served counts too
+      return analytics_reply(q, peer, *impl_->usage_db, impl_->cluster.get(), impl_->cfg.node.id,
+                             unix_now_ms());
+    };
+  }
+  handlers.peer_ratelimit_keys = [this](const std::string& route, const std::string& limit) {
+    return impl_->peer_ratelimit_keys(route, limit);
+  };
   handlers.ratelimit_view = [this](const std::string& route, const std::string& key,
-                                   const std::string& limit) {
-    return impl_->ratelimit_view(route, key, limit);
+                                   const std::string& limit, const std::string& top) {
+    return impl_->ratelimit_view(route, key, limit, top);
   };
   handlers.consumer_usage = [this](const std::string& consumer) {
     return impl_->consumer_usage(consumer);
@@ -1367,14 +1500,16 @@ bool node::start(std::string* error) {
                                  const std::string* body) {
     return impl_->write_document(kind, name, body);
   };
+  d.peer_token = random_token();
   d.admin = std::make_unique<admin_server>(
       d.cfg.node.id, d.token, std::move(handlers),
-      admin_server::tls_files{d.cfg.admin.tls_cert, d.cfg.admin.tls_key,
-                              d.cfg.admin.tls_client_ca});
+      admin_server::tls_files{d.cfg.admin.tls_cert, d.cfg.admin.tls_key, d.cfg.admin.tls_client_ca},
+      d.cluster ? d.peer_token : std::string());
   if (!d.admin->start(d.cfg.listen.admin.host, d.cfg.listen.admin.port, error)) {
     d.proxy->stop();
     return false;
   }
+  if (d.cluster) publish_peer(*d.cluster, d.cfg, d.admin->port(), d.peer_token);
   d.jwks_refresher.start(std::chrono::milliseconds(200), [this] { impl_->refresh_jwks_due(); });
   log()->info("node {} (region {}) proxy on {}:{}, admin on {}:{}, {} worker(s)", d.cfg.node.id,
               d.cfg.node.region, d.cfg.listen.proxy.host, proxy_port(), d.cfg.listen.admin.host,
@@ -1452,6 +1587,7 @@ void node::drain(duration timeout) {
   d.stop_breaker_sync();
   if (d.proxy) d.proxy->drain(timeout);
   d.stop_persister();  // after the drain: the last requests' counts too
+  d.stop_usage();
   d.health.reset();
   if (d.admin) d.admin->stop();
   log()->info("stopped");

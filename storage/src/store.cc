@@ -32,8 +32,8 @@ namespace {
 
 // On-disk column family names, by family. The state family keeps the name it had when it held
 // only breaker states, so that existing data directories open unchanged.
-constexpr std::array<const char*, 5> family_names = {"default", "config", "counters", "breakers",
-                                                     "membership"};
+constexpr std::array<const char*, 6> family_names = {"default",  "config",     "counters",
+                                                     "breakers", "membership", "analytics"};
 
 status to_status(const rocksdb::Status& s) {
   if (s.ok()) return status::ok();

@@ -19,7 +19,8 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
-from harness import FAILURES, check, finish, free_port, wait_http  # noqa: E402
+from harness import (FAILURES, check, finish, free_port, wait_http,  # noqa: E402
+                     write_keyring, write_private)
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -65,13 +66,8 @@ consumers:
 def main():
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as tmp:
-        with open(f"{tmp}/admin.token", "w") as f:
-            f.write(TOKEN + "\n")
-        os.chmod(f"{tmp}/admin.token", 0o600)
-        with open(f"{tmp}/cluster.keys", "w") as f:
-            f.write(subprocess.run([binary, "keygen"], capture_output=True, text=True,
-                                   check=True).stdout)
-        os.chmod(f"{tmp}/cluster.keys", 0o600)
+        write_private(f"{tmp}/admin.token", TOKEN + "\n")
+        write_keyring(binary, f"{tmp}/cluster.keys")
         ports = [{"proxy": free_port(), "admin": free_port(), "gossip": free_port()}
                  for _ in range(2)]
         for i in range(2):

@@ -2,7 +2,9 @@
 reported, not raised), free loopback ports, waiting for an HTTP endpoint with a deadline, and
 the exit status. Import it with sys.path set to this folder (see any test)."""
 
+import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -59,3 +61,16 @@ def make_ca_and_server_cert(tmp, name):
     run("openssl", "x509", "-req", "-in", f"{tmp}/server.csr", "-CA", f"{tmp}/ca.pem", "-CAkey",
         f"{tmp}/ca.key", "-CAcreateserial", "-days", "2", "-extfile", f"{tmp}/ext.cnf",
         "-out", f"{tmp}/server.pem")
+
+
+def write_private(path, text):
+    """Writes text to path, readable by this user only (tokens, keyrings)."""
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def write_keyring(binary, path):
+    """Writes a fresh cluster keyring (`meridian keygen`) to path, mode 0600."""
+    write_private(path, subprocess.run([binary, "keygen"], capture_output=True, text=True,
+                                       check=True).stdout)

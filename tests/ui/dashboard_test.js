@@ -33,9 +33,10 @@ function freePort() {
   });
 }
 
-function get(port, p, token) {
+function get(port, p, token, extra) {
   return new Promise((resolve) => {
-    const req = http.get({host: '127.0.0.1', port, path: p, headers: token ? {Authorization: 'Bearer ' + token} : {}}, (res) => {
+    const headers = Object.assign(token ? {Authorization: 'Bearer ' + token} : {}, extra || {});
+    const req = http.get({host: '127.0.0.1', port, path: p, headers}, (res) => {
       let body = '';
       res.on('data', (c) => body += c);
       res.on('end', () => resolve({status: res.statusCode, body}));
@@ -105,6 +106,10 @@ routes:
   - name: flaky
     match: {path_prefix: /fail}
     upstream: flaky
+  - name: per-user
+    match: {path_prefix: /user}
+    upstream: app
+    rate_limit: {limit: 3, window: 1m, key: "header:x-user", scope: global}
 `;
     fs.writeFileSync(path.join(tmp, `n${i}.yaml`), cfg);
     nodes.push(spawn(binary, ['run', '--config', path.join(tmp, `n${i}.yaml`)], {stdio: ['ignore', 'ignore', 'pipe']}));
@@ -117,6 +122,8 @@ routes:
     }, 30000), 'three nodes form a cluster');
     for (let i = 0; i < 8; i++) await get(ports[i % 3].proxy, '/app/x');
     for (let i = 0; i < 4; i++) await get(ports[0].proxy, '/fail');
+    for (let i = 0; i < 6; i++) await get(ports[i % 3].proxy, '/user/a', null, {'X-User': 'mallory'});
+    await get(ports[1].proxy, '/user/a', null, {'X-User': 'trent'});
 
     browser = await chromium.launch({executablePath: '/usr/bin/chromium', headless: true,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -164,13 +171,35 @@ routes:
     await page.click('#limit-form button');
     check(await until(async () => (await page.textContent('#limit-result')).includes('"limit": 5'), 5000, ''),
           'a key looked up shows the cluster-wide count');
+    check(await until(async () => {
+      const t = await page.textContent('#limit-top');
+      return /per-usermallory\d+ \/ 30/.test(t) && /per-usertrent1 \/ 32/.test(t) &&
+             t.indexOf('mallory') < t.indexOf('trent');
+    }, 12000, ''), 'the busiest keys: mallory (at the limit) before trent, counted across nodes');
     await page.screenshot({path: path.join(shots, 'limits.png'), fullPage: true});
 
     await page.click('a[data-view=traffic]');
     for (let i = 0; i < 6; i++) await get(ports[0].proxy, '/app/y');
-    check(await until(async () => (await page.textContent('#traffic-routes')).includes('app'), 12000, ''),
-          'traffic by route shown');
+    // 8 + 6 requests to /app through three nodes: node 1 alone served 9 of them.
+    const rows = (sel) => page.$$eval(sel + ' tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
+    check(await until(async () => (await rows('#traffic-routes')).some((r) => r[0] === 'app' && Number(r[1]) === 14),
+                      12000, ''), 'traffic by route: all 14 requests to app, summed over the cluster');
+    check((await page.textContent('#traffic-source')).includes('3 node(s)'), 'from three nodes');
     await page.screenshot({path: path.join(shots, 'traffic.png'), fullPage: true});
+
+    await page.click('a[data-view=usage]');
+    await page.selectOption('#usage-by', 'route');
+    check(await until(async () => {
+      const r = await rows('#usage');
+      return r.some((x) => x[0] === 'per-user' && x[1] === '7') && r.some((x) => x[0] === 'flaky' && x[2] === '4') &&
+             r.some((x) => x[0] === 'app' && x[1] === '14');
+    }, 12000, ''), 'usage by route shown');
+    await page.selectOption('#usage-by', 'consumer');
+    await page.selectOption('#usage-since', '7d');
+    check(await until(async () => (await page.textContent('#usage')).includes('(none)') &&
+                                  (await page.textContent('#usage-source')).includes('Per hour'), 12000, ''),
+          'usage by consumer over 7 days, per hour');
+    await page.screenshot({path: path.join(shots, 'usage.png'), fullPage: true});
 
     await page.click('a[data-view=audit]');
     await put(ports[1].admin, '/config/consumers/acme', '{"id":"acme","groups":["partners"]}');
@@ -191,7 +220,7 @@ routes:
     check(seen, 'a killed node shows as suspect or dead');
     await until(async () => /n3ap-south[^]*?dead/.test(await page.textContent('#members')), 20000, '');
     await page.screenshot({path: path.join(shots, 'cluster-node-down.png'), fullPage: true});
-    check(fs.readdirSync(shots).filter((f) => f.endsWith('.png')).length >= 7, 'screenshots of every view saved');
+    check(fs.readdirSync(shots).filter((f) => f.endsWith('.png')).length >= 8, 'screenshots of every view saved');
   } catch (e) {
     check(false, 'the story runs to its end: ' + e);
   } finally {

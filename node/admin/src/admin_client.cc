@@ -2,6 +2,8 @@
 
 #include <httplib.h>
 
+#include <algorithm>
+
 namespace meridian::node {
 
 admin_response admin_call(const admin_endpoint& endpoint, const std::string& method,
@@ -23,9 +25,10 @@ admin_response admin_call(const admin_endpoint& endpoint, const std::string& met
     out.error = "bad admin URL " + endpoint.url;
     return out;
   }
-  client->set_connection_timeout(5, 0);
-  client->set_read_timeout(10, 0);
-  client->set_write_timeout(10, 0);
+  const auto connect_ms = std::min(endpoint.timeout_ms, 5000);
+  client->set_connection_timeout(connect_ms / 1000, (connect_ms % 1000) * 1000);
+  client->set_read_timeout(endpoint.timeout_ms / 1000, (endpoint.timeout_ms % 1000) * 1000);
+  client->set_write_timeout(endpoint.timeout_ms / 1000, (endpoint.timeout_ms % 1000) * 1000);
   if (!endpoint.ca_file.empty()) client->set_ca_cert_path(endpoint.ca_file.c_str());
   client->enable_server_certificate_verification(true);
   httplib::Headers headers;

@@ -161,6 +161,7 @@ struct endpoint {
   std::string pattern;
   bool needs_token = true;
   std::function<void(const httplib::Request&, httplib::Response&, const path_params&)> handle;
+  bool peer = false;  // the peer token (another node asking) is accepted as well as the token
 
   // Returns true and fills *params when the path segments fit the pattern.
   bool matches(const std::vector<std::string_view>& parts, path_params* params) const {
@@ -183,8 +184,12 @@ struct endpoint {
 }  // namespace
 
 struct admin_server::impl {
-  impl(std::string id, std::string bearer, admin_handlers h, const admin_server::tls_files& tls)
-      : node_id(std::move(id)), token(std::move(bearer)), handlers(std::move(h)) {
+  impl(std::string id, std::string bearer, std::string peer, admin_handlers h,
+       const admin_server::tls_files& tls)
+      : node_id(std::move(id)),
+        token(std::move(bearer)),
+        peer_token(std::move(peer)),
+        handlers(std::move(h)) {
     admin_transport_limits limits;
     limits.max_request_bytes = max_body_bytes + limits.max_head_bytes;
     server = std::make_unique<guarded_server>(limits, tls.cert, tls.key, tls.client_ca);
@@ -203,10 +208,11 @@ struct admin_server::impl {
   resolved resolve(const httplib::Request& req) const;
   bool admit(const httplib::Request& req, httplib::Response& res);
   void dispatch(const httplib::Request& req, httplib::Response& res);
-  bool authorized(const httplib::Request& req) const;
+  bool authorized(const httplib::Request& req, const endpoint* hit) const;
 
   const std::string node_id;
   const std::string token;
+  const std::string peer_token;  // empty: no peer endpoints answer to a peer
 
   // Failed logins per client address: a growing delay rather than a lockout (failure_delay.h:
   // five free, then 1 s, 2 s, 4 s ... before the address's next attempt is looked at).
@@ -364,10 +370,42 @@ void admin_server::impl::add_endpoints() {
     endpoints.push_back(
         {"GET", "/ratelimits/{route}", true,
          [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
-           admin_reply r = handlers.ratelimit_view(p[0], req.get_param_value("key"),
-                                                   req.get_param_value("limit"));
+           admin_reply r =
+               handlers.ratelimit_view(p[0], req.get_param_value("key"),
+                                       req.get_param_value("limit"), req.get_param_value("top"));
            send_json(res, r.status, r.body);
          }});
+  }
+  // Query parameters, first value of each.
+  auto query = [](const httplib::Request& req) {
+    std::map<std::string, std::string> q;
+    for (const auto& [k, v] : req.params) q.emplace(k, v);
+    return q;
+  };
+  if (handlers.analytics) {
+    endpoints.push_back(
+        {"GET", "/analytics", true,
+         [this, query](const httplib::Request& req, httplib::Response& res, const path_params&) {
+           admin_reply r = handlers.analytics(query(req), false);
+           send_json(res, r.status, r.body);
+         }});
+    endpoint e{
+        "GET", "/peer/analytics", true,
+        [this, query](const httplib::Request& req, httplib::Response& res, const path_params&) {
+          admin_reply r = handlers.analytics(query(req), true);
+          send_json(res, r.status, r.body);
+        }};
+    e.peer = true;
+    endpoints.push_back(std::move(e));
+  }
+  if (handlers.peer_ratelimit_keys) {
+    endpoint e{"GET", "/peer/ratelimits/{route}", true,
+               [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
+                 admin_reply r = handlers.peer_ratelimit_keys(p[0], req.get_param_value("limit"));
+                 send_json(res, r.status, r.body);
+               }};
+    e.peer = true;
+    endpoints.push_back(std::move(e));
   }
   if (handlers.consumer_usage) {
     endpoints.push_back(
@@ -386,10 +424,12 @@ void admin_server::impl::add_endpoints() {
   }
 }
 
-bool admin_server::impl::authorized(const httplib::Request& req) const {
+bool admin_server::impl::authorized(const httplib::Request& req, const endpoint* hit) const {
   // Two Authorization headers are ambiguous; refuse rather than pick one.
   if (req.get_header_value_count("Authorization") != 1) return false;
-  return bearer_matches(req.get_header_value("Authorization"), token);
+  const std::string presented = req.get_header_value("Authorization");
+  if (bearer_matches(presented, token)) return true;
+  return hit && hit->peer && !peer_token.empty() && bearer_matches(presented, peer_token);
 }
 
 // Finds the endpoint for a request and whether it needs the token. Unknown paths need a token
@@ -427,7 +467,7 @@ bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& r
     guarded_server::close_after_response();
     return false;
   };
-  if (resolve(req).needs_token) {
+  if (auto r = resolve(req); r.needs_token) {
     if (auto wait = wait_of(req.remote_addr); wait > 0) {
       const auto seconds = failure_delay::retry_after_s(wait);
       res.set_header("Retry-After", std::to_string(seconds));
@@ -435,7 +475,7 @@ bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& r
                     "too many failed admin logins from this address; retry in " +
                         std::to_string(seconds) + " s (the wait doubles with each failure)");
     }
-    if (!authorized(req)) {
+    if (!authorized(req, r.hit)) {
       note_failure(req.remote_addr);
       admin_log()->info("admin: unauthorized {} {} from {}", req.method, req.path, req.remote_addr);
       res.set_header("WWW-Authenticate", "Bearer");
@@ -466,7 +506,7 @@ void admin_server::impl::dispatch(const httplib::Request& req, httplib::Response
   const endpoint* hit = r.hit;
   const path_params& params = r.params;
   const std::vector<const endpoint*>& same_path = r.same_path;
-  if (r.needs_token && !authorized(req)) {  // admit() answers these; never reached
+  if (r.needs_token && !authorized(req, hit)) {  // admit() answers these; never reached
     send_error(res, 401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
     return;
   }
@@ -566,9 +606,9 @@ void admin_server::impl::configure_server() {
 }
 
 admin_server::admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers,
-                           tls_files tls)
-    : impl_(std::make_unique<impl>(std::move(node_id), std::move(bearer_token), std::move(handlers),
-                                   tls)) {
+                           tls_files tls, std::string peer_token)
+    : impl_(std::make_unique<impl>(std::move(node_id), std::move(bearer_token),
+                                   std::move(peer_token), std::move(handlers), tls)) {
   if (sodium_init() < 0) {
     // Only sodium_memcmp is used, which does not depend on initialization; note it and go on.
     admin_log()->warn("admin: sodium_init failed");

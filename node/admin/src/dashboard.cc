@@ -2,8 +2,9 @@
 // build step. The page asks for the admin token in a login form, keeps it in sessionStorage only
 // (gone when the tab closes), and reads the admin API with it: the cluster (regions, members,
 // RTTs, config version and convergence), routes and upstreams, target health and breakers,
-// rate-limit decisions, traffic (requests, errors, p99 latency over the last hour, sampled from
-// /metrics every 5 s into a ring in the page) and the audit trail; it refreshes every 2 s.
+// rate-limit decisions and the busiest keys, traffic (requests, errors, p99 latency over the
+// last hour, per minute, from the nodes' analytics summed over the cluster), usage per consumer,
+// API key, route and version (GET /analytics) and the audit trail; it refreshes every 2 s.
 #include "dashboard.h"
 
 namespace meridian::node {
@@ -24,6 +25,7 @@ std::string_view dashboard_html() {
   <nav id="nav" hidden>
     <a href="#cluster" data-view="cluster">Cluster</a>
     <a href="#traffic" data-view="traffic">Traffic</a>
+    <a href="#usage" data-view="usage">Usage</a>
     <a href="#config" data-view="config">Routes &amp; upstreams</a>
     <a href="#health" data-view="health">Health &amp; breakers</a>
     <a href="#limits" data-view="limits">Rate limits</a>
@@ -50,11 +52,26 @@ std::string_view dashboard_html() {
     <table id="members"></table>
   </section>
   <section id="view-traffic" class="view" hidden>
-    <p class="hint">Sampled from this node's /metrics every 5 s while the page is open (the last hour).</p>
+    <p class="hint" id="traffic-source">The last hour, per minute, summed over the cluster.</p>
     <h2>Requests per second</h2><canvas id="chart-rps" width="900" height="160"></canvas>
     <h2>Error ratio (5xx)</h2><canvas id="chart-errors" width="900" height="160"></canvas>
     <h2>p99 latency (ms)</h2><canvas id="chart-p99" width="900" height="160"></canvas>
+    <h2>Routes, the last hour</h2>
     <table id="traffic-routes"></table>
+  </section>
+  <section id="view-usage" class="view" hidden>
+    <form id="usage-form">
+      <label>By <select id="usage-by">
+        <option value="consumer">consumer</option><option value="key">API key</option>
+        <option value="route">route</option><option value="version">API version</option>
+      </select></label>
+      <label>Over <select id="usage-since">
+        <option value="1h">the last hour</option><option value="24h">the last day</option>
+        <option value="7d">the last 7 days</option><option value="90d">the last 90 days</option>
+      </select></label>
+    </form>
+    <p class="hint" id="usage-source"></p>
+    <table id="usage"></table>
   </section>
   <section id="view-config" class="view" hidden>
     <h2>Routes</h2><table id="routes"></table>
@@ -66,7 +83,8 @@ std::string_view dashboard_html() {
     <h2>Breakers</h2><table id="breakers"></table>
   </section>
   <section id="view-limits" class="view" hidden>
-    <h2>Decisions by route</h2><table id="limit-routes"></table>
+    <h2>Decisions by route (this node)</h2><table id="limit-routes"></table>
+    <h2>Busiest keys, this window, cluster-wide</h2><table id="limit-top"></table>
     <h2>Look up a key</h2>
     <form id="limit-form">
       <input id="limit-route" placeholder="route" required>
@@ -112,7 +130,8 @@ th { background: #eef1f5; }
 .error { color: #c62828; }
 .hint { color: #667; font-size: .85em; }
 canvas { background: #fff; border-radius: 6px; display: block; max-width: 100%; }
-input { padding: .3em; margin-right: .4em; }
+input, select { padding: .3em; margin-right: .4em; }
+label { margin-right: 1em; }
 )CSS";
 }
 
@@ -121,7 +140,7 @@ std::string_view dashboard_js() {
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem('meridian-token') || '';
 let view = (location.hash || '#cluster').slice(1);
-const ring = [];  // {t, requests, errors, buckets, sum} samples of /metrics, the last hour
+let lastSample = null;  // this node's /metrics, for the rate-limit decisions
 const HOUR = 3600 * 1000;
 
 async function api(path) {
@@ -167,7 +186,7 @@ $('login-form').addEventListener('submit', async (e) => {
   $('token').value = '';
   $('login-error').textContent = '';
   show();
-  sample().then(refresh);
+  refresh();
 });
 $('logout').addEventListener('click', () => signOut(''));
 window.addEventListener('hashchange', () => { view = (location.hash || '#cluster').slice(1); show(); refresh(); });
@@ -213,42 +232,19 @@ function parseMetrics(text) {
 
 async function sample() {
   if (!token) return;
-  const metrics = parseMetrics(await api('/metrics'));
-  const s = {t: Date.now(), requests: 0, errors: 0, buckets: {}, routes: {}, limits: {}, healthy: [], metrics};
-  for (const x of metrics) {
-    if (x.name === 'meridian_http_requests_total') {
-      s.requests += x.value;
-      if (/^5/.test(x.labels.code)) s.errors += x.value;
-      const r = (s.routes[x.labels.route] = s.routes[x.labels.route] || {requests: 0, errors: 0});
-      r.requests += x.value;
-      if (/^5/.test(x.labels.code)) r.errors += x.value;
-    } else if (x.name === 'meridian_http_request_duration_seconds_bucket') {
-      s.buckets[x.labels.le] = (s.buckets[x.labels.le] || 0) + x.value;
-    } else if (x.name === 'meridian_ratelimit_decisions_total') {
-      const r = (s.limits[x.labels.route] = s.limits[x.labels.route] || {});
-      r[x.labels.result] = (r[x.labels.result] || 0) + x.value;
-    }
+  const limits = {};
+  for (const x of parseMetrics(await api('/metrics'))) {
+    if (x.name !== 'meridian_ratelimit_decisions_total') continue;
+    const r = (limits[x.labels.route] = limits[x.labels.route] || {});
+    r[x.labels.result] = (r[x.labels.result] || 0) + x.value;
   }
-  ring.push(s);
-  while (ring.length && ring[0].t < s.t - HOUR) ring.shift();
+  lastSample = {t: Date.now(), limits};
 }
 
-function series() {
-  const pts = [];
-  for (let i = 1; i < ring.length; i++) {
-    const a = ring[i - 1], b = ring[i];
-    const dt = (b.t - a.t) / 1000;
-    const dr = Math.max(0, b.requests - a.requests), de = Math.max(0, b.errors - a.errors);
-    // p99 from the histogram's bucket deltas.
-    const les = Object.keys(b.buckets).sort((x, y) => (x === '+Inf' ? Infinity : Number(x)) - (y === '+Inf' ? Infinity : Number(y)));
-    const total = (b.buckets['+Inf'] || 0) - (a.buckets['+Inf'] || 0);
-    let p99 = 0;
-    for (const le of les) {
-      if (total > 0 && (b.buckets[le] - (a.buckets[le] || 0)) >= 0.99 * total) { p99 = le === '+Inf' ? NaN : Number(le) * 1000; break; }
-    }
-    pts.push({t: b.t, rps: dr / dt, err: dr ? de / dr : 0, p99});
-  }
-  return pts;
+function nodesNote(a) {
+  const n = a.nodes || {answered: [], missing: []};
+  return 'Summed over ' + n.answered.length + ' node(s)' +
+    (n.missing.length ? '; not answering: ' + n.missing.join(', ') : '') + '.';
 }
 
 function chart(canvas, pts, key, fmt) {
@@ -259,27 +255,49 @@ function chart(canvas, pts, key, fmt) {
   const vals = pts.map((p) => p[key]).filter((v) => isFinite(v));
   const max = Math.max(1e-9, ...vals);
   c.fillText(fmt(max), 4, 12);
-  c.fillText(pts.length ? fmt(vals[vals.length - 1] ?? 0) + ' now' : 'collecting...', W - 110, 12);
-  if (pts.length < 2) return;
-  const t0 = Date.now() - HOUR;
-  c.strokeStyle = '#2f6fdf'; c.lineWidth = 1.5; c.beginPath();
-  pts.forEach((p, i) => {
-    const x = (p.t - t0) / HOUR * (W - 8) + 4, y = H - 4 - (isFinite(p[key]) ? p[key] : 0) / max * (H - 20);
-    i ? c.lineTo(x, y) : c.moveTo(x, y);
-  });
-  c.stroke();
+  c.fillText(pts.length ? fmt(vals[vals.length - 1] ?? 0) + ' now' : 'no requests yet', W - 110, 12);
+  // One bar per minute over the last hour (a single minute shows too).
+  const t0 = Date.now() - HOUR, bw = Math.max(2, (W - 8) / 60 - 2);
+  c.fillStyle = '#2f6fdf';
+  for (const p of pts) {
+    const v = isFinite(p[key]) ? p[key] : 0;
+    const x = (p.t - t0) / HOUR * (W - 8) + 4 - bw, h = v / max * (H - 20);
+    c.fillRect(x, H - 4 - h, bw, h);
+  }
 }
 
-function renderTraffic() {
-  const pts = series();
+async function renderTraffic() {
+  const a = await api('/analytics?by=route&since=1h&step=1m');
+  const now = Date.now();
+  // Per minute; the current minute so far counts over the seconds it has had.
+  const pts = (a.total || []).map((p) => {
+    const secs = Math.max(1, Math.min(60, (now - p.t) / 1000));
+    return {t: p.t + secs * 1000, rps: p.requests / secs, err: p.requests ? p.errors / p.requests : 0, p99: p.p99_ms};
+  });
+  $('traffic-source').textContent = 'The last hour, per minute. ' + nodesNote(a);
   chart($('chart-rps'), pts, 'rps', (v) => v.toFixed(1) + '/s');
   chart($('chart-errors'), pts, 'err', (v) => (v * 100).toFixed(1) + ' %');
   chart($('chart-p99'), pts, 'p99', (v) => v.toFixed(1) + ' ms');
-  const last = ring[ring.length - 1];
-  if (!last) return;
-  table($('traffic-routes'), ['Route', 'Requests', '5xx'],
-    Object.entries(last.routes).sort().map(([r, v]) => [r, v.requests, v.errors]));
+  table($('traffic-routes'), ['Route', 'Requests', '5xx', 'p50 ms', 'p99 ms'],
+    (a.series || []).map((x) => [x.key, x.summary.requests,
+      {text: x.summary.errors, cls: x.summary.errors ? 'bad' : ''}, x.summary.p50_ms, x.summary.p99_ms]));
 }
+
+function bytes(n) {
+  return n >= 1 << 30 ? (n / (1 << 30)).toFixed(1) + ' GiB' : n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + ' MiB'
+    : n >= 1024 ? (n / 1024).toFixed(1) + ' KiB' : n + ' B';
+}
+
+async function renderUsage() {
+  const by = $('usage-by').value, since = $('usage-since').value;
+  const a = await api('/analytics?by=' + by + '&since=' + since + '&limit=100');
+  $('usage-source').textContent = (a.step_ms === 60000 ? 'Per minute. ' : 'Per hour. ') + nodesNote(a);
+  table($('usage'), [by === 'key' ? 'API key' : by[0].toUpperCase() + by.slice(1), 'Requests', '5xx', 'Bytes', 'p50 ms', 'p99 ms'],
+    (a.series || []).map((x) => [x.key, x.summary.requests, {text: x.summary.errors, cls: x.summary.errors ? 'bad' : ''},
+      bytes(x.summary.bytes), x.summary.p50_ms, x.summary.p99_ms]));
+}
+$('usage-by').addEventListener('change', () => refresh());
+$('usage-since').addEventListener('change', () => refresh());
 
 async function renderConfig() {
   const c = await api('/config');
@@ -302,10 +320,25 @@ async function renderHealth() {
     x.target, state(x.state), x.since ? new Date(x.since).toISOString() : '', x.origin]));
 }
 
-function renderLimits() {
-  const last = ring[ring.length - 1];
-  table($('limit-routes'), ['Route', 'Allowed', 'Rejected'], last ? Object.entries(last.limits).sort().map(([r, v]) =>
-    [r, v.allowed || 0, {text: v.rejected || 0, cls: v.rejected ? 'bad' : ''}]) : []);
+async function renderLimits() {
+  await sample();
+  table($('limit-routes'), ['Route', 'Allowed', 'Rejected'], Object.entries(lastSample.limits).sort().map(([r, v]) =>
+    [r, v.allowed || 0, {text: v.rejected || 0, cls: v.rejected ? 'bad' : ''}]));
+  // Every route with a limit counted per key (consumer, address, header value).
+  const cfg = await api('/config');
+  const keyed = (cfg.routes || []).filter((r) => {
+    const l = r.rate_limit;
+    const first = Array.isArray(l) ? l[0] : l;
+    return first && first.key && first.key !== 'global' && first.key !== 'route';
+  });
+  const rows = [];
+  for (const r of keyed) {
+    const v = await api('/ratelimits/' + encodeURIComponent(r.name) + '?top=10');
+    for (const k of v.top || []) rows.push([r.name, k.key, k.count + ' / ' + v.limit,
+      {text: k.remaining, cls: k.remaining ? '' : 'bad'}, {text: k.rejected, cls: k.rejected ? 'bad' : ''},
+      Object.entries(k.by_node || {}).map(([n, c]) => n + ': ' + c).join(', ')]);
+  }
+  table($('limit-top'), ['Route', 'Key', 'Count / limit', 'Remaining', 'Refused', 'By node'], rows);
 }
 $('limit-form').addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -325,10 +358,11 @@ async function refresh() {
   if (!token) return;
   try {
     if (view === 'cluster') await renderCluster();
-    else if (view === 'traffic') renderTraffic();
+    else if (view === 'traffic') await renderTraffic();
+    else if (view === 'usage') await renderUsage();
     else if (view === 'config') await renderConfig();
     else if (view === 'health') await renderHealth();
-    else if (view === 'limits') renderLimits();
+    else if (view === 'limits') await renderLimits();
     else if (view === 'audit') await renderAudit();
     $('status').textContent = 'updated ' + new Date().toLocaleTimeString();
     document.body.dataset.updated = String(Date.now());
@@ -338,9 +372,8 @@ async function refresh() {
 }
 
 show();
-if (token) { sample().then(refresh); }
+if (token) refresh();
 setInterval(refresh, 2000);
-setInterval(() => sample().catch(() => {}), 5000);
 )JS";
 }
 

@@ -335,6 +335,10 @@ cluster::replicated_state& cluster_bridge::state() {
   return *impl_->state;
 }
 
+storage::store& cluster_bridge::store() {
+  return *impl_->store;
+}
+
 bool cluster_bridge::needs_seed() const {
   std::string value;
   return impl_->store->get(storage::family::meta, seeded_key, &value).is_not_found();

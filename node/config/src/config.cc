@@ -783,6 +783,14 @@ tracing_section parse_tracing(diagnostics& d, const field& f) {
   return t;
 }
 
+void parse_analytics(diagnostics& d, const field& f, analytics_section& out) {
+  map_reader m(d, f);
+  if (!m.ok()) return;
+  if (auto v = m.take("enabled")) read_bool(d, *v, out.enabled);
+  if (auto v = m.take("max_names")) read_uint(d, *v, out.max_names, 1, 100000);
+  m.finish();
+}
+
 void parse_log_section(diagnostics& d, const field& f, log_section& out) {
   map_reader m(d, f);
   if (!m.ok()) return;
@@ -1327,6 +1335,11 @@ route_config parse_route(diagnostics& d, const field& f, route_refs& refs) {
     if (read_bool(d, *v, preserve)) r.preserve_host = preserve;
   }
   if (auto v = m.take("websocket")) read_bool(d, *v, r.websocket);
+  if (auto v = m.take("api_version")) {
+    if (read_string(d, *v, r.api_version, false) && r.api_version.size() > 64) {
+      d.add(v->line, v->path + ": at most 64 characters");
+    }
+  }
   if (auto v = m.take("grpc_transcode")) r.grpc_transcode = parse_grpc_transcode(d, *v);
   m.finish();
   return r;
@@ -1597,6 +1610,7 @@ void parse_document(diagnostics& d, const YAML::Node& root, config& cfg) {
   }
   if (auto v = m.take("log")) parse_log_section(d, *v, cfg.log);
   if (auto v = m.take("tracing")) cfg.tracing = parse_tracing(d, *v);
+  if (auto v = m.take("analytics")) parse_analytics(d, *v, cfg.analytics);
   if (auto v = m.take("upstreams")) {
     for_each_item(d, *v,
                   [&](const field& item) { cfg.upstreams.push_back(parse_upstream(d, item)); });

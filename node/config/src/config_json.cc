@@ -200,6 +200,7 @@ json route_to_json(const route_config& r) {
   if (r.max_body_bytes) out["max_body_bytes"] = *r.max_body_bytes;
   if (r.preserve_host) out["preserve_host"] = *r.preserve_host;
   if (r.websocket) out["websocket"] = true;
+  if (!r.api_version.empty()) out["api_version"] = r.api_version;
   if (r.grpc_transcode) {
     json t = {{"descriptor_set_base64", encode_base64(r.grpc_transcode->descriptor_bytes)},
               {"services", r.grpc_transcode->services}};

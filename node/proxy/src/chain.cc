@@ -46,6 +46,7 @@ std::unique_ptr<stage> make_request_transform();
 std::unique_ptr<stage> make_response_transform();
 std::unique_ptr<stage> make_grpc_transcode();
 std::unique_ptr<stage> make_tracing(const snapshot& snap);
+std::unique_ptr<stage> make_usage(usage_recorder& usage);
 
 namespace {
 bool has_request_transforms(const route_runtime& r) {
@@ -67,6 +68,7 @@ std::unique_ptr<const chain> build_entry_chain(const snapshot& snap) {
   auto c = std::make_unique<chain>();
   c->add(make_metrics());
   c->add(make_access_log());
+  if (snap.usage) c->add(make_usage(*snap.usage));
   if (snap.spans && snap.cfg.tracing) c->add(make_tracing(snap));  // every exchange is traced
   if (snap.oauth && snap.cfg.oauth) c->add(make_oauth_endpoints());
   c->add(make_forwarding_headers());

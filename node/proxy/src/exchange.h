@@ -99,6 +99,7 @@ struct exchange {
   const route_runtime* route = nullptr;
   const upstream_runtime* upstream = nullptr;  // the route's, or one of its failover chain
   std::string consumer;                        // the authenticated consumer, or empty
+  std::string api_key_id;                      // the API key that authenticated it, or empty
   std::shared_ptr<const jwt_result> verified_jwt;
   std::vector<std::pair<std::string, std::string>> identity_headers;  // verified claims to forward
   bool strip_authorization = false;  // the gateway consumed the Authorization credentials

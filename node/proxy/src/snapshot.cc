@@ -57,9 +57,11 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                target_registry& targets, metrics_registry& metrics,
                                                std::string* error, rate_limiter* limiter,
                                                std::shared_ptr<const api_key_table> keys,
-                                               const oauth_authority* oauth, span_sink* spans) {
+                                               const oauth_authority* oauth, span_sink* spans,
+                                               usage_recorder* usage) {
   auto snap = std::make_shared<snapshot>();
   snap->spans = spans;
+  snap->usage = usage;
   snap->limiter = limiter;
   snap->api_keys = std::move(keys);
   snap->registry = &targets;

@@ -510,3 +510,59 @@ std::string rate_limiter::metrics_text() const {
 }
 
 }  // namespace meridian::node
+
+namespace meridian::node {
+
+void key_tracker::note(size_t limit_index, std::string_view key, bool rejected, uint64_t window,
+                       int64_t now_ms) {
+  if (limit_index >= limits_.size()) return;
+  key = key.substr(0, max_key_bytes);
+  summary& s = limits_[limit_index];
+  std::lock_guard lock(s.mu);
+  entry* e = nullptr;
+  if (auto it = s.index.find(key); it != s.index.end()) {
+    e = &s.entries[it->second];
+    ++e->weight;
+  } else if (s.entries.size() < capacity) {
+    s.index.emplace(std::string(key), s.entries.size());
+    e = &s.entries.emplace_back();
+    e->key.assign(key);
+    e->weight = 1;
+    e->window = window;
+  } else {
+    // Space-Saving: the new key takes the lightest entry's place and inherits its weight.
+    size_t least = 0;
+    for (size_t i = 1; i < s.entries.size(); ++i)
+      if (s.entries[i].weight < s.entries[least].weight) least = i;
+    e = &s.entries[least];
+    s.index.erase(e->key);
+    e->key.assign(key);
+    s.index.emplace(e->key, least);
+    e->weight += 1;
+    e->rejected = 0;
+    e->window = window;
+  }
+  if (e->window != window) {
+    e->window = window;
+    e->rejected = 0;
+  }
+  e->rejected += rejected;
+  e->last_ms = now_ms;
+}
+
+std::vector<key_tracker::entry> key_tracker::candidates(size_t limit_index,
+                                                        int64_t since_ms) const {
+  std::vector<entry> out;
+  if (limit_index >= limits_.size()) return out;
+  const summary& s = limits_[limit_index];
+  {
+    std::lock_guard lock(s.mu);
+    for (const auto& e : s.entries)
+      if (e.last_ms >= since_ms) out.push_back(e);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const entry& a, const entry& b) { return a.weight > b.weight; });
+  return out;
+}
+
+}  // namespace meridian::node

@@ -444,3 +444,42 @@ TEST(rate_limiter_sim, per_node_limits_overshoot_the_cluster_limit) {
 
 }  // namespace
 }  // namespace meridian::node
+
+namespace meridian::node {
+namespace {
+
+TEST(key_tracker, heavy_keys_stay_among_candidates_while_many_light_ones_pass) {
+  key_tracker t;
+  for (int round = 0; round < 50; ++round) {
+    for (int i = 0; i < 5; ++i) t.note(0, "heavy", false, 1, 1000);
+    for (int i = 0; i < 10; ++i)
+      t.note(0, "light-" + std::to_string(round * 10 + i), false, 1, 1000);
+  }
+  auto c = t.candidates(0, 0);
+  ASSERT_LE(c.size(), key_tracker::capacity);
+  ASSERT_FALSE(c.empty());
+  EXPECT_EQ(c.front().key, "heavy");
+  EXPECT_GE(c.front().weight, 250u);
+}
+
+TEST(key_tracker, refusals_count_per_window_and_limits_are_apart) {
+  key_tracker t;
+  t.note(0, "alice", true, 7, 1000);
+  t.note(0, "alice", true, 7, 1001);
+  t.note(1, "alice", false, 7, 1002);
+  auto c = t.candidates(0, 0);
+  ASSERT_EQ(c.size(), 1u);
+  EXPECT_EQ(c[0].rejected, 2u);
+  EXPECT_EQ(t.candidates(1, 0).at(0).rejected, 0u);
+  t.note(0, "alice", false, 8, 2000);  // a new window starts the refusals again
+  EXPECT_EQ(t.candidates(0, 0).at(0).rejected, 0u);
+  EXPECT_TRUE(t.candidates(0, 2001).empty()) << "entries not noted since are left out";
+  EXPECT_TRUE(t.candidates(max_rate_limits_per_route, 0).empty());
+  t.note(0, std::string(1000, 'x'), false, 8, 2000);
+  bool cut = false;
+  for (const auto& e : t.candidates(0, 0)) cut |= e.key.size() == key_tracker::max_key_bytes;
+  EXPECT_TRUE(cut) << "long header values are cut";
+}
+
+}  // namespace
+}  // namespace meridian::node

@@ -188,6 +188,7 @@ bool authenticate_api_key(exchange& ex, stage_context& ctx, bool* presented_any)
   if (rec.expires_ms && wall >= rec.expires_ms) return false;
   if (!verify_api_key(rec, secret)) return false;
   ex.consumer = rec.consumer;
+  ex.api_key_id = it->first;
   if (rec.usage) {
     rec.usage->requests.fetch_add(1, std::memory_order_relaxed);
     rec.usage->last_used_ms.store(wall, std::memory_order_relaxed);

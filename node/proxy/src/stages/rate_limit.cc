@@ -52,11 +52,13 @@ bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
   limit_decision tightest;
   bool allowed = true;
   for (size_t i = 0; i < n; ++i) keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
+  size_t refused_by = n;
   for (size_t i = 0; i < n && n > 1; ++i) {
     auto d = limiter.check(keys[i], limits[i], now, false, ctx.worker);
     if (!d.allowed) {
       allowed = false;
       tightest = d;
+      refused_by = i;
       break;
     }
   }
@@ -66,6 +68,7 @@ bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
       if (!d.allowed) {  // another request took the last one meanwhile
         allowed = false;
         tightest = d;
+        refused_by = i;
         break;
       }
       *delay_ms = std::max(*delay_ms, d.delay_ms);
@@ -77,8 +80,16 @@ bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
   append_line(lines, "RateLimit-Remaining: ", tightest.remaining);
   append_line(lines, "RateLimit-Reset: ", tightest.reset_s);
   if (ex.route->limit_stats) {
-    (allowed ? ex.route->limit_stats->allowed : ex.route->limit_stats->rejected)
-        .fetch_add(1, std::memory_order_relaxed);
+    auto& stats = *ex.route->limit_stats;
+    (allowed ? stats.allowed : stats.rejected).fetch_add(1, std::memory_order_relaxed);
+    // The busiest keys (GET /ratelimits/{route}): each keyed limit the request was checked
+    // against (a refused request counts at the limit that refused it).
+    for (size_t i = 0; i < n && i <= refused_by; ++i) {
+      const auto kind = limits[i].key;
+      if (kind == limit_spec::key_kind::route || kind == limit_spec::key_kind::global) continue;
+      stats.keys.note(i, key_value(limits[i]), i == refused_by,
+                      static_cast<uint64_t>(now) / limits[i].window_ms, now);
+    }
   }
   if (allowed) return true;
   *delay_ms = 0;

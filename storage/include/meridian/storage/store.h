@@ -16,8 +16,9 @@ namespace meridian::storage {
 
 // meta: the store's own records; config: the replicated configuration; counters: rate-limit
 // counts; state: the replicated runtime state nodes record (breaker states, OAuth signing keys,
-// revocations and used codes, the audit log, keyrings); membership: the last known members.
-enum class family { meta, config, counters, state, membership };
+// revocations and used codes, the audit log, keyrings); membership: the last known members;
+// analytics: this node's usage counts per minute and per hour (node/analytics).
+enum class family { meta, config, counters, state, membership, analytics };
 
 // The result of a store operation: ok, not found, or an error with a message.
 class status {

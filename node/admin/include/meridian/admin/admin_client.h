@@ -13,6 +13,7 @@ struct admin_endpoint {
   std::string ca_file;    // https: the CA the node's certificate must chain to (else the system's)
   std::string cert_file;  // https: a client certificate, for an admin API that asks for one
   std::string key_file;
+  int timeout_ms = 10000;  // for the whole answer (connecting: at most 5 s of it)
 };
 
 struct admin_response {
@@ -21,7 +22,8 @@ struct admin_response {
   std::string error;  // the transport failure, when status is 0
 };
 
-// Sends one request (body as JSON when not empty) and returns the answer, within 10 s.
+// Sends one request (body as JSON when not empty) and returns the answer, within
+// endpoint.timeout_ms.
 admin_response admin_call(const admin_endpoint& endpoint, const std::string& method,
                           const std::string& path, const std::string& body = {});
 

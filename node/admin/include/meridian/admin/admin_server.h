@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -52,10 +53,18 @@ struct admin_handlers {
   // GET / PUT / DELETE /config/consumers/{id}/password: (method, consumer, body).
   std::function<admin_reply(const std::string&, const std::string&, const std::string&)>
       consumer_password;
-  // GET /ratelimits/{route}?key=K[&limit=I] (key and limit empty when absent).
+  // GET /ratelimits/{route}?key=K[&limit=I][&top=N] (empty when absent): one key's cluster-wide
+  // count, or without a key the busiest keys.
   std::function<admin_reply(const std::string& route, const std::string& key,
-                            const std::string& limit)>
+                            const std::string& limit, const std::string& top)>
       ratelimit_view;
+  // GET /peer/ratelimits/{route}?limit=I: this node's candidates for the busiest keys (another
+  // node merging them asks with the peer token).
+  std::function<admin_reply(const std::string& route, const std::string& limit)>
+      peer_ratelimit_keys;
+  // GET /analytics (peer false: cluster-wide, SPEC's shape) and GET /peer/analytics (peer true:
+  // this node's points with their histograms), given the query parameters.
+  std::function<admin_reply(const std::map<std::string, std::string>& query, bool peer)> analytics;
   // GET /consumers/{id}/usage: the consumer's count in each consumer-keyed quota, cluster-wide.
   std::function<admin_reply(const std::string& consumer)> consumer_usage;
   // Records one change in the audit trail (method, path, client address, client certificate
@@ -73,8 +82,10 @@ class admin_server {
   struct tls_files {
     std::string cert, key, client_ca;
   };
+  // peer_token: what other nodes present to the peer endpoints (/peer/...; they learn it from
+  // the cluster's encrypted state). Empty: those endpoints take the admin token only.
   admin_server(std::string node_id, std::string bearer_token, admin_handlers handlers,
-               tls_files tls = {});
+               tls_files tls = {}, std::string peer_token = {});
   ~admin_server();  // stops
 
   admin_server(const admin_server&) = delete;

@@ -29,6 +29,8 @@ class cluster_bridge {
 
   // The replicated state (config documents, breaker states, counters), loaded from the store.
   cluster::replicated_state& state();
+  // The node's store (<data_dir>/db), for state kept here only (usage analytics).
+  storage::store& store();
   // Returns true until mark_seeded(): the config file's documents seed the cluster config once,
   // at the node's first start.
   bool needs_seed() const;

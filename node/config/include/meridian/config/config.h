@@ -129,6 +129,12 @@ struct tracing_section {
   uint32_t max_queue = 8192;  // spans held for export; beyond, new ones are dropped (counted)
 };
 
+// analytics: usage per consumer, API key, route and API version (GET /analytics).
+struct analytics_section {
+  bool enabled = true;
+  uint32_t max_names = 1000;  // distinct names per dimension per minute; beyond: "(other)"
+};
+
 struct log_section {
   std::string level = "info";  // trace debug info warn error critical off
   access_log_section access_log;
@@ -322,6 +328,8 @@ struct route_config {
   std::optional<uint64_t> max_body_bytes;      // overrides limits.max_body_bytes
   std::optional<bool> preserve_host;           // default true: forward the client's Host
   bool websocket = false;  // pass `Upgrade: websocket` on and relay the tunnel after a 101
+  // The API version the route serves ("v2"), for analytics by version; empty: none.
+  std::string api_version;
   std::optional<fallback_config> fallback;
   std::optional<grpc_transcode_config> grpc_transcode;
   int line = 0;
@@ -398,6 +406,7 @@ struct config {
   http2_section http2;
   log_section log;
   std::optional<tracing_section> tracing;
+  analytics_section analytics;
   std::vector<upstream_config> upstreams;
   std::vector<route_config> routes;
   std::vector<consumer_config> consumers;

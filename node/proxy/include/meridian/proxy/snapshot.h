@@ -33,6 +33,7 @@ namespace meridian::node {
 // A JWT issuer and the keys that verify its tokens (loaded from jwks_file or jwks_url when the
 // snapshot is built).
 class oauth_authority;
+class usage_recorder;
 class tls_store;
 
 struct jwt_provider {
@@ -88,8 +89,9 @@ struct snapshot {
   std::shared_ptr<const api_key_table> api_keys;  // by key id; null: none
   const oauth_authority* oauth = nullptr;  // the node's (outlives every snapshot); null: no oauth
   span_sink* spans =
-      nullptr;           // the node's span exporter (outlives every snapshot); null: no tracing
-  jwt_config oauth_jwt;  // the oauth provider's settings (issuer, audience)
+      nullptr;  // the node's span exporter (outlives every snapshot); null: no tracing
+  usage_recorder* usage = nullptr;  // the node's analytics (outlives every snapshot); null: none
+  jwt_config oauth_jwt;             // the oauth provider's settings (issuer, audience)
   std::unique_ptr<jwt_provider> oauth_provider;
   std::shared_ptr<const tls_store> tls;  // certificates of the TLS listener; null: none
   std::unordered_map<std::string, std::vector<std::string>> consumer_groups;  // by consumer id
@@ -103,6 +105,7 @@ std::shared_ptr<const snapshot> build_snapshot(config cfg, uint64_t version, uns
                                                std::string* error, rate_limiter* limiter = nullptr,
                                                std::shared_ptr<const api_key_table> keys = nullptr,
                                                const oauth_authority* oauth = nullptr,
-                                               span_sink* spans = nullptr);
+                                               span_sink* spans = nullptr,
+                                               usage_recorder* usage = nullptr);
 
 }  // namespace meridian::node

@@ -27,6 +27,7 @@
 // set-associative table: lookups touch one bucket, a full bucket evicts its least recently used
 // entry, memory is bounded by max_keys); flush() and on_remote() from the gossip thread.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <map>
@@ -34,6 +35,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "meridian/config/config.h"
@@ -69,11 +71,47 @@ struct limit_decision {
   uint64_t delay_ms = 0;       // when admitted on condition of waiting this long (max_delay)
 };
 
-// Per-route decision counters, read by the metrics endpoint.
+// The keys a node saw most on one route's limits: candidates for GET /ratelimits/{route}'s top
+// keys (whose counts then come from the cluster-wide counters, not from here). Per limit, a
+// Space-Saving summary (Metwally et al.) of at most `capacity` entries: a key that makes more
+// than 1 in capacity of the noted requests is always in it. A note is a hash lookup; only a new
+// key in a full summary scans it for the lightest entry to replace.
+// Thread-safe (one mutex per limit).
+class key_tracker {
+ public:
+  static constexpr size_t capacity = 64;
+  static constexpr size_t max_key_bytes = 256;  // longer header values are cut
+  struct entry {
+    std::string key;
+    uint64_t weight = 0;    // noted requests (an over-estimate after a replacement)
+    uint64_t window = 0;    // window number (now / window_ms) of the last note
+    uint64_t rejected = 0;  // refused requests noted in that window
+    int64_t last_ms = 0;
+  };
+  void note(size_t limit_index, std::string_view key, bool rejected, uint64_t window,
+            int64_t now_ms);
+  // Returns the entries of limit_index noted at or after since_ms, heaviest first.
+  std::vector<entry> candidates(size_t limit_index, int64_t since_ms) const;
+
+ private:
+  struct string_hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct summary {
+    mutable std::mutex mu;
+    std::vector<entry> entries;
+    std::unordered_map<std::string, size_t, string_hash, std::equal_to<>> index;
+  };
+  std::array<summary, max_rate_limits_per_route> limits_;
+};
+
+// Per-route decision counters, read by the metrics endpoint, and the route's busiest keys.
 struct rate_limit_stats {
   std::atomic<uint64_t> allowed{0};
   std::atomic<uint64_t> rejected{0};
   std::atomic<uint64_t> overshoot{0};  // admissions found beyond the limit once remote counts came
+  key_tracker keys;
 };
 
 class rate_limiter {
