@@ -41,7 +41,8 @@ set(CPACK_DEBIAN_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 # postinst creates the system user with adduser; systemd runs the unit.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
-set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "systemd")
+# tzdata: month quotas in an IANA time zone read /usr/share/zoneinfo.
+set(CPACK_DEBIAN_PACKAGE_RECOMMENDS "systemd, tzdata")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
   ${MERIDIAN_DEBIAN_DIR}/conffiles
   ${MERIDIAN_DEBIAN_DIR}/postinst

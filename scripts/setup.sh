@@ -16,6 +16,8 @@ packages=(
   curl iproute2 iptables nftables python3
   # openssl: the TLS tests make their certificates with the command-line tool
   openssl
+  # tzdata: /usr/share/zoneinfo, for month quotas in a time zone (rate_limit.timezone)
+  tzdata
   # the protocol tests' real clients and servers (Debian's python3, not a pyenv one)
   python3-websockets nghttp2-client nghttp2-server python3-grpcio python3-protobuf
   # promtool (in prometheus) lints /metrics in the tests

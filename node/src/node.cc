@@ -906,7 +906,7 @@ struct node::impl {
     }
     // Candidates: the keys this node and every other saw most (their Space-Saving summaries);
     // counts: the cluster-wide counters the limit decides on.
-    const uint64_t window = static_cast<uint64_t>(now) / spec.window_ms;
+    const uint64_t window = spec.window_of(now).index;
     std::map<std::string, uint64_t> rejected;  // in the current window, summed over the nodes
     auto note = [&](const std::string& k, uint64_t w, uint64_t r) {
       auto& n = rejected[k];
@@ -990,13 +990,14 @@ struct node::impl {
         if (cfg.key != "consumer") continue;
         auto spec = limiter->compile(r.name, i, cfg);
         auto v = limiter->view(rate_limiter::key_of(spec, consumer), spec, now);
-        int64_t window_start =
-            now - (now - cluster::hlc_epoch_unix_ms) % static_cast<int64_t>(v.window_ms);
+        const auto window = spec.window_of(now);
+        int64_t window_start = window.start_ms;
         quotas.push_back({{"route", r.name},
                           {"limit_index", i},
                           {"limit", v.limit},
-                          {"window_ms", v.window_ms},
+                          {"window_ms", window.length_ms},
                           {"window_start", window_start},
+                          {"window_end", window_start + static_cast<int64_t>(window.length_ms)},
                           {"count", v.count},
                           {"remaining", v.count >= v.limit ? 0 : v.limit - v.count},
                           {"by_node", v.by_node},
@@ -1429,6 +1430,8 @@ bool node::start(std::string* error) {
   if (d.cluster) {
     handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
     handlers.cluster_health = [this] { return impl_->cluster->health_json(); };
+    handlers.peer_health = [this] { return impl_->cluster->health_json(); };
+    handlers.cluster_nodes = [this] { return cluster_nodes(*impl_->cluster, impl_->cfg.node.id); };
     handlers.cluster_keys = [this] { return impl_->cluster->keys_json(); };
     handlers.cluster_keys_write = [this](const std::string& method, const std::string& fp,
                                          const std::string& body) -> admin_reply {

@@ -90,6 +90,28 @@ peer_answers ask_peers(cluster_bridge& cluster, const std::string& self_id,
   return out;
 }
 
+nlohmann::json cluster_nodes(cluster_bridge& cluster, const std::string& self_id) {
+  auto answers = ask_peers(cluster, self_id, "/peer/health");
+  answers.answers.emplace(self_id, cluster.health_json());
+  auto list = nlohmann::json::array();
+  auto members = cluster.members_json();
+  for (const auto& m : members.value("members", nlohmann::json::array())) {
+    const std::string id = m.value("id", "");
+    nlohmann::json row = {{"id", id},
+                          {"region", m.value("region", "")},
+                          {"state", m.value("state", "")},
+                          {"answered", false}};
+    if (auto it = answers.answers.find(id); it != answers.answers.end()) {
+      const auto& h = it->second;
+      row["answered"] = true;
+      for (const char* k : {"config_version", "config_digest", "converged", "local_health"})
+        if (h.contains(k)) row[k] = h[k];
+    }
+    list.push_back(std::move(row));
+  }
+  return {{"self", self_id}, {"nodes", std::move(list)}};
+}
+
 admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool peer,
                             usage_store& store, cluster_bridge* cluster, const std::string& self_id,
                             int64_t now_ms) {

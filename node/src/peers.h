@@ -32,6 +32,10 @@ struct peer_answers {
 peer_answers ask_peers(cluster_bridge& cluster, const std::string& self_id,
                        const std::string& path);
 
+// GET /cluster/nodes: every member (members_json) with what it says of itself on /peer/health
+// (config version and digest, convergence, local health), this node's answer included.
+nlohmann::json cluster_nodes(cluster_bridge& cluster, const std::string& self_id);
+
 // GET /analytics (peer false) or /peer/analytics (peer true) for query parameters q, from this
 // node's usage store and, for the cluster-wide form, every other live member's.
 admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool peer,

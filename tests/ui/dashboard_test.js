@@ -129,6 +129,7 @@ routes:
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
              '--disable-background-networking', '--disable-component-update', '--disable-sync']});
     const page = await browser.newPage({viewport: {width: 1280, height: 900}});
+    const rows = (sel) => page.$$eval(sel + ' tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
     const base = `http://127.0.0.1:${ports[0].admin}/ui`;
     await page.goto(base);
     check(await page.isVisible('#login-form'), 'the page asks for the token');
@@ -146,6 +147,10 @@ routes:
                                     localStorage.length === 0), 'the token is in sessionStorage only');
     const cards = await page.textContent('#cluster-cards');
     check(cards.includes('healthy') && cards.includes('Config version'), 'status and config version shown');
+    check(await until(async () => {
+      const r = await rows('#nodes');
+      return r.length === 4 && r.slice(1).every((x) => /^\d+$/.test(x[3]) && x[4] && !x[4].includes('differs') && x[5] === 'yes');
+    }, 10000, ''), 'every node\'s config version, the same digest, converged');
     await page.screenshot({path: path.join(shots, 'cluster.png'), fullPage: true});
 
     await page.click('a[data-view=config]');
@@ -181,7 +186,6 @@ routes:
     await page.click('a[data-view=traffic]');
     for (let i = 0; i < 6; i++) await get(ports[0].proxy, '/app/y');
     // 8 + 6 requests to /app through three nodes: node 1 alone served 9 of them.
-    const rows = (sel) => page.$$eval(sel + ' tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent)));
     check(await until(async () => (await rows('#traffic-routes')).some((r) => r[0] === 'app' && Number(r[1]) === 14),
                       12000, ''), 'traffic by route: all 14 requests to app, summed over the cluster');
     check((await page.textContent('#traffic-source')).includes('3 node(s)'), 'from three nodes');
@@ -219,6 +223,8 @@ routes:
     }, 20000, '');
     check(seen, 'a killed node shows as suspect or dead');
     await until(async () => /n3ap-south[^]*?dead/.test(await page.textContent('#members')), 20000, '');
+    check(await until(async () => (await rows('#nodes')).some((x) => x[0] === 'n3' && x[3] === 'not answering'), 10000, ''),
+          'the dead node\'s config is not answering');
     await page.screenshot({path: path.join(shots, 'cluster-node-down.png'), fullPage: true});
     check(fs.readdirSync(shots).filter((f) => f.endsWith('.png')).length >= 8, 'screenshots of every view saved');
   } catch (e) {

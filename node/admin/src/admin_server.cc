@@ -382,6 +382,21 @@ void admin_server::impl::add_endpoints() {
     for (const auto& [k, v] : req.params) q.emplace(k, v);
     return q;
   };
+  if (handlers.peer_health) {
+    endpoint e{"GET", "/peer/health", true,
+               [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+                 send_json(res, 200, handlers.peer_health());
+               }};
+    e.peer = true;
+    endpoints.push_back(std::move(e));
+  }
+  if (handlers.cluster_nodes) {
+    endpoints.push_back(
+        {"GET", "/cluster/nodes", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.cluster_nodes());
+         }});
+  }
   if (handlers.analytics) {
     endpoints.push_back(
         {"GET", "/analytics", true,

@@ -50,6 +50,8 @@ std::string_view dashboard_html() {
     <div id="regions"></div>
     <h2>Members</h2>
     <table id="members"></table>
+    <h2>Config on each node</h2>
+    <table id="nodes"></table>
   </section>
   <section id="view-traffic" class="view" hidden>
     <p class="hint" id="traffic-source">The last hour, per minute, summed over the cluster.</p>
@@ -215,6 +217,15 @@ async function renderCluster() {
   table($('members'), ['ID', 'Region', 'Zone', 'Address', 'State', 'Incarnation', 'RTT'],
     members.map((x) => [x.id, x.region, x.zone, x.address, state(x.state), x.incarnation,
       x.region in rtt ? rtt[x.region] + ' ms' : '-']));
+  // What each node says of itself: its config version and digest, and whether it converged.
+  const n = await api('/cluster/nodes');
+  const mine = h.config_digest;
+  table($('nodes'), ['Node', 'Region', 'State', 'Config version', 'Digest', 'Converged'],
+    (n.nodes || []).slice().sort((a, b) => a.id.localeCompare(b.id)).map((x) => x.answered
+      ? [x.id, x.region, state(x.state), x.config_version,
+         {text: x.config_digest + (x.config_digest === mine ? '' : ' (differs)'), cls: x.config_digest === mine ? 'ok' : 'bad'},
+         {text: x.converged ? 'yes' : 'no', cls: x.converged ? 'ok' : 'bad'}]
+      : [x.id, x.region, state(x.state), {text: 'not answering', cls: x.state === 'left' ? '' : 'bad'}, '', '']));
 }
 
 function parseMetrics(text) {

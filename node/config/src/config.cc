@@ -19,6 +19,7 @@
 #include "meridian/common/ascii.h"
 
 #include "meridian/common/base64.h"
+#include "meridian/common/calendar.h"
 #include "meridian/common/http_fields.h"
 #include "meridian/transcode/transcoder.h"
 
@@ -1246,7 +1247,27 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
   rate_limit_config rl;
   bool ok = false;
   if (auto v = m.require("limit")) ok = read_uint(d, *v, rl.limit, 1);
-  if (auto v = m.take("window")) ok = read_duration(d, *v, rl.window) && ok;
+  if (auto v = m.take("window")) {
+    const std::string* s = v->node.IsScalar() ? &v->node.Scalar() : nullptr;
+    if (s && *s == "1mo") {
+      rl.calendar_month = true;
+      rl.window = std::chrono::hours(24 * 31);
+    } else {
+      ok = read_duration(d, *v, rl.window) && ok;
+    }
+  }
+  if (auto v = m.take("timezone")) {
+    ok = read_string(d, *v, rl.timezone, false) && ok;
+    std::string error;
+    if (ok && !month_calendar::make(rl.timezone, &error)) {
+      d.add(v->line, v->path + ": " + error);
+      ok = false;
+    }
+    if (ok && !rl.calendar_month) {
+      d.add(v->line, v->path + ": only a calendar window (window: 1mo) has a timezone");
+      ok = false;
+    }
+  }
   if (auto v = m.take("key")) {
     ok = read_key_spec(d, *v, rl.key, {"consumer", "ip", "route", "global"}) && ok;
   }
@@ -1268,6 +1289,13 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
   }
   if (auto v = m.take("on_partition")) {
     ok = read_choice(d, *v, rl.on_partition, {"local_share", "fail_open", "fail_closed"}) && ok;
+  }
+  if (ok && rl.calendar_month && rl.algorithm != "sliding_window" &&
+      rl.algorithm != "fixed_window") {
+    d.add(f.line, f.path +
+                      ": a calendar window (1mo) counts requests per month: algorithm "
+                      "token_bucket and leaky_bucket do not apply");
+    ok = false;
   }
   if (ok && rl.window < std::chrono::milliseconds(100)) {
     d.add(f.line, f.path + ": window must be at least 100ms");

@@ -141,11 +141,15 @@ json match_to_json(const match_config& m) {
 }
 
 json rate_limit_to_json(const rate_limit_config& r) {
-  json out = {{"limit", r.limit}, {"window", format_duration(r.window)},
-              {"key", r.key},     {"algorithm", r.algorithm},
-              {"scope", r.scope}, {"on_partition", r.on_partition}};
+  json out = {{"limit", r.limit},
+              {"window", r.calendar_month ? std::string("1mo") : format_duration(r.window)},
+              {"key", r.key},
+              {"algorithm", r.algorithm},
+              {"scope", r.scope},
+              {"on_partition", r.on_partition}};
   if (r.burst) out["burst"] = r.burst;
   if (r.max_delay.count()) out["max_delay"] = format_duration(r.max_delay);
+  if (!r.timezone.empty()) out["timezone"] = r.timezone;
   return out;
 }
 

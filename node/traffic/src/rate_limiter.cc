@@ -198,6 +198,12 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
     spec.limit = burst;
     spec.window_ms = std::max<uint64_t>(window_ms * burst / std::max<uint64_t>(cfg.limit, 1), 10);
   }
+  if (cfg.calendar_month) {
+    std::string error;
+    spec.calendar = month_calendar::make(cfg.timezone, &error);
+    if (!spec.calendar) spec.calendar = month_calendar::make("UTC", &error);  // checked at load
+    spec.sliding = false;  // a month's quota starts afresh on the 1st
+  }
   spec.max_delay_ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(cfg.max_delay).count());
   spec.scope = cfg.scope == "local"    ? limit_spec::scope_kind::local
@@ -224,10 +230,30 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
   h = fnv1a(h, std::to_string(index));
   h = fnv1a(h, cfg.algorithm);
   h = fnv1a(h, std::to_string(spec.window_ms));
+  if (spec.calendar) h = fnv1a(h, "1mo " + spec.calendar->zone());
   if (spec.scope == limit_spec::scope_kind::region) h = fnv1a(h, impl_->opt.region);
   if (spec.scope == limit_spec::scope_kind::local) h = fnv1a(h, impl_->opt.node_id);
   spec.seed = h;
   return spec;
+}
+
+limit_spec::window_at limit_spec::window_of(int64_t now_ms) const {
+  window_at out;
+  if (calendar) {
+    const auto m = calendar->at(now_ms);
+    out.index = m.index;
+    out.start_ms = m.start_ms;
+    out.length_ms = static_cast<uint64_t>(m.end_ms - m.start_ms);
+    out.into_ms = static_cast<uint64_t>(std::max<int64_t>(now_ms - m.start_ms, 0));
+    return out;
+  }
+  const auto since =
+      static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
+  out.index = static_cast<uint32_t>(since / window_ms);
+  out.length_ms = window_ms;
+  out.into_ms = since % window_ms;
+  out.start_ms = now_ms - static_cast<int64_t>(out.into_ms);
+  return out;
 }
 
 uint64_t rate_limiter::key_of(const limit_spec& spec, std::string_view key_value) {
@@ -240,10 +266,16 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
   auto& d = *impl_;
   const auto since =
       static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
-  const uint64_t w = spec.window_ms;
+  uint64_t w = spec.window_ms;
   const uint64_t window64 = since / w;  // one division: `into` follows from it
-  const auto window = static_cast<uint32_t>(window64);
-  const auto into = static_cast<uint32_t>(since - window64 * w);
+  auto window = static_cast<uint32_t>(window64);
+  auto into = static_cast<uint32_t>(since - window64 * w);
+  if (spec.calendar) {
+    const auto month = spec.window_of(now_ms);
+    window = month.index;
+    w = month.length_ms;
+    into = static_cast<uint32_t>(month.into_ms);
+  }
   const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
   const auto now_s = static_cast<uint16_t>(since / 1000);
 
@@ -443,11 +475,11 @@ void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size
 
 rate_limiter::key_view rate_limiter::view(uint64_t key, const limit_spec& spec, int64_t now_ms) {
   auto& d = *impl_;
-  const int64_t since = std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0);
-  const auto window = static_cast<uint32_t>(static_cast<uint64_t>(since) / spec.window_ms);
+  const auto at = spec.window_of(now_ms);
+  const auto window = at.index;
   key_view v;
   v.limit = spec.limit;
-  v.window_ms = spec.window_ms;
+  v.window_ms = at.length_ms;
   if (d.state) v.by_node = d.state->counter_by_node(key, window);
   if (entry* e = d.find_locked(key)) {
     if (e->window == window) {

@@ -1261,3 +1261,42 @@ TEST(config, grpc_transcode_reads_its_descriptors_at_load_and_carries_them_in_do
 
 }  // namespace
 }  // namespace meridian::node
+
+namespace meridian::node {
+namespace {
+
+TEST(config, a_month_quota_takes_a_time_zone_and_refuses_what_cannot_apply) {
+  const std::string base = std::string(minimal) +
+                           "upstreams:\n  - name: a\n    targets: [127.0.0.1:1]\n"
+                           "routes:\n  - name: r\n    match: {path_prefix: /}\n    upstream: a\n";
+  config c = parse_ok(base +
+                      "    api_version: v2\n"
+                      "    rate_limit: {limit: 1000, window: 1mo, timezone: Europe/Berlin}\n");
+  ASSERT_EQ(c.routes[0].rate_limits.size(), 1u);
+  EXPECT_TRUE(c.routes[0].rate_limits[0].calendar_month);
+  EXPECT_EQ(c.routes[0].rate_limits[0].timezone, "Europe/Berlin");
+  EXPECT_EQ(c.routes[0].api_version, "v2");
+  const auto j = config_to_json(c)["routes"][0];
+  EXPECT_EQ(j["rate_limit"]["window"], "1mo");
+  EXPECT_EQ(j["rate_limit"]["timezone"], "Europe/Berlin");
+  EXPECT_EQ(j["api_version"], "v2");
+  struct bad_case {
+    const char* limit;
+    const char* message;
+  } cases[] = {
+      {"{limit: 5, window: 1mo, timezone: Mars/Base}", "no such zone"},
+      {"{limit: 5, window: 1mo, timezone: ../../etc/passwd}", "is not UTC, an offset"},
+      {"{limit: 5, window: 1m, timezone: UTC}", "only a calendar window"},
+      {"{limit: 5, window: 1mo, algorithm: token_bucket}", "do not apply"},
+      {"{limit: 5, window: 2mo}", "rate_limit.window"},
+  };
+  for (const auto& bc : cases) {
+    auto bad = parse(base + "    rate_limit: " + bc.limit + "\n");
+    EXPECT_FALSE(bad.value) << bc.limit;
+    ASSERT_FALSE(bad.errors.empty()) << bc.limit;
+    EXPECT_THAT(errors_of(bad)[0], HasSubstr(bc.message)) << bc.limit;
+  }
+}
+
+}  // namespace
+}  // namespace meridian::node

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <ctime>
 #include <filesystem>
 #include <random>
 
@@ -15,6 +16,7 @@
 #include "meridian/sim/scenarios.h"
 #include "meridian/sim/simulator.h"
 #include "meridian/storage/store.h"
+#include "utc_ms.h"
 
 namespace meridian::node {
 namespace {
@@ -479,6 +481,58 @@ TEST(key_tracker, refusals_count_per_window_and_limits_are_apart) {
   bool cut = false;
   for (const auto& e : t.candidates(0, 0)) cut |= e.key.size() == key_tracker::max_key_bytes;
   EXPECT_TRUE(cut) << "long header values are cut";
+}
+
+}  // namespace
+}  // namespace meridian::node
+
+namespace meridian::node {
+namespace {
+
+using test::utc_ms;
+
+rate_limit_config month_quota(uint64_t limit, std::string timezone = "") {
+  rate_limit_config c;
+  c.limit = limit;
+  c.window = std::chrono::hours(24 * 31);
+  c.calendar_month = true;
+  c.timezone = std::move(timezone);
+  c.key = "consumer";
+  return c;
+}
+
+TEST(rate_limiter, a_month_quota_resets_exactly_at_the_month_boundary) {
+  rate_limiter rl({.node_id = "a"}, nullptr);
+  auto spec = rl.compile("r", 0, month_quota(3));
+  const uint64_t k = rate_limiter::key_of(spec, "acme");
+  const int64_t late = utc_ms(2026, 1, 31, 23, 59, 58);
+  int ok = 0;
+  for (int i = 0; i < 5; ++i) ok += rl.check(k, spec, late, true).allowed;
+  EXPECT_EQ(ok, 3);
+  auto refused = rl.check(k, spec, utc_ms(2026, 1, 31, 23, 59, 59), true);
+  EXPECT_FALSE(refused.allowed);
+  EXPECT_EQ(refused.retry_after_s, 1u) << "until the 1st";
+  EXPECT_EQ(rl.view(k, spec, late).count, 3u);
+  EXPECT_EQ(rl.view(k, spec, late).window_ms, 31ULL * 86400 * 1000);
+  // February: a fresh quota (no weight from January), and a 28-day window.
+  const int64_t feb = utc_ms(2026, 2, 1);
+  auto d = rl.check(k, spec, feb, true);
+  EXPECT_TRUE(d.allowed);
+  EXPECT_EQ(d.remaining, 2u);
+  EXPECT_EQ(d.reset_s, 28u * 86400);
+  EXPECT_EQ(rl.view(k, spec, feb).window_ms, 28ULL * 86400 * 1000);
+  EXPECT_EQ(rl.view(k, spec, feb).count, 1u);
+  EXPECT_EQ(spec.window_of(feb).start_ms, feb);
+}
+
+TEST(rate_limiter, a_month_quota_in_a_time_zone_resets_at_local_midnight) {
+  rate_limiter rl({.node_id = "a"}, nullptr);
+  auto spec = rl.compile("r", 0, month_quota(1, "+09:00"));
+  const uint64_t k = rate_limiter::key_of(spec, "acme");
+  EXPECT_TRUE(rl.check(k, spec, utc_ms(2026, 1, 31, 14, 59), true).allowed);
+  EXPECT_FALSE(rl.check(k, spec, utc_ms(2026, 1, 31, 14, 59, 59), true).allowed);
+  EXPECT_TRUE(rl.check(k, spec, utc_ms(2026, 1, 31, 15, 0), true).allowed) << "1 February in Tokyo";
+  EXPECT_NE(spec.seed, rl.compile("r", 0, month_quota(1)).seed) << "zones count apart";
 }
 
 }  // namespace

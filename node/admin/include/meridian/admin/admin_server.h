@@ -33,7 +33,11 @@ struct admin_handlers {
   std::function<nlohmann::json()> effective_config;  // GET /config body
   std::function<nlohmann::json()> cluster_members;   // GET /cluster/members body
   std::function<nlohmann::json()> cluster_health;    // GET /cluster/health body
-  std::function<nlohmann::json()> cluster_leave;     // POST /cluster/leave: leaves, returns body
+  // GET /peer/health: this node's /cluster/health, for another node (the peer token suffices).
+  std::function<nlohmann::json()> peer_health;
+  // GET /cluster/nodes: every member with its own view (config version, convergence), asked.
+  std::function<nlohmann::json()> cluster_nodes;
+  std::function<nlohmann::json()> cluster_leave;  // POST /cluster/leave: leaves, returns body
   // PUT (body set) and DELETE (body null) on /config/{kind}/{name}; kind is the path segment
   // ("routes", "upstreams", "consumers", or anything else for the callback to refuse).
   std::function<admin_reply(const std::string& kind, const std::string& name,

@@ -292,6 +292,9 @@ struct rate_limit_config {
   uint64_t burst = 0;  // token_bucket / leaky_bucket capacity; 0: limit (token) or 1 (leaky)
   std::string on_partition = "local_share";  // local_share | fail_open | fail_closed
   duration max_delay{0};  // > 0: hold a request up to this long for room instead of a 429
+  // window: 1mo: calendar months in `timezone` (window then holds 31 days, the longest month).
+  bool calendar_month = false;
+  std::string timezone{};  // UTC, +HH:MM or an IANA name; only with window 1mo
 };
 
 // A canned answer for a route whose upstreams cannot serve (instead of 502/503/504).

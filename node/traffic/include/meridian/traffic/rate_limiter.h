@@ -38,6 +38,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "meridian/common/calendar.h"
 #include "meridian/config/config.h"
 
 namespace meridian::cluster {
@@ -60,6 +61,19 @@ struct limit_spec {
   partition_policy on_partition = partition_policy::local_share;
   key_kind key = key_kind::consumer;
   std::string header;  // key_kind::header: the lower-cased header name
+  // window 1mo: calendar months (window_ms is then 31 days, the counters' window length; the
+  // month's real bounds come from the calendar). Null for every other window.
+  std::shared_ptr<const month_calendar> calendar;
+
+  // The window holding Unix ms now: its number (the counters' window index), its length and
+  // how far into it now is.
+  struct window_at {
+    uint32_t index = 0;
+    uint64_t length_ms = 1;
+    uint64_t into_ms = 0;
+    int64_t start_ms = 0;  // Unix ms
+  };
+  window_at window_of(int64_t now_ms) const;
 };
 
 struct limit_decision {
