@@ -688,6 +688,16 @@ void gossip_node::flush_application() {
   });
 }
 
+void gossip_node::flush_application_now() {
+  auto& d = *impl_;
+  if (!d.running) return;
+  asio::post(d.ioc, [&d] {
+    if (!d.running) return;
+    d.swim->urgent_application_round(millis(5));
+    d.reschedule();
+  });
+}
+
 uint16_t gossip_node::port() const {
   return impl_->port;
 }

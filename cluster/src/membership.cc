@@ -975,6 +975,7 @@ struct membership::impl {
   millis joining_since_{0};
   millis join_backoff_{join_backoff_start};
   bool left_ = false;
+  millis last_urgent_round_{-1000000};  // when urgent_application_round last gossiped
   uint32_t health_ = 0;
   uint64_t seq_ = 0;
   uint64_t order_ = 0;
@@ -1094,6 +1095,16 @@ void membership::set_application(gossip_application* app) {
 
 void membership::pull_application_deltas() {
   if (impl_->app_) impl_->pull_app();
+}
+
+void membership::urgent_application_round(millis min_gap) {
+  auto& d = *impl_;
+  if (!d.app_) return;
+  d.pull_app();
+  const millis now = d.env_.now();
+  if (d.fresh_payloads() == 0 || now - d.last_urgent_round_ < min_gap) return;
+  d.last_urgent_round_ = now;
+  d.gossip_round();
 }
 
 void membership::broadcast_payload(std::string payload) {

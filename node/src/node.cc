@@ -1350,6 +1350,8 @@ bool node::start(std::string* error) {
           limiter->on_remote(key, window, others);
         });
     d.cluster->state().set_flush_hook([limiter] { limiter->flush(); });
+    auto* bridge = d.cluster.get();
+    d.limiter->set_urgent_hook([bridge] { bridge->flush_now(); });
     d.cluster->set_view_listener([limiter](size_t gt, size_t gu, size_t rt, size_t ru) {
       limiter->set_view(gt, gu, rt, ru);
     });

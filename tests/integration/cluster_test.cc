@@ -758,7 +758,11 @@ TEST_F(cluster_config, a_global_rate_limit_holds_across_nodes) {
         },
         10s))
         << "node " << n % 3 << " never saw " << admitted << " admissions";
-    int status = proxy_status(n % 3, "/limited");
+    // The admin API sees a config the moment it is installed; the node's workers take it a
+    // moment later: a 404 there counts nothing, so ask again until the route is served.
+    int status = 404;
+    ASSERT_TRUE(eventually([&] { return (status = proxy_status(n % 3, "/limited")) != 404; }, 5s))
+        << "node " << n % 3 << " never served /limited";
     statuses += std::to_string(status) + " ";
     admitted += status == 200;
     refused += status == 429;

@@ -399,6 +399,10 @@ void cluster_bridge::flush() {
   impl_->gossip->flush_application();
 }
 
+void cluster_bridge::flush_now() {
+  impl_->gossip->flush_application_now();
+}
+
 nlohmann::json cluster_bridge::health_json() const {
   auto members = impl_->gossip->members();
   std::map<std::string, int> totals{{"alive", 0}, {"suspect", 0}, {"dead", 0}, {"left", 0}};

@@ -94,6 +94,10 @@ uint32_t clamp32(uint64_t v) {
 }  // namespace
 
 struct rate_limiter::impl {
+  // Sends the replicated counts at once (set before any check; see set_urgent_hook).
+  std::function<void()> urgent;
+  std::atomic<int64_t> last_urgent_ms{0};
+
   impl(options o, cluster::replicated_state* s) : opt(std::move(o)), state(s) {
     size_t want = std::max<size_t>(opt.max_keys / ways, 64);
     ngroups = 1;
@@ -407,6 +411,16 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     std::lock_guard lock(list.mu);
     list.keys.push_back(key);
   }
+  // The last quarter of a key's limit: the others should hear of this admission now, not on
+  // the next gossip round (their stale counts are what a burst overshoots by). At most one
+  // urgent send every 10 ms per node.
+  if (d.urgent && replicated && commit && out.allowed && out.remaining * 2 <= effective) {
+    int64_t last = d.last_urgent_ms.load(std::memory_order_relaxed);
+    if (now_ms - last >= 5 &&
+        d.last_urgent_ms.compare_exchange_strong(last, now_ms, std::memory_order_relaxed)) {
+      d.urgent();
+    }
+  }
   return out;
 }
 
@@ -443,6 +457,10 @@ void rate_limiter::flush() {
     e->lock.store(0, std::memory_order_release);
   }
   d.state->count_batch(adds);
+}
+
+void rate_limiter::set_urgent_hook(std::function<void()> hook) {
+  impl_->urgent = std::move(hook);
 }
 
 void rate_limiter::on_remote(uint64_t key, uint32_t window, uint64_t others) {

@@ -616,3 +616,31 @@ TEST(replicated_state_sim, halves_written_during_a_partition_converge_to_last_wr
 
 }  // namespace
 }  // namespace meridian::cluster
+
+namespace meridian::cluster {
+namespace {
+
+TEST(replicated_state_sim, an_urgent_round_sends_a_write_at_once_not_on_the_next_gossip_round) {
+  // Three nodes; a write on node 0 made urgent reaches the others within the link delay, while
+  // the same kind of write left to the gossip cadence takes up to gossip_interval (200 ms).
+  sim_cluster c(3, 21);
+  c.sim.run_until(millis(3000));
+  // Just after a gossip round, so the next regular one is most of an interval away.
+  std::string error;
+  const millis start = c.sim.now();
+  hlc_time v = c.states[0]->put(doc_family::state, "urgent", "1", &error, false);
+  c.sim.node(0).urgent_application_round(millis(5));
+  c.sim.touch(0);
+  ASSERT_TRUE(c.sim.run_until([&] { return c.all_have("urgent", v, doc_family::state); },
+                              start + millis(1000), millis(1)));
+  EXPECT_LE(c.sim.now() - start, millis(5)) << "sent at once, over a 1 ms link";
+  // A second urgent round within min_gap sends nothing by itself.
+  hlc_time w = c.states[0]->put(doc_family::state, "later", "2", &error, false);
+  c.sim.node(0).urgent_application_round(millis(1000));
+  c.sim.touch(0);
+  c.sim.run_until(c.sim.now() + millis(3));
+  EXPECT_FALSE(c.all_have("later", w, doc_family::state)) << "throttled by min_gap";
+}
+
+}  // namespace
+}  // namespace meridian::cluster

@@ -89,6 +89,9 @@ class gossip_node {
   // Sends the application's pending deltas on the next gossip round instead of waiting for the
   // next app_delta_interval (call after a local write). Returns at once.
   void flush_application();
+  // The same, and the deltas leave at once in a gossip round of their own (at most one such
+  // round every 5 ms). Returns at once.
+  void flush_application_now();
 
   uint16_t port() const;
   member self() const;

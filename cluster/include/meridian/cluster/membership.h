@@ -159,6 +159,10 @@ class membership {
   // Takes the application's pending deltas now (instead of at the next app_delta_interval), so
   // a change made outside the membership's thread goes out on the next gossip round.
   void pull_application_deltas();
+  // Takes the application's pending deltas and, if that made any and no urgent round went in
+  // the last min_gap, sends a gossip round now rather than on the next gossip_interval (rate
+  // limits near their limit: every ms of delay is requests admitted on stale counts).
+  void urgent_application_round(millis min_gap);
 
   // Queues an opaque application payload to piggyback on outgoing packets (best effort).
   void broadcast_payload(std::string payload);

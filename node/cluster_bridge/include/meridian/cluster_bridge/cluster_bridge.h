@@ -37,6 +37,9 @@ class cluster_bridge {
   void mark_seeded();
   // Sends local writes out on the next gossip round (call after a put or remove).
   void flush();
+  // The same, sent at once rather than on the next gossip round (keys near their rate limit).
+  // Returns at once; callable from any thread.
+  void flush_now();
   // The members that are alive, this node included: (id, region).
   std::vector<std::pair<std::string, std::string>> live_members() const;
   const std::string& self_id() const;

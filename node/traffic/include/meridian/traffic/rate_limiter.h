@@ -30,6 +30,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -156,6 +157,9 @@ class rate_limiter {
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();
+  // Sets what check() calls (rarely, throttled) when an admission leaves a replicated key in the
+  // last quarter of its limit: the node sends its counts at once. Call before the first check.
+  void set_urgent_hook(std::function<void()> hook);
   // A remote count changed: others = the other nodes' total for key in window.
   void on_remote(uint64_t key, uint32_t window, uint64_t others);
 
