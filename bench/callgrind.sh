@@ -61,6 +61,10 @@ elif [[ "$profile" != plain ]]; then
   echo "$bench_name: PROFILE must be plain or featured" >&2
   exit 1
 fi
+# ANALYTICS=off: without usage analytics (to measure what the usage stage costs).
+if [[ "${ANALYTICS:-on}" == off ]]; then
+  echo "analytics: {enabled: false}" >>"$tmp/meridian.yaml"
+fi
 bench_start upstream nginx -p "$tmp" -c "$tmp/upstream.conf"
 bench_wait_hello "$upstream_port" || { echo "$bench_name: upstream nginx did not come up" >&2; exit 1; }
 

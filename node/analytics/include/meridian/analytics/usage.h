@@ -92,6 +92,11 @@ class usage_recorder {
   struct shard {
     std::mutex mu;
     usage_batch names;
+    struct last_hit {
+      std::string name;  // owned: the event's views die with the call
+      usage_point* point = nullptr;
+    };
+    std::array<last_hit, usage_dimensions> last;
   };
   size_t max_names_;
   std::vector<std::unique_ptr<shard>> shards_;
