@@ -585,8 +585,11 @@ struct node::impl {
   std::string peer_token;           // what other nodes present to /peer/... (peers.h)
 
   // Moves the workers' counts into the store's open minute and hour; with persist, writes them.
+  // One at a time (collector and admin threads), so a batch never lands after a newer one.
+  std::mutex usage_collect_mutex;
   void collect_usage(bool persist) {
     if (!usage) return;
+    std::lock_guard lock(usage_collect_mutex);
     usage_batch batch;
     usage->drain(batch);
     const int64_t now = unix_now_ms();
@@ -907,12 +910,17 @@ struct node::impl {
     // Candidates: the keys this node and every other saw most (their Space-Saving summaries);
     // counts: the cluster-wide counters the limit decides on.
     const uint64_t window = spec.window_of(now).index;
-    std::map<std::string, uint64_t> rejected;  // in the current window, summed over the nodes
-    auto note = [&](const std::string& k, uint64_t w, uint64_t r) {
-      auto& n = rejected[k];
-      if (w == window) n += r;
+    struct candidate {
+      std::string key;        // as shown
+      uint64_t rejected = 0;  // in the current window, summed over the nodes
     };
-    for (const auto& e : local_candidates(ref, now)) note(e.key, e.window, e.rejected);
+    std::map<uint64_t, candidate> found;  // by counter key
+    auto note = [&](uint64_t hash, const std::string& k, uint64_t w, uint64_t r) {
+      auto& c = found[hash];
+      if (c.key.empty()) c.key = k;
+      if (w == window) c.rejected += r;
+    };
+    for (const auto& e : local_candidates(ref, now)) note(e.hash, e.key, e.window, e.rejected);
     auto answered = nlohmann::json::array({cfg.node.id});
     auto missing = nlohmann::json::array();
     if (cluster) {
@@ -925,22 +933,24 @@ struct node::impl {
           continue;
         }
         for (const auto& c : j["candidates"]) {
-          if (!c.is_object() || !c.contains("key") || !c["key"].is_string()) continue;
-          note(c["key"].get<std::string>(), c.value("window", uint64_t{0}),
-               c.value("rejected", uint64_t{0}));
+          if (!c.is_object() || !c.contains("key") || !c["key"].is_string() ||
+              !c.contains("hash") || !c["hash"].is_number_unsigned())
+            continue;
+          note(c["hash"].get<uint64_t>(), c["key"].get<std::string>(),
+               c.value("window", uint64_t{0}), c.value("rejected", uint64_t{0}));
         }
         answered.push_back(id);
       }
     }
     std::vector<std::pair<uint64_t, nlohmann::json>> rows;
-    for (const auto& [k, r] : rejected) {
-      auto v = limiter->view(rate_limiter::key_of(spec, k), spec, now);
-      if (v.count == 0 && r == 0) continue;
+    for (const auto& [hash, c] : found) {
+      auto v = limiter->view(hash, spec, now);
+      if (v.count == 0 && c.rejected == 0) continue;
       rows.emplace_back(v.count,
-                        nlohmann::json{{"key", k},
+                        nlohmann::json{{"key", c.key},
                                        {"count", v.count},
                                        {"remaining", v.count >= v.limit ? 0 : v.limit - v.count},
-                                       {"rejected", r},
+                                       {"rejected", c.rejected},
                                        {"by_node", v.by_node}});
       out["limit"] = v.limit;
       out["window_ms"] = v.window_ms;
@@ -962,8 +972,7 @@ struct node::impl {
   std::vector<key_tracker::entry> local_candidates(const limit_ref& ref, int64_t now) {
     auto spec = limiter->compile(ref.route->name, ref.index, ref.route->rate_limits[ref.index]);
     return limiter->stats_for(ref.route->name)
-        .keys.candidates(static_cast<uint32_t>(ref.index),
-                         now - 2 * static_cast<int64_t>(spec.window_ms));
+        .keys.candidates(ref.index, now - 2 * static_cast<int64_t>(spec.window_ms));
   }
 
   // GET /peer/ratelimits/{route}?limit=I: the candidates, for the node merging them.
@@ -972,7 +981,8 @@ struct node::impl {
     if (auto e = find_limit(route, limit, &ref)) return *e;
     auto list = nlohmann::json::array();
     for (const auto& e : local_candidates(ref, unix_now_ms()))
-      list.push_back({{"key", e.key}, {"window", e.window}, {"rejected", e.rejected}});
+      list.push_back(
+          {{"hash", e.hash}, {"key", e.key}, {"window", e.window}, {"rejected", e.rejected}});
     return {200, {{"candidates", std::move(list)}}};
   }
 
@@ -1363,7 +1373,11 @@ bool node::start(std::string* error) {
     uo.max_names = d.cfg.analytics.max_names;
     d.usage_db = std::make_unique<usage_store>(
         uo, d.cluster ? &d.cluster->store() : d.local_store.get(), unix_now_ms());
-    d.usage_collector.start(std::chrono::seconds(10), [this] { impl_->collect_usage(true); });
+    // Drained every second (a request counts in the minute it ended in, give or take that),
+    // written every ten.
+    d.usage_collector.start(std::chrono::seconds(1), [this, ticks = 0]() mutable {
+      impl_->collect_usage(++ticks % 10 == 0);
+    });
   }
   if (d.cfg.tracing) {
     // The exporter is made once: a reload changes the sampling ratio, not where spans go.
@@ -1505,7 +1519,11 @@ bool node::start(std::string* error) {
                                  const std::string* body) {
     return impl_->write_document(kind, name, body);
   };
-  d.peer_token = random_token();
+  // Kept in the data directory, so other nodes' copy stays good across a restart.
+  if (d.cluster &&
+      !load_or_create_token((std::filesystem::path(d.cfg.node.data_dir) / "peer.token").string(),
+                            &d.peer_token, error))
+    return false;
   d.admin = std::make_unique<admin_server>(
       d.cfg.node.id, d.token, std::move(handlers),
       admin_server::tls_files{d.cfg.admin.tls_cert, d.cfg.admin.tls_key, d.cfg.admin.tls_client_ca},

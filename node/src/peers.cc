@@ -1,5 +1,7 @@
 #include "peers.h"
 
+#include <spdlog/spdlog.h>
+
 #include <charconv>
 #include <future>
 
@@ -40,21 +42,37 @@ void merge_into(usage_merge& to, usage_merge&& from) {
 
 }  // namespace
 
+namespace {
+bool loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+}  // namespace
+
 void publish_peer(cluster_bridge& cluster, const config& cfg, uint16_t admin_port,
                   const std::string& peer_token) {
   // Where others reach this admin API: its listen host, unless that is a wildcard, then the
   // host this node advertises to the cluster.
   std::string host = cfg.listen.admin.host;
-  if (host == "0.0.0.0" || host == "::" || host.empty()) {
-    const auto& cc = *cfg.cluster;
-    host = cc.advertise.host.empty() ? cc.bind.host : cc.advertise.host;
+  const auto& cc = *cfg.cluster;
+  const std::string& gossip_host = cc.advertise.host.empty() ? cc.bind.host : cc.advertise.host;
+  if (host == "0.0.0.0" || host == "::" || host.empty()) host = gossip_host;
+  std::string error;
+  const std::string key = "node/" + cfg.node.id + "/peer";
+  if (loopback(host) && !loopback(gossip_host)) {
+    // Other machines cannot reach a loopback admin API: publish nothing (they list this node
+    // as not answering) rather than an address where each would find itself.
+    spdlog::warn(
+        "listen.admin {} is a loopback address while the cluster runs on {}: cluster-wide "
+        "analytics, top keys and /cluster/nodes elsewhere will not include this node",
+        cfg.listen.admin.to_string(), gossip_host);
+    cluster.state().remove(doc_family::state, key, &error);
+    return;
   }
   if (host.find(':') != std::string::npos) host = "[" + host + "]";
   const std::string scheme = cfg.admin.tls_cert.empty() ? "http" : "https";
   nlohmann::json j = {{"admin_url", scheme + "://" + host + ":" + std::to_string(admin_port)},
                       {"peer_token", peer_token}};
-  std::string error;
-  cluster.state().put(doc_family::state, "node/" + cfg.node.id + "/peer", j.dump(), &error);
+  cluster.state().put(doc_family::state, key, j.dump(), &error);
   cluster.flush();
 }
 
@@ -134,12 +152,15 @@ admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool pe
     step = usage_store::minute_ms;
   } else if (step_text == "1h" || step_text == "hour") {
     step = usage_store::hour_ms;
+  } else if (step_text == "1d" || step_text == "day") {
+    step = usage_store::day_ms;
   } else if (step_text.empty()) {
-    // Minutes are kept for a day: older ranges come by the hour.
-    step =
-        since >= now_ms - 24 * usage_store::hour_ms ? usage_store::minute_ms : usage_store::hour_ms;
+    // Minutes are kept for a day: older ranges come by the hour, beyond a week by the day.
+    step = since >= now_ms - usage_store::day_ms       ? usage_store::minute_ms
+           : since >= now_ms - 7 * usage_store::day_ms ? usage_store::hour_ms
+                                                       : usage_store::day_ms;
   } else {
-    return bad_request("step must be 1m or 1h");
+    return bad_request("step must be 1m, 1h or 1d");
   }
   size_t limit = 50;
   if (auto l = get("limit"); !l.empty()) {
@@ -157,7 +178,10 @@ admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool pe
   if (cluster) {
     const std::string path = "/peer/analytics?by=" + std::string(to_string(dim)) +
                              "&since=" + std::to_string(since) + "&until=" + std::to_string(until) +
-                             "&step=" + (step == usage_store::hour_ms ? "1h" : "1m");
+                             "&step=" +
+                             (step == usage_store::day_ms    ? "1d"
+                              : step == usage_store::hour_ms ? "1h"
+                                                             : "1m");
     auto r = ask_peers(*cluster, self_id, path);
     for (auto& id : r.missing) missing.push_back(id);
     for (auto& [id, j] : r.answers) {

@@ -76,7 +76,7 @@ routes:
   - name: limited
     match: {{path_prefix: /limited}}
     upstream: app
-    rate_limit: {{limit: 5, window: 60s, key: "header:x-user", scope: global}}
+    rate_limit: {{limit: 5, window: 1h, key: "header:x-user", scope: global}}
 consumers:
   - id: acme
   - id: globex
@@ -254,6 +254,10 @@ def main():
             check(st == 200 and h["step_ms"] == 3600000, "older ranges come per hour")
             check(delta("consumer", h) == sent["consumer"],
                   f"the hour points hold the same totals ({delta('consumer', h)})")
+            st, dd = admin(tmp, ports, 0, "GET", "/analytics?by=route&since=30d")
+            check(st == 200 and dd["step_ms"] == 86400000, "a month comes per day")
+            check(delta("route", dd) == {k: v for k, v in sent["route"].items()},
+                  f"the day points hold the same totals ({delta('route', dd)})")
 
             # Bad queries.
             for q, what in [("by=bogus", "an unknown dimension"), ("", "no dimension"),
@@ -302,7 +306,7 @@ def main():
             r = wait_for("GET /ratelimits/limited lists alice, bob, carol with their counts "
                          f"({admitted}) and refusals ({refused})", top_ok)
             if r:
-                check(r["limit"] == 5 and r["window_ms"] == 60000, "with the limit and window")
+                check(r["limit"] == 5 and r["window_ms"] == 3600000, "with the limit and window")
                 check(r["top"][0]["key"] == "alice" and "n0" in r["top"][0]["by_node"],
                       f"the busiest first, its count per node ({r['top'][0]})")
             st, r = admin(tmp, ports, 0, "GET", "/ratelimits/limited?top=1")

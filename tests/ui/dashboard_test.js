@@ -109,7 +109,7 @@ routes:
   - name: per-user
     match: {path_prefix: /user}
     upstream: app
-    rate_limit: {limit: 3, window: 1m, key: "header:x-user", scope: global}
+    rate_limit: {limit: 3, window: 1h, key: "header:x-user", scope: global}
 `;
     fs.writeFileSync(path.join(tmp, `n${i}.yaml`), cfg);
     nodes.push(spawn(binary, ['run', '--config', path.join(tmp, `n${i}.yaml`)], {stdio: ['ignore', 'ignore', 'pipe']}));

@@ -483,7 +483,15 @@ bool admin_server::impl::admit(const httplib::Request& req, httplib::Response& r
     return false;
   };
   if (auto r = resolve(req); r.needs_token) {
-    if (auto wait = wait_of(req.remote_addr); wait > 0) {
+    // The peer endpoints answer other nodes: their token is 192 random bits (no guessing to slow
+    // down), and a node still holding a restarted peer's old token must not put its address,
+    // often shared with operators, into the failed-login delay.
+    const bool peer = r.hit && r.hit->peer;
+    if (peer && !authorized(req, r.hit)) {
+      res.set_header("WWW-Authenticate", "Bearer");
+      return refuse(401, "unauthorized", "a valid 'Authorization: Bearer <token>' is required");
+    }
+    if (auto wait = peer ? 0 : wait_of(req.remote_addr); wait > 0) {
       const auto seconds = failure_delay::retry_after_s(wait);
       res.set_header("Retry-After", std::to_string(seconds));
       return refuse(429, "too_many_failures",

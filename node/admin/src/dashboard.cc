@@ -302,13 +302,13 @@ function bytes(n) {
 async function renderUsage() {
   const by = $('usage-by').value, since = $('usage-since').value;
   const a = await api('/analytics?by=' + by + '&since=' + since + '&limit=100');
-  $('usage-source').textContent = (a.step_ms === 60000 ? 'Per minute. ' : 'Per hour. ') + nodesNote(a);
+  $('usage-source').textContent = ({60000: 'Per minute. ', 3600000: 'Per hour. '}[a.step_ms] || 'Per day. ') + nodesNote(a);
   table($('usage'), [by === 'key' ? 'API key' : by[0].toUpperCase() + by.slice(1), 'Requests', '5xx', 'Bytes', 'p50 ms', 'p99 ms'],
     (a.series || []).map((x) => [x.key, x.summary.requests, {text: x.summary.errors, cls: x.summary.errors ? 'bad' : ''},
       bytes(x.summary.bytes), x.summary.p50_ms, x.summary.p99_ms]));
 }
-$('usage-by').addEventListener('change', () => refresh());
-$('usage-since').addEventListener('change', () => refresh());
+$('usage-by').addEventListener('change', () => { refresh.forced = true; refresh(); });
+$('usage-since').addEventListener('change', () => { refresh.forced = true; refresh(); });
 
 async function renderConfig() {
   const c = await api('/config');
@@ -337,15 +337,16 @@ async function renderLimits() {
     [r, v.allowed || 0, {text: v.rejected || 0, cls: v.rejected ? 'bad' : ''}]));
   // Every route with a limit counted per key (consumer, address, header value).
   const cfg = await api('/config');
-  const keyed = (cfg.routes || []).filter((r) => {
-    const l = r.rate_limit;
-    const first = Array.isArray(l) ? l[0] : l;
-    return first && first.key && first.key !== 'global' && first.key !== 'route';
-  });
+  const keyed = [];
+  for (const r of cfg.routes || []) {
+    const limits = Array.isArray(r.rate_limit) ? r.rate_limit : r.rate_limit ? [r.rate_limit] : [];
+    limits.forEach((l, i) => { if (l.key && l.key !== 'global' && l.key !== 'route') keyed.push([r.name, i, limits.length]); });
+  }
   const rows = [];
-  for (const r of keyed) {
-    const v = await api('/ratelimits/' + encodeURIComponent(r.name) + '?top=10');
-    for (const k of v.top || []) rows.push([r.name, k.key, k.count + ' / ' + v.limit,
+  for (const [name, i, n] of keyed) {
+    const v = await api('/ratelimits/' + encodeURIComponent(name) + '?top=10&limit=' + i);
+    const label = n > 1 ? name + ' #' + i : name;
+    for (const k of v.top || []) rows.push([label, k.key, k.count + ' / ' + v.limit,
       {text: k.remaining, cls: k.remaining ? '' : 'bad'}, {text: k.rejected, cls: k.rejected ? 'bad' : ''},
       Object.entries(k.by_node || {}).map(([n, c]) => n + ': ' + c).join(', ')]);
   }
@@ -365,12 +366,27 @@ async function renderAudit() {
     new Date(x.at).toISOString(), x.node, x.method, x.path, x.client_cert || x.from, x.status]));
 }
 
+let refreshing = false, lastUsage = 0;
 async function refresh() {
+  if (!token || refreshing) return;  // one at a time: a slow cluster-wide answer is not stacked
+  // The usage over a day or more changes slowly and costs every node a scan: every 30 s.
+  if (view === 'usage' && $('usage-since').value !== '1h' && Date.now() - lastUsage < 30000 &&
+      !refresh.forced) return;
+  refresh.forced = false;
+  refreshing = true;
+  try {
+    await refreshView();
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function refreshView() {
   if (!token) return;
   try {
     if (view === 'cluster') await renderCluster();
     else if (view === 'traffic') await renderTraffic();
-    else if (view === 'usage') await renderUsage();
+    else if (view === 'usage') { await renderUsage(); lastUsage = Date.now(); }
     else if (view === 'config') await renderConfig();
     else if (view === 'health') await renderHealth();
     else if (view === 'limits') await renderLimits();

@@ -283,9 +283,13 @@ bool usage_store::persist(int64_t now_ms, std::string* error) {
   bool ok = true;
   for (size_t d = 0; d < usage_dimensions; ++d) {
     auto dim = static_cast<usage_dimension>(d);
-    write('m', dim, minute_[d], error, &ok);
-    write('h', dim, hour_[d], error, &ok);
-    minute_[d].dirty = hour_[d].dirty = false;
+    // A bucket stays dirty until a write of it succeeds (the next persist tries again).
+    for (auto [resolution, bucket] : {std::pair{'m', &minute_[d]}, std::pair{'h', &hour_[d]}}) {
+      bool written = true;
+      write(resolution, dim, *bucket, error, &written);
+      if (written) bucket->dirty = false;
+      ok = ok && written;
+    }
   }
   // Expiry at most once a minute: records are keyed by time, so each scan stops at the first
   // one still kept.
@@ -321,14 +325,19 @@ std::vector<usage_series> usage_store::query(usage_dimension d, int64_t since_ms
                                              int64_t step_ms) const {
   const char resolution = step_ms >= hour_ms ? 'h' : 'm';
   const int64_t step = resolution == 'h' ? hour_ms : minute_ms;
+  // Days are hours summed (UTC days): a 90-day range is 90 points a series, not 2,160.
+  const int64_t out_step = step_ms >= day_ms ? day_ms : step;
+  auto point_of = [&](int64_t start) { return start - ((start % out_step) + out_step) % out_step; };
   // A bucket is in when it overlaps [since, until).
   const int64_t first = since_ms - ((since_ms % step) + step) % step;
   usage_merge m;
-  std::lock_guard lock(mu_);
-  const open_bucket& open = (resolution == 'h' ? hour_ : minute_)[static_cast<size_t>(d)];
-  auto take = [&](int64_t start, const usage_names& names) {
-    for (const auto& [name, p] : names) m[name][start].merge(p);
-  };
+  open_bucket open;
+  {
+    // The open bucket is copied; the store is read without the lock (the collector and the
+    // data path's drains are not held up by a long query).
+    std::lock_guard lock(mu_);
+    open = (resolution == 'h' ? hour_ : minute_)[static_cast<size_t>(d)];
+  }
   if (db_) {
     const std::string from = record_key(resolution, d, first);
     db_->scan(storage::family::analytics, from.substr(0, 4),
@@ -342,12 +351,14 @@ std::vector<usage_series> usage_store::query(usage_dimension d, int64_t since_ms
                 if (!j.is_object()) return true;
                 for (auto& [name, pj] : j.items()) {
                   usage_point p;
-                  if (usage_point::from_json(pj, &p)) m[name][start].merge(p);
+                  if (usage_point::from_json(pj, &p)) m[name][point_of(start)].merge(p);
                 }
                 return true;
               });
   }
-  if (open.start >= first && open.start < until_ms) take(open.start, open.names);
+  if (open.start >= first && open.start < until_ms) {
+    for (const auto& [name, p] : open.names) m[name][point_of(open.start)].merge(p);
+  }
   return finish_usage_merge(std::move(m));
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -226,6 +227,10 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
   } else if (cfg.key.rfind("header:", 0) == 0) {
     spec.key = limit_spec::key_kind::header;
     spec.header = cfg.key.substr(7);
+    for (const char* secret : {"authorization", "proxy-authorization", "cookie", "x-api-key",
+                               "api-key", "apikey", "x-auth-token", "x-access-token"}) {
+      spec.sensitive_key = spec.sensitive_key || spec.header == secret;
+    }
   } else {
     spec.key = limit_spec::key_kind::consumer;
   }
@@ -234,7 +239,9 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
   h = fnv1a(h, std::to_string(index));
   h = fnv1a(h, cfg.algorithm);
   h = fnv1a(h, std::to_string(spec.window_ms));
-  if (spec.calendar) h = fnv1a(h, "1mo " + spec.calendar->zone());
+  // The configured zone, not the one in use: a node whose zoneinfo lacks it (it fell back to UTC
+  // above; the config was checked where it was written) still counts on the same keys.
+  if (cfg.calendar_month) h = fnv1a(h, "1mo " + cfg.timezone);
   if (spec.scope == limit_spec::scope_kind::region) h = fnv1a(h, impl_->opt.region);
   if (spec.scope == limit_spec::scope_kind::local) h = fnv1a(h, impl_->opt.node_id);
   spec.seed = h;
@@ -322,6 +329,7 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
   limit_decision out;
   out.limit = spec.limit;
   bool newly_dirty = false;
+  bool near_limit = false;  // what remains would go within about one delay of the counts
   {
     entry& en = *e;
     advance(en, window);
@@ -392,6 +400,14 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     const u128 after = known + (allowed && commit ? w : 0);
     out.allowed = allowed;
     out.remaining = after >= cap ? 0 : static_cast<uint64_t>((cap - after) / w);
+    if (replicated && commit && allowed && out.remaining * 2 <= effective) {
+      // At the pace of the window so far, would the rest go before the others hear of these
+      // admissions (a delta round plus a gossip round, ~300 ms)? Then they should hear now.
+      // Keys far from running out, and long windows spent slowly, wait for the usual rounds.
+      const double spent = static_cast<double>(after / w);
+      const double per_ms = spent / static_cast<double>(std::max<uint32_t>(into, 1));
+      near_limit = static_cast<double>(out.remaining) <= per_ms * 300.0 + 1.0;
+    }
     uint64_t left_ms = w - into;
     out.reset_s = (left_ms + 999) / 1000;
     if (!allowed) {
@@ -411,12 +427,12 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     std::lock_guard lock(list.mu);
     list.keys.push_back(key);
   }
-  // The last quarter of a key's limit: the others should hear of this admission now, not on
-  // the next gossip round (their stale counts are what a burst overshoots by). At most one
-  // urgent send every 10 ms per node.
-  if (d.urgent && replicated && commit && out.allowed && out.remaining * 2 <= effective) {
+  // Near the end of a key's limit the others should hear of this admission now, not on the next
+  // gossip round: their stale counts are what a burst overshoots by. At most one urgent send
+  // every 5 ms per node (a clock stepping back does not silence it).
+  if (d.urgent && near_limit) {
     int64_t last = d.last_urgent_ms.load(std::memory_order_relaxed);
-    if (now_ms - last >= 5 &&
+    if ((now_ms - last >= 5 || now_ms < last) &&
         d.last_urgent_ms.compare_exchange_strong(last, now_ms, std::memory_order_relaxed)) {
       d.urgent();
     }
@@ -563,20 +579,29 @@ std::string rate_limiter::metrics_text() const {
 
 namespace meridian::node {
 
-void key_tracker::note(size_t limit_index, std::string_view key, bool rejected, uint64_t window,
-                       int64_t now_ms) {
+void key_tracker::note(size_t limit_index, uint64_t hash, std::string_view key, bool redact,
+                       bool rejected, uint64_t window, int64_t now_ms) {
   if (limit_index >= limits_.size()) return;
-  key = key.substr(0, max_key_bytes);
   summary& s = limits_[limit_index];
+  auto label = [&](std::string& out) {
+    if (redact) {
+      char hex[32];
+      std::snprintf(hex, sizeof hex, "redacted:%016llx", static_cast<unsigned long long>(hash));
+      out.assign(hex);
+    } else {
+      out.assign(key.substr(0, max_key_bytes));
+    }
+  };
   std::lock_guard lock(s.mu);
   entry* e = nullptr;
-  if (auto it = s.index.find(key); it != s.index.end()) {
+  if (auto it = s.index.find(hash); it != s.index.end()) {
     e = &s.entries[it->second];
     ++e->weight;
   } else if (s.entries.size() < capacity) {
-    s.index.emplace(std::string(key), s.entries.size());
+    s.index.emplace(hash, s.entries.size());
     e = &s.entries.emplace_back();
-    e->key.assign(key);
+    e->hash = hash;
+    label(e->key);
     e->weight = 1;
     e->window = window;
   } else {
@@ -585,9 +610,10 @@ void key_tracker::note(size_t limit_index, std::string_view key, bool rejected, 
     for (size_t i = 1; i < s.entries.size(); ++i)
       if (s.entries[i].weight < s.entries[least].weight) least = i;
     e = &s.entries[least];
-    s.index.erase(e->key);
-    e->key.assign(key);
-    s.index.emplace(e->key, least);
+    s.index.erase(e->hash);
+    s.index.emplace(hash, least);
+    e->hash = hash;
+    label(e->key);
     e->weight += 1;
     e->rejected = 0;
     e->window = window;

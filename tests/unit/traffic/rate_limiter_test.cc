@@ -450,37 +450,67 @@ TEST(rate_limiter_sim, per_node_limits_overshoot_the_cluster_limit) {
 namespace meridian::node {
 namespace {
 
+// Notes key as the stage does: its counter key is a hash of the value.
+void note(key_tracker& t, size_t limit, const std::string& key, bool rejected, uint64_t window,
+          int64_t now, bool redact = false) {
+  t.note(limit, std::hash<std::string>{}(key), key, redact, rejected, window, now);
+}
+
 TEST(key_tracker, heavy_keys_stay_among_candidates_while_many_light_ones_pass) {
   key_tracker t;
   for (int round = 0; round < 50; ++round) {
-    for (int i = 0; i < 5; ++i) t.note(0, "heavy", false, 1, 1000);
+    for (int i = 0; i < 5; ++i) note(t, 0, "heavy", false, 1, 1000);
     for (int i = 0; i < 10; ++i)
-      t.note(0, "light-" + std::to_string(round * 10 + i), false, 1, 1000);
+      note(t, 0, "light-" + std::to_string(round * 10 + i), false, 1, 1000);
   }
   auto c = t.candidates(0, 0);
   ASSERT_LE(c.size(), key_tracker::capacity);
   ASSERT_FALSE(c.empty());
   EXPECT_EQ(c.front().key, "heavy");
+  EXPECT_EQ(c.front().hash, std::hash<std::string>{}("heavy"));
   EXPECT_GE(c.front().weight, 250u);
 }
 
 TEST(key_tracker, refusals_count_per_window_and_limits_are_apart) {
   key_tracker t;
-  t.note(0, "alice", true, 7, 1000);
-  t.note(0, "alice", true, 7, 1001);
-  t.note(1, "alice", false, 7, 1002);
+  note(t, 0, "alice", true, 7, 1000);
+  note(t, 0, "alice", true, 7, 1001);
+  note(t, 1, "alice", false, 7, 1002);
   auto c = t.candidates(0, 0);
   ASSERT_EQ(c.size(), 1u);
   EXPECT_EQ(c[0].rejected, 2u);
   EXPECT_EQ(t.candidates(1, 0).at(0).rejected, 0u);
-  t.note(0, "alice", false, 8, 2000);  // a new window starts the refusals again
+  note(t, 0, "alice", false, 8, 2000);  // a new window starts the refusals again
   EXPECT_EQ(t.candidates(0, 0).at(0).rejected, 0u);
   EXPECT_TRUE(t.candidates(0, 2001).empty()) << "entries not noted since are left out";
   EXPECT_TRUE(t.candidates(max_rate_limits_per_route, 0).empty());
-  t.note(0, std::string(1000, 'x'), false, 8, 2000);
-  bool cut = false;
-  for (const auto& e : t.candidates(0, 0)) cut |= e.key.size() == key_tracker::max_key_bytes;
-  EXPECT_TRUE(cut) << "long header values are cut";
+}
+
+TEST(key_tracker, long_values_are_cut_for_display_but_keep_their_counter_key) {
+  key_tracker t;
+  const std::string long_value(1000, 'x');
+  note(t, 0, long_value, false, 1, 1000);
+  note(t, 0, "Bearer secret-token", false, 1, 1000, /*redact=*/true);
+  auto c = t.candidates(0, 0);
+  ASSERT_EQ(c.size(), 2u);
+  for (const auto& e : c) {
+    if (e.hash == std::hash<std::string>{}(long_value)) {
+      EXPECT_EQ(e.key.size(), key_tracker::max_key_bytes);
+    } else {
+      EXPECT_EQ(e.key.rfind("redacted:", 0), 0u) << e.key;
+      EXPECT_EQ(e.key.find("secret"), std::string::npos);
+    }
+  }
+}
+
+TEST(rate_limiter, header_limits_on_credentials_are_marked_sensitive) {
+  rate_limiter rl({.node_id = "a"}, nullptr);
+  rate_limit_config c;
+  c.limit = 5;
+  c.key = "header:authorization";
+  EXPECT_TRUE(rl.compile("r", 0, c).sensitive_key);
+  c.key = "header:x-user";
+  EXPECT_FALSE(rl.compile("r", 0, c).sensitive_key);
 }
 
 }  // namespace

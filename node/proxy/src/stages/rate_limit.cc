@@ -87,8 +87,8 @@ bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
     for (size_t i = 0; i < n && i <= refused_by; ++i) {
       const auto kind = limits[i].key;
       if (kind == limit_spec::key_kind::route || kind == limit_spec::key_kind::global) continue;
-      stats.keys.note(i, key_value(limits[i]), i == refused_by, limits[i].window_of(now).index,
-                      now);
+      stats.keys.note(i, keys[i], key_value(limits[i]), limits[i].sensitive_key, i == refused_by,
+                      limits[i].window_of(now).index, now);
     }
   }
   if (allowed) return true;

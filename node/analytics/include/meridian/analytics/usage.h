@@ -118,6 +118,7 @@ class usage_store {
   };
   static constexpr int64_t minute_ms = 60'000;
   static constexpr int64_t hour_ms = 3'600'000;
+  static constexpr int64_t day_ms = 86'400'000;
 
   // db may be null (points kept in memory for the open minute and hour only). Reads back the
   // open minute and hour from db, so a restart within them goes on counting where it stopped.
@@ -129,8 +130,8 @@ class usage_store {
   // *error when the store refuses. Thread-safe.
   bool persist(int64_t now_ms, std::string* error);
 
-  // Returns the series of dimension d with points in [since, until) at step minute_ms or
-  // hour_ms, busiest first. Thread-safe.
+  // Returns the series of dimension d with points in [since, until) at step minute_ms, hour_ms
+  // or day_ms (hours summed into UTC days), busiest first. Thread-safe.
   std::vector<usage_series> query(usage_dimension d, int64_t since_ms, int64_t until_ms,
                                   int64_t step_ms) const;
 

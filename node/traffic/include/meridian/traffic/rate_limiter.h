@@ -62,6 +62,9 @@ struct limit_spec {
   partition_policy on_partition = partition_policy::local_share;
   key_kind key = key_kind::consumer;
   std::string header;  // key_kind::header: the lower-cased header name
+  // The header carries credentials (authorization, cookie, an API key): its values are never
+  // shown (GET /ratelimits/{route} lists them as "redacted:<counter key>").
+  bool sensitive_key = false;
   // window 1mo: calendar months (window_ms is then 31 days, the counters' window length; the
   // month's real bounds come from the calendar). Null for every other window.
   std::shared_ptr<const month_calendar> calendar;
@@ -95,28 +98,27 @@ struct limit_decision {
 class key_tracker {
  public:
   static constexpr size_t capacity = 64;
-  static constexpr size_t max_key_bytes = 256;  // longer header values are cut
+  static constexpr size_t max_key_bytes = 256;  // longer header values are cut (for display)
   struct entry {
-    std::string key;
+    uint64_t hash = 0;      // the counter key (rate_limiter::key_of): counts are looked up by it
+    std::string key;        // the value counted, for people: cut, or "redacted:…" (see note)
     uint64_t weight = 0;    // noted requests (an over-estimate after a replacement)
-    uint64_t window = 0;    // window number (now / window_ms) of the last note
+    uint64_t window = 0;    // window number (limit_spec::window_of) of the last note
     uint64_t rejected = 0;  // refused requests noted in that window
     int64_t last_ms = 0;
   };
-  void note(size_t limit_index, std::string_view key, bool rejected, uint64_t window,
-            int64_t now_ms);
+  // Notes one request of limit limit_index for the key whose counter key is hash and whose value
+  // is key (shown as "redacted:<hash>" with redact: a credential-bearing header's value).
+  void note(size_t limit_index, uint64_t hash, std::string_view key, bool redact, bool rejected,
+            uint64_t window, int64_t now_ms);
   // Returns the entries of limit_index noted at or after since_ms, heaviest first.
   std::vector<entry> candidates(size_t limit_index, int64_t since_ms) const;
 
  private:
-  struct string_hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
   struct summary {
     mutable std::mutex mu;
     std::vector<entry> entries;
-    std::unordered_map<std::string, size_t, string_hash, std::equal_to<>> index;
+    std::unordered_map<uint64_t, size_t> index;  // hash -> entries slot
   };
   std::array<summary, max_rate_limits_per_route> limits_;
 };
@@ -157,8 +159,10 @@ class rate_limiter {
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();
-  // Sets what check() calls (rarely, throttled) when an admission leaves a replicated key in the
-  // last quarter of its limit: the node sends its counts at once. Call before the first check.
+  // Sets what check() calls (throttled: at most every 5 ms) when an admission leaves a
+  // replicated key in the last half of its limit with so little left that, at the window's pace
+  // so far, it would be spent before the counts reach the others: the node sends them at once.
+  // Call before the first check.
   void set_urgent_hook(std::function<void()> hook);
   // A remote count changed: others = the other nodes' total for key in window.
   void on_remote(uint64_t key, uint32_t window, uint64_t others);
