@@ -313,6 +313,58 @@ TEST(rate_limiter_sim, three_regions_at_3x_the_limit_admit_within_5_percent_per_
   EXPECT_LE(p99_moved, 0.10);
 }
 
+TEST(rate_limiter_sim, cold_bursts_across_regions_50_ms_apart_stay_within_6_percent) {
+  // Issue 18's cold burst on the simulator, with the delay the loopback benchmark cannot add:
+  // 50 ms + U[0,5] ms one way between regions. Each run a key nobody has seen gets 600 requests
+  // over 4 s split 60/30/10 (Poisson), limit 200 per 10 s, inside one window; the nodes send
+  // counts at once near the limit (the urgent hook, wired as the node wires it). Measured
+  // 2026-12-07: +1 % to +5.5 % (issue 18 asks ±3 %: not met; docs/benchmarks.md); without the
+  // urgent sends and the half lease near the end +5 % to +15 %.
+  three_regions c(31, 250);
+  for (int i = 0; i < 3; ++i) {
+    c.limiters[static_cast<size_t>(i)]->set_urgent_hook([&c, i] {
+      c.sim.node(static_cast<size_t>(i)).urgent_application_round(millis(5));
+      c.sim.touch(static_cast<size_t>(i));
+    });
+  }
+  const uint64_t limit = 200;
+  const millis window(10'000);
+  std::vector<limit_spec> specs;
+  for (auto& l : c.limiters) specs.push_back(l->compile("api", 0, limit_of(limit, 10s)));
+  const int runs = 20;
+  std::vector<uint64_t> admitted(runs, 0);
+  const double split[3] = {0.6, 0.3, 0.1};
+  const double rate = 600.0 / 4000.0;  // per ms, all nodes
+  for (int r = 0; r < runs; ++r) {
+    // Window r + 1 starts at a multiple of the window after the epoch (t0 is aligned).
+    const millis from = window * (r + 1) + millis(100), until = from + millis(4000);
+    for (int node = 0; node < 3; ++node) {
+      auto* next = c.loops_.emplace_back(std::make_unique<std::function<void()>>()).get();
+      *next = [&, r, node, until, next] {
+        const millis now = c.sim.now();
+        if (now >= until) return;
+        const auto& spec = specs[static_cast<size_t>(node)];
+        const uint64_t k = rate_limiter::key_of(spec, "cold-" + std::to_string(r));
+        admitted[static_cast<size_t>(r)] +=
+            c.limiters[static_cast<size_t>(node)]->check(k, spec, c.wall(), true).allowed;
+        const double gap = -std::log(1.0 - c.sim.random().uniform()) / (rate * split[node]);
+        c.sim.at(now + millis(std::max<int64_t>(1, static_cast<int64_t>(gap))), *next);
+      };
+      c.sim.at(from, *next);
+    }
+  }
+  c.sim.run_until(window * (runs + 2));
+  double worst = 0;
+  std::string all;
+  for (uint64_t n : admitted) {
+    worst = std::max(worst, std::abs(static_cast<double>(n) - limit) / limit);
+    all += std::to_string(n) + " ";
+  }
+  std::printf("cold bursts, 50 ms between regions: admitted %s(worst error %.1f%%)\n", all.c_str(),
+              worst * 100);
+  EXPECT_LE(worst, 0.06) << all;
+}
+
 TEST(rate_limiter_sim, leases_beat_summing_what_each_node_knows) {
   // The same load over five seeds (100 windows), with and without leases. Without them every
   // node spends the remainder it believes is left, so the cluster overshoots each window by
