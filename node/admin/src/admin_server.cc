@@ -383,12 +383,12 @@ void admin_server::impl::add_endpoints() {
     return q;
   };
   if (handlers.peer_health) {
-    endpoint e{"GET", "/peer/health", true,
-               [this](const httplib::Request&, httplib::Response& res, const path_params&) {
-                 send_json(res, 200, handlers.peer_health());
-               }};
-    e.peer = true;
-    endpoints.push_back(std::move(e));
+    endpoints.push_back(
+        {"GET", "/peer/health", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params&) {
+           send_json(res, 200, handlers.peer_health());
+         },
+         /*peer=*/true});
   }
   if (handlers.cluster_nodes) {
     endpoints.push_back(
@@ -404,23 +404,22 @@ void admin_server::impl::add_endpoints() {
            admin_reply r = handlers.analytics(query(req), false);
            send_json(res, r.status, r.body);
          }});
-    endpoint e{
-        "GET", "/peer/analytics", true,
-        [this, query](const httplib::Request& req, httplib::Response& res, const path_params&) {
-          admin_reply r = handlers.analytics(query(req), true);
-          send_json(res, r.status, r.body);
-        }};
-    e.peer = true;
-    endpoints.push_back(std::move(e));
+    endpoints.push_back(
+        {"GET", "/peer/analytics", true,
+         [this, query](const httplib::Request& req, httplib::Response& res, const path_params&) {
+           admin_reply r = handlers.analytics(query(req), true);
+           send_json(res, r.status, r.body);
+         },
+         /*peer=*/true});
   }
   if (handlers.peer_ratelimit_keys) {
-    endpoint e{"GET", "/peer/ratelimits/{route}", true,
-               [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
-                 admin_reply r = handlers.peer_ratelimit_keys(p[0], req.get_param_value("limit"));
-                 send_json(res, r.status, r.body);
-               }};
-    e.peer = true;
-    endpoints.push_back(std::move(e));
+    endpoints.push_back(
+        {"GET", "/peer/ratelimits/{route}", true,
+         [this](const httplib::Request& req, httplib::Response& res, const path_params& p) {
+           admin_reply r = handlers.peer_ratelimit_keys(p[0], req.get_param_value("limit"));
+           send_json(res, r.status, r.body);
+         },
+         /*peer=*/true});
   }
   if (handlers.consumer_usage) {
     endpoints.push_back(
