@@ -75,6 +75,9 @@ struct packet {
   9: optional list<binary> payloads,           // never renumber; opaque application messages
   10: optional binary summary,                 // never renumber; application state digest
   11: optional send_stamp stamp,               // never renumber; absent: unstamped
+  // never renumber; application messages for the receiver alone (not relayed, not deduplicated):
+  // strict rate-limit requests and answers (strict_batch). Older nodes skip the field.
+  12: optional list<binary> direct,
 }
 
 // Push-pull anti-entropy over TCP. version stays field 1, as in packet.
@@ -140,4 +143,33 @@ struct state_sync_app {
   10: optional list<doc_version> versions,  // never renumber; reply: all versions of listed buckets
   11: optional list<i32> listed,         // never renumber; reply: family << 20 | k << 16 | bucket
   12: optional list<i64> sizes,          // never renumber; documents per family (tombstones too)
+}
+
+// ---- strict rate limits (node/traffic/include/meridian/traffic/strict_limiter.h). A strict_batch
+// travels as one packet.direct entry: a node asks the owner of keys for decisions, and the owner
+// answers in a batch of its own. ----
+
+struct strict_request {
+  1: i32 id,                    // never renumber; the asker's, echoed in the answer
+  2: i64 key,                   // never renumber; the counter key (rate_limiter::key_of), u64
+  3: i64 limit,                 // never renumber
+  4: i64 window_ms,             // never renumber
+  5: i8 flags,                  // never renumber; 1 sliding, 2 region scope, 4 calendar month
+  6: optional string timezone,  // never renumber; calendar months only
+}
+
+struct strict_answer {
+  1: i32 id,              // never renumber
+  // never renumber. 0 admitted, 1 refused, 2 not the owner (or no quorum), 3 handing over
+  // (never reassign a value; an i8, checked where decoded, as member_update.state).
+  2: i8 result,
+  3: i64 remaining,       // never renumber
+  4: i64 reset_ms,        // never renumber; until the window ends
+  5: i64 retry_after_ms,  // never renumber; refused: when to come back
+}
+
+struct strict_batch {
+  1: i16 version,                            // never renumber
+  2: optional list<strict_request> requests,  // never renumber
+  3: optional list<strict_answer> answers,    // never renumber
 }

@@ -228,6 +228,15 @@ struct gossip_node::impl final : environment {
     }
   }
 
+  void send_direct_now(const std::string& address, std::string message) {
+    packet p;
+    p.sender_id = opt.self.id;
+    p.sender_address = opt.self.address;
+    p.direct.push_back(std::move(message));
+    counters.direct_out.fetch_add(1, std::memory_order_relaxed);
+    send_packet(address, p);
+  }
+
   void send_state(const std::string& address, const state_sync& s) override {
     auto ep = resolve(address);
     if (!ep) return;
@@ -318,6 +327,17 @@ struct gossip_node::impl final : environment {
       return;
     }
     if (!admit(udp_guard, p.sender_id, p.stamp, "datagram")) return;
+    if (!p.direct.empty()) {
+      counters.direct_in.fetch_add(p.direct.size(), std::memory_order_relaxed);
+      if (opt.on_direct) {
+        for (auto& m : p.direct) opt.on_direct(p.sender_id, p.sender_address, std::move(m));
+      }
+      // A datagram of direct messages only (send_direct) carries nothing for the membership.
+      if (p.pings.empty() && p.ping_reqs.empty() && p.acks.empty() && p.nacks.empty() &&
+          p.updates.empty() && p.payloads.empty() && p.summary.empty()) {
+        return;
+      }
+    }
     swim->on_packet(p);
     reschedule();
   }
@@ -695,6 +715,33 @@ void gossip_node::flush_application_now() {
     if (!d.running) return;
     d.swim->urgent_application_round(millis(5));
     d.reschedule();
+  });
+}
+
+void gossip_node::send_direct(const std::string& address, std::string message) {
+  auto& d = *impl_;
+  if (!d.running || message.size() > max_direct_bytes) return;
+  if (std::this_thread::get_id() == d.thread.get_id()) {
+    d.send_direct_now(address, std::move(message));
+    return;
+  }
+  asio::post(d.ioc, [&d, address, m = std::move(message)]() mutable {
+    if (d.running) d.send_direct_now(address, std::move(m));
+  });
+}
+
+void gossip_node::post(std::function<void()> job, std::chrono::microseconds after) {
+  auto& d = *impl_;
+  if (!d.running) return;
+  if (after.count() <= 0) {
+    asio::post(d.ioc, [&d, job = std::move(job)] {
+      if (d.running) job();
+    });
+    return;
+  }
+  auto timer = std::make_shared<asio::steady_timer>(d.ioc, after);
+  timer->async_wait([&d, timer, job = std::move(job)](const error_code& ec) {
+    if (!ec && d.running) job();
   });
 }
 

@@ -91,6 +91,8 @@ size_t estimate_size(const packet& p) {
   if (!p.payloads.empty()) n += list_overhead;
   for (const auto& s : p.payloads) n += string_field(s);
   if (!p.summary.empty()) n += string_field(p.summary);
+  if (!p.direct.empty()) n += list_overhead;
+  for (const auto& s : p.direct) n += string_field(s);
   return n;
 }
 

@@ -220,6 +220,7 @@ std::string encode(const packet& p) {
   if (!p.payloads.empty()) g.__set_payloads(p.payloads);
   if (!p.summary.empty()) g.__set_summary(p.summary);
   if (p.stamp != send_stamp{}) g.__set_stamp(to_gen(p.stamp));
+  if (!p.direct.empty()) g.__set_direct(p.direct);
   return write_compact(g);
 }
 
@@ -249,6 +250,7 @@ wire_error decode(std::string_view bytes, packet* out) {
   p.payloads = std::move(g.payloads);
   p.summary = std::move(g.summary);
   if (g.__isset.stamp) p.stamp = from_gen(g.stamp);
+  p.direct = std::move(g.direct);
   *out = std::move(p);
   return wire_error::none;
 }
@@ -264,6 +266,69 @@ wire_error decode(std::string_view bytes, state_sync* out) {
   s.app_state = std::move(g.app_state);
   if (g.__isset.stamp) s.stamp = from_gen(g.stamp);
   *out = std::move(s);
+  return wire_error::none;
+}
+
+std::string encode(const strict_batch& b) {
+  gen::strict_batch g;
+  g.__set_version(static_cast<int16_t>(b.version));
+  if (!b.requests.empty()) {
+    std::vector<gen::strict_request> rs;
+    rs.reserve(b.requests.size());
+    for (const auto& r : b.requests) {
+      auto& x = rs.emplace_back();
+      x.__set_id(static_cast<int32_t>(r.id));
+      x.__set_key(static_cast<int64_t>(r.key));
+      x.__set_limit(static_cast<int64_t>(r.limit));
+      x.__set_window_ms(static_cast<int64_t>(r.window_ms));
+      x.__set_flags(static_cast<int8_t>(r.flags));
+      if (!r.timezone.empty()) x.__set_timezone(r.timezone);
+    }
+    g.__set_requests(std::move(rs));
+  }
+  if (!b.answers.empty()) {
+    std::vector<gen::strict_answer> as;
+    as.reserve(b.answers.size());
+    for (const auto& a : b.answers) {
+      auto& x = as.emplace_back();
+      x.__set_id(static_cast<int32_t>(a.id));
+      x.__set_result(static_cast<int8_t>(a.result));
+      x.__set_remaining(static_cast<int64_t>(a.remaining));
+      x.__set_reset_ms(static_cast<int64_t>(a.reset_ms));
+      x.__set_retry_after_ms(static_cast<int64_t>(a.retry_after_ms));
+    }
+    g.__set_answers(std::move(as));
+  }
+  return write_compact(g);
+}
+
+wire_error decode(std::string_view bytes, strict_batch* out) {
+  gen::strict_batch g;
+  if (wire_error e = read_compact(bytes, &g); e != wire_error::none) return e;
+  strict_batch b;
+  b.version = static_cast<uint16_t>(g.version);
+  b.requests.reserve(g.requests.size());
+  for (const auto& x : g.requests) {
+    auto& r = b.requests.emplace_back();
+    r.id = static_cast<uint32_t>(x.id);
+    r.key = static_cast<uint64_t>(x.key);
+    r.limit = static_cast<uint64_t>(x.limit);
+    r.window_ms = static_cast<uint64_t>(x.window_ms);
+    r.flags = static_cast<uint8_t>(x.flags);
+    r.timezone = x.timezone;
+  }
+  b.answers.reserve(g.answers.size());
+  for (const auto& x : g.answers) {
+    if (x.result < 0 || x.result > static_cast<int8_t>(strict_result::handing_over))
+      return wire_error::malformed;
+    auto& a = b.answers.emplace_back();
+    a.id = static_cast<uint32_t>(x.id);
+    a.result = static_cast<strict_result>(x.result);
+    a.remaining = static_cast<uint64_t>(x.remaining);
+    a.reset_ms = static_cast<uint64_t>(x.reset_ms);
+    a.retry_after_ms = static_cast<uint64_t>(x.retry_after_ms);
+  }
+  *out = std::move(b);
   return wire_error::none;
 }
 

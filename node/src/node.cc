@@ -34,6 +34,7 @@
 #include "meridian/proxy/snapshot.h"
 #include "meridian/storage/store.h"
 #include "meridian/traffic/rate_limiter.h"
+#include "meridian/traffic/strict_limiter.h"
 #include "peers.h"
 
 namespace meridian::node {
@@ -171,6 +172,9 @@ struct node::impl {
   std::unique_ptr<cluster::replicated_state> local_state;
   // Before proxy and cluster: snapshots and the replicated state's hooks point at it.
   std::unique_ptr<rate_limiter> limiter;
+  // mode: strict limits' owners and asks (with a cluster). Before cluster too: the gossip
+  // thread calls it until the cluster stops.
+  std::unique_ptr<strict_limiter> strict;
   key_usage_registry key_usage;
   std::unique_ptr<oauth_authority> oauth;  // with an `oauth:` section; snapshots point at it
   std::mutex adopt_oauth_mutex;
@@ -605,7 +609,8 @@ struct node::impl {
   std::unique_ptr<proxy_server> proxy;
   std::unique_ptr<admin_server> admin;
   std::unique_ptr<health_checker> health;
-  std::unique_ptr<cluster_bridge> cluster;  // null without a `cluster` section
+  std::unique_ptr<cluster_bridge> cluster;                // null without a `cluster` section
+  std::shared_ptr<std::function<void()>> strict_refresh;  // the strict view's refresh job
 
   // Serialises building and installing snapshots (SIGHUP, admin writes, remote changes).
   std::mutex apply_mutex;
@@ -1365,6 +1370,39 @@ bool node::start(std::string* error) {
     d.cluster->set_view_listener([limiter](size_t gt, size_t gu, size_t rt, size_t ru) {
       limiter->set_view(gt, gu, rt, ru);
     });
+    strict_limiter::options so;
+    so.self_id = d.cfg.node.id;
+    so.region = d.cfg.node.region;
+    d.strict = std::make_unique<strict_limiter>(
+        so, *d.limiter,
+        [bridge](const std::string& address, std::string message) {
+          bridge->send_direct(address, std::move(message));
+        },
+        [bridge](std::function<void()> job, std::chrono::microseconds after) {
+          bridge->post(std::move(job), after);
+        });
+    d.limiter->set_strict(d.strict.get());
+    auto* strict = d.strict.get();
+    bridge->set_direct_handler([strict](const std::string& from, std::string message) {
+      strict->on_message(from, message);
+    });
+    // The owners' view: members (every 50 ms, on the gossip thread, where reading them is a
+    // copy without a hop) and the ticks that notice a process that stood still.
+    auto refresh = std::make_shared<std::function<void()>>();
+    *refresh = [bridge, strict, weak = std::weak_ptr<std::function<void()>>(refresh)] {
+      std::vector<strict_limiter::member_view> view;
+      for (const auto& m : bridge->members()) {
+        if (m.state == cluster::member_state::left) continue;
+        view.push_back(
+            {m.info.id, m.info.address, m.info.region, m.state == cluster::member_state::alive});
+      }
+      strict->set_members(std::move(view));
+      strict->tick();
+      if (auto again = weak.lock())
+        bridge->post([again] { (*again)(); }, std::chrono::milliseconds(50));
+    };
+    d.strict_refresh = refresh;
+    bridge->post([refresh] { (*refresh)(); }, {});
   }
   if (!d.ensure_oauth(d.cfg, error)) return false;
   if (d.cfg.analytics.enabled) {
@@ -1439,6 +1477,7 @@ bool node::start(std::string* error) {
   handlers.metrics_text = [this] {
     auto text = impl_->metrics.render_prometheus();
     if (impl_->limiter) text += impl_->limiter->metrics_text();
+    if (impl_->strict) text += impl_->strict->metrics_text();
     text += impl_->breaker_metrics();
     if (impl_->cluster) text += impl_->cluster->metrics_text();
     return text;

@@ -66,6 +66,10 @@ struct cluster_bridge::impl {
   std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
   std::string region;
   std::string self_id;
+  // packet.direct messages (strict rate limits): set once the limiter exists; read on the
+  // gossip thread.
+  std::mutex direct_mutex;
+  std::function<void(const std::string&, std::string)> direct_handler;  // under direct_mutex
 
   std::string keyring_file;
   // Guards keys and applied_keyring, and is held through a whole apply so two threads cannot
@@ -298,6 +302,15 @@ std::unique_ptr<cluster_bridge> cluster_bridge::start(const config& cfg, std::st
       std::make_unique<cluster::replicated_state>(so, unix_now_ms, glue->impl_->store.get());
   if (!glue->impl_->state->load(error)) return nullptr;
   opt.app = glue->impl_->state.get();
+  opt.on_direct = [d = glue->impl_.get()](const std::string&, const std::string& from_address,
+                                          std::string message) {
+    std::function<void(const std::string&, std::string)> h;
+    {
+      std::lock_guard lock(d->direct_mutex);
+      h = d->direct_handler;
+    }
+    if (h) h(from_address, std::move(message));
+  };
   glue->impl_->region = cfg.node.region;
   glue->impl_->self_id = cfg.node.id;
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
@@ -353,6 +366,24 @@ std::vector<std::pair<std::string, std::string>> cluster_bridge::live_members() 
   for (const auto& m : impl_->gossip->members())
     if (m.state == cluster::member_state::alive) out.emplace_back(m.info.id, m.info.region);
   return out;
+}
+
+std::vector<cluster::member> cluster_bridge::members() const {
+  return impl_->gossip->members();
+}
+
+void cluster_bridge::send_direct(const std::string& address, std::string message) {
+  impl_->gossip->send_direct(address, std::move(message));
+}
+
+void cluster_bridge::set_direct_handler(
+    std::function<void(const std::string& from_address, std::string message)> handler) {
+  std::lock_guard lock(impl_->direct_mutex);
+  impl_->direct_handler = std::move(handler);
+}
+
+void cluster_bridge::post(std::function<void()> job, std::chrono::microseconds after) {
+  impl_->gossip->post(std::move(job), after);
 }
 
 const std::string& cluster_bridge::self_id() const {

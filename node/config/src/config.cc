@@ -1290,6 +1290,27 @@ std::optional<rate_limit_config> parse_rate_limit(diagnostics& d, const field& f
   if (auto v = m.take("on_partition")) {
     ok = read_choice(d, *v, rl.on_partition, {"local_share", "fail_open", "fail_closed"}) && ok;
   }
+  if (auto v = m.take("mode")) {
+    ok = read_choice(d, *v, rl.mode, {"eventual", "strict"}) && ok;
+  }
+  if (auto v = m.take("strict_timeout")) {
+    ok = read_duration(d, *v, rl.strict_timeout) && ok;
+    if (ok && (rl.strict_timeout < std::chrono::milliseconds(1) ||
+               rl.strict_timeout > std::chrono::seconds(10))) {
+      d.add(v->line, v->path + ": must be between 1ms and 10s");
+      ok = false;
+    }
+    if (ok && rl.mode != "strict") {
+      d.add(v->line, v->path + ": only a strict limit (mode: strict) asks an owner");
+      ok = false;
+    }
+  }
+  if (ok && rl.mode == "strict" && rl.max_delay.count() > 0) {
+    d.add(f.line, f.path +
+                      ": max_delay does not apply to mode: strict (the owner admits or refuses; "
+                      "a held request would count on a decision that is not final)");
+    ok = false;
+  }
   if (ok && rl.calendar_month && rl.algorithm != "sliding_window" &&
       rl.algorithm != "fixed_window") {
     d.add(f.line, f.path +

@@ -149,6 +149,10 @@ json rate_limit_to_json(const rate_limit_config& r) {
               {"on_partition", r.on_partition}};
   if (r.burst) out["burst"] = r.burst;
   if (r.max_delay.count()) out["max_delay"] = format_duration(r.max_delay);
+  if (r.mode != "eventual") {
+    out["mode"] = r.mode;
+    out["strict_timeout"] = format_duration(r.strict_timeout);
+  }
   if (!r.timezone.empty()) out["timezone"] = r.timezone;
   return out;
 }

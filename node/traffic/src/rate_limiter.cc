@@ -209,6 +209,10 @@ limit_spec rate_limiter::compile(const std::string& route, size_t index,
     if (!spec.calendar) spec.calendar = month_calendar::make("UTC", &error);  // checked at load
     spec.sliding = false;  // a month's quota starts afresh on the 1st
   }
+  if (cfg.calendar_month) spec.timezone = cfg.timezone;
+  spec.strict = cfg.mode == "strict";
+  spec.strict_timeout_ms = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(cfg.strict_timeout).count());
   spec.max_delay_ms = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::milliseconds>(cfg.max_delay).count());
   spec.scope = cfg.scope == "local"    ? limit_spec::scope_kind::local
@@ -272,8 +276,21 @@ uint64_t rate_limiter::key_of(const limit_spec& spec, std::string_view key_value
   return h ? h : 1;
 }
 
+limit_decision rate_limiter::check_without_owner(uint64_t key, const limit_spec& spec,
+                                                 int64_t now_ms, unsigned worker) {
+  limit_spec eventual = spec;
+  eventual.strict = false;
+  eventual.max_delay_ms = 0;
+  return decide(key, eventual, now_ms, true, worker, true);
+}
+
 limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t now_ms,
                                    bool commit, unsigned worker) {
+  return decide(key, spec, now_ms, commit, worker, false);
+}
+
+limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_t now_ms,
+                                    bool commit, unsigned worker, bool without_owner) {
   auto& d = *impl_;
   const auto since =
       static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0));
@@ -299,10 +316,14 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     total = d.region_total.load(std::memory_order_relaxed);
     unreachable = d.region_unreachable.load(std::memory_order_relaxed);
   }
-  const bool partitioned = replicated && unreachable > 0;
+  // A strict limit's owner decides on its own table whatever the view (strict_limiter.h says
+  // when there is an owner); without one, the strict limit is treated as partitioned.
+  const bool partitioned = replicated && !spec.strict && (unreachable > 0 || without_owner);
   uint64_t effective = spec.limit;
   if (partitioned && spec.on_partition == limit_spec::partition_policy::local_share) {
-    effective = std::max<uint64_t>(1, effective * (total - unreachable) / total);
+    // Nobody unreachable but no owner either (it did not answer in time): an even share.
+    const uint32_t reachable = unreachable > 0 ? total - unreachable : 1;
+    effective = std::max<uint64_t>(1, effective * reachable / total);
   }
 
   entry* e = d.find_locked(key);
@@ -345,7 +366,7 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     const u128 cap = u128(effective) * w;
     bool allowed = known + w <= cap;
 
-    if (allowed && replicated && !partitioned && d.opt.lease_ms > 0) {
+    if (allowed && replicated && !partitioned && !spec.strict && d.opt.lease_ms > 0) {
       // The lease: this node's share of what remains, by its share of recent demand.
       if (en.lease_until == 0 || into >= en.lease_until) {
         double remaining = static_cast<double>(cap - known) / static_cast<double>(w);
@@ -408,7 +429,10 @@ limit_decision rate_limiter::check(uint64_t key, const limit_spec& spec, int64_t
     const u128 after = known + (allowed && commit ? w : 0);
     out.allowed = allowed;
     out.remaining = after >= cap ? 0 : static_cast<uint64_t>((cap - after) / w);
-    if (replicated && commit && allowed && out.remaining * 2 <= effective) {
+    if (replicated && commit && allowed && spec.strict) {
+      // The owner's admissions are what the next owner starts from: they leave at once.
+      near_limit = true;
+    } else if (replicated && commit && allowed && out.remaining * 2 <= effective) {
       // At the pace of the window so far, would the rest go before the others hear of these
       // admissions (a delta round plus a gossip round, ~300 ms)? Then they should hear now.
       // Keys far from running out, and long windows spent slowly, wait for the usual rounds.

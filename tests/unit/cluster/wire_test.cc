@@ -560,5 +560,70 @@ TEST(wire, error_and_state_names_are_stable) {
   EXPECT_STREQ(to_string(member_state::left), "left");
 }
 
+// ---- direct messages and strict rate limits (appended fields and structs) ----
+
+TEST(wire, direct_messages_encode_as_field_12_of_packet) {
+  // ... 99 (field 12 = 3 + 9, list) 18 (1 binary) 02 "ab" 00. A node that predates the field
+  // skips it (unknown_fields_from_a_newer_build_are_skipped).
+  packet p;
+  p.direct = {"ab"};
+  const char* golden = "140218001800991802616200";
+  EXPECT_EQ(hex(encode(p)), golden);
+  packet back;
+  ASSERT_EQ(decode(unhex(golden), &back), wire_error::none);
+  EXPECT_EQ(back, p);
+  EXPECT_GE(estimate_size(p), encode(p).size());
+}
+
+TEST(wire, strict_batch_encoding_matches_golden_bytes) {
+  strict_batch b;
+  b.requests.push_back({.id = 5,
+                        .key = 1,
+                        .limit = 200,
+                        .window_ms = 10000,
+                        .flags = strict_flag_sliding,
+                        .timezone = ""});
+  b.answers.push_back({.id = 5,
+                       .result = strict_result::admitted,
+                       .remaining = 199,
+                       .reset_ms = 9000,
+                       .retry_after_ms = 0});
+  const char* golden =
+      "1402191c150a160216900316a09c01130100191c150a1300168e0316d08c01160000"
+      "00";
+  EXPECT_EQ(hex(encode(b)), golden);
+  strict_batch back;
+  ASSERT_EQ(decode(unhex(golden), &back), wire_error::none);
+  EXPECT_EQ(back, b);
+  EXPECT_EQ(hex(encode(strict_batch{})), "140200");
+}
+
+TEST(wire, strict_batch_round_trips_u64_keys_time_zones_and_every_result) {
+  strict_batch b;
+  b.requests.push_back({.id = 0xffffffffu,
+                        .key = ~0ull,
+                        .limit = 1ull << 40,
+                        .window_ms = 1,
+                        .flags = strict_flag_month | strict_flag_region,
+                        .timezone = "Europe/Paris"});
+  for (uint8_t r = 0; r <= 3; ++r)
+    b.answers.push_back({.id = r,
+                         .result = static_cast<strict_result>(r),
+                         .remaining = r,
+                         .reset_ms = 1000u * r,
+                         .retry_after_ms = 7});
+  strict_batch back;
+  ASSERT_EQ(decode(encode(b), &back), wire_error::none);
+  EXPECT_EQ(back, b);
+}
+
+TEST(wire, strict_answer_with_an_unknown_result_is_malformed) {
+  // The golden batch with the answer's result byte (13 00) set to 4.
+  strict_batch back;
+  EXPECT_EQ(decode(unhex("1402291c150a13040000"), &back), wire_error::malformed);
+  EXPECT_EQ(decode(unhex("1402291c150a13ff0000"), &back), wire_error::malformed);
+  EXPECT_EQ(decode(unhex("1402291c150a13030000"), &back), wire_error::none);
+}
+
 }  // namespace
 }  // namespace meridian::cluster

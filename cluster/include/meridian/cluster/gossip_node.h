@@ -47,6 +47,11 @@ struct gossip_options {
   // clock, either way, is refused, as is one whose sequence number was seen before. Members'
   // clocks must agree within it.
   std::chrono::milliseconds replay_window{30000};
+  // Receives packet.direct messages (send_direct) on the gossip thread: the sender's id and
+  // advertised address, and the message. Unset: they are dropped.
+  std::function<void(const std::string& from_id, const std::string& from_address,
+                     std::string message)>
+      on_direct;
 };
 
 // Counters of the transport, readable from any thread.
@@ -59,6 +64,8 @@ struct gossip_counters {
   std::atomic<uint64_t> malformed{0};        // authenticated but undecodable, or wrong version
   std::atomic<uint64_t> replays_refused{0};  // authenticated, but seen before (replay_guard.h)
   std::atomic<uint64_t> stale_refused{0};    // authenticated, but unstamped or outside the window
+  std::atomic<uint64_t> direct_in{0};        // packet.direct messages received (authenticated)
+  std::atomic<uint64_t> direct_out{0};       // ... and sent (send_direct)
   std::atomic<uint64_t> push_pulls_in{0};
   std::atomic<uint64_t> push_pulls_out{0};
   std::atomic<uint64_t> streams_refused{0};    // inbound streams dropped at the stream cap
@@ -92,6 +99,16 @@ class gossip_node {
   // The same, and the deltas leave at once in a gossip round of their own (at most one such
   // round every 5 ms). Returns at once.
   void flush_application_now();
+
+  // Sends message to the member at address in a datagram of its own, at once (sealed and
+  // stamped like every packet; best effort: no retry). From any thread; from the gossip thread
+  // (an on_direct handler, a posted job) it goes before the call returns. Messages over
+  // max_direct_bytes are dropped: callers batch within it.
+  void send_direct(const std::string& address, std::string message);
+  static constexpr size_t max_direct_bytes = 1200;
+  // Runs job on the gossip thread, after `after` (0: as soon as the thread gets to it). Jobs
+  // posted once stop() began never run.
+  void post(std::function<void()> job, std::chrono::microseconds after = {});
 
   uint16_t port() const;
   member self() const;

@@ -94,6 +94,9 @@ struct packet {
   std::vector<std::string> payloads;
   std::string summary;  // the sender's application summary (gossip_application), may be empty
   send_stamp stamp;
+  // Application messages for the receiver alone, sent at once (gossip_node::send_direct): never
+  // relayed or deduplicated, unlike payloads.
+  std::vector<std::string> direct;
   bool operator==(const packet&) const = default;
 };
 
@@ -107,6 +110,37 @@ struct state_sync {
   std::string app_state;
   send_stamp stamp;
   bool operator==(const state_sync&) const = default;
+};
+
+// Strict rate limits (strict_limiter.h): a node asks a key's owner to decide, in batches; the
+// owner answers in a batch of its own. Travels as one packet.direct entry.
+struct strict_request {
+  uint32_t id = 0;  // the asker's, echoed in the answer
+  uint64_t key = 0;
+  uint64_t limit = 0;
+  uint64_t window_ms = 0;
+  uint8_t flags = 0;     // strict_flag_*
+  std::string timezone;  // calendar months only
+  bool operator==(const strict_request&) const = default;
+};
+inline constexpr uint8_t strict_flag_sliding = 1, strict_flag_region = 2, strict_flag_month = 4;
+
+enum class strict_result : uint8_t { admitted = 0, refused = 1, not_owner = 2, handing_over = 3 };
+
+struct strict_answer {
+  uint32_t id = 0;
+  strict_result result = strict_result::refused;
+  uint64_t remaining = 0;
+  uint64_t reset_ms = 0;
+  uint64_t retry_after_ms = 0;
+  bool operator==(const strict_answer&) const = default;
+};
+
+struct strict_batch {
+  uint16_t version = protocol_version;
+  std::vector<strict_request> requests;
+  std::vector<strict_answer> answers;
+  bool operator==(const strict_batch&) const = default;
 };
 
 }  // namespace meridian::cluster

@@ -34,6 +34,8 @@ std::string encode(const packet& p);
 std::string encode(const state_sync& s);
 wire_error decode(std::string_view bytes, packet* out);
 wire_error decode(std::string_view bytes, state_sync* out);
+std::string encode(const strict_batch& b);
+wire_error decode(std::string_view bytes, strict_batch* out);
 
 // Seals plaintext with key (random nonce).
 std::string seal(std::string_view plaintext, const cluster_key& key, std::string_view label);

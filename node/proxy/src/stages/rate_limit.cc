@@ -1,12 +1,14 @@
 // Stage: the route's rate limits (rate_limits), counted across the cluster by the node's
 // limiter. Answers 429 with Retry-After when one refuses; every answer carries the tightest
 // limit's RateLimit-* lines; a limit with max_delay holds the request (pause) instead of
-// refusing it while the delay fits.
+// refusing it while the delay fits; a strict limit whose key another node owns holds the
+// request (pause) while that node decides.
 #include <algorithm>
 #include <charconv>
 #include <string>
 
 #include "meridian/traffic/rate_limiter.h"
+#include "meridian/traffic/strict_limiter.h"
 #include "stage.h"
 
 namespace meridian::node {
@@ -21,83 +23,210 @@ void append_line(std::string& out, std::string_view name, uint64_t value) {
   out.append("\r\n");
 }
 
-// Applies the route's rate limits; false (with a 429 prepared) when one refuses the request.
-// *delay_ms: how long a max_delay limit holds an admitted request (0: not at all).
-bool check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
-  auto& limiter = *ctx.snap.limiter;
-  int64_t now = unix_now_ms();
-  // The counted value of each limit's key. consumer: the authenticated consumer, else the
-  // client address (so anonymous clients are still limited one by one).
-  auto key_value = [&](const limit_spec& spec) -> std::string_view {
-    switch (spec.key) {
-      case limit_spec::key_kind::ip:
-        return ex.client_ip;
-      case limit_spec::key_kind::consumer:
-        return ex.consumer.empty() ? ex.client_ip : std::string_view(ex.consumer);
-      case limit_spec::key_kind::route:
-      case limit_spec::key_kind::global:
-        return {};
-      case limit_spec::key_kind::header:
-        for (auto& f : ex.fields)
-          if (iequals(f.name, spec.header)) return f.value;
-        return {};
-    }
-    return {};
-  };
-  // With several limits, check them all first and count only when all admit: a refused request
-  // counts nowhere. One limit needs no first pass (check() counts admissions only).
-  const auto& limits = ex.route->limits;
-  uint64_t keys[max_rate_limits_per_route];
-  size_t n = std::min<size_t>(limits.size(), max_rate_limits_per_route);
+// The counted value of a limit's key. consumer: the authenticated consumer, else the client
+// address (so anonymous clients are still limited one by one).
+std::string_view key_value(const exchange& ex, const limit_spec& spec) {
+  switch (spec.key) {
+    case limit_spec::key_kind::ip:
+      return ex.client_ip;
+    case limit_spec::key_kind::consumer:
+      return ex.consumer.empty() ? ex.client_ip : std::string_view(ex.consumer);
+    case limit_spec::key_kind::route:
+    case limit_spec::key_kind::global:
+      return {};
+    case limit_spec::key_kind::header:
+      for (const auto& f : ex.fields)
+        if (iequals(f.name, spec.header)) return f.value;
+      return {};
+  }
+  return {};
+}
+
+// What the route's limits decided so far, and how to finish the answer once all have.
+struct limits_outcome {
   limit_decision tightest;
+  bool any = false;
   bool allowed = true;
-  for (size_t i = 0; i < n; ++i) keys[i] = rate_limiter::key_of(limits[i], key_value(limits[i]));
-  size_t refused_by = n;
-  for (size_t i = 0; i < n && n > 1; ++i) {
-    auto d = limiter.check(keys[i], limits[i], now, false, ctx.worker);
-    if (!d.allowed) {
+  size_t refused_by = max_rate_limits_per_route;
+
+  void add(size_t index, const limit_decision& d) {
+    if (!d.allowed && allowed) {
       allowed = false;
+      refused_by = index;
       tightest = d;
-      refused_by = i;
-      break;
+    } else if (allowed && (!any || d.remaining < tightest.remaining)) {
+      tightest = d;
     }
+    any = true;
   }
-  if (allowed) {
-    for (size_t i = 0; i < n; ++i) {
-      auto d = limiter.check(keys[i], limits[i], now, true, ctx.worker);
-      if (!d.allowed) {  // another request took the last one meanwhile
-        allowed = false;
-        tightest = d;
-        refused_by = i;
-        break;
-      }
-      *delay_ms = std::max(*delay_ms, d.delay_ms);
-      if (i == 0 || d.remaining < tightest.remaining) tightest = d;
-    }
+};
+
+// Notes a decided request in the route's busiest keys (GET /ratelimits/{route}).
+void note_key(const route_runtime& route, size_t i, uint64_t key, std::string_view value,
+              bool refused, int64_t now) {
+  const auto& spec = route.limits[i];
+  if (!route.limit_stats || spec.key == limit_spec::key_kind::route ||
+      spec.key == limit_spec::key_kind::global) {
+    return;
   }
+  route.limit_stats->keys.note(i, key, value, spec.sensitive_key, refused,
+                               spec.window_of(now).index, now);
+}
+
+// Writes the RateLimit-* lines and counts the decision; false (with a 429 prepared) when a limit
+// refused the request.
+bool finish(exchange& ex, const limits_outcome& o) {
   auto& lines = ex.rate_limit_headers;
-  append_line(lines, "RateLimit-Limit: ", tightest.limit);
-  append_line(lines, "RateLimit-Remaining: ", tightest.remaining);
-  append_line(lines, "RateLimit-Reset: ", tightest.reset_s);
+  append_line(lines, "RateLimit-Limit: ", o.tightest.limit);
+  append_line(lines, "RateLimit-Remaining: ", o.tightest.remaining);
+  append_line(lines, "RateLimit-Reset: ", o.tightest.reset_s);
   if (ex.route->limit_stats) {
-    auto& stats = *ex.route->limit_stats;
-    (allowed ? stats.allowed : stats.rejected).fetch_add(1, std::memory_order_relaxed);
-    // The busiest keys (GET /ratelimits/{route}): each keyed limit the request was checked
-    // against (a refused request counts at the limit that refused it).
-    for (size_t i = 0; i < n && i <= refused_by; ++i) {
-      const auto kind = limits[i].key;
-      if (kind == limit_spec::key_kind::route || kind == limit_spec::key_kind::global) continue;
-      stats.keys.note(i, keys[i], key_value(limits[i]), limits[i].sensitive_key, i == refused_by,
-                      limits[i].window_of(now).index, now);
-    }
+    (o.allowed ? ex.route->limit_stats->allowed : ex.route->limit_stats->rejected)
+        .fetch_add(1, std::memory_order_relaxed);
   }
-  if (allowed) return true;
-  *delay_ms = 0;
-  append_line(ex.rate_limit_headers, "Retry-After: ", tightest.retry_after_s);
+  if (o.allowed) return true;
+  append_line(lines, "Retry-After: ", o.tightest.retry_after_s);
   ex.local_status = 429;
   ex.local_code = "rate_limited";
   ex.local_message = "rate limit exceeded; retry later";
   return false;
+}
+
+// A request waiting for the owners of its strict limits' keys (strict_limiter::ask): the last
+// answer brings it back to its worker, which decides the unanswered ones by on_partition.
+struct strict_wait {
+  struct item {
+    size_t index = 0;
+    uint64_t key = 0;
+    std::string value;  // the key's value, for the busiest keys (the request may be gone)
+    strict_limiter::outcome answer;
+  };
+  std::vector<item> items;
+  limits_outcome so_far;  // the eventual limits' and the locally decided strict ones'
+  std::atomic<size_t> left{0};
+  resume_handle handle;
+  std::shared_ptr<const snapshot> snap;  // keeps the route and the limiter's specs
+  unsigned worker = 0;
+};
+
+verdict finish_strict(exchange& ex, strict_wait& w) {
+  auto& limiter = *w.snap->limiter;
+  const int64_t now = unix_now_ms();
+  limits_outcome o = w.so_far;
+  for (auto& it : w.items) {
+    if (!o.allowed) break;  // refused already: the rest is not counted
+    const auto& spec = ex.route->limits[it.index];
+    limit_decision d = it.answer.decided ? it.answer.decision
+                                         : limiter.check_without_owner(it.key, spec, now, w.worker);
+    o.add(it.index, d);
+    note_key(*ex.route, it.index, it.key, it.value, !d.allowed, now);
+  }
+  return finish(ex, o) ? verdict::next : verdict::respond;
+}
+
+// Applies the route's rate limits. Answers next (admitted), respond (refused: a 429 prepared) or
+// pause: strict limits whose owners are asked (the exchange comes back through the owners'
+// answers), or a max_delay limit holding an admitted request (*delay_ms).
+verdict check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
+  auto& limiter = *ctx.snap.limiter;
+  const int64_t now = unix_now_ms();
+  const auto& limits = ex.route->limits;
+  const size_t n = std::min<size_t>(limits.size(), max_rate_limits_per_route);
+  uint64_t keys[max_rate_limits_per_route];
+  size_t eventual = 0, strict = 0;
+  for (size_t i = 0; i < n; ++i) {
+    keys[i] = rate_limiter::key_of(limits[i], key_value(ex, limits[i]));
+    ++(limits[i].strict ? strict : eventual);
+  }
+  // The eventual limits, decided here. With several, check them all first and count only when
+  // all admit: a refused request counts nowhere. One needs no first pass (check() counts
+  // admissions only).
+  limits_outcome o;
+  for (size_t i = 0; i < n && eventual > 1; ++i) {
+    if (limits[i].strict) continue;
+    auto d = limiter.check(keys[i], limits[i], now, false, ctx.worker);
+    if (!d.allowed) {
+      o.add(i, d);
+      break;
+    }
+  }
+  if (o.allowed) {
+    for (size_t i = 0; i < n; ++i) {
+      if (limits[i].strict) continue;
+      auto d = limiter.check(keys[i], limits[i], now, true, ctx.worker);
+      o.add(i, d);  // a refusal here: another request took the last one meanwhile
+      if (!d.allowed) break;
+      *delay_ms = std::max(*delay_ms, d.delay_ms);
+    }
+  }
+  for (size_t i = 0; i < n && i <= o.refused_by; ++i)
+    if (!limits[i].strict)
+      note_key(*ex.route, i, keys[i], key_value(ex, limits[i]), i == o.refused_by, now);
+  if (!o.allowed || strict == 0) {
+    if (!o.allowed) *delay_ms = 0;
+    return finish(ex, o) ? verdict::next : verdict::respond;
+  }
+
+  // The strict limits: decided here for keys this node owns, else by their owners. A strict
+  // limit counts only after the eventual ones admitted (a request they refused counts nowhere),
+  // but the strict ones count independently of each other (each owner decides alone).
+  auto* owners = limiter.strict();
+  std::shared_ptr<strict_wait> wait;
+  std::vector<std::pair<size_t, std::string>> remote;  // (item, owner address)
+  for (size_t i = 0; i < n && o.allowed; ++i) {
+    if (!limits[i].strict) continue;
+    auto where = owners ? owners->locate(keys[i], limits[i])
+                        : strict_limiter::location{strict_limiter::location::here, {}};
+    if (where.kind == strict_limiter::location::remote && ctx.snap_owner) {
+      if (!wait) wait = std::make_shared<strict_wait>();
+      remote.emplace_back(wait->items.size(), std::move(where.address));
+      auto& it = wait->items.emplace_back();
+      it.index = i;
+      it.key = keys[i];
+      it.value.assign(key_value(ex, limits[i]));
+      continue;
+    }
+    strict_limiter::outcome here;
+    if (where.kind == strict_limiter::location::here) {
+      here = owners ? owners->decide_here(keys[i], limits[i], now, ctx.worker)
+                    : strict_limiter::outcome{
+                          true, limiter.check(keys[i], limits[i], now, true, ctx.worker)};
+    }
+    auto d = here.decided ? here.decision
+                          : limiter.check_without_owner(keys[i], limits[i], now, ctx.worker);
+    o.add(i, d);
+    note_key(*ex.route, i, keys[i], key_value(ex, limits[i]), !d.allowed, now);
+  }
+  if (!wait || !o.allowed) return finish(ex, o) ? verdict::next : verdict::respond;
+
+  // Ask the owners and wait. The owners answer within each limit's strict_timeout (or the
+  // limiter gives up then); should even that not come, the session answers 503 at the deadline.
+  uint64_t longest = 0;
+  for (const auto& it : wait->items)
+    longest = std::max(longest, limits[it.index].strict_timeout_ms);
+  ex.local_status = 503;
+  ex.local_code = "rate_limit_unavailable";
+  ex.local_message = "the rate limit's owner did not answer";
+  wait->so_far = o;
+  wait->snap = *ctx.snap_owner;
+  wait->worker = ctx.worker;
+  wait->left.store(wait->items.size(), std::memory_order_relaxed);
+  wait->handle = ctx.pause.suspend(ctx.now + static_cast<int64_t>(longest) + 2000);
+  for (auto& [item, address] : remote) {
+    const auto& it = wait->items[item];
+    owners->ask(address, it.key, limits[it.index],
+                [wait, item = item](const strict_limiter::outcome& answer) {
+                  wait->items[item].answer = answer;
+                  if (wait->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+                  wait->handle.resume([wait](exchange& ex) {
+                    ex.local_status = 0;
+                    ex.local_code = "";
+                    ex.local_message = "";
+                    return finish_strict(ex, *wait);
+                  });
+                });
+  }
+  return verdict::pause;
 }
 
 class rate_limit_stage final : public stage {
@@ -105,8 +234,8 @@ class rate_limit_stage final : public stage {
   rate_limit_stage() : stage(request_head) {}
   verdict on_request_head(exchange& ex, stage_context& ctx) const override {
     uint64_t delay_ms = 0;
-    if (!check_rate_limits(ex, ctx, &delay_ms)) return verdict::respond;
-    if (delay_ms == 0) return verdict::next;
+    const verdict v = check_rate_limits(ex, ctx, &delay_ms);
+    if (v != verdict::next || delay_ms == 0) return v;
     ctx.pause.resume_after(delay_ms);
     return verdict::pause;
   }

@@ -2,6 +2,7 @@
 // The node's side of the cluster: opens the store, loads the keyring, runs the gossip member
 // and answers the admin API's cluster endpoints. Absent when the config has no `cluster`.
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "meridian/cluster/membership.h"
 #include "meridian/cluster/replicated_state.h"
 #include "meridian/config/config.h"
 
@@ -42,7 +44,16 @@ class cluster_bridge {
   void flush_now();
   // The members that are alive, this node included: (id, region).
   std::vector<std::pair<std::string, std::string>> live_members() const;
+  // Every member known (this node included), left ones too until forgotten.
+  std::vector<cluster::member> members() const;
   const std::string& self_id() const;
+  // Direct messages between members (strict rate limits: gossip_node::send_direct), sealed like
+  // all gossip. The handler runs on the gossip thread with the sender's gossip address.
+  void send_direct(const std::string& address, std::string message);
+  void set_direct_handler(
+      std::function<void(const std::string& from_address, std::string message)> handler);
+  // Runs job on the gossip thread after `after`.
+  void post(std::function<void()> job, std::chrono::microseconds after);
   // Called about once a second with (members, unreachable members) of the cluster and of this
   // node's region (left members not counted; unreachable = suspect or dead).
   void set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener);

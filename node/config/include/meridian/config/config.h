@@ -295,6 +295,10 @@ struct rate_limit_config {
   // window: 1mo: calendar months in `timezone` (window then holds 31 days, the longest month).
   bool calendar_month = false;
   std::string timezone{};  // UTC, +HH:MM or an IANA name; only with window 1mo
+  // eventual: every node decides on what it knows (leases, gossip); strict: the key's owner
+  // decides (exact; one round trip to the owner), waiting at most strict_timeout for it.
+  std::string mode = "eventual";
+  duration strict_timeout = std::chrono::milliseconds(250);
 };
 
 // A canned answer for a route whose upstreams cannot serve (instead of 502/503/504).

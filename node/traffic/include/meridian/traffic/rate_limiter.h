@@ -48,6 +48,8 @@ class replicated_state;
 
 namespace meridian::node {
 
+class strict_limiter;
+
 // One limit of one route, compiled once per config (string settings turned into numbers).
 struct limit_spec {
   enum class scope_kind : uint8_t { local, region, global };
@@ -68,6 +70,12 @@ struct limit_spec {
   // window 1mo: calendar months (window_ms is then 31 days, the counters' window length; the
   // month's real bounds come from the calendar). Null for every other window.
   std::shared_ptr<const month_calendar> calendar;
+  std::string timezone;  // the configured zone of a month window (strict asks carry it)
+  // mode: strict: decided by the key's owner (strict_limiter.h). check() on a strict spec is the
+  // owner's decision: exact (no leases), never the on_partition policy, and an admission is sent
+  // to the others at once.
+  bool strict = false;
+  uint64_t strict_timeout_ms = 250;  // how long an ask waits for the owner
 
   // The window holding Unix ms now: its number (the counters' window index), its length and
   // how far into it now is.
@@ -156,6 +164,12 @@ class rate_limiter {
   // counted; without, nothing changes (several limits: check all, then commit all).
   limit_decision check(uint64_t key, const limit_spec& spec, int64_t now_ms, bool commit,
                        unsigned worker = 0);
+  // Decides a strict limit's request that its owner could not decide (no majority in sight, no
+  // answer in time, a handover), by the limit's on_partition: fail_closed refuses, fail_open
+  // admits, local_share admits within this node's share (the reachable members' share of the
+  // limit; 1/N of it when every member looks reachable). Admissions are counted here.
+  limit_decision check_without_owner(uint64_t key, const limit_spec& spec, int64_t now_ms,
+                                     unsigned worker = 0);
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();
@@ -180,14 +194,22 @@ class rate_limiter {
   };
   key_view view(uint64_t key, const limit_spec& spec, int64_t now_ms);
 
+  // The node's strict_limiter, which decides the limits with mode: strict (null: none, and
+  // strict limits are decided here as if this node owned every key). Set before the first check.
+  void set_strict(strict_limiter* s) { strict_ = s; }
+  strict_limiter* strict() const { return strict_; }
+
   rate_limit_stats& stats_for(const std::string& route);
   // Prometheus lines: decisions by route and result, overshoot, sync lag, table size.
   std::string metrics_text() const;
   size_t size() const;
 
  private:
+  limit_decision decide(uint64_t key, const limit_spec& spec, int64_t now_ms, bool commit,
+                        unsigned worker, bool without_owner);
   struct impl;
   std::unique_ptr<impl> impl_;
+  strict_limiter* strict_ = nullptr;
 };
 
 }  // namespace meridian::node
