@@ -36,6 +36,7 @@
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -243,6 +244,9 @@ class worker {
         access_log(access_log) {
     rng = 0x9e3779b97f4a7c15ULL * (index + 1) ^ static_cast<uint64_t>(now_ms());
   }
+  ~worker();
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
 
   // Accepts connections on a (the plain listener, or the TLS one with tls set) forever.
   void start_accept(acceptor_t& a, bool tls);
@@ -256,8 +260,10 @@ class worker {
   void read_mail();
 
   // The only way other threads talk to a worker: its io_context runs without locks
-  // (BOOST_ASIO_CONCURRENCY_HINT_UNSAFE), so they may not post to it. The sweep timer reads the
-  // mailbox, so a message takes effect within one sweep interval.
+  // (BOOST_ASIO_CONCURRENCY_HINT_UNSAFE), so they may not post to it. A job rings the doorbell
+  // (an eventfd the worker waits on), so it runs at once: a request paused for an answer from
+  // another thread (a strict rate limit's owner) goes on within microseconds. The sweep timer
+  // reads the mailbox too (snapshots, drain and stop take effect within one sweep interval).
   struct mailbox {
     std::mutex mutex;
     std::shared_ptr<const snapshot> snap;
@@ -268,10 +274,19 @@ class worker {
   } mail;
   // Any thread: leaves fn in the mailbox; the worker runs it (and destroys it) on its thread.
   void deliver(std::function<void()> fn) {
-    std::lock_guard lock(mail.mutex);
-    mail.jobs.push_back(std::move(fn));
-    mail.pending.store(true, std::memory_order_release);
+    bool ring;
+    {
+      std::lock_guard lock(mail.mutex);
+      mail.jobs.push_back(std::move(fn));
+      ring = !mail.pending.exchange(true, std::memory_order_acq_rel);
+    }
+    if (ring) ring_doorbell();
   }
+  // Any thread: wakes the worker to read its mailbox.
+  void ring_doorbell();
+  // On this thread: waits for the doorbell (once started, again after every ring).
+  void await_doorbell();
+
   bool stopping = false;
 
   void add_session(client_session* s);
@@ -317,6 +332,10 @@ class worker {
   timer_t sweep;
   timer_t accept_retry;
   timer_t tls_accept_retry;
+  // The doorbell: an eventfd (open for the worker's life: other threads write to it) and the
+  // worker's own descriptor of it (a dup), after ioc so that it goes first.
+  int doorbell_fd = -1;
+  std::unique_ptr<asio::posix::basic_stream_descriptor<asio::io_context::executor_type>> doorbell;
   worker_stats& stats;
   std::atomic<int64_t>& connections;
   spdlog::logger* access_log;

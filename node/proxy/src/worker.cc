@@ -1,5 +1,8 @@
 // Workers (one thread and io_context each, their listeners, sweep timer, mailbox and
 // upstream pools), upstream connections, and proxy_server, which starts and feeds them.
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 #include "proxy_internal.h"
 
 namespace meridian::node {
@@ -93,6 +96,34 @@ void worker::start_sweep() {
   });
 }
 
+worker::~worker() {
+  doorbell.reset();  // its dup first, while ioc is alive
+  if (doorbell_fd >= 0) ::close(doorbell_fd);
+}
+
+void worker::ring_doorbell() {
+  if (doorbell_fd < 0) return;  // the sweep reads the mailbox anyway
+  const uint64_t one = 1;
+  [[maybe_unused]] auto n = ::write(doorbell_fd, &one, sizeof one);
+}
+
+void worker::await_doorbell() {
+  if (!doorbell) {
+    doorbell_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (doorbell_fd < 0) return;
+    doorbell =
+        std::make_unique<asio::posix::basic_stream_descriptor<asio::io_context::executor_type>>(
+            ioc.get_executor(), ::dup(doorbell_fd));
+  }
+  doorbell->async_wait(asio::posix::stream_descriptor::wait_read, [this](const error_code& ec) {
+    if (ec || stopping) return;
+    uint64_t rings = 0;
+    [[maybe_unused]] auto n = ::read(doorbell_fd, &rings, sizeof rings);
+    read_mail();
+    if (!stopping) await_doorbell();
+  });
+}
+
 void worker::read_mail() {
   if (!mail.pending.load(std::memory_order_acquire)) return;
   std::shared_ptr<const snapshot> next;
@@ -122,6 +153,10 @@ void worker::shut_down() {
   acceptor.close(ignored);
   tls_acceptor.close(ignored);
   sweep.cancel();
+  if (doorbell) {
+    error_code ignored;
+    doorbell->close(ignored);
+  }
   accept_retry.cancel();
   tls_accept_retry.cancel();
   for (auto& s : owned_sessions()) s->close();
@@ -352,6 +387,7 @@ bool proxy_server::start(const address& listen, std::shared_ptr<const snapshot> 
     w->start_accept(w->acceptor, false);
     if (w->tls_acceptor.is_open()) w->start_accept(w->tls_acceptor, true);
     w->start_sweep();
+    w->await_doorbell();
     impl_->threads.emplace_back([wp = w.get()] { wp->ioc.run(); });
   }
   return true;
