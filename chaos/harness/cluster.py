@@ -11,7 +11,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXY_PORT, ADMIN_PORT, GOSSIP_PORT, UPSTREAM_PORT = 8080, 9901, 7946, 9000
 
-# The rate-limited route every scenario loads: a global quota shared by all regions.
+# The rate-limited routes every scenario loads: a global quota shared by all regions, decided
+# by every node (/limited, on_partition local_share) and by the key's owner (/strict, mode
+# strict, on_partition fail_closed).
 LIMIT, WINDOW_MS = 500, 5000
 
 
@@ -50,6 +52,11 @@ routes:
   - name: flaky
     match: {{path_prefix: /flaky}}
     upstream: flaky
+  - name: strict
+    match: {{path_prefix: /strict}}
+    upstream: healthy
+    rate_limit: {{limit: {LIMIT}, window: {WINDOW_MS}ms, key: global, scope: global, mode: strict,
+                 on_partition: fail_closed}}
 """
 
 

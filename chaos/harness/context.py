@@ -83,7 +83,8 @@ class Context:
 
     # ---- start and stop ------------------------------------------------------------------
 
-    def start(self, works=("/limited=100:2", "/ok=30:1", "/flaky=20:1"), write_config=True,
+    def start(self, works=("/limited=100:2", "/strict=100:2", "/ok=30:1", "/flaky=20:1"),
+              write_config=True,
               works_by_node=None, before_load=None):
         c = self.cluster
         c.start_upstreams()

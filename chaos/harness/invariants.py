@@ -32,6 +32,27 @@ def rate_limit_bounded(ctx, policy="local_share"):
                 bound, windows > 0 and worst_ratio <= 1 + cx.EPSILON)
 
 
+def strict_never_over(ctx):
+    """Admitted /strict requests (mode: strict, on_partition: fail_closed) in every window of the
+    load, summed over all nodes' clients, never exceed the limit: not by one, whatever the fault.
+    Windows are the clients' (Unix time multiples of the window, like the nodes'); a scenario
+    that skews a node's clock on purpose skips this (ctx.strict_clock_skewed)."""
+    if getattr(ctx, "strict_clock_skewed", False):
+        return None
+    per_window = {}
+    for rows in ctx.cluster.read_load().values():
+        for r in rows:
+            if r["path"] == "/strict":
+                w = r["t"] // cl.WINDOW_MS * cl.WINDOW_MS
+                per_window[w] = per_window.get(w, 0) + r["s2xx"]
+    worst = max(per_window.values()) if per_window else 0
+    full = sum(1 for v in per_window.values() if v == cl.LIMIT)
+    return ctx.verdict("strict-never-over-limit",
+                       f"max {worst} admitted in a window ({len(per_window)} windows, {full} "
+                       f"at exactly the limit)", f"<= {cl.LIMIT} per {cl.WINDOW_MS} ms window",
+                       bool(per_window) and worst <= cl.LIMIT)
+
+
 def healthy_success_rate(ctx, include_faulted=()):
     """/ok answers 2xx on nodes not under fault (nodes in include_faulted count throughout)."""
     ok = total = 0
@@ -148,6 +169,7 @@ def common(ctx, policy="local_share", include_faulted=()):
     """The invariants every scenario checks at its end (after stop_load)."""
     config_converges(ctx)
     rate_limit_bounded(ctx, policy)
+    strict_never_over(ctx)
     healthy_success_rate(ctx, include_faulted)
     no_unexpected_crash(ctx)
     memory_bounded(ctx)

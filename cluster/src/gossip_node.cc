@@ -228,6 +228,36 @@ struct gossip_node::impl final : environment {
     }
   }
 
+  // Urgent rounds (flush_application_now): at most one per urgent_gap; one asked for within the
+  // gap goes at its end, and every round is followed by one more at the end of its gap, which
+  // takes what callers that throttle themselves did not ask for (sends nothing if nothing new).
+  static constexpr millis urgent_gap{5};
+  std::unique_ptr<asio::steady_timer> urgent_timer;
+  bool urgent_armed = false;    // a gap is running
+  bool urgent_pending = false;  // a round was asked for during it
+  void urgent_round() {
+    if (urgent_armed) {
+      urgent_pending = true;
+      return;
+    }
+    urgent_pending = false;
+    swim->urgent_application_round(millis(0));
+    reschedule();
+    urgent_armed = true;
+    if (!urgent_timer) urgent_timer = std::make_unique<asio::steady_timer>(ioc);
+    urgent_timer->expires_after(urgent_gap);
+    urgent_timer->async_wait([this](const error_code& ec) {
+      if (ec || !running) return;
+      urgent_armed = false;
+      if (urgent_pending) {
+        urgent_round();
+      } else {
+        swim->urgent_application_round(millis(0));  // the trailing round
+        reschedule();
+      }
+    });
+  }
+
   void send_direct_now(const std::string& address, std::string message) {
     packet p;
     p.sender_id = opt.self.id;
@@ -643,6 +673,12 @@ bool gossip_node::start(std::string* error) {
   d.port = d.acceptor.local_endpoint().port();
   udp::endpoint uep(ip, d.port);
   d.udp_socket.open(uep.protocol(), ec);
+  if (!ec) {
+    // Room for bursts (strict rate-limit batches arrive back to back): the kernel caps it at
+    // net.core.rmem_max; a smaller buffer only drops more under bursts, so errors are ignored.
+    error_code ignored;
+    d.udp_socket.set_option(asio::socket_base::receive_buffer_size(4 << 20), ignored);
+  }
   if (!ec) d.udp_socket.bind(uep, ec);
   if (ec) {
     *error = "cluster.bind " + d.opt.bind_host + ":" + std::to_string(d.port) +
@@ -682,6 +718,7 @@ void gossip_node::stop(bool leave) {
     d.running = false;
     error_code ignored;
     d.timer.cancel();
+    if (d.urgent_timer) d.urgent_timer->cancel();
     d.acceptor.close(ignored);
     d.udp_socket.close(ignored);
     d.ioc.stop();
@@ -712,9 +749,7 @@ void gossip_node::flush_application_now() {
   auto& d = *impl_;
   if (!d.running) return;
   asio::post(d.ioc, [&d] {
-    if (!d.running) return;
-    d.swim->urgent_application_round(millis(5));
-    d.reschedule();
+    if (d.running) d.urgent_round();
   });
 }
 

@@ -1102,9 +1102,11 @@ void membership::pull_application_deltas() {
 void membership::urgent_application_round(millis min_gap) {
   auto& d = *impl_;
   if (!d.app_) return;
-  d.pull_app();
   const millis now = d.env_.now();
-  if (d.fresh_payloads() == 0 || now - d.last_urgent_round_ < min_gap) return;
+  const bool may_send = now - d.last_urgent_round_ >= min_gap;
+  if (may_send) d.app_->expedite();
+  d.pull_app();
+  if (!may_send || d.fresh_payloads() == 0) return;
   d.last_urgent_round_ = now;
   d.gossip_round();
 }

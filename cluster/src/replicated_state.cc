@@ -927,6 +927,11 @@ bool replicated_state::on_summary(const std::string& from, const std::string& su
   return true;
 }
 
+void replicated_state::expedite() {
+  std::lock_guard lock(impl_->mu);
+  impl_->next_counter_flush = millis(0);
+}
+
 std::vector<std::string> replicated_state::take_deltas(millis now, size_t room) {
   auto& d = *impl_;
   std::function<void()> hook;

@@ -1373,6 +1373,7 @@ bool node::start(std::string* error) {
     strict_limiter::options so;
     so.self_id = d.cfg.node.id;
     so.region = d.cfg.node.region;
+    so.unix_ms = unix_now_ms;  // the node's clock (offset, correction), as for every limit
     d.strict = std::make_unique<strict_limiter>(
         so, *d.limiter,
         [bridge](const std::string& address, std::string message) {

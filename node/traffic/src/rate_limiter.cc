@@ -460,11 +460,13 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
     list.keys.push_back(key);
   }
   // Near the end of a key's limit the others should hear of this admission now, not on the next
-  // gossip round: their stale counts are what a burst overshoots by. At most one urgent send
-  // every 5 ms per node (a clock stepping back does not silence it).
+  // gossip round: their stale counts are what a burst overshoots by. The hook is called at most
+  // once a millisecond per node (a clock stepping back does not silence it); the gossip layer
+  // sends at most one round per 5 ms and a trailing one after it, which takes the admissions
+  // this throttle did not report.
   if (d.urgent && near_limit) {
     int64_t last = d.last_urgent_ms.load(std::memory_order_relaxed);
-    if ((now_ms - last >= 5 || now_ms < last) &&
+    if ((now_ms - last >= 1 || now_ms < last) &&
         d.last_urgent_ms.compare_exchange_strong(last, now_ms, std::memory_order_relaxed)) {
       d.urgent();
     }

@@ -100,6 +100,9 @@ class gossip_application {
   // behind one another; payloads that can wait (counters, which coalesce) should stay within
   // it, so a backlog waits in the application, where it can be prioritised, not in the queue.
   virtual std::vector<std::string> take_deltas(millis now, size_t room) = 0;
+  // The next take_deltas is for an urgent round (urgent_application_round): it should hand over
+  // what it would otherwise hold back for its own cadence (counters between sync intervals).
+  virtual void expedite() {}
   // A payload (another node's delta, first time seen) arrived.
   virtual void on_payload(const std::string& from, const std::string& payload) = 0;
   // Returns the app_state of a push-pull this node starts.

@@ -168,6 +168,8 @@ class replicated_state final : public gossip_application {
   // Documents always; counters up to min(room, max_payloads_per_round) payloads, by activity
   // (window_counters::take_dirty).
   std::vector<std::string> take_deltas(millis now, size_t room) override;
+  // Counters leave on the next take_deltas, not at the next counter_sync_interval.
+  void expedite() override;
   std::vector<std::string> take_deltas(millis now) { return take_deltas(now, SIZE_MAX); }
   void on_payload(const std::string& from, const std::string& payload) override;
   std::string sync_request() override;

@@ -173,7 +173,7 @@ class rate_limiter {
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();
-  // Sets what check() calls (throttled: at most every 5 ms) when an admission leaves a
+  // Sets what check() calls (throttled: at most once a millisecond) when an admission leaves a
   // replicated key in the last half of its limit with so little left that, at the window's pace
   // so far, it would be spent before the counts reach the others: the node sends them at once.
   // Call before the first check.
