@@ -55,15 +55,14 @@ struct member {
     o.app = state.get();
     o.swim.probe_interval = cluster::millis(500);
     o.swim.probe_timeout = cluster::millis(200);
-    o.on_direct = [this](const std::string&, const std::string& from, std::string m) {
-      if (strict) strict->on_message(from, m);
+    o.on_direct = [this](const std::string& from_id, const std::string& from, std::string m) {
+      if (strict) strict->on_message(from_id, from, m);
     };
     gossip = std::make_unique<cluster::gossip_node>(o, nullptr);
     limiter = std::make_unique<node::rate_limiter>(
         node::rate_limiter::options{.node_id = id, .region = "bench"}, state.get());
-    state->set_counter_observer([this](uint64_t k, uint32_t w, uint64_t others) {
-      limiter->on_remote(k, w, others);
-    });
+    state->set_counter_observer(
+        [this](uint64_t k, uint32_t w, uint64_t others) { limiter->on_remote(k, w, others); });
     state->set_flush_hook([this] { limiter->flush(); });
     limiter->set_urgent_hook([this] { gossip->flush_application_now(); });
     node::strict_limiter::options so;
@@ -76,6 +75,11 @@ struct member {
         },
         [this](std::function<void()> job, std::chrono::microseconds after) {
           gossip->post(std::move(job), after);
+        },
+        [this](const std::string& origin, std::vector<node::strict_limiter::owner_count> counts) {
+          std::vector<cluster::counter_update> updates;
+          for (const auto& c : counts) updates.push_back({c.key, c.window_ms, c.window, c.count});
+          state->merge_counts(origin, updates);
         });
     limiter->set_strict(strict.get());
     std::string error;
@@ -89,8 +93,8 @@ struct member {
     std::vector<node::strict_limiter::member_view> view;
     for (const auto& m : gossip->members())
       if (m.state != cluster::member_state::left)
-        view.push_back({m.info.id, m.info.address, m.info.region,
-                        m.state == cluster::member_state::alive});
+        view.push_back(
+            {m.info.id, m.info.address, m.info.region, m.state == cluster::member_state::alive});
     strict->set_members(std::move(view));
   }
 };
@@ -120,12 +124,12 @@ int main(int argc, char** argv) {
   spec.scope = node::limit_spec::scope_kind::global;
   spec.strict_timeout_ms = 2000;
   std::vector<uint64_t> keys;
-  std::string owner_address;
+  node::strict_limiter::location where;
   for (uint64_t k = 1; keys.size() < nkeys && k < nkeys * 10; ++k) {
-    auto where = asker.strict->locate(k, spec);
-    if (where.kind == node::strict_limiter::location::remote) {
+    auto w = asker.strict->locate(k, spec);
+    if (w.kind == node::strict_limiter::location::remote) {
       keys.push_back(k);
-      owner_address = where.address;
+      where = w;
     }
   }
   if (keys.empty()) {
@@ -144,7 +148,7 @@ int main(int argc, char** argv) {
       continue;
     }
     in_flight.fetch_add(1, std::memory_order_relaxed);
-    asker.strict->ask(owner_address, keys[sent++ % keys.size()], spec,
+    asker.strict->ask(where, keys[sent++ % keys.size()], spec,
                       [&](const node::strict_limiter::outcome& o) {
                         if (!o.decided) undecided.fetch_add(1, std::memory_order_relaxed);
                         done.fetch_add(1, std::memory_order_relaxed);
@@ -157,11 +161,12 @@ int main(int argc, char** argv) {
   const double rate = static_cast<double>(done.load()) / took;
   const auto& os = owner.strict->stats();
   const auto& as = asker.strict->stats();
-  std::printf("throughput: %.0f strict decisions/s through one owner (%zu in flight, %zu keys, "
-              "%.1f s); %.1f asks per message; %zu undecided\n",
-              rate, window, keys.size(), took,
-              static_cast<double>(as.asked.load()) / std::max<uint64_t>(as.messages_out.load(), 1),
-              undecided.load());
+  std::printf(
+      "throughput: %.0f strict decisions/s through one owner (%zu in flight, %zu keys, "
+      "%.1f s); %.1f asks per message; %zu undecided\n",
+      rate, window, keys.size(), took,
+      static_cast<double>(as.asked.load()) / std::max<uint64_t>(as.messages_out.load(), 1),
+      undecided.load());
   std::printf("owner decided %llu for the asker in %llu answers\n",
               static_cast<unsigned long long>(os.decided_for_others.load()),
               static_cast<unsigned long long>(os.messages_out.load()));
@@ -171,7 +176,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < 5000; ++i) {
     std::atomic<bool> answered{false};
     const auto t = clock_type::now();
-    asker.strict->ask(owner_address, keys[i % keys.size()], spec,
+    asker.strict->ask(where, keys[i % keys.size()], spec,
                       [&](const node::strict_limiter::outcome&) {
                         answered.store(true, std::memory_order_release);
                       });

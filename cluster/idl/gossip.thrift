@@ -154,22 +154,37 @@ struct strict_request {
   2: i64 key,                   // never renumber; the counter key (rate_limiter::key_of), u64
   3: i64 limit,                 // never renumber
   4: i64 window_ms,             // never renumber
-  5: i8 flags,                  // never renumber; 1 sliding, 2 region scope, 4 calendar month
+  // never renumber; 1 sliding, 2 region scope, 4 calendar month, 8 a count query (answer what
+  // you know of the key's count; decide nothing)
+  5: i8 flags,
   6: optional string timezone,  // never renumber; calendar months only
 }
 
 struct strict_answer {
   1: i32 id,              // never renumber
-  // never renumber. 0 admitted, 1 refused, 2 not the owner (or no quorum), 3 handing over
-  // (never reassign a value; an i8, checked where decoded, as member_update.state).
+  // never renumber. 0 admitted, 1 refused, 2 not the owner (or no quorum), 3 handing over,
+  // 4 counted (the answer to a count query) (never reassign a value; an i8, checked where
+  // decoded, as member_update.state).
   2: i8 result,
   3: i64 remaining,       // never renumber
   4: i64 reset_ms,        // never renumber; until the window ends
   5: i64 retry_after_ms,  // never renumber; refused: when to come back
+  6: optional i64 count,  // never renumber; counted: the key's count in `window`, all nodes
+  7: optional i32 window,  // never renumber; counted: the window number it is for
+}
+
+// An owner's count of a key after it admitted (its slot of the replicated window counters), sent
+// to every member before the admission goes on, so that a new owner starts from it.
+struct strict_count {
+  1: i64 key,        // never renumber; u64
+  2: i32 window_ms,  // never renumber; u32, the counters' window length
+  3: i32 window,     // never renumber; u32
+  4: i32 count,      // never renumber; u32
 }
 
 struct strict_batch {
   1: i16 version,                            // never renumber
   2: optional list<strict_request> requests,  // never renumber
   3: optional list<strict_answer> answers,    // never renumber
+  4: optional list<strict_count> counts,      // never renumber
 }

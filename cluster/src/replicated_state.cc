@@ -1013,6 +1013,34 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
   d.notify(changed);
 }
 
+void replicated_state::merge_counts(const std::string& origin,
+                                    const std::vector<counter_update>& updates) {
+  auto& d = *impl_;
+  std::vector<std::tuple<uint64_t, uint32_t, uint64_t>> counter_changes;
+  std::function<void(uint64_t, uint32_t, uint64_t)> observer;
+  {
+    std::lock_guard lock(d.mu);
+    if (origin.empty() || origin == d.opt.self_id) return;
+    uint16_t node = d.counters.node_index(origin);
+    for (const auto& u : updates) {
+      if (!d.counters.merge(node, u)) continue;
+      ++d.stats.counter_updates_applied;
+      d.note_counter(u.key);
+      if (d.counter_observer) {
+        uint64_t others = 0;
+        d.counters.for_each_slot(u.key, u.window, [&](uint16_t n, uint32_t c) {
+          if (n != 0) others += c;
+        });
+        counter_changes.emplace_back(u.key, u.window, others);
+      }
+    }
+    observer = d.counter_observer;
+  }
+  d.flush_dirty();
+  if (observer)
+    for (const auto& [key, window, others] : counter_changes) observer(key, window, others);
+}
+
 std::string replicated_state::sync_request() {
   auto& d = *impl_;
   std::lock_guard lock(d.mu);

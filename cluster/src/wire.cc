@@ -296,8 +296,24 @@ std::string encode(const strict_batch& b) {
       x.__set_remaining(static_cast<int64_t>(a.remaining));
       x.__set_reset_ms(static_cast<int64_t>(a.reset_ms));
       x.__set_retry_after_ms(static_cast<int64_t>(a.retry_after_ms));
+      if (a.result == strict_result::counted) {
+        x.__set_count(static_cast<int64_t>(a.count));
+        x.__set_window(static_cast<int32_t>(a.window));
+      }
     }
     g.__set_answers(std::move(as));
+  }
+  if (!b.counts.empty()) {
+    std::vector<gen::strict_count> cs;
+    cs.reserve(b.counts.size());
+    for (const auto& c : b.counts) {
+      auto& x = cs.emplace_back();
+      x.__set_key(static_cast<int64_t>(c.key));
+      x.__set_window_ms(static_cast<int32_t>(c.window_ms));
+      x.__set_window(static_cast<int32_t>(c.window));
+      x.__set_count(static_cast<int32_t>(c.count));
+    }
+    g.__set_counts(std::move(cs));
   }
   return write_compact(g);
 }
@@ -319,7 +335,7 @@ wire_error decode(std::string_view bytes, strict_batch* out) {
   }
   b.answers.reserve(g.answers.size());
   for (const auto& x : g.answers) {
-    if (x.result < 0 || x.result > static_cast<int8_t>(strict_result::handing_over))
+    if (x.result < 0 || x.result > static_cast<int8_t>(strict_result::counted))
       return wire_error::malformed;
     auto& a = b.answers.emplace_back();
     a.id = static_cast<uint32_t>(x.id);
@@ -327,6 +343,15 @@ wire_error decode(std::string_view bytes, strict_batch* out) {
     a.remaining = static_cast<uint64_t>(x.remaining);
     a.reset_ms = static_cast<uint64_t>(x.reset_ms);
     a.retry_after_ms = static_cast<uint64_t>(x.retry_after_ms);
+    a.count = static_cast<uint64_t>(x.count);
+    a.window = static_cast<uint32_t>(x.window);
+  }
+  b.counts.reserve(g.counts.size());
+  for (const auto& x : g.counts) {
+    b.counts.push_back({.key = static_cast<uint64_t>(x.key),
+                        .window_ms = static_cast<uint32_t>(x.window_ms),
+                        .window = static_cast<uint32_t>(x.window),
+                        .count = static_cast<uint32_t>(x.count)});
   }
   *out = std::move(b);
   return wire_error::none;

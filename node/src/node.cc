@@ -1381,12 +1381,19 @@ bool node::start(std::string* error) {
         },
         [bridge](std::function<void()> job, std::chrono::microseconds after) {
           bridge->post(std::move(job), after);
+        },
+        [bridge](const std::string& owner, std::vector<strict_limiter::owner_count> counts) {
+          std::vector<cluster::counter_update> updates;
+          updates.reserve(counts.size());
+          for (const auto& c : counts) updates.push_back({c.key, c.window_ms, c.window, c.count});
+          bridge->state().merge_counts(owner, updates);
         });
     d.limiter->set_strict(d.strict.get());
     auto* strict = d.strict.get();
-    bridge->set_direct_handler([strict](const std::string& from, std::string message) {
-      strict->on_message(from, message);
-    });
+    bridge->set_direct_handler(
+        [strict](const std::string& from_id, const std::string& from, std::string message) {
+          strict->on_message(from_id, from, message);
+        });
     // The owners' view: members (every 50 ms, on the gossip thread, where reading them is a
     // copy without a hop) and the ticks that notice a process that stood still.
     auto refresh = std::make_shared<std::function<void()>>();

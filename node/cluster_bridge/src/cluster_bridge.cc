@@ -69,7 +69,8 @@ struct cluster_bridge::impl {
   // packet.direct messages (strict rate limits): set once the limiter exists; read on the
   // gossip thread.
   std::mutex direct_mutex;
-  std::function<void(const std::string&, std::string)> direct_handler;  // under direct_mutex
+  std::function<void(const std::string&, const std::string&, std::string)>
+      direct_handler;  // under direct_mutex
 
   std::string keyring_file;
   // Guards keys and applied_keyring, and is held through a whole apply so two threads cannot
@@ -302,14 +303,14 @@ std::unique_ptr<cluster_bridge> cluster_bridge::start(const config& cfg, std::st
       std::make_unique<cluster::replicated_state>(so, unix_now_ms, glue->impl_->store.get());
   if (!glue->impl_->state->load(error)) return nullptr;
   opt.app = glue->impl_->state.get();
-  opt.on_direct = [d = glue->impl_.get()](const std::string&, const std::string& from_address,
-                                          std::string message) {
-    std::function<void(const std::string&, std::string)> h;
+  opt.on_direct = [d = glue->impl_.get()](const std::string& from_id,
+                                          const std::string& from_address, std::string message) {
+    std::function<void(const std::string&, const std::string&, std::string)> h;
     {
       std::lock_guard lock(d->direct_mutex);
       h = d->direct_handler;
     }
-    if (h) h(from_address, std::move(message));
+    if (h) h(from_id, from_address, std::move(message));
   };
   glue->impl_->region = cfg.node.region;
   glue->impl_->self_id = cfg.node.id;
@@ -377,7 +378,9 @@ void cluster_bridge::send_direct(const std::string& address, std::string message
 }
 
 void cluster_bridge::set_direct_handler(
-    std::function<void(const std::string& from_address, std::string message)> handler) {
+    std::function<void(const std::string& from_id, const std::string& from_address,
+                       std::string message)>
+        handler) {
   std::lock_guard lock(impl_->direct_mutex);
   impl_->direct_handler = std::move(handler);
 }

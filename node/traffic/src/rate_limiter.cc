@@ -139,6 +139,30 @@ struct rate_limiter::impl {
 
   size_t group_of(uint64_t key) const { return (key >> 3) & (ngroups - 1); }
 
+  // Returns key's entry, locked; a key new to this node starts from what the others have
+  // counted, and from this node's own earlier count (restored from the store after a restart,
+  // or evicted from this table). The state is asked before taking any lock of ours: its
+  // observer takes entry locks under its own.
+  entry* acquire(uint64_t key, const limit_spec& spec, uint32_t window, uint16_t now_s,
+                 bool replicated) {
+    if (entry* e = find_locked(key)) return e;
+    cluster::window_counters::split_counts known;
+    if (state) known = state->counter_split(key, window);
+    if (!replicated) known.others_cur = known.others_prev = 0;
+    return insert_locked(key, now_s, [&](entry& n) {
+      uint64_t k = n.key.load(std::memory_order_relaxed);
+      std::memset(static_cast<void*>(&n), 0, offsetof(entry, lock));
+      n.key.store(k, std::memory_order_relaxed);
+      n.flags = replicated ? replicated_flag : 0;
+      n.window_ms = static_cast<uint32_t>(spec.window_ms);
+      n.window = window;
+      n.remote_cur = clamp32(known.others_cur);
+      n.remote_prev = clamp32(known.others_prev);
+      n.local_cur = known.own_cur;
+      n.local_prev = known.own_prev;
+    });
+  }
+
   // Returns key's entry, locked, or nullptr. A key sits in its group, starting at slot key % 8,
   // so a hit usually costs one cache line.
   entry* find_locked(uint64_t key) {
@@ -326,27 +350,7 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
     effective = std::max<uint64_t>(1, effective * reachable / total);
   }
 
-  entry* e = d.find_locked(key);
-  if (!e) {
-    // A key new to this node: start from what the others have counted, and from this node's own
-    // earlier count (restored from the store after a restart, or evicted from this table).
-    // Asked before taking any lock of ours: the state's observer takes entry locks under its own.
-    cluster::window_counters::split_counts known;
-    if (d.state) known = d.state->counter_split(key, window);
-    if (!replicated) known.others_cur = known.others_prev = 0;
-    e = d.insert_locked(key, now_s, [&](entry& n) {
-      uint64_t k = n.key.load(std::memory_order_relaxed);
-      std::memset(static_cast<void*>(&n), 0, offsetof(entry, lock));
-      n.key.store(k, std::memory_order_relaxed);
-      n.flags = replicated ? replicated_flag : 0;
-      n.window_ms = static_cast<uint32_t>(spec.window_ms);
-      n.window = window;
-      n.remote_cur = clamp32(known.others_cur);
-      n.remote_prev = clamp32(known.others_prev);
-      n.local_cur = known.own_cur;
-      n.local_prev = known.own_prev;
-    });
-  }
+  entry* e = d.acquire(key, spec, window, now_s, replicated);
   limit_decision out;
   out.limit = spec.limit;
   bool newly_dirty = false;
@@ -428,6 +432,8 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
     }
     const u128 after = known + (allowed && commit ? w : 0);
     out.allowed = allowed;
+    out.own_count = en.local_cur;
+    out.window = window;
     out.remaining = after >= cap ? 0 : static_cast<uint64_t>((cap - after) / w);
     if (replicated && commit && allowed && spec.strict) {
       // The owner's admissions are what the next owner starts from: they leave at once.
@@ -472,6 +478,39 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
     }
   }
   return out;
+}
+
+uint64_t rate_limiter::known_total(uint64_t key, const limit_spec& spec, int64_t now_ms,
+                                   uint32_t* window_out) {
+  auto& d = *impl_;
+  const auto at = spec.window_of(now_ms);
+  *window_out = at.index;
+  if (entry* e = d.find_locked(key)) {
+    advance(*e, at.index);
+    uint64_t total = static_cast<uint64_t>(e->local_cur) + e->remote_cur;
+    e->lock.store(0, std::memory_order_release);
+    return total;
+  }
+  if (!d.state) return 0;
+  auto known = d.state->counter_split(key, at.index);
+  return known.own_cur + known.others_cur;
+}
+
+void rate_limiter::raise_total(uint64_t key, const limit_spec& spec, int64_t now_ms,
+                               uint32_t window, uint64_t total) {
+  auto& d = *impl_;
+  const auto at = spec.window_of(now_ms);
+  if (at.index != window) return;  // a window boundary passed meanwhile: nothing to raise
+  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
+  const auto now_s = static_cast<uint16_t>(
+      static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0)) / 1000);
+  entry* e = d.acquire(key, spec, window, now_s, replicated);
+  advance(*e, window);
+  if (e->window == window && total > static_cast<uint64_t>(e->local_cur) + e->remote_cur) {
+    e->remote_cur = clamp32(total - e->local_cur);
+    e->lease_until = 0;
+  }
+  e->lock.store(0, std::memory_order_release);
 }
 
 void rate_limiter::flush() {

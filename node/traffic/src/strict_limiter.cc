@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <tuple>
 
 #include "meridian/cluster/wire.h"
 
@@ -31,17 +32,18 @@ uint64_t score(uint64_t key, uint64_t member) {
   return mix(key ^ member);
 }
 
-int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+// Upper bounds of one entry's encoding (struct and field headers, varints), for filling
+// messages within gossip_node::max_direct_bytes.
+constexpr size_t request_bytes = 34;  // plus the time zone
+constexpr size_t answer_bytes = 30;   // id 5, result 1, remaining 10, reset 5, retry 3, headers
+constexpr size_t count_bytes = 31;    // key 10, window_ms 5, window 5, count 5, headers
+constexpr size_t message_budget = 1100;
 
-// The bytes of one request on the wire, at most (struct and field headers, varints, the zone).
-size_t request_bytes(size_t timezone_size) {
-  return 34 + timezone_size;  // 10 for the key, 5 for the id, 6 field headers...
-}
-constexpr size_t batch_budget = 1100;  // under gossip_node::max_direct_bytes with the envelope
+// Keys taken over are remembered (not asked about again in the same view) up to this many.
+constexpr size_t max_takeovers = 1 << 18;
+
+// The worker slot the owner's decisions count in (rate_limiter's dirty lists).
+constexpr unsigned gossip_worker = 63;
 
 }  // namespace
 
@@ -52,7 +54,7 @@ struct strict_limiter::view {
     bool quorum = false;                                 // live * 2 > total
     std::vector<uint64_t> prev_live;                     // the live set before the last change
     bool prev_quorum = false;
-    int64_t changed_ms = -(int64_t{1} << 40);  // steady ms of that change
+    int64_t changed_ms = 0;  // steady ms of that change
 
     // The owner's index in live (scores are compared over the id hashes).
     size_t owner(uint64_t key) const {
@@ -70,22 +72,47 @@ struct strict_limiter::view {
   };
   scope_view global, region;
   uint64_t self_hash = 0;
+  std::vector<std::string> others;  // addresses of the other live members (counts go to them)
 
   const scope_view& of(const limit_spec& spec) const {
     return spec.scope == limit_spec::scope_kind::region ? region : global;
   }
 };
 
-strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, post_fn post)
-    : opt_(std::move(o)), limiter_(limiter), send_(std::move(send)), post_(std::move(post)) {
+// An answer the owner made, and where it goes ("": a request of this node).
+struct strict_limiter::answer_out {
+  std::string to;
+  cluster::strict_answer answer;
+};
+
+// A key being taken over: count queries out to the other members, requests waiting for them.
+struct strict_limiter::takeover {
+  int64_t epoch = 0;  // the view (its changed_ms) the key is taken over in
+  bool done = false;
+  uint32_t window = 0;
+  size_t waiting = 0;  // count queries not answered yet
+  uint64_t max_total = 0;
+  limit_spec spec;
+  std::vector<owner_request> parked;
+};
+
+strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, post_fn post,
+                               counts_fn counts)
+    : opt_(std::move(o)),
+      limiter_(limiter),
+      send_(std::move(send)),
+      post_(std::move(post)),
+      counts_(std::move(counts)) {
+  // Until the first view arrives this node knows of nobody, and may have been gone a while (a
+  // restart): a view that begins now, so keys are taken over before they are decided.
   auto v = std::make_shared<view>();
   v->self_hash = hash_id(opt_.self_id);
+  const int64_t now = steady_now();
   for (auto* s : {&v->global, &v->region}) {
     s->live = {{v->self_hash, std::string()}};
     s->total = 1;
     s->quorum = true;
-    s->prev_live = {v->self_hash};
-    s->prev_quorum = true;
+    s->changed_ms = now;
   }
   view_ = std::move(v);
 }
@@ -96,6 +123,13 @@ int64_t strict_limiter::steady_now() const {
   if (opt_.steady_ms) return opt_.steady_ms();
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t strict_limiter::unix_now() const {
+  if (opt_.unix_ms) return opt_.unix_ms();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -114,7 +148,8 @@ void strict_limiter::set_members(std::vector<member_view> members) {
     for (const auto& m : members) {
       if (region_only && m.region != opt_.region) continue;
       ++s.total;
-      if (m.alive || m.id == opt_.self_id) s.live.emplace_back(hash_id(m.id), m.address);
+      if (m.alive || m.id == opt_.self_id)
+        s.live.emplace_back(hash_id(m.id), m.id == opt_.self_id ? std::string() : m.address);
     }
     if (s.total == 0) {  // a view without this node (not joined yet): this node alone
       s.live = {{next->self_hash, std::string()}};
@@ -131,6 +166,9 @@ void strict_limiter::set_members(std::vector<member_view> members) {
   };
   rebuild(next->global, false);
   rebuild(next->region, true);
+  next->others.clear();
+  for (const auto& [h, address] : next->global.live)
+    if (h != next->self_hash) next->others.push_back(address);
   for (auto [n, o] : {std::pair{&next->global, &view_->global}, {&next->region, &view_->region}}) {
     if (!changed(*n, *o)) continue;
     n->prev_live.clear();
@@ -159,7 +197,7 @@ void strict_limiter::tick() {
 
 strict_limiter::location strict_limiter::locate(uint64_t key, const limit_spec& spec) const {
   location out;
-  if (spec.scope == limit_spec::scope_kind::local || !send_) {
+  if (spec.scope == limit_spec::scope_kind::local) {
     out.kind = location::here;
     return out;
   }
@@ -184,27 +222,12 @@ strict_limiter::location strict_limiter::locate(uint64_t key, const limit_spec& 
   return out;
 }
 
-strict_limiter::outcome strict_limiter::decide_here(uint64_t key, const limit_spec& spec,
-                                                    int64_t now_ms, unsigned worker) {
-  outcome out;
-  if (spec.scope != limit_spec::scope_kind::local && send_) {
-    auto v = current();
-    const auto& s = v->of(spec);
-    if (!s.quorum || s.live[s.owner(key)].first != v->self_hash) return out;
-    // Newly this node's: the previous owner's last admissions may still be on their way.
-    if (steady_now() < s.changed_ms + opt_.handover_ms &&
-        (!s.prev_quorum || s.previous_owner(key) != v->self_hash)) {
-      return out;
-    }
-  }
-  out.decided = true;
-  out.decision = limiter_.check(key, spec, now_ms, true, worker);
-  counters_.decided_here.fetch_add(1, std::memory_order_relaxed);
-  return out;
-}
-
-void strict_limiter::ask(const std::string& address, uint64_t key, const limit_spec& spec,
+void strict_limiter::ask(const location& where, uint64_t key, const limit_spec& spec,
                          done_fn done) {
+  if (where.kind == location::none) {
+    done(outcome{});
+    return;
+  }
   queued q;
   q.key = key;
   q.limit = spec.limit;
@@ -214,33 +237,43 @@ void strict_limiter::ask(const std::string& address, uint64_t key, const limit_s
       (spec.scope == limit_spec::scope_kind::region ? cluster::strict_flag_region : 0) |
       (spec.calendar ? cluster::strict_flag_month : 0));
   if (spec.calendar) q.timezone = spec.timezone;
-  const int64_t deadline = steady_now() + static_cast<int64_t>(spec.strict_timeout_ms);
+  pending p{std::move(done), steady_now() + static_cast<int64_t>(spec.strict_timeout_ms),
+            spec.limit};
+  const std::string address = where.kind == location::here ? std::string() : where.address;
+  if (enqueue(address, std::move(q), std::move(p)) && !address.empty())
+    counters_.asked.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Queues q for address ("": decided here) with p waiting for its answer; returns false when too
+// many are waiting (p.done then ran, with no decision).
+bool strict_limiter::enqueue(const std::string& address, queued q, pending p) {
   std::vector<queued> now_batch;
   bool post_flush = false, post_sweep = false;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     if (pending_.size() >= opt_.max_pending) {
+      lock.unlock();
       counters_.timed_out.fetch_add(1, std::memory_order_relaxed);
-      done(outcome{});
-      return;
+      p.done(outcome{});
+      return false;
     }
     q.id = next_id_++;
     if (q.id == 0) q.id = next_id_++;
-    pending_[q.id] = pending{std::move(done), deadline, spec.limit};
-    deadlines_.emplace(deadline, q.id);
+    deadlines_.emplace(p.deadline, q.id);
+    pending_.emplace(q.id, std::move(p));
     auto& queue = queued_[address];
     queue.push_back(std::move(q));
-    if (queue.size() >= opt_.max_batch) {
+    if (!address.empty() && queue.size() >= opt_.max_batch) {
       now_batch.swap(queue);
     } else if (!flush_posted_) {
       flush_posted_ = post_flush = true;
     }
     if (!sweep_posted_) sweep_posted_ = post_sweep = true;
   }
-  counters_.asked.fetch_add(1, std::memory_order_relaxed);
   if (!now_batch.empty()) send_requests(address, std::move(now_batch));
   if (post_flush) post_([this] { flush(); }, {});
   if (post_sweep) post_([this] { sweep(); }, std::chrono::milliseconds(5));
+  return true;
 }
 
 void strict_limiter::flush() {
@@ -250,8 +283,17 @@ void strict_limiter::flush() {
     batches.swap(queued_);
     flush_posted_ = false;
   }
-  for (auto& [address, requests] : batches)
-    if (!requests.empty()) send_requests(address, std::move(requests));
+  for (auto& [address, requests] : batches) {
+    if (requests.empty()) continue;
+    if (!address.empty()) {
+      send_requests(address, std::move(requests));
+      continue;
+    }
+    std::vector<owner_request> here;
+    here.reserve(requests.size());
+    for (auto& q : requests) here.push_back({q.id, q.key, spec_of(q), std::string()});
+    decide_batch(std::move(here));
+  }
 }
 
 void strict_limiter::send_requests(const std::string& address, std::vector<queued> requests) {
@@ -265,8 +307,8 @@ void strict_limiter::send_requests(const std::string& address, std::vector<queue
     bytes = 0;
   };
   for (auto& q : requests) {
-    const size_t n = request_bytes(q.timezone.size());
-    if (b.requests.size() >= opt_.max_batch || bytes + n > batch_budget) send_batch();
+    const size_t n = request_bytes + q.timezone.size();
+    if (b.requests.size() >= opt_.max_batch || bytes + n > message_budget) send_batch();
     b.requests.push_back({.id = q.id,
                           .key = q.key,
                           .limit = q.limit,
@@ -300,86 +342,271 @@ void strict_limiter::sweep() {
   for (auto& done : expired) done(outcome{});
 }
 
-void strict_limiter::on_message(const std::string& from_address, std::string_view message) {
+limit_spec strict_limiter::spec_of(const queued& r) {
+  limit_spec spec;
+  spec.strict = true;
+  spec.limit = r.limit;
+  spec.window_ms = std::max<uint64_t>(r.window_ms, 1);
+  spec.sliding = r.flags & cluster::strict_flag_sliding;
+  spec.scope = (r.flags & cluster::strict_flag_region) ? limit_spec::scope_kind::region
+                                                       : limit_spec::scope_kind::global;
+  if (r.flags & cluster::strict_flag_month) {
+    auto& cal = zones_[r.timezone];
+    if (!cal) {
+      std::string error;
+      cal = month_calendar::make(r.timezone, &error);
+      if (!cal) cal = month_calendar::make("UTC", &error);
+    }
+    spec.calendar = cal;
+    spec.timezone = r.timezone;
+    if (zones_.size() > 256) zones_.clear();  // bounded: names come from peers
+  }
+  return spec;
+}
+
+// Whether the owner must first ask the others what they know of r's key (and r waits: parked
+// in the key's takeover). Gossip thread.
+bool strict_limiter::taking_over(const owner_request& r, const view& v, int64_t now_ms,
+                                 int64_t steady) {
+  const auto& s = v.of(r.spec);
+  if (s.live.size() < 2) return false;                          // nobody else could have decided it
+  const int64_t view_began = now_ms - (steady - s.changed_ms);  // in Unix ms
+  const auto at = r.spec.window_of(now_ms);
+  auto& slot = takeovers_[r.key];
+  if (!slot) {
+    // The view is older than the key's window: nobody else owned the key in it.
+    if (view_began < at.start_ms) {
+      takeovers_.erase(r.key);
+      return false;
+    }
+    slot = std::make_unique<takeover>();
+  } else if (slot->epoch == s.changed_ms) {
+    if (slot->done && slot->window == at.index) return false;
+    if (!slot->done) {
+      slot->parked.push_back(r);
+      return true;
+    }
+  } else if (view_began < at.start_ms) {
+    takeovers_.erase(r.key);
+    return false;
+  }
+  // Ask every other live member of the scope; decide when all have answered (or timed out).
+  auto& t = *slot;
+  t = takeover{};
+  t.epoch = s.changed_ms;
+  t.window = at.index;
+  t.spec = r.spec;
+  t.parked.push_back(r);
+  counters_.takeovers.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t key = r.key;
+  const int64_t epoch = t.epoch;
+  limit_spec query = r.spec;
+  query.strict_timeout_ms = std::max<uint64_t>(r.spec.strict_timeout_ms / 2, 1);
+  std::vector<std::string> targets;
+  for (const auto& [h, address] : s.live)
+    if (h != v.self_hash) targets.push_back(address);
+  t.waiting = targets.size();
+  for (const auto& address : targets) {
+    queued q;
+    q.key = key;
+    q.limit = query.limit;
+    q.window_ms = query.window_ms;
+    q.flags = static_cast<uint8_t>(
+        cluster::strict_flag_count | (query.sliding ? cluster::strict_flag_sliding : 0) |
+        (query.scope == limit_spec::scope_kind::region ? cluster::strict_flag_region : 0) |
+        (query.calendar ? cluster::strict_flag_month : 0));
+    if (query.calendar) q.timezone = query.timezone;
+    pending p;
+    p.deadline = steady + static_cast<int64_t>(query.strict_timeout_ms);
+    p.done = [this, key, epoch](const outcome& o) {
+      auto it = takeovers_.find(key);
+      if (it == takeovers_.end() || it->second->epoch != epoch || it->second->done) return;
+      auto& t = *it->second;
+      if (o.decided && o.decision.window == t.window)
+        t.max_total = std::max(t.max_total, o.decision.own_count);
+      if (t.waiting > 0 && --t.waiting > 0) return;
+      t.done = true;
+      limiter_.raise_total(key, t.spec, unix_now(), t.window, t.max_total);
+      auto parked = std::move(t.parked);
+      t.parked.clear();
+      decide_batch(std::move(parked));
+    };
+    enqueue(address, std::move(q), std::move(p));
+  }
+  if (takeovers_.size() > max_takeovers) {
+    for (auto it = takeovers_.begin(); it != takeovers_.end();)
+      it = it->second->done ? takeovers_.erase(it) : std::next(it);
+  }
+  return true;
+}
+
+void strict_limiter::decide_batch(std::vector<owner_request> requests) {
+  const int64_t now_ms = unix_now();
+  const int64_t steady = steady_now();
+  const int64_t last = last_tick_.load(std::memory_order_relaxed);
+  const bool stalled = last != 0 && steady - last > opt_.stall_ms;
+  auto v = current();
+  std::vector<answer_out> answers;
+  answers.reserve(requests.size());
+  std::vector<cluster::strict_count> counts;
+  for (auto& r : requests) {
+    cluster::strict_answer a;
+    a.id = r.id;
+    const auto& s = v->of(r.spec);
+    const bool mine = r.spec.scope == limit_spec::scope_kind::local ||
+                      (!stalled && s.quorum && s.live[s.owner(r.key)].first == v->self_hash);
+    if (!mine) {
+      a.result = cluster::strict_result::not_owner;
+    } else if (r.spec.scope != limit_spec::scope_kind::local &&
+               steady < s.changed_ms + opt_.handover_ms &&
+               (!s.prev_quorum || s.previous_owner(r.key) != v->self_hash)) {
+      // Newly this node's: the previous owner may still be deciding it.
+      a.result = cluster::strict_result::handing_over;
+    } else if (r.spec.scope != limit_spec::scope_kind::local &&
+               taking_over(r, *v, now_ms, steady)) {
+      continue;  // answered once the others have said what they know
+    } else {
+      const auto d = limiter_.check(r.key, r.spec, now_ms, true, gossip_worker);
+      counters_.decided_here.fetch_add(1, std::memory_order_relaxed);
+      if (!r.reply_to.empty()) counters_.decided_for_others.fetch_add(1, std::memory_order_relaxed);
+      a.result = d.allowed ? cluster::strict_result::admitted : cluster::strict_result::refused;
+      a.remaining = d.remaining;
+      a.reset_ms = d.reset_s * 1000;
+      a.retry_after_ms = d.retry_after_s * 1000;
+      if (d.allowed && r.spec.scope != limit_spec::scope_kind::local) {
+        counts.push_back(
+            {.key = r.key,
+             .window_ms = static_cast<uint32_t>(r.spec.window_ms),
+             .window = d.window,
+             .count = static_cast<uint32_t>(std::min<uint64_t>(d.own_count, UINT32_MAX))});
+      }
+    }
+    answers.push_back({std::move(r.reply_to), a});
+  }
+  // The counts go to every other live member before any admission goes on: in the datagram
+  // that carries a member's answers, or in one of their own.
+  std::map<std::string, std::vector<cluster::strict_answer>> by_member;
+  std::vector<answer_out> here;
+  for (auto& a : answers) {
+    if (a.to.empty()) {
+      here.push_back(std::move(a));
+    } else {
+      by_member[a.to].push_back(a.answer);
+    }
+  }
+  if (!counts.empty()) {
+    // One count per key and window: the last (the largest) of those this batch admitted.
+    std::stable_sort(counts.begin(), counts.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.key, a.window) < std::tie(b.key, b.window);
+    });
+    size_t kept = 0;
+    for (size_t i = 0; i < counts.size(); ++i) {
+      if (kept > 0 && counts[kept - 1].key == counts[i].key &&
+          counts[kept - 1].window == counts[i].window) {
+        counts[kept - 1].count = std::max(counts[kept - 1].count, counts[i].count);
+      } else {
+        counts[kept++] = counts[i];
+      }
+    }
+    counts.resize(kept);
+    for (const auto& address : v->others) by_member[address];
+  }
+  for (auto& [address, list] : by_member) {
+    size_t next_answer = 0, next_count = 0;
+    do {
+      cluster::strict_batch b;
+      size_t bytes = 0;
+      while (next_count < counts.size() && bytes + count_bytes <= message_budget) {
+        b.counts.push_back(counts[next_count++]);
+        bytes += count_bytes;
+      }
+      while (next_answer < list.size() && bytes + answer_bytes <= message_budget) {
+        b.answers.push_back(list[next_answer++]);
+        bytes += answer_bytes;
+      }
+      counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
+      send_(address, cluster::encode(b));
+    } while (next_answer < list.size() || next_count < counts.size());
+  }
+  if (!here.empty()) complete(here);
+}
+
+void strict_limiter::complete(const std::vector<answer_out>& answers) {
+  std::vector<std::pair<done_fn, outcome>> ready;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& out : answers) {
+      const auto& a = out.answer;
+      auto it = pending_.find(a.id);
+      if (it == pending_.end()) continue;  // timed out already, or not ours
+      outcome o;
+      if (a.result == cluster::strict_result::admitted ||
+          a.result == cluster::strict_result::refused) {
+        o.decided = true;
+        o.decision.allowed = a.result == cluster::strict_result::admitted;
+        o.decision.limit = it->second.limit;
+        o.decision.remaining = a.remaining;
+        o.decision.reset_s = (a.reset_ms + 999) / 1000;
+        o.decision.retry_after_s = (a.retry_after_ms + 999) / 1000;
+      } else if (a.result == cluster::strict_result::counted) {
+        o.decided = true;  // a count query's answer: the count and its window
+        o.decision.own_count = a.count;
+        o.decision.window = a.window;
+      }
+      ready.emplace_back(std::move(it->second.done), o);
+      pending_.erase(it);
+    }
+  }
+  for (auto& [done, o] : ready) {
+    (o.decided ? counters_.answered : counters_.not_owner).fetch_add(1, std::memory_order_relaxed);
+    done(o);
+  }
+}
+
+void strict_limiter::on_message(const std::string& from_id, const std::string& from_address,
+                                std::string_view message) {
   cluster::strict_batch in;
   if (cluster::decode(message, &in) != cluster::wire_error::none) {
     counters_.malformed.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  // Counts first: an owner's answers must find its counts already merged.
+  if (!in.counts.empty() && counts_) {
+    std::vector<owner_count> counts;
+    counts.reserve(in.counts.size());
+    for (const auto& c : in.counts) counts.push_back({c.key, c.window_ms, c.window, c.count});
+    counts_(from_id, std::move(counts));
+  }
   if (!in.requests.empty()) {
-    // Decide as the owner. The asker's view put this node first; this node's own view decides
-    // (not_owner when it differs, and during a handover).
-    const int64_t now_ms = opt_.unix_ms ? opt_.unix_ms() : unix_now_ms();
-    cluster::strict_batch out;
-    out.answers.reserve(in.requests.size());
-    for (auto& r : in.requests) {
-      limit_spec spec;
-      spec.strict = true;
-      spec.limit = r.limit;
-      spec.window_ms = std::max<uint64_t>(r.window_ms, 1);
-      spec.sliding = r.flags & cluster::strict_flag_sliding;
-      spec.scope = (r.flags & cluster::strict_flag_region) ? limit_spec::scope_kind::region
-                                                           : limit_spec::scope_kind::global;
-      if (r.flags & cluster::strict_flag_month) {
-        std::lock_guard lock(zones_mu_);
-        auto& cal = zones_[r.timezone];
-        if (!cal) {
-          std::string error;
-          cal = month_calendar::make(r.timezone, &error);
-          if (!cal) cal = month_calendar::make("UTC", &error);
-        }
-        if (zones_.size() > 256) zones_.erase(zones_.begin());  // bounded: names come from peers
-        spec.calendar = cal;
-        spec.timezone = r.timezone;
+    std::vector<owner_request> decide;
+    std::vector<cluster::strict_answer> counted;
+    const int64_t now_ms = unix_now();
+    for (const auto& r : in.requests) {
+      queued q{r.id, r.key, r.limit, r.window_ms, r.flags, r.timezone};
+      if (r.flags & cluster::strict_flag_count) {
+        // A member taking the key over asks what this node knows of its count.
+        cluster::strict_answer a;
+        a.id = r.id;
+        a.result = cluster::strict_result::counted;
+        a.count = limiter_.known_total(r.key, spec_of(q), now_ms, &a.window);
+        counted.push_back(a);
+      } else {
+        decide.push_back({r.id, r.key, spec_of(q), from_address});
       }
-      auto& a = out.answers.emplace_back();
-      a.id = r.id;
-      auto where = locate(r.key, spec);
-      if (where.kind != location::here) {
-        a.result = cluster::strict_result::not_owner;
-        continue;
-      }
-      auto o = decide_here(r.key, spec, now_ms, 0);
-      if (!o.decided) {
-        a.result = cluster::strict_result::handing_over;
-        continue;
-      }
-      counters_.decided_for_others.fetch_add(1, std::memory_order_relaxed);
-      a.result =
-          o.decision.allowed ? cluster::strict_result::admitted : cluster::strict_result::refused;
-      a.remaining = o.decision.remaining;
-      a.reset_ms = o.decision.reset_s * 1000;
-      a.retry_after_ms = o.decision.retry_after_s * 1000;
     }
-    counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
-    send_(from_address, cluster::encode(out));
+    if (!counted.empty()) {
+      cluster::strict_batch out;
+      out.answers = std::move(counted);
+      counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
+      send_(from_address, cluster::encode(out));
+    }
+    if (!decide.empty()) decide_batch(std::move(decide));
   }
   if (!in.answers.empty()) {
-    std::vector<std::pair<done_fn, outcome>> ready;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& a : in.answers) {
-        auto it = pending_.find(a.id);
-        if (it == pending_.end()) continue;  // timed out already, or not ours
-        outcome o;
-        if (a.result == cluster::strict_result::admitted ||
-            a.result == cluster::strict_result::refused) {
-          o.decided = true;
-          o.decision.allowed = a.result == cluster::strict_result::admitted;
-          o.decision.limit = it->second.limit;
-          o.decision.remaining = a.remaining;
-          o.decision.reset_s = (a.reset_ms + 999) / 1000;
-          o.decision.retry_after_s = (a.retry_after_ms + 999) / 1000;
-        }
-        ready.emplace_back(std::move(it->second.done), o);
-        pending_.erase(it);
-      }
-    }
-    for (auto& [done, o] : ready) {
-      (o.decided ? counters_.answered : counters_.not_owner)
-          .fetch_add(1, std::memory_order_relaxed);
-      done(o);
-    }
+    std::vector<answer_out> answers;
+    answers.reserve(in.answers.size());
+    for (const auto& a : in.answers) answers.push_back({std::string(), a});
+    complete(answers);
   }
 }
 
@@ -399,10 +626,11 @@ std::string strict_limiter::metrics_text() const {
   line("timed_out", c.timed_out);
   line("not_owner", c.not_owner);
   line("no_quorum", c.no_quorum);
+  line("takeovers", c.takeovers);
   line("malformed", c.malformed);
   out +=
-      "# HELP meridian_ratelimit_strict_messages_total Strict rate-limit batches sent (asks and "
-      "answers).\n# TYPE meridian_ratelimit_strict_messages_total counter\n"
+      "# HELP meridian_ratelimit_strict_messages_total Strict rate-limit messages sent (asks, "
+      "answers, counts).\n# TYPE meridian_ratelimit_strict_messages_total counter\n"
       "meridian_ratelimit_strict_messages_total " +
       std::to_string(c.messages_out.load(std::memory_order_relaxed)) + "\n";
   return out;

@@ -606,23 +606,48 @@ TEST(wire, strict_batch_round_trips_u64_keys_time_zones_and_every_result) {
                         .window_ms = 1,
                         .flags = strict_flag_month | strict_flag_region,
                         .timezone = "Europe/Paris"});
-  for (uint8_t r = 0; r <= 3; ++r)
+  for (uint8_t r = 0; r <= 4; ++r)
     b.answers.push_back({.id = r,
                          .result = static_cast<strict_result>(r),
                          .remaining = r,
                          .reset_ms = 1000u * r,
-                         .retry_after_ms = 7});
+                         .retry_after_ms = 7,
+                         .count = r == 4 ? 12345678901ull : 0,
+                         .window = r == 4 ? 0xfffffff0u : 0});
+  b.counts.push_back({.key = ~0ull, .window_ms = 0xffffffffu, .window = 7, .count = 0x80000000u});
   strict_batch back;
   ASSERT_EQ(decode(encode(b), &back), wire_error::none);
   EXPECT_EQ(back, b);
 }
 
 TEST(wire, strict_answer_with_an_unknown_result_is_malformed) {
-  // The golden batch with the answer's result byte (13 00) set to 4.
+  // An answer (field 3) with id 5 and result 5.
   strict_batch back;
-  EXPECT_EQ(decode(unhex("1402291c150a13040000"), &back), wire_error::malformed);
+  EXPECT_EQ(decode(unhex("1402291c150a13050000"), &back), wire_error::malformed);
   EXPECT_EQ(decode(unhex("1402291c150a13ff0000"), &back), wire_error::malformed);
-  EXPECT_EQ(decode(unhex("1402291c150a13030000"), &back), wire_error::none);
+  EXPECT_EQ(decode(unhex("1402291c150a13040000"), &back), wire_error::none);
+}
+
+TEST(wire, strict_counts_encode_as_field_4_of_strict_batch_and_count_answers_carry_6_and_7) {
+  // 39 (field 4 = 1 + 3, list) 1c (1 struct) 16 02 (key 1) 15 a0 9c 01 (window_ms 10000)
+  // 15 06 (window 3) 15 0a (count 5) 00, 00.
+  strict_batch b;
+  b.counts.push_back({.key = 1, .window_ms = 10000, .window = 3, .count = 5});
+  EXPECT_EQ(hex(encode(b)), "1402391c160215a09c011506150a0000");
+  // A counted answer: ... 13 04 (result 4: an i8 is a plain byte) 16 00 16 00 16 00 16 f4 03 (count
+  // 250) 15 0e (window 7) 00.
+  strict_batch a;
+  a.answers.push_back({.id = 1,
+                       .result = strict_result::counted,
+                       .remaining = 0,
+                       .reset_ms = 0,
+                       .retry_after_ms = 0,
+                       .count = 250,
+                       .window = 7});
+  EXPECT_EQ(hex(encode(a)), "1402291c1502130416001600160016f403150e0000");
+  strict_batch back;
+  ASSERT_EQ(decode(unhex("1402291c1502130416001600160016f403150e0000"), &back), wire_error::none);
+  EXPECT_EQ(back, a);
 }
 
 }  // namespace

@@ -123,9 +123,16 @@ struct strict_request {
   std::string timezone;  // calendar months only
   bool operator==(const strict_request&) const = default;
 };
-inline constexpr uint8_t strict_flag_sliding = 1, strict_flag_region = 2, strict_flag_month = 4;
+inline constexpr uint8_t strict_flag_sliding = 1, strict_flag_region = 2, strict_flag_month = 4,
+                         strict_flag_count = 8;
 
-enum class strict_result : uint8_t { admitted = 0, refused = 1, not_owner = 2, handing_over = 3 };
+enum class strict_result : uint8_t {
+  admitted = 0,
+  refused = 1,
+  not_owner = 2,
+  handing_over = 3,
+  counted = 4,  // the answer to a count query: count and window are set
+};
 
 struct strict_answer {
   uint32_t id = 0;
@@ -133,13 +140,25 @@ struct strict_answer {
   uint64_t remaining = 0;
   uint64_t reset_ms = 0;
   uint64_t retry_after_ms = 0;
+  uint64_t count = 0;   // counted only
+  uint32_t window = 0;  // counted only
   bool operator==(const strict_answer&) const = default;
+};
+
+// An owner's slot of the window counters for a key, after it admitted.
+struct strict_count {
+  uint64_t key = 0;
+  uint32_t window_ms = 0;
+  uint32_t window = 0;
+  uint32_t count = 0;
+  bool operator==(const strict_count&) const = default;
 };
 
 struct strict_batch {
   uint16_t version = protocol_version;
   std::vector<strict_request> requests;
   std::vector<strict_answer> answers;
+  std::vector<strict_count> counts;
   bool operator==(const strict_batch&) const = default;
 };
 

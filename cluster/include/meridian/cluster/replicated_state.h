@@ -172,6 +172,10 @@ class replicated_state final : public gossip_application {
   void expedite() override;
   std::vector<std::string> take_deltas(millis now) { return take_deltas(now, SIZE_MAX); }
   void on_payload(const std::string& from, const std::string& payload) override;
+  // Merges slot values of origin's window counters that came outside the gossip (a strict rate
+  // limit's owner sends its counts to every member before an admission goes on): the same as a
+  // delta from origin carrying them. Ignores this node's own slot.
+  void merge_counts(const std::string& origin, const std::vector<counter_update>& updates);
   std::string sync_request() override;
   std::string on_sync_request(const std::string& from, const std::string& app_state) override;
   bool on_sync_reply(const std::string& from, const std::string& app_state) override;

@@ -126,7 +126,8 @@ verdict finish_strict(exchange& ex, strict_wait& w) {
 
 // Applies the route's rate limits. Answers next (admitted), respond (refused: a 429 prepared) or
 // pause: strict limits whose owners are asked (the exchange comes back through the owners'
-// answers), or a max_delay limit holding an admitted request (*delay_ms).
+// answers, this node's own gossip thread for the keys it owns), or a max_delay limit holding an
+// admitted request (*delay_ms).
 verdict check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) {
   auto& limiter = *ctx.snap.limiter;
   const int64_t now = unix_now_ms();
@@ -167,35 +168,34 @@ verdict check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) 
     return finish(ex, o) ? verdict::next : verdict::respond;
   }
 
-  // The strict limits: decided here for keys this node owns, else by their owners. A strict
-  // limit counts only after the eventual ones admitted (a request they refused counts nowhere),
-  // but the strict ones count independently of each other (each owner decides alone).
+  // The strict limits: decided by their keys' owners (this node's gossip thread for keys it
+  // owns), or by on_partition when there is none. A strict limit counts only after the eventual
+  // ones admitted (a request they refused counts nowhere), but the strict ones count
+  // independently of each other (each owner decides alone).
   auto* owners = limiter.strict();
   std::shared_ptr<strict_wait> wait;
-  std::vector<std::pair<size_t, std::string>> remote;  // (item, owner address)
+  std::vector<std::pair<size_t, strict_limiter::location>> asks;  // (item, where)
   for (size_t i = 0; i < n && o.allowed; ++i) {
     if (!limits[i].strict) continue;
-    auto where = owners ? owners->locate(keys[i], limits[i])
-                        : strict_limiter::location{strict_limiter::location::here, {}};
-    if (where.kind == strict_limiter::location::remote && ctx.snap_owner) {
-      if (!wait) wait = std::make_shared<strict_wait>();
-      remote.emplace_back(wait->items.size(), std::move(where.address));
-      auto& it = wait->items.emplace_back();
-      it.index = i;
-      it.key = keys[i];
-      it.value.assign(key_value(ex, limits[i]));
+    if (!owners) {  // a node without a cluster owns every key
+      auto d = limiter.check(keys[i], limits[i], now, true, ctx.worker);
+      o.add(i, d);
+      note_key(*ex.route, i, keys[i], key_value(ex, limits[i]), !d.allowed, now);
       continue;
     }
-    strict_limiter::outcome here;
-    if (where.kind == strict_limiter::location::here) {
-      here = owners ? owners->decide_here(keys[i], limits[i], now, ctx.worker)
-                    : strict_limiter::outcome{
-                          true, limiter.check(keys[i], limits[i], now, true, ctx.worker)};
+    auto where = owners->locate(keys[i], limits[i]);
+    if (where.kind == strict_limiter::location::none || !ctx.snap_owner) {
+      auto d = limiter.check_without_owner(keys[i], limits[i], now, ctx.worker);
+      o.add(i, d);
+      note_key(*ex.route, i, keys[i], key_value(ex, limits[i]), !d.allowed, now);
+      continue;
     }
-    auto d = here.decided ? here.decision
-                          : limiter.check_without_owner(keys[i], limits[i], now, ctx.worker);
-    o.add(i, d);
-    note_key(*ex.route, i, keys[i], key_value(ex, limits[i]), !d.allowed, now);
+    if (!wait) wait = std::make_shared<strict_wait>();
+    asks.emplace_back(wait->items.size(), std::move(where));
+    auto& it = wait->items.emplace_back();
+    it.index = i;
+    it.key = keys[i];
+    it.value.assign(key_value(ex, limits[i]));
   }
   if (!wait || !o.allowed) return finish(ex, o) ? verdict::next : verdict::respond;
 
@@ -212,9 +212,9 @@ verdict check_rate_limits(exchange& ex, stage_context& ctx, uint64_t* delay_ms) 
   wait->worker = ctx.worker;
   wait->left.store(wait->items.size(), std::memory_order_relaxed);
   wait->handle = ctx.pause.suspend(ctx.now + static_cast<int64_t>(longest) + 2000);
-  for (auto& [item, address] : remote) {
+  for (auto& [item, where] : asks) {
     const auto& it = wait->items[item];
-    owners->ask(address, it.key, limits[it.index],
+    owners->ask(where, it.key, limits[it.index],
                 [wait, item = item](const strict_limiter::outcome& answer) {
                   wait->items[item].answer = answer;
                   if (wait->left.fetch_sub(1, std::memory_order_acq_rel) != 1) return;

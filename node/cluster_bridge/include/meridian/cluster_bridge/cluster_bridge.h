@@ -48,10 +48,11 @@ class cluster_bridge {
   std::vector<cluster::member> members() const;
   const std::string& self_id() const;
   // Direct messages between members (strict rate limits: gossip_node::send_direct), sealed like
-  // all gossip. The handler runs on the gossip thread with the sender's gossip address.
+  // all gossip. The handler runs on the gossip thread with the sender's id and gossip address.
   void send_direct(const std::string& address, std::string message);
-  void set_direct_handler(
-      std::function<void(const std::string& from_address, std::string message)> handler);
+  void set_direct_handler(std::function<void(const std::string& from_id,
+                                             const std::string& from_address, std::string message)>
+                              handler);
   // Runs job on the gossip thread after `after`.
   void post(std::function<void()> job, std::chrono::microseconds after);
   // Called about once a second with (members, unreachable members) of the cluster and of this

@@ -95,6 +95,8 @@ struct limit_decision {
   uint64_t reset_s = 0;        // seconds until the current window ends
   uint64_t retry_after_s = 0;  // when rejected
   uint64_t delay_ms = 0;       // when admitted on condition of waiting this long (max_delay)
+  uint64_t own_count = 0;      // this node's admissions of the key in `window`, after this one
+  uint32_t window = 0;         // the window number decided in
 };
 
 // The keys a node saw most on one route's limits: candidates for GET /ratelimits/{route}'s top
@@ -170,6 +172,14 @@ class rate_limiter {
   // limit; 1/N of it when every member looks reachable). Admissions are counted here.
   limit_decision check_without_owner(uint64_t key, const limit_spec& spec, int64_t now_ms,
                                      unsigned worker = 0);
+
+  // Returns what this node knows of the key's count in the window holding now (its own and the
+  // others'), and sets *window to that window's number.
+  uint64_t known_total(uint64_t key, const limit_spec& spec, int64_t now_ms, uint32_t* window);
+  // Raises what this node knows of the key's count in `window` to at least total (the others'
+  // part grows; this node's own count is exact). Nothing when now is no longer in that window.
+  void raise_total(uint64_t key, const limit_spec& spec, int64_t now_ms, uint32_t window,
+                   uint64_t total);
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();

@@ -3,24 +3,34 @@
 //
 // Every key of a strict limit has one owner: the member of the limit's scope (all members, or
 // the node's region) with the highest rendezvous score for the key among the live ones. The
-// owner decides with its own table (rate_limiter::check on a strict spec: no leases) and is final;
-// its admissions count in its slot of the replicated counters, so whoever owns a key next starts
-// from them. Any other node asks the owner (ask): requests for the same owner wait for the
-// gossip thread, which sends whatever has gathered meanwhile as one message (at most max_batch
-// requests; the window is the time the thread takes to get to it: nothing under light load, tens
-// of microseconds under heavy load), sealed like every gossip packet (gossip_node::send_direct).
+// owner decides, on its gossip thread, every request for the key — its own nodes' too — with its
+// own table (rate_limiter::check on a strict spec: no leases), and its decision is final. Its
+// admissions count in its slot of the replicated window counters, and before any admission goes
+// on (before the answer leaves, or a local request resumes) the owner sends its new counts to
+// every live member, in the same datagram as the answers where it has answers for that member.
+// So a member that takes the key over next already holds them.
+//
+// Asking: other nodes queue requests per owner; the first request into an empty queue posts a
+// flush to the gossip thread, which sends whatever gathered meanwhile as one message (at most
+// max_batch requests: nothing under light load, tens of microseconds of requests under heavy
+// load), sealed like every gossip packet (gossip_node::send_direct).
+//
+// Taking a key over: a node deciding a key for the first time in a view of the cluster that
+// began after the key's current window did (a member joined, left, died, came back, or this node
+// stood still) first asks every other live member what it knows of the key's count in that
+// window, and starts from the largest answer (requests wait for it, up to half the limit's
+// strict_timeout). Right after a view change a key that moved to this node is not decided at all
+// for `handover_ms`, while the previous owner may not have noticed the change yet.
 //
 // No decision (the caller applies the limit's on_partition) when
 //   * this node sees no majority of the scope's members alive (a partition's minority side, or a
-//     node whose process stood still: see tick) — so two sides of a partition never both decide;
+//     process that stood still: see tick) — so two sides of a partition never both decide;
 //   * the owner does not answer within the limit's strict_timeout;
-//   * the owner answers that it is not the owner (the two views differ for a moment) or that it is
-//     taking the key over: a node that becomes a key's owner (a member joined, left, died or came
-//     back) waits `handover_ms` before deciding it, so that the previous owner's admissions
-//     (flushed at once: the urgent gossip round) have reached it.
+//   * the owner answers that it is not the owner (views differ for a moment) or that it is in the
+//     hand-over period.
 //
-// Thread-safety: locate, decide_here and ask from any worker; on_message, tick and the jobs
-// handed to `post` on the host's gossip thread; set_members from any thread.
+// Thread-safety: locate and ask from any thread; on_message, tick and the jobs handed to `post`
+// on the host's gossip thread (the owner's side runs only there); set_members from any thread.
 
 #include <atomic>
 #include <chrono>
@@ -50,19 +60,28 @@ class strict_limiter {
   struct options {
     std::string self_id;
     std::string region;
-    int64_t handover_ms = 1000;    // a new owner waits this long before deciding a key
+    int64_t handover_ms = 1000;    // a key that moved here is not decided this long
     size_t max_batch = 32;         // requests per message (within gossip_node::max_direct_bytes)
-    size_t max_pending = 1 << 16;  // asks in flight; beyond, asks fail at once (on_partition)
+    size_t max_pending = 1 << 16;  // asks in flight; beyond, asks get no decision at once
     // The process stood still (SIGSTOP, a stalled host) when ticks are this far apart: its view
-    // is old, so it decides nothing until ticks resume and then hands every key over.
+    // is old, so it decides nothing until ticks resume and then takes every key over again.
     int64_t stall_ms = 1000;
     std::function<int64_t()> steady_ms;  // unset: std::chrono::steady_clock
-    std::function<int64_t()> unix_ms;    // the owner's clock for asks; unset: the system clock
+    std::function<int64_t()> unix_ms;    // the owner's clock; unset: the system clock
   };
   // Sends message to the member at a gossip address (any thread; best effort).
   using send_fn = std::function<void(const std::string& address, std::string message)>;
   // Runs job on the gossip thread after `after`.
   using post_fn = std::function<void(std::function<void()> job, std::chrono::microseconds after)>;
+  // An owner's slot of the window counters for a key (rate_limiter's counter key and window).
+  struct owner_count {
+    uint64_t key = 0;
+    uint32_t window_ms = 0;
+    uint32_t window = 0;
+    uint32_t count = 0;
+  };
+  // Merges an owner's counts into the replicated state (replicated_state::merge_counts).
+  using counts_fn = std::function<void(const std::string& owner, std::vector<owner_count>)>;
 
   // What the owner said: a decision, or none (the caller applies on_partition).
   struct outcome {
@@ -71,7 +90,7 @@ class strict_limiter {
   };
   using done_fn = std::function<void(const outcome&)>;
 
-  strict_limiter(options o, rate_limiter& limiter, send_fn send, post_fn post);
+  strict_limiter(options o, rate_limiter& limiter, send_fn send, post_fn post, counts_fn counts);
   ~strict_limiter();
   strict_limiter(const strict_limiter&) = delete;
   strict_limiter& operator=(const strict_limiter&) = delete;
@@ -82,31 +101,30 @@ class strict_limiter {
   // still (its view and counts are old), which counts as a view change.
   void tick();
 
-  // Where a key's decision is made: here, at the owner's address, or nowhere (no quorum).
+  // Where a key's decision is made: here, at the owner's address, or nowhere (no majority).
   struct location {
     enum kind_t { here, remote, none } kind = none;
     std::string address;
   };
   location locate(uint64_t key, const limit_spec& spec) const;
-  // Decides a key this node owns (locate said here) and counts an admission. No decision while
-  // the key is being handed over to this node.
-  outcome decide_here(uint64_t key, const limit_spec& spec, int64_t now_ms, unsigned worker);
-  // Asks the owner at address; done runs once, on the gossip thread (or inline when the ask
-  // cannot be sent), with the answer or with no decision after spec.strict_timeout_ms.
-  void ask(const std::string& address, uint64_t key, const limit_spec& spec, done_fn done);
+  // Has the decision made where locate said (here: on this node's gossip thread). done runs
+  // once: on the gossip thread, or at once (no decision) when nowhere or too many are waiting.
+  void ask(const location& where, uint64_t key, const limit_spec& spec, done_fn done);
 
-  // A packet.direct message from a member (gossip thread): asks to decide, or answers.
-  void on_message(const std::string& from_address, std::string_view message);
+  // A packet.direct message from a member (gossip thread): requests, answers or counts.
+  void on_message(const std::string& from_id, const std::string& from_address,
+                  std::string_view message);
 
   struct counters {
     std::atomic<uint64_t> decided_here{0};  // decisions made here as the owner (all askers)
     std::atomic<uint64_t> decided_for_others{0};
-    std::atomic<uint64_t> asked{0};         // requests sent to owners
+    std::atomic<uint64_t> asked{0};         // requests sent to other owners
     std::atomic<uint64_t> answered{0};      // ... answered with a decision
-    std::atomic<uint64_t> timed_out{0};     // ... not answered in time
+    std::atomic<uint64_t> timed_out{0};     // ... not answered in time (or too many waiting)
     std::atomic<uint64_t> not_owner{0};     // ... answered "not the owner" or "handing over"
     std::atomic<uint64_t> no_quorum{0};     // requests with no majority in sight
-    std::atomic<uint64_t> messages_out{0};  // batches sent (asks and answers)
+    std::atomic<uint64_t> takeovers{0};     // keys taken over (count queries sent)
+    std::atomic<uint64_t> messages_out{0};  // messages sent (asks, answers, counts)
     std::atomic<uint64_t> malformed{0};     // messages that did not decode
   };
   const counters& stats() const { return counters_; }
@@ -120,22 +138,40 @@ class strict_limiter {
     int64_t deadline = 0;
     uint64_t limit = 0;  // for the decision's RateLimit-Limit
   };
-  struct queued {  // an ask waiting for the gossip thread (a strict_request on the wire)
+  // A request waiting for the gossip thread (a strict_request on the wire).
+  struct queued {
     uint32_t id = 0;
     uint64_t key = 0, limit = 0, window_ms = 0;
     uint8_t flags = 0;
     std::string timezone;
   };
+  // A decision the owner is to make: the asker's id, and where the answer goes ("": here).
+  struct owner_request {
+    uint32_t id = 0;
+    uint64_t key = 0;
+    limit_spec spec;
+    std::string reply_to;
+  };
+  struct answer_out;
+  struct takeover;
+
   std::shared_ptr<const view> current() const;
   int64_t steady_now() const;
+  int64_t unix_now() const;
+  bool enqueue(const std::string& address, queued q, pending p);
   void flush();
   void sweep();
   void send_requests(const std::string& address, std::vector<queued> requests);
+  limit_spec spec_of(const queued& q);
+  void decide_batch(std::vector<owner_request> requests);
+  bool taking_over(const owner_request& r, const view& v, int64_t now_ms, int64_t steady);
+  void complete(const std::vector<answer_out>& answers);
 
   options opt_;
   rate_limiter& limiter_;
   send_fn send_;
   post_fn post_;
+  counts_fn counts_;
   mutable counters counters_;
 
   mutable std::mutex view_mu_;
@@ -146,12 +182,13 @@ class strict_limiter {
   uint32_t next_id_ = 1;
   std::unordered_map<uint32_t, pending> pending_;
   std::multimap<int64_t, uint32_t> deadlines_;
-  std::map<std::string, std::vector<queued>> queued_;  // by the owner's address
+  std::map<std::string, std::vector<queued>> queued_;  // by the owner's address ("": here)
   bool flush_posted_ = false;
   bool sweep_posted_ = false;
 
-  std::mutex zones_mu_;  // calendars of requests for month windows, by time zone
-  std::map<std::string, std::shared_ptr<const month_calendar>> zones_;
+  // The owner's side: gossip thread only.
+  std::unordered_map<uint64_t, std::unique_ptr<takeover>> takeovers_;
+  std::map<std::string, std::shared_ptr<const month_calendar>> zones_;  // by time zone
 };
 
 }  // namespace meridian::node
