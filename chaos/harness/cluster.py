@@ -15,6 +15,8 @@ PROXY_PORT, ADMIN_PORT, GOSSIP_PORT, UPSTREAM_PORT = 8080, 9901, 7946, 9000
 # by every node (/limited, on_partition local_share) and by the key's owner (/strict, mode
 # strict, on_partition fail_closed).
 LIMIT, WINDOW_MS = 500, 5000
+# Cold-key bursts (chaos/accuracy.py): a limit per header value, one fresh value per burst.
+BURST_LIMIT, BURST_WINDOW_MS = 200, 10000
 
 
 def node_config(host, hosts, data_dir, token_file, keyring, clock_offset_ms=0):
@@ -57,6 +59,16 @@ routes:
     upstream: healthy
     rate_limit: {{limit: {LIMIT}, window: {WINDOW_MS}ms, key: global, scope: global, mode: strict,
                  on_partition: fail_closed}}
+  - name: burst-eventual
+    match: {{path_prefix: /burst/e}}
+    upstream: healthy
+    rate_limit: {{limit: {BURST_LIMIT}, window: {BURST_WINDOW_MS}ms, key: "header:x-key",
+                 scope: global}}
+  - name: burst-strict
+    match: {{path_prefix: /burst/s}}
+    upstream: healthy
+    rate_limit: {{limit: {BURST_LIMIT}, window: {BURST_WINDOW_MS}ms, key: "header:x-key",
+                 scope: global, mode: strict, on_partition: fail_closed}}
 """
 
 

@@ -12,6 +12,9 @@ from . import cluster as cl
 # (N-1)/N x d/W per window (docs/architecture.md, "Rate limiting"): with N = 3, a sync delay d of
 # ~250 ms across these regions and W = 5 s that is ~3.3 %.
 EPSILON = 0.05
+# One-way delay between regions (userspace, delayd.py) and its jitter.
+DELAYS_MS = {("eu-west", "us-east"): 40, ("eu-west", "ap-south"): 80, ("us-east", "ap-south"): 60}
+JITTER_MS = 5
 CONVERGE_S = 10.0            # every node sees every node alive again after a heal or restart
 DETECT_S = 15.0              # a killed or paused node is seen dead/suspect by all others
 CONFIG_S = 15.0              # every acknowledged config change is on every node after the heal
@@ -83,7 +86,7 @@ class Context:
 
     # ---- start and stop ------------------------------------------------------------------
 
-    def start(self, works=("/limited=100:2", "/strict=100:2", "/ok=30:1", "/flaky=20:1"),
+    def start(self, works=("/limited=100:2", "/strict=150:8", "/ok=30:1", "/flaky=20:1"),
               write_config=True,
               works_by_node=None, before_load=None):
         c = self.cluster
@@ -173,6 +176,14 @@ class Context:
         for f in self.faults:
             end = f["end"] if f["end"] is not None else float("inf")
             if node_id in f["nodes"] and f["start"] <= t <= end + FAULT_GRACE_MS / 1000:
+                return True
+        return False
+
+    def any_fault(self, t):
+        """Whether any fault was on at Unix time t (or ended less than FAULT_GRACE_MS before)."""
+        for f in self.faults:
+            end = f["end"] if f["end"] is not None else float("inf")
+            if f["start"] <= t <= end + FAULT_GRACE_MS / 1000:
                 return True
         return False
 

@@ -46,11 +46,65 @@ def strict_never_over(ctx):
                 w = r["t"] // cl.WINDOW_MS * cl.WINDOW_MS
                 per_window[w] = per_window.get(w, 0) + r["s2xx"]
     worst = max(per_window.values()) if per_window else 0
-    full = sum(1 for v in per_window.values() if v == cl.LIMIT)
+    # The load must take some window to the limit, or the bound says nothing. (A window's last
+    # admissions can be answered errors on the way back, so "reached" is 95 %.)
+    full = sum(1 for v in per_window.values() if v >= 0.95 * cl.LIMIT)
     return ctx.verdict("strict-never-over-limit",
                        f"max {worst} admitted in a window ({len(per_window)} windows, {full} "
-                       f"at exactly the limit)", f"<= {cl.LIMIT} per {cl.WINDOW_MS} ms window",
-                       bool(per_window) and worst <= cl.LIMIT)
+                       f"at 95 % of the limit or more)",
+                       f"<= {cl.LIMIT} per {cl.WINDOW_MS} ms window, the limit reached",
+                       bool(per_window) and worst <= cl.LIMIT and full > 0)
+
+
+def latency_percentiles(ctx, path, include_faulted=False):
+    """{node: (p50_ms, p99_ms, n)} of answered requests to path, from the load clients'
+    histograms (a percentile is its histogram bucket's upper bound), while no fault was on
+    anywhere (an owner cut off slows its askers too) unless include_faulted."""
+    out = {}
+    for node, rows in ctx.cluster.read_load().items():
+        hist = {}
+        for r in rows:
+            if r["path"] != path:
+                continue
+            if not include_faulted and ctx.any_fault(r["t"] / 1000):
+                continue
+            for upper, n in r.get("lat", {}).items():
+                hist[upper] = hist.get(upper, 0) + n
+        total = sum(hist.values())
+        if not total:
+            continue
+        order = sorted(hist, key=lambda u: float(u))
+
+        def pick(q):
+            seen = 0
+            for u in order:
+                seen += hist[u]
+                if seen >= q * total:
+                    return float(u)
+            return float(order[-1])
+        out[node] = (pick(0.5), pick(0.99), total)
+    return out
+
+
+def strict_added_latency(ctx, max_rtt_ms):
+    """What asking a strict limit's owner adds, per node, outside faults: the median of /strict
+    against the median of /limited (decided locally; both go to the same upstreams, which may be
+    in other regions, so the tails mostly measure those), within one round trip to the farthest
+    region (+20 ms). The owner's own node adds nothing that shows at this resolution."""
+    strict, local = latency_percentiles(ctx, "/strict"), latency_percentiles(ctx, "/limited")
+    worst, parts = 0.0, []
+    for node in sorted(strict):
+        if node not in local:
+            continue
+        added = strict[node][0] - local[node][0]
+        worst = max(worst, added)
+        parts.append(f"{node} p50 {strict[node][0]:g}/{local[node][0]:g} ms "
+                     f"p99 {strict[node][1]:g}/{local[node][1]:g} ms")
+    bound = max_rtt_ms + 20
+    return ctx.verdict("strict-added-latency",
+                       "strict/eventual: " + "; ".join(parts) + f" (worst p50 added {worst:g} ms)",
+                       f"p50 added <= {bound:g} ms (one round trip to the farthest region + 20)",
+                       bool(parts) and worst <= bound)
 
 
 def healthy_success_rate(ctx, include_faulted=()):
@@ -170,6 +224,7 @@ def common(ctx, policy="local_share", include_faulted=()):
     config_converges(ctx)
     rate_limit_bounded(ctx, policy)
     strict_never_over(ctx)
+    strict_added_latency(ctx, 2 * (max(cx.DELAYS_MS.values()) + cx.JITTER_MS))
     healthy_success_rate(ctx, include_faulted)
     no_unexpected_crash(ctx)
     memory_bounded(ctx)

@@ -6,8 +6,11 @@
 Each --work PATH=RATE[:THREADS] sends RATE requests a second to PATH over THREADS connections.
 Results are counted in 100 ms buckets by the time each request completed (Unix ms) and appended
 to FILE as JSON lines every half second:
-    {"t": BUCKET_MS, "path": PATH, "s2xx": N, "s429": N, "s5xx": N, "other": N, "err": N}
-`err` counts requests that got no response (refused, reset, timed out after 2 s).
+    {"t": BUCKET_MS, "path": PATH, "s2xx": N, "s429": N, "s5xx": N, "other": N, "err": N,
+     "lat": {UPPER_MS: N, ...}}
+`err` counts requests that got no response (refused, reset, timed out after 2 s). `lat` is a
+histogram of the answered requests' latency (send to complete response): the count of those at
+most UPPER_MS (one of LAT_BOUNDS_MS, the smallest that holds it; "inf" beyond the last).
 """
 import argparse
 import json
@@ -18,14 +21,15 @@ import threading
 import time
 
 BUCKET_MS = 100
+LAT_BOUNDS_MS = (0.5, 1, 2, 3, 5, 10, 20, 50, 100, 125, 150, 175, 200, 250, 300, 500, 1000, 2000)
 
 
 class Counts:
     def __init__(self):
         self.lock = threading.Lock()
-        self.buckets = {}  # (bucket, path) -> [s2xx, s429, s5xx, other, err]
+        self.buckets = {}  # (bucket, path) -> [s2xx, s429, s5xx, other, err, {lat: n}]
 
-    def add(self, path, status):
+    def add(self, path, status, latency_s=None):
         b = int(time.time() * 1000) // BUCKET_MS * BUCKET_MS
         if status is None:
             i = 4
@@ -37,9 +41,15 @@ class Counts:
             i = 2
         else:
             i = 3
+        lat = None
+        if latency_s is not None:
+            ms = latency_s * 1000
+            lat = next((str(u) for u in LAT_BOUNDS_MS if ms <= u), "inf")
         with self.lock:
-            row = self.buckets.setdefault((b, path), [0, 0, 0, 0, 0])
+            row = self.buckets.setdefault((b, path), [0, 0, 0, 0, 0, {}])
             row[i] += 1
+            if lat is not None:
+                row[5][lat] = row[5].get(lat, 0) + 1
 
     def drain(self, before_ms):
         with self.lock:
@@ -100,9 +110,10 @@ def worker(host, port, path, interval, counts, stop):
                 sock = socket.create_connection((host, port), timeout=2)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 buf = b""
+            sent = time.monotonic()
             sock.sendall(request)
             status, buf, close = read_response(sock, buf)
-            counts.add(path, status)
+            counts.add(path, status, time.monotonic() - sent)
             if close:
                 sock.close()
                 sock = None
@@ -137,7 +148,8 @@ def main():
         def flush(before):
             for (b, path), row in sorted(counts.drain(before).items()):
                 out.write(json.dumps({"t": b, "path": path, "s2xx": row[0], "s429": row[1],
-                                      "s5xx": row[2], "other": row[3], "err": row[4]}) + "\n")
+                                      "s5xx": row[2], "other": row[3], "err": row[4],
+                                      "lat": row[5]}) + "\n")
         while not stop.wait(0.5):
             flush(int(time.time() * 1000) // BUCKET_MS * BUCKET_MS - BUCKET_MS)
         for t in threads:

@@ -14,8 +14,8 @@ from . import context as cx
 from . import invariants as inv
 
 REGIONS = ["eu-west", "us-east", "ap-south"]
-DELAYS_MS = {("eu-west", "us-east"): 40, ("eu-west", "ap-south"): 80, ("us-east", "ap-south"): 60}
-JITTER_MS = 5
+DELAYS_MS = cx.DELAYS_MS
+JITTER_MS = cx.JITTER_MS
 
 
 def node_of(ctx, region):

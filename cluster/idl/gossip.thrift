@@ -158,6 +158,7 @@ struct strict_request {
   // you know of the key's count; decide nothing)
   5: i8 flags,
   6: optional string timezone,  // never renumber; calendar months only
+  7: optional i32 timeout_ms,    // never renumber; how long the asker waits (the owner waits less)
 }
 
 struct strict_answer {
@@ -173,13 +174,15 @@ struct strict_answer {
   7: optional i32 window,  // never renumber; counted: the window number it is for
 }
 
-// An owner's count of a key after it admitted (its slot of the replicated window counters), sent
-// to every member before the admission goes on, so that a new owner starts from it.
+// A node's count of a key in a window (its slot of the replicated window counters): an owner's
+// after it admitted, sent to every member (and acknowledged by a majority) before the admission
+// goes on; or any node's, in the answer to a count query.
 struct strict_count {
   1: i64 key,        // never renumber; u64
   2: i32 window_ms,  // never renumber; u32, the counters' window length
   3: i32 window,     // never renumber; u32
   4: i32 count,      // never renumber; u32
+  5: optional string origin,  // never renumber; whose slot; absent: the sender's
 }
 
 struct strict_batch {
@@ -187,4 +190,6 @@ struct strict_batch {
   2: optional list<strict_request> requests,  // never renumber
   3: optional list<strict_answer> answers,    // never renumber
   4: optional list<strict_count> counts,      // never renumber
+  5: optional i64 ack_seq,                    // never renumber; acknowledge these counts with it
+  6: optional list<i64> acks,                 // never renumber; ack_seqs acknowledged
 }

@@ -1020,7 +1020,7 @@ void replicated_state::merge_counts(const std::string& origin,
   std::function<void(uint64_t, uint32_t, uint64_t)> observer;
   {
     std::lock_guard lock(d.mu);
-    if (origin.empty() || origin == d.opt.self_id) return;
+    if (origin.empty()) return;
     uint16_t node = d.counters.node_index(origin);
     for (const auto& u : updates) {
       if (!d.counters.merge(node, u)) continue;

@@ -5,6 +5,7 @@
 #include <thrift/protocol/TCompactProtocol.h>
 #include <thrift/transport/TBufferTransports.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -283,6 +284,7 @@ std::string encode(const strict_batch& b) {
       x.__set_window_ms(static_cast<int64_t>(r.window_ms));
       x.__set_flags(static_cast<int8_t>(r.flags));
       if (!r.timezone.empty()) x.__set_timezone(r.timezone);
+      if (r.timeout_ms != 0) x.__set_timeout_ms(static_cast<int32_t>(r.timeout_ms));
     }
     g.__set_requests(std::move(rs));
   }
@@ -312,8 +314,14 @@ std::string encode(const strict_batch& b) {
       x.__set_window_ms(static_cast<int32_t>(c.window_ms));
       x.__set_window(static_cast<int32_t>(c.window));
       x.__set_count(static_cast<int32_t>(c.count));
+      if (!c.origin.empty()) x.__set_origin(c.origin);
     }
     g.__set_counts(std::move(cs));
+  }
+  if (b.ack_seq != 0) g.__set_ack_seq(static_cast<int64_t>(b.ack_seq));
+  if (!b.acks.empty()) {
+    std::vector<int64_t> acks(b.acks.begin(), b.acks.end());
+    g.__set_acks(std::move(acks));
   }
   return write_compact(g);
 }
@@ -332,6 +340,7 @@ wire_error decode(std::string_view bytes, strict_batch* out) {
     r.window_ms = static_cast<uint64_t>(x.window_ms);
     r.flags = static_cast<uint8_t>(x.flags);
     r.timezone = x.timezone;
+    r.timeout_ms = static_cast<uint32_t>(std::max<int32_t>(x.timeout_ms, 0));
   }
   b.answers.reserve(g.answers.size());
   for (const auto& x : g.answers) {
@@ -351,8 +360,11 @@ wire_error decode(std::string_view bytes, strict_batch* out) {
     b.counts.push_back({.key = static_cast<uint64_t>(x.key),
                         .window_ms = static_cast<uint32_t>(x.window_ms),
                         .window = static_cast<uint32_t>(x.window),
-                        .count = static_cast<uint32_t>(x.count)});
+                        .count = static_cast<uint32_t>(x.count),
+                        .origin = x.origin});
   }
+  b.ack_seq = static_cast<uint64_t>(g.ack_seq);
+  b.acks.assign(g.acks.begin(), g.acks.end());
   *out = std::move(b);
   return wire_error::none;
 }

@@ -496,20 +496,12 @@ uint64_t rate_limiter::known_total(uint64_t key, const limit_spec& spec, int64_t
   return known.own_cur + known.others_cur;
 }
 
-void rate_limiter::raise_total(uint64_t key, const limit_spec& spec, int64_t now_ms,
-                               uint32_t window, uint64_t total) {
+void rate_limiter::raise_own(uint64_t key, uint32_t window, uint64_t count) {
   auto& d = *impl_;
-  const auto at = spec.window_of(now_ms);
-  if (at.index != window) return;  // a window boundary passed meanwhile: nothing to raise
-  const bool replicated = spec.scope != limit_spec::scope_kind::local && d.state && d.opt.clustered;
-  const auto now_s = static_cast<uint16_t>(
-      static_cast<uint64_t>(std::max<int64_t>(now_ms - cluster::hlc_epoch_unix_ms, 0)) / 1000);
-  entry* e = d.acquire(key, spec, window, now_s, replicated);
-  advance(*e, window);
-  if (e->window == window && total > static_cast<uint64_t>(e->local_cur) + e->remote_cur) {
-    e->remote_cur = clamp32(total - e->local_cur);
-    e->lease_until = 0;
-  }
+  entry* e = d.find_locked(key);
+  if (!e) return;
+  if (window > e->window) advance(*e, window);
+  if (window == e->window && count > e->local_cur) e->local_cur = clamp32(count);
   e->lock.store(0, std::memory_order_release);
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 #include <tuple>
 
 #include "meridian/cluster/wire.h"
@@ -90,10 +91,18 @@ struct strict_limiter::takeover {
   int64_t epoch = 0;  // the view (its changed_ms) the key is taken over in
   bool done = false;
   uint32_t window = 0;
-  size_t waiting = 0;  // count queries not answered yet
-  uint64_t max_total = 0;
+  size_t waiting = 0;  // answers still needed for a majority
+  size_t asked = 0;    // count queries not answered (or timed out) yet
   limit_spec spec;
   std::vector<owner_request> parked;
+};
+
+// Admissions waiting for a majority to acknowledge their counts.
+struct strict_limiter::held {
+  size_t needed = 0;  // acknowledgements from other members
+  int64_t deadline = 0;
+  std::set<std::string> acked_by;
+  std::vector<answer_out> answers;
 };
 
 strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, post_fn post,
@@ -237,6 +246,7 @@ void strict_limiter::ask(const location& where, uint64_t key, const limit_spec& 
       (spec.scope == limit_spec::scope_kind::region ? cluster::strict_flag_region : 0) |
       (spec.calendar ? cluster::strict_flag_month : 0));
   if (spec.calendar) q.timezone = spec.timezone;
+  q.timeout_ms = static_cast<uint32_t>(std::min<uint64_t>(spec.strict_timeout_ms, UINT32_MAX));
   pending p{std::move(done), steady_now() + static_cast<int64_t>(spec.strict_timeout_ms),
             spec.limit};
   const std::string address = where.kind == location::here ? std::string() : where.address;
@@ -314,7 +324,8 @@ void strict_limiter::send_requests(const std::string& address, std::vector<queue
                           .limit = q.limit,
                           .window_ms = q.window_ms,
                           .flags = q.flags,
-                          .timezone = std::move(q.timezone)});
+                          .timezone = std::move(q.timezone),
+                          .timeout_ms = q.timeout_ms});
     bytes += n;
   }
   send_batch();
@@ -350,6 +361,7 @@ limit_spec strict_limiter::spec_of(const queued& r) {
   spec.sliding = r.flags & cluster::strict_flag_sliding;
   spec.scope = (r.flags & cluster::strict_flag_region) ? limit_spec::scope_kind::region
                                                        : limit_spec::scope_kind::global;
+  if (r.timeout_ms != 0) spec.strict_timeout_ms = r.timeout_ms;
   if (r.flags & cluster::strict_flag_month) {
     auto& cal = zones_[r.timezone];
     if (!cal) {
@@ -364,48 +376,49 @@ limit_spec strict_limiter::spec_of(const queued& r) {
   return spec;
 }
 
-// Whether the owner must first ask the others what they know of r's key (and r waits: parked
-// in the key's takeover). Gossip thread.
+// Whether r's key may not be decided yet: this node takes the key over first (asks the other
+// live members for their slots of its counters and waits for a majority), and r waits, parked in
+// the key's take-over. Gossip thread.
 bool strict_limiter::taking_over(const owner_request& r, const view& v, int64_t now_ms,
                                  int64_t steady) {
   const auto& s = v.of(r.spec);
   if (s.live.size() < 2) return false;                          // nobody else could have decided it
   const int64_t view_began = now_ms - (steady - s.changed_ms);  // in Unix ms
   const auto at = r.spec.window_of(now_ms);
-  auto& slot = takeovers_[r.key];
-  if (!slot) {
-    // The view is older than the key's window: nobody else owned the key in it.
-    if (view_began < at.start_ms) {
-      takeovers_.erase(r.key);
-      return false;
-    }
-    slot = std::make_unique<takeover>();
-  } else if (slot->epoch == s.changed_ms) {
-    if (slot->done && slot->window == at.index) return false;
-    if (!slot->done) {
-      slot->parked.push_back(r);
-      return true;
-    }
-  } else if (view_began < at.start_ms) {
-    takeovers_.erase(r.key);
+  auto it = takeovers_.find(r.key);
+  if (it != takeovers_.end() && it->second->epoch == s.changed_ms &&
+      it->second->window == at.index) {
+    auto& t = *it->second;
+    if (t.done) return false;
+    t.parked.push_back(r);
+    return true;
+  }
+  // The view is older than the key's window: nobody else owned the key in it.
+  if (view_began < at.start_ms) {
+    if (it != takeovers_.end()) takeovers_.erase(it);
     return false;
   }
-  // Ask every other live member of the scope; decide when all have answered (or timed out).
-  auto& t = *slot;
+  if (it == takeovers_.end()) it = takeovers_.emplace(r.key, std::make_unique<takeover>()).first;
+  auto& t = *it->second;
   t = takeover{};
   t.epoch = s.changed_ms;
   t.window = at.index;
   t.spec = r.spec;
   t.parked.push_back(r);
+  // A majority of the scope, this node included, must answer; until then (and for the fence's
+  // life) this node acknowledges nobody else's counts for the key.
+  t.waiting = s.total / 2;
+  fences_[r.key] = fence{opt_.self_id, steady + opt_.fence_ms};
   counters_.takeovers.fetch_add(1, std::memory_order_relaxed);
   const uint64_t key = r.key;
   const int64_t epoch = t.epoch;
+  const uint32_t window = t.window;
   limit_spec query = r.spec;
-  query.strict_timeout_ms = std::max<uint64_t>(r.spec.strict_timeout_ms / 2, 1);
+  query.strict_timeout_ms = std::max<uint64_t>(r.spec.strict_timeout_ms * 2 / 5, 1);
   std::vector<std::string> targets;
   for (const auto& [h, address] : s.live)
     if (h != v.self_hash) targets.push_back(address);
-  t.waiting = targets.size();
+  t.asked = targets.size();
   for (const auto& address : targets) {
     queued q;
     q.key = key;
@@ -416,28 +429,64 @@ bool strict_limiter::taking_over(const owner_request& r, const view& v, int64_t 
         (query.scope == limit_spec::scope_kind::region ? cluster::strict_flag_region : 0) |
         (query.calendar ? cluster::strict_flag_month : 0));
     if (query.calendar) q.timezone = query.timezone;
+    q.timeout_ms = static_cast<uint32_t>(query.strict_timeout_ms);
     pending p;
     p.deadline = steady + static_cast<int64_t>(query.strict_timeout_ms);
-    p.done = [this, key, epoch](const outcome& o) {
+    // The answer's slots were merged (on_message) before this runs.
+    p.done = [this, key, epoch, window](const outcome& o) {
       auto it = takeovers_.find(key);
-      if (it == takeovers_.end() || it->second->epoch != epoch || it->second->done) return;
+      if (it == takeovers_.end() || it->second->epoch != epoch || it->second->window != window ||
+          it->second->done) {
+        return;
+      }
       auto& t = *it->second;
-      if (o.decided && o.decision.window == t.window)
-        t.max_total = std::max(t.max_total, o.decision.own_count);
-      if (t.waiting > 0 && --t.waiting > 0) return;
-      t.done = true;
-      limiter_.raise_total(key, t.spec, unix_now(), t.window, t.max_total);
+      const bool counted = o.decided && o.decision.window == t.window;
+      if (counted && t.waiting > 0) --t.waiting;
+      if (t.asked > 0) --t.asked;
+      if (t.waiting > 0 && t.asked > 0) return;
       auto parked = std::move(t.parked);
       t.parked.clear();
-      decide_batch(std::move(parked));
+      if (t.waiting == 0) {
+        t.done = true;
+        decide_batch(std::move(parked));
+        return;
+      }
+      // No majority answered: nothing is decided; the next request tries again.
+      std::vector<answer_out> none;
+      for (auto& r : parked) {
+        cluster::strict_answer a;
+        a.id = r.id;
+        a.result = cluster::strict_result::handing_over;
+        none.push_back({std::move(r.reply_to), a});
+      }
+      takeovers_.erase(it);
+      release(std::move(none));
     };
     enqueue(address, std::move(q), std::move(p));
   }
   if (takeovers_.size() > max_takeovers) {
-    for (auto it = takeovers_.begin(); it != takeovers_.end();)
-      it = it->second->done ? takeovers_.erase(it) : std::next(it);
+    for (auto i = takeovers_.begin(); i != takeovers_.end();)
+      i = i->second->done ? takeovers_.erase(i) : std::next(i);
   }
   return true;
+}
+
+// Whether key is fenced for a node other than `node`: another member asked this one for the
+// key's counts to take it over, fence_ms ago at most, and is still alive in this node's view (a
+// fence for a member that died since would only keep the key from its next owner).
+bool strict_limiter::fenced_for(uint64_t key, const std::string& node, int64_t steady) {
+  auto it = fences_.find(key);
+  if (it == fences_.end()) return false;
+  if (it->second.until <= steady) {
+    fences_.erase(it);
+    return false;
+  }
+  if (it->second.owner == node) return false;
+  const auto v = current();
+  const uint64_t h = hash_id(it->second.owner);
+  for (const auto& [member, address] : v->global.live)
+    if (member == h) return true;
+  return false;
 }
 
 void strict_limiter::decide_batch(std::vector<owner_request> requests) {
@@ -446,25 +495,21 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   const int64_t last = last_tick_.load(std::memory_order_relaxed);
   const bool stalled = last != 0 && steady - last > opt_.stall_ms;
   auto v = current();
-  std::vector<answer_out> answers;
-  answers.reserve(requests.size());
+  std::vector<answer_out> now_out, admitted;
   std::vector<cluster::strict_count> counts;
+  size_t majority_others = 0;  // acknowledgements the admissions need
   for (auto& r : requests) {
     cluster::strict_answer a;
     a.id = r.id;
+    const bool local = r.spec.scope == limit_spec::scope_kind::local;
     const auto& s = v->of(r.spec);
-    const bool mine = r.spec.scope == limit_spec::scope_kind::local ||
-                      (!stalled && s.quorum && s.live[s.owner(r.key)].first == v->self_hash);
+    const bool mine =
+        local || (!stalled && s.quorum && s.live[s.owner(r.key)].first == v->self_hash &&
+                  !fenced_for(r.key, opt_.self_id, steady));
     if (!mine) {
       a.result = cluster::strict_result::not_owner;
-    } else if (r.spec.scope != limit_spec::scope_kind::local &&
-               steady < s.changed_ms + opt_.handover_ms &&
-               (!s.prev_quorum || s.previous_owner(r.key) != v->self_hash)) {
-      // Newly this node's: the previous owner may still be deciding it.
-      a.result = cluster::strict_result::handing_over;
-    } else if (r.spec.scope != limit_spec::scope_kind::local &&
-               taking_over(r, *v, now_ms, steady)) {
-      continue;  // answered once the others have said what they know
+    } else if (!local && taking_over(r, *v, now_ms, steady)) {
+      continue;  // decided once a majority has said what it holds
     } else {
       const auto d = limiter_.check(r.key, r.spec, now_ms, true, gossip_worker);
       counters_.decided_here.fetch_add(1, std::memory_order_relaxed);
@@ -473,18 +518,89 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
       a.remaining = d.remaining;
       a.reset_ms = d.reset_s * 1000;
       a.retry_after_ms = d.retry_after_s * 1000;
-      if (d.allowed && r.spec.scope != limit_spec::scope_kind::local) {
+      if (d.allowed && !local) {
         counts.push_back(
             {.key = r.key,
              .window_ms = static_cast<uint32_t>(r.spec.window_ms),
              .window = d.window,
-             .count = static_cast<uint32_t>(std::min<uint64_t>(d.own_count, UINT32_MAX))});
+             .count = static_cast<uint32_t>(std::min<uint64_t>(d.own_count, UINT32_MAX)),
+             .origin = {}});
+        majority_others = std::max(majority_others, s.total / 2);
+        admitted.push_back({std::move(r.reply_to), a});
+        continue;
       }
     }
-    answers.push_back({std::move(r.reply_to), a});
+    now_out.push_back({std::move(r.reply_to), a});
   }
-  // The counts go to every other live member before any admission goes on: in the datagram
-  // that carries a member's answers, or in one of their own.
+  if (!now_out.empty()) release(std::move(now_out));
+  if (admitted.empty()) return;
+  if (majority_others == 0) {  // a scope of one: nobody to tell
+    release(std::move(admitted));
+    return;
+  }
+  // One count per key and window: the last (the largest) of those this batch admitted.
+  std::stable_sort(counts.begin(), counts.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.key, a.window) < std::tie(b.key, b.window);
+  });
+  size_t kept = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (kept > 0 && counts[kept - 1].key == counts[i].key &&
+        counts[kept - 1].window == counts[i].window) {
+      counts[kept - 1].count = std::max(counts[kept - 1].count, counts[i].count);
+    } else {
+      counts[kept++] = counts[i];
+    }
+  }
+  counts.resize(kept);
+  // The admissions go on once a majority holds their counts (or are undone by expire_held).
+  const uint64_t seq = next_ack_seq_++;
+  auto h = std::make_unique<held>();
+  h->needed = majority_others;
+  h->deadline =
+      steady + static_cast<int64_t>(std::max<uint64_t>(
+                   requests.empty() ? 1 : requests.front().spec.strict_timeout_ms * 2 / 5, 1));
+  h->answers = std::move(admitted);
+  const bool first = held_.empty();
+  held_.emplace(seq, std::move(h));
+  for (const auto& address : v->others) {
+    for (size_t next = 0; next < counts.size();) {
+      cluster::strict_batch b;
+      b.ack_seq = seq;
+      for (size_t bytes = 0; next < counts.size() && bytes + count_bytes <= message_budget;
+           bytes += count_bytes) {
+        b.counts.push_back(counts[next++]);
+      }
+      counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
+      send_(address, cluster::encode(b));
+    }
+  }
+  if (first) post_([this] { expire_held(); }, std::chrono::milliseconds(5));
+}
+
+// Undoes nothing (the owner counted them: a refusal later is on the safe side), but answers the
+// admissions no majority acknowledged in time as undecided. Runs every 5 ms while any wait.
+void strict_limiter::expire_held() {
+  const int64_t steady = steady_now();
+  std::vector<answer_out> undecided;
+  for (auto it = held_.begin(); it != held_.end();) {
+    if (it->second->deadline > steady) {
+      ++it;
+      continue;
+    }
+    for (auto& a : it->second->answers) {
+      a.answer.result = cluster::strict_result::handing_over;
+      undecided.push_back(std::move(a));
+    }
+    it = held_.erase(it);
+  }
+  counters_.unacknowledged.fetch_add(undecided.size(), std::memory_order_relaxed);
+  if (!held_.empty()) post_([this] { expire_held(); }, std::chrono::milliseconds(5));
+  if (!undecided.empty()) release(std::move(undecided));
+}
+
+// Sends answers to their askers (one message per asker, split within the budget) and completes
+// this node's own.
+void strict_limiter::release(std::vector<answer_out> answers) {
   std::map<std::string, std::vector<cluster::strict_answer>> by_member;
   std::vector<answer_out> here;
   for (auto& a : answers) {
@@ -494,39 +610,16 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
       by_member[a.to].push_back(a.answer);
     }
   }
-  if (!counts.empty()) {
-    // One count per key and window: the last (the largest) of those this batch admitted.
-    std::stable_sort(counts.begin(), counts.end(), [](const auto& a, const auto& b) {
-      return std::tie(a.key, a.window) < std::tie(b.key, b.window);
-    });
-    size_t kept = 0;
-    for (size_t i = 0; i < counts.size(); ++i) {
-      if (kept > 0 && counts[kept - 1].key == counts[i].key &&
-          counts[kept - 1].window == counts[i].window) {
-        counts[kept - 1].count = std::max(counts[kept - 1].count, counts[i].count);
-      } else {
-        counts[kept++] = counts[i];
-      }
-    }
-    counts.resize(kept);
-    for (const auto& address : v->others) by_member[address];
-  }
   for (auto& [address, list] : by_member) {
-    size_t next_answer = 0, next_count = 0;
-    do {
+    for (size_t next = 0; next < list.size();) {
       cluster::strict_batch b;
-      size_t bytes = 0;
-      while (next_count < counts.size() && bytes + count_bytes <= message_budget) {
-        b.counts.push_back(counts[next_count++]);
-        bytes += count_bytes;
-      }
-      while (next_answer < list.size() && bytes + answer_bytes <= message_budget) {
-        b.answers.push_back(list[next_answer++]);
-        bytes += answer_bytes;
+      for (size_t bytes = 0; next < list.size() && bytes + answer_bytes <= message_budget;
+           bytes += answer_bytes) {
+        b.answers.push_back(list[next++]);
       }
       counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
       send_(address, cluster::encode(b));
-    } while (next_answer < list.size() || next_count < counts.size());
+    }
   }
   if (!here.empty()) complete(here);
 }
@@ -549,7 +642,7 @@ void strict_limiter::complete(const std::vector<answer_out>& answers) {
         o.decision.reset_s = (a.reset_ms + 999) / 1000;
         o.decision.retry_after_s = (a.retry_after_ms + 999) / 1000;
       } else if (a.result == cluster::strict_result::counted) {
-        o.decided = true;  // a count query's answer: the count and its window
+        o.decided = true;  // a count query's answer (its slots came with it): the window
         o.decision.own_count = a.count;
         o.decision.window = a.window;
       }
@@ -570,35 +663,83 @@ void strict_limiter::on_message(const std::string& from_id, const std::string& f
     counters_.malformed.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  // Counts first: an owner's answers must find its counts already merged.
-  if (!in.counts.empty() && counts_) {
-    std::vector<owner_count> counts;
-    counts.reserve(in.counts.size());
-    for (const auto& c : in.counts) counts.push_back({c.key, c.window_ms, c.window, c.count});
-    counts_(from_id, std::move(counts));
+  const int64_t steady = steady_now();
+  // Slots first: an answer to a count query, and an owner's counts, must be merged before what
+  // follows is decided on them.
+  if (!in.counts.empty()) {
+    bool refuse = false;
+    if (in.ack_seq != 0) {
+      for (const auto& c : in.counts) refuse = refuse || fenced_for(c.key, from_id, steady);
+    }
+    std::map<std::string, std::vector<owner_count>> by_node;
+    for (const auto& c : in.counts) {
+      by_node[c.origin.empty() ? from_id : c.origin].push_back(
+          {c.key, c.window_ms, c.window, c.count});
+    }
+    if (auto own = by_node.find(opt_.self_id); own != by_node.end()) {
+      // This node's slot as another holds it (a count query's answer after a restart).
+      for (const auto& c : own->second) limiter_.raise_own(c.key, c.window, c.count);
+    }
+    if (counts_)
+      for (auto& [node, list] : by_node) counts_(node, std::move(list));
+    if (in.ack_seq != 0) {
+      if (refuse) {
+        counters_.fenced.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        cluster::strict_batch ack;
+        ack.acks.push_back(in.ack_seq);
+        counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
+        send_(from_address, cluster::encode(ack));
+      }
+    }
+  }
+  if (!in.acks.empty()) {
+    std::vector<answer_out> ready;
+    for (uint64_t seq : in.acks) {
+      auto it = held_.find(seq);
+      if (it == held_.end()) continue;
+      auto& h = *it->second;
+      if (!h.acked_by.insert(from_address).second || h.acked_by.size() < h.needed) continue;
+      for (auto& a : h.answers) ready.push_back(std::move(a));
+      held_.erase(it);
+    }
+    if (!ready.empty()) release(std::move(ready));
   }
   if (!in.requests.empty()) {
     std::vector<owner_request> decide;
-    std::vector<cluster::strict_answer> counted;
+    cluster::strict_batch counted;
     const int64_t now_ms = unix_now();
     for (const auto& r : in.requests) {
-      queued q{r.id, r.key, r.limit, r.window_ms, r.flags, r.timezone};
+      queued q{r.id, r.key, r.limit, r.window_ms, r.flags, r.timezone, r.timeout_ms};
       if (r.flags & cluster::strict_flag_count) {
-        // A member taking the key over asks what this node knows of its count.
+        // A member taking the key over: what this node holds of it (every node's slot), and a
+        // fence, so that no other owner's counts for it are acknowledged here meanwhile.
+        const auto spec = spec_of(q);
+        const auto view = limiter_.view(r.key, spec, now_ms);
+        const auto at = spec.window_of(now_ms);
         cluster::strict_answer a;
         a.id = r.id;
         a.result = cluster::strict_result::counted;
-        a.count = limiter_.known_total(r.key, spec_of(q), now_ms, &a.window);
-        counted.push_back(a);
+        a.count = view.count;
+        a.window = at.index;
+        counted.answers.push_back(a);
+        for (const auto& [node, n] : view.by_node) {
+          counted.counts.push_back(
+              {.key = r.key,
+               .window_ms = static_cast<uint32_t>(spec.window_ms),
+               .window = at.index,
+               .count = static_cast<uint32_t>(std::min<uint64_t>(n, UINT32_MAX)),
+               .origin = node});
+        }
+        fences_[r.key] = fence{from_id, steady + opt_.fence_ms};
       } else {
         decide.push_back({r.id, r.key, spec_of(q), from_address});
       }
     }
-    if (!counted.empty()) {
-      cluster::strict_batch out;
-      out.answers = std::move(counted);
+    if (!counted.answers.empty()) {
+      // Within the budget: the slots of a key are one per node, far fewer than fit.
       counters_.messages_out.fetch_add(1, std::memory_order_relaxed);
-      send_(from_address, cluster::encode(out));
+      send_(from_address, cluster::encode(counted));
     }
     if (!decide.empty()) decide_batch(std::move(decide));
   }

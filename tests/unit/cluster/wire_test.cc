@@ -614,7 +614,11 @@ TEST(wire, strict_batch_round_trips_u64_keys_time_zones_and_every_result) {
                          .retry_after_ms = 7,
                          .count = r == 4 ? 12345678901ull : 0,
                          .window = r == 4 ? 0xfffffff0u : 0});
-  b.counts.push_back({.key = ~0ull, .window_ms = 0xffffffffu, .window = 7, .count = 0x80000000u});
+  b.counts.push_back(
+      {.key = ~0ull, .window_ms = 0xffffffffu, .window = 7, .count = 0x80000000u, .origin = ""});
+  b.counts.push_back({.key = 1, .window_ms = 1, .window = 1, .count = 1, .origin = "node-b"});
+  b.ack_seq = ~0ull;
+  b.acks = {1, ~0ull, 0};
   strict_batch back;
   ASSERT_EQ(decode(encode(b), &back), wire_error::none);
   EXPECT_EQ(back, b);
@@ -632,8 +636,18 @@ TEST(wire, strict_counts_encode_as_field_4_of_strict_batch_and_count_answers_car
   // 39 (field 4 = 1 + 3, list) 1c (1 struct) 16 02 (key 1) 15 a0 9c 01 (window_ms 10000)
   // 15 06 (window 3) 15 0a (count 5) 00, 00.
   strict_batch b;
-  b.counts.push_back({.key = 1, .window_ms = 10000, .window = 3, .count = 5});
+  b.counts.push_back({.key = 1, .window_ms = 10000, .window = 3, .count = 5, .origin = ""});
   EXPECT_EQ(hex(encode(b)), "1402391c160215a09c011506150a0000");
+  // ... with an origin (18 01 "n") and ack_seq 9 (16 12), acks [9] (19 16 12).
+  b.counts[0].origin = "n";
+  b.ack_seq = 9;
+  b.acks = {9};
+  EXPECT_EQ(hex(encode(b)),
+            "1402391c160215a09c011506150a18016e001612191612"
+            "00");
+  strict_batch back_b;
+  ASSERT_EQ(decode(encode(b), &back_b), wire_error::none);
+  EXPECT_EQ(back_b, b);
   // A counted answer: ... 13 04 (result 4: an i8 is a plain byte) 16 00 16 00 16 00 16 f4 03 (count
   // 250) 15 0e (window 7) 00.
   strict_batch a;

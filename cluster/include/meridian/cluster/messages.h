@@ -119,8 +119,9 @@ struct strict_request {
   uint64_t key = 0;
   uint64_t limit = 0;
   uint64_t window_ms = 0;
-  uint8_t flags = 0;     // strict_flag_*
-  std::string timezone;  // calendar months only
+  uint8_t flags = 0;        // strict_flag_*
+  std::string timezone;     // calendar months only
+  uint32_t timeout_ms = 0;  // how long the asker waits; 0: not said
   bool operator==(const strict_request&) const = default;
 };
 inline constexpr uint8_t strict_flag_sliding = 1, strict_flag_region = 2, strict_flag_month = 4,
@@ -145,12 +146,14 @@ struct strict_answer {
   bool operator==(const strict_answer&) const = default;
 };
 
-// An owner's slot of the window counters for a key, after it admitted.
+// A node's slot of the window counters for a key: an owner's after it admitted, or any node's
+// in the answer to a count query.
 struct strict_count {
   uint64_t key = 0;
   uint32_t window_ms = 0;
   uint32_t window = 0;
   uint32_t count = 0;
+  std::string origin;  // whose slot; empty: the sender's
   bool operator==(const strict_count&) const = default;
 };
 
@@ -159,6 +162,8 @@ struct strict_batch {
   std::vector<strict_request> requests;
   std::vector<strict_answer> answers;
   std::vector<strict_count> counts;
+  uint64_t ack_seq = 0;  // set: the receiver acknowledges the counts with it
+  std::vector<uint64_t> acks;
   bool operator==(const strict_batch&) const = default;
 };
 

@@ -174,7 +174,8 @@ class replicated_state final : public gossip_application {
   void on_payload(const std::string& from, const std::string& payload) override;
   // Merges slot values of origin's window counters that came outside the gossip (a strict rate
   // limit's owner sends its counts to every member before an admission goes on): the same as a
-  // delta from origin carrying them. Ignores this node's own slot.
+  // delta from origin carrying them. Origin may be this node: its slot as the others hold it
+  // (a restart that lost what the store had not written yet) raises its own.
   void merge_counts(const std::string& origin, const std::vector<counter_update>& updates);
   std::string sync_request() override;
   std::string on_sync_request(const std::string& from, const std::string& app_state) override;

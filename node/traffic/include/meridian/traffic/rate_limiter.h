@@ -176,10 +176,11 @@ class rate_limiter {
   // Returns what this node knows of the key's count in the window holding now (its own and the
   // others'), and sets *window to that window's number.
   uint64_t known_total(uint64_t key, const limit_spec& spec, int64_t now_ms, uint32_t* window);
-  // Raises what this node knows of the key's count in `window` to at least total (the others'
-  // part grows; this node's own count is exact). Nothing when now is no longer in that window.
-  void raise_total(uint64_t key, const limit_spec& spec, int64_t now_ms, uint32_t window,
-                   uint64_t total);
+
+  // Raises this node's own count of key in window to at least count: its admissions of an
+  // earlier life that the others hold but its store lost (a strict key taken over after a
+  // restart). Nothing when the key has no entry (a new entry reads the replicated slot).
+  void raise_own(uint64_t key, uint32_t window, uint64_t count);
 
   // Hands this node's new admissions to the replicated state. Called by the state's flush hook.
   void flush();

@@ -3,31 +3,34 @@
 //
 // Every key of a strict limit has one owner: the member of the limit's scope (all members, or
 // the node's region) with the highest rendezvous score for the key among the live ones. The
-// owner decides, on its gossip thread, every request for the key — its own nodes' too — with its
-// own table (rate_limiter::check on a strict spec: no leases), and its decision is final. Its
-// admissions count in its slot of the replicated window counters, and before any admission goes
-// on (before the answer leaves, or a local request resumes) the owner sends its new counts to
-// every live member, in the same datagram as the answers where it has answers for that member.
-// So a member that takes the key over next already holds them.
+// owner decides, on its gossip thread, every request for the key — its own node's too — with its
+// own table (rate_limiter::check on a strict spec: no leases). Its admissions count in its slot of
+// the replicated window counters, and no admission goes on (no answer leaves, no local request
+// resumes) before the owner's new counts have been acknowledged by a majority of the scope's
+// members (this node included): whoever takes the key over asks a majority what they hold, and
+// two majorities always share a member. So an owner cut off from the others (a partition, a
+// process that stood still) cannot admit at all, and one that dies has lost nothing admitted.
 //
 // Asking: other nodes queue requests per owner; the first request into an empty queue posts a
 // flush to the gossip thread, which sends whatever gathered meanwhile as one message (at most
 // max_batch requests: nothing under light load, tens of microseconds of requests under heavy
-// load), sealed like every gossip packet (gossip_node::send_direct).
+// load), sealed like every gossip packet (gossip_node::send_direct). The owner decides a message's
+// requests together and has their counts acknowledged in one round.
 //
 // Taking a key over: a node deciding a key for the first time in a view of the cluster that
 // began after the key's current window did (a member joined, left, died, came back, or this node
-// stood still) first asks every other live member what it knows of the key's count in that
-// window, and starts from the largest answer (requests wait for it, up to half the limit's
-// strict_timeout). Right after a view change a key that moved to this node is not decided at all
-// for `handover_ms`, while the previous owner may not have noticed the change yet.
+// stood still) first asks every other live member for its slots of the key's counters in that
+// window and merges them; it decides once a majority (itself included) has answered. A member
+// that answers is fenced for the key: for fence_ms it acknowledges counts for it from the asker
+// only, and decides it for nobody, so an old owner that has not noticed the change cannot admit
+// past the new one.
 //
 // No decision (the caller applies the limit's on_partition) when
 //   * this node sees no majority of the scope's members alive (a partition's minority side, or a
-//     process that stood still: see tick) — so two sides of a partition never both decide;
-//   * the owner does not answer within the limit's strict_timeout;
-//   * the owner answers that it is not the owner (views differ for a moment) or that it is in the
-//     hand-over period.
+//     process that stood still: see tick);
+//   * the owner does not answer within the limit's strict_timeout (it waits at most 2/5 of it
+//     for acknowledgements, and 2/5 for the answers to a take-over's count queries);
+//   * the owner answers that it is not the owner (views differ for a moment, or it is fenced).
 //
 // Thread-safety: locate and ask from any thread; on_message, tick and the jobs handed to `post`
 // on the host's gossip thread (the owner's side runs only there); set_members from any thread.
@@ -60,7 +63,7 @@ class strict_limiter {
   struct options {
     std::string self_id;
     std::string region;
-    int64_t handover_ms = 1000;    // a key that moved here is not decided this long
+    int64_t fence_ms = 10000;      // how long a count query fences the key for the asker
     size_t max_batch = 32;         // requests per message (within gossip_node::max_direct_bytes)
     size_t max_pending = 1 << 16;  // asks in flight; beyond, asks get no decision at once
     // The process stood still (SIGSTOP, a stalled host) when ticks are this far apart: its view
@@ -73,15 +76,15 @@ class strict_limiter {
   using send_fn = std::function<void(const std::string& address, std::string message)>;
   // Runs job on the gossip thread after `after`.
   using post_fn = std::function<void(std::function<void()> job, std::chrono::microseconds after)>;
-  // An owner's slot of the window counters for a key (rate_limiter's counter key and window).
+  // A node's slot of the window counters for a key (rate_limiter's counter key and window).
   struct owner_count {
     uint64_t key = 0;
     uint32_t window_ms = 0;
     uint32_t window = 0;
     uint32_t count = 0;
   };
-  // Merges an owner's counts into the replicated state (replicated_state::merge_counts).
-  using counts_fn = std::function<void(const std::string& owner, std::vector<owner_count>)>;
+  // Merges a node's slots into the replicated state (replicated_state::merge_counts).
+  using counts_fn = std::function<void(const std::string& node, std::vector<owner_count>)>;
 
   // What the owner said: a decision, or none (the caller applies on_partition).
   struct outcome {
@@ -118,14 +121,16 @@ class strict_limiter {
   struct counters {
     std::atomic<uint64_t> decided_here{0};  // decisions made here as the owner (all askers)
     std::atomic<uint64_t> decided_for_others{0};
-    std::atomic<uint64_t> asked{0};         // requests sent to other owners
-    std::atomic<uint64_t> answered{0};      // ... answered with a decision
-    std::atomic<uint64_t> timed_out{0};     // ... not answered in time (or too many waiting)
-    std::atomic<uint64_t> not_owner{0};     // ... answered "not the owner" or "handing over"
-    std::atomic<uint64_t> no_quorum{0};     // requests with no majority in sight
-    std::atomic<uint64_t> takeovers{0};     // keys taken over (count queries sent)
-    std::atomic<uint64_t> messages_out{0};  // messages sent (asks, answers, counts)
-    std::atomic<uint64_t> malformed{0};     // messages that did not decode
+    std::atomic<uint64_t> asked{0};           // requests sent to other owners
+    std::atomic<uint64_t> answered{0};        // ... answered with a decision
+    std::atomic<uint64_t> timed_out{0};       // ... not answered in time (or too many waiting)
+    std::atomic<uint64_t> not_owner{0};       // ... answered "not the owner" or "handing over"
+    std::atomic<uint64_t> no_quorum{0};       // requests with no majority in sight
+    std::atomic<uint64_t> takeovers{0};       // keys taken over (count queries sent)
+    std::atomic<uint64_t> unacknowledged{0};  // admissions no majority acknowledged in time
+    std::atomic<uint64_t> fenced{0};          // counts not acknowledged: the key is fenced
+    std::atomic<uint64_t> messages_out{0};    // messages sent (asks, answers, counts)
+    std::atomic<uint64_t> malformed{0};       // messages that did not decode
   };
   const counters& stats() const { return counters_; }
   // Prometheus lines.
@@ -144,6 +149,7 @@ class strict_limiter {
     uint64_t key = 0, limit = 0, window_ms = 0;
     uint8_t flags = 0;
     std::string timezone;
+    uint32_t timeout_ms = 0;
   };
   // A decision the owner is to make: the asker's id, and where the answer goes ("": here).
   struct owner_request {
@@ -154,6 +160,11 @@ class strict_limiter {
   };
   struct answer_out;
   struct takeover;
+  struct held;
+  struct fence {
+    std::string owner;  // the node taking the key over
+    int64_t until = 0;  // steady ms
+  };
 
   std::shared_ptr<const view> current() const;
   int64_t steady_now() const;
@@ -165,7 +176,10 @@ class strict_limiter {
   limit_spec spec_of(const queued& q);
   void decide_batch(std::vector<owner_request> requests);
   bool taking_over(const owner_request& r, const view& v, int64_t now_ms, int64_t steady);
+  void release(std::vector<answer_out> answers);
   void complete(const std::vector<answer_out>& answers);
+  void expire_held();
+  bool fenced_for(uint64_t key, const std::string& node, int64_t steady);
 
   options opt_;
   rate_limiter& limiter_;
@@ -188,6 +202,9 @@ class strict_limiter {
 
   // The owner's side: gossip thread only.
   std::unordered_map<uint64_t, std::unique_ptr<takeover>> takeovers_;
+  std::map<uint64_t, std::unique_ptr<held>> held_;  // by ack_seq: admissions awaiting a majority
+  uint64_t next_ack_seq_ = 1;
+  std::unordered_map<uint64_t, fence> fences_;
   std::map<std::string, std::shared_ptr<const month_calendar>> zones_;  // by time zone
 };
 
