@@ -4,7 +4,7 @@ BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all setup configure build run test test-asan test-tsan bench format clean package fuzz chaos chaos-short
+.PHONY: all setup configure build run test test-asan test-tsan bench format clean package fuzz chaos chaos-short accuracy
 
 all: build
 
@@ -62,6 +62,11 @@ chaos: build
 
 chaos-short: build
 	@python3 chaos/run.py --profile short --binary $(BUILD_DIR)/bin/meridian --out $(BUILD_DIR)/chaos
+
+# How well global rate limits hold with 50 ms between regions, on real processes in the chaos
+# topology (needs root, ~10 min): cold-key bursts and steady 3x load, eventual and strict.
+accuracy: build
+	@python3 chaos/accuracy.py --binary $(BUILD_DIR)/bin/meridian --out $(BUILD_DIR)/accuracy
 
 format:
 	@git ls-files '*.cc' '*.h' | xargs clang-format -i
