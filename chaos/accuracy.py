@@ -169,10 +169,9 @@ def measure_steady(binary, out, windows):
         ended = time.time()
         per_window = {"/limited": {}, "/strict": {}}
         for rows in c.read_load().values():
-            for r in rows:
-                if r["path"] in per_window:
-                    w = r["t"] // cl.WINDOW_MS * cl.WINDOW_MS
-                    per_window[r["path"]][w] = per_window[r["path"]].get(w, 0) + r["s2xx"]
+            for path, counts in per_window.items():
+                for w, n in cl.decided_windows(rows, path).items():
+                    counts[w] = counts.get(w, 0) + n
         whole = lambda w: w / 1000 >= started + 1 and (w + cl.WINDOW_MS) / 1000 <= ended - 0.5
         eventual = sorted(v for w, v in per_window["/limited"].items() if whole(w))
         strict = sorted(v for w, v in per_window["/strict"].items() if whole(w))

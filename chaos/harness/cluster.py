@@ -72,6 +72,31 @@ routes:
 """
 
 
+def decided_windows(rows, path, window_ms=None, slack_ms=500):
+    """{window start (Unix ms): 2xx answers the limit decided in that window} for path, from the
+    load clients' rows: a row's completion bucket t and an answer's RateLimit-Reset r (seconds,
+    rounded up) put the window's end in [t + (r - 1) s - slack, t + 100 ms + r s), which holds one
+    multiple of the window when the window is longer than r's rounding plus the slack (an answer
+    decided more than slack_ms before it completed is counted as if decided at completion)."""
+    window_ms = window_ms or WINDOW_MS
+    out = {}
+    for r in rows:
+        if r["path"] != path:
+            continue
+        resets = r.get("reset") or {}
+        counted = 0
+        for reset, n in resets.items():
+            reset = int(reset)
+            low = r["t"] + (reset - 1) * 1000 - slack_ms
+            end = -(-low // window_ms) * window_ms  # the first window end at or after low
+            out[end - window_ms] = out.get(end - window_ms, 0) + n
+            counted += n
+        if r["s2xx"] > counted:  # answers without the header: by completion time
+            w = r["t"] // window_ms * window_ms
+            out[w] = out.get(w, 0) + r["s2xx"] - counted
+    return out
+
+
 def node_id(host):
     return f"{host.region}-{host.index}"
 

@@ -35,16 +35,15 @@ def rate_limit_bounded(ctx, policy="local_share"):
 def strict_never_over(ctx):
     """Admitted /strict requests (mode: strict, on_partition: fail_closed) in every window of the
     load, summed over all nodes' clients, never exceed the limit: not by one, whatever the fault.
-    Windows are the clients' (Unix time multiples of the window, like the nodes'); a scenario
-    that skews a node's clock on purpose skips this (ctx.strict_clock_skewed)."""
+    An answer counts in the window the owner decided it in (cluster.decided_windows: the answer's
+    RateLimit-Reset), not the one it arrived in; a scenario that skews a node's clock on purpose
+    skips this (ctx.strict_clock_skewed)."""
     if getattr(ctx, "strict_clock_skewed", False):
         return None
     per_window = {}
     for rows in ctx.cluster.read_load().values():
-        for r in rows:
-            if r["path"] == "/strict":
-                w = r["t"] // cl.WINDOW_MS * cl.WINDOW_MS
-                per_window[w] = per_window.get(w, 0) + r["s2xx"]
+        for w, n in cl.decided_windows(rows, "/strict").items():
+            per_window[w] = per_window.get(w, 0) + n
     worst = max(per_window.values()) if per_window else 0
     # The load must take some window to the limit, or the bound says nothing. (A window's last
     # admissions can be answered errors on the way back, so "reached" is 95 %.)

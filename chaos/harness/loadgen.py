@@ -7,10 +7,13 @@ Each --work PATH=RATE[:THREADS] sends RATE requests a second to PATH over THREAD
 Results are counted in 100 ms buckets by the time each request completed (Unix ms) and appended
 to FILE as JSON lines every half second:
     {"t": BUCKET_MS, "path": PATH, "s2xx": N, "s429": N, "s5xx": N, "other": N, "err": N,
-     "lat": {UPPER_MS: N, ...}}
+     "lat": {UPPER_MS: N, ...}, "reset": {SECONDS: N, ...}}
 `err` counts requests that got no response (refused, reset, timed out after 2 s). `lat` is a
 histogram of the answered requests' latency (send to complete response): the count of those at
 most UPPER_MS (one of LAT_BOUNDS_MS, the smallest that holds it; "inf" beyond the last).
+`reset` counts the 2xx answers by their RateLimit-Reset (seconds to the end of the window the
+limit decided them in): with the completion bucket it tells which window that was, whatever the
+answer's latency (cluster.decided_windows).
 """
 import argparse
 import json
@@ -29,7 +32,7 @@ class Counts:
         self.lock = threading.Lock()
         self.buckets = {}  # (bucket, path) -> [s2xx, s429, s5xx, other, err, {lat: n}]
 
-    def add(self, path, status, latency_s=None):
+    def add(self, path, status, latency_s=None, reset=None):
         b = int(time.time() * 1000) // BUCKET_MS * BUCKET_MS
         if status is None:
             i = 4
@@ -46,10 +49,12 @@ class Counts:
             ms = latency_s * 1000
             lat = next((str(u) for u in LAT_BOUNDS_MS if ms <= u), "inf")
         with self.lock:
-            row = self.buckets.setdefault((b, path), [0, 0, 0, 0, 0, {}])
+            row = self.buckets.setdefault((b, path), [0, 0, 0, 0, 0, {}, {}])
             row[i] += 1
             if lat is not None:
                 row[5][lat] = row[5].get(lat, 0) + 1
+            if i == 0 and reset is not None:
+                row[6][str(reset)] = row[6].get(str(reset), 0) + 1
 
     def drain(self, before_ms):
         with self.lock:
@@ -60,7 +65,8 @@ class Counts:
 
 
 def read_response(sock, buf):
-    """Reads one response from sock (buf holds bytes already read). Returns (status, rest, close)."""
+    """Reads one response from sock (buf holds bytes already read). Returns (status, rest, close,
+    reset): reset is the RateLimit-Reset header's value (seconds), or None."""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
@@ -69,11 +75,13 @@ def read_response(sock, buf):
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     status = int(lines[0].split()[1])
-    length, close, chunked = 0, False, False
+    length, close, chunked, reset = 0, False, False, None
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
-        if name == b"content-length":
+        if name == b"ratelimit-reset":
+            reset = int(value.strip())
+        elif name == b"content-length":
             length = int(value.strip())
         elif name == b"connection" and value.strip().lower() == b"close":
             close = True
@@ -93,7 +101,7 @@ def read_response(sock, buf):
                 raise ConnectionError("closed")
             rest += chunk
         rest = rest[length:]
-    return status, rest, close
+    return status, rest, close, reset
 
 
 def worker(host, port, path, interval, counts, stop):
@@ -112,8 +120,8 @@ def worker(host, port, path, interval, counts, stop):
                 buf = b""
             sent = time.monotonic()
             sock.sendall(request)
-            status, buf, close = read_response(sock, buf)
-            counts.add(path, status, time.monotonic() - sent)
+            status, buf, close, reset = read_response(sock, buf)
+            counts.add(path, status, time.monotonic() - sent, reset)
             if close:
                 sock.close()
                 sock = None
@@ -149,7 +157,7 @@ def main():
             for (b, path), row in sorted(counts.drain(before).items()):
                 out.write(json.dumps({"t": b, "path": path, "s2xx": row[0], "s429": row[1],
                                       "s5xx": row[2], "other": row[3], "err": row[4],
-                                      "lat": row[5]}) + "\n")
+                                      "lat": row[5], "reset": row[6]}) + "\n")
         while not stop.wait(0.5):
             flush(int(time.time() * 1000) // BUCKET_MS * BUCKET_MS - BUCKET_MS)
         for t in threads:

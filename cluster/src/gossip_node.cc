@@ -179,6 +179,7 @@ struct gossip_node::impl final : environment {
   steady::time_point last_replay_log{};
   uint64_t replays_since_log = 0;
   std::atomic<bool> running{false};
+  std::atomic<std::thread::id> io_thread{};  // the gossip thread, once it runs
 
   // --- environment ---------------------------------------------------------------------------
 
@@ -697,7 +698,10 @@ bool gossip_node::start(std::string* error) {
   d.accept();
   if (!d.opt.seeds.empty()) d.swim->join(d.opt.seeds);
   d.reschedule();
-  d.thread = std::thread([&d] { d.ioc.run(); });
+  d.thread = std::thread([&d] {
+    d.io_thread.store(std::this_thread::get_id());
+    d.ioc.run();
+  });
   logger()->info("cluster member {} (region {}) gossiping on {} at incarnation {}", d.opt.self.id,
                  d.opt.self.region, d.opt.self.address, incarnation);
   return true;
@@ -756,7 +760,7 @@ void gossip_node::flush_application_now() {
 void gossip_node::send_direct(const std::string& address, std::string message) {
   auto& d = *impl_;
   if (!d.running || message.size() > max_direct_bytes) return;
-  if (std::this_thread::get_id() == d.thread.get_id()) {
+  if (std::this_thread::get_id() == d.io_thread.load()) {
     d.send_direct_now(address, std::move(message));
     return;
   }
@@ -774,9 +778,13 @@ void gossip_node::post(std::function<void()> job, std::chrono::microseconds afte
     });
     return;
   }
-  auto timer = std::make_shared<asio::steady_timer>(d.ioc, after);
-  timer->async_wait([&d, timer, job = std::move(job)](const error_code& ec) {
-    if (!ec && d.running) job();
+  // The timer is made on the gossip thread: its io objects are touched there only.
+  asio::post(d.ioc, [&d, after, job = std::move(job)]() mutable {
+    if (!d.running) return;
+    auto timer = std::make_shared<asio::steady_timer>(d.ioc, after);
+    timer->async_wait([&d, timer, job = std::move(job)](const error_code& ec) {
+      if (!ec && d.running) job();
+    });
   });
 }
 

@@ -59,6 +59,7 @@ bool is_live(member_state s) {
 }
 
 constexpr size_t max_relays = 1024;           // ping-reqs served at once
+constexpr size_t urgent_fanout = 8;  // members an urgent round goes to (at least gossip_nodes)
 constexpr size_t max_queued_payloads = 1024;  // application payloads waiting to be piggybacked
 constexpr size_t seen_payloads_cap = 4096;    // dedup memory for received payloads
 constexpr millis join_backoff_start{1000};
@@ -653,11 +654,13 @@ struct membership::impl {
   }
 
   // ---- periodic work ----
-  void gossip_round() {
+  // Sends a packet to `fanout` members (0: gossip_nodes), chosen at random among the live ones
+  // and the recently dead.
+  void gossip_round(size_t fanout = 0) {
     if (!has_gossip()) return;
     millis now = env_.now();
     auto targets = pick(
-        cfg_.gossip_nodes,
+        fanout ? fanout : cfg_.gossip_nodes,
         [&](const member& m) {
           return is_live(m.state) ||
                  (m.state == member_state::dead && now - m.state_since < cfg_.gossip_to_dead);
@@ -1108,7 +1111,9 @@ void membership::urgent_application_round(millis min_gap) {
   d.pull_app();
   if (!may_send || d.fresh_payloads() == 0) return;
   d.last_urgent_round_ = now;
-  d.gossip_round();
+  // Counts near a limit: every member should hear them now, not some now and the rest a gossip
+  // round later (up to urgent_fanout members, so a large cluster still spreads them by gossip).
+  d.gossip_round(std::max<size_t>(d.cfg_.gossip_nodes, urgent_fanout));
 }
 
 void membership::broadcast_payload(std::string payload) {

@@ -414,7 +414,8 @@ bool strict_limiter::taking_over(const owner_request& r, const view& v, int64_t 
   const int64_t epoch = t.epoch;
   const uint32_t window = t.window;
   limit_spec query = r.spec;
-  query.strict_timeout_ms = std::max<uint64_t>(r.spec.strict_timeout_ms * 2 / 5, 1);
+  // The asker gives up at its timeout, whatever happens here: waiting as long costs nothing.
+  query.strict_timeout_ms = std::max<uint64_t>(r.spec.strict_timeout_ms, 1);
   std::vector<std::string> targets;
   for (const auto& [h, address] : s.live)
     if (h != v.self_hash) targets.push_back(address);
@@ -558,7 +559,7 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   h->needed = majority_others;
   h->deadline =
       steady + static_cast<int64_t>(std::max<uint64_t>(
-                   requests.empty() ? 1 : requests.front().spec.strict_timeout_ms * 2 / 5, 1));
+                   requests.empty() ? 1 : requests.front().spec.strict_timeout_ms, 1));
   h->answers = std::move(admitted);
   const bool first = held_.empty();
   held_.emplace(seq, std::move(h));

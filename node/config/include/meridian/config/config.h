@@ -298,7 +298,7 @@ struct rate_limit_config {
   // eventual: every node decides on what it knows (leases, gossip); strict: the key's owner
   // decides (exact; one round trip to the owner), waiting at most strict_timeout for it.
   std::string mode = "eventual";
-  duration strict_timeout = std::chrono::milliseconds(250);
+  duration strict_timeout = std::chrono::milliseconds(500);
 };
 
 // A canned answer for a route whose upstreams cannot serve (instead of 502/503/504).

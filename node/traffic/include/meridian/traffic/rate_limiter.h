@@ -75,7 +75,7 @@ struct limit_spec {
   // owner's decision: exact (no leases), never the on_partition policy, and an admission is sent
   // to the others at once.
   bool strict = false;
-  uint64_t strict_timeout_ms = 250;  // how long an ask waits for the owner
+  uint64_t strict_timeout_ms = 500;  // how long an ask waits for the owner
 
   // The window holding Unix ms now: its number (the counters' window index), its length and
   // how far into it now is.

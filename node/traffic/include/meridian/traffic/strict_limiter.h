@@ -28,8 +28,8 @@
 // No decision (the caller applies the limit's on_partition) when
 //   * this node sees no majority of the scope's members alive (a partition's minority side, or a
 //     process that stood still: see tick);
-//   * the owner does not answer within the limit's strict_timeout (it waits at most 2/5 of it
-//     for acknowledgements, and 2/5 for the answers to a take-over's count queries);
+//   * the owner does not answer within the limit's strict_timeout (the owner waits as long for
+//     acknowledgements, and for the answers to a take-over's count queries);
 //   * the owner answers that it is not the owner (views differ for a moment, or it is fenced).
 //
 // Thread-safety: locate and ask from any thread; on_message, tick and the jobs handed to `post`
