@@ -10,7 +10,9 @@
    owner it goes on from the dead owner's count: over the window exactly the limit is
    admitted, never more.
 3. The owner comes back (restart) and takes its keys over again without admitting more.
-Windows are 1 h (aligned to Unix hours); a phase that straddles an hour is run again.
+Windows are 1 h (aligned to Unix hours); a phase that straddles an hour is run again. The asks
+wait up to 5 s (strict_timeout), so a loaded machine (sanitizers, ctest -j) slows the test down
+but does not turn an answer into a timeout, which would be refused and change the counts.
 usage: strict_test.py MERIDIAN_BINARY
 """
 
@@ -64,7 +66,7 @@ routes:
     match: {{path_prefix: /strict}}
     upstream: app
     rate_limit: {{limit: {LIMIT}, window: 1h, key: "header:x-user", scope: global, mode: strict,
-                 on_partition: fail_closed, algorithm: fixed_window}}
+                 on_partition: fail_closed, algorithm: fixed_window, strict_timeout: 5s}}
 """
 
 
