@@ -58,7 +58,7 @@ bool is_live(member_state s) {
   return s == member_state::alive || s == member_state::suspect;
 }
 
-constexpr size_t max_relays = 1024;           // ping-reqs served at once
+constexpr size_t max_relays = 1024;  // ping-reqs served at once
 constexpr size_t urgent_fanout = 8;  // members an urgent round goes to (at least gossip_nodes)
 constexpr size_t max_queued_payloads = 1024;  // application payloads waiting to be piggybacked
 constexpr size_t seen_payloads_cap = 4096;    // dedup memory for received payloads

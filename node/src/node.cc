@@ -1297,6 +1297,7 @@ node::~node() {
   impl_->stop_persister();
   // Password checks still queued answer before the workers they post to stop.
   if (impl_->oauth) impl_->oauth->stop();
+  if (impl_->strict) impl_->strict->stop();  // asks still waiting resume their workers first
   if (impl_->proxy) impl_->proxy->stop();
   impl_->stop_usage();  // after the workers: the last requests' counts too
   if (impl_->admin) impl_->admin->stop();
@@ -1653,6 +1654,8 @@ void node::drain(duration timeout) {
   log()->info("draining: {} open connection(s)", d.proxy ? d.proxy->connections() : 0);
   // Leave first, so that the others see `left` (not `dead`) while this node finishes requests.
   if (d.cluster) d.cluster->leave();
+  // Gone from the cluster: strict limits are decided by on_partition for the requests left.
+  if (d.strict) d.strict->stop();
   d.stop_applier();
   d.stop_breaker_sync();
   if (d.proxy) d.proxy->drain(timeout);

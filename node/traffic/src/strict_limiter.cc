@@ -261,7 +261,7 @@ bool strict_limiter::enqueue(const std::string& address, queued q, pending p) {
   bool post_flush = false, post_sweep = false;
   {
     std::unique_lock lock(mu_);
-    if (pending_.size() >= opt_.max_pending) {
+    if (stopped_ || pending_.size() >= opt_.max_pending) {
       lock.unlock();
       counters_.timed_out.fetch_add(1, std::memory_order_relaxed);
       p.done(outcome{});
@@ -284,6 +284,19 @@ bool strict_limiter::enqueue(const std::string& address, queued q, pending p) {
   if (post_flush) post_([this] { flush(); }, {});
   if (post_sweep) post_([this] { sweep(); }, std::chrono::milliseconds(5));
   return true;
+}
+
+void strict_limiter::stop() {
+  std::vector<done_fn> ended;
+  {
+    std::lock_guard lock(mu_);
+    stopped_ = true;
+    for (auto& [id, p] : pending_) ended.push_back(std::move(p.done));
+    pending_.clear();
+    deadlines_.clear();
+    queued_.clear();
+  }
+  for (auto& done : ended) done(outcome{});
 }
 
 void strict_limiter::flush() {
@@ -557,9 +570,8 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   const uint64_t seq = next_ack_seq_++;
   auto h = std::make_unique<held>();
   h->needed = majority_others;
-  h->deadline =
-      steady + static_cast<int64_t>(std::max<uint64_t>(
-                   requests.empty() ? 1 : requests.front().spec.strict_timeout_ms, 1));
+  h->deadline = steady + static_cast<int64_t>(std::max<uint64_t>(
+                             requests.empty() ? 1 : requests.front().spec.strict_timeout_ms, 1));
   h->answers = std::move(admitted);
   const bool first = held_.empty();
   held_.emplace(seq, std::move(h));

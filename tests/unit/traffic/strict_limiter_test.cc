@@ -461,6 +461,24 @@ TEST(strict_limiter, a_node_asked_for_a_key_it_does_not_own_answers_not_owner) {
   EXPECT_EQ(c.nodes[2].strict->stats().not_owner.load(), 1u);
 }
 
+TEST(strict_limiter, stopping_ends_every_waiting_ask_and_every_later_one_at_once) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  c.down.insert("a:7946");  // nothing will answer
+  int ended = 0;
+  strict_limiter::location at_a{strict_limiter::location::remote, "a:7946"};
+  for (int i = 0; i < 3; ++i)
+    c.nodes[1].strict->ask(at_a, 7, spec, [&](auto o) { ended += !o.decided; });
+  c.pump();
+  EXPECT_EQ(ended, 0);
+  c.nodes[1].strict->stop();
+  EXPECT_EQ(ended, 3);
+  c.nodes[1].strict->ask(at_a, 7, spec, [&](auto o) { ended += !o.decided; });
+  EXPECT_EQ(ended, 4);
+  c.advance(1000);  // nothing runs twice
+  EXPECT_EQ(ended, 4);
+}
+
 TEST(strict_limiter, malformed_messages_are_counted_and_change_nothing) {
   fake_cluster c;
   auto& a = *c.nodes[0].strict;

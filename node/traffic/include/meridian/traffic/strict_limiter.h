@@ -114,6 +114,10 @@ class strict_limiter {
   // once: on the gossip thread, or at once (no decision) when nowhere or too many are waiting.
   void ask(const location& where, uint64_t key, const limit_spec& spec, done_fn done);
 
+  // Stops asking (the node leaves the cluster): asks waiting for an answer, and every ask from
+  // now on, end at once with no decision (on_partition decides them). Any thread; idempotent.
+  void stop();
+
   // A packet.direct message from a member (gossip thread): requests, answers or counts.
   void on_message(const std::string& from_id, const std::string& from_address,
                   std::string_view message);
@@ -193,6 +197,7 @@ class strict_limiter {
   std::atomic<int64_t> last_tick_{0};
 
   std::mutex mu_;  // the asking side
+  bool stopped_ = false;
   uint32_t next_id_ = 1;
   std::unordered_map<uint32_t, pending> pending_;
   std::multimap<int64_t, uint32_t> deadlines_;
