@@ -515,6 +515,10 @@ std::string cluster_bridge::metrics_text() const {
   counter("packets_out_total", "Gossip datagrams sent.", c.packets_out.load());
   counter("bytes_in_total", "Gossip bytes received.", c.bytes_in.load());
   counter("bytes_out_total", "Gossip bytes sent.", c.bytes_out.load());
+  counter("direct_in_total", "Direct messages received (strict rate-limit asks, answers, counts).",
+          c.direct_in.load());
+  counter("direct_out_total", "Direct messages sent (strict rate-limit asks, answers, counts).",
+          c.direct_out.load());
   counter("auth_failures_total", "Gossip packets dropped: not sealed with an installed key.",
           c.auth_failures.load());
   counter("malformed_total", "Authenticated gossip that could not be decoded.", c.malformed.load());
