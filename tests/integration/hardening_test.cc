@@ -654,8 +654,14 @@ TEST(cluster_join, a_node_no_seed_answers_warns_that_its_key_may_not_be_accepted
   temp_dir dir;
   std::ofstream(dir.file("cluster.keys"))
       << meridian::cluster::encode_key(meridian::cluster::generate_key()) << "\n";
-  running_node n("cluster: {bind: 127.0.0.1:" + std::to_string(unused_port()) +
-                 ", seeds: [127.0.0.1:" + std::to_string(unused_port()) +
+  // Two different ports: a seed equal to the node's own address is dropped (a node never seeds
+  // from itself), and a node without seeds rightly never warns. Two calls can return the same
+  // free port.
+  const auto bind_port = unused_port();
+  auto seed_port = unused_port();
+  while (seed_port == bind_port) seed_port = unused_port();
+  running_node n("cluster: {bind: 127.0.0.1:" + std::to_string(bind_port) +
+                 ", seeds: [127.0.0.1:" + std::to_string(seed_port) +
                  "], keyring_file: " + dir.file("cluster.keys") + "}\n");
   ASSERT_TRUE(n.ok());
   auto warned = [&] {
