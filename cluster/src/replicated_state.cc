@@ -432,6 +432,24 @@ struct replicated_state::impl {
     }
   }
 
+  // Merges origin's slot values; for each that changed something, adds (key, window, the other
+  // nodes' total) to changes for the counter observer. Under mu.
+  void merge_counter_updates(const std::string& origin, const std::vector<counter_update>& updates,
+                             std::vector<std::tuple<uint64_t, uint32_t, uint64_t>>& changes) {
+    uint16_t node = counters.node_index(origin);
+    for (const auto& u : updates) {
+      if (!counters.merge(node, u)) continue;
+      ++stats.counter_updates_applied;
+      note_counter(u.key);
+      if (!counter_observer) continue;
+      uint64_t others = 0;
+      counters.for_each_slot(u.key, u.window, [&](uint16_t n, uint32_t c) {
+        if (n != 0) others += c;
+      });
+      changes.emplace_back(u.key, u.window, others);
+    }
+  }
+
   // Adopts a remote clock reading; false when it is too far ahead (and counted).
   bool observe(int64_t remote, const std::string& from) {
     if (clock.observe(static_cast<hlc_time>(remote))) return true;
@@ -986,20 +1004,7 @@ void replicated_state::on_payload(const std::string& from, const std::string& pa
     if (!delta.counters.empty() && !delta.origin.empty()) {
       std::vector<counter_update> updates;
       if (!unpack_counter_updates(delta.counters, &updates)) ++d.stats.malformed;
-      uint16_t node = d.counters.node_index(delta.origin);
-      for (const auto& u : updates) {
-        if (d.counters.merge(node, u)) {
-          ++d.stats.counter_updates_applied;
-          d.note_counter(u.key);
-          if (d.counter_observer) {
-            uint64_t others = 0;
-            d.counters.for_each_slot(u.key, u.window, [&](uint16_t n, uint32_t c) {
-              if (n != 0) others += c;
-            });
-            counter_changes.emplace_back(u.key, u.window, others);
-          }
-        }
-      }
+      d.merge_counter_updates(delta.origin, updates, counter_changes);
       double lag =
           static_cast<double>(d.clock.wall_ms() - hlc_unix_ms(static_cast<hlc_time>(delta.clock)));
       d.stats.counter_sync_lag_ms =
@@ -1021,19 +1026,7 @@ void replicated_state::merge_counts(const std::string& origin,
   {
     std::lock_guard lock(d.mu);
     if (origin.empty()) return;
-    uint16_t node = d.counters.node_index(origin);
-    for (const auto& u : updates) {
-      if (!d.counters.merge(node, u)) continue;
-      ++d.stats.counter_updates_applied;
-      d.note_counter(u.key);
-      if (d.counter_observer) {
-        uint64_t others = 0;
-        d.counters.for_each_slot(u.key, u.window, [&](uint16_t n, uint32_t c) {
-          if (n != 0) others += c;
-        });
-        counter_changes.emplace_back(u.key, u.window, others);
-      }
-    }
+    d.merge_counter_updates(origin, updates, counter_changes);
     observer = d.counter_observer;
   }
   d.flush_dirty();

@@ -624,6 +624,40 @@ TEST(wire, strict_batch_round_trips_u64_keys_time_zones_and_every_result) {
   EXPECT_EQ(back, b);
 }
 
+TEST(wire, every_truncation_of_a_strict_batch_is_refused_and_never_throws) {
+  // A datagram is decoded whole; a cut one (any byte count short) must fail cleanly, and two
+  // batches run together are trailing bytes, not two messages.
+  strict_batch b;
+  for (uint32_t i = 0; i < 20; ++i) {
+    b.requests.push_back({.id = i,
+                          .key = ~0ull - i,
+                          .limit = 200,
+                          .window_ms = 10000,
+                          .flags = strict_flag_month,
+                          .timezone = "Europe/Paris",
+                          .timeout_ms = 500});
+    b.answers.push_back({.id = i,
+                         .result = strict_result::counted,
+                         .remaining = i,
+                         .reset_ms = 9000,
+                         .retry_after_ms = 0,
+                         .count = i,
+                         .window = i});
+    b.counts.push_back({.key = i, .window_ms = 10000, .window = 3, .count = i, .origin = "n"});
+  }
+  b.ack_seq = 77;
+  b.acks = {1, 2, 3};
+  const std::string whole = encode(b);
+  for (size_t n = 0; n < whole.size(); ++n) {
+    strict_batch out;
+    EXPECT_NE(decode(std::string_view(whole).substr(0, n), &out), wire_error::none) << n;
+  }
+  strict_batch out;
+  EXPECT_EQ(decode(whole + whole, &out), wire_error::malformed);
+  ASSERT_EQ(decode(whole, &out), wire_error::none);
+  EXPECT_EQ(out, b);
+}
+
 TEST(wire, strict_answer_with_an_unknown_result_is_malformed) {
   // An answer (field 3) with id 5 and result 5.
   strict_batch back;
