@@ -10,6 +10,7 @@
 #include <limits>
 #include <tuple>
 
+#include "hash.h"
 #include "meridian/cluster/hlc.h"
 #include "meridian/cluster/replicated_state.h"
 
@@ -55,14 +56,6 @@ class spin_lock {
  private:
   std::atomic<uint8_t>& l_;
 };
-
-uint64_t mix(uint64_t x) {  // splitmix64's finaliser
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 uint64_t fnv1a(uint64_t h, std::string_view s) {
   for (unsigned char c : s) {

@@ -5,18 +5,11 @@
 #include <set>
 #include <tuple>
 
+#include "hash.h"
 #include "meridian/cluster/wire.h"
 
 namespace meridian::node {
 namespace {
-
-uint64_t mix(uint64_t x) {  // splitmix64's finaliser
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 uint64_t hash_id(std::string_view id) {
   uint64_t h = 0xcbf29ce484222325ull;
