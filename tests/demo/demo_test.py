@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -29,8 +30,10 @@ def check(ok, what):
 def main():
     binary = os.path.abspath(sys.argv[1])
     env = dict(os.environ)  # the pasted lines name the binary by its full path
-    demo = subprocess.Popen([binary, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    # stderr to a file, not a pipe nobody reads until the end: a full pipe would stall the demo.
+    log = tempfile.TemporaryFile(mode="w+")
+    demo = subprocess.Popen([binary, "demo"], stdout=subprocess.PIPE, stderr=log, text=True,
+                            env=env)
     lines = []
     done = threading.Event()
 
@@ -107,7 +110,8 @@ def main():
         check(demo.returncode == 0, f"Ctrl-C stops the demo cleanly ({demo.returncode})")
         if FAILURES:
             print("\n".join(lines))
-            print(demo.stderr.read()[-3000:])
+            log.seek(0)
+            print(log.read()[-3000:])
     print(f"{len(FAILURES)} failure(s)")
     sys.exit(1 if FAILURES else 0)
 

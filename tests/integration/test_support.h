@@ -3,16 +3,21 @@
 // raw client for exact bytes, and an in-process node built from YAML text.
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <random>
@@ -190,17 +195,64 @@ class raw_client {
   std::string buf_;
 };
 
-// Returns a loopback port that nothing listens on right now (bound, then released).
+// Whether both a TCP and a UDP socket can bind 127.0.0.1:port right now.
+inline bool port_bindable(int port) {
+  for (int kind : {SOCK_STREAM, SOCK_DGRAM}) {
+    int fd = ::socket(AF_INET, kind, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons(static_cast<uint16_t>(port));
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+    ::close(fd);
+    if (!ok) return false;
+  }
+  return true;
+}
+
+// Returns a loopback port (TCP and UDP) that nothing uses right now and that no other test is
+// handed before the sequence wraps: ports come in order from below the kernel's ephemeral range
+// (no outgoing connection and no bind to port 0 can take one before the node binds it), and the
+// sequence is shared by every test process through a locked counter file — the scheme of
+// free_port() in tests/pylib/harness.py. Falls back to the kernel's choice if either is missing.
 inline int unused_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
-  socklen_t len = sizeof sa;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  ::close(fd);
-  return ntohs(sa.sin_port);
+  int low = 10000, high = 10000;
+  if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+    if (std::fscanf(f, "%d", &high) != 1) high = low;
+    std::fclose(f);
+  }
+  const char* tmp = std::getenv("TMPDIR");
+  const std::string path = std::string(tmp ? tmp : "/tmp") + "/meridian-test-ports";
+  const int fd = high - low >= 1000 ? ::open(path.c_str(), O_RDWR | O_CREAT, 0666) : -1;
+  if (fd < 0) {
+    int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(s, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+    socklen_t len = sizeof sa;
+    ::getsockname(s, reinterpret_cast<sockaddr*>(&sa), &len);
+    ::close(s);
+    return ntohs(sa.sin_port);
+  }
+  ::flock(fd, LOCK_EX);
+  char text[32] = {};
+  const auto n = ::read(fd, text, sizeof text - 1);
+  long offset =
+      n > 0 && std::isdigit(static_cast<unsigned char>(text[0])) ? std::atol(text) : ::getpid();
+  int port = low;
+  for (int i = 0; i < high - low; ++i) {
+    port = low + static_cast<int>(offset % (high - low));
+    ++offset;
+    if (port_bindable(port)) break;
+  }
+  const std::string next = std::to_string(offset % (high - low));
+  ::lseek(fd, 0, SEEK_SET);
+  if (::ftruncate(fd, 0) == 0 && ::write(fd, next.data(), next.size()) < 0) {
+    // the next caller starts from its pid instead; the bind check still holds
+  }
+  ::close(fd);  // releases the lock
+  return port;
 }
 
 inline int status_of(const std::string& response) {

@@ -27,6 +27,9 @@ import urllib.request
 
 import websockets
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import free_port  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
 FAILURES = []
 
@@ -37,10 +40,6 @@ def check(ok, what):
         FAILURES.append(what)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the origin: HTTP/1.1 keep-alive, answers GET /size/N with N bytes, echoes POST bodies ------

@@ -23,14 +23,13 @@ import urllib.request
 
 import websockets
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pylib"))
+from harness import free_port  # noqa: E402
+
 TOKEN = "test-token-0123456789abcdef"
 TLS_SECTION = ""  # the TLS listener, set once the certificate exists
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def origin(ws):

@@ -20,11 +20,53 @@ def check(ok, what):
     return ok
 
 
+def _bindable(port):
+    """Whether both a TCP and a UDP socket can bind 127.0.0.1:port right now."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port():
-    """A loopback TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port (TCP and UDP) nobody uses now and no other test is handed before the range
+    wraps: ports come in sequence from below the kernel's ephemeral range (so no outgoing
+    connection and no bind to port 0 can take one between this call and the child's bind), and the
+    sequence is shared by every test process through a locked counter file. The same scheme is in
+    tests/integration/test_support.h and tests/ui/dashboard_test.js."""
+    import fcntl
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        ephemeral_low = int(f.read().split()[0])
+    low, high = 10000, ephemeral_low
+    if high - low < 1000:  # an unusual kernel setting: the kernel's choice below
+        high = low
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "meridian-test-ports")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        high = low  # no shared counter here: the kernel's choice below
+    if high == low:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        offset = int(text) if text.isdigit() else os.getpid()
+        for _ in range(high - low):
+            port = low + offset % (high - low)
+            offset += 1
+            if _bindable(port):
+                break
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(offset % (high - low)).encode())
+        return port
+    finally:
+        os.close(fd)
 
 
 def wait_http(url, timeout=30, alive=None):

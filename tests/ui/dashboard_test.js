@@ -26,11 +26,12 @@ function check(ok, what) {
   if (!ok) failures.push(what);
 }
 
+// A loopback port (TCP and UDP) nothing uses now and no other test is handed before the sequence
+// wraps: free_port() of tests/pylib/harness.py, the allocator every test process shares.
 function freePort() {
-  return new Promise((resolve) => {
-    const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => { const p = s.address().port; s.close(() => resolve(p)); });
-  });
+  const pylib = path.join(__dirname, '..', 'pylib');
+  return Number(execFileSync('python3', ['-c', 'import sys; sys.path.insert(0, sys.argv[1]); ' +
+    'import harness; print(harness.free_port())', pylib]).toString().trim());
 }
 
 function get(port, p, token, extra) {
@@ -82,7 +83,7 @@ async function main() {
   const up = upstream.address().port;
   const regions = ['eu-west', 'us-east', 'ap-south'];
   const ports = [];
-  for (let i = 0; i < 3; i++) ports.push({proxy: await freePort(), admin: await freePort(), gossip: await freePort()});
+  for (let i = 0; i < 3; i++) ports.push({proxy: freePort(), admin: freePort(), gossip: freePort()});
   const seeds = ports.map((p) => '127.0.0.1:' + p.gossip).join(', ');
   const nodes = [];
   for (let i = 0; i < 3; i++) {
@@ -112,7 +113,9 @@ routes:
     rate_limit: {limit: 3, window: 1h, key: "header:x-user", scope: global}
 `;
     fs.writeFileSync(path.join(tmp, `n${i}.yaml`), cfg);
-    nodes.push(spawn(binary, ['run', '--config', path.join(tmp, `n${i}.yaml`)], {stdio: ['ignore', 'ignore', 'pipe']}));
+    const log = fs.openSync(path.join(tmp, `n${i}.log`), 'w');
+    nodes.push(spawn(binary, ['run', '--config', path.join(tmp, `n${i}.yaml`)], {stdio: ['ignore', log, log]}));
+    fs.closeSync(log);
   }
   let browser;
   try {
@@ -234,6 +237,14 @@ routes:
     for (const n of nodes) { try { n.kill('SIGTERM'); } catch (e) { /* gone */ } }
     upstream.close();
     await new Promise((r) => setTimeout(r, 1500));
+    if (failures.length) {
+      // What each node said, for the failure's cause (the last 40 lines).
+      for (let i = 0; i < nodes.length; i++) {
+        const lines = fs.readFileSync(path.join(tmp, `n${i}.log`), 'utf8').trimEnd().split('\n');
+        console.log(`--- node n${i + 1} (exit ${nodes[i].exitCode}, signal ${nodes[i].signalCode}), last lines of its log:`);
+        console.log(lines.slice(-40).join('\n'));
+      }
+    }
     fs.rmSync(tmp, {recursive: true, force: true});
   }
   console.log(`${failures.length} failure(s)`);
