@@ -179,12 +179,25 @@ def main():
                 st, body = admin(tmp, ports, 0, "POST", f"/config/consumers/{c}/keys", {})
                 check(st == 201, f"key for {c} issued ({st})")
                 keys[c] = body
+            probes = {"acme": 0, "globex": 0}
+
+            def probe(c, i):
+                probes[c] += 1
+                return proxy_get(ports, i, "/v1/ping", {"X-API-Key": keys[c]["key"]}) == 200
+
             for c in ("acme", "globex"):
-                wait_for(f"{c}'s key works on every node", lambda: all(
-                    proxy_get(ports, i, "/v1/ping", {"X-API-Key": keys[c]["key"]}) == 200
-                    for i in range(3)))
-            # Those probes were requests too: start counting from the analytics as they are.
+                wait_for(f"{c}'s key works on every node",
+                         lambda: all(probe(c, i) for i in range(3)))
+            # Those probes were requests too (the only ones so far): start counting from the
+            # analytics once they hold every probe (a node drains its counts every second).
             base = {}
+
+            def probes_counted():
+                st, a = admin(tmp, ports, 0, "GET", "/analytics?by=consumer&since=2h")
+                # A probe refused (the key not there yet) counts too, as consumer (none).
+                return st == 200 and sum(v[0] for v in totals(a).values()) == sum(probes.values())
+
+            wait_for(f"the analytics count the probes ({probes})", probes_counted)
             for dim in ("consumer", "key", "route", "version"):
                 st, a = admin(tmp, ports, 0, "GET", f"/analytics?by={dim}&since=2h")
                 check(st == 200, f"GET /analytics?by={dim} answers 200 ({st})")
