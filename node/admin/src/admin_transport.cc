@@ -35,7 +35,7 @@ constexpr size_t max_linger_bytes = 1 << 20;
 thread_local bool close_requested = false;
 thread_local bool over_limit = false;  // the request read reached max_request_bytes
 
-// One client connection, owned by exactly one of: the gate's lists, the ready queue, a worker.
+// One client connection, owned by exactly one of: the gate's lists, a pool's ready queue, a worker.
 struct connection {
   int fd = -1;
   SSL* ssl = nullptr;
@@ -60,6 +60,13 @@ struct connection {
       SSL_free(ssl);
     }
     if (fd >= 0) ::close(fd);
+  }
+  // Whether the buffered request's target (origin form) starts with prefix.
+  bool target_starts_with(const std::string& prefix) const {
+    if (prefix.empty()) return false;
+    size_t sp = in.find(' ');
+    if (sp == std::string::npos || sp > 32) return false;
+    return in.compare(sp + 1, prefix.size(), prefix) == 0;
   }
   // True once `in` holds a whole request head.
   bool head_complete() {
@@ -255,10 +262,15 @@ struct guarded_server::impl {
   SSL_CTX* ctx = nullptr;
   std::string error;
 
+  // The workers of one pool: the general one, or the lane's (see admin_transport.h).
+  struct pool {
+    std::condition_variable cv;
+    std::deque<std::unique_ptr<connection>> ready;  // a complete head each
+  };
+
   std::mutex mu;
-  std::condition_variable ready_cv;
+  pool general, lane;
   std::vector<std::unique_ptr<connection>> incoming;  // to the gate: new or back from a worker
-  std::deque<std::unique_ptr<connection>> ready;      // to the workers: a complete head
   std::unordered_map<std::string, size_t> per_address;
   size_t total = 0;
   bool running = false;
@@ -275,7 +287,15 @@ struct guarded_server::impl {
     stopping = false;
     wake_fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     gate = std::thread([this] { run_gate(); });
-    for (size_t i = 0; i < limits.workers; ++i) workers.emplace_back([this] { run_worker(); });
+    for (size_t i = 0; i < limits.workers; ++i)
+      workers.emplace_back([this] { run_worker(general); });
+    for (size_t i = 0; i < lane_workers(); ++i) workers.emplace_back([this] { run_worker(lane); });
+  }
+
+  size_t lane_workers() const { return limits.lane_prefix.empty() ? 0 : limits.lane_workers; }
+
+  pool& pool_for(const connection& c) {
+    return lane_workers() > 0 && c.target_starts_with(limits.lane_prefix) ? lane : general;
   }
 
   void stop_threads() {
@@ -285,13 +305,15 @@ struct guarded_server::impl {
       stopping = true;
     }
     wake();
-    ready_cv.notify_all();
+    general.cv.notify_all();
+    lane.cv.notify_all();
     if (gate.joinable()) gate.join();
     for (auto& w : workers) w.join();
     workers.clear();
     std::lock_guard lock(mu);
     incoming.clear();
-    ready.clear();
+    general.ready.clear();
+    lane.ready.clear();
     per_address.clear();
     total = 0;
     running = false;
@@ -492,30 +514,33 @@ struct guarded_server::impl {
     waiting.erase(std::remove(waiting.begin(), waiting.end(), nullptr), waiting.end());
   }
 
+  // Gate thread, or a worker with a pipelined request for the other pool.
   void hand_to_worker(std::unique_ptr<connection> c) {
+    pool& p = pool_for(*c);
     {
       std::lock_guard lock(mu);
-      ready.push_back(std::move(c));
+      p.ready.push_back(std::move(c));
     }
-    ready_cv.notify_one();
+    p.cv.notify_one();
   }
 
-  void run_worker() {
+  void run_worker(pool& p) {
     for (;;) {
       std::unique_ptr<connection> c;
       {
         std::unique_lock lock(mu);
-        ready_cv.wait(lock, [&] { return stopping || !ready.empty(); });
+        p.cv.wait(lock, [&] { return stopping || !p.ready.empty(); });
         if (stopping) return;
-        c = std::move(ready.front());
-        ready.pop_front();
+        c = std::move(p.ready.front());
+        p.ready.pop_front();
       }
-      serve(std::move(c));
+      serve(std::move(c), p);
     }
   }
 
-  // Worker: serves requests on c while complete heads are buffered; then back to the gate.
-  void serve(std::unique_ptr<connection> c) {
+  // Worker of pool p: serves requests on c while complete heads for p are buffered; a pipelined
+  // request for the other pool goes there; otherwise c goes back to the gate.
+  void serve(std::unique_ptr<connection> c, pool& p) {
     for (;;) {
       buffered_stream stream(*c, limits);
       bool closed = false;
@@ -534,7 +559,11 @@ struct guarded_server::impl {
         return;
       }
       c->scanned = 0;
-      if (!c->in.empty() && c->head_complete()) continue;  // pipelined
+      if (!c->in.empty() && c->head_complete()) {  // pipelined
+        if (&pool_for(*c) == &p) continue;
+        hand_to_worker(std::move(c));
+        return;
+      }
       c->deadline = now_ms() + limits.head_timeout_ms;
       {
         std::lock_guard lock(mu);

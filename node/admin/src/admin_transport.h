@@ -12,6 +12,11 @@
 // max_per_address connections: at the cap the address's oldest waiting connection makes room.
 // Bytes read per request are capped, so no body can grow the process beyond that.
 //
+// Requests whose target starts with lane_prefix (the peer endpoints, /peer/) have workers of
+// their own (lane_workers): a handler that asks the other nodes (a cluster-wide view) holds its
+// worker while it waits for their peer endpoints, so with one pool, nodes each busy with such
+// views would wait on each other's full pools until the peer calls timed out.
+//
 // Thread use: start() and stop() from one thread; everything else runs on the gate thread, the
 // workers and httplib's accept thread.
 
@@ -25,12 +30,14 @@ namespace meridian::node {
 
 struct admin_transport_limits {
   size_t workers = 4;
-  size_t max_connections = 512;       // in all; beyond, the oldest waiting one is closed
-  size_t max_per_address = 64;        // per client address, likewise
-  int head_timeout_ms = 10'000;       // the whole request head, from the start of the wait
-  int io_timeout_ms = 5'000;          // each read or write once a request is being served
-  int request_timeout_ms = 30'000;    // reading one request's body
-  size_t max_head_bytes = 64 * 1024;  // 431 beyond
+  size_t lane_workers = 2;             // for requests whose target starts with lane_prefix
+  std::string lane_prefix = "/peer/";  // empty: one pool for all
+  size_t max_connections = 512;        // in all; beyond, the oldest waiting one is closed
+  size_t max_per_address = 64;         // per client address, likewise
+  int head_timeout_ms = 10'000;        // the whole request head, from the start of the wait
+  int io_timeout_ms = 5'000;           // each read or write once a request is being served
+  int request_timeout_ms = 30'000;     // reading one request's body
+  size_t max_head_bytes = 64 * 1024;   // 431 beyond
   size_t max_request_bytes = (1 << 20) + 64 * 1024;  // head and body; the stream fails beyond
 };
 

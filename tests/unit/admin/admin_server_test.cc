@@ -3,11 +3,22 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
 namespace meridian::node {
 namespace {
@@ -189,6 +200,115 @@ TEST(admin_server, unset_handler_endpoint_is_404) {
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 404);
   EXPECT_EQ(json::parse(res->body)["error"], "not_found");
+}
+
+// A cluster-wide view holds its admin worker while it waits for the other nodes' peer endpoints.
+// With every general worker so held, /peer/ requests still answer: otherwise nodes each busy
+// with such views would wait on each other's full pools until their peer calls timed out.
+TEST(admin_server, peer_endpoints_answer_while_every_general_worker_waits) {
+  const std::string peer_token = "peer-token-0123456789abcdef";
+  std::mutex mu;
+  std::condition_variable cv;
+  bool released = false;
+  int inside = 0;
+  admin_handlers h;
+  h.cluster_members = [&] {
+    std::unique_lock lock(mu);
+    ++inside;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+    return json::array();
+  };
+  h.peer_health = [] { return json{{"status", "healthy"}}; };
+  admin_server server("eu-1", token, std::move(h), {}, peer_token);
+  std::string error;
+  ASSERT_TRUE(server.start("127.0.0.1", 0, &error)) << error;
+  std::vector<std::thread> views;
+  std::atomic<int> views_answered{0};
+  for (int i = 0; i < 6; ++i) {
+    views.emplace_back([&] {
+      httplib::Client c("127.0.0.1", server.port());
+      c.set_read_timeout(60, 0);
+      auto res = c.Get("/cluster/members", {{"Authorization", std::string("Bearer ") + token}});
+      if (res && res->status == 200) ++views_answered;
+    });
+  }
+  bool all_held;
+  {
+    std::unique_lock lock(mu);
+    all_held = cv.wait_for(lock, std::chrono::seconds(20), [&] { return inside >= 4; });
+  }
+  httplib::Client peer("127.0.0.1", server.port());
+  peer.set_read_timeout(5, 0);
+  auto res = peer.Get("/peer/health", {{"Authorization", "Bearer " + peer_token}});
+  const bool peer_answered =
+      res && res->status == 200 && res->body.find("healthy") != std::string::npos;
+  {
+    std::lock_guard lock(mu);
+    released = true;
+  }
+  cv.notify_all();
+  for (auto& t : views) t.join();
+  EXPECT_TRUE(all_held) << "the general workers never all held a view";
+  EXPECT_TRUE(peer_answered) << (res ? std::to_string(res->status)
+                                     : httplib::to_string(res.error()));
+  EXPECT_EQ(views_answered.load(), 6);
+}
+
+// Pipelined requests for both pools on one connection: each is answered, in order.
+TEST(admin_server, pipelined_peer_and_general_requests_are_answered_in_order) {
+  admin_handlers h;
+  h.peer_health = [] { return json{{"status", "peer-view"}}; };
+  admin_server server("eu-1", token, std::move(h), {}, "peer-token-0123456789abcdef");
+  std::string error;
+  ASSERT_TRUE(server.start("127.0.0.1", 0, &error)) << error;
+  const std::string peer =
+      "GET /peer/health HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "
+      "peer-token-0123456789abcdef\r\n\r\n";
+  const std::string general = "GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+  // Five: the server closes a connection after five requests (keep_alive_max_count).
+  const std::string input = general + peer + peer + general + peer;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons(static_cast<uint16_t>(server.port()));
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+  ASSERT_EQ(::send(fd, input.data(), input.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(input.size()));
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto answers = [&] {
+    size_t n = 0;
+    for (size_t at = out.find("HTTP/1.1 200"); at != std::string::npos;
+         at = out.find("HTTP/1.1 200", at + 1))
+      ++n;
+    return n;
+  };
+  while (answers() < 5 && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 200) <= 0) continue;
+    char buf[8192];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  ASSERT_EQ(answers(), 5u) << out;
+  // general, peer, peer, general, peer: /health names the node, /peer/health the view.
+  std::vector<char> order;
+  for (size_t at = 0;;) {
+    size_t node = out.find("\"eu-1\"", at), view = out.find("peer-view", at);
+    if (node == std::string::npos && view == std::string::npos) break;
+    if (view == std::string::npos || (node != std::string::npos && node < view)) {
+      order.push_back('g');
+      at = node + 1;
+    } else {
+      order.push_back('p');
+      at = view + 1;
+    }
+  }
+  EXPECT_EQ(std::string(order.begin(), order.end()), "gppgp") << out;
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 //
 // Usage: fill admin_handlers with callbacks, construct, start() on listen.admin, stop() (or
 // destroy) at shutdown. The server runs on its own threads: one accepts, a small pool (4) serves
-// requests, so every callback may be called concurrently with itself and with the data plane
-// and must be thread-safe. A callback that throws makes its request a 500; the server goes on.
+// requests and two more serve the peer endpoints (/peer/...) only, so a node whose pool is busy
+// with cluster-wide views (which wait on the other nodes' peer endpoints) still answers theirs.
+// Every callback may be called concurrently with itself and with the data plane and must be
+// thread-safe. A callback that throws makes its request a 500; the server goes on.
 //
 // Every endpoint but GET /health requires `Authorization: Bearer <token>`; the token is compared
 // in constant time. An empty token locks every protected endpoint. Errors are JSON
