@@ -587,6 +587,7 @@ struct node::impl {
   std::unique_ptr<usage_store> usage_db;
   periodic_thread usage_collector;  // drains the workers' counts into usage_db, persists them
   std::string peer_token;           // what other nodes present to /peer/... (peers.h)
+  peer_client peers;                // how this node calls theirs (set at start, then read-only)
 
   // Moves the workers' counts into the store's open minute and hour; with persist, writes them.
   // One at a time (collector and admin threads), so a batch never lands after a newer one.
@@ -929,7 +930,7 @@ struct node::impl {
     auto answered = nlohmann::json::array({cfg.node.id});
     auto missing = nlohmann::json::array();
     if (cluster) {
-      auto r = ask_peers(*cluster, cfg.node.id,
+      auto r = ask_peers(*cluster, peers,
                          "/peer/ratelimits/" + route + "?limit=" + std::to_string(ref.index));
       for (auto& id : r.missing) missing.push_back(id);
       for (auto& [id, j] : r.answers) {
@@ -1324,6 +1325,11 @@ bool node::start(std::string* error) {
     *error = problems.front();
     return false;
   }
+  d.peers = peer_client_of(d.cfg);
+  if (auto why = peer_client_error(d.peers); !why.empty()) {
+    *error = why;
+    return false;
+  }
   if (!load_or_create_token(token_file, &d.token, error)) return false;
 
   if (d.cfg.cluster) {
@@ -1495,7 +1501,7 @@ bool node::start(std::string* error) {
     handlers.cluster_members = [this] { return impl_->cluster->members_json(); };
     handlers.cluster_health = [this] { return impl_->cluster->health_json(); };
     handlers.peer_health = [this] { return impl_->cluster->health_json(); };
-    handlers.cluster_nodes = [this] { return cluster_nodes(*impl_->cluster, impl_->cfg.node.id); };
+    handlers.cluster_nodes = [this] { return cluster_nodes(*impl_->cluster, impl_->peers); };
     handlers.cluster_keys = [this] { return impl_->cluster->keys_json(); };
     handlers.cluster_keys_write = [this](const std::string& method, const std::string& fp,
                                          const std::string& body) -> admin_reply {
@@ -1549,7 +1555,7 @@ bool node::start(std::string* error) {
   if (d.usage_db) {
     handlers.analytics = [this](const std::map<std::string, std::string>& q, bool peer) {
       impl_->collect_usage(false);  // what was just served counts too
-      return analytics_reply(q, peer, *impl_->usage_db, impl_->cluster.get(), impl_->cfg.node.id,
+      return analytics_reply(q, peer, *impl_->usage_db, impl_->cluster.get(), impl_->peers,
                              unix_now_ms());
     };
   }

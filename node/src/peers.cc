@@ -2,8 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <charconv>
+#include <chrono>
 #include <future>
+#include <mutex>
 
 #include "meridian/admin/admin_client.h"
 #include "meridian/cluster_bridge/cluster_bridge.h"
@@ -76,12 +81,58 @@ void publish_peer(cluster_bridge& cluster, const config& cfg, uint16_t admin_por
   cluster.flush();
 }
 
-peer_answers ask_peers(cluster_bridge& cluster, const std::string& self_id,
+peer_client peer_client_of(const config& cfg) {
+  peer_client c;
+  c.self_id = cfg.node.id;
+  c.ca_file = cfg.admin.tls_peer_ca;
+  c.cert_file = cfg.admin.tls_peer_cert.empty() ? cfg.admin.tls_cert : cfg.admin.tls_peer_cert;
+  c.key_file = cfg.admin.tls_peer_cert.empty() ? cfg.admin.tls_key : cfg.admin.tls_peer_key;
+  return c;
+}
+
+std::string peer_client_error(const peer_client& client) {
+  if (client.ca_file.empty() && client.cert_file.empty()) return {};
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  if (!ctx) return "admin.tls: no TLS context";
+  std::string error;
+  if (!client.ca_file.empty() &&
+      SSL_CTX_load_verify_locations(ctx, client.ca_file.c_str(), nullptr) != 1) {
+    error = "admin.tls.peer_ca: cannot use " + client.ca_file + " (unreadable or not PEM)";
+  } else if (!client.cert_file.empty() &&
+             (SSL_CTX_use_certificate_chain_file(ctx, client.cert_file.c_str()) != 1 ||
+              SSL_CTX_use_PrivateKey_file(ctx, client.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+              SSL_CTX_check_private_key(ctx) != 1)) {
+    error = "admin.tls.peer_cert: cannot use " + client.cert_file + " / " + client.key_file +
+            " (unreadable, not PEM, or the key does not match)";
+  }
+  ERR_clear_error();
+  SSL_CTX_free(ctx);
+  return error;
+}
+
+namespace {
+// Says why a member did not answer, at most once a minute per member (views are polled).
+void note_silent_peer(const std::string& id, const std::string& why) {
+  static std::mutex mu;
+  static std::map<std::string, std::chrono::steady_clock::time_point> last;
+  const auto now = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mu);
+    auto [it, fresh] = last.try_emplace(id, now);
+    if (!fresh && now - it->second < std::chrono::minutes(1)) return;
+    it->second = now;
+  }
+  spdlog::warn("cluster-wide view without {}: {}", id, why);
+}
+}  // namespace
+
+peer_answers ask_peers(cluster_bridge& cluster, const peer_client& client,
                        const std::string& path) {
   peer_answers out;
   std::vector<std::pair<std::string, std::future<admin_response>>> calls;
+  std::map<std::string, std::string> urls;
   for (const auto& [id, region] : cluster.live_members()) {
-    if (id == self_id) continue;
+    if (id == client.self_id) continue;
     auto e = cluster.state().get(doc_family::state, "node/" + id + "/peer");
     auto j = e && !e->deleted ? nlohmann::json::parse(e->value, nullptr, false) : nlohmann::json();
     if (!j.is_object() || !j.contains("admin_url") || !j["admin_url"].is_string() ||
@@ -93,6 +144,12 @@ peer_answers ask_peers(cluster_bridge& cluster, const std::string& self_id,
     ep.url = j["admin_url"].get<std::string>();
     ep.token = j["peer_token"].get<std::string>();
     ep.timeout_ms = 2000;
+    if (ep.url.rfind("https:", 0) == 0) {
+      ep.ca_file = client.ca_file;
+      ep.cert_file = client.cert_file;
+      ep.key_file = client.key_file;
+    }
+    urls[id] = ep.url;
     calls.emplace_back(
         id, std::async(std::launch::async, [ep, path] { return admin_call(ep, "GET", path); }));
   }
@@ -103,13 +160,16 @@ peer_answers ask_peers(cluster_bridge& cluster, const std::string& self_id,
       out.answers.emplace(id, std::move(j));
     } else {
       out.missing.push_back(id);
+      note_silent_peer(
+          id, r.status == 0 ? r.error : urls[id] + " answered " + std::to_string(r.status));
     }
   }
   return out;
 }
 
-nlohmann::json cluster_nodes(cluster_bridge& cluster, const std::string& self_id) {
-  auto answers = ask_peers(cluster, self_id, "/peer/health");
+nlohmann::json cluster_nodes(cluster_bridge& cluster, const peer_client& client) {
+  const std::string& self_id = client.self_id;
+  auto answers = ask_peers(cluster, client, "/peer/health");
   answers.answers.emplace(self_id, cluster.health_json());
   auto list = nlohmann::json::array();
   auto members = cluster.members_json();
@@ -131,8 +191,9 @@ nlohmann::json cluster_nodes(cluster_bridge& cluster, const std::string& self_id
 }
 
 admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool peer,
-                            usage_store& store, cluster_bridge* cluster, const std::string& self_id,
+                            usage_store& store, cluster_bridge* cluster, const peer_client& client,
                             int64_t now_ms) {
+  const std::string& self_id = client.self_id;
   auto get = [&](const char* k) {
     auto it = q.find(k);
     return it == q.end() ? std::string() : it->second;
@@ -182,7 +243,7 @@ admin_reply analytics_reply(const std::map<std::string, std::string>& q, bool pe
                              (step == usage_store::day_ms    ? "1d"
                               : step == usage_store::hour_ms ? "1h"
                                                              : "1m");
-    auto r = ask_peers(*cluster, self_id, path);
+    auto r = ask_peers(*cluster, client, path);
     for (auto& id : r.missing) missing.push_back(id);
     for (auto& [id, j] : r.answers) {
       usage_merge one;

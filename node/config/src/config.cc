@@ -652,6 +652,14 @@ void parse_admin_section(diagnostics& d, const field& f, admin_section& out) {
       if (auto x = t.require("cert")) read_string(d, *x, out.tls_cert, false);
       if (auto x = t.require("key")) read_string(d, *x, out.tls_key, false);
       if (auto x = t.take("client_ca")) read_string(d, *x, out.tls_client_ca, false);
+      if (auto x = t.take("peer_ca")) read_string(d, *x, out.tls_peer_ca, false);
+      auto cert = t.take("peer_cert");
+      auto key = t.take("peer_key");
+      if (cert) read_string(d, *cert, out.tls_peer_cert, false);
+      if (key) read_string(d, *key, out.tls_peer_key, false);
+      if (out.tls_peer_cert.empty() != out.tls_peer_key.empty()) {
+        d.add(t.line(), "admin.tls.peer_cert and admin.tls.peer_key go together");
+      }
       t.finish();
     }
   }

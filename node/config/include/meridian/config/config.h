@@ -60,6 +60,12 @@ struct admin_section {
   std::string tls_cert;
   std::string tls_key;
   std::string tls_client_ca;
+  // How this node calls the other nodes' admin APIs (their /peer/... endpoints, for cluster-wide
+  // views): their certificates must chain to tls_peer_ca (empty: the system's trust store), and
+  // it presents tls_peer_cert/key when asked (empty: tls_cert/key).
+  std::string tls_peer_ca;
+  std::string tls_peer_cert;
+  std::string tls_peer_key;
 };
 
 struct cluster_section {
