@@ -281,6 +281,13 @@ struct guarded_server::impl {
   std::vector<std::thread> workers;
 
   void start_threads() {
+#if defined(__SANITIZE_THREAD__)
+    warm_up();
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+    warm_up();
+#endif
+#endif
     std::lock_guard lock(mu);
     if (running) return;
     running = true;
@@ -292,7 +299,27 @@ struct guarded_server::impl {
     for (size_t i = 0; i < lane_workers(); ++i) workers.emplace_back([this] { run_worker(lane); });
   }
 
-  size_t lane_workers() const { return limits.lane_prefix.empty() ? 0 : limits.lane_workers; }
+  // ThreadSanitizer builds only. httplib (built without TSan) initializes function-local statics
+  // on first use — the set of methods parse_request_line checks — and later callers pass the
+  // guard by a plain load TSan does not see: two workers' first requests, served at once, look
+  // like a race on that set. One request parsed here, before any worker exists, initializes it
+  // in an order TSan sees (the workers' creation). The method is no method, so no handler runs.
+  void warm_up() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return;
+    connection c;
+    c.fd = fds[0];  // closed by c
+    c.handshake_done = true;
+    c.in = "WARM-UP / HTTP/1.1\r\nHost: warm-up\r\n\r\n";
+    buffered_stream stream(c, limits);
+    bool closed = false;
+    server.process_request(stream, true, closed, [](httplib::Request&) {});
+    ::close(fds[1]);
+  }
+
+  size_t lane_workers() const {
+    return limits.lane_prefix.empty() ? 0 : limits.lane_workers;
+  }
 
   pool& pool_for(const connection& c) {
     return lane_workers() > 0 && c.target_starts_with(limits.lane_prefix) ? lane : general;
