@@ -281,13 +281,6 @@ struct guarded_server::impl {
   std::vector<std::thread> workers;
 
   void start_threads() {
-#if defined(__SANITIZE_THREAD__)
-    warm_up();
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-    warm_up();
-#endif
-#endif
     std::lock_guard lock(mu);
     if (running) return;
     running = true;
@@ -299,27 +292,27 @@ struct guarded_server::impl {
     for (size_t i = 0; i < lane_workers(); ++i) workers.emplace_back([this] { run_worker(lane); });
   }
 
-  // ThreadSanitizer builds only. httplib (built without TSan) initializes function-local statics
-  // on first use — the set of methods parse_request_line checks — and later callers pass the
-  // guard by a plain load TSan does not see: two workers' first requests, served at once, look
-  // like a race on that set. One request parsed here, before any worker exists, initializes it
-  // in an order TSan sees (the workers' creation). The method is no method, so no handler runs.
-  void warm_up() {
+  // ThreadSanitizer builds only (see the end of this file). httplib, built without TSan,
+  // initializes function-local statics on first use — the set of methods parse_request_line
+  // checks, shared by every httplib server in the process — and later callers pass the static's
+  // guard by a plain load TSan does not see: two threads' first requests look like a race on that
+  // set. One request parsed on the main thread before any other thread exists orders that
+  // initialization before them all. The method is no method, so no handler runs.
+  static void warm_up_httplib() {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return;
+    guarded_server s(admin_transport_limits{}, "", "", "");
     connection c;
     c.fd = fds[0];  // closed by c
     c.handshake_done = true;
     c.in = "WARM-UP / HTTP/1.1\r\nHost: warm-up\r\n\r\n";
-    buffered_stream stream(c, limits);
+    buffered_stream stream(c, s.impl_->limits);
     bool closed = false;
-    server.process_request(stream, true, closed, [](httplib::Request&) {});
+    s.process_request(stream, true, closed, [](httplib::Request&) {});
     ::close(fds[1]);
   }
 
-  size_t lane_workers() const {
-    return limits.lane_prefix.empty() ? 0 : limits.lane_workers;
-  }
+  size_t lane_workers() const { return limits.lane_prefix.empty() ? 0 : limits.lane_workers; }
 
   pool& pool_for(const connection& c) {
     return lane_workers() > 0 && c.target_starts_with(limits.lane_prefix) ? lane : general;
@@ -695,5 +688,19 @@ bool guarded_server::process_and_close_socket(socket_t sock) {
   impl_->admit(sock);
   return true;
 }
+
+#if defined(__SANITIZE_THREAD__)
+#define MERIDIAN_TSAN_BUILD 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MERIDIAN_TSAN_BUILD 1
+#endif
+#endif
+#if MERIDIAN_TSAN_BUILD
+namespace {
+// Runs during static initialization, on the main thread (guarded_server::impl::warm_up_httplib).
+const bool httplib_warmed_up = (guarded_server::impl::warm_up_httplib(), true);
+}  // namespace
+#endif
 
 }  // namespace meridian::node
