@@ -108,6 +108,44 @@ std::shared_ptr<spdlog::logger> make_access_log(const access_log_section& cfg) {
   return logger;
 }
 
+// The members strict rate limits count majorities over (strict_limiter::options::remembered),
+// as a JSON array of {id, address, region} in the store's meta family.
+constexpr std::string_view strict_members_key = "strict_members";
+
+std::vector<strict_limiter::member_view> read_strict_members(storage::store& db) {
+  std::vector<strict_limiter::member_view> out;
+  std::string value;
+  auto st = db.get(storage::family::meta, strict_members_key, &value);
+  if (st.is_not_found()) return out;
+  auto j = st.is_ok() ? nlohmann::json::parse(value, nullptr, false) : nlohmann::json();
+  if (!j.is_array()) {
+    // Without the list a restarted node could count itself a majority of too few members.
+    log()->warn(
+        "strict rate limits: the remembered members are unreadable ({}); counting only "
+        "the members the cluster lists",
+        st.is_ok() ? "not a JSON array" : st.message());
+    return out;
+  }
+  for (const auto& m : j) {
+    auto text = [&m](const char* name) {
+      auto it = m.is_object() ? m.find(name) : m.end();
+      return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
+    };
+    if (!text("id").empty()) out.push_back({text("id"), text("address"), text("region"), false});
+  }
+  return out;
+}
+
+void write_strict_members(storage::store& db,
+                          const std::vector<strict_limiter::member_view>& members) {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& m : members)
+    j.push_back({{"id", m.id}, {"address", m.address}, {"region", m.region}});
+  auto st = db.put(storage::family::meta, strict_members_key,
+                   j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (!st.is_ok()) log()->warn("strict rate limits: cannot keep the members: {}", st.message());
+}
+
 }  // namespace
 
 void setup_logging(const std::string& level) {
@@ -1381,6 +1419,12 @@ bool node::start(std::string* error) {
     so.self_id = d.cfg.node.id;
     so.region = d.cfg.node.region;
     so.unix_ms = unix_now_ms;  // the node's clock (offset, correction), as for every limit
+    // The members strict majorities are counted over, kept across restarts (strict_limiter.h).
+    so.expect_peers = bridge->has_seeds();
+    so.remembered = read_strict_members(bridge->store());
+    so.remember = [bridge](const std::vector<strict_limiter::member_view>& members) {
+      write_strict_members(bridge->store(), members);
+    };
     d.strict = std::make_unique<strict_limiter>(
         so, *d.limiter,
         [bridge](const std::string& address, std::string message) {
@@ -1406,11 +1450,10 @@ bool node::start(std::string* error) {
     auto refresh = std::make_shared<std::function<void()>>();
     *refresh = [bridge, strict, weak = std::weak_ptr<std::function<void()>>(refresh)] {
       std::vector<strict_limiter::member_view> view;
-      for (const auto& m : bridge->members()) {
-        if (m.state == cluster::member_state::left) continue;
-        view.push_back(
-            {m.info.id, m.info.address, m.info.region, m.state == cluster::member_state::alive});
-      }
+      for (const auto& m : bridge->members())
+        view.push_back({m.info.id, m.info.address, m.info.region,
+                        m.state == cluster::member_state::alive,
+                        m.state == cluster::member_state::left});
       strict->set_members(std::move(view));
       strict->tick();
       if (auto again = weak.lock())

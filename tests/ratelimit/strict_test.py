@@ -9,7 +9,9 @@
    owns the key the limit's on_partition (fail_closed) refuses; once the survivors have a new
    owner it goes on from the dead owner's count: over the window exactly the limit is
    admitted, never more.
-3. The owner comes back (restart) and takes its keys over again without admitting more.
+3. The owner comes back (restart) while the others stand still (SIGSTOP): it cannot join, and
+   it remembers the members it counted, so it decides nothing alone (fail_closed refuses). Then
+   it joins and takes its keys over again without admitting more.
 Windows are 1 h (aligned to Unix hours); a phase that straddles an hour is run again. The asks
 wait up to 5 s (strict_timeout), so a loaded machine (sanitizers, ctest -j) slows the test down
 but does not turn an answer into a timeout, which would be refused and change the counts.
@@ -17,6 +19,7 @@ usage: strict_test.py MERIDIAN_BINARY
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -239,8 +242,32 @@ def owner_dies_mid_window(c):
               f"{admitted} of limit {LIMIT} (first admission {first_after and round(first_after, 1)} s "
               f"after the kill; {statuses.count(429)} refused)")
         check(set(statuses) <= {200, 429}, f"answers are 200 or 429 only: {sorted(set(statuses))}")
-        # The owner comes back and takes its keys over again: still nothing over the limit.
-        c.start(victim)
+        # The owner comes back while the others stand still (SIGSTOP), so it cannot join: it
+        # remembers them and so is no majority alone — before it counted only itself and could
+        # take its keys over from its own store alone, admitting what the survivors admitted since.
+        others = [0, survivor]
+        for i in others:
+            c.procs[i].send_signal(signal.SIGSTOP)
+        try:
+            c.start(victim)
+            alone = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(alone) < 20:
+                try:
+                    conn_v = http.client.HTTPConnection("127.0.0.1", c.ports[victim]["proxy"],
+                                                        timeout=10)
+                    while len(alone) < 20:
+                        alone.append(ask(conn_v, user)[0])
+                    conn_v.close()
+                except OSError:
+                    time.sleep(0.05)  # not listening yet
+        finally:
+            for i in others:
+                c.procs[i].send_signal(signal.SIGCONT)
+        check(len(alone) == 20 and set(alone) == {429},
+              f"the restarted owner, unable to join, admits nothing (fail_closed): "
+              f"{[alone.count(s) for s in (200, 429)]} of {len(alone)} admitted/refused")
+        # It joins and takes its keys over again: still nothing over the limit.
         check(c.wait_alive([0, 1, 2], 3), "the killed node rejoins")
         time.sleep(1.5)  # past the hand-over
         extra = 0

@@ -61,6 +61,7 @@ struct cluster_bridge::impl {
   // collection, once a second off the gossip thread.
   periodic_thread maintenance;
   bool clock_correction = true;  // cluster.clock_correction
+  bool has_seeds = false;        // cluster.seeds names a member other than this node
   std::chrono::steady_clock::time_point next_gc = std::chrono::steady_clock::now();
   std::mutex listener_mutex;
   std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
@@ -295,6 +296,7 @@ std::unique_ptr<cluster_bridge> cluster_bridge::start(const config& cfg, std::st
   // Replay protection holds members' clocks to the same bound as the hybrid clock does.
   opt.replay_window = std::chrono::duration_cast<cluster::millis>(cc.max_clock_skew);
   glue->impl_->clock_correction = cc.clock_correction;
+  glue->impl_->has_seeds = !opt.seeds.empty();
   cluster_clock_correction_ms.store(0, std::memory_order_relaxed);
   so.tombstone_grace_ms = std::chrono::duration_cast<cluster::millis>(cc.tombstone_grace).count();
   so.max_counter_keys = cc.max_counter_keys;
@@ -387,6 +389,10 @@ void cluster_bridge::set_direct_handler(
 
 void cluster_bridge::post(std::function<void()> job, std::chrono::microseconds after) {
   impl_->gossip->post(std::move(job), after);
+}
+
+bool cluster_bridge::has_seeds() const {
+  return impl_->has_seeds;
 }
 
 const std::string& cluster_bridge::self_id() const {

@@ -105,18 +105,19 @@ strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, p
       send_(std::move(send)),
       post_(std::move(post)),
       counts_(std::move(counts)) {
-  // Until the first view arrives this node knows of nobody, and may have been gone a while (a
-  // restart): a view that begins now, so keys are taken over before they are decided.
+  // Until the first view arrives this node sees only itself alive, and may have been gone a while
+  // (a restart): a view that begins now, so keys are taken over before they are decided, in which
+  // every member it remembers counts as dead.
+  for (const auto& m : opt_.remembered)
+    if (!m.id.empty() && !m.left) base_[m.id] = {m.address, m.region};
+  opt_.remembered.clear();
+  base_[opt_.self_id] = {std::string(), opt_.region};
+  heard_of_peers_ = !opt_.expect_peers;
   auto v = std::make_shared<view>();
   v->self_hash = hash_id(opt_.self_id);
-  const int64_t now = steady_now();
-  for (auto* s : {&v->global, &v->region}) {
-    s->live = {{v->self_hash, std::string()}};
-    s->total = 1;
-    s->quorum = true;
-    s->changed_ms = now;
-  }
   view_ = std::move(v);
+  live_ = {{opt_.self_id, std::string()}};
+  rebuild_view(steady_now());
 }
 
 strict_limiter::~strict_limiter() = default;
@@ -142,23 +143,76 @@ std::shared_ptr<const strict_limiter::view> strict_limiter::current() const {
 
 void strict_limiter::set_members(std::vector<member_view> members) {
   const int64_t now = steady_now();
+  std::vector<member_view> to_remember;
+  {
+    std::lock_guard lock(view_mu_);
+    std::vector<std::string> before;
+    for (const auto& [id, b] : base_) before.push_back(id);
+    std::set<std::string> listed;
+    live_ = {{opt_.self_id, std::string()}};
+    for (const auto& m : members) {
+      if (m.id == opt_.self_id || m.id.empty()) continue;
+      heard_of_peers_ = true;
+      listed.insert(m.id);
+      if (m.left) {
+        base_.erase(m.id);
+        continue;
+      }
+      base_[m.id] = {m.address, m.region};
+      if (m.alive) live_.emplace_back(m.id, m.address);
+    }
+    // Members the membership no longer lists (it reaped them, or they are remembered from before
+    // a restart) are forgotten only while a majority of the base, them included, is alive: the
+    // minority side of a long partition keeps counting the members it cannot see.
+    std::vector<std::string> unlisted;
+    for (const auto& [id, b] : base_)
+      if (id != opt_.self_id && !listed.count(id)) unlisted.push_back(id);
+    if (!unlisted.empty()) {
+      auto majority = [&](bool region_only) {
+        size_t total = 0, alive = 0;
+        for (const auto& [id, b] : base_) total += !region_only || b.region == opt_.region;
+        for (const auto& [id, address] : live_)
+          alive += !region_only || base_.at(id).region == opt_.region;
+        return heard_of_peers_ && alive * 2 > total;
+      };
+      const bool global = majority(false), region = majority(true);
+      for (const auto& id : unlisted)
+        if (global && (region || base_.at(id).region != opt_.region)) base_.erase(id);
+    }
+    bool changed = before.size() != base_.size();
+    for (size_t i = 0; !changed && i < before.size(); ++i) changed = !base_.count(before[i]);
+    if (changed && opt_.remember) to_remember = counted_locked();
+    rebuild_view(now);
+  }
+  if (!to_remember.empty()) opt_.remember(to_remember);
+}
+
+std::vector<strict_limiter::member_view> strict_limiter::counted_members() const {
   std::lock_guard lock(view_mu_);
+  return counted_locked();
+}
+
+std::vector<strict_limiter::member_view> strict_limiter::counted_locked() const {
+  std::vector<member_view> out;
+  for (const auto& [id, b] : base_) {
+    bool alive = false;
+    for (const auto& l : live_) alive = alive || l.first == id;
+    out.push_back({id, b.address, b.region, alive});
+  }
+  return out;
+}
+
+void strict_limiter::rebuild_view(int64_t now) {
   auto next = std::make_shared<view>(*view_);
   auto rebuild = [&](view::scope_view& s, bool region_only) {
     s.live.clear();
     s.total = 0;
-    for (const auto& m : members) {
-      if (region_only && m.region != opt_.region) continue;
-      ++s.total;
-      if (m.alive || m.id == opt_.self_id)
-        s.live.emplace_back(hash_id(m.id), m.id == opt_.self_id ? std::string() : m.address);
-    }
-    if (s.total == 0) {  // a view without this node (not joined yet): this node alone
-      s.live = {{next->self_hash, std::string()}};
-      s.total = 1;
-    }
+    for (const auto& [id, b] : base_) s.total += !region_only || b.region == opt_.region;
+    for (const auto& [id, address] : live_)
+      if (!region_only || base_.at(id).region == opt_.region)
+        s.live.emplace_back(hash_id(id), address);
     std::sort(s.live.begin(), s.live.end());
-    s.quorum = s.live.size() * 2 > s.total;
+    s.quorum = heard_of_peers_ && s.live.size() * 2 > s.total;
   };
   auto changed = [](const view::scope_view& a, const view::scope_view& b) {
     if (a.quorum != b.quorum || a.live.size() != b.live.size()) return true;
@@ -172,7 +226,7 @@ void strict_limiter::set_members(std::vector<member_view> members) {
   for (const auto& [h, address] : next->global.live)
     if (h != next->self_hash) next->others.push_back(address);
   for (auto [n, o] : {std::pair{&next->global, &view_->global}, {&next->region, &view_->region}}) {
-    if (!changed(*n, *o)) continue;
+    if (!changed(*n, *o) && o->changed_ms != 0) continue;
     n->prev_live.clear();
     for (const auto& [h, address] : o->live) n->prev_live.push_back(h);
     n->prev_quorum = o->quorum;
@@ -774,7 +828,21 @@ std::string strict_limiter::metrics_text() const {
   line("not_owner", c.not_owner);
   line("no_quorum", c.no_quorum);
   line("takeovers", c.takeovers);
+  line("unacknowledged", c.unacknowledged);
+  line("fenced", c.fenced);
   line("malformed", c.malformed);
+  // The members majorities are counted over, and how many of them this node sees alive.
+  auto v = current();
+  out +=
+      "# HELP meridian_ratelimit_strict_members Members strict majorities are counted over "
+      "(counted) and those of them alive, by scope (global, or this node's region).\n"
+      "# TYPE meridian_ratelimit_strict_members gauge\n";
+  for (auto [scope, s] : {std::pair{"global", &v->global}, {"region", &v->region}}) {
+    out += std::string("meridian_ratelimit_strict_members{scope=\"") + scope +
+           "\",state=\"counted\"} " + std::to_string(s->total) + "\n";
+    out += std::string("meridian_ratelimit_strict_members{scope=\"") + scope +
+           "\",state=\"alive\"} " + std::to_string(s->live.size()) + "\n";
+  }
   out +=
       "# HELP meridian_ratelimit_strict_messages_total Strict rate-limit messages sent (asks, "
       "answers, counts).\n# TYPE meridian_ratelimit_strict_messages_total counter\n"

@@ -37,6 +37,10 @@ struct fake_cluster {
   std::set<std::string> down;
   size_t delivered = 0;
   size_t largest = 0;  // bytes of the largest message sent
+  // What each node last kept of the members it counts (options::remember), by id.
+  std::map<std::string, std::vector<strict_limiter::member_view>> kept;
+  // Options for the next build() (a restart): members remembered, seeds configured.
+  std::function<void(node&, strict_limiter::options&)> configure;
 
   fake_cluster() {
     for (std::string id : {"a", "b", "c"}) {
@@ -66,6 +70,10 @@ struct fake_cluster {
     o.region = "r";
     o.steady_ms = [this] { return now; };
     o.unix_ms = [this] { return unix_now; };
+    o.remember = [this, id = n.id](const std::vector<strict_limiter::member_view>& members) {
+      kept[id] = members;
+    };
+    if (configure) configure(n, o);
     const std::string from = n.address;
     auto* state = n.state.get();
     n.strict = std::make_unique<strict_limiter>(
@@ -335,13 +343,126 @@ TEST(strict_limiter, without_a_majority_alive_no_node_decides) {
   for (uint64_t key = 1; key < 100; ++key)
     EXPECT_NE(c.nodes[0].strict->locate(key, spec).kind, strict_limiter::location::none);
   // A member that left is not counted: a alone of {a, b} after c left has no majority either.
-  std::vector<strict_limiter::member_view> view = {{"a", "a:7946", "r", true},
-                                                   {"b", "b:7946", "r", false}};
+  std::vector<strict_limiter::member_view> view = {
+      {"a", "a:7946", "r", true}, {"b", "b:7946", "r", false}, {"c", "c:7946", "r", false, true}};
   c.nodes[0].strict->set_members(view);
   EXPECT_EQ(c.nodes[0].strict->locate(1, spec).kind, strict_limiter::location::none);
-  view.pop_back();  // b left too: a alone is the whole scope
+  view[1].left = true;  // b left too: a alone is the whole scope
   c.nodes[0].strict->set_members(view);
   EXPECT_EQ(c.nodes[0].strict->locate(1, spec).kind, strict_limiter::location::here);
+}
+
+// The membership forgets members dead for dead_reap_after (an hour): the side of a long
+// partition that has no majority must not then count itself one.
+TEST(strict_limiter, a_minority_keeps_counting_the_members_the_membership_forgot) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  auto& b = c.by_id("b");
+  c.kept.clear();
+  auto member = [](const std::string& id, bool alive) {
+    return strict_limiter::member_view{id, id + ":7946", "r", alive};
+  };
+  // a is cut off from b and c; each side sees the other dead.
+  a.strict->set_members({member("a", true), member("b", false), member("c", false)});
+  b.strict->set_members({member("a", false), member("b", true), member("c", true)});
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  EXPECT_NE(b.strict->locate(1, spec).kind, strict_limiter::location::none);
+  // An hour on, both memberships reap the dead. a still counts b and c: no majority.
+  a.strict->set_members({member("a", true)});
+  b.strict->set_members({member("b", true), member("c", true)});
+  for (uint64_t key = 1; key < 50; ++key)
+    EXPECT_EQ(a.strict->locate(key, spec).kind, strict_limiter::location::none);
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+  EXPECT_EQ(c.kept.count("a"), 0u) << "a's counted members did not change";
+  const auto metrics = a.strict->metrics_text();
+  EXPECT_NE(
+      metrics.find("meridian_ratelimit_strict_members{scope=\"global\",state=\"counted\"} 3\n"),
+      std::string::npos)
+      << metrics;
+  EXPECT_NE(metrics.find("meridian_ratelimit_strict_members{scope=\"global\",state=\"alive\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("meridian_ratelimit_strict_total{result=\"no_quorum\"} "),
+            std::string::npos);
+  // b's side had the majority: it forgets a, and keeps that for its next start.
+  ASSERT_EQ(b.strict->counted_members().size(), 2u);
+  ASSERT_EQ(c.kept["b"].size(), 2u);
+  EXPECT_EQ(c.kept["b"][0].id, "b");
+  EXPECT_EQ(c.kept["b"][1].id, "c");
+  // The partition heals: a is back in b's count, and a has its majority again.
+  a.strict->set_members({member("a", true), member("b", true), member("c", true)});
+  b.strict->set_members({member("a", true), member("b", true), member("c", true)});
+  EXPECT_EQ(b.strict->counted_members().size(), 3u);
+  for (uint64_t key = 1; key < 50; ++key) {
+    EXPECT_NE(a.strict->locate(key, spec).kind, strict_limiter::location::none);
+    EXPECT_EQ(owner_of(c, a, key, spec), owner_of(c, b, key, spec));
+  }
+}
+
+// With region scope, a member of this node's region is forgotten only with a majority of the
+// region alive too: a lone node of a region that sits with the cluster's majority does not
+// become its region's majority when the rest of its region is reaped.
+TEST(strict_limiter, a_region_member_is_forgotten_only_with_a_majority_of_the_region) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  spec.scope = limit_spec::scope_kind::region;
+  auto& a = c.by_id("a");
+  std::vector<strict_limiter::member_view> view = {
+      {"a", "a:7946", "r", true},     {"b", "b:7946", "r", false},
+      {"c", "c:7946", "r", false},    {"w", "w:7946", "other", true},
+      {"x", "x:7946", "other", true}, {"y", "y:7946", "other", true},
+      {"z", "z:7946", "other", false}};
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);  // 1 of 3 in r
+  EXPECT_NE(a.strict->locate(1, strict_spec(10)).kind,
+            strict_limiter::location::none);       // 4 of 7 in all
+  view.erase(view.begin() + 1, view.begin() + 3);  // b and c reaped
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 7u);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  // A member of another region is forgotten with the cluster's majority alone.
+  view.pop_back();  // z reaped
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 6u);
+}
+
+// A restart: until the node sees the members it knew alive again, it is not a majority — not
+// even for the moment before its first view, when it sees only itself.
+TEST(strict_limiter, a_restarted_node_counts_the_members_it_remembers_until_it_sees_them) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  // What a kept (every node writes its counted members when they change: here at the start).
+  auto remembered = c.kept["a"];
+  ASSERT_EQ(remembered.size(), 3u);
+  c.configure = [&](fake_cluster::node& n, strict_limiter::options& o) {
+    if (n.id == "a") o.remembered = remembered;
+  };
+  c.build(a);
+  for (uint64_t key = 1; key < 50; ++key)
+    EXPECT_EQ(a.strict->locate(key, spec).kind, strict_limiter::location::none);
+  a.strict->set_members({{"a", "a:7946", "r", true}});  // not joined yet
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  c.set_alive({"a", "b", "c"});
+  c.advance(10);
+  EXPECT_EQ(admitted_of(c, {&c.nodes[0], &c.nodes[1], &c.nodes[2]}, 7, spec, 12), 10);
+  // Without what it remembered, a restarted node alone would have counted itself a majority.
+  c.configure = nullptr;
+  c.build(a);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::here);
+}
+
+TEST(strict_limiter, a_node_with_seeds_is_no_majority_before_it_hears_of_another_member) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  c.configure = [](fake_cluster::node&, strict_limiter::options& o) { o.expect_peers = true; };
+  c.build(a);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  a.strict->set_members({{"a", "a:7946", "r", true}});
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  c.set_alive({"a", "b", "c"});
+  EXPECT_NE(a.strict->locate(1, spec).kind, strict_limiter::location::none);
 }
 
 TEST(strict_limiter, a_new_owner_goes_on_from_the_dead_owner_s_count) {

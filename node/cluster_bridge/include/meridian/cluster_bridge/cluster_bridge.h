@@ -47,6 +47,8 @@ class cluster_bridge {
   // Every member known (this node included), left ones too until forgotten.
   std::vector<cluster::member> members() const;
   const std::string& self_id() const;
+  // cluster.seeds names a member other than this node (it is to join a cluster).
+  bool has_seeds() const;
   // Direct messages between members (strict rate limits: gossip_node::send_direct), sealed like
   // all gossip. The handler runs on the gossip thread with the sender's id and gossip address.
   void send_direct(const std::string& address, std::string message);

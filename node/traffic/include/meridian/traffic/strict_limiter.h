@@ -25,9 +25,18 @@
 // only, and decides it for nobody, so an old owner that has not noticed the change cannot admit
 // past the new one.
 //
+// Who the majority is of: the scope's members as this node last knew them (the "base"), not only
+// those the membership still lists. Members that left are dropped at once; a member the
+// membership forgot (dead longer than dead_reap_after) is dropped only while this node sees a
+// majority of the base alive with it counted as dead — so the minority side of a partition that
+// outlasts the reaping never counts itself a majority, while the majority side shrinks its base
+// and carries on. The base is kept across restarts (options::remembered / remember): a node that
+// restarts counts every member it knew as dead until it sees them alive, and a node configured
+// with seeds counts itself no majority before it has heard of any other member.
+//
 // No decision (the caller applies the limit's on_partition) when
-//   * this node sees no majority of the scope's members alive (a partition's minority side, or a
-//     process that stood still: see tick);
+//   * this node sees no majority of the scope's members alive (a partition's minority side, a
+//     node that has not joined yet, or a process that stood still: see tick);
 //   * the owner does not answer within the limit's strict_timeout (the owner waits as long for
 //     acknowledgements, and for the answers to a take-over's count queries);
 //   * the owner answers that it is not the owner (views differ for a moment, or it is fenced).
@@ -53,12 +62,13 @@ namespace meridian::node {
 
 class strict_limiter {
  public:
-  // A member of the cluster that has not left (alive or not).
+  // A member of the cluster as the membership lists it.
   struct member_view {
     std::string id;
     std::string address;  // gossip address, where asks go
     std::string region;
     bool alive = true;
+    bool left = false;  // left on purpose: no longer counted
   };
   struct options {
     std::string self_id;
@@ -71,6 +81,14 @@ class strict_limiter {
     int64_t stall_ms = 1000;
     std::function<int64_t()> steady_ms;  // unset: std::chrono::steady_clock
     std::function<int64_t()> unix_ms;    // the owner's clock; unset: the system clock
+    // The base as remember() last saw it (a restart): counted, as dead, until seen alive.
+    std::vector<member_view> remembered;
+    // Called with the base (every member counted, this node included) whenever its members
+    // change, to be kept for the next start. Called from set_members' thread.
+    std::function<void(const std::vector<member_view>&)> remember;
+    // Seeds are configured: until another member is known, this node is no majority (it has
+    // not joined; for all it knows the cluster has many members).
+    bool expect_peers = false;
   };
   // Sends message to the member at a gossip address (any thread; best effort).
   using send_fn = std::function<void(const std::string& address, std::string message)>;
@@ -98,8 +116,11 @@ class strict_limiter {
   strict_limiter(const strict_limiter&) = delete;
   strict_limiter& operator=(const strict_limiter&) = delete;
 
-  // Replaces the view of the cluster: every member that has not left, this node included.
+  // Replaces the view of the cluster: every member the membership lists (left ones too), this
+  // node included.
   void set_members(std::vector<member_view> members);
+  // The members counted for majorities (the base), this node included.
+  std::vector<member_view> counted_members() const;
   // Called every few tens of ms on the gossip thread: a gap over stall_ms means the process stood
   // still (its view and counts are old), which counts as a view change.
   void tick();
@@ -192,8 +213,18 @@ class strict_limiter {
   counts_fn counts_;
   mutable counters counters_;
 
+  struct base_member {
+    std::string address, region;
+  };
+  // Rebuilds view_'s scopes from base_ and live_ (view_mu_ held).
+  void rebuild_view(int64_t now);
+  std::vector<member_view> counted_locked() const;
+
   mutable std::mutex view_mu_;
   std::shared_ptr<const view> view_;
+  std::map<std::string, base_member> base_;                // by id, this node included
+  std::vector<std::pair<std::string, std::string>> live_;  // (id, address; "" for this node)
+  bool heard_of_peers_ = false;
   std::atomic<int64_t> last_tick_{0};
 
   std::mutex mu_;  // the asking side
