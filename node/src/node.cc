@@ -112,26 +112,44 @@ std::shared_ptr<spdlog::logger> make_access_log(const access_log_section& cfg) {
 // as a JSON array of {id, address, region} in the store's meta family.
 constexpr std::string_view strict_members_key = "strict_members";
 
-std::vector<strict_limiter::member_view> read_strict_members(storage::store& db) {
-  std::vector<strict_limiter::member_view> out;
+// Returns false when a record exists but cannot be read.
+bool read_strict_members(storage::store& db, std::vector<strict_limiter::member_view>* out) {
   std::string value;
   auto st = db.get(storage::family::meta, strict_members_key, &value);
-  if (st.is_not_found()) return out;
+  if (st.is_not_found()) return true;
   auto j = st.is_ok() ? nlohmann::json::parse(value, nullptr, false) : nlohmann::json();
   if (!j.is_array()) {
-    // Without the list a restarted node could count itself a majority of too few members.
-    log()->warn(
-        "strict rate limits: the remembered members are unreadable ({}); counting only "
-        "the members the cluster lists",
+    // Without the list a restarted node could count itself a majority of too few members: it
+    // decides nothing strict before it has heard of another member.
+    log()->error(
+        "strict rate limits: the members counted before this start are unreadable ({}); no "
+        "strict decision before this node has joined",
         st.is_ok() ? "not a JSON array" : st.message());
-    return out;
+    return false;
   }
   for (const auto& m : j) {
     auto text = [&m](const char* name) {
       auto it = m.is_object() ? m.find(name) : m.end();
       return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
     };
-    if (!text("id").empty()) out.push_back({text("id"), text("address"), text("region"), false});
+    if (!text("id").empty()) out->push_back({text("id"), text("address"), text("region"), false});
+  }
+  return true;
+}
+
+// Members an operator declared gone for good (DELETE /cluster/members/{id}): registers
+// "strict/forget/<id>" = {"at": unix ms, "by": node} in the replicated state (two slashes, like
+// the audit log's, so no breaker register "<upstream>/<host:port>" falls in the range).
+constexpr std::string_view strict_forget_prefix = "strict/forget/";
+
+std::map<std::string, int64_t> strict_forgets(const cluster::replicated_state& st) {
+  std::map<std::string, int64_t> out;
+  for (const auto& [key, e] :
+       st.documents(cluster::doc_family::state, false, strict_forget_prefix)) {
+    auto j = nlohmann::json::parse(e.value, nullptr, false);
+    auto at = j.is_object() ? j.find("at") : j.end();
+    if (key.size() > strict_forget_prefix.size() && at != j.end() && at->is_number_integer())
+      out[key.substr(strict_forget_prefix.size())] = at->get<int64_t>();
   }
   return out;
 }
@@ -141,8 +159,11 @@ void write_strict_members(storage::store& db,
   nlohmann::json j = nlohmann::json::array();
   for (const auto& m : members)
     j.push_back({{"id", m.id}, {"address", m.address}, {"region", m.region}});
-  auto st = db.put(storage::family::meta, strict_members_key,
-                   j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  // Synced: an older base could be smaller (members forgotten since added back) and make a
+  // majority of too few after a crash.
+  auto st =
+      db.put(storage::family::meta, strict_members_key,
+             j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), {.sync = true});
   if (!st.is_ok()) log()->warn("strict rate limits: cannot keep the members: {}", st.message());
 }
 
@@ -474,6 +495,52 @@ struct node::impl {
     }
   }
 
+  // DELETE /cluster/members/{id}: a member that is not alive is declared gone for good; every
+  // node stops counting it for strict majorities (a register "strict/forget/<id>", read by the
+  // strict view's refresh). Refused for this node, an alive or suspect member, or an unknown one.
+  admin_reply forget_member(const std::string& id) {
+    std::optional<cluster::member_state> state;
+    for (const auto& m : cluster->members())
+      if (m.info.id == id) state = m.state;
+    bool counted = false;
+    for (const auto& m : strict->counted_members()) counted |= m.id == id;
+    if (id == cfg.node.id)
+      return {409, {{"error", "conflict"}, {"message", "a node does not forget itself"}}};
+    if (!state && !counted)
+      return {404, {{"error", "not_found"}, {"message", "no member " + id + " is known here"}}};
+    if (state == cluster::member_state::alive || state == cluster::member_state::suspect)
+      return {
+          409,
+          {{"error", "conflict"},
+           {"message", id + " is " + (state == cluster::member_state::alive ? "alive" : "suspect") +
+                           ": stop it first (SIGTERM makes it leave the cluster)"}}};
+    std::string error;
+    nlohmann::json j = {{"at", unix_now_ms()}, {"by", cfg.node.id}};
+    if (!cluster->state().put(doc_family::state, std::string(strict_forget_prefix) + id, j.dump(),
+                              &error))
+      return {500, {{"error", "internal"}, {"message", error}}};
+    cluster->flush();
+    log()->warn("member {} forgotten by an operator: strict rate limits no longer count it", id);
+    return {200, {{"forgotten", id}}};
+  }
+
+  // Deletes forget records of members seen alive since (the forget is over: if they die again
+  // they count until forgotten again) and records older than a week (the membership reaped the
+  // member long before).
+  void collect_strict_forgets() {
+    if (!strict) return;
+    std::set<std::string> alive;
+    for (const auto& m : cluster->members())
+      if (m.state == cluster::member_state::alive) alive.insert(m.info.id);
+    const int64_t cutoff = unix_now_ms() - 7LL * 24 * 3600 * 1000;
+    auto& st = cluster->state();
+    for (const auto& [id, at] : strict_forgets(st)) {
+      std::string error;
+      if (alive.count(id) || at < cutoff)
+        st.remove(doc_family::state, std::string(strict_forget_prefix) + id, &error);
+    }
+  }
+
   // Deletes revocation registers of tokens that expired (past the leeway): they can no longer
   // be presented, so the set every node holds stays the size of the live revocations.
   // Single-use records go the same way once their code or refresh token expired.
@@ -509,6 +576,7 @@ struct node::impl {
       if (std::chrono::steady_clock::now() - last_oauth_gc >= std::chrono::minutes(1)) {
         collect_revocations();
         collect_audit();
+        collect_strict_forgets();
         last_oauth_gc = std::chrono::steady_clock::now();
       }
     }
@@ -1420,8 +1488,8 @@ bool node::start(std::string* error) {
     so.region = d.cfg.node.region;
     so.unix_ms = unix_now_ms;  // the node's clock (offset, correction), as for every limit
     // The members strict majorities are counted over, kept across restarts (strict_limiter.h).
-    so.expect_peers = bridge->has_seeds();
-    so.remembered = read_strict_members(bridge->store());
+    so.expect_peers = !read_strict_members(bridge->store(), &so.remembered);
+    so.expect_peers |= bridge->has_seeds();
     so.remember = [bridge](const std::vector<strict_limiter::member_view>& members) {
       write_strict_members(bridge->store(), members);
     };
@@ -1448,7 +1516,9 @@ bool node::start(std::string* error) {
     // The owners' view: members (every 50 ms, on the gossip thread, where reading them is a
     // copy without a hop) and the ticks that notice a process that stood still.
     auto refresh = std::make_shared<std::function<void()>>();
-    *refresh = [bridge, strict, weak = std::weak_ptr<std::function<void()>>(refresh)] {
+    *refresh = [bridge, strict, weak = std::weak_ptr<std::function<void()>>(refresh),
+                ticks = 0]() mutable {
+      if (ticks++ % 20 == 0) strict->set_forgotten(strict_forgets(bridge->state()));
       std::vector<strict_limiter::member_view> view;
       for (const auto& m : bridge->members())
         view.push_back({m.info.id, m.info.address, m.info.region,
@@ -1565,6 +1635,7 @@ bool node::start(std::string* error) {
       }
       return {r.first, std::move(r.second)};
     };
+    handlers.cluster_forget = [this](const std::string& id) { return impl_->forget_member(id); };
     handlers.cluster_leave = [this] {
       impl_->cluster->leave();
       return nlohmann::json{{"status", "left"}, {"node", impl_->cfg.node.id}};

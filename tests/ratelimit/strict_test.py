@@ -12,6 +12,8 @@
 3. The owner comes back (restart) while the others stand still (SIGSTOP): it cannot join, and
    it remembers the members it counted, so it decides nothing alone (fail_closed refuses). Then
    it joins and takes its keys over again without admitting more.
+4. Two members die for good: the survivor is no majority and refuses until an operator forgets
+   them (DELETE /cluster/members/{id}); then it decides alone.
 Windows are 1 h (aligned to Unix hours); a phase that straddles an hour is run again. The asks
 wait up to 5 s (strict_timeout), so a loaded machine (sanitizers, ctest -j) slows the test down
 but does not turn an answer into a timeout, which would be refused and change the counts.
@@ -248,23 +250,31 @@ def owner_dies_mid_window(c):
         others = [0, survivor]
         for i in others:
             c.procs[i].send_signal(signal.SIGSTOP)
+        alone = []
         try:
             c.start(victim)
-            alone = []
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and len(alone) < 20:
-                try:
-                    conn_v = http.client.HTTPConnection("127.0.0.1", c.ports[victim]["proxy"],
-                                                        timeout=10)
-                    while len(alone) < 20:
-                        alone.append(ask(conn_v, user)[0])
-                    conn_v.close()
-                except OSError:
-                    time.sleep(0.05)  # not listening yet
+            # The admin API answers once the node serves (the proxy listens before it).
+            metrics = ""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "strict_members" not in metrics:
+                status, metrics = c.admin(victim, "/metrics")
+                if status != 200:
+                    time.sleep(0.05)
+            counted = [l for l in metrics.splitlines()
+                       if l.startswith('meridian_ratelimit_strict_members{scope="global"')]
+            check(sorted(counted) == ['meridian_ratelimit_strict_members{scope="global",'
+                                      'state="alive"} 1',
+                                      'meridian_ratelimit_strict_members{scope="global",'
+                                      'state="counted"} 3'],
+                  f"the restarted node counts the three members it kept in its store, one "
+                  f"alive: {counted}")
+            conn_v = http.client.HTTPConnection("127.0.0.1", c.ports[victim]["proxy"], timeout=10)
+            alone = [ask(conn_v, user)[0] for _ in range(20)]
+            conn_v.close()
         finally:
             for i in others:
                 c.procs[i].send_signal(signal.SIGCONT)
-        check(len(alone) == 20 and set(alone) == {429},
+        check(set(alone) == {429},
               f"the restarted owner, unable to join, admits nothing (fail_closed): "
               f"{[alone.count(s) for s in (200, 429)]} of {len(alone)} admitted/refused")
         # It joins and takes its keys over again: still nothing over the limit.
@@ -281,6 +291,55 @@ def owner_dies_mid_window(c):
     check(False, "two attempts straddled an hour")
 
 
+def forgetting_members(c):
+    """Two of three members gone for good: the survivor is no majority (and refuses, fail_closed)
+    until an operator forgets them with DELETE /cluster/members/{id}."""
+    def forget(member):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{c.ports[0]['admin']}/cluster/members/{member}", method="DELETE",
+            headers={"Authorization": "Bearer " + TOKEN})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def counted():
+        _, metrics = c.admin(0, "/metrics")
+        for l in metrics.splitlines():
+            if l.startswith('meridian_ratelimit_strict_members{scope="global",state="counted"}'):
+                return int(l.split()[-1])
+        return None
+
+    check(forget("n1") == 409, "an alive member is not forgotten (409)")
+    check(forget("n0") == 409, "a node does not forget itself (409)")
+    check(forget("nobody") == 404, "an unknown member: 404")
+    for i in (1, 2):
+        c.procs[i].kill()
+        c.procs[i].wait()
+    deadline = time.monotonic() + 30
+    dead = set()
+    while time.monotonic() < deadline and dead != {"n1", "n2"}:
+        status, body = c.admin(0, "/cluster/members")
+        if status == 200:
+            dead = {m["id"] for m in json.loads(body)["members"] if m.get("state") == "dead"}
+        time.sleep(0.1)
+    if not check(dead == {"n1", "n2"}, f"n0 sees n1 and n2 dead: {dead}"):
+        return
+    user = f"carol-{os.getpid()}"
+    conn = http.client.HTTPConnection("127.0.0.1", c.ports[0]["proxy"], timeout=10)
+    before = [ask(conn, user)[0] for _ in range(5)]
+    check(set(before) == {429}, f"one of three alive is no majority: refused ({before})")
+    check(forget("n1") == 200 and forget("n2") == 200, "the dead members are forgotten (200)")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and counted() != 1:
+        time.sleep(0.05)
+    check(counted() == 1, f"n0 counts itself alone once they are forgotten: {counted()}")
+    after = [ask(conn, user)[0] for _ in range(5)]
+    conn.close()
+    check(after == [200] * 5, f"a majority of one decides again: {after}")
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
@@ -294,6 +353,7 @@ def main():
                 time.sleep(1.2)  # past the first view's hand-over
                 exact_under_concurrency(c)
                 owner_dies_mid_window(c)
+                forgetting_members(c)
         finally:
             c.stop()
             for i in range(3):

@@ -293,6 +293,14 @@ void admin_server::impl::add_endpoints() {
            send_json(res, 200, handlers.cluster_members());
          }});
   }
+  if (handlers.cluster_forget) {
+    endpoints.push_back(
+        {"DELETE", "/cluster/members/{id}", true,
+         [this](const httplib::Request&, httplib::Response& res, const path_params& p) {
+           admin_reply r = handlers.cluster_forget(p[0]);
+           send_json(res, r.status, r.body);
+         }});
+  }
   if (handlers.cluster_health) {
     endpoints.push_back(
         {"GET", "/cluster/health", true,

@@ -92,9 +92,11 @@ struct strict_limiter::takeover {
 
 // Admissions waiting for a majority to acknowledge their counts.
 struct strict_limiter::held {
-  size_t needed = 0;  // acknowledgements from other members
+  size_t needed = 0;         // acknowledgements from other members
+  size_t needed_region = 0;  // ... of them from members of this node's region (region scope)
   int64_t deadline = 0;
   std::set<std::string> acked_by;
+  size_t region_acks = 0;
   std::vector<answer_out> answers;
 };
 
@@ -117,7 +119,7 @@ strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, p
   v->self_hash = hash_id(opt_.self_id);
   view_ = std::move(v);
   live_ = {{opt_.self_id, std::string()}};
-  rebuild_view(steady_now());
+  rebuild_view(steady_now(), true);
 }
 
 strict_limiter::~strict_limiter() = default;
@@ -146,8 +148,7 @@ void strict_limiter::set_members(std::vector<member_view> members) {
   std::vector<member_view> to_remember;
   {
     std::lock_guard lock(view_mu_);
-    std::vector<std::string> before;
-    for (const auto& [id, b] : base_) before.push_back(id);
+    const auto before = base_;
     std::set<std::string> listed;
     live_ = {{opt_.self_id, std::string()}};
     for (const auto& m : members) {
@@ -158,6 +159,14 @@ void strict_limiter::set_members(std::vector<member_view> members) {
         base_.erase(m.id);
         continue;
       }
+      if (auto f = forgotten_.find(m.id); f != forgotten_.end()) {
+        if (!m.alive) {
+          base_.erase(m.id);
+          continue;
+        }
+        revived_[m.id] = f->second;
+        forgotten_.erase(f);
+      }
       base_[m.id] = {m.address, m.region};
       if (m.alive) live_.emplace_back(m.id, m.address);
     }
@@ -165,8 +174,14 @@ void strict_limiter::set_members(std::vector<member_view> members) {
     // a restart) are forgotten only while a majority of the base, them included, is alive: the
     // minority side of a long partition keeps counting the members it cannot see.
     std::vector<std::string> unlisted;
-    for (const auto& [id, b] : base_)
-      if (id != opt_.self_id && !listed.count(id)) unlisted.push_back(id);
+    for (auto it = base_.begin(); it != base_.end();) {
+      if (it->first != opt_.self_id && !listed.count(it->first) && forgotten_.count(it->first)) {
+        it = base_.erase(it);
+        continue;
+      }
+      if (it->first != opt_.self_id && !listed.count(it->first)) unlisted.push_back(it->first);
+      ++it;
+    }
     if (!unlisted.empty()) {
       auto majority = [&](bool region_only) {
         size_t total = 0, alive = 0;
@@ -179,12 +194,19 @@ void strict_limiter::set_members(std::vector<member_view> members) {
       for (const auto& id : unlisted)
         if (global && (region || base_.at(id).region != opt_.region)) base_.erase(id);
     }
-    bool changed = before.size() != base_.size();
-    for (size_t i = 0; !changed && i < before.size(); ++i) changed = !base_.count(before[i]);
-    if (changed && opt_.remember) to_remember = counted_locked();
-    rebuild_view(now);
+    if (before != base_ && opt_.remember) to_remember = counted_locked();
+    rebuild_view(now, false);
   }
   if (!to_remember.empty()) opt_.remember(to_remember);
+}
+
+void strict_limiter::set_forgotten(std::map<std::string, int64_t> forgotten) {
+  std::lock_guard lock(view_mu_);
+  for (auto it = forgotten.begin(); it != forgotten.end();) {
+    auto r = revived_.find(it->first);
+    it = r != revived_.end() && r->second == it->second ? forgotten.erase(it) : std::next(it);
+  }
+  forgotten_ = std::move(forgotten);
 }
 
 std::vector<strict_limiter::member_view> strict_limiter::counted_members() const {
@@ -202,7 +224,7 @@ std::vector<strict_limiter::member_view> strict_limiter::counted_locked() const 
   return out;
 }
 
-void strict_limiter::rebuild_view(int64_t now) {
+void strict_limiter::rebuild_view(int64_t now, bool first) {
   auto next = std::make_shared<view>(*view_);
   auto rebuild = [&](view::scope_view& s, bool region_only) {
     s.live.clear();
@@ -226,7 +248,7 @@ void strict_limiter::rebuild_view(int64_t now) {
   for (const auto& [h, address] : next->global.live)
     if (h != next->self_hash) next->others.push_back(address);
   for (auto [n, o] : {std::pair{&next->global, &view_->global}, {&next->region, &view_->region}}) {
-    if (!changed(*n, *o) && o->changed_ms != 0) continue;
+    if (!changed(*n, *o) && !first) continue;
     n->prev_live.clear();
     for (const auto& [h, address] : o->live) n->prev_live.push_back(h);
     n->prev_quorum = o->quorum;
@@ -558,7 +580,9 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   auto v = current();
   std::vector<answer_out> now_out, admitted;
   std::vector<cluster::strict_count> counts;
-  size_t majority_others = 0;  // acknowledgements the admissions need
+  // Acknowledgements the admissions need: from any members (global scope) and from members of
+  // this node's region (region scope: a later take-over asks the region only).
+  size_t majority_others = 0, majority_region = 0;
   for (auto& r : requests) {
     cluster::strict_answer a;
     a.id = r.id;
@@ -586,7 +610,8 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
              .window = d.window,
              .count = static_cast<uint32_t>(std::min<uint64_t>(d.own_count, UINT32_MAX)),
              .origin = {}});
-        majority_others = std::max(majority_others, s.total / 2);
+        auto& needed = &s == &v->region ? majority_region : majority_others;
+        needed = std::max(needed, s.total / 2);
         admitted.push_back({std::move(r.reply_to), a});
         continue;
       }
@@ -595,7 +620,7 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   }
   if (!now_out.empty()) release(std::move(now_out));
   if (admitted.empty()) return;
-  if (majority_others == 0) {  // a scope of one: nobody to tell
+  if (majority_others == 0 && majority_region == 0) {  // a scope of one: nobody to tell
     release(std::move(admitted));
     return;
   }
@@ -617,6 +642,7 @@ void strict_limiter::decide_batch(std::vector<owner_request> requests) {
   const uint64_t seq = next_ack_seq_++;
   auto h = std::make_unique<held>();
   h->needed = majority_others;
+  h->needed_region = majority_region;
   h->deadline = steady + static_cast<int64_t>(std::max<uint64_t>(
                              requests.empty() ? 1 : requests.front().spec.strict_timeout_ms, 1));
   h->answers = std::move(admitted);
@@ -755,11 +781,16 @@ void strict_limiter::on_message(const std::string& from_id, const std::string& f
   }
   if (!in.acks.empty()) {
     std::vector<answer_out> ready;
+    auto v = current();
+    bool in_region = false;
+    for (const auto& [hash, address] : v->region.live) in_region |= address == from_address;
     for (uint64_t seq : in.acks) {
       auto it = held_.find(seq);
       if (it == held_.end()) continue;
       auto& h = *it->second;
-      if (!h.acked_by.insert(from_address).second || h.acked_by.size() < h.needed) continue;
+      if (!h.acked_by.insert(from_address).second) continue;
+      h.region_acks += in_region;
+      if (h.acked_by.size() < h.needed || h.region_acks < h.needed_region) continue;
       for (auto& a : h.answers) ready.push_back(std::move(a));
       held_.erase(it);
     }

@@ -446,10 +446,92 @@ TEST(strict_limiter, a_restarted_node_counts_the_members_it_remembers_until_it_s
   c.set_alive({"a", "b", "c"});
   c.advance(10);
   EXPECT_EQ(admitted_of(c, {&c.nodes[0], &c.nodes[1], &c.nodes[2]}, 7, spec, 12), 10);
-  // Without what it remembered, a restarted node alone would have counted itself a majority.
-  c.configure = nullptr;
-  c.build(a);
-  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::here);
+}
+
+// Exactly half alive is no majority: the unlisted are kept; one more alive and they go.
+TEST(strict_limiter, the_unlisted_are_forgotten_only_with_more_than_half_alive) {
+  fake_cluster c;
+  auto& a = c.by_id("a");
+  auto member = [](const std::string& id, bool alive) {
+    return strict_limiter::member_view{id, id + ":7946", "r", alive};
+  };
+  a.strict->set_members({member("a", true), member("b", true), member("c", false),
+                         member("d", false), member("e", false)});
+  a.strict->set_members({member("a", true), member("b", true), member("c", false),
+                         member("d", false)});  // e reaped: 2 of 5 alive
+  EXPECT_EQ(a.strict->counted_members().size(), 5u);
+  a.strict->set_members({member("a", true), member("b", true), member("c", true),
+                         member("d", false)});  // 3 of 5: e goes
+  EXPECT_EQ(a.strict->counted_members().size(), 4u);
+  a.strict->set_members({member("a", true), member("b", true), member("c", false)});
+  EXPECT_EQ(a.strict->counted_members().size(), 4u) << "2 of 4 alive is no majority: d stays";
+  a.strict->set_members({member("a", true), member("b", true), member("c", true)});
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+}
+
+// An operator's way out when most members are gone for good: forgotten members do not count
+// while they are not alive; one that comes back counts again, and dying again does not make the
+// old record apply again.
+TEST(strict_limiter, members_an_operator_forgot_stop_counting_until_they_come_back) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  auto member = [](const std::string& id, bool alive) {
+    return strict_limiter::member_view{id, id + ":7946", "r", alive};
+  };
+  std::vector<strict_limiter::member_view> view = {member("a", true), member("b", true),
+                                                   member("c", false), member("d", false),
+                                                   member("e", false)};
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);  // 2 of 5
+  a.strict->set_forgotten({{"c", 100}, {"d", 100}, {"x", 100}});
+  a.strict->set_members(view);  // listed dead, forgotten: 2 of 3
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+  EXPECT_NE(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  view.erase(view.begin() + 3);  // the membership reaps d: still forgotten, still not counted
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+  view[2].alive = true;  // c comes back
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 4u);
+  a.strict->set_forgotten({{"c", 100}, {"d", 100}});  // the same records, read again
+  view[2].alive = false;                              // c dies again: it counts (2 of 4)
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 4u);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  a.strict->set_forgotten({{"c", 200}, {"d", 100}});  // forgotten anew
+  a.strict->set_members(view);
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+}
+
+// A region-scoped admission waits for a majority of its region to hold the count: members of
+// other regions acknowledging do not count (a later take-over asks the region only).
+TEST(strict_limiter, region_admissions_wait_for_acknowledgements_from_the_region) {
+  fake_cluster c;
+  c.configure = [](fake_cluster::node& n, strict_limiter::options& o) {
+    if (n.id == "c") o.region = "other";
+  };
+  for (auto& n : c.nodes) c.build(n);
+  std::vector<strict_limiter::member_view> view = {
+      {"a", "a:7946", "r", true}, {"b", "b:7946", "r", true}, {"c", "c:7946", "other", true}};
+  for (auto& n : c.nodes) n.strict->set_members(view);
+  c.advance(10'000);
+  auto spec = strict_spec(10);
+  spec.scope = limit_spec::scope_kind::region;
+  auto& a = c.by_id("a");
+  uint64_t key = 1;
+  while (a.strict->locate(key, spec).kind != strict_limiter::location::here) ++key;
+  EXPECT_EQ(admitted_of(c, {&a}, key, spec, 2), 2) << "b acknowledges";
+  c.down.insert("b:7946");  // b still alive in every view, but its acknowledgements are lost
+  int undecided = 0;
+  EXPECT_EQ(admitted_of(c, {&a}, key, spec, 2, &undecided), 0) << "c's acknowledgements alone";
+  EXPECT_EQ(undecided, 2);
+  EXPECT_GT(a.strict->stats().unacknowledged.load(), 0u);
+  // A global key needs one acknowledgement of the two others: c's does.
+  auto global = strict_spec(10);
+  key = 1;
+  while (a.strict->locate(key, global).kind != strict_limiter::location::here) ++key;
+  EXPECT_EQ(admitted_of(c, {&a}, key, global, 2), 2);
 }
 
 TEST(strict_limiter, a_node_with_seeds_is_no_majority_before_it_hears_of_another_member) {

@@ -40,6 +40,9 @@ struct admin_handlers {
   // GET /cluster/nodes: every member with its own view (config version, convergence), asked.
   std::function<nlohmann::json()> cluster_nodes;
   std::function<nlohmann::json()> cluster_leave;  // POST /cluster/leave: leaves, returns body
+  // DELETE /cluster/members/{id}: an operator declares a member that is not alive gone for good
+  // (it stops counting for strict rate limits' majorities, cluster-wide).
+  std::function<admin_reply(const std::string& id)> cluster_forget;
   // PUT (body set) and DELETE (body null) on /config/{kind}/{name}; kind is the path segment
   // ("routes", "upstreams", "consumers", or anything else for the callback to refuse).
   std::function<admin_reply(const std::string& kind, const std::string& name,

@@ -42,7 +42,7 @@
 //   * the owner answers that it is not the owner (views differ for a moment, or it is fenced).
 //
 // Thread-safety: locate and ask from any thread; on_message, tick and the jobs handed to `post`
-// on the host's gossip thread (the owner's side runs only there); set_members from any thread.
+// on the host's gossip thread (the owner's side runs only there); set_members from any one thread.
 
 #include <atomic>
 #include <chrono>
@@ -83,8 +83,10 @@ class strict_limiter {
     std::function<int64_t()> unix_ms;    // the owner's clock; unset: the system clock
     // The base as remember() last saw it (a restart): counted, as dead, until seen alive.
     std::vector<member_view> remembered;
-    // Called with the base (every member counted, this node included) whenever its members
-    // change, to be kept for the next start. Called from set_members' thread.
+    // Called with the base (every member counted, this node included) whenever it changes
+    // (members, their addresses or regions), to be kept for the next start. Called from
+    // set_members' thread after the change: set_members must be called from one thread for the
+    // calls to come in order.
     std::function<void(const std::vector<member_view>&)> remember;
     // Seeds are configured: until another member is known, this node is no majority (it has
     // not joined; for all it knows the cluster has many members).
@@ -121,6 +123,11 @@ class strict_limiter {
   void set_members(std::vector<member_view> members);
   // The members counted for majorities (the base), this node included.
   std::vector<member_view> counted_members() const;
+  // Members an operator declared gone for good (DELETE /cluster/members/{id}), by id with the
+  // record's time: not counted while not alive, whatever the majority — the way out when more
+  // than half of the counted members will never come back. A forgotten member seen alive counts
+  // again (and that record is not applied again). Takes effect at the next set_members.
+  void set_forgotten(std::map<std::string, int64_t> forgotten);
   // Called every few tens of ms on the gossip thread: a gap over stall_ms means the process stood
   // still (its view and counts are old), which counts as a view change.
   void tick();
@@ -215,9 +222,10 @@ class strict_limiter {
 
   struct base_member {
     std::string address, region;
+    bool operator==(const base_member&) const = default;
   };
-  // Rebuilds view_'s scopes from base_ and live_ (view_mu_ held).
-  void rebuild_view(int64_t now);
+  // Rebuilds view_'s scopes from base_ and live_ (view_mu_ held); the first view is a change.
+  void rebuild_view(int64_t now, bool first);
   std::vector<member_view> counted_locked() const;
 
   mutable std::mutex view_mu_;
@@ -225,6 +233,7 @@ class strict_limiter {
   std::map<std::string, base_member> base_;                // by id, this node included
   std::vector<std::pair<std::string, std::string>> live_;  // (id, address; "" for this node)
   bool heard_of_peers_ = false;
+  std::map<std::string, int64_t> forgotten_, revived_;  // operator's records; those seen alive
   std::atomic<int64_t> last_tick_{0};
 
   std::mutex mu_;  // the asking side
