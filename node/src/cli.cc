@@ -40,6 +40,8 @@ void usage(FILE* out) {
       out,
       "usage: meridian COMMAND [--admin URL] [--token-file FILE] [--json]\n"
       "  members                      the cluster's members and their states\n"
+      "  members forget ID            declare a dead member gone for good (strict rate\n"
+      "                               limits stop counting it for their majorities)\n"
       "  health                       the cluster's health as this node sees it\n"
       "  config get                   routes, upstreams and consumers in effect\n"
       "  config apply FILE            show what FILE changes, then apply it\n"
@@ -199,6 +201,17 @@ int members(const options& o) {
     return std::tie(a[1], a[0]) < std::tie(b[1], b[0]);
   });
   print_table({"ID", "REGION", "ZONE", "ADDRESS", "STATE", "INCARNATION"}, rows);
+  return 0;
+}
+
+int forget_member(const options& o, const std::string& id) {
+  auto j = call(o, "DELETE", "/cluster/members/" + id);
+  if (!j) return 1;
+  if (o.json_output) {
+    std::printf("%s\n", j->dump(2).c_str());
+  } else {
+    std::printf("forgot %s: strict rate limits no longer count it\n", id.c_str());
+  }
   return 0;
 }
 
@@ -507,6 +520,8 @@ int run_cli(int argc, char** argv) {
     return 0;
   }
   if (cmd == "members" && o.args.size() == 1) return members(o);
+  if (cmd == "members" && o.args.size() == 3 && o.args[1] == "forget")
+    return forget_member(o, o.args[2]);
   if (cmd == "health" && o.args.size() == 1) return health(o);
   if (cmd == "config" && o.args.size() == 2 && o.args[1] == "get") return config_get(o);
   if (cmd == "config" && o.args.size() >= 2 && o.args[1] == "apply") return config_apply(o);
