@@ -150,6 +150,7 @@ void strict_limiter::set_members(std::vector<member_view> members) {
     std::lock_guard lock(view_mu_);
     const auto before = base_;
     std::set<std::string> listed;
+    std::vector<const member_view*> newcomers;
     live_ = {{opt_.self_id, std::string()}};
     for (const auto& m : members) {
       if (m.id == opt_.self_id || m.id.empty()) continue;
@@ -167,12 +168,33 @@ void strict_limiter::set_members(std::vector<member_view> members) {
         revived_[m.id] = f->second;
         forgotten_.erase(f);
       }
-      base_[m.id] = {m.address, m.region};
+      auto b = base_.find(m.id);
+      if (b == base_.end()) {
+        newcomers.push_back(&m);
+        continue;
+      }
+      b->second = {m.address, m.region};
       if (m.alive) live_.emplace_back(m.id, m.address);
     }
-    // Members the membership no longer lists (it reaped them, or they are remembered from before
-    // a restart) are forgotten only while a majority of the base, them included, is alive: the
-    // minority side of a long partition keeps counting the members it cannot see.
+    // Whether this node sees a majority of the base alive (of the region's part of it, or all).
+    auto majority = [&](bool region_only) {
+      size_t total = 0, alive = 0;
+      for (const auto& [id, b] : base_) total += !region_only || b.region == opt_.region;
+      for (const auto& [id, address] : live_)
+        alive += !region_only || base_.at(id).region == opt_.region;
+      return heard_of_peers_ && alive * 2 > total;
+    };
+    // The count changes only with a majority of it alive, as it stands (with a majority of this
+    // node's region too, for a member of the region): members joining on the minority side of a
+    // partition do not make it a majority, and members the membership no longer lists (it reaped
+    // them, or they are remembered from before a restart) are still counted there. A node that
+    // counts only itself (a first start) is a majority of one: it takes whom it first hears of.
+    bool global = majority(false), region = majority(true);
+    for (const auto* m : newcomers) {
+      if (!global || (!region && m->region == opt_.region)) continue;
+      base_[m->id] = {m->address, m->region};
+      if (m->alive) live_.emplace_back(m->id, m->address);
+    }
     std::vector<std::string> unlisted;
     for (auto it = base_.begin(); it != base_.end();) {
       if (it->first != opt_.self_id && !listed.count(it->first) && forgotten_.count(it->first)) {
@@ -183,14 +205,8 @@ void strict_limiter::set_members(std::vector<member_view> members) {
       ++it;
     }
     if (!unlisted.empty()) {
-      auto majority = [&](bool region_only) {
-        size_t total = 0, alive = 0;
-        for (const auto& [id, b] : base_) total += !region_only || b.region == opt_.region;
-        for (const auto& [id, address] : live_)
-          alive += !region_only || base_.at(id).region == opt_.region;
-        return heard_of_peers_ && alive * 2 > total;
-      };
-      const bool global = majority(false), region = majority(true);
+      global = majority(false);
+      region = majority(true);
       for (const auto& id : unlisted)
         if (global && (region || base_.at(id).region != opt_.region)) base_.erase(id);
     }

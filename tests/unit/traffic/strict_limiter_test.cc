@@ -399,6 +399,33 @@ TEST(strict_limiter, a_minority_keeps_counting_the_members_the_membership_forgot
   }
 }
 
+// Members that join while this node sees no majority are not counted: new nodes started on the
+// minority side of a partition do not make it a majority. With a majority alive they count.
+TEST(strict_limiter, members_joining_a_minority_do_not_make_it_a_majority) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  auto member = [](const std::string& id, bool alive) {
+    return strict_limiter::member_view{id, id + ":7946", "r", alive};
+  };
+  // a is cut off from b and c; f and g join through a.
+  a.strict->set_members({member("a", true), member("b", false), member("c", false),
+                         member("f", true), member("g", true)});
+  EXPECT_EQ(a.strict->counted_members().size(), 3u);
+  EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  // The partition heals: a majority of the count is alive, and the newcomers count.
+  a.strict->set_members({member("a", true), member("b", true), member("c", true), member("f", true),
+                         member("g", true)});
+  EXPECT_EQ(a.strict->counted_members().size(), 5u);
+  EXPECT_NE(a.strict->locate(1, spec).kind, strict_limiter::location::none);
+  // A node that knows of nobody yet (first start with seeds) takes what it first hears as is.
+  c.configure = [](fake_cluster::node&, strict_limiter::options& o) { o.expect_peers = true; };
+  c.build(a);
+  a.strict->set_members({member("a", true), member("b", false), member("c", false),
+                         member("f", true), member("g", true)});
+  EXPECT_EQ(a.strict->counted_members().size(), 5u);
+}
+
 // With region scope, a member of this node's region is forgotten only with a majority of the
 // region alive too: a lone node of a region that sits with the cluster's majority does not
 // become its region's majority when the rest of its region is reaped.
@@ -412,6 +439,9 @@ TEST(strict_limiter, a_region_member_is_forgotten_only_with_a_majority_of_the_re
       {"c", "c:7946", "r", false},    {"w", "w:7946", "other", true},
       {"x", "x:7946", "other", true}, {"y", "y:7946", "other", true},
       {"z", "z:7946", "other", false}};
+  auto all_alive = view;
+  for (auto& m : all_alive) m.alive = true;
+  a.strict->set_members(all_alive);  // everyone counted
   a.strict->set_members(view);
   EXPECT_EQ(a.strict->locate(1, spec).kind, strict_limiter::location::none);  // 1 of 3 in r
   EXPECT_NE(a.strict->locate(1, strict_spec(10)).kind,
