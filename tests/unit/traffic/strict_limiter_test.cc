@@ -144,6 +144,11 @@ limit_spec strict_spec(uint64_t limit, uint64_t window_ms = 10'000) {
   return s;
 }
 
+// A member of region "r" at <id>:7946, as the membership lists it.
+strict_limiter::member_view member(const std::string& id, bool alive) {
+  return strict_limiter::member_view{id, id + ":7946", "r", alive};
+}
+
 // Has one request for key decided as the stage does (by its owner, through locate and ask);
 // pump() delivers the answer to out.
 void request(fake_cluster::node& n, uint64_t key, const limit_spec& spec,
@@ -360,9 +365,6 @@ TEST(strict_limiter, a_minority_keeps_counting_the_members_the_membership_forgot
   auto& a = c.by_id("a");
   auto& b = c.by_id("b");
   c.kept.clear();
-  auto member = [](const std::string& id, bool alive) {
-    return strict_limiter::member_view{id, id + ":7946", "r", alive};
-  };
   // a is cut off from b and c; each side sees the other dead.
   a.strict->set_members({member("a", true), member("b", false), member("c", false)});
   b.strict->set_members({member("a", false), member("b", true), member("c", true)});
@@ -405,9 +407,6 @@ TEST(strict_limiter, members_joining_a_minority_do_not_make_it_a_majority) {
   fake_cluster c;
   auto spec = strict_spec(10);
   auto& a = c.by_id("a");
-  auto member = [](const std::string& id, bool alive) {
-    return strict_limiter::member_view{id, id + ":7946", "r", alive};
-  };
   // a is cut off from b and c; f and g join through a.
   a.strict->set_members({member("a", true), member("b", false), member("c", false),
                          member("f", true), member("g", true)});
@@ -482,9 +481,6 @@ TEST(strict_limiter, a_restarted_node_counts_the_members_it_remembers_until_it_s
 TEST(strict_limiter, the_unlisted_are_forgotten_only_with_more_than_half_alive) {
   fake_cluster c;
   auto& a = c.by_id("a");
-  auto member = [](const std::string& id, bool alive) {
-    return strict_limiter::member_view{id, id + ":7946", "r", alive};
-  };
   a.strict->set_members({member("a", true), member("b", true), member("c", false),
                          member("d", false), member("e", false)});
   a.strict->set_members({member("a", true), member("b", true), member("c", false),
@@ -506,9 +502,6 @@ TEST(strict_limiter, members_an_operator_forgot_stop_counting_until_they_come_ba
   fake_cluster c;
   auto spec = strict_spec(10);
   auto& a = c.by_id("a");
-  auto member = [](const std::string& id, bool alive) {
-    return strict_limiter::member_view{id, id + ":7946", "r", alive};
-  };
   std::vector<strict_limiter::member_view> view = {member("a", true), member("b", true),
                                                    member("c", false), member("d", false),
                                                    member("e", false)};
