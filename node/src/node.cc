@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unordered_set>
@@ -109,11 +110,11 @@ std::shared_ptr<spdlog::logger> make_access_log(const access_log_section& cfg) {
 }
 
 // The members strict rate limits count majorities over (strict_limiter::options::remembered),
-// as a JSON array of {id, address, region} in the store's meta family.
+// as a JSON array of {id, address, region, global, regional} in the store's meta family.
 constexpr std::string_view strict_members_key = "strict_members";
 
 // Returns false when a record exists but cannot be read.
-bool read_strict_members(storage::store& db, std::vector<strict_limiter::member_view>* out) {
+bool read_strict_members(storage::store& db, std::vector<strict_limiter::counted_member>* out) {
   std::string value;
   auto st = db.get(storage::family::meta, strict_members_key, &value);
   if (st.is_not_found()) return true;
@@ -132,7 +133,13 @@ bool read_strict_members(storage::store& db, std::vector<strict_limiter::member_
       auto it = m.is_object() ? m.find(name) : m.end();
       return it != m.end() && it->is_string() ? it->get<std::string>() : std::string();
     };
-    if (!text("id").empty()) out->push_back({text("id"), text("address"), text("region"), false});
+    auto flag = [&m](const char* name) {
+      auto it = m.is_object() ? m.find(name) : m.end();
+      return it != m.end() && it->is_boolean() && it->get<bool>();
+    };
+    if (!text("id").empty())
+      out->push_back(
+          {text("id"), text("address"), text("region"), flag("global"), flag("regional")});
   }
   return true;
 }
@@ -155,10 +162,14 @@ std::map<std::string, int64_t> strict_forgets(const cluster::replicated_state& s
 }
 
 void write_strict_members(storage::store& db,
-                          const std::vector<strict_limiter::member_view>& members) {
+                          const std::vector<strict_limiter::counted_member>& members) {
   nlohmann::json j = nlohmann::json::array();
   for (const auto& m : members)
-    j.push_back({{"id", m.id}, {"address", m.address}, {"region", m.region}});
+    j.push_back({{"id", m.id},
+                 {"address", m.address},
+                 {"region", m.region},
+                 {"global", m.global},
+                 {"regional", m.regional}});
   // Synced: an older base could be smaller (members forgotten since added back) and make a
   // majority of too few after a crash.
   auto st =
@@ -566,6 +577,7 @@ struct node::impl {
     for (;;) {
       auto keys = targets.wait_published(std::chrono::milliseconds(250));
       if (breaker_sync_stop.load()) return;
+      keep_strict_members();
       auto snap = current();
       for (const auto& key : keys) publish_breaker(key);
       if (!keys.empty()) cluster->flush();
@@ -673,7 +685,22 @@ struct node::impl {
     breaker_sync_stop = true;
     targets.stop_publishing();
     breaker_sync.join();
+    keep_strict_members();
   }
+
+  // The members strict majorities are counted over, handed over by the strict limiter on the
+  // gossip thread and written (synced) here, on the maintenance thread: an fsync must not hold
+  // up probes. Only the latest list is written.
+  void keep_strict_members() {
+    std::optional<std::vector<strict_limiter::counted_member>> members;
+    {
+      std::lock_guard lock(strict_members_mu);
+      members.swap(strict_members_pending);
+    }
+    if (members) write_strict_members(cluster->store(), *members);
+  }
+  std::mutex strict_members_mu;
+  std::optional<std::vector<strict_limiter::counted_member>> strict_members_pending;
   std::atomic<bool> breaker_sync_stop{false};
 
   void stop_persister() {
@@ -1490,8 +1517,9 @@ bool node::start(std::string* error) {
     // The members strict majorities are counted over, kept across restarts (strict_limiter.h).
     so.expect_peers = !read_strict_members(bridge->store(), &so.remembered);
     so.expect_peers |= bridge->has_seeds();
-    so.remember = [bridge](const std::vector<strict_limiter::member_view>& members) {
-      write_strict_members(bridge->store(), members);
+    so.remember = [this](const std::vector<strict_limiter::counted_member>& members) {
+      std::lock_guard lock(impl_->strict_members_mu);
+      impl_->strict_members_pending = members;
     };
     d.strict = std::make_unique<strict_limiter>(
         so, *d.limiter,

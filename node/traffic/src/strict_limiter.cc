@@ -111,9 +111,10 @@ strict_limiter::strict_limiter(options o, rate_limiter& limiter, send_fn send, p
   // (a restart): a view that begins now, so keys are taken over before they are decided, in which
   // every member it remembers counts as dead.
   for (const auto& m : opt_.remembered)
-    if (!m.id.empty() && !m.left) base_[m.id] = {m.address, m.region};
+    if (!m.id.empty() && (m.global || m.regional))
+      base_[m.id] = {m.address, m.region, m.global, m.regional && m.region == opt_.region};
   opt_.remembered.clear();
-  base_[opt_.self_id] = {std::string(), opt_.region};
+  base_[opt_.self_id] = {std::string(), opt_.region, true, true};
   heard_of_peers_ = !opt_.expect_peers;
   auto v = std::make_shared<view>();
   v->self_hash = hash_id(opt_.self_id);
@@ -145,75 +146,78 @@ std::shared_ptr<const strict_limiter::view> strict_limiter::current() const {
 
 void strict_limiter::set_members(std::vector<member_view> members) {
   const int64_t now = steady_now();
-  std::vector<member_view> to_remember;
+  std::vector<counted_member> to_remember;
   {
     std::lock_guard lock(view_mu_);
     const auto before = base_;
-    std::set<std::string> listed;
-    std::vector<const member_view*> newcomers;
+    std::map<std::string, const member_view*> listed;
     live_ = {{opt_.self_id, std::string()}};
     for (const auto& m : members) {
       if (m.id == opt_.self_id || m.id.empty()) continue;
       heard_of_peers_ = true;
-      listed.insert(m.id);
-      if (m.left) {
-        base_.erase(m.id);
+      listed[m.id] = &m;
+      if (m.alive && !m.left) live_.emplace_back(m.id, m.address);
+    }
+    // Each scope's count changes only while this node sees a majority of it alive, as it stands
+    // (the region's, for this node's region): members joining on the minority side of a partition
+    // do not make it a majority, and members the membership no longer lists (it reaped them, or
+    // they are remembered from before a restart) are still counted there. A node that counts
+    // only itself (a first start) is a majority of one: it takes whom it first hears of.
+    const bool global = majority_locked(false), region = majority_locked(true);
+    for (const auto& [id, m] : listed) {
+      if (m->left) {  // left on purpose: it decides nothing any more
+        base_.erase(id);
         continue;
       }
-      if (auto f = forgotten_.find(m.id); f != forgotten_.end()) {
-        if (!m.alive) {
-          base_.erase(m.id);
+      if (auto f = forgotten_.find(id); f != forgotten_.end()) {
+        if (!m->alive) {
+          base_.erase(id);
           continue;
         }
-        revived_[m.id] = f->second;
+        revived_[id] = f->second;
         forgotten_.erase(f);
       }
-      auto b = base_.find(m.id);
-      if (b == base_.end()) {
-        newcomers.push_back(&m);
+      auto& b = base_[id];
+      b.address = m->address;
+      b.region = m->region;
+      const bool ours = m->region == opt_.region;
+      if (!b.global && global) b.global = true;
+      if (b.regional != ours && region) b.regional = ours;
+      if (!b.global && !b.regional) base_.erase(id);
+    }
+    for (auto it = base_.begin(); it != base_.end();) {
+      auto& [id, b] = *it;
+      if (id == opt_.self_id || listed.count(id)) {
+        ++it;
         continue;
       }
-      b->second = {m.address, m.region};
-      if (m.alive) live_.emplace_back(m.id, m.address);
-    }
-    // Whether this node sees a majority of the base alive (of the region's part of it, or all).
-    auto majority = [&](bool region_only) {
-      size_t total = 0, alive = 0;
-      for (const auto& [id, b] : base_) total += !region_only || b.region == opt_.region;
-      for (const auto& [id, address] : live_)
-        alive += !region_only || base_.at(id).region == opt_.region;
-      return heard_of_peers_ && alive * 2 > total;
-    };
-    // The count changes only with a majority of it alive, as it stands (with a majority of this
-    // node's region too, for a member of the region): members joining on the minority side of a
-    // partition do not make it a majority, and members the membership no longer lists (it reaped
-    // them, or they are remembered from before a restart) are still counted there. A node that
-    // counts only itself (a first start) is a majority of one: it takes whom it first hears of.
-    bool global = majority(false), region = majority(true);
-    for (const auto* m : newcomers) {
-      if (!global || (!region && m->region == opt_.region)) continue;
-      base_[m->id] = {m->address, m->region};
-      if (m->alive) live_.emplace_back(m->id, m->address);
-    }
-    std::vector<std::string> unlisted;
-    for (auto it = base_.begin(); it != base_.end();) {
-      if (it->first != opt_.self_id && !listed.count(it->first) && forgotten_.count(it->first)) {
+      if (forgotten_.count(id)) {
         it = base_.erase(it);
         continue;
       }
-      if (it->first != opt_.self_id && !listed.count(it->first)) unlisted.push_back(it->first);
-      ++it;
-    }
-    if (!unlisted.empty()) {
-      global = majority(false);
-      region = majority(true);
-      for (const auto& id : unlisted)
-        if (global && (region || base_.at(id).region != opt_.region)) base_.erase(id);
+      if (global) b.global = false;
+      if (region) b.regional = false;
+      it = b.global || b.regional ? std::next(it) : base_.erase(it);
     }
     if (before != base_ && opt_.remember) to_remember = counted_locked();
     rebuild_view(now, false);
   }
   if (!to_remember.empty()) opt_.remember(to_remember);
+}
+
+bool strict_limiter::majority_locked(bool region_only) const {
+  size_t total = 0, alive = 0;
+  for (const auto& [id, b] : base_) total += region_only ? b.regional : b.global;
+  for (const auto& [id, address] : live_) {
+    auto b = base_.find(id);
+    if (b != base_.end()) alive += region_only ? b->second.regional : b->second.global;
+  }
+  return heard_of_peers_ && alive * 2 > total;
+}
+
+bool strict_limiter::counts_member(const std::string& id) const {
+  std::lock_guard lock(view_mu_);
+  return base_.count(id) > 0;
 }
 
 void strict_limiter::set_forgotten(std::map<std::string, int64_t> forgotten) {
@@ -225,17 +229,17 @@ void strict_limiter::set_forgotten(std::map<std::string, int64_t> forgotten) {
   forgotten_ = std::move(forgotten);
 }
 
-std::vector<strict_limiter::member_view> strict_limiter::counted_members() const {
+std::vector<strict_limiter::counted_member> strict_limiter::counted_members() const {
   std::lock_guard lock(view_mu_);
   return counted_locked();
 }
 
-std::vector<strict_limiter::member_view> strict_limiter::counted_locked() const {
-  std::vector<member_view> out;
+std::vector<strict_limiter::counted_member> strict_limiter::counted_locked() const {
+  std::vector<counted_member> out;
   for (const auto& [id, b] : base_) {
     bool alive = false;
     for (const auto& l : live_) alive = alive || l.first == id;
-    out.push_back({id, b.address, b.region, alive});
+    out.push_back({id, b.address, b.region, b.global, b.regional, alive});
   }
   return out;
 }
@@ -245,12 +249,14 @@ void strict_limiter::rebuild_view(int64_t now, bool first) {
   auto rebuild = [&](view::scope_view& s, bool region_only) {
     s.live.clear();
     s.total = 0;
-    for (const auto& [id, b] : base_) s.total += !region_only || b.region == opt_.region;
-    for (const auto& [id, address] : live_)
-      if (!region_only || base_.at(id).region == opt_.region)
+    for (const auto& [id, b] : base_) s.total += region_only ? b.regional : b.global;
+    for (const auto& [id, address] : live_) {
+      auto b = base_.find(id);
+      if (b != base_.end() && (region_only ? b->second.regional : b->second.global))
         s.live.emplace_back(hash_id(id), address);
+    }
     std::sort(s.live.begin(), s.live.end());
-    s.quorum = heard_of_peers_ && s.live.size() * 2 > s.total;
+    s.quorum = majority_locked(region_only);
   };
   auto changed = [](const view::scope_view& a, const view::scope_view& b) {
     if (a.quorum != b.quorum || a.live.size() != b.live.size()) return true;
@@ -260,9 +266,13 @@ void strict_limiter::rebuild_view(int64_t now, bool first) {
   };
   rebuild(next->global, false);
   rebuild(next->region, true);
+  // Counts go to every live member counted for either scope (a region admission needs the
+  // region's acknowledgements, a global one anybody's).
   next->others.clear();
-  for (const auto& [h, address] : next->global.live)
-    if (h != next->self_hash) next->others.push_back(address);
+  for (const auto& [id, address] : live_) {
+    auto b = base_.find(id);
+    if (id != opt_.self_id && b != base_.end()) next->others.push_back(address);
+  }
   for (auto [n, o] : {std::pair{&next->global, &view_->global}, {&next->region, &view_->region}}) {
     if (!changed(*n, *o) && !first) continue;
     n->prev_live.clear();
@@ -769,9 +779,10 @@ void strict_limiter::on_message(const std::string& from_id, const std::string& f
   // Slots first: an answer to a count query, and an owner's counts, must be merged before what
   // follows is decided on them.
   if (!in.counts.empty()) {
-    bool refuse = false;
+    bool refuse = false, uncounted = false;
     if (in.ack_seq != 0) {
       for (const auto& c : in.counts) refuse = refuse || fenced_for(c.key, from_id, steady);
+      uncounted = !counts_member(from_id);
     }
     std::map<std::string, std::vector<owner_count>> by_node;
     for (const auto& c : in.counts) {
@@ -785,7 +796,9 @@ void strict_limiter::on_message(const std::string& from_id, const std::string& f
     if (counts_)
       for (auto& [node, list] : by_node) counts_(node, std::move(list));
     if (in.ack_seq != 0) {
-      if (refuse) {
+      if (uncounted) {  // an owner this node does not count (yet): its majority is not ours
+        counters_.not_counted.fetch_add(1, std::memory_order_relaxed);
+      } else if (refuse) {
         counters_.fenced.fetch_add(1, std::memory_order_relaxed);
       } else {
         cluster::strict_batch ack;
@@ -819,6 +832,10 @@ void strict_limiter::on_message(const std::string& from_id, const std::string& f
     for (const auto& r : in.requests) {
       queued q{r.id, r.key, r.limit, r.window_ms, r.flags, r.timezone, r.timeout_ms};
       if (r.flags & cluster::strict_flag_count) {
+        if (!counts_member(from_id)) {  // not counted here: this node is not of its majority
+          counters_.not_counted.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
         // A member taking the key over: what this node holds of it (every node's slot), and a
         // fence, so that no other owner's counts for it are acknowledged here meanwhile.
         const auto spec = spec_of(q);
@@ -877,6 +894,7 @@ std::string strict_limiter::metrics_text() const {
   line("takeovers", c.takeovers);
   line("unacknowledged", c.unacknowledged);
   line("fenced", c.fenced);
+  line("not_counted", c.not_counted);
   line("malformed", c.malformed);
   // The members majorities are counted over, and how many of them this node sees alive.
   auto v = current();

@@ -38,7 +38,7 @@ struct fake_cluster {
   size_t delivered = 0;
   size_t largest = 0;  // bytes of the largest message sent
   // What each node last kept of the members it counts (options::remember), by id.
-  std::map<std::string, std::vector<strict_limiter::member_view>> kept;
+  std::map<std::string, std::vector<strict_limiter::counted_member>> kept;
   // Options for the next build() (a restart): members remembered, seeds configured.
   std::function<void(node&, strict_limiter::options&)> configure;
 
@@ -70,7 +70,7 @@ struct fake_cluster {
     o.region = "r";
     o.steady_ms = [this] { return now; };
     o.unix_ms = [this] { return unix_now; };
-    o.remember = [this, id = n.id](const std::vector<strict_limiter::member_view>& members) {
+    o.remember = [this, id = n.id](const std::vector<strict_limiter::counted_member>& members) {
       kept[id] = members;
     };
     if (configure) configure(n, o);
@@ -475,6 +475,76 @@ TEST(strict_limiter, a_restarted_node_counts_the_members_it_remembers_until_it_s
   c.set_alive({"a", "b", "c"});
   c.advance(10);
   EXPECT_EQ(admitted_of(c, {&c.nodes[0], &c.nodes[1], &c.nodes[2]}, 7, spec, 12), 10);
+}
+
+// Each scope's count changes with that scope's majority: a region cut off from the rest of the
+// cluster keeps counting its own members (a member that left and came back counts again for the
+// region), while the global count does not grow on that side.
+TEST(strict_limiter, a_region_cut_off_counts_its_returning_members_for_the_region_only) {
+  fake_cluster c;
+  auto& n = c.by_id("c");
+  auto region_spec = strict_spec(10);
+  region_spec.scope = limit_spec::scope_kind::region;
+  auto other = [](const std::string& id, bool alive) {
+    return strict_limiter::member_view{id, id + ":7946", "other", alive};
+  };
+  auto others = [&](bool alive) {
+    return std::vector<strict_limiter::member_view>{other("w", alive), other("x", alive),
+                                                    other("y", alive), other("z", alive)};
+  };
+  auto with = [](std::vector<strict_limiter::member_view> a,
+                 std::vector<strict_limiter::member_view> b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  n.strict->set_members(
+      with({member("a", true), member("b", true), member("c", true)}, others(true)));
+  ASSERT_EQ(n.strict->counted_members().size(), 7u);
+  // Cut off from the other region; a restarts with SIGTERM: it leaves, then comes back.
+  auto left_a = member("a", false);
+  left_a.left = true;
+  n.strict->set_members(with({left_a, member("b", true), member("c", true)}, others(false)));
+  n.strict->set_members(
+      with({member("a", true), member("b", true), member("c", true)}, others(false)));
+  auto counted = n.strict->counted_members();
+  auto a = std::find_if(counted.begin(), counted.end(), [](auto& m) { return m.id == "a"; });
+  ASSERT_NE(a, counted.end()) << "a counts again for the region";
+  EXPECT_TRUE(a->regional);
+  EXPECT_FALSE(a->global) << "3 of 7 alive: the global count does not grow on this side";
+  EXPECT_EQ(n.strict->locate(1, strict_spec(10)).kind, strict_limiter::location::none);
+  // Then b restarts (leaves): the region counts a and c, both alive — not c alone.
+  auto left_b = member("b", false);
+  left_b.left = true;
+  n.strict->set_members(with({member("a", true), left_b, member("c", true)}, others(false)));
+  size_t regional = 0;
+  for (const auto& m : n.strict->counted_members()) regional += m.regional;
+  EXPECT_EQ(regional, 2u);
+  EXPECT_NE(n.strict->locate(1, region_spec).kind, strict_limiter::location::none);
+  // The partition heals: a counts for the whole cluster again.
+  n.strict->set_members(
+      with({member("a", true), member("b", true), member("c", true)}, others(true)));
+  for (const auto& m : n.strict->counted_members()) EXPECT_TRUE(m.global) << m.id;
+}
+
+// A member this node does not count gets no acknowledgement and no answer to a count query:
+// its majority is not this node's.
+TEST(strict_limiter, counts_from_a_member_not_counted_here_are_not_acknowledged) {
+  fake_cluster c;
+  auto spec = strict_spec(10);
+  auto& a = c.by_id("a");
+  uint64_t key = 1;
+  while (a.strict->locate(key, spec).kind != strict_limiter::location::here) ++key;
+  // b and c do not count a (it left and, without a majority, was not counted again).
+  auto left_a = member("a", false);
+  left_a.left = true;
+  for (const char* id : {"b", "c"})
+    c.by_id(id).strict->set_members({left_a, member("b", true), member("c", true)});
+  int undecided = 0;
+  EXPECT_EQ(admitted_of(c, {&a}, key, spec, 3, &undecided), 0);
+  EXPECT_EQ(undecided, 3);
+  EXPECT_GT(c.by_id("b").strict->stats().not_counted.load() +
+                c.by_id("c").strict->stats().not_counted.load(),
+            0u);
 }
 
 // Exactly half alive is no majority: the unlisted are kept; one more alive and they go.

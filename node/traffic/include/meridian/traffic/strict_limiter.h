@@ -25,14 +25,17 @@
 // only, and decides it for nobody, so an old owner that has not noticed the change cannot admit
 // past the new one.
 //
-// Who the majority is of: the scope's members as this node last knew them (the "base"), not only
-// those the membership still lists. Members that left are dropped at once; a member the
-// membership forgot (dead longer than dead_reap_after) is dropped only while this node sees a
-// majority of the base alive with it counted as dead — so the minority side of a partition that
-// outlasts the reaping never counts itself a majority, while the majority side shrinks its base
-// and carries on. The base is kept across restarts (options::remembered / remember): a node that
-// restarts counts every member it knew as dead until it sees them alive, and a node configured
-// with seeds counts itself no majority before it has heard of any other member.
+// Who the majority is of: the scope's members as this node counts them (the "base"), not only
+// those the membership lists now. Each scope's count (global; this node's region) changes only
+// while this node sees a majority of it alive, as it stands: a member the membership forgot (dead
+// longer than dead_reap_after) is dropped, and a member that joins is added, only then — so the
+// minority side of a partition neither counts itself a majority once the others are reaped nor
+// becomes one with nodes started on its side. Members that left on purpose are dropped at once;
+// members an operator declared gone (set_forgotten) while they are not alive. The base is kept
+// across restarts (options::remembered / remember): a node that restarts counts every member it
+// knew as dead until it sees them alive, and a node configured with seeds counts itself no
+// majority before it has heard of any other member. Counts are acknowledged, and count queries
+// answered, only for members this node counts.
 //
 // No decision (the caller applies the limit's on_partition) when
 //   * this node sees no majority of the scope's members alive (a partition's minority side, a
@@ -70,6 +73,15 @@ class strict_limiter {
     bool alive = true;
     bool left = false;  // left on purpose: no longer counted
   };
+  // A member counted for majorities: for global-scope limits, and (a member of this node's
+  // region) for region-scope ones. Each scope's count changes only with that scope's majority.
+  struct counted_member {
+    std::string id, address, region;
+    bool global = true;
+    bool regional = false;
+    bool alive = false;  // counted_members(): seen alive now
+    bool operator==(const counted_member&) const = default;
+  };
   struct options {
     std::string self_id;
     std::string region;
@@ -82,12 +94,12 @@ class strict_limiter {
     std::function<int64_t()> steady_ms;  // unset: std::chrono::steady_clock
     std::function<int64_t()> unix_ms;    // the owner's clock; unset: the system clock
     // The base as remember() last saw it (a restart): counted, as dead, until seen alive.
-    std::vector<member_view> remembered;
+    std::vector<counted_member> remembered;
     // Called with the base (every member counted, this node included) whenever it changes
     // (members, their addresses or regions), to be kept for the next start. Called from
     // set_members' thread after the change: set_members must be called from one thread for the
     // calls to come in order.
-    std::function<void(const std::vector<member_view>&)> remember;
+    std::function<void(const std::vector<counted_member>&)> remember;
     // Seeds are configured: until another member is known, this node is no majority (it has
     // not joined; for all it knows the cluster has many members).
     bool expect_peers = false;
@@ -122,7 +134,7 @@ class strict_limiter {
   // node included.
   void set_members(std::vector<member_view> members);
   // The members counted for majorities (the base), this node included.
-  std::vector<member_view> counted_members() const;
+  std::vector<counted_member> counted_members() const;
   // Members an operator declared gone for good (DELETE /cluster/members/{id}), by id with the
   // record's time: not counted while not alive, whatever the majority — the way out when more
   // than half of the counted members will never come back. A forgotten member seen alive counts
@@ -161,6 +173,7 @@ class strict_limiter {
     std::atomic<uint64_t> takeovers{0};       // keys taken over (count queries sent)
     std::atomic<uint64_t> unacknowledged{0};  // admissions no majority acknowledged in time
     std::atomic<uint64_t> fenced{0};          // counts not acknowledged: the key is fenced
+    std::atomic<uint64_t> not_counted{0};     // counts or queries from a member not counted here
     std::atomic<uint64_t> messages_out{0};    // messages sent (asks, answers, counts)
     std::atomic<uint64_t> malformed{0};       // messages that did not decode
   };
@@ -222,11 +235,16 @@ class strict_limiter {
 
   struct base_member {
     std::string address, region;
+    bool global = false, regional = false;  // counted for either scope's majorities
     bool operator==(const base_member&) const = default;
   };
   // Rebuilds view_'s scopes from base_ and live_ (view_mu_ held); the first view is a change.
   void rebuild_view(int64_t now, bool first);
-  std::vector<member_view> counted_locked() const;
+  std::vector<counted_member> counted_locked() const;
+  // Whether this node sees a majority of the scope's count alive (view_mu_ held).
+  bool majority_locked(bool region_only) const;
+  // Whether id is counted for some scope (its counts are acknowledged, its queries answered).
+  bool counts_member(const std::string& id) const;
 
   mutable std::mutex view_mu_;
   std::shared_ptr<const view> view_;
