@@ -1508,7 +1508,7 @@ bool node::start(std::string* error) {
     auto* bridge = d.cluster.get();
     d.limiter->set_urgent_hook([bridge] { bridge->flush_now(); });
     d.cluster->set_view_listener([limiter](size_t gt, size_t gu, size_t rt, size_t ru) {
-      limiter->set_view(gt, gu, rt, ru);
+      limiter->set_view(gt, gu, rt, ru, unix_now_ms());
     });
     strict_limiter::options so;
     so.self_id = d.cfg.node.id;

@@ -125,6 +125,10 @@ struct rate_limiter::impl {
 
   std::atomic<uint32_t> global_total{1}, global_unreachable{0}, region_total{1},
       region_unreachable{0};
+  // A healed partition (set_view): until *_healed_until (check's clock), local_share limits keep
+  // the share of *_healed_reachable members.
+  std::atomic<int64_t> global_healed_until{0}, region_healed_until{0};
+  std::atomic<uint32_t> global_healed_reachable{1}, region_healed_reachable{1};
   std::atomic<uint64_t> overshoot{0};
 
   mutable std::mutex stats_mu;
@@ -326,12 +330,15 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
 
   // Under partition the limit's on_partition decides.
   uint32_t total = 1, unreachable = 0;
+  int64_t healed_until = 0;
   if (spec.scope == limit_spec::scope_kind::global) {
     total = d.global_total.load(std::memory_order_relaxed);
     unreachable = d.global_unreachable.load(std::memory_order_relaxed);
+    healed_until = d.global_healed_until.load(std::memory_order_relaxed);
   } else if (spec.scope == limit_spec::scope_kind::region) {
     total = d.region_total.load(std::memory_order_relaxed);
     unreachable = d.region_unreachable.load(std::memory_order_relaxed);
+    healed_until = d.region_healed_until.load(std::memory_order_relaxed);
   }
   // A strict limit's owner decides on its own table whatever the view (strict_limiter.h says
   // when there is an owner); without one, the strict limit is treated as partitioned.
@@ -341,6 +348,14 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
     // Nobody unreachable but no owner either (it did not answer in time): an even share.
     const uint32_t reachable = unreachable > 0 ? total - unreachable : 1;
     effective = std::max<uint64_t>(1, effective * reachable / total);
+  } else if (replicated && !spec.strict && now_ms < healed_until &&
+             spec.on_partition == limit_spec::partition_policy::local_share) {
+    // Just healed: the other side's admissions during the partition are not counted here yet.
+    const uint32_t reachable =
+        (spec.scope == limit_spec::scope_kind::region ? d.region_healed_reachable
+                                                      : d.global_healed_reachable)
+            .load(std::memory_order_relaxed);
+    effective = std::max<uint64_t>(1, effective * std::min(reachable, total) / total);
   }
 
   entry* e = d.acquire(key, spec, window, now_s, replicated);
@@ -557,8 +572,20 @@ void rate_limiter::on_remote(uint64_t key, uint32_t window, uint64_t others) {
 }
 
 void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size_t region_total,
-                            size_t region_unreachable) {
+                            size_t region_unreachable, int64_t now_ms) {
   auto& d = *impl_;
+  auto healed = [&](std::atomic<uint32_t>& total, std::atomic<uint32_t>& unreachable,
+                    size_t now_unreachable, std::atomic<int64_t>& until,
+                    std::atomic<uint32_t>& reachable) {
+    const uint32_t was = unreachable.load(std::memory_order_relaxed);
+    if (was == 0 || now_unreachable > 0) return;
+    reachable.store(total.load(std::memory_order_relaxed) - was, std::memory_order_relaxed);
+    until.store(now_ms + d.opt.heal_grace_ms, std::memory_order_relaxed);
+  };
+  healed(d.global_total, d.global_unreachable, global_unreachable, d.global_healed_until,
+         d.global_healed_reachable);
+  healed(d.region_total, d.region_unreachable, region_unreachable, d.region_healed_until,
+         d.region_healed_reachable);
   d.global_total = static_cast<uint32_t>(std::max<size_t>(global_total, 1));
   d.global_unreachable = static_cast<uint32_t>(global_unreachable);
   d.region_total = static_cast<uint32_t>(std::max<size_t>(region_total, 1));

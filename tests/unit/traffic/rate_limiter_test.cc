@@ -93,7 +93,7 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   cluster::replicated_state state(
       {.self_id = "a"}, [] { return t0; }, nullptr);
   rate_limiter rl({.node_id = "a"}, &state);
-  rl.set_view(4, 2, 1, 0);  // half of the cluster unreachable
+  rl.set_view(4, 2, 1, 0, t0);  // half of the cluster unreachable
   auto share = limit_of(10, 1h);
   auto open = share, closed = share;
   open.on_partition = "fail_open";
@@ -110,8 +110,11 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   EXPECT_EQ(s, 5);  // the reachable half's share
   EXPECT_EQ(o, 20);
   EXPECT_EQ(c, 0);
-  rl.set_view(4, 0, 1, 0);  // healed: the full limit again
-  EXPECT_EQ(rl.check(sk, ss, t0, true).allowed, true);
+  // Healed: the other half's counts of the partition are still on their way, so for a grace
+  // the share holds; then the full limit again.
+  rl.set_view(4, 0, 1, 0, t0);
+  EXPECT_EQ(rl.check(sk, ss, t0 + 999, true).allowed, false);
+  EXPECT_EQ(rl.check(sk, ss, t0 + 1000, true).allowed, true);
 }
 
 TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arrive) {
@@ -121,7 +124,7 @@ TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arr
   cluster::replicated_state state(
       cluster::state_options{.self_id = "n0"}, [] { return t0; }, nullptr);
   rate_limiter l(rate_limiter::options{.node_id = "n0", .region = "r"}, &state);
-  l.set_view(3, 0, 1, 0);
+  l.set_view(3, 0, 1, 0, t0);
   auto spec = l.compile("api", 0, limit_of(200, 10s, "sliding_window", "global"));
   uint64_t key = rate_limiter::key_of(spec, "new-client");
   int admitted = 0;
@@ -129,7 +132,7 @@ TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arr
   EXPECT_EQ(admitted, 67);  // ceil(200 / 3)
   // A node alone in its cluster takes the whole remainder.
   rate_limiter alone(rate_limiter::options{.node_id = "n0", .region = "r"}, &state);
-  alone.set_view(1, 0, 1, 0);
+  alone.set_view(1, 0, 1, 0, t0);
   uint64_t other = rate_limiter::key_of(spec, "another-client");
   admitted = 0;
   for (int i = 0; i < 300; ++i) admitted += alone.check(other, spec, t0 + 10, true).allowed;
@@ -205,7 +208,7 @@ struct three_regions {
       states.back()->set_counter_observer(
           [l](uint64_t k, uint32_t w, uint64_t others) { l->on_remote(k, w, others); });
       states.back()->set_flush_hook([l] { l->flush(); });
-      l->set_view(3, 0, 1, 0);
+      l->set_view(3, 0, 1, 0, wall());
     }
     sim.bootstrap();
     for (int i = 0; i < 3; ++i) {
@@ -246,7 +249,7 @@ struct three_regions {
         for (const auto& m : sim.node(i).members())
           down +=
               m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
-        limiters[i]->set_view(3, down, 1, 0);
+        limiters[i]->set_view(3, down, 1, 0, wall());
       }
       if (sim.now() + period < until) sim.at(sim.now() + period, *tick);
     };

@@ -148,7 +148,11 @@ class rate_limiter {
     std::string region{};
     size_t max_keys = 1 << 20;  // entries in the local table (LRU within a bucket beyond)
     int64_t lease_ms = 250;     // how long a share of the remaining quota is good for; 0: no leases
-    bool clustered = true;      // false: the state only persists counts (a node without a cluster)
+    // After a partition heals, how long local_share limits keep the share of the side this node
+    // was on: the other side's counts of the partition are still on their way, and until they
+    // arrive the whole limit would look unspent.
+    int64_t heal_grace_ms = 1000;
+    bool clustered = true;  // false: the state only persists counts (a node without a cluster)
   };
   // state may be null: limits are then per node whatever their scope.
   rate_limiter(options o, cluster::replicated_state* state);
@@ -192,9 +196,11 @@ class rate_limiter {
   // A remote count changed: others = the other nodes' total for key in window.
   void on_remote(uint64_t key, uint32_t window, uint64_t others);
 
-  // The cluster as the limiter should see it: members per scope and how many are unreachable.
+  // The cluster as the limiter should see it: members per scope and how many are unreachable,
+  // at now_ms (check's clock). A scope whose unreachable members all came back keeps, for
+  // local_share limits, the share of the reachable side until now_ms + heal_grace_ms.
   void set_view(size_t global_total, size_t global_unreachable, size_t region_total,
-                size_t region_unreachable);
+                size_t region_unreachable, int64_t now_ms);
 
   // The cluster-wide view of one key: count in the current window and per node.
   struct key_view {
