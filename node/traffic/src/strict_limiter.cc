@@ -222,10 +222,14 @@ bool strict_limiter::counts_member(const std::string& id) const {
 
 void strict_limiter::set_forgotten(std::map<std::string, int64_t> forgotten) {
   std::lock_guard lock(view_mu_);
-  for (auto it = forgotten.begin(); it != forgotten.end();) {
-    auto r = revived_.find(it->first);
-    it = r != revived_.end() && r->second == it->second ? forgotten.erase(it) : std::next(it);
-  }
+  // A revival is remembered only while its record exists (records are deleted once a node sees
+  // the member alive): the set stays the size of the records.
+  std::erase_if(revived_, [&](const auto& r) {
+    auto f = forgotten.find(r.first);
+    return f == forgotten.end() || f->second != r.second;
+  });
+  for (auto it = forgotten.begin(); it != forgotten.end();)
+    it = revived_.count(it->first) ? forgotten.erase(it) : std::next(it);
   forgotten_ = std::move(forgotten);
 }
 
