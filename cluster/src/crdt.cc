@@ -276,6 +276,7 @@ uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window,
                                                            : value + n;
   set_max(s, 0, value);
   if (replicate) {
+    c->replicated = true;
     if (c->changes < std::numeric_limits<uint16_t>::max()) ++c->changes;
     enqueue(key, *c, urgent ? queue_level::urgent : c->changes >= 2 ? queue_level::hot : cold);
   }
@@ -342,6 +343,20 @@ std::vector<counter_update> window_counters::take_dirty(size_t max) {
   drain(hot);
   drain(cold);
   return out;
+}
+
+size_t window_counters::requeue_own(int64_t now_ms) {
+  const int64_t since_epoch = std::max<int64_t>(now_ms - hlc_epoch_unix_ms, 0);
+  size_t n = 0;
+  for (auto& [key, c] : cells_) {
+    if (!c.replicated || c.window_ms == 0) continue;
+    const int64_t current = since_epoch / c.window_ms;
+    if (static_cast<int64_t>(c.window) + 1 < current) continue;  // both windows are over
+    if (get(c.cur, 0) == 0 && get(c.prev, 0) == 0) continue;
+    enqueue(key, c, hot);
+    ++n;
+  }
+  return n;
 }
 
 size_t window_counters::expire(int64_t now_ms) {

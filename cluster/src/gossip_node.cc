@@ -287,6 +287,20 @@ struct gossip_node::impl final : environment {
                      : spdlog::level::warn;
     logger()->log(level, "member {} ({}, {}) is {} at incarnation {}", m.info.id, m.info.address,
                   m.info.region, to_string(m.state), m.incarnation);
+    if (opt.on_view_change) opt.on_view_change();
+  }
+
+  void on_reachability_change(const member& m) override {
+    if (m.unconfirmed) {
+      logger()->info(
+          "member {} ({}, {}) did not answer a confirmation ping: counted unreachable "
+          "by rate limits until it is heard from",
+          m.info.id, m.info.address, m.info.region);
+    } else {
+      logger()->info("member {} ({}, {}) is heard from again", m.info.id, m.info.address,
+                     m.info.region);
+    }
+    if (opt.on_view_change) opt.on_view_change();
   }
 
   // --- incarnation persistence ----------------------------------------------------------------
@@ -632,7 +646,7 @@ struct gossip_node::impl final : environment {
   template <class F>
   auto on_io(F f) -> decltype(f()) {
     using R = decltype(f());
-    if (!running || std::this_thread::get_id() == thread.get_id()) return f();
+    if (!running || std::this_thread::get_id() == io_thread.load()) return f();
     auto task = std::make_shared<std::packaged_task<R()>>(std::move(f));
     auto result = task->get_future();
     asio::post(ioc, [task] { (*task)(); });

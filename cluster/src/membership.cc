@@ -64,6 +64,7 @@ constexpr size_t max_queued_payloads = 1024;  // application payloads waiting to
 constexpr size_t seen_payloads_cap = 4096;    // dedup memory for received payloads
 constexpr millis join_backoff_start{1000};
 constexpr millis join_steady_period{30000};
+constexpr size_t confirm_batch = 8;    // confirmation pings per probe interval, at most
 constexpr size_t max_corrections = 8;  // newer claims sent back to one packet's sender
 
 }  // namespace
@@ -216,6 +217,7 @@ struct membership::impl {
     } else {
       tombstones_.erase(m.info.id);
     }
+    if (!is_live(s)) drop_pending(m.info.id);
     if (s == member_state::suspect) {
       suspicion sp;
       sp.start = now;
@@ -286,6 +288,8 @@ struct membership::impl {
     suspects_.erase(id);
     tombstones_.erase(id);
     clock_offsets_.erase(id);
+    drop_pending(id);
+    contact_.erase(id);
     members_.erase(it);
   }
 
@@ -650,7 +654,113 @@ struct membership::impl {
     } else {
       adjust_health(+1);
     }
+    // This node's own probe failed: it may be the one cut off. Confirm the others it counts alive.
+    last_down_ = env_.now();
+    next_confirm_ = last_down_;
     suspect(probe_.target);
+  }
+
+  // ---- reachability confirmation (member::unconfirmed) ----
+  // A member's last contact and the confirmation ping in flight, if any.
+  struct contact {
+    millis heard{-(millis::max() / 4)};  // last packet or push-pull from the member
+    millis asked{-(millis::max() / 4)};  // last confirmation ping sent
+    millis deadline{0};                  // the ping's answer is due by then; 0: none pending
+  };
+
+  bool confirming(millis now) const {
+    return cfg_.confirm_for.count() > 0 && now - last_down_ < cfg_.confirm_for;
+  }
+
+  void heard_from(const std::string& id) {
+    auto it = members_.find(id);
+    if (it == members_.end()) return;
+    contact& c = contact_[id];
+    c.heard = env_.now();
+    if (c.deadline.count()) {
+      c.deadline = millis(0);
+      --pending_confirms_;
+    }
+    if (it->second.unconfirmed) {
+      it->second.unconfirmed = false;
+      env_.on_reachability_change(it->second);
+    }
+  }
+
+  void drop_pending(const std::string& id) {
+    auto it = contact_.find(id);
+    if (it == contact_.end() || !it->second.deadline.count()) return;
+    it->second.deadline = millis(0);
+    --pending_confirms_;
+  }
+
+  // Marks members whose confirmation ping went unanswered; while confirming, pings the alive
+  // members not heard from (nor asked) for a probe interval, at most confirm_batch of them per
+  // probe interval (the longest silent first), one ping per member in flight. The pings carry
+  // nothing else: they must not spend the retransmissions of queued updates.
+  void confirm_round(millis now) {
+    const bool active = confirming(now);
+    millis next = now + cfg_.probe_interval;
+    std::vector<std::pair<millis, member*>> due;
+    for (const auto& id : ids_) {
+      member& m = members_.at(id);
+      if (m.state != member_state::alive) continue;
+      auto found = contact_.find(id);
+      if (found == contact_.end()) {
+        if (!active) continue;
+        found = contact_.emplace(id, contact{}).first;
+      }
+      contact& c = found->second;
+      if (c.deadline.count()) {
+        if (now < c.deadline) {
+          next = std::min(next, c.deadline);
+          continue;
+        }
+        c.deadline = millis(0);
+        --pending_confirms_;
+        if (!m.unconfirmed) {
+          m.unconfirmed = true;
+          ++stats_.unconfirmed;
+          env_.on_reachability_change(m);
+        }
+      }
+      if (!active) continue;
+      const millis since = std::max(c.heard, c.asked);
+      if (now < since + cfg_.probe_interval) {
+        next = std::min(next, since + cfg_.probe_interval);
+        continue;
+      }
+      due.emplace_back(since, &m);
+    }
+    if (!due.empty() && now < next_confirm_batch_) {
+      next = std::min(next, next_confirm_batch_);
+      due.clear();
+    }
+    if (due.size() > confirm_batch) {
+      std::nth_element(due.begin(), due.begin() + confirm_batch, due.end(),
+                       [](const auto& a, const auto& b) {
+                         return a.first < b.first ||
+                                (a.first == b.first && a.second->info.id < b.second->info.id);
+                       });
+      due.resize(confirm_batch);
+    }
+    if (!due.empty()) next_confirm_batch_ = now + cfg_.probe_interval;
+    for (auto& [since, m] : due) {
+      contact& c = contact_[m->info.id];
+      c.asked = now;
+      // Unscaled by local health: a node whose own probes fail is the one that must know soon.
+      c.deadline = now + cfg_.probe_timeout + region_allowance(m->info.region);
+      ++pending_confirms_;
+      next = std::min(next, c.deadline);
+      ++stats_.confirm_pings;
+      ++stats_.packets_sent;
+      packet p;
+      p.sender_id = self_.info.id;
+      p.sender_address = self_.info.address;
+      p.pings.push_back(ping_msg{++seq_, m->info.id});
+      env_.send_packet(m->info.address, p);
+    }
+    next_confirm_ = next;
   }
 
   // ---- periodic work ----
@@ -732,6 +842,8 @@ struct membership::impl {
       if (now >= probe_.round_end) finish_probe(false);
     }
     if (!left_ && !probe_.active && now >= next_probe_) start_probe(now);
+    if (!left_ && (confirming(now) || pending_confirms_ > 0) && now >= next_confirm_)
+      confirm_round(now);
 
     for (auto it = relays_.begin(); it != relays_.end();) {
       relay& r = it->second;
@@ -837,6 +949,7 @@ struct membership::impl {
     }
     if (joining_ && !left_) at(next_join_);
     if (app_) at(next_app_pull_);
+    if (!left_ && (confirming(now) || pending_confirms_ > 0)) at(next_confirm_);
     return t;
   }
 
@@ -854,6 +967,7 @@ struct membership::impl {
   void on_packet(const packet& p) {
     ++stats_.packets_received;
     if (p.version != protocol_version || p.sender_id == self_.info.id) return;
+    heard_from(p.sender_id);
     // A member we have never heard of is talking to us: the gossip of its join missed us (a
     // handful of retransmissions to random members can), and the next push-pull may be 30 s
     // away. Exchange tables with it now: it knows the members we missed too.
@@ -970,6 +1084,10 @@ struct membership::impl {
   size_t probe_pos_ = 0;
   probe_round probe_;
   std::unordered_map<uint64_t, relay> relays_;
+  std::unordered_map<std::string, contact> contact_;  // members heard from or asked
+  millis last_down_{-(millis::max() / 4)};            // a member last turned suspect or dead
+  millis next_confirm_{0}, next_confirm_batch_{0};
+  size_t pending_confirms_ = 0;
   // When each unknown sender was last pulled (at most once per probe interval each).
   std::unordered_map<std::string, millis> unknown_pulls_;
 
@@ -1066,6 +1184,8 @@ void membership::on_packet(const packet& p) {
 state_sync membership::on_state_request(const state_sync& request) {
   auto& m = *impl_;
   m.merge(request);
+  if (request.version == protocol_version && request.sender_id != m.self_.info.id)
+    m.heard_from(request.sender_id);
   state_sync reply = m.table(false, false);
   if (m.app_ && request.version == protocol_version && !request.app_state.empty()) {
     reply.app_state = m.app_->on_sync_request(request.sender_id, request.app_state);
@@ -1077,6 +1197,8 @@ void membership::on_state_reply(const state_sync& reply) {
   auto& m = *impl_;
   m.merge(reply);
   m.joining_ = false;
+  if (reply.version == protocol_version && reply.sender_id != m.self_.info.id)
+    m.heard_from(reply.sender_id);
   if (m.probe_.active && m.probe_.stream_sent && reply.version == protocol_version &&
       reply.sender_id == m.probe_.target) {
     ++m.stats_.tcp_acks;  // UDP failed, TCP got through: alive

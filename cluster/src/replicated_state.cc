@@ -836,6 +836,12 @@ std::map<std::string, uint64_t> replicated_state::counter_by_node(uint64_t key,
   return out;
 }
 
+size_t replicated_state::resend_counters() {
+  auto& d = *impl_;
+  std::lock_guard lock(d.mu);
+  return d.counters.requeue_own(d.clock.wall_ms());
+}
+
 void replicated_state::persist_counters() {
   auto& d = *impl_;
   std::lock_guard order(d.persist_mu);

@@ -172,11 +172,14 @@ struct cluster_bridge::impl {
     return true;
   }
 
+  // Tells the view listener (the rate limiter) how many members there are and how many this node
+  // cannot reach: not alive, or alive but silent to a confirmation ping (member::unconfirmed).
+  // Runs on the gossip thread only: at once on every change, and once a second.
   void publish_view() {
     size_t gt = 0, gu = 0, rt = 0, ru = 0;
     for (const auto& m : gossip->members()) {
       if (m.state == cluster::member_state::left) continue;
-      bool down = m.state != cluster::member_state::alive;
+      bool down = m.state != cluster::member_state::alive || m.unconfirmed;
       ++gt;
       gu += down;
       if (m.info.region == region) {
@@ -190,7 +193,12 @@ struct cluster_bridge::impl {
       l = view_listener;
     }
     if (l) l(gt, gu, rt, ru);
+    // Members are back: this node's counts of the partition (keys that stopped changing when
+    // they reached this side's share) go to them now, within the limiter's heal grace.
+    if (gu < published_down && state->resend_counters() > 0) gossip->flush_application_now();
+    published_down = gu;
   }
+  size_t published_down = 0;  // members down at the last publish_view (gossip thread only)
 
   // Publishes which keys this node holds (fingerprints, primary first) as the register
   // "node/<id>/keyring", so GET /cluster/keys on any node shows every node's rotation progress.
@@ -231,7 +239,7 @@ struct cluster_bridge::impl {
   void maintain() {
     correct_clock();
     if (keyring_dirty.exchange(false)) apply_desired();
-    publish_view();
+    gossip->post([this] { publish_view(); });
     state->persist_counters();
     if (std::chrono::steady_clock::now() >= next_gc) {
       state->collect_garbage(live_peers(), steady_ms());
@@ -316,6 +324,7 @@ std::unique_ptr<cluster_bridge> cluster_bridge::start(const config& cfg, std::st
   };
   glue->impl_->region = cfg.node.region;
   glue->impl_->self_id = cfg.node.id;
+  opt.on_view_change = [d = glue->impl_.get()] { d->publish_view(); };
   glue->impl_->gossip = std::make_unique<cluster::gossip_node>(opt, glue->impl_->store.get());
   if (!glue->impl_->gossip->start(error)) return nullptr;
   glue->impl_->keyring_file = cc.keyring_file;
@@ -342,7 +351,8 @@ nlohmann::json cluster_bridge::members_json() const {
                     {"zone", m.info.zone},
                     {"address", m.info.address},
                     {"state", cluster::to_string(m.state)},
-                    {"incarnation", m.incarnation}});
+                    {"incarnation", m.incarnation},
+                    {"unconfirmed", m.unconfirmed}});
   }
   return {{"members", list}};
 }
@@ -516,6 +526,13 @@ std::string cluster_bridge::metrics_text() const {
   counter("indirect_probes_total", "Indirect probes (ping-req) sent.", st.indirect_probes);
   counter("suspicions_total", "Members this node started suspecting.", st.suspicions);
   counter("refutations_total", "Times this node refuted a suspicion of itself.", st.refutations);
+  counter("confirm_pings_total",
+          "Pings to quiet members after one of this node's probes failed (reachability).",
+          st.confirm_pings);
+  counter("unconfirmed_total",
+          "Times an alive member did not answer a confirmation ping (counted unreachable by rate "
+          "limits until heard from).",
+          st.unconfirmed);
   counter("push_pulls_total", "Push-pull exchanges started.", st.push_pulls);
   counter("packets_in_total", "Gossip datagrams received.", c.packets_in.load());
   counter("packets_out_total", "Gossip datagrams sent.", c.packets_out.load());

@@ -163,6 +163,30 @@ TEST(crdt, window_counters_hold_at_most_max_keys_under_a_flood) {
   EXPECT_EQ(c.evictions(), 99'000u);
 }
 
+TEST(crdt, requeue_own_sends_the_current_windows_replicated_counts_again) {
+  // After a healed partition: keys that stopped changing (their side's share was spent) leave
+  // again; local-only keys, keys of windows that are over and other nodes' slots do not.
+  window_counters c(100);
+  c.node_index("self");
+  const uint16_t other = c.node_index("other");
+  const int64_t now = hlc_epoch_unix_ms + 10'500;  // window 10 of 1 s windows
+  c.add(1, 1000, 10, 3);                           // current window
+  c.add(2, 1000, 9, 4);                            // the previous one (sliding windows read it)
+  c.add(3, 1000, 8, 5);                            // over
+  c.add(4, 1000, 10, 6, false, false);             // local only
+  c.merge(other, {5, 1000, 10, 7});                // not this node's count
+  c.take_dirty(SIZE_MAX);
+  EXPECT_TRUE(c.take_dirty(SIZE_MAX).empty());
+  EXPECT_EQ(c.requeue_own(now), 2u);
+  auto again = c.take_dirty(SIZE_MAX);
+  std::sort(again.begin(), again.end(),
+            [](const counter_update& a, const counter_update& b) { return a.key < b.key; });
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[0], (counter_update{1, 1000, 10, 3}));
+  EXPECT_EQ(again[1], (counter_update{2, 1000, 9, 4}));
+  EXPECT_TRUE(c.take_dirty(SIZE_MAX).empty());
+}
+
 TEST(crdt, dirty_counters_are_taken_once_urgent_first) {
   window_counters c(100);
   c.node_index("self");

@@ -625,5 +625,56 @@ TEST(membership_sim, probes_measure_clock_offsets_and_the_median_corrects_a_skew
   EXPECT_EQ(median_clock_correction({{"a", -100.0}}), -50);  // two clocks: meet halfway
 }
 
+TEST(membership_sim, a_node_cut_off_from_many_counts_them_all_unreachable_within_a_probe_timeout) {
+  // Node 0 (with node 1) is cut off from five members in three regions. SWIM alone suspects them
+  // one probe at a time (one per 500 ms at best, slower as Lifeguard stretches a failing node's
+  // probing); confirmation pings sent at the first suspicion mark the rest unconfirmed within a
+  // probe timeout plus the round trip. Node 1, on node 0's side, stays confirmed; no member on
+  // the other side ever marks another unconfirmed; after the heal every mark clears.
+  cluster_fixture c(7, 11);
+  c.sim.bootstrap();
+  c.sim.run_until(millis(5000));
+  auto unreachable = [&](size_t observer, size_t target) {
+    const member* m = c.entry(observer, target);
+    return !m || m->state != member_state::alive || m->unconfirmed;
+  };
+  auto count_down = [&](size_t observer) {
+    size_t n = 0;
+    for (size_t t = 0; t < 7; ++t) n += t != observer && unreachable(observer, t);
+    return n;
+  };
+  for (size_t o = 0; o < 7; ++o) ASSERT_EQ(count_down(o), 0u) << "node " << o;
+  c.sim.partition({0, 1});
+  millis first{-1}, all{-1};
+  bool false_mark = false;
+  c.sim.run_until(
+      [&] {
+        size_t down = count_down(0);
+        if (down > 0 && first.count() < 0) first = c.sim.now();
+        if (unreachable(0, 1) || unreachable(1, 0)) false_mark = true;
+        for (size_t o = 2; o < 7; ++o)
+          for (size_t t = 2; t < 7; ++t)
+            if (o != t && unreachable(o, t)) false_mark = true;
+        if (down == 5 && all.count() < 0) all = c.sim.now();
+        return false;
+      },
+      millis(20'000));
+  ASSERT_GE(first.count(), 0);
+  ASSERT_GE(all.count(), 0);
+  EXPECT_LE((all - first).count(), 450)
+      << "first down at " << first.count() << " ms, all at " << all.count() << " ms";
+  EXPECT_FALSE(false_mark);
+  EXPECT_GT(c.sim.node(0).stats().confirm_pings, 0u);
+  EXPECT_GT(c.sim.node(0).stats().unconfirmed, 0u);
+  c.sim.heal();
+  EXPECT_TRUE(c.sim.run_until(
+      [&] {
+        for (size_t o = 0; o < 7; ++o)
+          if (count_down(o) != 0) return false;
+        return true;
+      },
+      c.sim.now() + millis(30'000)));
+}
+
 }  // namespace
 }  // namespace meridian::cluster

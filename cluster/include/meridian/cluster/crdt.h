@@ -126,6 +126,11 @@ class window_counters {
   // as it becomes urgent or hot, so a busy key is never stuck behind a churn of one-off keys.
   std::vector<counter_update> take_dirty(size_t max);
   size_t dirty() const { return queued_[0] + queued_[1] + queued_[2]; }
+  // Queues again (hot) every replicated key this node counted in the window holding now_ms or
+  // the one before: members that could not hear of those counts (a healed partition) get them
+  // on the next rounds, where a key no longer admitting anything would never be sent again.
+  // Returns how many keys were queued.
+  size_t requeue_own(int64_t now_ms);
   // Keys that left the cold queue at max_cold_backlog without being sent.
   uint64_t dropped() const { return dropped_; }
 
@@ -148,6 +153,7 @@ class window_counters {
     uint8_t queued = 0;       // 0: not waiting to be sent; else 1 + the queue it waits in
     bool referenced = false;  // touched since the eviction hand last passed (CLOCK)
     uint16_t changes = 0;     // local changes since last taken (saturating)
+    bool replicated = false;  // counted here with replicate (requeue_own)
     slots cur, prev;
   };
   enum queue_level : uint8_t { cold = 0, hot = 1, urgent = 2 };

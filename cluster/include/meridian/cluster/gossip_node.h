@@ -52,6 +52,9 @@ struct gossip_options {
   std::function<void(const std::string& from_id, const std::string& from_address,
                      std::string message)>
       on_direct;
+  // Called on the gossip thread after a member's state or its `unconfirmed` changed (not for
+  // self): members() then returns the new view. Must not block.
+  std::function<void()> on_view_change;
 };
 
 // Counters of the transport, readable from any thread.

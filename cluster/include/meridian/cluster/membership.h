@@ -58,6 +58,10 @@ struct swim_config {
   bool tcp_fallback = true;
   // How often the application (gossip_application) is asked for deltas to piggyback.
   millis app_delta_interval{100};
+  // Reachability confirmation (member::unconfirmed): for this long after one of this node's own
+  // probes fails, alive members not heard from for a probe interval are pinged (at most 8 per
+  // probe interval, the longest silent first). 0: never.
+  millis confirm_for{30000};
 };
 
 struct member {
@@ -65,6 +69,13 @@ struct member {
   uint64_t incarnation = 0;
   member_state state = member_state::alive;
   millis state_since{0};
+  // Alive by SWIM, but a confirmation ping this node sent after one of its own probes failed went
+  // unanswered, and nothing has come from the member since. SWIM suspects members one probe
+  // at a time (one per pass over the table, stretched by Lifeguard when this node's own probes
+  // fail), so a node cut off from several members learns of them seconds apart; this says so in
+  // one probe timeout. Not gossiped and not a SWIM state: a view for rate limits that split a
+  // quota by the members a node can reach.
+  bool unconfirmed = false;
 };
 
 // What the membership needs from the world. Implemented by the real transport and by the
@@ -83,6 +94,8 @@ class environment {
   virtual void send_state(const std::string& address, const state_sync& s) = 0;
   // Told about every change of a member's state (including self refutations).
   virtual void on_member_change(const member& m) {}
+  // Told when a member's `unconfirmed` changes.
+  virtual void on_reachability_change(const member& m) {}
 };
 
 // Application state that rides the membership protocol: replicated_state implements it. The
@@ -128,6 +141,8 @@ struct membership_stats {
   uint64_t app_followups = 0;    // push-pulls chained at once because a reply left work
   uint64_t tcp_probes = 0;       // TCP fallback probes (push-pulls with a probe's target)
   uint64_t tcp_acks = 0;         // probes answered only over TCP
+  uint64_t confirm_pings = 0;    // pings to quiet members after a failed probe (confirm_for)
+  uint64_t unconfirmed = 0;      // times a member became unconfirmed
 };
 
 class membership {

@@ -153,6 +153,10 @@ class replicated_state final : public gossip_application {
   // Writes changed counters to the store (write-behind) and drops expired ones. Call about
   // once a second.
   void persist_counters();
+  // Queues this node's counts of the current windows to leave again (window_counters::
+  // requeue_own): call when members this node could not reach are back, since counts that
+  // stopped changing during a partition would otherwise never reach them. Returns the keys.
+  size_t resend_counters();
 
   // ---- cluster view ----
   // Returns true when every member in peers reported (within summary_fresh of now) the same
