@@ -344,17 +344,19 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
   // when there is an owner); without one, the strict limit is treated as partitioned.
   const bool partitioned = replicated && !spec.strict && (unreachable > 0 || without_owner);
   uint64_t effective = spec.limit;
-  if (partitioned && spec.on_partition == limit_spec::partition_policy::local_share) {
-    // Nobody unreachable but no owner either (it did not answer in time): an even share.
-    const uint32_t reachable = unreachable > 0 ? total - unreachable : 1;
-    effective = std::max<uint64_t>(1, effective * reachable / total);
-  } else if (replicated && !spec.strict && now_ms < healed_until &&
-             spec.on_partition == limit_spec::partition_policy::local_share) {
-    // Just healed: the other side's admissions during the partition are not counted here yet.
-    const uint32_t reachable =
-        (spec.scope == limit_spec::scope_kind::region ? d.region_healed_reachable
-                                                      : d.global_healed_reachable)
-            .load(std::memory_order_relaxed);
+  if (replicated && !spec.strict &&
+      spec.on_partition == limit_spec::partition_policy::local_share &&
+      (partitioned || now_ms < healed_until)) {
+    // The reachable members' share; nobody unreachable but no owner either (it did not answer in
+    // time): an even share.
+    uint32_t reachable = !partitioned ? total : unreachable > 0 ? total - unreachable : 1;
+    // Just healed: the returning members' admissions during the partition are not counted here
+    // yet, so the share of the side this node was on holds for the grace.
+    if (now_ms < healed_until)
+      reachable = std::min(
+          reachable, (spec.scope == limit_spec::scope_kind::region ? d.region_healed_reachable
+                                                                   : d.global_healed_reachable)
+                         .load(std::memory_order_relaxed));
     effective = std::max<uint64_t>(1, effective * std::min(reachable, total) / total);
   }
 
@@ -577,9 +579,14 @@ void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size
   auto healed = [&](std::atomic<uint32_t>& total, std::atomic<uint32_t>& unreachable,
                     size_t now_unreachable, std::atomic<int64_t>& until,
                     std::atomic<uint32_t>& reachable) {
+    // Members came back (all, or some: views heal one member at a time). The share stays that
+    // of the smallest side seen within the grace, which runs from the latest return.
     const uint32_t was = unreachable.load(std::memory_order_relaxed);
-    if (was == 0 || now_unreachable > 0) return;
-    reachable.store(total.load(std::memory_order_relaxed) - was, std::memory_order_relaxed);
+    if (now_unreachable >= was) return;
+    uint32_t before = total.load(std::memory_order_relaxed) - was;
+    if (now_ms < until.load(std::memory_order_relaxed))
+      before = std::min(before, reachable.load(std::memory_order_relaxed));
+    reachable.store(before, std::memory_order_relaxed);
     until.store(now_ms + d.opt.heal_grace_ms, std::memory_order_relaxed);
   };
   healed(d.global_total, d.global_unreachable, global_unreachable, d.global_healed_until,

@@ -115,6 +115,22 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   rl.set_view(4, 0, 1, 0, t0);
   EXPECT_EQ(rl.check(sk, ss, t0 + 999, true).allowed, false);
   EXPECT_EQ(rl.check(sk, ss, t0 + 1000, true).allowed, true);
+
+  // A view that heals one member at a time (each SWIM refutation is its own change): the share
+  // stays the smallest side's for a grace after the last member returned.
+  cluster::replicated_state state2(
+      {.self_id = "a"}, [] { return t0; }, nullptr);
+  rate_limiter steps({.node_id = "a"}, &state2);
+  auto [s2, k2] = spec_key(steps, "s", 0, limit_of(12, 1h));
+  steps.set_view(4, 3, 1, 0, t0);  // cut off from three of four: a quarter
+  int n = 0;
+  for (int i = 0; i < 20; ++i) n += steps.check(k2, s2, t0, true).allowed;
+  EXPECT_EQ(n, 3);
+  steps.set_view(4, 2, 1, 0, t0 + 100);  // one back: still a quarter
+  EXPECT_FALSE(steps.check(k2, s2, t0 + 100, true).allowed);
+  steps.set_view(4, 0, 1, 0, t0 + 600);  // the rest back: a quarter until t0 + 1600
+  EXPECT_FALSE(steps.check(k2, s2, t0 + 1599, true).allowed);
+  EXPECT_TRUE(steps.check(k2, s2, t0 + 1600, true).allowed);
 }
 
 TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arrive) {
@@ -247,9 +263,11 @@ struct three_regions {
       for (int i = 0; i < 3; ++i) {
         size_t down = 0;
         for (const auto& m : sim.node(i).members())
-          down +=
-              m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
+          down += m.state == cluster::member_state::suspect ||
+                  m.state == cluster::member_state::dead || m.unconfirmed;
         limiters[i]->set_view(3, down, 1, 0, wall());
+        if (down < published_down_[i]) states[i]->resend_counters();  // members are back
+        published_down_[i] = down;
       }
       if (sim.now() + period < until) sim.at(sim.now() + period, *tick);
     };
@@ -259,6 +277,7 @@ struct three_regions {
   std::vector<std::unique_ptr<cluster::replicated_state>> states;
   std::vector<std::unique_ptr<rate_limiter>> limiters;
   std::vector<std::unique_ptr<std::function<void()>>> loops_;
+  size_t published_down_[3] = {0, 0, 0};
 };
 
 // One key limited to 1,000 per 10 s, offered 3x the limit split by `split` for `windows`
@@ -406,17 +425,18 @@ TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merg
   std::map<std::pair<int64_t, int>, uint64_t> by_side, by_side_open;  // (window, side) -> n
   const double rate = 0.3;                                            // 3x the limit, per ms
   auto split = [](int n) { return n == 0 ? 0.6 : n == 1 ? 0.3 : 0.1; };
-  // The load stops a second after the heal, so the last counts can settle before the check.
-  c.offer(millis(10'000), millis(46'000), rate, split, share, [&](int n) {
+  // The load goes on for 5 s after the heal, then stops so the last counts can settle before
+  // the check.
+  c.offer(millis(10'000), millis(50'000), rate, split, share, [&](int n) {
     ++by_side[{c.window_of(c.wall(), window), n == 2}];
   });
-  c.offer(millis(10'000), millis(46'000), rate, split, open, [&](int n) {
+  c.offer(millis(10'000), millis(50'000), rate, split, open, [&](int n) {
     ++by_side_open[{c.window_of(c.wall(), window), n == 2}];
   });
   c.publish_views_every(millis(250), millis(60'000));
   c.sim.at(millis(12'000), [&] { c.sim.partition({2}); });
   c.sim.at(millis(45'000), [&] { c.sim.heal(); });
-  c.sim.run_until(millis(49'000));
+  c.sim.run_until(millis(53'000));
   int64_t inside = c.window_of(t0 + 30'000, window);
   uint64_t a = by_side[std::make_pair(inside, false)], b = by_side[std::make_pair(inside, true)];
   std::printf(
@@ -429,13 +449,20 @@ TEST(rate_limiter_sim, under_partition_each_side_takes_its_share_and_counts_merg
   EXPECT_GE(a, 600u);
   EXPECT_LE(b, 333u);
   EXPECT_LE(a + b, 1000u + 10);
+  // The window of the heal (40-50 s, healed at 45 s): its partition-time counts reach the other
+  // side within the heal grace (sent again as members return), so the two sides' admissions
+  // add up to the limit.
+  int64_t healed = c.window_of(t0 + 45'000, window);
+  uint64_t ha = by_side[std::make_pair(healed, false)], hb = by_side[std::make_pair(healed, true)];
+  std::printf("window of the heal: eu+us admitted %llu, ap %llu\n",
+              static_cast<unsigned long long>(ha), static_cast<unsigned long long>(hb));
+  EXPECT_LE(ha + hb, 1000u + 10);
   uint64_t open_majority = by_side_open[std::make_pair(inside, false)];
   EXPECT_GT(open_majority, 1500u);  // fail_open: no limit while partitioned
-  // After the heal the majority side learns what ap-south admitted in the current window.
-  int64_t now_window = c.window_of(c.wall(), window);
+  // After the heal the majority side learns what ap-south admitted in the window of the heal.
   uint64_t key = rate_limiter::key_of(share[0], "");
-  auto seen_by_n0 = c.states[0]->counter_by_node(key, static_cast<uint32_t>(now_window));
-  auto own_of_n2 = c.states[2]->counter_by_node(key, static_cast<uint32_t>(now_window));
+  auto seen_by_n0 = c.states[0]->counter_by_node(key, static_cast<uint32_t>(healed));
+  auto own_of_n2 = c.states[2]->counter_by_node(key, static_cast<uint32_t>(healed));
   EXPECT_GT(own_of_n2["n2"], 0u);
   EXPECT_EQ(seen_by_n0["n2"], own_of_n2["n2"]);
 }
