@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <tuple>
 #include <unordered_set>
@@ -345,18 +346,29 @@ std::vector<counter_update> window_counters::take_dirty(size_t max) {
   return out;
 }
 
-size_t window_counters::requeue_own(int64_t now_ms) {
+size_t window_counters::requeue_own(int64_t now_ms, size_t max) {
   const int64_t since_epoch = std::max<int64_t>(now_ms - hlc_epoch_unix_ms, 0);
-  size_t n = 0;
-  for (auto& [key, c] : cells_) {
+  // The max keys with the largest own counts (the ones nearest a limit, for keys of one limit):
+  // a min-heap of (count, key) over one pass.
+  using item = std::pair<uint32_t, uint64_t>;
+  std::vector<item> heap;
+  for (const auto& [key, c] : cells_) {
     if (!c.replicated || c.window_ms == 0) continue;
     const int64_t current = since_epoch / c.window_ms;
     if (static_cast<int64_t>(c.window) + 1 < current) continue;  // both windows are over
-    if (get(c.cur, 0) == 0 && get(c.prev, 0) == 0) continue;
-    enqueue(key, c, hot);
-    ++n;
+    const uint32_t own = std::max(get(c.cur, 0), get(c.prev, 0));
+    if (own == 0) continue;
+    if (heap.size() < max) {
+      heap.emplace_back(own, key);
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    } else if (max > 0 && item(own, key) > heap.front()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
+      heap.back() = item(own, key);
+      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+    }
   }
-  return n;
+  for (const auto& [own, key] : heap) enqueue(key, cells_.at(key), hot);
+  return heap.size();
 }
 
 size_t window_counters::expire(int64_t now_ms) {

@@ -217,7 +217,7 @@ struct membership::impl {
     } else {
       tombstones_.erase(m.info.id);
     }
-    if (!is_live(s)) drop_pending(m.info.id);
+    if (s != member_state::alive) drop_pending(m.info.id);
     if (s == member_state::suspect) {
       suspicion sp;
       sp.start = now;
@@ -748,8 +748,8 @@ struct membership::impl {
     for (auto& [since, m] : due) {
       contact& c = contact_[m->info.id];
       c.asked = now;
-      // Unscaled by local health: a node whose own probes fail is the one that must know soon.
-      c.deadline = now + cfg_.probe_timeout + region_allowance(m->info.region);
+      // Scaled by local health like a probe's: a node slow to read its socket waits longer.
+      c.deadline = now + scaled(cfg_.probe_timeout) + region_allowance(m->info.region);
       ++pending_confirms_;
       next = std::min(next, c.deadline);
       ++stats_.confirm_pings;

@@ -1507,8 +1507,9 @@ bool node::start(std::string* error) {
     d.cluster->state().set_flush_hook([limiter] { limiter->flush(); });
     auto* bridge = d.cluster.get();
     d.limiter->set_urgent_hook([bridge] { bridge->flush_now(); });
-    d.cluster->set_view_listener([limiter](size_t gt, size_t gu, size_t rt, size_t ru) {
-      limiter->set_view(gt, gu, rt, ru, unix_now_ms());
+    d.cluster->set_view_listener([limiter](const cluster_bridge::view& v) {
+      limiter->set_view(v.global_total, v.global_down, v.region_total, v.region_down, unix_now_ms(),
+                        v.global_unconfirmed, v.region_unconfirmed);
     });
     strict_limiter::options so;
     so.self_id = d.cfg.node.id;

@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <unordered_set>
 
 #include "meridian/cluster/gossip_node.h"
 #include "meridian/common/clock.h"
@@ -64,7 +65,7 @@ struct cluster_bridge::impl {
   bool has_seeds = false;        // cluster.seeds names a member other than this node
   std::chrono::steady_clock::time_point next_gc = std::chrono::steady_clock::now();
   std::mutex listener_mutex;
-  std::function<void(size_t, size_t, size_t, size_t)> view_listener;  // under listener_mutex
+  std::function<void(const cluster_bridge::view&)> view_listener;  // under listener_mutex
   std::string region;
   std::string self_id;
   // packet.direct messages (strict rate limits): set once the limiter exists; read on the
@@ -173,32 +174,44 @@ struct cluster_bridge::impl {
   }
 
   // Tells the view listener (the rate limiter) how many members there are and how many this node
-  // cannot reach: not alive, or alive but silent to a confirmation ping (member::unconfirmed).
-  // Runs on the gossip thread only: at once on every change, and once a second.
+  // cannot reach: down (suspect, dead), or alive but silent to a confirmation ping
+  // (member::unconfirmed). Runs on the gossip thread only: at once on every change, and once a
+  // second.
   void publish_view() {
-    size_t gt = 0, gu = 0, rt = 0, ru = 0;
+    cluster_bridge::view v;
+    std::unordered_set<std::string> lost;
+    bool returned = false;
     for (const auto& m : gossip->members()) {
       if (m.state == cluster::member_state::left) continue;
-      bool down = m.state != cluster::member_state::alive || m.unconfirmed;
-      ++gt;
-      gu += down;
+      const bool down = m.state != cluster::member_state::alive;
+      const bool unconfirmed = !down && m.unconfirmed;
+      ++v.global_total;
+      v.global_down += down;
+      v.global_unconfirmed += unconfirmed;
       if (m.info.region == region) {
-        ++rt;
-        ru += down;
+        ++v.region_total;
+        v.region_down += down;
+        v.region_unconfirmed += unconfirmed;
+      }
+      if (down || unconfirmed) {
+        lost.insert(m.info.id);
+      } else {
+        returned |= unreached.count(m.info.id) > 0;
       }
     }
-    std::function<void(size_t, size_t, size_t, size_t)> l;
+    std::function<void(const cluster_bridge::view&)> l;
     {
       std::lock_guard lock(listener_mutex);
       l = view_listener;
     }
-    if (l) l(gt, gu, rt, ru);
+    if (l) l(v);
     // Members are back: this node's counts of the partition (keys that stopped changing when
     // they reached this side's share) go to them now, within the limiter's heal grace.
-    if (gu < published_down && state->resend_counters() > 0) gossip->flush_application_now();
-    published_down = gu;
+    if (returned && state->resend_counters() > 0) gossip->flush_application_now();
+    unreached = std::move(lost);
   }
-  size_t published_down = 0;  // members down at the last publish_view (gossip thread only)
+  // Members down or unconfirmed at the last publish_view (gossip thread only).
+  std::unordered_set<std::string> unreached;
 
   // Publishes which keys this node holds (fingerprints, primary first) as the register
   // "node/<id>/keyring", so GET /cluster/keys on any node shows every node's rotation progress.
@@ -439,8 +452,7 @@ nlohmann::json cluster_bridge::keys_json() const {
   return {{"nodes", nodes}, {"keys", keys}, {"alive", alive}};
 }
 
-void cluster_bridge::set_view_listener(
-    std::function<void(size_t, size_t, size_t, size_t)> listener) {
+void cluster_bridge::set_view_listener(std::function<void(const view&)> listener) {
   std::lock_guard lock(impl_->listener_mutex);
   impl_->view_listener = std::move(listener);
 }

@@ -81,6 +81,22 @@ void advance(entry& e, uint32_t window) {
   e.lease_until = 0;
 }
 
+// A scope's view in one word: members, down and unconfirmed, 21 bits each (saturating).
+constexpr uint64_t view_field_max = (1u << 21) - 1;
+constexpr uint64_t pack_view(size_t total, size_t down, size_t unconfirmed) {
+  auto field = [](size_t v) { return std::min<uint64_t>(v, view_field_max); };
+  return field(total) | field(down) << 21 | field(unconfirmed) << 42;
+}
+constexpr uint32_t view_total(uint64_t v) {
+  return static_cast<uint32_t>(std::max<uint64_t>(v & view_field_max, 1));
+}
+constexpr uint32_t view_down(uint64_t v) {
+  return static_cast<uint32_t>(v >> 21 & view_field_max);
+}
+constexpr uint32_t view_unconfirmed(uint64_t v) {
+  return static_cast<uint32_t>(v >> 42 & view_field_max);
+}
+
 uint32_t clamp32(uint64_t v) {
   return static_cast<uint32_t>(std::min<uint64_t>(v, std::numeric_limits<uint32_t>::max()));
 }
@@ -123,8 +139,10 @@ struct rate_limiter::impl {
   };
   dirty_list dirty[dirty_lists];
 
-  std::atomic<uint32_t> global_total{1}, global_unreachable{0}, region_total{1},
-      region_unreachable{0};
+  // Each scope's view, packed (pack_view) so that a decision reads one consistent view: members,
+  // members down (suspect or dead) and members unconfirmed (alive, silent to a confirmation
+  // ping: counted unreachable by local_share only, see set_view).
+  std::atomic<uint64_t> global_view{pack_view(1, 0, 0)}, region_view{pack_view(1, 0, 0)};
   // A healed partition (set_view): until *_healed_until (check's clock), local_share limits keep
   // the share of *_healed_reachable members.
   std::atomic<int64_t> global_healed_until{0}, region_healed_until{0};
@@ -329,17 +347,22 @@ limit_decision rate_limiter::decide(uint64_t key, const limit_spec& spec, int64_
   const auto now_s = static_cast<uint16_t>(since / 1000);
 
   // Under partition the limit's on_partition decides.
-  uint32_t total = 1, unreachable = 0;
+  uint64_t packed = pack_view(1, 0, 0);
   int64_t healed_until = 0;
   if (spec.scope == limit_spec::scope_kind::global) {
-    total = d.global_total.load(std::memory_order_relaxed);
-    unreachable = d.global_unreachable.load(std::memory_order_relaxed);
+    packed = d.global_view.load(std::memory_order_relaxed);
     healed_until = d.global_healed_until.load(std::memory_order_relaxed);
   } else if (spec.scope == limit_spec::scope_kind::region) {
-    total = d.region_total.load(std::memory_order_relaxed);
-    unreachable = d.region_unreachable.load(std::memory_order_relaxed);
+    packed = d.region_view.load(std::memory_order_relaxed);
     healed_until = d.region_healed_until.load(std::memory_order_relaxed);
   }
+  const uint32_t total = view_total(packed);
+  // Unconfirmed members shrink a local_share limit's share only: a missed ping must not refuse
+  // every request of a fail_closed limit (or lift a fail_open one).
+  const uint32_t unreachable =
+      std::min(total - 1, spec.on_partition == limit_spec::partition_policy::local_share
+                              ? view_down(packed) + view_unconfirmed(packed)
+                              : view_down(packed));
   // A strict limit's owner decides on its own table whatever the view (strict_limiter.h says
   // when there is an owner); without one, the strict limit is treated as partitioned.
   const bool partitioned = replicated && !spec.strict && (unreachable > 0 || without_owner);
@@ -573,30 +596,31 @@ void rate_limiter::on_remote(uint64_t key, uint32_t window, uint64_t others) {
   e->lock.store(0, std::memory_order_release);
 }
 
-void rate_limiter::set_view(size_t global_total, size_t global_unreachable, size_t region_total,
-                            size_t region_unreachable, int64_t now_ms) {
+void rate_limiter::set_view(size_t global_total, size_t global_down, size_t region_total,
+                            size_t region_down, int64_t now_ms, size_t global_unconfirmed,
+                            size_t region_unconfirmed) {
   auto& d = *impl_;
-  auto healed = [&](std::atomic<uint32_t>& total, std::atomic<uint32_t>& unreachable,
-                    size_t now_unreachable, std::atomic<int64_t>& until,
-                    std::atomic<uint32_t>& reachable) {
-    // Members came back (all, or some: views heal one member at a time). The share stays that
-    // of the smallest side seen within the grace, which runs from the latest return.
-    const uint32_t was = unreachable.load(std::memory_order_relaxed);
-    if (now_unreachable >= was) return;
-    uint32_t before = total.load(std::memory_order_relaxed) - was;
-    if (now_ms < until.load(std::memory_order_relaxed))
-      before = std::min(before, reachable.load(std::memory_order_relaxed));
-    reachable.store(before, std::memory_order_relaxed);
-    until.store(now_ms + d.opt.heal_grace_ms, std::memory_order_relaxed);
+  auto update = [&](std::atomic<uint64_t>& view, size_t total, size_t down, size_t unconfirmed,
+                    std::atomic<int64_t>& until, std::atomic<uint32_t>& reachable) {
+    const uint64_t old = view.load(std::memory_order_relaxed);
+    const uint64_t now = pack_view(std::max<size_t>(total, 1), down, unconfirmed);
+    // Members came back (all, or some: views heal one member at a time). A local_share limit
+    // keeps the share of the smallest side seen within the grace, which runs from the latest
+    // return.
+    const uint32_t was = view_down(old) + view_unconfirmed(old);
+    if (view_down(now) + view_unconfirmed(now) < was) {
+      uint32_t before = view_total(old) - std::min(was, view_total(old) - 1);
+      if (now_ms < until.load(std::memory_order_relaxed))
+        before = std::min(before, reachable.load(std::memory_order_relaxed));
+      reachable.store(before, std::memory_order_relaxed);
+      until.store(now_ms + d.opt.heal_grace_ms, std::memory_order_relaxed);
+    }
+    view.store(now, std::memory_order_relaxed);
   };
-  healed(d.global_total, d.global_unreachable, global_unreachable, d.global_healed_until,
+  update(d.global_view, global_total, global_down, global_unconfirmed, d.global_healed_until,
          d.global_healed_reachable);
-  healed(d.region_total, d.region_unreachable, region_unreachable, d.region_healed_until,
+  update(d.region_view, region_total, region_down, region_unconfirmed, d.region_healed_until,
          d.region_healed_reachable);
-  d.global_total = static_cast<uint32_t>(std::max<size_t>(global_total, 1));
-  d.global_unreachable = static_cast<uint32_t>(global_unreachable);
-  d.region_total = static_cast<uint32_t>(std::max<size_t>(region_total, 1));
-  d.region_unreachable = static_cast<uint32_t>(region_unreachable);
 }
 
 rate_limiter::key_view rate_limiter::view(uint64_t key, const limit_spec& spec, int64_t now_ms) {

@@ -185,6 +185,11 @@ TEST(crdt, requeue_own_sends_the_current_windows_replicated_counts_again) {
   EXPECT_EQ(again[0], (counter_update{1, 1000, 10, 3}));
   EXPECT_EQ(again[1], (counter_update{2, 1000, 9, 4}));
   EXPECT_TRUE(c.take_dirty(SIZE_MAX).empty());
+  // Bounded: the largest own counts first.
+  EXPECT_EQ(c.requeue_own(now, 1), 1u);
+  again = c.take_dirty(SIZE_MAX);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].key, 2u);
 }
 
 TEST(crdt, dirty_counters_are_taken_once_urgent_first) {

@@ -116,6 +116,25 @@ TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   EXPECT_EQ(rl.check(sk, ss, t0 + 999, true).allowed, false);
   EXPECT_EQ(rl.check(sk, ss, t0 + 1000, true).allowed, true);
 
+  // Members alive but unconfirmed (silent to a confirmation ping) shrink the local_share
+  // share only: fail_closed keeps deciding by the limit, fail_open does not lift it.
+  cluster::replicated_state state3(
+      {.self_id = "a"}, [] { return t0; }, nullptr);
+  rate_limiter quiet({.node_id = "a", .lease_ms = 0}, &state3);
+  quiet.set_view(4, 0, 1, 0, t0, 2, 0);
+  auto [qs, qk] = spec_key(quiet, "s", 0, limit_of(10, 1h));
+  auto [qos, qok] = spec_key(quiet, "o", 0, open);
+  auto [qcs, qck] = spec_key(quiet, "c", 0, closed);
+  int qsn = 0, qon = 0, qcn = 0;
+  for (int i = 0; i < 20; ++i) {
+    qsn += quiet.check(qk, qs, t0, true).allowed;
+    qon += quiet.check(qok, qos, t0, true).allowed;
+    qcn += quiet.check(qck, qcs, t0, true).allowed;
+  }
+  EXPECT_EQ(qsn, 5);
+  EXPECT_EQ(qon, 10);
+  EXPECT_EQ(qcn, 10);
+
   // A view that heals one member at a time (each SWIM refutation is its own change): the share
   // stays the smallest side's for a grace after the last member returned.
   cluster::replicated_state state2(
@@ -261,13 +280,17 @@ struct three_regions {
     auto* tick = loops_.emplace_back(std::make_unique<std::function<void()>>()).get();
     *tick = [=, this] {
       for (int i = 0; i < 3; ++i) {
-        size_t down = 0;
-        for (const auto& m : sim.node(i).members())
-          down += m.state == cluster::member_state::suspect ||
-                  m.state == cluster::member_state::dead || m.unconfirmed;
-        limiters[i]->set_view(3, down, 1, 0, wall());
-        if (down < published_down_[i]) states[i]->resend_counters();  // members are back
-        published_down_[i] = down;
+        size_t down = 0, unconfirmed = 0;
+        for (const auto& m : sim.node(i).members()) {
+          const bool gone =
+              m.state == cluster::member_state::suspect || m.state == cluster::member_state::dead;
+          down += gone;
+          unconfirmed += !gone && m.unconfirmed;
+        }
+        limiters[i]->set_view(3, down, 1, 0, wall(), unconfirmed, 0);
+        // Members are back (a count that fell is enough here: nobody is reaped or leaves).
+        if (down + unconfirmed < published_down_[i]) states[i]->resend_counters();
+        published_down_[i] = down + unconfirmed;
       }
       if (sim.now() + period < until) sim.at(sim.now() + period, *tick);
     };

@@ -126,11 +126,11 @@ class window_counters {
   // as it becomes urgent or hot, so a busy key is never stuck behind a churn of one-off keys.
   std::vector<counter_update> take_dirty(size_t max);
   size_t dirty() const { return queued_[0] + queued_[1] + queued_[2]; }
-  // Queues again (hot) every replicated key this node counted in the window holding now_ms or
-  // the one before: members that could not hear of those counts (a healed partition) get them
-  // on the next rounds, where a key no longer admitting anything would never be sent again.
-  // Returns how many keys were queued.
-  size_t requeue_own(int64_t now_ms);
+  // Queues again (hot) the replicated keys this node counted in the window holding now_ms or the
+  // one before, at most max of them, the largest own counts first: members that could not hear
+  // of those counts (a healed partition) get them on the next rounds, where a key no longer
+  // admitting anything would never be sent again. One pass over the table. Returns how many.
+  size_t requeue_own(int64_t now_ms, size_t max = 1024);
   // Keys that left the cold queue at max_cold_backlog without being sent.
   uint64_t dropped() const { return dropped_; }
 

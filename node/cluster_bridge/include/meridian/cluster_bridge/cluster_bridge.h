@@ -57,9 +57,15 @@ class cluster_bridge {
                               handler);
   // Runs job on the gossip thread after `after`.
   void post(std::function<void()> job, std::chrono::microseconds after);
-  // Called about once a second with (members, unreachable members) of the cluster and of this
-  // node's region (left members not counted; unreachable = suspect or dead).
-  void set_view_listener(std::function<void(size_t, size_t, size_t, size_t)> listener);
+  // The membership as the rate limiter needs it, for the cluster and for this node's region:
+  // members (left ones not counted), members down (suspect or dead) and members alive but
+  // unconfirmed (cluster::member::unconfirmed).
+  struct view {
+    size_t global_total = 0, global_down = 0, global_unconfirmed = 0;
+    size_t region_total = 0, region_down = 0, region_unconfirmed = 0;
+  };
+  // Called on the gossip thread at every change of the view, and once a second.
+  void set_view_listener(std::function<void(const view&)> listener);
   // Prometheus lines for the cluster (members by state and region, probes, bytes, auth failures).
   std::string metrics_text() const;
   uint16_t gossip_port() const;

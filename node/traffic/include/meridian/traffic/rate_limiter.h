@@ -196,11 +196,13 @@ class rate_limiter {
   // A remote count changed: others = the other nodes' total for key in window.
   void on_remote(uint64_t key, uint32_t window, uint64_t others);
 
-  // The cluster as the limiter should see it: members per scope and how many are unreachable,
-  // at now_ms (check's clock). A scope whose unreachable members all came back keeps, for
-  // local_share limits, the share of the reachable side until now_ms + heal_grace_ms.
-  void set_view(size_t global_total, size_t global_unreachable, size_t region_total,
-                size_t region_unreachable, int64_t now_ms);
+  // The cluster as the limiter should see it, at now_ms (check's clock): members per scope, how
+  // many are down (suspect or dead: every on_partition policy applies) and how many are alive
+  // but unconfirmed (cluster::member::unconfirmed: they shrink local_share limits' share only).
+  // When members come back, local_share limits keep the share of the smallest side seen until
+  // heal_grace_ms after the latest return.
+  void set_view(size_t global_total, size_t global_down, size_t region_total, size_t region_down,
+                int64_t now_ms, size_t global_unconfirmed = 0, size_t region_unconfirmed = 0);
 
   // The cluster-wide view of one key: count in the current window and per node.
   struct key_view {
