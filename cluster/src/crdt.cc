@@ -278,6 +278,7 @@ uint32_t window_counters::add(uint64_t key, uint32_t window_ms, uint32_t window,
   set_max(s, 0, value);
   if (replicate) {
     c->replicated = true;
+    note_heavy(key, window_ms, window, value);
     if (c->changes < std::numeric_limits<uint16_t>::max()) ++c->changes;
     enqueue(key, *c, urgent ? queue_level::urgent : c->changes >= 2 ? queue_level::hot : cold);
   }
@@ -346,33 +347,46 @@ std::vector<counter_update> window_counters::take_dirty(size_t max) {
   return out;
 }
 
-size_t window_counters::requeue_own(int64_t now_ms, size_t max) {
-  const int64_t since_epoch = std::max<int64_t>(now_ms - hlc_epoch_unix_ms, 0);
-  // The max keys with the largest own counts (the ones nearest a limit, for keys of one limit):
-  // a min-heap of (count, key) over one pass.
-  using item = std::pair<uint32_t, uint64_t>;
-  std::vector<item> heap;
-  for (const auto& [key, c] : cells_) {
-    if (!c.replicated || c.window_ms == 0) continue;
-    const int64_t current = since_epoch / c.window_ms;
-    if (static_cast<int64_t>(c.window) + 1 < current) continue;  // both windows are over
-    const uint32_t own = std::max(get(c.cur, 0), get(c.prev, 0));
-    if (own == 0) continue;
-    if (heap.size() < max) {
-      heap.emplace_back(own, key);
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
-    } else if (max > 0 && item(own, key) > heap.front()) {
-      std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-      heap.back() = item(own, key);
-      std::push_heap(heap.begin(), heap.end(), std::greater<>());
+void window_counters::note_heavy(uint64_t key, uint32_t window_ms, uint32_t window, uint32_t own) {
+  const size_t a = static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> (64 - heavy_bits));
+  const size_t b =
+      static_cast<size_t>(((key ^ (key >> 31)) * 0xBF58476D1CE4E5B9ull) >> (64 - heavy_bits));
+  for (size_t i : {a, b}) {
+    if (heavy_[i].own != 0 && heavy_[i].key == key) {
+      heavy_[i] = heavy_slot{key, window_ms, window, own};
+      return;
     }
   }
-  for (const auto& [own, key] : heap) enqueue(key, cells_.at(key), hot);
-  return heap.size();
+  heavy_slot& lighter = heavy_[a].own <= heavy_[b].own ? heavy_[a] : heavy_[b];
+  if (own >= lighter.own) lighter = heavy_slot{key, window_ms, window, own};
+}
+
+size_t window_counters::requeue_own(int64_t now_ms, size_t max) {
+  const int64_t since_epoch = std::max<int64_t>(now_ms - hlc_epoch_unix_ms, 0);
+  std::vector<std::pair<uint32_t, uint64_t>> found;  // (own count, key)
+  for (const heavy_slot& h : heavy_) {
+    if (h.own == 0) continue;
+    auto it = cells_.find(h.key);
+    if (it == cells_.end()) continue;
+    const cell& c = it->second;
+    if (!c.replicated || c.window_ms == 0) continue;
+    if (static_cast<int64_t>(c.window) + 1 < since_epoch / c.window_ms) continue;  // over
+    const uint32_t own = std::max(get(c.cur, 0), get(c.prev, 0));
+    if (own > 0) found.emplace_back(own, h.key);
+  }
+  std::sort(found.begin(), found.end(), std::greater<>());
+  found.erase(std::unique(found.begin(), found.end()), found.end());  // a key in both its slots
+  if (found.size() > max) found.resize(max);
+  for (const auto& [own, key] : found) enqueue(key, cells_.at(key), hot);
+  return found.size();
 }
 
 size_t window_counters::expire(int64_t now_ms) {
   int64_t since_epoch = now_ms - hlc_epoch_unix_ms;
+  for (heavy_slot& h : heavy_) {
+    if (h.own != 0 && since_epoch >= (static_cast<int64_t>(h.window) + 2) * h.window_ms)
+      h = heavy_slot{};
+  }
   size_t n = 0;
   for (auto it = cells_.begin(); it != cells_.end();) {
     const cell& c = it->second;
