@@ -701,7 +701,12 @@ struct membership::impl {
   void confirm_round(millis now) {
     const bool active = confirming(now);
     millis next = now + cfg_.probe_interval;
-    std::vector<std::pair<millis, member*>> due;
+    struct candidate {
+      millis since;
+      member* m;
+      contact* c;
+    };
+    std::vector<candidate> due;
     for (const auto& id : ids_) {
       member& m = members_.at(id);
       if (m.state != member_state::alive) continue;
@@ -730,7 +735,7 @@ struct membership::impl {
         next = std::min(next, since + cfg_.probe_interval);
         continue;
       }
-      due.emplace_back(since, &m);
+      due.push_back({since, &m, &c});
     }
     if (!due.empty() && now < next_confirm_batch_) {
       next = std::min(next, next_confirm_batch_);
@@ -738,15 +743,15 @@ struct membership::impl {
     }
     if (due.size() > confirm_batch) {
       std::nth_element(due.begin(), due.begin() + confirm_batch, due.end(),
-                       [](const auto& a, const auto& b) {
-                         return a.first < b.first ||
-                                (a.first == b.first && a.second->info.id < b.second->info.id);
+                       [](const candidate& a, const candidate& b) {
+                         return a.since < b.since ||
+                                (a.since == b.since && a.m->info.id < b.m->info.id);
                        });
       due.resize(confirm_batch);
     }
     if (!due.empty()) next_confirm_batch_ = now + cfg_.probe_interval;
-    for (auto& [since, m] : due) {
-      contact& c = contact_[m->info.id];
+    for (auto& [since, m, cp] : due) {
+      contact& c = *cp;
       c.asked = now;
       // Scaled by local health like a probe's: a node slow to read its socket waits longer.
       c.deadline = now + scaled(cfg_.probe_timeout) + region_allowance(m->info.region);

@@ -89,67 +89,69 @@ TEST(rate_limiter, keys_differ_by_route_limit_key_and_region_scope) {
   EXPECT_NE(key(eu, "r", 0, region, "k"), key(us, "r", 0, region, "k"));
 }
 
+// Offers n requests of key at now_ms; returns how many were admitted.
+int admitted(rate_limiter& rl, uint64_t key, const limit_spec& spec, int n, int64_t now_ms = t0) {
+  int yes = 0;
+  for (int i = 0; i < n; ++i) yes += rl.check(key, spec, now_ms, true).allowed;
+  return yes;
+}
+
+// One limit of 10 an hour per on_partition policy: local_share, fail_open, fail_closed.
+struct policy_limits {
+  std::pair<limit_spec, uint64_t> share, open, closed;
+  explicit policy_limits(const rate_limiter& rl) {
+    auto cfg = limit_of(10, 1h);
+    share = spec_key(rl, "s", 0, cfg);
+    cfg.on_partition = "fail_open";
+    open = spec_key(rl, "o", 0, cfg);
+    cfg.on_partition = "fail_closed";
+    closed = spec_key(rl, "c", 0, cfg);
+  }
+};
+
 TEST(rate_limiter, under_partition_each_limit_follows_its_policy) {
   cluster::replicated_state state(
       {.self_id = "a"}, [] { return t0; }, nullptr);
   rate_limiter rl({.node_id = "a"}, &state);
   rl.set_view(4, 2, 1, 0, t0);  // half of the cluster unreachable
-  auto share = limit_of(10, 1h);
-  auto open = share, closed = share;
-  open.on_partition = "fail_open";
-  closed.on_partition = "fail_closed";
-  auto [ss, sk] = spec_key(rl, "s", 0, share);
-  auto [os, ok] = spec_key(rl, "o", 0, open);
-  auto [cs, ck] = spec_key(rl, "c", 0, closed);
-  int s = 0, o = 0, c = 0;
-  for (int i = 0; i < 20; ++i) {
-    s += rl.check(sk, ss, t0, true).allowed;
-    o += rl.check(ok, os, t0, true).allowed;
-    c += rl.check(ck, cs, t0, true).allowed;
-  }
-  EXPECT_EQ(s, 5);  // the reachable half's share
-  EXPECT_EQ(o, 20);
-  EXPECT_EQ(c, 0);
+  policy_limits l(rl);
+  EXPECT_EQ(admitted(rl, l.share.second, l.share.first, 20), 5);  // the reachable half's share
+  EXPECT_EQ(admitted(rl, l.open.second, l.open.first, 20), 20);
+  EXPECT_EQ(admitted(rl, l.closed.second, l.closed.first, 20), 0);
   // Healed: the other half's counts of the partition are still on their way, so for a grace
   // the share holds; then the full limit again.
   rl.set_view(4, 0, 1, 0, t0);
-  EXPECT_EQ(rl.check(sk, ss, t0 + 999, true).allowed, false);
-  EXPECT_EQ(rl.check(sk, ss, t0 + 1000, true).allowed, true);
+  EXPECT_EQ(admitted(rl, l.share.second, l.share.first, 1, t0 + 999), 0);
+  EXPECT_EQ(admitted(rl, l.share.second, l.share.first, 1, t0 + 1000), 1);
+}
 
-  // Members alive but unconfirmed (silent to a confirmation ping) shrink the local_share
-  // share only: fail_closed keeps deciding by the limit, fail_open does not lift it.
-  cluster::replicated_state state3(
+TEST(rate_limiter, unconfirmed_members_shrink_only_the_local_share) {
+  // Members alive but unconfirmed (silent to a confirmation ping): fail_closed keeps deciding by
+  // the limit, fail_open does not lift it. (No leases: the full limit on one node.)
+  cluster::replicated_state state(
       {.self_id = "a"}, [] { return t0; }, nullptr);
-  rate_limiter quiet({.node_id = "a", .lease_ms = 0}, &state3);
-  quiet.set_view(4, 0, 1, 0, t0, 2, 0);
-  auto [qs, qk] = spec_key(quiet, "s", 0, limit_of(10, 1h));
-  auto [qos, qok] = spec_key(quiet, "o", 0, open);
-  auto [qcs, qck] = spec_key(quiet, "c", 0, closed);
-  int qsn = 0, qon = 0, qcn = 0;
-  for (int i = 0; i < 20; ++i) {
-    qsn += quiet.check(qk, qs, t0, true).allowed;
-    qon += quiet.check(qok, qos, t0, true).allowed;
-    qcn += quiet.check(qck, qcs, t0, true).allowed;
-  }
-  EXPECT_EQ(qsn, 5);
-  EXPECT_EQ(qon, 10);
-  EXPECT_EQ(qcn, 10);
+  rate_limiter rl({.node_id = "a", .lease_ms = 0}, &state);
+  rl.set_view(4, 0, 1, 0, t0, 2, 0);
+  policy_limits l(rl);
+  EXPECT_EQ(admitted(rl, l.share.second, l.share.first, 20), 5);
+  EXPECT_EQ(admitted(rl, l.open.second, l.open.first, 20), 10);
+  EXPECT_EQ(admitted(rl, l.closed.second, l.closed.first, 20), 10);
+}
 
-  // A view that heals one member at a time (each SWIM refutation is its own change): the share
-  // stays the smallest side's for a grace after the last member returned.
-  cluster::replicated_state state2(
+TEST(rate_limiter, a_view_healing_one_member_at_a_time_keeps_the_smallest_share) {
+  // Each SWIM refutation is its own change: the share stays the smallest side's for a grace
+  // after the last member returned.
+  cluster::replicated_state state(
       {.self_id = "a"}, [] { return t0; }, nullptr);
-  rate_limiter steps({.node_id = "a"}, &state2);
-  auto [s2, k2] = spec_key(steps, "s", 0, limit_of(12, 1h));
-  steps.set_view(4, 3, 1, 0, t0);  // cut off from three of four: a quarter
-  int n = 0;
-  for (int i = 0; i < 20; ++i) n += steps.check(k2, s2, t0, true).allowed;
-  EXPECT_EQ(n, 3);
-  steps.set_view(4, 2, 1, 0, t0 + 100);  // one back: still a quarter
-  EXPECT_FALSE(steps.check(k2, s2, t0 + 100, true).allowed);
-  steps.set_view(4, 0, 1, 0, t0 + 600);  // the rest back: a quarter until t0 + 1600
-  EXPECT_FALSE(steps.check(k2, s2, t0 + 1599, true).allowed);
-  EXPECT_TRUE(steps.check(k2, s2, t0 + 1600, true).allowed);
+  rate_limiter rl({.node_id = "a"}, &state);
+  auto [spec, key] = spec_key(rl, "s", 0, limit_of(12, 1h));
+  rl.set_view(4, 3, 1, 0, t0);  // cut off from three of four: a quarter
+  EXPECT_EQ(admitted(rl, key, spec, 20), 3);
+  rl.set_view(4, 2, 1, 0, t0 + 100);  // one back: still a quarter
+  EXPECT_EQ(admitted(rl, key, spec, 1, t0 + 100), 0);
+  rl.set_view(4, 0, 1, 0, t0 + 600);  // the rest back: a quarter until t0 + 1600
+  EXPECT_EQ(admitted(rl, key, spec, 1, t0 + 1599), 0);
+  EXPECT_EQ(admitted(rl, key, spec, 1, t0 + 1600), 1);
 }
 
 TEST(rate_limiter, a_cold_key_takes_no_more_than_an_even_share_before_counts_arrive) {
